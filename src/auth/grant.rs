@@ -1,0 +1,278 @@
+//! What a verified token grants: the mode, the channels, and the claims copied into messages.
+//!
+//! The resolution table is the original's (spec §3.4): a `channel` claim followed by the
+//! `channels` claim; a URL channel must be among them, and a token without channel claims may open
+//! any URL channel. Unlike the original, duplicate channels are removed (the original subscribed
+//! and NOTIFYed twice).
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use super::{AuthError, KeySet};
+
+/// What a socket may do. Any `mode` string other than `r`, `w`, `rw` is accepted and grants
+/// nothing, as in the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// Receives messages of its channels.
+    pub read: bool,
+    /// May publish to its channels.
+    pub write: bool,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Self {
+        Self {
+            read: s == "r" || s == "rw",
+            write: s == "w" || s == "rw",
+        }
+    }
+
+    /// The claim text for this mode (`r`, `w`, `rw`, or empty).
+    pub fn as_str(&self) -> &'static str {
+        match (self.read, self.write) {
+            (true, true) => "rw",
+            (true, false) => "r",
+            (false, true) => "w",
+            (false, false) => "",
+        }
+    }
+}
+
+/// An accepted token, resolved against the URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// What the socket may do.
+    pub mode: Mode,
+    /// The channels the socket is bound to, without duplicates, in claim order.
+    pub channels: Vec<String>,
+    /// Every claim of the token (copied into the `claims` of each message).
+    pub claims: Map<String, Value>,
+    /// `exp`, when it is a number: the socket is closed with 3001 at that instant.
+    pub exp: Option<f64>,
+}
+
+/// Splits a websocket request path into the requested channel and the token (spec §2.2).
+///
+/// As the original: the leading `/` is dropped and the rest split on `/`; with two or more
+/// segments the first is the channel and the second the token, with one segment it is the token.
+/// Unlike the original, the query string is not part of the token, and the channel is
+/// percent-decoded (so `/my%20chan/…` opens `my chan`).
+pub fn parse_path(path: &str) -> Result<(Option<Cow<'_, str>>, &str), AuthError> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = rest.split('/');
+    let first = segments.next().unwrap_or("");
+    match segments.next() {
+        Some(token) => {
+            let channel = percent_encoding::percent_decode_str(first)
+                .decode_utf8()
+                .map_err(|_| {
+                    AuthError::Invalid("channel name is not valid percent-encoded UTF-8".into())
+                })?;
+            Ok((Some(channel), token))
+        }
+        None => Ok((None, first)),
+    }
+}
+
+/// Verifies `token` and resolves the channels for the requested one, at time `now` (seconds).
+pub fn resolve(
+    keys: &KeySet,
+    requested: Option<&str>,
+    token: &str,
+    now: f64,
+) -> Result<Grant, AuthError> {
+    // The original special-cases the empty token: an empty claim set, hence "Missing mode".
+    let claims = if token.is_empty() {
+        Map::new()
+    } else {
+        keys.verify(token)?
+    };
+    let exp = check_times(&claims, now)?;
+    let mode = match claims.get("mode") {
+        Some(Value::String(m)) => Mode::parse(m),
+        _ => return Err(AuthError::MissingMode),
+    };
+    let mut allowed: Vec<String> = Vec::new();
+    if let Some(Value::String(c)) = claims.get("channel") {
+        allowed.push(c.clone());
+    }
+    if let Some(Value::Array(list)) = claims.get("channels")
+        && list.iter().all(Value::is_string)
+    {
+        allowed.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+    }
+    let mut seen = std::collections::HashSet::new();
+    allowed.retain(|c| seen.insert(c.clone()));
+
+    let channels = match requested {
+        Some(r) if allowed.is_empty() => vec![r.to_string()],
+        Some(r) => allowed.into_iter().filter(|c| c == r).collect(),
+        None => allowed,
+    };
+    if channels.is_empty() {
+        return Err(AuthError::NoAllowedChannels);
+    }
+    Ok(Grant {
+        mode,
+        channels,
+        claims,
+        exp,
+    })
+}
+
+/// `exp`, `nbf` and `iat` with zero leeway, as the original: valid while `now < exp`.
+fn check_times(claims: &Map<String, Value>, now: f64) -> Result<Option<f64>, AuthError> {
+    let number = |name: &str| -> Result<Option<f64>, AuthError> {
+        match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => Err(AuthError::Invalid(format!(
+                "JWTClaimsSetDecodeError \"{name} must be a numeric date, got {other}\""
+            ))),
+        }
+    };
+    let exp = number("exp")?;
+    if exp.is_some_and(|exp| now >= exp) {
+        return Err(AuthError::Expired);
+    }
+    if number("nbf")?.is_some_and(|nbf| nbf > now) {
+        return Err(AuthError::Invalid("JWTNotYetValid".into()));
+    }
+    if number("iat")?.is_some_and(|iat| iat > now) {
+        return Err(AuthError::Invalid("JWTIssuedAtFuture".into()));
+    }
+    Ok(exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"reallyreallyreallyreallyverysafe";
+
+    fn keys() -> KeySet {
+        KeySet::from_secret(SECRET).unwrap()
+    }
+
+    fn token(claims: Value) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn grant(requested: Option<&str>, claims: Value) -> Result<Grant, AuthError> {
+        resolve(&keys(), requested, &token(claims), 1_700_000_000.0)
+    }
+
+    // Spec §10 rows 3–9.
+    #[test]
+    fn expired_token() {
+        let e = grant(None, json!({"mode":"r","channel":"test","exp":1})).unwrap_err();
+        assert_eq!(e.to_string(), "Token expired");
+    }
+
+    #[test]
+    fn any_channel_without_channel_claims() {
+        let g = grant(Some("test"), json!({"mode":"r"})).unwrap();
+        assert_eq!(g.channels, ["test"]);
+        assert_eq!(g.mode, Mode { read: true, write: false });
+        assert_eq!(Value::Object(g.claims), json!({"mode":"r"}));
+    }
+
+    #[test]
+    fn old_style_channel_claim() {
+        let g = grant(Some("test"), json!({"mode":"r","channel":"test"})).unwrap();
+        assert_eq!(g.channels, ["test"]);
+    }
+
+    #[test]
+    fn all_channels_of_the_token() {
+        let g = grant(None, json!({"mode":"r","channels":["test","another test"]})).unwrap();
+        assert_eq!(g.channels, ["test", "another test"]);
+    }
+
+    #[test]
+    fn requested_channel_from_claims() {
+        let g = grant(Some("test"), json!({"mode":"r","channels":["test","test2"]})).unwrap();
+        assert_eq!(g.channels, ["test"]);
+        let e = grant(Some("notAllowed"), json!({"mode":"r","channels":["test","test2"]}));
+        assert_eq!(e.unwrap_err().to_string(), "No allowed channels");
+    }
+
+    #[test]
+    fn missing_mode() {
+        let e = grant(Some("test"), json!({"channels":["test","test2"]})).unwrap_err();
+        assert_eq!(e.to_string(), "Missing mode");
+        let e = grant(Some("test"), json!({"mode":1})).unwrap_err();
+        assert_eq!(e, AuthError::MissingMode);
+        assert_eq!(
+            resolve(&keys(), None, "", 0.0).unwrap_err(),
+            AuthError::MissingMode
+        );
+    }
+
+    #[test]
+    fn no_channels_without_url_channel() {
+        let e = grant(None, json!({"mode":"rw"})).unwrap_err();
+        assert_eq!(e, AuthError::NoAllowedChannels);
+    }
+
+    #[test]
+    fn channel_then_channels_deduplicated() {
+        let g = grant(None, json!({"mode":"rw","channel":"a","channels":["b","a","b"]})).unwrap();
+        assert_eq!(g.channels, ["a", "b"]);
+        let g = grant(None, json!({"mode":"rw","channels":["a","a"]})).unwrap();
+        assert_eq!(g.channels, ["a"]);
+    }
+
+    #[test]
+    fn non_string_channels_claim_is_ignored() {
+        let g = grant(Some("x"), json!({"mode":"r","channels":["a",1]})).unwrap();
+        assert_eq!(g.channels, ["x"]);
+    }
+
+    #[test]
+    fn unknown_mode_grants_nothing_but_is_accepted() {
+        let g = grant(Some("x"), json!({"mode":"admin"})).unwrap();
+        assert_eq!(g.mode, Mode { read: false, write: false });
+    }
+
+    #[test]
+    fn time_claims() {
+        let now = 1_700_000_000.0;
+        assert_eq!(
+            grant(None, json!({"mode":"r","channel":"a","nbf": now + 100.0})).unwrap_err(),
+            AuthError::Invalid("JWTNotYetValid".into())
+        );
+        assert_eq!(
+            grant(None, json!({"mode":"r","channel":"a","iat": now + 100.0})).unwrap_err(),
+            AuthError::Invalid("JWTIssuedAtFuture".into())
+        );
+        assert!(grant(None, json!({"mode":"r","channel":"a","exp":"soon"})).is_err());
+        let g = grant(None, json!({"mode":"r","channel":"a","exp": now + 5.0})).unwrap();
+        assert_eq!(g.exp, Some(now + 5.0));
+        // exactly at exp: expired
+        assert_eq!(
+            grant(None, json!({"mode":"r","channel":"a","exp": now})).unwrap_err(),
+            AuthError::Expired
+        );
+    }
+
+    #[test]
+    fn path_forms() {
+        let p = |s| {
+            let (c, t) = parse_path(s).unwrap();
+            (c.map(|c| c.into_owned()), t.to_string())
+        };
+        assert_eq!(p("/chat/tok"), (Some("chat".into()), "tok".into()));
+        assert_eq!(p("/tok"), (None, "tok".into()));
+        assert_eq!(p("/"), (None, "".into()));
+        assert_eq!(p("/chat/"), (Some("chat".into()), "".into()));
+        assert_eq!(p("/a/b/c"), (Some("a".into()), "b".into()));
+        assert_eq!(p("//tok"), (Some("".into()), "tok".into()));
+        assert_eq!(p("/my%20chan/tok"), (Some("my chan".into()), "tok".into()));
+        assert!(parse_path("/%ff/tok").is_err());
+    }
+}

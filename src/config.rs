@@ -1,0 +1,557 @@
+//! Configuration: every `PGWS_*` variable of postgres-websockets, each also a command-line flag.
+//!
+//! The original read its settings with `envparse`, which silently fell back to the default when a
+//! value did not parse (`PGWS_PORT=abc` meant port 3000). Here a value that does not parse stops
+//! start-up with a message naming the variable and the value. `True`/`False` are accepted in any
+//! case. Missing required settings print the original's help text and exit with status 1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::{KeyError, KeySet};
+
+/// The development secret: the original's `sample-env` secret, used by `--embedded` when no
+/// `PGWS_JWT_SECRET` is given, and by the example page.
+pub const DEV_SECRET: &str =
+    "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
+
+/// Default meta channel in embedded mode, as in the original's `sample-env`.
+pub const DEV_META_CHANNEL: &str = "server-info";
+
+/// Command line and environment, as clap sees them. Converted into [`Config`] by [`Cli::resolve`].
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pgws",
+    version,
+    about = "Connects websockets to PostgreSQL asynchronous notifications (a drop-in postgres-websockets).",
+    after_help = "Every option is also read from the environment variable shown in brackets; a flag wins over the variable.\nTry it without any setup: pgws --embedded"
+)]
+pub struct Cli {
+    /// PostgreSQL connection string (URI or key=value), or @file to read it from a file.
+    #[arg(long, env = "PGWS_DB_URI", value_name = "PGWS_DB_URI")]
+    pub db_uri: Option<String>,
+
+    /// Secret to verify JWTs: raw HMAC bytes, a JWK, or a JWK Set; @file reads it from a file.
+    #[arg(long, env = "PGWS_JWT_SECRET", value_name = "PGWS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// The secret is base64 (or base64url) encoded [True|False].
+    #[arg(long, env = "PGWS_JWT_SECRET_BASE64", value_name = "PGWS_JWT_SECRET_BASE64",
+          default_value = "False", value_parser = parse_bool)]
+    pub jwt_secret_base64: bool,
+
+    /// Address to bind: `*` (any, IPv4 and IPv6), `*4` (any, IPv4), `!4` (IPv4 only), `*6` (any,
+    /// prefer IPv6), `!6` (IPv6 only), or a host name / IP address.
+    #[arg(long, env = "PGWS_HOST", value_name = "PGWS_HOST", default_value = "*4")]
+    pub host: String,
+
+    /// TCP port for HTTP, static files and websockets (0 picks a free port).
+    #[arg(long, env = "PGWS_PORT", value_name = "PGWS_PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// The PostgreSQL channel pgws LISTENs on and NOTIFYs to.
+    #[arg(long, env = "PGWS_LISTEN_CHANNEL", value_name = "PGWS_LISTEN_CHANNEL",
+          default_value = "postgres-websockets-listener")]
+    pub listen_channel: String,
+
+    /// Channel that receives ConnectionOpen / ConnectionClose events (unset: no events).
+    #[arg(long, env = "PGWS_META_CHANNEL", value_name = "PGWS_META_CHANNEL")]
+    pub meta_channel: Option<String>,
+
+    /// Directory served as static files to non-websocket requests (unset: "Hello, Web!").
+    #[arg(long, env = "PGWS_ROOT_PATH", value_name = "PGWS_ROOT_PATH")]
+    pub root_path: Option<PathBuf>,
+
+    /// Number of connections used to send NOTIFY (the LISTEN connection is separate).
+    #[arg(long, env = "PGWS_POOL_SIZE", value_name = "PGWS_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub pool_size: u16,
+
+    /// Attempts to open the LISTEN connection at start-up before giving up (exit 1); unused
+    /// when PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
+    #[arg(long, env = "PGWS_RETRIES", value_name = "PGWS_RETRIES", default_value_t = 5)]
+    pub retries: u32,
+
+    /// Milliseconds between health checks of the LISTEN connection (unset: 10000). A failed
+    /// check reconnects it.
+    #[arg(long, env = "PGWS_CHECK_LISTENER_INTERVAL", value_name = "PGWS_CHECK_LISTENER_INTERVAL")]
+    pub check_listener_interval: Option<u64>,
+
+    /// PEM certificate chain; with PGWS_KEY_FILE pgws serves only TLS (https/wss).
+    #[arg(long, env = "PGWS_CERTIFICATE_FILE", value_name = "PGWS_CERTIFICATE_FILE")]
+    pub certificate_file: Option<PathBuf>,
+
+    /// PEM private key for PGWS_CERTIFICATE_FILE.
+    #[arg(long, env = "PGWS_KEY_FILE", value_name = "PGWS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Start a private, throwaway PostgreSQL from the installed server binaries and use it.
+    #[arg(long, env = "PGWS_EMBEDDED", value_name = "PGWS_EMBEDDED", default_value = "False",
+          value_parser = parse_bool, num_args = 0..=1, default_missing_value = "True")]
+    pub embedded: bool,
+
+    /// Most messages waiting to be written to one socket; a socket that falls further behind is
+    /// closed with code 4000.
+    #[arg(long, env = "PGWS_MAX_QUEUE_MESSAGES", value_name = "PGWS_MAX_QUEUE_MESSAGES",
+          default_value_t = 4096)]
+    pub max_queue_messages: usize,
+
+    /// Most bytes waiting to be written to one socket (see PGWS_MAX_QUEUE_MESSAGES).
+    #[arg(long, env = "PGWS_MAX_QUEUE_BYTES", value_name = "PGWS_MAX_QUEUE_BYTES",
+          default_value_t = 4 * 1024 * 1024)]
+    pub max_queue_bytes: usize,
+
+    /// Largest websocket message accepted from a client, in bytes; larger ones close the socket
+    /// with 1009. Messages that cannot fit PostgreSQL's 8000-byte NOTIFY get an error event.
+    #[arg(long, env = "PGWS_MAX_MESSAGE_SIZE", value_name = "PGWS_MAX_MESSAGE_SIZE",
+          default_value_t = 64 * 1024)]
+    pub max_message_size: usize,
+
+    /// Seconds between server pings on every socket (the original's 30; 0 disables).
+    #[arg(long, env = "PGWS_PING_INTERVAL", value_name = "PGWS_PING_INTERVAL", default_value_t = 30)]
+    pub ping_interval: u64,
+}
+
+/// Parses `True`/`False` in any case (and `1`/`0`, `yes`/`no`), naming the value when it fails.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected True or False, got '{s}'")),
+    }
+}
+
+/// Where the server binds, decoded from `PGWS_HOST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPreference {
+    /// `*`: every IPv4 and IPv6 address (a dual-stack socket when IPv6 exists).
+    Any,
+    /// `*4`: every IPv4 address (the original's default).
+    AnyPreferV4,
+    /// `!4`: every IPv4 address, IPv4 only.
+    V4Only,
+    /// `*6`: every address through a dual-stack IPv6 socket, falling back to IPv4.
+    AnyPreferV6,
+    /// `!6`: every IPv6 address, IPv6 only.
+    V6Only,
+    /// A host name or an address literal.
+    Named(String),
+}
+
+impl HostPreference {
+    /// Decodes Warp's host-preference syntax.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "*" => Self::Any,
+            "*4" => Self::AnyPreferV4,
+            "!4" => Self::V4Only,
+            "*6" => Self::AnyPreferV6,
+            "!6" => Self::V6Only,
+            other => Self::Named(other.to_string()),
+        }
+    }
+}
+
+/// Resolved settings the server runs with. Built from [`Cli`]; tests build it the same way.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// tokio-postgres connection settings for both the LISTEN connection and the NOTIFY pool.
+    pub db: tokio_postgres::Config,
+    /// Keys that verify tokens.
+    pub keys: KeySet,
+    /// Where to bind.
+    pub host: HostPreference,
+    /// Port to bind (0 = any free port).
+    pub port: u16,
+    /// The one PostgreSQL channel used as the message bus.
+    pub listen_channel: String,
+    /// Channel for connection events, if any.
+    pub meta_channel: Option<String>,
+    /// What non-websocket requests get.
+    pub site: Site,
+    /// Size of the NOTIFY pool.
+    pub pool_size: usize,
+    /// Start-up attempts for the LISTEN connection; `None` = retry for ever.
+    pub startup_retries: Option<u32>,
+    /// How often the LISTEN connection is checked.
+    pub check_listener_interval: Duration,
+    /// TLS certificate and key, if TLS is on.
+    pub tls: Option<TlsFiles>,
+    /// Per-socket outbound queue limits.
+    pub max_queue_messages: usize,
+    /// Per-socket outbound queue limit in bytes.
+    pub max_queue_bytes: usize,
+    /// Largest accepted client message.
+    pub max_message_size: usize,
+    /// Interval between server pings (`None`: no pings).
+    pub ping_interval: Option<Duration>,
+}
+
+/// What the server answers to plain HTTP requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Site {
+    /// `200 Hello, Web!` for everything, as the original without `PGWS_ROOT_PATH`.
+    Hello,
+    /// Static files from a directory (`PGWS_ROOT_PATH`).
+    Directory(PathBuf),
+    /// The example page compiled into the binary (embedded mode).
+    Builtin,
+}
+
+/// PEM files for native TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub certificate: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Why the configuration was refused. Each message names the variable and, where it has one,
+/// the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Required variables are missing; the text is the original's help text plus the errors.
+    #[error("{0}")]
+    Missing(String),
+    /// Only one of the TLS files is set.
+    #[error(
+        "PGWS_CERTIFICATE_FILE and PGWS_KEY_FILE must be set in tandem (got only {0}); set both for TLS or neither"
+    )]
+    TlsPair(&'static str),
+    /// A file named with `@file` could not be read.
+    #[error("{var}: cannot read file '{path}': {source}")]
+    File {
+        /// The variable.
+        var: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `PGWS_JWT_SECRET_BASE64=True` but the secret is not base64.
+    #[error("PGWS_JWT_SECRET: not valid base64 (PGWS_JWT_SECRET_BASE64 is True): {0}")]
+    Base64(base64::DecodeError),
+    /// The secret parsed as JSON but is not a usable JWK / JWK Set.
+    #[error("PGWS_JWT_SECRET: {0}")]
+    Key(#[from] KeyError),
+    /// The database URI does not parse.
+    #[error("PGWS_DB_URI: cannot parse the connection string: {0}")]
+    DbUri(tokio_postgres::Error),
+    /// A channel name PostgreSQL cannot use.
+    #[error("{var}: '{value}' {reason}")]
+    Channel {
+        /// The variable.
+        var: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The static root is not a directory.
+    #[error("PGWS_ROOT_PATH: '{0}' is not a readable directory")]
+    RootPath(String),
+}
+
+impl Cli {
+    /// Resolves files, base64 and keys, and checks that the settings make sense together.
+    ///
+    /// `db_uri_override` is the embedded cluster's connection string, used instead of
+    /// `PGWS_DB_URI`; `secret_fallback` is used when no secret is configured (embedded mode).
+    pub fn resolve(
+        &self,
+        db_uri_override: Option<&str>,
+        secret_fallback: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let db_uri = match (db_uri_override, self.db_uri.as_deref()) {
+            (Some(uri), _) => Some(uri.to_string()),
+            (None, Some("")) => {
+                errors.push("PGWS_DB_URI is empty");
+                None
+            }
+            (None, Some(uri)) => Some(uri.to_string()),
+            (None, None) => {
+                errors.push("PGWS_DB_URI is unset");
+                None
+            }
+        };
+        let secret = match (self.jwt_secret.as_deref(), secret_fallback) {
+            (Some(s), _) => Some(s.to_string()),
+            (None, Some(s)) => Some(s.to_string()),
+            (None, None) => {
+                errors.push("PGWS_JWT_SECRET is unset");
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ConfigError::Missing(missing_help(&errors)));
+        }
+        let (db_uri, secret) = (db_uri.unwrap_or_default(), secret.unwrap_or_default());
+
+        let tls = match (&self.certificate_file, &self.key_file) {
+            (Some(c), Some(k)) => Some(TlsFiles {
+                certificate: c.clone(),
+                key: k.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::TlsPair("PGWS_CERTIFICATE_FILE")),
+            (None, Some(_)) => return Err(ConfigError::TlsPair("PGWS_KEY_FILE")),
+        };
+
+        let secret_bytes = load_secret(&secret, self.jwt_secret_base64)?;
+        let keys = KeySet::from_secret(&secret_bytes)?;
+
+        let db_uri = match db_uri.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::File {
+                    var: "PGWS_DB_URI",
+                    path: path.to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+            None => db_uri,
+        };
+        let db: tokio_postgres::Config = db_uri.parse().map_err(ConfigError::DbUri)?;
+
+        check_channel("PGWS_LISTEN_CHANNEL", &self.listen_channel)?;
+        if let Some(meta) = &self.meta_channel {
+            check_channel("PGWS_META_CHANNEL", meta)?;
+        }
+
+        let site = match (&self.root_path, self.embedded) {
+            (Some(root), _) => {
+                if !root.is_dir() {
+                    return Err(ConfigError::RootPath(root.display().to_string()));
+                }
+                Site::Directory(root.clone())
+            }
+            (None, true) => Site::Builtin,
+            (None, false) => Site::Hello,
+        };
+
+        Ok(Config {
+            db,
+            keys,
+            host: HostPreference::parse(&self.host),
+            port: self.port,
+            listen_channel: self.listen_channel.clone(),
+            meta_channel: self.meta_channel.clone(),
+            site,
+            pool_size: usize::from(self.pool_size),
+            startup_retries: match self.check_listener_interval {
+                Some(_) => None,
+                None => Some(self.retries.max(1)),
+            },
+            check_listener_interval: Duration::from_millis(
+                self.check_listener_interval.unwrap_or(10_000).max(100),
+            ),
+            tls,
+            max_queue_messages: self.max_queue_messages.max(1),
+            max_queue_bytes: self.max_queue_bytes.max(1),
+            max_message_size: self.max_message_size.max(1),
+            ping_interval: (self.ping_interval > 0).then(|| Duration::from_secs(self.ping_interval)),
+        })
+    }
+}
+
+/// PostgreSQL truncates identifiers to 63 bytes; `pg_notify` refuses longer names, and a LISTEN
+/// on a longer name would silently listen to the truncated one.
+fn check_channel(var: &'static str, value: &str) -> Result<(), ConfigError> {
+    let reason = if value.is_empty() {
+        "is empty"
+    } else if value.len() > 63 {
+        "is longer than PostgreSQL's 63-byte channel name limit"
+    } else if value.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Channel {
+        var,
+        value: value.to_string(),
+        reason,
+    })
+}
+
+/// Reads `@file` secrets (one trailing newline removed, as the original) and decodes base64.
+fn load_secret(secret: &str, is_base64: bool) -> Result<Vec<u8>, ConfigError> {
+    let mut bytes = match secret.strip_prefix('@') {
+        Some(path) => std::fs::read(path).map_err(|source| ConfigError::File {
+            var: "PGWS_JWT_SECRET",
+            path: path.to_string(),
+            source,
+        })?,
+        None => secret.as_bytes().to_vec(),
+    };
+    if secret.starts_with('@') && bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    if !is_base64 {
+        return Ok(bytes);
+    }
+    use base64::Engine as _;
+    let text: String = String::from_utf8_lossy(&bytes)
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '_' => '/',
+            '-' => '+',
+            '.' => '=',
+            c => c,
+        })
+        .collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(text).map_err(ConfigError::Base64)
+}
+
+/// The original's help text for missing variables, plus a pointer to embedded mode.
+fn missing_help(errors: &[&str]) -> String {
+    let mut out = String::from(
+        "You need to configure some environment variables to start the service.\n\n\
+         Available environment variables:\n",
+    );
+    for (name, help) in [
+        ("PGWS_DB_URI", "PostgreSQL connection string (required)"),
+        ("PGWS_JWT_SECRET", "secret to verify JWTs (required)"),
+        ("PGWS_JWT_SECRET_BASE64", "the secret is base64 (default: False)"),
+        ("PGWS_HOST", "address to bind (default: *4)"),
+        ("PGWS_PORT", "port to bind (default: 3000)"),
+        ("PGWS_LISTEN_CHANNEL", "channel to LISTEN on (default: postgres-websockets-listener)"),
+        ("PGWS_META_CHANNEL", "channel for connection events (optional)"),
+        ("PGWS_ROOT_PATH", "static files directory (optional)"),
+        ("PGWS_POOL_SIZE", "NOTIFY connections (default: 10)"),
+        ("PGWS_RETRIES", "start-up connection attempts (default: 5)"),
+        ("PGWS_CHECK_LISTENER_INTERVAL", "listener check interval in ms (optional)"),
+        ("PGWS_CERTIFICATE_FILE", "TLS certificate (optional)"),
+        ("PGWS_KEY_FILE", "TLS key (optional)"),
+    ] {
+        out.push_str(&format!("  {name:<30} {help}\n"));
+    }
+    out.push_str("\nParsing errors:\n");
+    for e in errors {
+        out.push_str(&format!("  {e}\n"));
+    }
+    out.push_str(
+        "\nHint: `pgws --embedded` starts pgws with a private, throwaway PostgreSQL to try it out.\n\
+         Run `pgws --help` for every option.",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut full = vec!["pgws"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).expect("parses")
+    }
+
+    #[test]
+    fn bool_values_in_any_case() {
+        for t in ["True", "true", "TRUE", "1"] {
+            assert_eq!(parse_bool(t), Ok(true));
+        }
+        for f in ["False", "false", "FALSE", "0"] {
+            assert_eq!(parse_bool(f), Ok(false));
+        }
+        assert!(parse_bool("maybe").unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn unparsable_port_names_variable_and_value() {
+        let err = Cli::try_parse_from(["pgws", "--port", "abc"]).unwrap_err().to_string();
+        assert!(err.contains("PGWS_PORT"), "{err}");
+        assert!(err.contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_lists_both() {
+        let err = cli(&[]).resolve(None, None).unwrap_err().to_string();
+        assert!(err.contains("PGWS_DB_URI is unset"), "{err}");
+        assert!(err.contains("PGWS_JWT_SECRET is unset"), "{err}");
+        assert!(err.contains("--embedded"), "{err}");
+    }
+
+    #[test]
+    fn empty_db_uri_is_reported() {
+        let err = cli(&["--db-uri", "", "--jwt-secret", "x"])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_DB_URI is empty"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let err = cli(&["--db-uri", "postgres://x/y", "--jwt-secret", "s", "--key-file", "k"])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_KEY_FILE"), "{err}");
+    }
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(HostPreference::parse("*"), HostPreference::Any);
+        assert_eq!(HostPreference::parse("*4"), HostPreference::AnyPreferV4);
+        assert_eq!(HostPreference::parse("!4"), HostPreference::V4Only);
+        assert_eq!(HostPreference::parse("*6"), HostPreference::AnyPreferV6);
+        assert_eq!(HostPreference::parse("!6"), HostPreference::V6Only);
+        assert_eq!(
+            HostPreference::parse("127.0.0.1"),
+            HostPreference::Named("127.0.0.1".into())
+        );
+    }
+
+    #[test]
+    fn base64_secret_accepts_url_alphabet() {
+        let bytes = load_secret("cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU", true).unwrap();
+        assert_eq!(bytes, b"reallyreallyreallyreallyverysafe");
+        let bytes = load_secret("-_8.", true).unwrap();
+        assert_eq!(bytes, vec![0xfb, 0xff, 0x3c]);
+        assert!(matches!(load_secret("%%%", true), Err(ConfigError::Base64(_))));
+    }
+
+    #[test]
+    fn secret_file_loses_one_newline() {
+        let dir = std::env::temp_dir().join(format!("pgws-secret-{}", std::process::id()));
+        std::fs::write(&dir, b"abc\n\n").unwrap();
+        let bytes = load_secret(&format!("@{}", dir.display()), false).unwrap();
+        std::fs::remove_file(&dir).ok();
+        assert_eq!(bytes, b"abc\n");
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = cli(&["--db-uri", "postgres://u@localhost/db", "--jwt-secret", "s"])
+            .resolve(None, None)
+            .unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.host, HostPreference::AnyPreferV4);
+        assert_eq!(c.listen_channel, "postgres-websockets-listener");
+        assert_eq!(c.pool_size, 10);
+        assert_eq!(c.startup_retries, Some(5));
+        assert_eq!(c.site, Site::Hello);
+        assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn channel_names_are_checked() {
+        let long = "x".repeat(64);
+        let err = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "s", "--listen-channel", &long])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_LISTEN_CHANNEL"), "{err}");
+    }
+}

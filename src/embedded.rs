@@ -1,0 +1,293 @@
+//! Embedded mode: a private, throwaway PostgreSQL cluster started from the installed server
+//! binaries, for trying pgws (and for the test harness).
+//!
+//! The cluster lives in a fresh temporary directory and listens only on a Unix socket inside it.
+//! When pgws runs as root, PostgreSQL (which refuses root) runs as the `postgres` OS user. The
+//! server is started by a small `sh` wrapper that holds the read end of a pipe whose write end
+//! only this process has: when this process ends, however it ends (Ctrl-C, SIGTERM, a crash, a
+//! kill), the pipe closes, and the wrapper stops PostgreSQL and removes the directory.
+
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the embedded cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// No `initdb`/`postgres` binaries were found.
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb and postgres on PATH, in `pg_config --bindir`, and in /usr/lib/postgresql/*/bin).\n\
+         Install them (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install postgresql-server; macOS: brew install postgresql),\n\
+         or set PGWS_DB_URI to use an existing PostgreSQL server."
+    )]
+    NoBinaries,
+    /// Running as root, but there is no unprivileged user to run PostgreSQL as.
+    #[error(
+        "pgws runs as root and PostgreSQL refuses to: create a `postgres` OS user (apt-get install postgresql does) or run pgws as an ordinary user"
+    )]
+    NoUser,
+    /// A step failed.
+    #[error("embedded PostgreSQL: {step}: {detail}")]
+    Step {
+        /// What was being done.
+        step: &'static str,
+        /// What went wrong (including PostgreSQL's own output).
+        detail: String,
+    },
+}
+
+fn step(step: &'static str) -> impl Fn(std::io::Error) -> EmbeddedError {
+    move |e| EmbeddedError::Step {
+        step,
+        detail: e.to_string(),
+    }
+}
+
+/// A running throwaway cluster. Dropping it (or ending the process) stops and removes it.
+pub struct Cluster {
+    dir: PathBuf,
+    wrapper: Child,
+    stdin: Option<ChildStdin>,
+    /// The OS and database user PostgreSQL runs as.
+    pub user: String,
+    /// The server's major version, e.g. `15`.
+    pub version: String,
+}
+
+/// The port number only names the socket file inside the private directory.
+const PORT: u16 = 5432;
+
+impl Cluster {
+    /// Finds the binaries, runs `initdb` and starts the server; returns once it accepts
+    /// connections.
+    pub fn start() -> Result<Self, EmbeddedError> {
+        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let run_as = run_as_user()?;
+        let user = match &run_as {
+            Some(u) => u.name.clone(),
+            None => current_user_name(),
+        };
+        let unique = format!(
+            "pgws-embedded-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let dir = std::env::temp_dir().join(unique);
+        std::fs::create_dir(&dir).map_err(step("creating the cluster directory"))?;
+        if let Some(u) = &run_as {
+            std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid))
+                .map_err(step("giving the cluster directory to the postgres user"))?;
+        }
+        let data = dir.join("data");
+        let command = |program: &Path| {
+            let mut c = Command::new(program);
+            if let Some(u) = &run_as {
+                c.uid(u.uid).gid(u.gid);
+            }
+            c
+        };
+        let out = command(&bindir.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", &user, "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .args(["--locale", "C"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(step("running initdb"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(EmbeddedError::Step {
+                step: "initdb",
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        let version = std::fs::read_to_string(data.join("PG_VERSION"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        let postgres = bindir.join("postgres");
+        // $1 = postgres binary, $2 = cluster directory.
+        let script = r#"
+"$1" -D "$2/data" -k "$2" -p 5432 -c listen_addresses= -c fsync=off \
+     -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+     >"$2/postgres.log" 2>&1 </dev/null &
+pid=$!
+read _ignored
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$2"
+"#;
+        let mut wrapper = command(Path::new("/bin/sh"))
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&postgres)
+            .arg(&dir)
+            // Its own process group: a terminal's Ctrl-C reaches pgws, which then stops the
+            // cluster in order, instead of killing the wrapper before it cleans up.
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(step("starting postgres"))?;
+        let stdin = wrapper.stdin.take();
+        let mut cluster = Cluster {
+            dir,
+            wrapper,
+            stdin,
+            user,
+            version,
+        };
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), EmbeddedError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(&pid_file)
+                && text.lines().nth(7).map(str::trim) == Some("ready")
+                && self.dir.join(format!(".s.PGSQL.{PORT}")).exists()
+            {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.wrapper.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                return Err(EmbeddedError::Step {
+                    step: "postgres exited",
+                    detail: format!("{status}: {log}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        Err(EmbeddedError::Step {
+            step: "waiting for postgres to accept connections",
+            detail: format!("not ready after 60 s: {log}"),
+        })
+    }
+
+    /// The Unix socket directory (the `host` to connect to).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Port number of the socket file.
+    pub fn port(&self) -> u16 {
+        PORT
+    }
+
+    /// A libpq key=value connection string for database `dbname`.
+    pub fn connection_string(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.dir.display(),
+            PORT,
+            self.user,
+            dbname
+        )
+    }
+
+    /// Stops the server and removes the directory; waits up to 15 s.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if !matches!(self.wrapper.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// An OS user to run PostgreSQL as.
+struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+/// `None` when this process is not root (PostgreSQL runs as us); the `postgres` user otherwise.
+fn run_as_user() -> Result<Option<RunAs>, EmbeddedError> {
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|_| EmbeddedError::NoUser)?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == "postgres")
+        .and_then(|f| {
+            Some(RunAs {
+                name: f[0].to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+            })
+        })
+        .map(Some)
+        .ok_or(EmbeddedError::NoUser)
+}
+
+fn current_user_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "postgres".into())
+}
+
+/// `initdb` and `postgres` side by side: on PATH, in `pg_config --bindir`, or the newest
+/// `/usr/lib/postgresql/*/bin`.
+pub fn find_bindir() -> Option<PathBuf> {
+    let has_both = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if has_both(&d) {
+                return Some(d);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_both(&d) {
+            return Some(d);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let d = e.path().join("bin");
+            has_both(&d).then_some((v, d))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, d)| d)
+}

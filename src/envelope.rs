@@ -1,0 +1,151 @@
+//! The JSON that crosses PostgreSQL: client messages and meta events in the original's envelope,
+//! pgws's own control events, and the routing rule for notifications.
+//!
+//! Client → database (spec §5.1):
+//! `{"channel":"chat","event":"WebsocketMessage","payload":"hi","claims":{…,"message_delivered_at":1.7e9}}`.
+//! Database → client (spec §5.2): the notification text, byte for byte, to the sockets of the
+//! channel named by its string `channel` field (else of the PostgreSQL channel's own name).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+pub const MAX_NOTIFY_PAYLOAD: usize = 7999;
+
+/// The claims of one socket, serialised once: every message of the socket reuses the text.
+#[derive(Debug, Clone)]
+pub struct ClaimsText {
+    /// `{"a":1,"b":2` — the object without its closing brace (and without `message_delivered_at`).
+    open: String,
+}
+
+impl ClaimsText {
+    /// Serialises the claims (minus any `message_delivered_at`, which each message sets).
+    pub fn new(claims: &Map<String, Value>) -> Self {
+        let mut claims = claims.clone();
+        claims.remove("message_delivered_at");
+        let mut open = Value::Object(claims).to_string();
+        open.pop();
+        Self { open }
+    }
+
+    fn write(&self, out: &mut String, delivered_at: f64) {
+        out.push_str(&self.open);
+        if self.open.len() > 1 {
+            out.push(',');
+        }
+        out.push_str("\"message_delivered_at\":");
+        out.push_str(&format_seconds(delivered_at));
+        out.push('}');
+    }
+}
+
+/// Seconds with their fraction, as a JSON number.
+fn format_seconds(t: f64) -> String {
+    if t.is_finite() {
+        let s = format!("{t}");
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        "0.0".into()
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's string escaping; writing into a String cannot fail.
+    out.push_str(&Value::String(s.to_string()).to_string());
+}
+
+/// The envelope of a client message or a meta event.
+pub fn envelope(
+    event: &str,
+    channel: &str,
+    payload: &str,
+    claims: &ClaimsText,
+    delivered_at: f64,
+) -> String {
+    let mut out = String::with_capacity(64 + channel.len() + payload.len() + claims.open.len());
+    out.push_str("{\"channel\":");
+    push_json_str(&mut out, channel);
+    out.push_str(",\"event\":");
+    push_json_str(&mut out, event);
+    out.push_str(",\"payload\":");
+    push_json_str(&mut out, payload);
+    out.push_str(",\"claims\":");
+    claims.write(&mut out, delivered_at);
+    out.push('}');
+    out
+}
+
+/// A pgws control event sent to one socket only (never through PostgreSQL): an error about the
+/// socket's own message. Clients of the original can ignore it: its `event` is `Error`.
+pub fn error_event(code: &str, message: &str, channel: Option<&str>) -> String {
+    serde_json::json!({
+        "event": "Error",
+        "code": code,
+        "message": message,
+        "channel": channel,
+    })
+    .to_string()
+}
+
+#[derive(Deserialize)]
+struct Route<'a> {
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+}
+
+/// The channel a notification goes to: the string `channel` field of a JSON object payload, or
+/// `pg_channel` (the PostgreSQL channel it arrived on) for anything else.
+pub fn route<'a>(payload: &'a str, pg_channel: &'a str) -> Cow<'a, str> {
+    match serde_json::from_str::<Route<'a>>(payload) {
+        Ok(Route {
+            channel: Some(channel),
+        }) => channel,
+        _ => Cow::Borrowed(pg_channel),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn envelope_shape() {
+        let claims = json!({"mode":"rw","user":"bob","message_delivered_at":5});
+        let c = ClaimsText::new(claims.as_object().unwrap());
+        let text = envelope("WebsocketMessage", "chat", "h\"i", &c, 1700000000.25);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            json!({"channel":"chat","event":"WebsocketMessage","payload":"h\"i",
+                   "claims":{"mode":"rw","user":"bob","message_delivered_at":1700000000.25}})
+        );
+    }
+
+    #[test]
+    fn envelope_with_empty_claims() {
+        let c = ClaimsText::new(&Map::new());
+        let v: Value = serde_json::from_str(&envelope("E", "c", "p", &c, 2.0)).unwrap();
+        assert_eq!(v["claims"], json!({"message_delivered_at": 2.0}));
+    }
+
+    #[test]
+    fn routing_rule() {
+        assert_eq!(route(r#"{"channel": "test", "payload": "x"}"#, "l"), "test");
+        assert_eq!(route(r#"{"channel":"a\"b"}"#, "l"), "a\"b");
+        assert_eq!(route("plain", "l"), "l");
+        assert_eq!(route(r#"{"channel": 1}"#, "l"), "l");
+        assert_eq!(route(r#"["channel"]"#, "l"), "l");
+        assert_eq!(route(r#"{"payload": 1}"#, "l"), "l");
+        assert_eq!(route(r#"{"channel":"c","nested":{"channel":"d"}}"#, "l"), "c");
+    }
+
+    #[test]
+    fn error_event_shape() {
+        let v: Value = serde_json::from_str(&error_event("read_only", "nope", None)).unwrap();
+        assert_eq!(v, json!({"event":"Error","code":"read_only","message":"nope","channel":null}));
+    }
+}

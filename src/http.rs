@@ -1,0 +1,160 @@
+//! Request dispatch: any request with `Upgrade: websocket` is a websocket request, whatever its
+//! path (spec §2.1); the token is checked before the handshake is accepted and a refusal is an
+//! HTTP 400 whose body is the reason. Other requests go to [`crate::static_files`].
+//!
+//! pgws addition: a plain request carrying the header `pgws-check: 1` runs the same checks on
+//! its path and answers `200` with the grant as JSON or `400` with the reason, because browsers
+//! cannot read the body of a refused websocket handshake.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, SERVER,
+    UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::Instrument;
+
+use crate::auth::{self, AuthError, Grant};
+use crate::session::Session;
+use crate::state::AppState;
+use crate::static_files::{self, Body, text};
+
+/// The `Server` header value.
+const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
+
+/// Handles one HTTP request.
+pub async fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let mut response = if is_websocket(&req) {
+        websocket(&mut req, state, peer)
+    } else if req
+        .headers()
+        .get("pgws-check")
+        .is_some_and(|v| v.as_bytes() == b"1")
+    {
+        check(&req, &state)
+    } else {
+        let r = static_files::serve(&state.site, &req).await;
+        tracing::info!(target: "pgws::access", peer = %peer, method = %req.method(),
+            path = %req.uri().path(), status = r.status().as_u16(), "http");
+        r
+    };
+    response
+        .headers_mut()
+        .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    response
+}
+
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Verifies the token in the request path (spec §2.2, §3).
+fn authorize<B>(req: &Request<B>, state: &AppState) -> Result<Grant, AuthError> {
+    let (channel, token) = auth::parse_path(req.uri().path())?;
+    auth::resolve(&state.keys, channel.as_deref(), token, auth::now_seconds())
+}
+
+fn check<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+    match authorize(req, state) {
+        Ok(grant) => {
+            let body = serde_json::json!({
+                "mode": grant.mode.as_str(),
+                "channels": grant.channels,
+                "exp": grant.exp,
+            });
+            let mut r = Response::new(Body::new(body.to_string().into()));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+fn websocket(
+    req: &mut Request<hyper::body::Incoming>,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let grant = match authorize(req, &state) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::info!(peer = %peer, reason = %e, "Rejecting Request");
+            return text(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    if req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        tracing::info!(peer = %peer, "Rejecting Request: unsupported Sec-WebSocket-Version");
+        let mut r = text(
+            StatusCode::BAD_REQUEST,
+            "Error: unsupported websocket version (Sec-WebSocket-Version must be 13)",
+        );
+        r.headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        tracing::info!(peer = %peer, "Rejecting Request: no Sec-WebSocket-Key");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Error: missing Sec-WebSocket-Key header",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(req);
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let sub = grant
+        .claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .map(str::to_string);
+    let span = tracing::info_span!("ws", id, peer = %peer, sub = sub.as_deref().unwrap_or(""));
+    let config = state.ws_config;
+    let tracker = state.sessions.clone();
+    let session = Session::open(state, id, grant);
+    tracker.spawn(
+        async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    session.run(ws).await;
+                }
+                Err(e) => tracing::info!(error = %e, "websocket upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}

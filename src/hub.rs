@@ -1,0 +1,160 @@
+//! The channel registry: which sockets listen to which channel. It knows nothing of PostgreSQL;
+//! the listener hands it `(channel, text)` pairs and it pushes the shared bytes into the outbox of
+//! every subscriber.
+//!
+//! The text of a notification is allocated once and shared (reference-counted) by every socket it
+//! goes to. The map is behind a read-write lock: routing takes the read side, (un)subscribing the
+//! write side, which happens once per socket per channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::outbox::{Outbox, Push};
+
+/// Counters of what the hub did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Frames queued for sockets.
+    pub delivered: AtomicU64,
+    /// Notifications routed to a channel nobody listens to.
+    pub unrouted: AtomicU64,
+    /// Frames dropped because a socket was too far behind.
+    pub overflowed: AtomicU64,
+}
+
+/// Channel name → subscribed outboxes.
+#[derive(Default)]
+pub struct Hub {
+    channels: RwLock<HashMap<Box<str>, Vec<Arc<Outbox>>>>,
+    /// What the hub did so far.
+    pub stats: HubStats,
+}
+
+impl Hub {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes `text` to every socket subscribed to `channel`. Returns how many got it.
+    pub fn publish(&self, channel: &str, text: Utf8Bytes) -> usize {
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        let Some(subs) = map.get(channel) else {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        };
+        let mut n = 0;
+        for sub in subs {
+            match sub.push(text.clone()) {
+                Push::Queued => n += 1,
+                Push::Overflow => {
+                    self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                }
+                Push::Closed => {}
+            }
+        }
+        self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Adds a socket to a channel.
+    pub fn subscribe(&self, channel: &str, outbox: &Arc<Outbox>) {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(channel.into()).or_default().push(outbox.clone());
+    }
+
+    /// Removes a socket from a channel; the channel entry goes with its last subscriber.
+    pub fn unsubscribe(&self, channel: &str, outbox: &Arc<Outbox>) {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(subs) = map.get_mut(channel) {
+            if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, outbox)) {
+                subs.swap_remove(i);
+            }
+            if subs.is_empty() {
+                map.remove(channel);
+            }
+        }
+    }
+
+    /// Sends `text` once to every subscribed socket (for server-wide notices).
+    pub fn broadcast(&self, text: Utf8Bytes) -> usize {
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        let mut seen: Vec<*const Outbox> = Vec::new();
+        let mut n = 0;
+        for sub in map.values().flatten() {
+            let p = Arc::as_ptr(sub);
+            if seen.contains(&p) {
+                continue;
+            }
+            seen.push(p);
+            if sub.push(text.clone()) == Push::Queued {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Number of channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.channels.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Limits;
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(Limits {
+            messages: 16,
+            bytes: 1 << 16,
+        }))
+    }
+
+    fn drained(o: &Outbox) -> Vec<String> {
+        let mut v = Vec::new();
+        o.drain_into(&mut v);
+        v.into_iter().map(|b| b.as_str().to_string()).collect()
+    }
+
+    // Spec §10 row 2: one message to one listener on one channel.
+    #[test]
+    fn relays_to_subscribers_of_the_channel_only() {
+        let hub = Hub::new();
+        let (a, b) = (outbox(), outbox());
+        hub.subscribe("test", &a);
+        hub.subscribe("other", &b);
+        assert_eq!(hub.publish("test", "payload".into()), 1);
+        assert_eq!(drained(&a), ["payload"]);
+        assert!(drained(&b).is_empty());
+        assert_eq!(hub.publish("nobody", "x".into()), 0);
+        assert_eq!(hub.stats.unrouted.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn last_unsubscribe_removes_the_channel() {
+        let hub = Hub::new();
+        let (a, b) = (outbox(), outbox());
+        hub.subscribe("c", &a);
+        hub.subscribe("c", &b);
+        hub.unsubscribe("c", &a);
+        assert_eq!(hub.channel_count(), 1);
+        assert_eq!(hub.publish("c", "m".into()), 1);
+        hub.unsubscribe("c", &b);
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[test]
+    fn broadcast_reaches_each_socket_once() {
+        let hub = Hub::new();
+        let a = outbox();
+        hub.subscribe("x", &a);
+        hub.subscribe("y", &a);
+        assert_eq!(hub.broadcast("gap".into()), 1);
+        assert_eq!(drained(&a), ["gap"]);
+    }
+}

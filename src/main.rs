@@ -1,0 +1,136 @@
+//! The `pgws` binary: parse settings, set up logging, start the embedded cluster if asked, bind,
+//! serve until SIGINT/SIGTERM, and turn the outcome into an exit status.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use pgws::config::{ConfigError, DEV_META_CHANNEL, DEV_SECRET};
+use pgws::embedded::Cluster;
+use pgws::{Cli, Server};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let mut cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    println!(
+        "pgws {} / Connects websockets to PostgreSQL asynchronous notifications.",
+        env!("CARGO_PKG_VERSION")
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgws: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(&mut cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgws: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
+    let cluster = if cli.embedded {
+        if cli.db_uri.is_some() {
+            tracing::warn!("embedded mode: PGWS_DB_URI is ignored");
+        }
+        cli.meta_channel.get_or_insert_with(|| DEV_META_CHANNEL.to_string());
+        let cluster = tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .context("embedded PostgreSQL")??;
+        println!(
+            "Embedded mode: a throwaway PostgreSQL {} cluster, removed when pgws exits. Not for production.",
+            cluster.version
+        );
+        println!(
+            "Embedded PostgreSQL: {}",
+            cluster.connection_string("postgres")
+        );
+        Some(cluster)
+    } else {
+        None
+    };
+    let dev_secret = cli.embedded && cli.jwt_secret.is_none();
+    let config = cli.resolve(
+        cluster
+            .as_ref()
+            .map(|c| c.connection_string("postgres"))
+            .as_deref(),
+        dev_secret.then_some(DEV_SECRET),
+    );
+    let config = match config {
+        Ok(c) => c,
+        Err(ConfigError::Missing(help)) => {
+            eprintln!("{help}");
+            std::process::exit(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let tls = config.tls.is_some();
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    println!("Listening on port {}", addr.port());
+
+    if let Some(cluster) = &cluster {
+        let scheme = if tls { "https" } else { "http" };
+        let ws = if tls { "wss" } else { "ws" };
+        println!("Open {scheme}://localhost:{}/ in a browser to try it.", addr.port());
+        if dev_secret {
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &serde_json::json!({"mode": "rw"}),
+                &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+            )?;
+            println!("Development secret: {DEV_SECRET}");
+            println!("Development token: {token}");
+            println!("Try: websocat {ws}://localhost:{}/chat/{token}", addr.port());
+        }
+        println!(
+            "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
+            cluster.connection_string("postgres"),
+            cli.listen_channel
+        );
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let result = server.run(shutdown).await;
+    if let Some(cluster) = cluster {
+        tokio::task::spawn_blocking(move || cluster.stop()).await.ok();
+    }
+    result.map_err(Into::into)
+}
+
+/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,173 @@
+//! The per-socket outbound queue: bounded in messages and bytes, shared between the routers that
+//! fill it and the one session task that drains it.
+//!
+//! It is a mutex-guarded `VecDeque` plus a [`Notify`]: an idle socket's queue allocates nothing,
+//! a push is a short uncontended lock, and the session drains everything queued in one go so that
+//! many messages become one socket write. When a push would exceed a limit the message is dropped,
+//! the outbox is marked overflowed and the session closes the socket (a slow consumer never grows
+//! memory without bound and never delays other sockets).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Limits of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most queued messages.
+    pub messages: usize,
+    /// Most queued bytes.
+    pub bytes: usize,
+}
+
+/// What happened to a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for the socket.
+    Queued,
+    /// Dropped: the socket is too far behind and is being closed.
+    Overflow,
+    /// Dropped: the socket is gone.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    overflowed: bool,
+    closed: bool,
+}
+
+/// One socket's queue of text frames to send.
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    limits: Limits,
+}
+
+impl Outbox {
+    /// An empty outbox; allocates no queue storage until the first push.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every critical
+        // section is a few field updates), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame, or refuses it when the socket is closed or over its limits.
+    pub fn push(&self, msg: Utf8Bytes) -> Push {
+        let mut s = self.lock();
+        if s.closed {
+            return Push::Closed;
+        }
+        if s.overflowed {
+            return Push::Overflow;
+        }
+        let len = msg.len();
+        if s.queue.len() >= self.limits.messages || s.bytes + len > self.limits.bytes {
+            s.overflowed = true;
+            s.queue.clear();
+            s.queue.shrink_to_fit();
+            s.bytes = 0;
+            drop(s);
+            self.notify.notify_one();
+            return Push::Overflow;
+        }
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(msg);
+        s.bytes += len;
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Moves every queued frame into `out`. Returns `false` when the outbox overflowed.
+    pub fn drain_into(&self, out: &mut Vec<Utf8Bytes>) -> bool {
+        let mut s = self.lock();
+        out.extend(s.queue.drain(..));
+        s.bytes = 0;
+        if s.queue.capacity() > 64 {
+            s.queue.shrink_to_fit();
+        }
+        !s.overflowed
+    }
+
+    /// Waits until something was pushed (or the outbox overflowed) since the last wait.
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Refuses further pushes and frees the queue; called when the socket ends.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.queue = VecDeque::new();
+        s.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(messages: usize, bytes: usize) -> Outbox {
+        Outbox::new(Limits { messages, bytes })
+    }
+
+    #[test]
+    fn drains_in_order() {
+        let o = outbox(10, 1000);
+        assert_eq!(o.push("a".into()), Push::Queued);
+        assert_eq!(o.push("b".into()), Push::Queued);
+        let mut out = Vec::new();
+        assert!(o.drain_into(&mut out));
+        assert_eq!(out, vec![Utf8Bytes::from("a"), Utf8Bytes::from("b")]);
+    }
+
+    #[test]
+    fn overflow_by_count_and_bytes() {
+        let o = outbox(2, 1000);
+        o.push("a".into());
+        o.push("b".into());
+        assert_eq!(o.push("c".into()), Push::Overflow);
+        assert_eq!(o.push("d".into()), Push::Overflow);
+        let mut out = Vec::new();
+        assert!(!o.drain_into(&mut out));
+        assert!(out.is_empty());
+
+        let o = outbox(100, 5);
+        assert_eq!(o.push("abc".into()), Push::Queued);
+        assert_eq!(o.push("abc".into()), Push::Overflow);
+    }
+
+    #[test]
+    fn closed_refuses() {
+        let o = outbox(2, 10);
+        o.close();
+        assert_eq!(o.push("a".into()), Push::Closed);
+    }
+
+    #[tokio::test]
+    async fn wait_wakes_after_push() {
+        let o = std::sync::Arc::new(outbox(2, 10));
+        let o2 = o.clone();
+        let h = tokio::spawn(async move { o2.wait().await });
+        o.push("x".into());
+        tokio::time::timeout(std::time::Duration::from_secs(5), h)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}

@@ -1,0 +1,211 @@
+//! The actor that owns the dedicated LISTEN connection.
+//!
+//! It connects, runs `LISTEN "<listen channel>"`, and drives the connection through
+//! `Connection::poll_message` (tokio-postgres hands out notifications nowhere else), routing each
+//! notification into the [`Hub`]. A heartbeat (`SELECT 1` every `PGWS_CHECK_LISTENER_INTERVAL`)
+//! detects a dead or half-open connection; whenever the connection is lost the actor logs it,
+//! tells every subscribed socket that messages may have been lost, reconnects with back-off and
+//! LISTENs again. It never goes deaf silently.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{oneshot, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::{backoff, quote_ident, with_defaults};
+use crate::envelope::route;
+use crate::hub::Hub;
+
+/// Where the LISTEN connection stands; published on a watch channel for readiness and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerStatus {
+    /// Not connected yet (start-up).
+    Connecting,
+    /// Connected and LISTENing; the counter grows with every (re)connection.
+    Listening {
+        /// Number of successful connections so far (1 after start-up).
+        generation: u64,
+    },
+    /// Lost; reconnecting.
+    Down,
+}
+
+/// Why the listener stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Start-up attempts exhausted (`PGWS_RETRIES`) without a connection.
+    #[error("could not connect the LISTEN connection after {attempts} attempts: {last}")]
+    StartupFailed {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+}
+
+/// Settings of the listener actor.
+pub struct ListenerSettings {
+    /// Database to connect to.
+    pub db: tokio_postgres::Config,
+    /// The channel to LISTEN on.
+    pub channel: String,
+    /// Heartbeat period.
+    pub check_interval: Duration,
+    /// Start-up attempts (`None`: for ever).
+    pub startup_retries: Option<u32>,
+}
+
+/// Text sent to every subscribed socket after the LISTEN connection came back.
+pub(crate) fn gap_event(down_for: Duration) -> String {
+    serde_json::json!({
+        "event": "Gap",
+        "message": "the server's database connection was lost and restored; notifications sent meanwhile may have been lost",
+        "down_ms": down_for.as_millis() as u64,
+    })
+    .to_string()
+}
+
+/// Runs until `shutdown` is cancelled, or until start-up retries are exhausted.
+pub async fn run(
+    settings: ListenerSettings,
+    hub: Arc<Hub>,
+    status: watch::Sender<ListenerStatus>,
+    shutdown: CancellationToken,
+) -> Result<(), ListenerError> {
+    let db = with_defaults(&settings.db);
+    let mut attempts: u32 = 0;
+    let mut generation: u64 = 0;
+    let mut lost_at: Option<tokio::time::Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = connect(&db, &settings.channel, hub.clone()) => r,
+        };
+        match connected {
+            Ok(conn) => {
+                attempts = 0;
+                generation += 1;
+                if let Some(at) = lost_at.take() {
+                    let down = at.elapsed();
+                    tracing::warn!(channel = %settings.channel, down_ms = down.as_millis() as u64,
+                        "LISTEN connection recovered; notifications sent while it was down are lost");
+                    let n = hub.broadcast(Utf8Bytes::from(gap_event(down)));
+                    tracing::info!(sockets = n, "told subscribed sockets about the gap");
+                } else {
+                    tracing::info!(channel = %settings.channel, "listening for notifications");
+                }
+                let _ = status.send(ListenerStatus::Listening { generation });
+                let reason = supervise(conn, settings.check_interval, &shutdown).await;
+                let Some(reason) = reason else {
+                    return Ok(());
+                };
+                tracing::error!(reason = %reason, "LISTEN connection lost; reconnecting");
+                lost_at = Some(tokio::time::Instant::now());
+                let _ = status.send(ListenerStatus::Down);
+            }
+            Err(e) => {
+                attempts += 1;
+                tracing::error!(attempt = attempts, error = %e,
+                    "Error connecting notification listener to database");
+                if generation == 0
+                    && let Some(max) = settings.startup_retries
+                    && attempts >= max
+                {
+                    return Err(ListenerError::StartupFailed {
+                        attempts,
+                        last: e.to_string(),
+                    });
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff(attempts)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// A live LISTEN connection: the client for heartbeats and the driver task's end signal.
+struct Live {
+    client: tokio_postgres::Client,
+    ended: oneshot::Receiver<String>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+async fn connect(
+    db: &tokio_postgres::Config,
+    channel: &str,
+    hub: Arc<Hub>,
+) -> Result<Live, tokio_postgres::Error> {
+    let (client, mut connection) = db.connect(NoTls).await?;
+    let (end_tx, ended) = oneshot::channel();
+    let pg_channel = channel.to_string();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let reason = loop {
+            match messages.next().await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let payload = n.payload();
+                    let target = route(payload, &pg_channel);
+                    hub.publish(&target, Utf8Bytes::from(payload.to_string()));
+                }
+                Some(Ok(AsyncMessage::Notice(notice))) => {
+                    tracing::debug!(notice = %notice.message(), "notice on the LISTEN connection");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e.to_string(),
+                None => break "the server closed the connection".to_string(),
+            }
+        };
+        let _ = end_tx.send(reason);
+    });
+    if let Err(e) = client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await
+    {
+        driver.abort();
+        return Err(e);
+    }
+    Ok(Live {
+        client,
+        ended,
+        driver,
+    })
+}
+
+/// Watches a live connection; returns why it ended, or `None` on shutdown.
+async fn supervise(
+    mut live: Live,
+    check_interval: Duration,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    let mut tick = tokio::time::interval(check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let reply_timeout = check_interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let reason = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                live.driver.abort();
+                return None;
+            }
+            r = &mut live.ended => break r.unwrap_or_else(|_| "connection task ended".into()),
+            _ = tick.tick() => {
+                match tokio::time::timeout(reply_timeout, live.client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => break format!("heartbeat failed: {e}"),
+                    Err(_) => break format!("heartbeat got no answer within {reply_timeout:?}"),
+                }
+            }
+        }
+    };
+    live.driver.abort();
+    Some(reason)
+}

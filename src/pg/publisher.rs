@@ -1,0 +1,185 @@
+//! The NOTIFY pool: `PGWS_POOL_SIZE` connections, each owned by one worker task that runs
+//! `SELECT pg_notify($1, $2)` with bound parameters.
+//!
+//! A socket always uses the same worker, and a worker sends its jobs in order on one connection,
+//! so one socket's messages reach PostgreSQL in the order they were sent. A worker takes every job
+//! waiting in its queue and pipelines them on its connection (one round trip for many NOTIFYs).
+//! A NOTIFY that fails (database down, payload too long) is reported to the socket that sent it
+//! as an `Error` event and logged; nothing is dropped silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::with_defaults;
+use crate::envelope::error_event;
+use crate::outbox::Outbox;
+
+/// Jobs a worker queues before a sender waits (backpressure on the sending socket).
+const QUEUE: usize = 1024;
+/// Jobs pipelined in one round.
+const BATCH: usize = 256;
+/// After a failed connection attempt, jobs fail at once for this long instead of each waiting.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One NOTIFY to send.
+pub struct Job {
+    /// The notification text (an envelope).
+    pub payload: String,
+    /// The socket's channel this copy is for (for the error report).
+    pub channel: Option<String>,
+    /// Where to report a failure; `None` for events of sockets that are gone.
+    pub reply: Option<Arc<Outbox>>,
+}
+
+/// Counters of the pool.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    /// NOTIFYs that PostgreSQL accepted.
+    pub sent: AtomicU64,
+    /// NOTIFYs that failed and were reported.
+    pub failed: AtomicU64,
+}
+
+/// Handle to the pool's workers. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    workers: Arc<[mpsc::Sender<Job>]>,
+    /// What the pool did so far.
+    pub stats: Arc<PublisherStats>,
+}
+
+impl Publisher {
+    /// Starts `size` workers; they connect lazily, on their first job.
+    pub fn start(db: &tokio_postgres::Config, listen_channel: &str, size: usize) -> Self {
+        let db = with_defaults(db);
+        let stats = Arc::new(PublisherStats::default());
+        let listen: Arc<str> = listen_channel.into();
+        let workers = (0..size.max(1))
+            .map(|i| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(worker(i, db.clone(), listen.clone(), rx, stats.clone()));
+                tx
+            })
+            .collect();
+        Self { workers, stats }
+    }
+
+    /// Queues a NOTIFY on the worker that serves `key` (a socket id), waiting for room.
+    pub async fn publish(&self, key: u64, job: Job) {
+        let worker = &self.workers[(key % self.workers.len() as u64) as usize];
+        if let Err(mpsc::error::SendError(job)) = worker.send(job).await {
+            fail(&job, "notify_failed", "the server is shutting down", &self.stats);
+        }
+    }
+}
+
+fn fail(job: &Job, code: &str, message: &str, stats: &PublisherStats) {
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(code, error = message, channel = ?job.channel, "NOTIFY failed");
+    if let Some(reply) = &job.reply {
+        reply.push(Utf8Bytes::from(error_event(
+            code,
+            message,
+            job.channel.as_deref(),
+        )));
+    }
+}
+
+struct Conn {
+    client: tokio_postgres::Client,
+    stmt: tokio_postgres::Statement,
+}
+
+async fn open(db: &tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error> {
+    let (client, connection) = db.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "NOTIFY connection ended");
+        }
+    });
+    let stmt = client
+        .prepare_typed("SELECT pg_notify($1, $2)", &[Type::TEXT, Type::TEXT])
+        .await?;
+    Ok(Conn { client, stmt })
+}
+
+async fn worker(
+    id: usize,
+    db: tokio_postgres::Config,
+    listen: Arc<str>,
+    mut rx: mpsc::Receiver<Job>,
+    stats: Arc<PublisherStats>,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut failed_at: Option<(Instant, String)> = None;
+    let mut jobs = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut jobs, BATCH).await > 0 {
+        if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match &failed_at {
+                Some((at, err)) if at.elapsed() < RETRY_AFTER => {
+                    let msg = format!("database unavailable: {err}");
+                    for job in jobs.drain(..) {
+                        fail(&job, "notify_failed", &msg, &stats);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            match open(&db).await {
+                Ok(c) => {
+                    tracing::debug!(worker = id, "NOTIFY connection open");
+                    conn = Some(c);
+                    failed_at = None;
+                }
+                Err(e) => {
+                    tracing::error!(worker = id, error = %e, "cannot open a NOTIFY connection");
+                    let msg = format!("database unavailable: {e}");
+                    for job in jobs.drain(..) {
+                        fail(&job, "notify_failed", &msg, &stats);
+                    }
+                    failed_at = Some((Instant::now(), e.to_string()));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &conn else { continue };
+        let listen: &str = &listen;
+        let results = futures_util::future::join_all(jobs.iter().map(|job| {
+            let payload: &str = &job.payload;
+            async move { c.client.execute(&c.stmt, &[&listen, &payload]).await }
+        }))
+        .await;
+        for (job, result) in jobs.drain(..).zip(results) {
+            match result {
+                Ok(_) => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let text = e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    let code = if text.contains("payload string too long") {
+                        "payload_too_large"
+                    } else {
+                        "notify_failed"
+                    };
+                    fail(&job, code, &format!("NOTIFY failed: {text}"), &stats);
+                }
+            }
+        }
+        if c.client.is_closed() {
+            conn = None;
+        }
+    }
+}

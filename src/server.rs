@@ -1,0 +1,259 @@
+//! The server: binds, starts the PostgreSQL side, accepts connections, and drains at shutdown.
+//!
+//! [`Server::bind`] and [`Server::run`] are separate so that tests (and `main`) learn the bound
+//! address before serving, and can start several servers side by side on port 0.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
+use crate::outbox::Limits;
+use crate::pg::listener::{self, ListenerError, ListenerSettings, ListenerStatus};
+use crate::pg::publisher::Publisher;
+use crate::state::{AppState, ws_config};
+
+/// How long sessions get to finish their close handshakes at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request head or finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The port could not be bound.
+    #[error("cannot bind {host}:{port}: {source}")]
+    Bind {
+        /// `PGWS_HOST`.
+        host: String,
+        /// `PGWS_PORT`.
+        port: u16,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The LISTEN connection could not be established at start-up.
+    #[error("Broadcaster connection is dead: {0}")]
+    Listener(#[from] ListenerError),
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    config: Config,
+    status: (watch::Sender<ListenerStatus>, watch::Receiver<ListenerStatus>),
+}
+
+impl Server {
+    /// Binds the configured address and loads TLS files.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        let tls = config.tls.as_ref().map(net::tls_acceptor).transpose()?;
+        let listener = net::bind(&config.host, config.port)
+            .await
+            .map_err(|source| Error::Bind {
+                host: format!("{:?}", config.host),
+                port: config.port,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            tls,
+            config,
+            status: watch::channel(ListenerStatus::Connecting),
+        })
+    }
+
+    /// The state of the LISTEN connection, updated for the server's whole life (readiness).
+    pub fn listener_status(&self) -> watch::Receiver<ListenerStatus> {
+        self.status.1.clone()
+    }
+
+    /// The bound address (with the real port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled (returns `Ok`) or the LISTEN connection cannot be
+    /// established at start-up within `PGWS_RETRIES` (returns the error; the process should exit
+    /// with status 1 so that a supervisor restarts it, as the original did).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let config = self.config;
+        let stop = shutdown.child_token();
+        let hub = Arc::new(Hub::new());
+        let (status_tx, status_rx) = self.status;
+        let publisher = Publisher::start(&config.db, &config.listen_channel, config.pool_size);
+        let listener_task = tokio::spawn(listener::run(
+            ListenerSettings {
+                db: config.db.clone(),
+                channel: config.listen_channel.clone(),
+                check_interval: config.check_listener_interval,
+                startup_retries: config.startup_retries,
+            },
+            hub.clone(),
+            status_tx,
+            stop.clone(),
+        ));
+        if let Some(bits) = config.keys.short_hmac_key() {
+            tracing::warn!(
+                bytes = bits,
+                "PGWS_JWT_SECRET is shorter than 32 bytes: HS256 needs at least 32, so no token will verify"
+            );
+        }
+        let state = Arc::new(AppState {
+            keys: config.keys.clone(),
+            hub,
+            publisher,
+            meta_channel: config.meta_channel.clone(),
+            ping_interval: config.ping_interval,
+            outbox_limits: Limits {
+                messages: config.max_queue_messages,
+                bytes: config.max_queue_bytes,
+            },
+            ws_config: ws_config(config.max_message_size),
+            site: config.site.clone(),
+            shutdown: stop.clone(),
+            sessions: TaskTracker::new(),
+            next_id: AtomicU64::new(1),
+            listener: status_rx,
+        });
+
+        let connections = TaskTracker::new();
+        let accept = accept_loop(
+            self.listener,
+            self.tls,
+            state.clone(),
+            connections.clone(),
+            stop.clone(),
+        );
+        tokio::pin!(listener_task);
+        let result = tokio::select! {
+            _ = accept => Ok(()),
+            r = &mut listener_task => match r {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Broadcaster connection is dead; shutting down");
+                    Err(Error::Listener(e))
+                }
+                _ => Ok(()),
+            },
+        };
+        tracing::info!("Shutting down server...");
+        stop.cancel();
+        state.sessions.close();
+        connections.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, async {
+            state.sessions.wait().await;
+            connections.wait().await;
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        }
+        result
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<AppState>,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: too many open files. Back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            match tls {
+                None => serve_http(TokioIo::new(stream), peer, state, stop).await,
+                Some(acceptor) => serve_tls(stream, acceptor, peer, state, stop).await,
+            }
+        });
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    // A TLS ClientHello starts with 0x16; anything else is plain HTTP on the TLS port.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            let mut stream = stream;
+            let _ = stream.write_all(PLAIN_ON_TLS_RESPONSE).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        _ => return,
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, state, stop).await,
+        Ok(Err(e)) => tracing::info!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::info!(peer = %peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<I>(io: TokioIo<I>, peer: SocketAddr, state: Arc<AppState>, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(crate::http::handle(req, state, peer).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}

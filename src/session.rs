@@ -1,0 +1,319 @@
+//! One accepted websocket: a single task that `select!`s between the client's frames, the
+//! socket's outbox, the token's expiry, server pings and shutdown.
+//!
+//! Lifecycle (spec §2.5, with the original's gaps closed): subscribe the socket's channels (read
+//! mode), publish `ConnectionOpen` on the meta channel, loop, then unsubscribe and publish
+//! `ConnectionClose`. Every mode reads the socket, so pings are answered and close frames honoured
+//! on read-only sockets too. When the server closes a socket (expiry, shutdown, slow consumer) it
+//! sends a close frame, waits briefly for the answer and then closes TCP itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::auth::{Grant, now_seconds};
+use crate::envelope::{ClaimsText, MAX_NOTIFY_PAYLOAD, envelope, error_event};
+use crate::outbox::Outbox;
+use crate::pg::publisher::Job;
+use crate::state::AppState;
+
+/// Close code when the token's `exp` passes (the original's).
+pub const CLOSE_JWT_EXPIRED: u16 = 3001;
+/// Close code for a socket that fell too far behind its outbound queue limits.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
+/// How long a blocked write may take before the peer is considered gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the peer's answer to our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the loop ended.
+enum End {
+    /// The peer closed or vanished; nothing more to send.
+    Peer,
+    /// We close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// A socket whose handshake is being accepted: already subscribed, so that everything routed to
+/// its channels after the client sees the handshake complete is delivered.
+pub struct Session {
+    state: Arc<AppState>,
+    id: u64,
+    grant: Grant,
+    outbox: Arc<Outbox>,
+}
+
+impl Session {
+    /// Subscribes the socket's channels (read mode).
+    pub fn open(state: Arc<AppState>, id: u64, grant: Grant) -> Self {
+        let outbox = Arc::new(Outbox::new(state.outbox_limits));
+        if grant.mode.read {
+            for channel in &grant.channels {
+                state.hub.subscribe(channel, &outbox);
+            }
+        }
+        Self {
+            state,
+            id,
+            grant,
+            outbox,
+        }
+    }
+
+    /// Runs the socket to its end.
+    pub async fn run<S>(self, ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Self {
+            state,
+            id,
+            grant,
+            outbox,
+        } = &self;
+        run(ws, state, *id, grant, outbox).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.grant.mode.read {
+            for channel in &self.grant.channels {
+                self.state.hub.unsubscribe(channel, &self.outbox);
+            }
+        }
+        self.outbox.close();
+    }
+}
+
+async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    state: &Arc<AppState>,
+    id: u64,
+    grant: &Grant,
+    outbox: &Arc<Outbox>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (state, outbox) = (state.as_ref(), outbox);
+    let claims = ClaimsText::new(&grant.claims);
+    meta_event(state, id, "ConnectionOpen", grant, &claims, Some(outbox)).await;
+    tracing::info!(channels = ?grant.channels, mode = grant.mode.as_str(), "websocket open");
+
+    let end = serve(&mut ws, state, id, grant, &claims, outbox).await;
+
+    if grant.mode.read {
+        for channel in &grant.channels {
+            state.hub.unsubscribe(channel, outbox);
+        }
+    }
+    outbox.close();
+    if let End::Close(code, reason) = end {
+        tracing::info!(code, reason, "closing websocket");
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let closed = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
+    } else {
+        tracing::info!("websocket closed by peer");
+    }
+    meta_event(state, id, "ConnectionClose", grant, &claims, None).await;
+}
+
+async fn meta_event(
+    state: &AppState,
+    id: u64,
+    event: &str,
+    grant: &Grant,
+    claims: &ClaimsText,
+    reply: Option<&Arc<Outbox>>,
+) {
+    let Some(meta) = &state.meta_channel else {
+        return;
+    };
+    let payload = envelope(event, meta, &grant.channels.join(","), claims, now_seconds());
+    state
+        .publisher
+        .publish(
+            id,
+            Job {
+                payload,
+                channel: Some(meta.clone()),
+                reply: reply.cloned(),
+            },
+        )
+        .await;
+}
+
+async fn serve<S>(
+    ws: &mut WebSocketStream<S>,
+    state: &AppState,
+    id: u64,
+    grant: &Grant,
+    claims: &ClaimsText,
+    outbox: &Arc<Outbox>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let expiry = grant.exp.map(|exp| {
+        let left = (exp - now_seconds()).max(0.0);
+        tokio::time::Instant::now() + Duration::from_secs_f64(left.min(1e9))
+    });
+    let expired = async {
+        match expiry {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
+    let mut ping = state.ping_interval.map(|p| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut ping_count: u64 = 0;
+    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => return End::Close(1001, "server shutting down"),
+            _ = &mut expired => return End::Close(CLOSE_JWT_EXPIRED, "JWT expired"),
+            _ = outbox.wait() => {
+                let healthy = outbox.drain_into(&mut batch);
+                if !batch.is_empty() {
+                    let write = async {
+                        for msg in batch.drain(..) {
+                            ws.feed(Message::Text(msg)).await?;
+                        }
+                        ws.flush().await
+                    };
+                    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "write failed");
+                            return End::Peer;
+                        }
+                        Err(_) => {
+                            tracing::warn!("peer accepted no data for {WRITE_TIMEOUT:?}; dropping it");
+                            return End::Peer;
+                        }
+                    }
+                    batch.clear();
+                    if batch.capacity() > 256 {
+                        batch.shrink_to_fit();
+                    }
+                }
+                if !healthy {
+                    tracing::warn!("slow consumer: outbound queue limit reached");
+                    return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue limit reached");
+                }
+            }
+            _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
+                ping_count += 1;
+                let payload = ping_count.to_string().into_bytes();
+                if ws.send(Message::Ping(payload.into())).await.is_err() {
+                    return End::Peer;
+                }
+            }
+            frame = ws.next() => match frame {
+                None => return End::Peer,
+                Some(Ok(Message::Text(text))) => {
+                    on_client_text(state, id, grant, claims, outbox, text.as_str()).await;
+                }
+                Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => on_client_text(state, id, grant, claims, outbox, text).await,
+                    Err(_) => {
+                        outbox.push(error_event("invalid_utf8",
+                            "binary message is not valid UTF-8 text; it was not published", None).into());
+                    }
+                },
+                Some(Ok(Message::Ping(_))) => {
+                    // tungstenite queued the pong; push it out now.
+                    if ws.flush().await.is_err() {
+                        return End::Peer;
+                    }
+                }
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite answered the close; finish the closing handshake.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                    return End::Peer;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(e))) => {
+                    tracing::warn!(error = %e, "client message too large");
+                    return End::Close(1009, "message too big");
+                }
+                Some(Err(WsError::Utf8(_))) => return End::Close(1007, "invalid UTF-8 in text message"),
+                Some(Err(WsError::Protocol(e))) => {
+                    tracing::info!(error = %e, "websocket protocol error");
+                    return End::Close(1002, "protocol error");
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket read ended");
+                    return End::Peer;
+                }
+            },
+        }
+    }
+}
+
+/// Publishes one client message to every channel of the socket (spec §5.1), or says why not.
+async fn on_client_text(
+    state: &AppState,
+    id: u64,
+    grant: &Grant,
+    claims: &ClaimsText,
+    outbox: &Arc<Outbox>,
+    text: &str,
+) {
+    if !grant.mode.write {
+        outbox.push(
+            error_event(
+                "read_only",
+                "this socket's token does not allow writing (mode is not 'w' or 'rw'); the message was not published",
+                None,
+            )
+            .into(),
+        );
+        return;
+    }
+    let at = now_seconds();
+    for channel in &grant.channels {
+        let payload = envelope("WebsocketMessage", channel, text, claims, at);
+        if payload.len() > MAX_NOTIFY_PAYLOAD {
+            let msg = format!(
+                "message too large: its notification would be {} bytes and PostgreSQL accepts at most {} (the envelope and your token's claims take {} of them)",
+                payload.len(),
+                MAX_NOTIFY_PAYLOAD,
+                payload.len() - text.len()
+            );
+            tracing::warn!(channel = %channel, bytes = payload.len(), "message too large for NOTIFY");
+            outbox.push(error_event("payload_too_large", &msg, Some(channel)).into());
+            continue;
+        }
+        state
+            .publisher
+            .publish(
+                id,
+                Job {
+                    payload,
+                    channel: Some(channel.clone()),
+                    reply: Some(outbox.clone()),
+                },
+            )
+            .await;
+    }
+}

@@ -1,0 +1,57 @@
+//! `AppState`: everything a request or a session needs, built once by the server and passed in
+//! (no globals, so tests can run several servers side by side).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::KeySet;
+use crate::config::Site;
+use crate::hub::Hub;
+use crate::outbox::Limits;
+use crate::pg::listener::ListenerStatus;
+use crate::pg::publisher::Publisher;
+
+/// Shared state of one server.
+pub struct AppState {
+    /// Token verification keys.
+    pub keys: KeySet,
+    /// Channel registry.
+    pub hub: Arc<Hub>,
+    /// NOTIFY pool.
+    pub publisher: Publisher,
+    /// Channel for connection events.
+    pub meta_channel: Option<String>,
+    /// Server ping period.
+    pub ping_interval: Option<Duration>,
+    /// Per-socket queue limits.
+    pub outbox_limits: Limits,
+    /// Websocket buffer sizes and limits.
+    pub ws_config: WebSocketConfig,
+    /// What plain HTTP requests get.
+    pub site: Site,
+    /// Cancelled when the server stops; sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks sessions so shutdown can wait for their close handshakes.
+    pub sessions: TaskTracker,
+    /// Socket ids.
+    pub next_id: AtomicU64,
+    /// State of the LISTEN connection.
+    pub listener: watch::Receiver<ListenerStatus>,
+}
+
+/// Websocket settings: small buffers (tungstenite's defaults allocate 128 KiB per socket up
+/// front) and an explicit message size limit.
+pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(16 * 1024 * 1024)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+}
