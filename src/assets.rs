@@ -13,12 +13,18 @@ pub struct Asset {
 /// The compiled-in file for a request path, if there is one.
 pub fn get(path: &str) -> Option<Asset> {
     let (content_type, body): (&str, &[u8]) = match path {
-        "/" | "/index.html" => ("text/html; charset=utf-8", include_bytes!("../web/index.html")),
+        "/" | "/index.html" => (
+            "text/html; charset=utf-8",
+            include_bytes!("../web/index.html"),
+        ),
         "/app.js" => (
             "text/javascript; charset=utf-8",
             include_bytes!("../web/app.js"),
         ),
-        "/style.css" => ("text/css; charset=utf-8", include_bytes!("../web/style.css")),
+        "/style.css" => (
+            "text/css; charset=utf-8",
+            include_bytes!("../web/style.css"),
+        ),
         _ => return None,
     };
     Some(Asset { content_type, body })

@@ -34,26 +34,45 @@ pub struct Cli {
     pub db_uri: Option<String>,
 
     /// Secret to verify JWTs: raw HMAC bytes, a JWK, or a JWK Set; @file reads it from a file.
-    #[arg(long, env = "PGWS_JWT_SECRET", value_name = "PGWS_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PGWS_JWT_SECRET",
+        value_name = "PGWS_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// The secret is base64 (or base64url) encoded [True|False].
     #[arg(long, env = "PGWS_JWT_SECRET_BASE64", value_name = "PGWS_JWT_SECRET_BASE64",
-          default_value = "False", value_parser = parse_bool)]
+          default_value = "False", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub jwt_secret_base64: bool,
 
     /// Address to bind: `*` (any, IPv4 and IPv6), `*4` (any, IPv4), `!4` (IPv4 only), `*6` (any,
     /// prefer IPv6), `!6` (IPv6 only), or a host name / IP address.
-    #[arg(long, env = "PGWS_HOST", value_name = "PGWS_HOST", default_value = "*4")]
+    #[arg(
+        long,
+        env = "PGWS_HOST",
+        value_name = "PGWS_HOST",
+        default_value = "*4"
+    )]
     pub host: String,
 
     /// TCP port for HTTP, static files and websockets (0 picks a free port).
-    #[arg(long, env = "PGWS_PORT", value_name = "PGWS_PORT", default_value_t = 3000)]
+    #[arg(
+        long,
+        env = "PGWS_PORT",
+        value_name = "PGWS_PORT",
+        default_value_t = 3000
+    )]
     pub port: u16,
 
     /// The PostgreSQL channel pgws LISTENs on and NOTIFYs to.
-    #[arg(long, env = "PGWS_LISTEN_CHANNEL", value_name = "PGWS_LISTEN_CHANNEL",
-          default_value = "postgres-websockets-listener")]
+    #[arg(
+        long,
+        env = "PGWS_LISTEN_CHANNEL",
+        value_name = "PGWS_LISTEN_CHANNEL",
+        default_value = "postgres-websockets-listener"
+    )]
     pub listen_channel: String,
 
     /// Channel that receives ConnectionOpen / ConnectionClose events (unset: no events).
@@ -71,16 +90,29 @@ pub struct Cli {
 
     /// Attempts to open the LISTEN connection at start-up before giving up (exit 1); unused
     /// when PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
-    #[arg(long, env = "PGWS_RETRIES", value_name = "PGWS_RETRIES", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "PGWS_RETRIES",
+        value_name = "PGWS_RETRIES",
+        default_value_t = 5
+    )]
     pub retries: u32,
 
     /// Milliseconds between health checks of the LISTEN connection (unset: 10000). A failed
     /// check reconnects it.
-    #[arg(long, env = "PGWS_CHECK_LISTENER_INTERVAL", value_name = "PGWS_CHECK_LISTENER_INTERVAL")]
+    #[arg(
+        long,
+        env = "PGWS_CHECK_LISTENER_INTERVAL",
+        value_name = "PGWS_CHECK_LISTENER_INTERVAL"
+    )]
     pub check_listener_interval: Option<u64>,
 
     /// PEM certificate chain; with PGWS_KEY_FILE pgws serves only TLS (https/wss).
-    #[arg(long, env = "PGWS_CERTIFICATE_FILE", value_name = "PGWS_CERTIFICATE_FILE")]
+    #[arg(
+        long,
+        env = "PGWS_CERTIFICATE_FILE",
+        value_name = "PGWS_CERTIFICATE_FILE"
+    )]
     pub certificate_file: Option<PathBuf>,
 
     /// PEM private key for PGWS_CERTIFICATE_FILE.
@@ -89,13 +121,18 @@ pub struct Cli {
 
     /// Start a private, throwaway PostgreSQL from the installed server binaries and use it.
     #[arg(long, env = "PGWS_EMBEDDED", value_name = "PGWS_EMBEDDED", default_value = "False",
-          value_parser = parse_bool, num_args = 0..=1, default_missing_value = "True")]
+          value_parser = parse_bool, num_args = 0..=1, default_missing_value = "True",
+          action = clap::ArgAction::Set)]
     pub embedded: bool,
 
     /// Most messages waiting to be written to one socket; a socket that falls further behind is
     /// closed with code 4000.
-    #[arg(long, env = "PGWS_MAX_QUEUE_MESSAGES", value_name = "PGWS_MAX_QUEUE_MESSAGES",
-          default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "PGWS_MAX_QUEUE_MESSAGES",
+        value_name = "PGWS_MAX_QUEUE_MESSAGES",
+        default_value_t = 4096
+    )]
     pub max_queue_messages: usize,
 
     /// Most bytes waiting to be written to one socket (see PGWS_MAX_QUEUE_MESSAGES).
@@ -110,7 +147,12 @@ pub struct Cli {
     pub max_message_size: usize,
 
     /// Seconds between server pings on every socket (the original's 30; 0 disables).
-    #[arg(long, env = "PGWS_PING_INTERVAL", value_name = "PGWS_PING_INTERVAL", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "PGWS_PING_INTERVAL",
+        value_name = "PGWS_PING_INTERVAL",
+        default_value_t = 30
+    )]
     pub ping_interval: u64,
 }
 
@@ -353,7 +395,8 @@ impl Cli {
             max_queue_messages: self.max_queue_messages.max(1),
             max_queue_bytes: self.max_queue_bytes.max(1),
             max_message_size: self.max_message_size.max(1),
-            ping_interval: (self.ping_interval > 0).then(|| Duration::from_secs(self.ping_interval)),
+            ping_interval: (self.ping_interval > 0)
+                .then(|| Duration::from_secs(self.ping_interval)),
         })
     }
 }
@@ -421,15 +464,27 @@ fn missing_help(errors: &[&str]) -> String {
     for (name, help) in [
         ("PGWS_DB_URI", "PostgreSQL connection string (required)"),
         ("PGWS_JWT_SECRET", "secret to verify JWTs (required)"),
-        ("PGWS_JWT_SECRET_BASE64", "the secret is base64 (default: False)"),
+        (
+            "PGWS_JWT_SECRET_BASE64",
+            "the secret is base64 (default: False)",
+        ),
         ("PGWS_HOST", "address to bind (default: *4)"),
         ("PGWS_PORT", "port to bind (default: 3000)"),
-        ("PGWS_LISTEN_CHANNEL", "channel to LISTEN on (default: postgres-websockets-listener)"),
-        ("PGWS_META_CHANNEL", "channel for connection events (optional)"),
+        (
+            "PGWS_LISTEN_CHANNEL",
+            "channel to LISTEN on (default: postgres-websockets-listener)",
+        ),
+        (
+            "PGWS_META_CHANNEL",
+            "channel for connection events (optional)",
+        ),
         ("PGWS_ROOT_PATH", "static files directory (optional)"),
         ("PGWS_POOL_SIZE", "NOTIFY connections (default: 10)"),
         ("PGWS_RETRIES", "start-up connection attempts (default: 5)"),
-        ("PGWS_CHECK_LISTENER_INTERVAL", "listener check interval in ms (optional)"),
+        (
+            "PGWS_CHECK_LISTENER_INTERVAL",
+            "listener check interval in ms (optional)",
+        ),
         ("PGWS_CERTIFICATE_FILE", "TLS certificate (optional)"),
         ("PGWS_KEY_FILE", "TLS key (optional)"),
     ] {
@@ -469,7 +524,9 @@ mod tests {
 
     #[test]
     fn unparsable_port_names_variable_and_value() {
-        let err = Cli::try_parse_from(["pgws", "--port", "abc"]).unwrap_err().to_string();
+        let err = Cli::try_parse_from(["pgws", "--port", "abc"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PGWS_PORT"), "{err}");
         assert!(err.contains("abc"), "{err}");
     }
@@ -493,10 +550,17 @@ mod tests {
 
     #[test]
     fn tls_needs_both_files() {
-        let err = cli(&["--db-uri", "postgres://x/y", "--jwt-secret", "s", "--key-file", "k"])
-            .resolve(None, None)
-            .unwrap_err()
-            .to_string();
+        let err = cli(&[
+            "--db-uri",
+            "postgres://x/y",
+            "--jwt-secret",
+            "s",
+            "--key-file",
+            "k",
+        ])
+        .resolve(None, None)
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("PGWS_KEY_FILE"), "{err}");
     }
 
@@ -518,8 +582,11 @@ mod tests {
         let bytes = load_secret("cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU", true).unwrap();
         assert_eq!(bytes, b"reallyreallyreallyreallyverysafe");
         let bytes = load_secret("-_8.", true).unwrap();
-        assert_eq!(bytes, vec![0xfb, 0xff, 0x3c]);
-        assert!(matches!(load_secret("%%%", true), Err(ConfigError::Base64(_))));
+        assert_eq!(bytes, vec![0xfb, 0xff]);
+        assert!(matches!(
+            load_secret("%%%", true),
+            Err(ConfigError::Base64(_))
+        ));
     }
 
     #[test]
@@ -548,10 +615,17 @@ mod tests {
     #[test]
     fn channel_names_are_checked() {
         let long = "x".repeat(64);
-        let err = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "s", "--listen-channel", &long])
-            .resolve(None, None)
-            .unwrap_err()
-            .to_string();
+        let err = cli(&[
+            "--db-uri",
+            "postgres://u@h/d",
+            "--jwt-secret",
+            "s",
+            "--listen-channel",
+            &long,
+        ])
+        .resolve(None, None)
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("PGWS_LISTEN_CHANNEL"), "{err}");
     }
 }

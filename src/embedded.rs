@@ -163,7 +163,8 @@ rm -rf "$2"
                 return Ok(());
             }
             if let Ok(Some(status)) = self.wrapper.try_wait() {
-                let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
                 return Err(EmbeddedError::Step {
                     step: "postgres exited",
                     detail: format!("{status}: {log}"),
@@ -233,7 +234,9 @@ struct RunAs {
 
 /// `None` when this process is not root (PostgreSQL runs as us); the `postgres` user otherwise.
 fn run_as_user() -> Result<Option<RunAs>, EmbeddedError> {
-    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
     if euid != 0 {
         return Ok(None);
     }

@@ -99,6 +99,13 @@ struct Route<'a> {
 /// The channel a notification goes to: the string `channel` field of a JSON object payload, or
 /// `pg_channel` (the PostgreSQL channel it arrived on) for anything else.
 pub fn route<'a>(payload: &'a str, pg_channel: &'a str) -> Cow<'a, str> {
+    // serde would also read a struct from a JSON array; only objects route.
+    if !payload
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Cow::Borrowed(pg_channel);
+    }
     match serde_json::from_str::<Route<'a>>(payload) {
         Ok(Route {
             channel: Some(channel),
@@ -140,12 +147,18 @@ mod tests {
         assert_eq!(route(r#"{"channel": 1}"#, "l"), "l");
         assert_eq!(route(r#"["channel"]"#, "l"), "l");
         assert_eq!(route(r#"{"payload": 1}"#, "l"), "l");
-        assert_eq!(route(r#"{"channel":"c","nested":{"channel":"d"}}"#, "l"), "c");
+        assert_eq!(
+            route(r#"{"channel":"c","nested":{"channel":"d"}}"#, "l"),
+            "c"
+        );
     }
 
     #[test]
     fn error_event_shape() {
         let v: Value = serde_json::from_str(&error_event("read_only", "nope", None)).unwrap();
-        assert_eq!(v, json!({"event":"Error","code":"read_only","message":"nope","channel":null}));
+        assert_eq!(
+            v,
+            json!({"event":"Error","code":"read_only","message":"nope","channel":null})
+        );
     }
 }

@@ -99,7 +99,10 @@ impl Hub {
 
     /// Number of channels with at least one subscriber.
     pub fn channel_count(&self) -> usize {
-        self.channels.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 

@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         "pgws {} / Connects websockets to PostgreSQL asynchronous notifications.",
         env!("CARGO_PKG_VERSION")
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgws: cannot start the runtime: {e}");
@@ -51,7 +54,8 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
         if cli.db_uri.is_some() {
             tracing::warn!("embedded mode: PGWS_DB_URI is ignored");
         }
-        cli.meta_channel.get_or_insert_with(|| DEV_META_CHANNEL.to_string());
+        cli.meta_channel
+            .get_or_insert_with(|| DEV_META_CHANNEL.to_string());
         let cluster = tokio::task::spawn_blocking(Cluster::start)
             .await
             .context("embedded PostgreSQL")??;
@@ -91,7 +95,10 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
     if let Some(cluster) = &cluster {
         let scheme = if tls { "https" } else { "http" };
         let ws = if tls { "wss" } else { "ws" };
-        println!("Open {scheme}://localhost:{}/ in a browser to try it.", addr.port());
+        println!(
+            "Open {scheme}://localhost:{}/ in a browser to try it.",
+            addr.port()
+        );
         if dev_secret {
             let token = jsonwebtoken::encode(
                 &jsonwebtoken::Header::default(),
@@ -100,7 +107,10 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
             )?;
             println!("Development secret: {DEV_SECRET}");
             println!("Development token: {token}");
-            println!("Try: websocat {ws}://localhost:{}/chat/{token}", addr.port());
+            println!(
+                "Try: websocat {ws}://localhost:{}/chat/{token}",
+                addr.port()
+            );
         }
         println!(
             "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
@@ -113,7 +123,9 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let result = server.run(shutdown).await;
     if let Some(cluster) = cluster {
-        tokio::task::spawn_blocking(move || cluster.stop()).await.ok();
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .ok();
     }
     result.map_err(Into::into)
 }

@@ -118,7 +118,9 @@ mod tests {
 
     #[tokio::test]
     async fn binds_loopback_on_port_zero() {
-        let l = bind(&HostPreference::Named("127.0.0.1".into()), 0).await.unwrap();
+        let l = bind(&HostPreference::Named("127.0.0.1".into()), 0)
+            .await
+            .unwrap();
         assert_ne!(l.local_addr().unwrap().port(), 0);
         let l = bind(&HostPreference::V4Only, 0).await.unwrap();
         assert!(l.local_addr().unwrap().is_ipv4());

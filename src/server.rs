@@ -58,7 +58,10 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     config: Config,
-    status: (watch::Sender<ListenerStatus>, watch::Receiver<ListenerStatus>),
+    status: (
+        watch::Sender<ListenerStatus>,
+        watch::Receiver<ListenerStatus>,
+    ),
 }
 
 impl Server {
@@ -168,6 +171,13 @@ impl Server {
         {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
         }
+        // The sessions' last events (ConnectionClose) are queued; send them before returning.
+        if tokio::time::timeout(Duration::from_secs(5), state.publisher.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("pending NOTIFYs were not all sent within 5 s");
+        }
         result
     }
 }
@@ -231,8 +241,12 @@ async fn serve_tls(
     }
 }
 
-async fn serve_http<I>(io: TokioIo<I>, peer: SocketAddr, state: Arc<AppState>, stop: CancellationToken)
-where
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {

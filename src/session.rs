@@ -143,7 +143,13 @@ async fn meta_event(
     let Some(meta) = &state.meta_channel else {
         return;
     };
-    let payload = envelope(event, meta, &grant.channels.join(","), claims, now_seconds());
+    let payload = envelope(
+        event,
+        meta,
+        &grant.channels.join(","),
+        claims,
+        now_seconds(),
+    );
     state
         .publisher
         .publish(

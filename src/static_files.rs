@@ -37,7 +37,10 @@ pub async fn serve<B>(site: &Site, req: &Request<B>) -> Response<Body> {
         return text(StatusCode::OK, "Hello, Web!");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "Only GET or HEAD is supported");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Only GET or HEAD is supported",
+        );
     }
     let head = req.method() == Method::HEAD;
     let path = req.uri().path();
@@ -92,7 +95,10 @@ async fn from_directory<B>(root: &Path, segments: &[String], req: &Request<B>) -
         let mut found = None;
         for index in ["index.html", "index.htm"] {
             let candidate = full.join(index);
-            if tokio::fs::metadata(&candidate).await.is_ok_and(|m| m.is_file()) {
+            if tokio::fs::metadata(&candidate)
+                .await
+                .is_ok_and(|m| m.is_file())
+            {
                 found = Some(candidate);
                 break;
             }

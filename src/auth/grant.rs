@@ -159,7 +159,12 @@ mod tests {
     }
 
     fn token(claims: Value) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     }
 
     fn grant(requested: Option<&str>, claims: Value) -> Result<Grant, AuthError> {
@@ -177,7 +182,13 @@ mod tests {
     fn any_channel_without_channel_claims() {
         let g = grant(Some("test"), json!({"mode":"r"})).unwrap();
         assert_eq!(g.channels, ["test"]);
-        assert_eq!(g.mode, Mode { read: true, write: false });
+        assert_eq!(
+            g.mode,
+            Mode {
+                read: true,
+                write: false
+            }
+        );
         assert_eq!(Value::Object(g.claims), json!({"mode":"r"}));
     }
 
@@ -195,9 +206,16 @@ mod tests {
 
     #[test]
     fn requested_channel_from_claims() {
-        let g = grant(Some("test"), json!({"mode":"r","channels":["test","test2"]})).unwrap();
+        let g = grant(
+            Some("test"),
+            json!({"mode":"r","channels":["test","test2"]}),
+        )
+        .unwrap();
         assert_eq!(g.channels, ["test"]);
-        let e = grant(Some("notAllowed"), json!({"mode":"r","channels":["test","test2"]}));
+        let e = grant(
+            Some("notAllowed"),
+            json!({"mode":"r","channels":["test","test2"]}),
+        );
         assert_eq!(e.unwrap_err().to_string(), "No allowed channels");
     }
 
@@ -221,7 +239,11 @@ mod tests {
 
     #[test]
     fn channel_then_channels_deduplicated() {
-        let g = grant(None, json!({"mode":"rw","channel":"a","channels":["b","a","b"]})).unwrap();
+        let g = grant(
+            None,
+            json!({"mode":"rw","channel":"a","channels":["b","a","b"]}),
+        )
+        .unwrap();
         assert_eq!(g.channels, ["a", "b"]);
         let g = grant(None, json!({"mode":"rw","channels":["a","a"]})).unwrap();
         assert_eq!(g.channels, ["a"]);
@@ -236,7 +258,13 @@ mod tests {
     #[test]
     fn unknown_mode_grants_nothing_but_is_accepted() {
         let g = grant(Some("x"), json!({"mode":"admin"})).unwrap();
-        assert_eq!(g.mode, Mode { read: false, write: false });
+        assert_eq!(
+            g.mode,
+            Mode {
+                read: false,
+                write: false
+            }
+        );
     }
 
     #[test]

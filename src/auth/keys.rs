@@ -46,7 +46,9 @@ pub struct KeySet {
 impl fmt::Debug for KeySet {
     /// Never prints key material.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeySet").field("keys", &self.keys.len()).finish()
+        f.debug_struct("KeySet")
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 
@@ -71,7 +73,9 @@ impl KeySet {
                 for (i, v) in obj["keys"].as_array().into_iter().flatten().enumerate() {
                     match jwk_key(v) {
                         Ok(k) => keys.push(k),
-                        Err(e) => tracing::warn!(index = i, error = %e, "skipping a JWK Set key pgws cannot use"),
+                        Err(e) => {
+                            tracing::warn!(index = i, error = %e, "skipping a JWK Set key pgws cannot use")
+                        }
                     }
                 }
                 if keys.is_empty() {
@@ -110,12 +114,13 @@ impl KeySet {
         let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
             .map_err(|e| AuthError::Invalid(format!("JWSError (JSONDecodeError {e:?})")))?;
         match header.get("alg").and_then(Value::as_str) {
-            Some("none") | None => return Err(AuthError::Invalid("JWSError JWSNoSignatures".into())),
+            Some("none") | None => {
+                return Err(AuthError::Invalid("JWSError JWSNoSignatures".into()));
+            }
             Some(_) => {}
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| {
-            AuthError::Invalid(format!("JWSError (AlgorithmNotImplemented {e})"))
-        })?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("JWSError (AlgorithmNotImplemented {e})")))?;
         let alg = header.alg;
         let by_kid: Vec<&Key> = match &header.kid {
             Some(kid) => self
@@ -247,7 +252,11 @@ mod tests {
     #[test]
     fn wrong_signature_and_none_are_refused() {
         let keys = KeySet::from_secret(SECRET).unwrap();
-        let t = hs(Algorithm::HS256, b"wrongwrongwrongwrongwrongwrong!!", &json!({"mode":"r"}));
+        let t = hs(
+            Algorithm::HS256,
+            b"wrongwrongwrongwrongwrongwrong!!",
+            &json!({"mode":"r"}),
+        );
         assert_eq!(keys.verify(&t), Err(AuthError::bad_signature()));
         // alg: none, empty signature
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJtb2RlIjoiciJ9.";
@@ -255,18 +264,43 @@ mod tests {
             keys.verify(none).unwrap_err().to_string(),
             "Error: JWSError JWSNoSignatures"
         );
-        assert!(keys.verify("abc").unwrap_err().to_string().starts_with("Error: "));
+        assert!(
+            keys.verify("abc")
+                .unwrap_err()
+                .to_string()
+                .starts_with("Error: ")
+        );
     }
 
     #[test]
     fn jwk_and_jwks_secrets() {
-        let jwk = r#"{"kty":"oct","k":"cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU","alg":"HS256"}"#;
-        let t = hs(Algorithm::HS256, SECRET, &json!({"mode":"r","channel":"test"}));
-        assert!(KeySet::from_secret(jwk.as_bytes()).unwrap().verify(&t).is_ok());
+        let jwk =
+            r#"{"kty":"oct","k":"cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU","alg":"HS256"}"#;
+        let t = hs(
+            Algorithm::HS256,
+            SECRET,
+            &json!({"mode":"r","channel":"test"}),
+        );
+        assert!(
+            KeySet::from_secret(jwk.as_bytes())
+                .unwrap()
+                .verify(&t)
+                .is_ok()
+        );
         let jwks = format!(r#"{{"keys":[{jwk}]}}"#);
-        assert!(KeySet::from_secret(jwks.as_bytes()).unwrap().verify(&t).is_ok());
+        assert!(
+            KeySet::from_secret(jwks.as_bytes())
+                .unwrap()
+                .verify(&t)
+                .is_ok()
+        );
         let wrong = r#"{"keys":[{"kty":"oct","k":"d3JvbmdrZXl3cm9uZ2tleXdyb25na2V5d3Jvbmdr","alg":"HS256"}]}"#;
-        assert!(KeySet::from_secret(wrong.as_bytes()).unwrap().verify(&t).is_err());
+        assert!(
+            KeySet::from_secret(wrong.as_bytes())
+                .unwrap()
+                .verify(&t)
+                .is_err()
+        );
     }
 
     #[test]
@@ -279,15 +313,30 @@ mod tests {
         let keys = KeySet::from_secret(jwks.as_bytes()).unwrap();
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("b".into());
-        let t = encode(&h, &json!({"mode":"r"}), &EncodingKey::from_secret(&[2u8; 32])).unwrap();
+        let t = encode(
+            &h,
+            &json!({"mode":"r"}),
+            &EncodingKey::from_secret(&[2u8; 32]),
+        )
+        .unwrap();
         assert!(keys.verify(&t).is_ok());
         // Signed with key b but labelled a: the kid selects a, which fails.
         h.kid = Some("a".into());
-        let t = encode(&h, &json!({"mode":"r"}), &EncodingKey::from_secret(&[2u8; 32])).unwrap();
+        let t = encode(
+            &h,
+            &json!({"mode":"r"}),
+            &EncodingKey::from_secret(&[2u8; 32]),
+        )
+        .unwrap();
         assert!(keys.verify(&t).is_err());
         // Unknown kid: every key is tried (the original ignored kid).
         h.kid = Some("zzz".into());
-        let t = encode(&h, &json!({"mode":"r"}), &EncodingKey::from_secret(&[2u8; 32])).unwrap();
+        let t = encode(
+            &h,
+            &json!({"mode":"r"}),
+            &EncodingKey::from_secret(&[2u8; 32]),
+        )
+        .unwrap();
         assert!(keys.verify(&t).is_ok());
     }
 

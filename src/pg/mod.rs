@@ -48,7 +48,10 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("chat"), "\"chat\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("x\"; DROP TABLE t; --"), "\"x\"\"; DROP TABLE t; --\"");
+        assert_eq!(
+            quote_ident("x\"; DROP TABLE t; --"),
+            "\"x\"\"; DROP TABLE t; --\""
+        );
     }
 
     #[test]

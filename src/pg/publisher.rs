@@ -47,10 +47,18 @@ pub struct PublisherStats {
     pub failed: AtomicU64,
 }
 
+/// What a worker is asked to do.
+enum Cmd {
+    /// Send a NOTIFY.
+    Notify(Job),
+    /// Answer once every earlier job was sent.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Handle to the pool's workers. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    workers: Arc<[mpsc::Sender<Job>]>,
+    workers: Arc<[mpsc::Sender<Cmd>]>,
     /// What the pool did so far.
     pub stats: Arc<PublisherStats>,
 }
@@ -74,8 +82,28 @@ impl Publisher {
     /// Queues a NOTIFY on the worker that serves `key` (a socket id), waiting for room.
     pub async fn publish(&self, key: u64, job: Job) {
         let worker = &self.workers[(key % self.workers.len() as u64) as usize];
-        if let Err(mpsc::error::SendError(job)) = worker.send(job).await {
-            fail(&job, "notify_failed", "the server is shutting down", &self.stats);
+        if let Err(mpsc::error::SendError(Cmd::Notify(job))) = worker.send(Cmd::Notify(job)).await {
+            fail(
+                &job,
+                "notify_failed",
+                "the server is shutting down",
+                &self.stats,
+            );
+        }
+    }
+
+    /// Waits until every job queued so far has been sent (at shutdown, so that the last
+    /// `ConnectionClose` events reach PostgreSQL before the process exits).
+    pub async fn flush(&self) {
+        let mut waits = Vec::new();
+        for worker in self.workers.iter() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if worker.send(Cmd::Flush(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
         }
     }
 }
@@ -114,72 +142,107 @@ async fn worker(
     id: usize,
     db: tokio_postgres::Config,
     listen: Arc<str>,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<PublisherStats>,
 ) {
     let mut conn: Option<Conn> = None;
     let mut failed_at: Option<(Instant, String)> = None;
+    let mut cmds = Vec::with_capacity(BATCH);
     let mut jobs = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut jobs, BATCH).await > 0 {
-        if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
-            conn = None;
-        }
-        if conn.is_none() {
-            match &failed_at {
-                Some((at, err)) if at.elapsed() < RETRY_AFTER => {
-                    let msg = format!("database unavailable: {err}");
-                    for job in jobs.drain(..) {
-                        fail(&job, "notify_failed", &msg, &stats);
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            match open(&db).await {
-                Ok(c) => {
-                    tracing::debug!(worker = id, "NOTIFY connection open");
-                    conn = Some(c);
-                    failed_at = None;
-                }
-                Err(e) => {
-                    tracing::error!(worker = id, error = %e, "cannot open a NOTIFY connection");
-                    let msg = format!("database unavailable: {e}");
-                    for job in jobs.drain(..) {
-                        fail(&job, "notify_failed", &msg, &stats);
-                    }
-                    failed_at = Some((Instant::now(), e.to_string()));
-                    continue;
-                }
+    let mut flushes = Vec::new();
+    while rx.recv_many(&mut cmds, BATCH).await > 0 {
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Cmd::Notify(job) => jobs.push(job),
+                Cmd::Flush(done) => flushes.push(done),
             }
         }
-        let Some(c) = &conn else { continue };
-        let listen: &str = &listen;
-        let results = futures_util::future::join_all(jobs.iter().map(|job| {
-            let payload: &str = &job.payload;
-            async move { c.client.execute(&c.stmt, &[&listen, &payload]).await }
-        }))
+        send_all(
+            id,
+            &db,
+            &listen,
+            &mut conn,
+            &mut failed_at,
+            &mut jobs,
+            &stats,
+        )
         .await;
-        for (job, result) in jobs.drain(..).zip(results) {
-            match result {
-                Ok(_) => {
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Sends every job (in order, pipelined on one connection), reporting each failure.
+async fn send_all(
+    id: usize,
+    db: &tokio_postgres::Config,
+    listen: &str,
+    conn: &mut Option<Conn>,
+    failed_at: &mut Option<(Instant, String)>,
+    jobs: &mut Vec<Job>,
+    stats: &PublisherStats,
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+        *conn = None;
+    }
+    if conn.is_none() {
+        match &*failed_at {
+            Some((at, err)) if at.elapsed() < RETRY_AFTER => {
+                let msg = format!("database unavailable: {err}");
+                for job in jobs.drain(..) {
+                    fail(&job, "notify_failed", &msg, stats);
                 }
-                Err(e) => {
-                    let text = e
-                        .as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    let code = if text.contains("payload string too long") {
-                        "payload_too_large"
-                    } else {
-                        "notify_failed"
-                    };
-                    fail(&job, code, &format!("NOTIFY failed: {text}"), &stats);
+                return;
+            }
+            _ => {}
+        }
+        match open(db).await {
+            Ok(c) => {
+                tracing::debug!(worker = id, "NOTIFY connection open");
+                *conn = Some(c);
+                *failed_at = None;
+            }
+            Err(e) => {
+                tracing::error!(worker = id, error = %e, "cannot open a NOTIFY connection");
+                let msg = format!("database unavailable: {e}");
+                for job in jobs.drain(..) {
+                    fail(&job, "notify_failed", &msg, stats);
                 }
+                *failed_at = Some((Instant::now(), e.to_string()));
+                return;
             }
         }
-        if c.client.is_closed() {
-            conn = None;
+    }
+    let Some(c) = conn.as_ref() else { return };
+    let results = futures_util::future::join_all(jobs.iter().map(|job| {
+        let payload: &str = &job.payload;
+        async move { c.client.execute(&c.stmt, &[&listen, &payload]).await }
+    }))
+    .await;
+    for (job, result) in jobs.drain(..).zip(results) {
+        match result {
+            Ok(_) => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let text = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string());
+                let code = if text.contains("payload string too long") {
+                    "payload_too_large"
+                } else {
+                    "notify_failed"
+                };
+                fail(&job, code, &format!("NOTIFY failed: {text}"), stats);
+            }
         }
+    }
+    if c.client.is_closed() {
+        *conn = None;
     }
 }

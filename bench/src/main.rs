@@ -1,0 +1,60 @@
+//! `pgws-bench`: load generator for servers that speak the
+//! postgres-websockets protocol (fanout, ingest and idle scenarios).
+
+mod cli;
+mod connect;
+mod fanout;
+mod frame;
+mod idle;
+mod ingest;
+mod latency;
+mod message;
+mod pacing;
+mod pg;
+mod phases;
+mod procstat;
+mod publisher;
+mod report;
+mod rss;
+mod subscriber;
+mod target;
+mod token;
+mod tracker;
+mod writer;
+mod wsclient;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cli::{Cli, Scenario};
+use std::time::Duration;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => eprintln!("open files limit: {n}"),
+        Err(e) => eprintln!("could not raise the open files limit: {e}"),
+    }
+    let threads = cli.global.threads.unwrap_or_else(procstat::cpus).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let g = cli.global.clone();
+    let cap = Duration::from_secs(g.max_duration.max(1) + 60);
+    let result = rt.block_on(async {
+        let run = async {
+            match &cli.scenario {
+                Scenario::Fanout(a) => fanout::run(&g, a, threads).await,
+                Scenario::Ingest(a) => ingest::run(&g, a, threads).await,
+                Scenario::Idle(a) => idle::run(&g, a, threads).await,
+            }
+        };
+        tokio::time::timeout(cap, run)
+            .await
+            .map_err(|_| anyhow::anyhow!("run exceeded --max-duration; aborted"))?
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result?.print();
+    Ok(())
+}

@@ -1,0 +1,362 @@
+// Real-browser test of the example page (web/) served by `pgws --embedded`.
+//
+// Starts the pgws binary with a throwaway PostgreSQL, drives Debian's Chromium
+// through playwright-core (no downloaded browsers) and checks what a user sees.
+//
+//   cd tests/browser && npm ci && npm test
+//
+// Environment:
+//   PGWS_BIN                path of the binary (default ../../target/debug/pgws)
+//   CHROMIUM_PATH           browser (default /usr/bin/chromium)
+//   PSQL                    psql client (default psql from PATH)
+//   PGWS_UPDATE_SCREENSHOT  =1 to also copy the main screenshot to docs/screenshot.png
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, "../..");
+const ARTIFACTS = path.join(HERE, "artifacts");
+const PGWS_BIN = path.resolve(HERE, process.env.PGWS_BIN || "../../target/debug/pgws");
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const PSQL = process.env.PSQL || "psql";
+const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
+const LISTEN_CHANNEL = "postgres-websockets-listener";
+
+const SERVER_START_MS = 60_000; // includes initdb of the embedded cluster
+const SERVER_STOP_MS = 15_000;
+const UI_MS = 10_000; // default for every page wait
+const RUN = crypto.randomBytes(3).toString("hex"); // makes texts unique per run
+
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+// ------------------------------------------------------------------ helpers
+
+/** Sign an HS256 JWT like a backend would. */
+function signJwt(claims, secret = DEV_SECRET) {
+  const enc = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const input = enc({ alg: "HS256", typ: "JWT" }) + "." + enc(claims);
+  return input + "." + crypto.createHmac("sha256", secret).update(input).digest("base64url");
+}
+
+/** Reject after ms unless the promise settles first. */
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Start `pgws --embedded --port 0` and wait for the lines that give its port,
+ * the embedded PostgreSQL and the development token.
+ */
+function startServer() {
+  if (!fs.existsSync(PGWS_BIN)) {
+    throw new Error(`pgws binary not found at ${PGWS_BIN}; build it (cargo build) or set PGWS_BIN`);
+  }
+  const env = { ...process.env };
+  // The page's defaults (secret, meta channel) must match the server's.
+  for (const k of ["PGWS_JWT_SECRET", "PGWS_JWT_SECRET_BASE64", "PGWS_META_CHANNEL", "PGWS_LISTEN_CHANNEL", "PGWS_PORT"]) {
+    delete env[k];
+  }
+  const log = fs.createWriteStream(path.join(ARTIFACTS, "server.log"));
+  const child = spawn(PGWS_BIN, ["--embedded", "--port", "0"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  child.stderr.pipe(log, { end: false });
+  const server = { child, log, port: null, conninfo: null, devToken: null, exited: null };
+  server.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  // Last resort if the runner dies before the after() hook: never leave pgws (and its cluster) behind.
+  process.once("exit", () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+  });
+
+  const ready = new Promise((resolve, reject) => {
+    child.once("error", reject);
+    server.exited.then(({ code, signal }) => reject(new Error(`pgws exited early (code ${code}, signal ${signal}); see artifacts/server.log`)));
+    readline.createInterface({ input: child.stdout }).on("line", (line) => {
+      log.write(line + "\n");
+      let m;
+      if ((m = /Listening on port (\d+)/.exec(line))) server.port = Number(m[1]);
+      if ((m = /Embedded PostgreSQL: (.*\S)/.exec(line))) server.conninfo = m[1];
+      if ((m = /Development token: (\S+)/.exec(line))) server.devToken = m[1];
+      if (server.port && server.conninfo && server.devToken) resolve(server);
+    });
+  });
+  return { server, ready: withTimeout(ready, SERVER_START_MS, "pgws to print its port, PostgreSQL and token lines") };
+}
+
+async function stopServer(server) {
+  if (!server || server.child.exitCode !== null || server.child.signalCode !== null) return null;
+  server.child.kill("SIGTERM");
+  try {
+    return await withTimeout(server.exited, SERVER_STOP_MS, "pgws to exit after SIGTERM");
+  } catch (err) {
+    server.child.kill("SIGKILL");
+    throw err;
+  }
+}
+
+/** Run one SQL statement with psql; `vars` become psql variables (quoted with :'name'). */
+function psql(conninfo, sql, vars = {}) {
+  const args = [conninfo, "-X", "-q", "-v", "ON_ERROR_STOP=1"];
+  for (const [k, v] of Object.entries(vars)) args.push("-v", `${k}=${v}`);
+  args.push("-f", "-");
+  const run = new Promise((resolve, reject) => {
+    const child = spawn(PSQL, args, { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (out += d));
+    child.once("error", reject);
+    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`psql exited with ${code}: ${out}`))));
+    child.stdin.end(sql + "\n");
+  });
+  return withTimeout(run, 15_000, "psql");
+}
+
+/** What the page currently says, for failure messages. */
+async function pageSummary(page) {
+  try {
+    return await page.evaluate(() => {
+      const text = (sel) => Array.from(document.querySelectorAll(sel), (n) => n.textContent.replace(/\s+/g, " ").trim());
+      return JSON.stringify({
+        status: text("#status"),
+        meta: text("#meta-status"),
+        problems: text("#errors > li"),
+        messages: text("#messages > li").slice(-5),
+        metaEvents: text("#meta-messages > li").slice(-5),
+      }, null, 1);
+    });
+  } catch (err) {
+    return `(page unavailable: ${err.message})`;
+  }
+}
+
+/** Wait for a locator to be visible; on timeout say what the page showed. */
+async function see(page, locator, what) {
+  try {
+    await locator.first().waitFor({ state: "visible", timeout: UI_MS });
+  } catch (err) {
+    throw new Error(`${what}: not shown within ${UI_MS} ms.\nPage: ${await pageSummary(page)}\n${err.message}`);
+  }
+  return locator.first();
+}
+
+const status = (page, state, socket = "status") => page.locator(`#${socket}[data-state="${state}"]`);
+const message = (page, text) => page.locator("#messages > li[data-testid=message]", { hasText: text });
+const metaEvent = (page, event, text) => page.locator(`#meta-messages > li[data-testid=meta-event][data-event="${event}"]`, { hasText: text });
+const problem = (page, kind, text) => page.locator(`#errors > li[data-testid=error][data-kind="${kind}"]`, text ? { hasText: text } : {});
+
+// -------------------------------------------------------------------- test
+
+describe("example page in a real browser", { timeout: 120_000 }, () => {
+  let server;
+  let browser;
+  let pageA;
+  let pageB;
+  const pageErrors = [];
+
+  before(async () => {
+    const started = startServer();
+    server = started.server;
+    const browserReady = chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      timeout: 30_000,
+      args: [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+        "--no-first-run", "--disable-component-update", "--disable-sync",
+      ],
+    });
+    // Start both at once; if one fails, still keep the other's handle for cleanup.
+    const [s, b] = await Promise.allSettled([started.ready, browserReady]);
+    if (b.status === "fulfilled") browser = b.value;
+    if (s.status === "rejected") throw s.reason;
+    if (b.status === "rejected") throw b.reason;
+
+    const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+    context.setDefaultTimeout(UI_MS);
+    pageA = await context.newPage();
+    pageB = await context.newPage();
+    for (const [name, page] of [["A", pageA], ["B", pageB]]) {
+      page.on("pageerror", (err) => pageErrors.push(`tab ${name}: ${err.message}`));
+    }
+  });
+
+  after(async () => {
+    if (browser) {
+      for (const [name, page] of [["a", pageA], ["b", pageB]]) {
+        if (page) await page.screenshot({ path: path.join(ARTIFACTS, `final-tab-${name}.png`), fullPage: true }).catch(() => {});
+      }
+      await withTimeout(browser.close(), 10_000, "the browser to close").catch((err) => console.log(`# ${err.message}`));
+    }
+    try {
+      await stopServer(server);
+    } finally {
+      if (server) server.log.end();
+    }
+  });
+
+  it("serves the page with defaults taken from its own origin", async () => {
+    const url = `http://127.0.0.1:${server.port}/`;
+    for (const page of [pageA, pageB]) {
+      const response = await page.goto(url, { timeout: UI_MS });
+      assert.equal(response.status(), 200);
+      await page.waitForSelector("html[data-ready=true]", { timeout: UI_MS });
+      assert.equal(await page.title(), "pgws example");
+      assert.equal(await page.inputValue("#base-url"), `ws://127.0.0.1:${server.port}`);
+      assert.equal(await page.inputValue("#channel"), "chat");
+      assert.equal(await page.inputValue("#meta-channel"), "server-info");
+      assert.equal(await page.inputValue("#mode"), "rw");
+      assert.equal(await page.inputValue("#secret"), DEV_SECRET);
+      assert.match(await page.inputValue("#token"), /^[\w-]+\.[\w-]+\.[\w-]+$/, "a development token is signed on load");
+    }
+    // The binary embeds web/ at build time; say so if the files differ (stale binary).
+    for (const file of ["index.html", "app.js", "style.css"]) {
+      const served = await (await fetch(url + file, { signal: AbortSignal.timeout(UI_MS) })).text();
+      if (served !== fs.readFileSync(path.join(REPO, "web", file), "utf8")) {
+        console.log(`# note: served ${file} differs from web/${file} (binary built from older files?)`);
+      }
+    }
+  });
+
+  it("connects two tabs and shows ConnectionOpen on the meta channel", async () => {
+    // Tab A signs a development token with the secret field (the default).
+    await pageA.click("#connect");
+    await see(pageA, status(pageA, "open"), "tab A chat socket open");
+    await see(pageA, status(pageA, "open", "meta-status"), "tab A meta socket open");
+
+    // Tab B pastes the server's development token instead.
+    await pageB.check("#token-source-paste");
+    await pageB.fill("#token", server.devToken);
+    await pageB.click("#connect");
+    await see(pageB, status(pageB, "open"), "tab B chat socket open");
+    await see(pageB, status(pageB, "open", "meta-status"), "tab B meta socket open");
+
+    // A's meta socket sees the chat sockets opening (payload = the channel list).
+    const open = await see(pageA, metaEvent(pageA, "ConnectionOpen", "chat"), "ConnectionOpen for a chat socket in tab A's meta panel");
+    assert.equal(await open.locator("[data-field=payload]").textContent(), "chat");
+    assert.match(await open.locator("[data-field=claims]").textContent(), /mode=rw/);
+    assert.equal(await pageA.isEnabled("#send"), true, "send is enabled on an rw socket");
+  });
+
+  it("delivers a message sent in one tab to both tabs", async () => {
+    const text = `hello from tab A ${RUN}`;
+    await pageA.fill("#message-text", text);
+    await pageA.press("#message-text", "Enter");
+    for (const [name, page] of [["A", pageA], ["B", pageB]]) {
+      const item = await see(page, message(page, text), `tab A's message in tab ${name}`);
+      assert.equal(await item.locator("[data-field=payload]").textContent(), text);
+      assert.equal(await item.locator("[data-field=channel]").textContent(), "chat");
+      assert.equal(await item.getAttribute("data-event"), "WebsocketMessage");
+      assert.match(await item.locator("[data-field=claims]").textContent(), /mode=rw/);
+      const raw = JSON.parse(await item.locator("[data-field=raw]").textContent());
+      assert.equal(raw.payload, text);
+      assert.equal(typeof raw.claims.message_delivered_at, "number");
+    }
+    assert.equal(await pageA.inputValue("#message-text"), "", "the input is cleared after sending");
+
+    // Markup in a payload is shown as text, never interpreted.
+    const markup = `tab B: <b>bold</b> & <img src=x onerror="window.pwned=1"> ${RUN}`;
+    await pageB.fill("#message-text", markup);
+    await pageB.click("#send");
+    for (const [name, page] of [["A", pageA], ["B", pageB]]) {
+      const item = await see(page, message(page, `tab B: <b>bold</b> &`), `tab B's markup message in tab ${name}`);
+      assert.equal(await item.locator("[data-field=payload]").textContent(), markup);
+      assert.equal(await page.locator("#messages img, #messages b").count(), 0, "no element was created from the payload");
+      assert.equal(await page.evaluate(() => window.pwned), undefined);
+    }
+  });
+
+  it("shows a notification sent by the database with pg_notify", async () => {
+    const payload = JSON.stringify({ channel: "chat", event: "WebsocketMessage", payload: `from the database ${RUN} 'quoted'` });
+    await psql(server.conninfo, `SELECT pg_notify('${LISTEN_CHANNEL}', :'payload');`, { payload });
+    for (const [name, page] of [["A", pageA], ["B", pageB]]) {
+      const item = await see(page, message(page, `from the database ${RUN}`), `the pg_notify message in tab ${name}`);
+      assert.equal(await item.locator("[data-field=payload]").textContent(), `from the database ${RUN} 'quoted'`);
+      assert.equal(await item.locator("[data-field=claims]").textContent(), "sent by the database");
+      assert.equal(await item.locator("[data-field=raw]").textContent(), JSON.stringify(JSON.parse(payload), null, 2));
+    }
+  });
+
+  it("shows the server's error event for a message that is too large", async () => {
+    await pageB.fill("#message-text", `${RUN} ` + "x".repeat(10_000));
+    await pageB.click("#send");
+    const item = await see(pageB, problem(pageB, "server-error"), "the server's Error event in tab B");
+    assert.match(await item.textContent(), /error/i);
+    assert.equal(await status(pageB, "open").count(), 1, "the socket stays open after an error event");
+  });
+
+  it("shows ConnectionClose when the other tab disconnects", async () => {
+    await pageB.click("#disconnect");
+    await see(pageB, status(pageB, "idle"), "tab B disconnected");
+    await see(pageA, metaEvent(pageA, "ConnectionClose", "chat"), "ConnectionClose in tab A's meta panel");
+  });
+
+  it("explains a refused token in words", async () => {
+    await pageB.click("#clear-errors");
+    await pageB.check("#token-source-paste");
+    await pageB.fill("#token", signJwt({ user: "mallory" }));
+    await pageB.click("#connect");
+    const refused = await see(pageB, problem(pageB, "handshake", "Missing mode"), "the 'Missing mode' refusal in tab B");
+    assert.equal(await refused.locator("[data-field=detail]").textContent(), "Missing mode");
+    await see(pageB, status(pageB, "refused"), "tab B status 'refused'");
+    assert.match(await pageB.textContent("#status-text"), /Missing mode/);
+
+    await pageB.click("#clear-errors");
+    await pageB.fill("#token", "this.is-not.a-valid-token");
+    await pageB.click("#connect");
+    const bad = await see(pageB, problem(pageB, "handshake", "Error"), "the refusal of a garbage token in tab B");
+    assert.match(await bad.locator("[data-field=detail]").textContent(), /^Error/);
+  });
+
+  it("tells the user when the token expires (close 3001)", async () => {
+    await pageB.click("#clear-errors");
+    await pageB.check("#token-source-secret");
+    await pageB.fill("#meta-channel", "");
+    await pageB.fill("#expires-in", "3");
+    await pageB.click("#connect");
+    await see(pageB, status(pageB, "open"), "tab B connected with a short-lived token");
+    const expired = await see(pageB, problem(pageB, "expired"), "the expiry notice in tab B");
+    assert.match(await expired.textContent(), /3001/);
+    assert.match(await expired.textContent(), /JWT expired/);
+  });
+
+  it("looks right (screenshots)", async () => {
+    await pageA.evaluate(() => {
+      // Open one raw-JSON view so the screenshot shows it.
+      const d = document.querySelector("#messages details");
+      if (d) d.open = true;
+      document.activeElement.blur();
+    });
+    await pageA.screenshot({ path: path.join(ARTIFACTS, "example-page.png"), fullPage: true });
+    await pageB.screenshot({ path: path.join(ARTIFACTS, "problems.png"), fullPage: true });
+    // The docs picture: everything down to the message lists (the snippet is in the README as text).
+    const box = await pageA.locator(".columns").boundingBox();
+    assert.ok(box, "the message lists are laid out");
+    const overview = path.join(ARTIFACTS, "overview.png");
+    await pageA.screenshot({ path: overview, fullPage: true, clip: { x: 0, y: 0, width: 1200, height: Math.ceil(box.y + box.height + 20) } });
+    if (process.env.PGWS_UPDATE_SCREENSHOT === "1") {
+      fs.copyFileSync(overview, path.join(REPO, "docs", "screenshot.png"));
+    }
+  });
+
+  it("says the server is going away when it shuts down (close 1001)", async () => {
+    const exit = await stopServer(server);
+    await see(pageA, problem(pageA, "going-away"), "the 1001 notice in tab A");
+    assert.match(await pageA.textContent("#errors"), /1001/);
+    await pageA.screenshot({ path: path.join(ARTIFACTS, "shutdown.png"), fullPage: true });
+    assert.deepEqual(exit, { code: 0, signal: null }, "pgws exits cleanly on SIGTERM");
+  });
+
+  it("raised no JavaScript errors", () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});

@@ -1,0 +1,209 @@
+//! The `pgws` binary as a user runs it: configured only by `PGWS_*` variables (spec §1, §13
+//! scenario 11), `--help`, `--version`, signals, and embedded mode.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgws");
+
+fn pgws() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+async fn output(mut c: Command) -> (i32, String, String) {
+    let out = tokio::time::timeout(WAIT, c.output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn help_and_version() {
+    let mut c = pgws();
+    c.arg("--version");
+    let (code, out, _) = output(c).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")));
+    let mut c = pgws();
+    c.arg("--help");
+    let (code, out, _) = output(c).await;
+    assert_eq!(code, 0);
+    for var in [
+        "PGWS_DB_URI",
+        "PGWS_JWT_SECRET",
+        "PGWS_JWT_SECRET_BASE64",
+        "PGWS_HOST",
+        "PGWS_PORT",
+        "PGWS_LISTEN_CHANNEL",
+        "PGWS_META_CHANNEL",
+        "PGWS_ROOT_PATH",
+        "PGWS_POOL_SIZE",
+        "PGWS_RETRIES",
+        "PGWS_CHECK_LISTENER_INTERVAL",
+        "PGWS_CERTIFICATE_FILE",
+        "PGWS_KEY_FILE",
+        "PGWS_EMBEDDED",
+    ] {
+        assert!(out.contains(var), "--help lacks {var}");
+    }
+    assert!(out.contains("default: 3000"), "--help shows defaults");
+}
+
+// §13 scenario 11.
+#[tokio::test]
+async fn missing_and_invalid_settings_exit_1_with_a_clear_message() {
+    let (code, _, err) = output(pgws()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PGWS_DB_URI is unset"), "{err}");
+    assert!(err.contains("PGWS_JWT_SECRET is unset"), "{err}");
+    assert!(err.contains("pgws --embedded"), "{err}");
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", "abc");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PGWS_PORT") && err.contains("abc"), "{err}");
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_JWT_SECRET_BASE64", "maybe");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("PGWS_JWT_SECRET_BASE64") && err.contains("maybe"),
+        "{err}"
+    );
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_CERTIFICATE_FILE", "/tmp/cert.pem");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PGWS_KEY_FILE"), "{err}");
+}
+
+/// Reads stdout lines until one starts with `prefix`; returns the rest of that line.
+async fn line_after(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        }
+        panic!("stdout ended before a line starting with {prefix:?}");
+    })
+    .await
+    .expect("line in time")
+}
+
+async fn terminate(mut child: Child) -> i32 {
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM in time")
+        .expect("wait")
+        .code()
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn configured_only_by_environment_variables() {
+    let db = fresh_db().await;
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", &db)
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_HOST", "127.0.0.1")
+        .env("PGWS_PORT", "0")
+        .env("PGWS_LISTEN_CHANNEL", "env-channel")
+        .env("PGWS_POOL_SIZE", "2")
+        .env("PGWS_META_CHANNEL", "meta")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = line_after(&mut lines, "Listening on port").await;
+    let mut audit = Listen::new(&db, "env-channel").await;
+    let t = token(json!({"mode":"rw"}));
+    // The listener may still be connecting: the handshake works regardless.
+    let mut ws = connect(&format!("ws://127.0.0.1:{port}/chat/{t}")).await;
+    assert_eq!(audit.next_json().await["event"], "ConnectionOpen");
+    send(&mut ws, "via env").await;
+    let v = audit.next_json().await;
+    assert_eq!(v["payload"], "via env");
+    assert_eq!(terminate(child).await, 0);
+}
+
+#[tokio::test]
+async fn embedded_mode_runs_and_cleans_up() {
+    let mut c = pgws();
+    c.args(["--embedded", "--port", "0", "--host", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn pgws --embedded");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let conn = line_after(&mut lines, "Embedded PostgreSQL:").await;
+    let port = line_after(&mut lines, "Listening on port").await;
+    let token = line_after(&mut lines, "Development token:").await;
+    let dir = conn
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .unwrap()
+        .to_string();
+    assert!(std::path::Path::new(&dir).exists());
+
+    let mut meta = connect(&format!("ws://127.0.0.1:{port}/server-info/{token}")).await;
+    assert_eq!(next_json(&mut meta).await["event"], "ConnectionOpen");
+    let mut chat = connect(&format!("ws://127.0.0.1:{port}/chat/{token}")).await;
+    let db = pg(&conn).await;
+    // The listener is up once the meta event went through it.
+    notify(
+        &db,
+        "postgres-websockets-listener",
+        r#"{"channel":"chat","payload":"from sql"}"#,
+    )
+    .await;
+    assert_eq!(
+        next_text(&mut chat).await,
+        r#"{"channel":"chat","payload":"from sql"}"#
+    );
+    drop(db);
+    assert_eq!(terminate(child).await, 0);
+    // The wrapper removes the cluster once pgws is gone.
+    let gone = tokio::time::timeout(Duration::from_secs(20), async {
+        while std::path::Path::new(&dir).exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "cluster directory {dir} was not removed");
+}

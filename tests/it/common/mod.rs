@@ -1,0 +1,385 @@
+//! Test harness: one real PostgreSQL cluster per test binary (started by pgws's own embedded
+//! module), one fresh database per test (NOTIFY is scoped to a database, so tests run in parallel
+//! without hearing each other), servers on port 0, real websocket clients, and a timeout on
+//! every wait.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use clap::Parser as _;
+use futures_util::{SinkExt, StreamExt};
+use pgws::embedded::Cluster;
+use pgws::pg::listener::ListenerStatus;
+use pgws::{Cli, Server};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// The secret of the original's test suite (exactly 32 bytes).
+pub const SECRET: &str = "reallyreallyreallyreallyverysafe";
+/// The listen channel of the original's test suite.
+pub const LISTEN: &str = "postgres-websockets-test-channel";
+/// Upper bound for any single wait.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// The shared cluster, started on first use; it is stopped and removed when the test process
+/// ends (see `pgws::embedded`).
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| Cluster::start().expect("start a PostgreSQL cluster for the tests"))
+}
+
+/// A new, empty database; returns its connection string.
+pub async fn fresh_db() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let c = cluster();
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = pg(&c.connection_string("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    c.connection_string(&name)
+}
+
+/// A plain PostgreSQL client.
+pub async fn pg(conn: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio::time::timeout(WAIT, tokio_postgres::connect(conn, NoTls))
+        .await
+        .expect("connect in time")
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// `SELECT pg_notify($1, $2)`.
+pub async fn notify(client: &tokio_postgres::Client, channel: &str, payload: &str) {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+        .await
+        .expect("pg_notify");
+}
+
+/// A direct LISTEN connection, as an audit client of the original would have.
+pub struct Listen {
+    rx: mpsc::UnboundedReceiver<String>,
+    _client: tokio_postgres::Client,
+}
+
+impl Listen {
+    /// LISTENs on `channel` of database `conn`.
+    pub async fn new(conn: &str, channel: &str) -> Self {
+        let (client, mut connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(m)) = stream.next().await {
+                if let AsyncMessage::Notification(n) = m {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .expect("LISTEN");
+        Self {
+            rx,
+            _client: client,
+        }
+    }
+
+    /// The next notification payload.
+    pub async fn next(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("a notification in time")
+            .expect("listener alive")
+    }
+
+    /// The next notification, parsed.
+    pub async fn next_json(&mut self) -> Value {
+        serde_json::from_str(&self.next().await).expect("notification is JSON")
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database.
+    pub db: String,
+    /// LISTEN connection state.
+    pub status: watch::Receiver<ListenerStatus>,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), pgws::Error>>,
+}
+
+/// Builds the command line: defaults of the original's test config, overridden by `extra`
+/// (`["--flag", "value", …]`; a flag without value must be last).
+pub fn args(db: &str, extra: &[&str]) -> Vec<String> {
+    let mut base: Vec<(String, Option<String>)> = vec![
+        ("--host".into(), Some("127.0.0.1".into())),
+        ("--port".into(), Some("0".into())),
+        ("--db-uri".into(), Some(db.into())),
+        ("--jwt-secret".into(), Some(SECRET.into())),
+        ("--listen-channel".into(), Some(LISTEN.into())),
+        ("--retries".into(), Some("3".into())),
+    ];
+    let mut i = 0;
+    while i < extra.len() {
+        let flag = extra[i].to_string();
+        let value = extra
+            .get(i + 1)
+            .filter(|v| !v.starts_with("--"))
+            .map(|v| v.to_string());
+        i += if value.is_some() { 2 } else { 1 };
+        base.retain(|(f, _)| *f != flag);
+        base.push((flag, value));
+    }
+    let mut out = vec!["pgws".to_string()];
+    for (f, v) in base {
+        out.push(f);
+        out.extend(v);
+    }
+    out
+}
+
+/// Starts a server on a fresh database with the given extra flags and waits until it LISTENs.
+pub async fn start(extra: &[&str]) -> TestServer {
+    let db = fresh_db().await;
+    start_on(&db, extra).await
+}
+
+/// Starts a server on database `db`.
+pub async fn start_on(db: &str, extra: &[&str]) -> TestServer {
+    let server = bind(db, extra).await;
+    let addr = server.local_addr();
+    let mut status = server.listener_status();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(server.run(shutdown.clone()));
+    tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| matches!(s, ListenerStatus::Listening { .. })),
+    )
+    .await
+    .expect("server LISTENs in time")
+    .expect("status channel open");
+    TestServer {
+        addr,
+        db: db.to_string(),
+        status,
+        shutdown,
+        handle,
+    }
+}
+
+/// A bound server, not yet running.
+pub async fn bind(db: &str, extra: &[&str]) -> Server {
+    let cli = Cli::try_parse_from(args(db, extra)).expect("valid flags");
+    let config = cli.resolve(None, None).expect("valid config");
+    Server::bind(config).await.expect("bind")
+}
+
+impl TestServer {
+    /// `ws://127.0.0.1:port<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Stops the server and returns how `run` ended.
+    pub async fn stop(self) -> Result<(), pgws::Error> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+    }
+
+    /// Waits until the LISTEN connection has been (re)established `generation` times.
+    pub async fn wait_listening(&mut self, generation: u64) {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.status.wait_for(
+                |s| matches!(s, ListenerStatus::Listening { generation: g } if *g >= generation),
+            ),
+        )
+        .await
+        .expect("listening again in time")
+        .expect("status channel open");
+    }
+}
+
+/// Signs an HS256 token with [`SECRET`].
+pub fn token(claims: Value) -> String {
+    sign(claims, SECRET.as_bytes())
+}
+
+/// Signs an HS256 token with `secret`.
+pub fn sign(claims: Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
+}
+
+/// A client websocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a websocket and expects the handshake to succeed.
+pub async fn connect(url: &str) -> Ws {
+    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake in time")
+        .unwrap_or_else(|e| panic!("handshake to {url} refused: {e:?}"));
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Opens a websocket and expects the handshake to be refused; returns status and body.
+pub async fn refused(url: &str) -> (u16, String) {
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("answer in time")
+    {
+        Ok(_) => panic!("handshake to {url} was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e:?}"),
+    }
+}
+
+/// The next text frame (pings and pongs are skipped).
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("valid frame");
+        match frame {
+            Message::Text(t) => return t.as_str().to_string(),
+            Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
+            Message::Close(c) => panic!("socket closed while waiting for text: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The next text frame, parsed.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    let t = next_text(ws).await;
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+}
+
+/// Sends a text frame.
+pub async fn send(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
+        .await
+        .expect("send in time")
+        .expect("send");
+}
+
+/// Waits for the server's close frame; returns it. Frames before it are returned too.
+pub async fn closed(ws: &mut Ws) -> (Option<CloseFrame>, Vec<String>) {
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(c))) => return (c, texts),
+            Some(Ok(Message::Text(t))) => texts.push(t.as_str().to_string()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("socket error before close frame: {e}"),
+            None => panic!("socket ended without a close frame"),
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange over a fresh connection (`Connection: close`).
+pub async fn http(addr: SocketAddr, raw_request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    stream
+        .write_all(raw_request.as_bytes())
+        .await
+        .expect("write request");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    parse_response(&buf)
+}
+
+/// Parses status, headers (lower-case names) and body of a raw response.
+pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let body = buf[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body)
+}
+
+/// `GET path` with `Connection: close`.
+pub async fn get(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let (s, h, b) = http(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
+        ),
+    )
+    .await;
+    (s, h, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Header value by lower-case name.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}

@@ -1,0 +1,112 @@
+//! Handshake outcomes (spec §2.2–§2.3, §3.4–§3.5, scenarios 3 and 4 of §13).
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn refusals_carry_the_originals_texts() {
+    let s = start(&[]).await;
+    let bad_sig = sign(json!({"mode":"r"}), b"wrongwrongwrongwrongwrongwrong!!");
+    let (status, body) = refused(&s.url(&format!("/chat/{bad_sig}"))).await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with("Error: "), "{body}");
+
+    let expired = token(json!({"mode":"r","channel":"test","exp":1}));
+    assert_eq!(
+        refused(&s.url(&format!("/test/{expired}"))).await,
+        (400, "Token expired".into())
+    );
+
+    let no_mode = token(json!({"channels":["test","test2"]}));
+    assert_eq!(
+        refused(&s.url(&format!("/test/{no_mode}"))).await,
+        (400, "Missing mode".into())
+    );
+
+    let no_channels = token(json!({"mode":"rw"}));
+    assert_eq!(
+        refused(&s.url(&format!("/{no_channels}"))).await,
+        (400, "No allowed channels".into())
+    );
+    assert_eq!(refused(&s.url("/")).await, (400, "Missing mode".into()));
+    assert_eq!(
+        refused(&s.url("/chat/")).await,
+        (400, "Missing mode".into())
+    );
+
+    let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJtb2RlIjoiciJ9.";
+    assert_eq!(
+        refused(&s.url(&format!("/chat/{none}"))).await,
+        (400, "Error: JWSError JWSNoSignatures".into())
+    );
+    let (_, body) = refused(&s.url("/chat/not-a-token")).await;
+    assert!(
+        body.starts_with("Error: JWSError (CompactDecodeError"),
+        "{body}"
+    );
+
+    let future_nbf = token(json!({"mode":"r","nbf": 4_000_000_000u64}));
+    assert_eq!(
+        refused(&s.url(&format!("/x/{future_nbf}"))).await,
+        (400, "Error: JWTNotYetValid".into())
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn requested_channel_must_be_in_the_claims() {
+    let s = start(&[]).await;
+    let t = token(json!({"mode":"r","channels":["a"]}));
+    assert_eq!(
+        refused(&s.url(&format!("/chat/{t}"))).await,
+        (400, "No allowed channels".into())
+    );
+    let _ws = connect(&s.url(&format!("/a/{t}"))).await;
+    // Further path segments are ignored, as in the original; the query string is not the token.
+    let _ws = connect(&s.url(&format!("/a/{t}/more/segments"))).await;
+    let _ws = connect(&s.url(&format!("/a/{t}?since=1"))).await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_handshake_is_a_plain_400_with_reason() {
+    let s = start(&[]).await;
+    let (status, headers, body) = get(
+        s.addr,
+        "GET",
+        "/chat/",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body, "Missing mode");
+    assert!(header(&headers, "server").unwrap().starts_with("pgws/"));
+
+    // A valid token with an unsupported websocket version.
+    let t = token(json!({"mode":"r"}));
+    let (status, headers, _) = get(
+        s.addr,
+        "GET",
+        &format!("/chat/{t}"),
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(header(&headers, "sec-websocket-version"), Some("13"));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_header_explains_a_handshake_to_browsers() {
+    let s = start(&[]).await;
+    let t = token(json!({"mode":"rw","channels":["a","b"]}));
+    let (status, _, body) = get(s.addr, "GET", &format!("/{t}"), "pgws-check: 1\r\n").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["mode"], "rw");
+    assert_eq!(v["channels"], json!(["a", "b"]));
+    let (status, _, body) = get(s.addr, "GET", &format!("/zzz/{t}"), "pgws-check: 1\r\n").await;
+    assert_eq!((status, body.as_str()), (400, "No allowed channels"));
+    s.stop().await.unwrap();
+}

@@ -1,0 +1,12 @@
+//! Black-box integration tests: real PostgreSQL, real sockets, real websocket clients.
+
+mod common;
+
+mod binary;
+mod handshake;
+mod keys;
+mod listener;
+mod messages;
+mod meta;
+mod static_http;
+mod tls;
