@@ -146,7 +146,8 @@ pub struct Cli {
           default_value_t = 64 * 1024)]
     pub max_message_size: usize,
 
-    /// Seconds between server pings on every socket (the original's 30; 0 disables).
+    /// Seconds between server pings on every socket (the original's 30; 0 disables). A peer that
+    /// sends nothing, not even a pong, for two intervals is closed with 4001.
     #[arg(
         long,
         env = "PGWS_PING_INTERVAL",
@@ -154,6 +155,68 @@ pub struct Cli {
         default_value_t = 30
     )]
     pub ping_interval: u64,
+
+    /// Address (host:port) of the admin listener serving /metrics, /health and /ready; unset:
+    /// no admin listener. Keep it on loopback or a private network.
+    #[arg(long, env = "PGWS_ADMIN_ADDRESS", value_name = "PGWS_ADMIN_ADDRESS")]
+    pub admin_address: Option<String>,
+
+    /// Most websockets open at once; further handshakes get 503.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CONNECTIONS",
+        value_name = "PGWS_MAX_CONNECTIONS",
+        default_value_t = 100_000
+    )]
+    pub max_connections: usize,
+
+    /// Most channels one socket may be bound to; more is refused with 400.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CHANNELS",
+        value_name = "PGWS_MAX_CHANNELS",
+        default_value_t = 1000
+    )]
+    pub max_channels: usize,
+
+    /// Seconds a client may take to send its request head (and finish TLS).
+    #[arg(
+        long,
+        env = "PGWS_HANDSHAKE_TIMEOUT",
+        value_name = "PGWS_HANDSHAKE_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub handshake_timeout: u64,
+
+    /// Seconds the server waits at shutdown for sockets to close and NOTIFYs to be sent.
+    #[arg(
+        long,
+        env = "PGWS_SHUTDOWN_TIMEOUT",
+        value_name = "PGWS_SHUTDOWN_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub shutdown_timeout: u64,
+
+    /// Tell sockets (and the meta channel) when notifications may have been lost while the LISTEN
+    /// connection was down [True|False]. False: strict compatibility, no extra frames.
+    #[arg(long, env = "PGWS_GAP_EVENTS", value_name = "PGWS_GAP_EVENTS", default_value = "True",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub gap_events: bool,
+
+    /// Log format: `text` or `json` (one object per line).
+    #[arg(long, env = "PGWS_LOG_FORMAT", value_name = "PGWS_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
+    /// RUST_LOG wins when set.
+    #[arg(
+        long,
+        env = "PGWS_LOG_LEVEL",
+        value_name = "PGWS_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
 }
 
 /// Parses `True`/`False` in any case (and `1`/`0`, `yes`/`no`), naming the value when it fails.
@@ -229,6 +292,18 @@ pub struct Config {
     pub max_message_size: usize,
     /// Interval between server pings (`None`: no pings).
     pub ping_interval: Option<Duration>,
+    /// Admin listener address, if any.
+    pub admin_address: Option<String>,
+    /// Most open websockets.
+    pub max_connections: usize,
+    /// Most channels per socket.
+    pub max_channels: usize,
+    /// Time limit for request heads and TLS handshakes.
+    pub handshake_timeout: Duration,
+    /// Time limit for the drain at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Whether `Gap` events are sent.
+    pub gap_events: bool,
 }
 
 /// What the server answers to plain HTTP requests.
@@ -397,6 +472,12 @@ impl Cli {
             max_message_size: self.max_message_size.max(1),
             ping_interval: (self.ping_interval > 0)
                 .then(|| Duration::from_secs(self.ping_interval)),
+            admin_address: self.admin_address.clone(),
+            max_connections: self.max_connections,
+            max_channels: self.max_channels.max(1),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            gap_events: self.gap_events,
         })
     }
 }

@@ -117,11 +117,19 @@ impl Cluster {
         let postgres = bindir.join("postgres");
         // $1 = postgres binary, $2 = cluster directory.
         let script = r#"
-"$1" -D "$2/data" -k "$2" -p 5432 -c listen_addresses= -c fsync=off \
-     -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
-     >"$2/postgres.log" 2>&1 </dev/null &
-pid=$!
-read _ignored
+start() {
+  "$1" -D "$2/data" -k "$2" -p 5432 -c listen_addresses= -c fsync=off \
+       -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+       >>"$2/postgres.log" 2>&1 </dev/null &
+  pid=$!
+}
+start "$1" "$2"
+while read -r cmd; do
+  case "$cmd" in
+    stop) kill -INT "$pid" 2>/dev/null; wait "$pid" ;;
+    start) start "$1" "$2" ;;
+  esac
+done
 kill -INT "$pid" 2>/dev/null
 wait "$pid"
 rm -rf "$2"
@@ -200,15 +208,48 @@ rm -rf "$2"
         )
     }
 
+    /// Stops PostgreSQL but keeps the cluster, to simulate an outage; see [`Cluster::resume`].
+    pub fn pause(&mut self) -> Result<(), EmbeddedError> {
+        self.command("stop")?;
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pid_file.exists() {
+            if Instant::now() > deadline {
+                return Err(EmbeddedError::Step {
+                    step: "stopping postgres",
+                    detail: "still running after 60 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts PostgreSQL again after [`Cluster::pause`]; returns once it accepts connections.
+    pub fn resume(&mut self) -> Result<(), EmbeddedError> {
+        self.command("start")?;
+        self.wait_ready()
+    }
+
+    fn command(&mut self, cmd: &str) -> Result<(), EmbeddedError> {
+        let stdin = self.stdin.as_mut().ok_or(EmbeddedError::Step {
+            step: "controlling postgres",
+            detail: "the cluster is stopped".into(),
+        })?;
+        stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .map_err(step("controlling postgres"))
+    }
+
     /// Stops the server and removes the directory; waits up to 15 s.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"stop\n");
-        }
+        // Closing the pipe tells the wrapper to stop PostgreSQL and remove the directory.
+        drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if !matches!(self.wrapper.try_wait(), Ok(None)) {

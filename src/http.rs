@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
 
 use crate::auth::{self, AuthError, Grant};
+use crate::metrics::ReasonLabel;
 use crate::session::Session;
 use crate::state::AppState;
 use crate::static_files::{self, Body, text};
@@ -91,13 +92,58 @@ fn websocket(
     state: Arc<AppState>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let refuse = |state: &AppState, reason: &'static str, status: StatusCode, body: String| {
+        tracing::info!(peer = %peer, reason = %body, "Rejecting Request");
+        state
+            .metrics
+            .refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        text(status, body)
+    };
     let grant = match authorize(req, &state) {
         Ok(g) => g,
         Err(e) => {
-            tracing::info!(peer = %peer, reason = %e, "Rejecting Request");
-            return text(StatusCode::BAD_REQUEST, e.to_string());
+            let reason = match e {
+                AuthError::Expired => "expired",
+                AuthError::MissingMode => "missing_mode",
+                AuthError::NoAllowedChannels => "no_allowed_channels",
+                AuthError::Invalid(_) => "invalid_token",
+            };
+            return refuse(&state, reason, StatusCode::BAD_REQUEST, e.to_string());
         }
     };
+    if let Some(bad) = grant.channels.iter().find(|c| c.is_empty() || c.len() > 63) {
+        let body = if bad.is_empty() {
+            "Error: empty channel name".to_string()
+        } else {
+            format!(
+                "Error: channel name longer than 63 bytes: {} bytes",
+                bad.len()
+            )
+        };
+        return refuse(&state, "bad_channel", StatusCode::BAD_REQUEST, body);
+    }
+    if grant.channels.len() > state.max_channels {
+        let body = format!(
+            "Error: too many channels: {} (at most {})",
+            grant.channels.len(),
+            state.max_channels
+        );
+        return refuse(&state, "too_many_channels", StatusCode::BAD_REQUEST, body);
+    }
+    if state.active.load(Ordering::Relaxed) >= state.max_connections {
+        let body = format!(
+            "Too many connections: this server accepts at most {}",
+            state.max_connections
+        );
+        return refuse(
+            &state,
+            "too_many_connections",
+            StatusCode::SERVICE_UNAVAILABLE,
+            body,
+        );
+    }
     if req
         .headers()
         .get(SEC_WEBSOCKET_VERSION)

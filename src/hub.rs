@@ -7,22 +7,22 @@
 //! write side, which happens once per socket per channel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::outbox::{Outbox, Push};
 
-/// Counters of what the hub did, for logs and tests.
-#[derive(Debug, Default)]
+/// Counters of what the hub did (shared with the metrics registry).
+#[derive(Debug, Default, Clone)]
 pub struct HubStats {
     /// Frames queued for sockets.
-    pub delivered: AtomicU64,
+    pub delivered: Counter,
     /// Notifications routed to a channel nobody listens to.
-    pub unrouted: AtomicU64,
+    pub unrouted: Counter,
     /// Frames dropped because a socket was too far behind.
-    pub overflowed: AtomicU64,
+    pub overflowed: Counter,
 }
 
 /// Channel name → subscribed outboxes.
@@ -34,16 +34,24 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty registry.
+    /// An empty registry with unregistered counters.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry counting into `stats`.
+    pub fn with_stats(stats: HubStats) -> Self {
+        Self {
+            channels: RwLock::default(),
+            stats,
+        }
     }
 
     /// Routes `text` to every socket subscribed to `channel`. Returns how many got it.
     pub fn publish(&self, channel: &str, text: Utf8Bytes) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = map.get(channel) else {
-            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            self.stats.unrouted.inc();
             return 0;
         };
         let mut n = 0;
@@ -51,12 +59,12 @@ impl Hub {
             match sub.push(text.clone()) {
                 Push::Queued => n += 1,
                 Push::Overflow => {
-                    self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.overflowed.inc();
                 }
                 Push::Closed => {}
             }
         }
-        self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.delivered.inc_by(n as u64);
         n
     }
 
@@ -135,7 +143,7 @@ mod tests {
         assert_eq!(drained(&a), ["payload"]);
         assert!(drained(&b).is_empty());
         assert_eq!(hub.publish("nobody", "x".into()), 0);
-        assert_eq!(hub.stats.unrouted.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.stats.unrouted.get(), 1);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`pg`]: the LISTEN actor and the NOTIFY pool.
 //! - [`server`]: binding, serving and draining; [`embedded`]: the throwaway cluster.
 
+pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod net;
 pub mod outbox;
 pub mod pg;

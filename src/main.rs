@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use pgws::config::{ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 use pgws::embedded::Cluster;
+use pgws::pg::listener::ListenerStatus;
 use pgws::{Cli, Server};
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +20,24 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("PGWS_LOG_LEVEL: invalid value '{}': {e}", cli.log_level);
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
     println!(
         "pgws {} / Connects websockets to PostgreSQL asynchronous notifications.",
         env!("CARGO_PKG_VERSION")
@@ -92,36 +104,44 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
     let addr = server.local_addr();
     println!("Listening on port {}", addr.port());
 
-    if let Some(cluster) = &cluster {
-        let scheme = if tls { "https" } else { "http" };
-        let ws = if tls { "wss" } else { "ws" };
-        println!(
-            "Open {scheme}://localhost:{}/ in a browser to try it.",
-            addr.port()
-        );
-        if dev_secret {
-            let token = jsonwebtoken::encode(
-                &jsonwebtoken::Header::default(),
-                &serde_json::json!({"mode": "rw"}),
-                &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
-            )?;
-            println!("Development secret: {DEV_SECRET}");
-            println!("Development token: {token}");
-            println!(
-                "Try: websocat {ws}://localhost:{}/chat/{token}",
-                addr.port()
-            );
-        }
-        println!(
-            "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
-            cluster.connection_string("postgres"),
-            cli.listen_channel
-        );
-    }
-
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    let result = server.run(shutdown).await;
+    let mut status = server.listener_status();
+    let run = tokio::spawn(server.run(shutdown));
+    // In embedded mode (our own database, up already), say how to use it once notifications flow.
+    if let Some(cluster) = &cluster {
+        let listening = status.wait_for(|s| matches!(s, ListenerStatus::Listening { .. }));
+        if tokio::time::timeout(std::time::Duration::from_secs(30), listening)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            let scheme = if tls { "https" } else { "http" };
+            let ws = if tls { "wss" } else { "ws" };
+            println!(
+                "Open {scheme}://localhost:{}/ in a browser to try it.",
+                addr.port()
+            );
+            if dev_secret {
+                let token = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::default(),
+                    &serde_json::json!({"mode": "rw"}),
+                    &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+                )?;
+                println!("Development secret: {DEV_SECRET}");
+                println!("Development token: {token}");
+                println!(
+                    "Try: websocat {ws}://localhost:{}/chat/{token}",
+                    addr.port()
+                );
+            }
+            println!(
+                "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
+                cluster.connection_string("postgres"),
+                cli.listen_channel
+            );
+        }
+    }
+    let result = run.await.context("server task")?;
     if let Some(cluster) = cluster {
         tokio::task::spawn_blocking(move || cluster.stop())
             .await

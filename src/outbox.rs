@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -37,14 +38,26 @@ pub enum Push {
 struct State {
     queue: VecDeque<Utf8Bytes>,
     bytes: usize,
+    /// When the oldest queued frame was pushed (for the delivery latency metric).
+    oldest: Option<Instant>,
     overflowed: bool,
     closed: bool,
+}
+
+/// What [`Outbox::drain_into`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    /// `false` once the outbox overflowed: the socket must be closed.
+    pub healthy: bool,
+    /// When the oldest drained frame was queued.
+    pub oldest: Option<Instant>,
 }
 
 /// One socket's queue of text frames to send.
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    overflow: Notify,
     limits: Limits,
 }
 
@@ -54,6 +67,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            overflow: Notify::new(),
             limits,
         }
     }
@@ -79,11 +93,16 @@ impl Outbox {
             s.queue.clear();
             s.queue.shrink_to_fit();
             s.bytes = 0;
+            s.oldest = None;
             drop(s);
             self.notify.notify_one();
+            self.overflow.notify_one();
             return Push::Overflow;
         }
         let was_empty = s.queue.is_empty();
+        if was_empty {
+            s.oldest = Some(Instant::now());
+        }
         s.queue.push_back(msg);
         s.bytes += len;
         drop(s);
@@ -93,20 +112,28 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Moves every queued frame into `out`. Returns `false` when the outbox overflowed.
-    pub fn drain_into(&self, out: &mut Vec<Utf8Bytes>) -> bool {
+    /// Moves every queued frame into `out`.
+    pub fn drain_into(&self, out: &mut Vec<Utf8Bytes>) -> Drained {
         let mut s = self.lock();
         out.extend(s.queue.drain(..));
         s.bytes = 0;
         if s.queue.capacity() > 64 {
             s.queue.shrink_to_fit();
         }
-        !s.overflowed
+        Drained {
+            healthy: !s.overflowed,
+            oldest: s.oldest.take(),
+        }
     }
 
     /// Waits until something was pushed (or the outbox overflowed) since the last wait.
     pub async fn wait(&self) {
         self.notify.notified().await
+    }
+
+    /// Waits until the outbox overflows (used while a write is blocked on a slow peer).
+    pub async fn overflowed(&self) {
+        self.overflow.notified().await
     }
 
     /// Refuses further pushes and frees the queue; called when the socket ends.
@@ -132,8 +159,10 @@ mod tests {
         assert_eq!(o.push("a".into()), Push::Queued);
         assert_eq!(o.push("b".into()), Push::Queued);
         let mut out = Vec::new();
-        assert!(o.drain_into(&mut out));
+        let d = o.drain_into(&mut out);
+        assert!(d.healthy && d.oldest.is_some());
         assert_eq!(out, vec![Utf8Bytes::from("a"), Utf8Bytes::from("b")]);
+        assert!(o.drain_into(&mut out).oldest.is_none());
     }
 
     #[test]
@@ -144,7 +173,7 @@ mod tests {
         assert_eq!(o.push("c".into()), Push::Overflow);
         assert_eq!(o.push("d".into()), Push::Overflow);
         let mut out = Vec::new();
-        assert!(!o.drain_into(&mut out));
+        assert!(!o.drain_into(&mut out).healthy);
         assert!(out.is_empty());
 
         let o = outbox(100, 5);

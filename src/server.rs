@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -20,17 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubStats};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
 use crate::outbox::Limits;
-use crate::pg::listener::{self, ListenerError, ListenerSettings, ListenerStatus};
-use crate::pg::publisher::Publisher;
+use crate::pg::listener::{self, ListenerError, ListenerMetrics, ListenerSettings, ListenerStatus};
+use crate::pg::publisher::{Publisher, PublisherStats};
 use crate::state::{AppState, ws_config};
-
-/// How long sessions get to finish their close handshakes at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send its request head or finish a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +52,7 @@ pub enum Error {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
     config: Config,
     status: (
@@ -75,12 +72,32 @@ impl Server {
                 port: config.port,
                 source,
             })?;
+        let admin = match &config.admin_address {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr.as_str())
+                        .await
+                        .map_err(|source| Error::Bind {
+                            host: format!("PGWS_ADMIN_ADDRESS {addr}"),
+                            port: 0,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            admin,
             tls,
             config,
             status: watch::channel(ListenerStatus::Connecting),
         })
+    }
+
+    /// The admin listener's address, when `PGWS_ADMIN_ADDRESS` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// The state of the LISTEN connection, updated for the server's whole life (readiness).
@@ -101,15 +118,46 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let config = self.config;
         let stop = shutdown.child_token();
-        let hub = Arc::new(Hub::new());
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::with_stats(HubStats {
+            delivered: metrics.deliveries.clone(),
+            unrouted: metrics.unrouted.clone(),
+            overflowed: metrics
+                .drops
+                .get_or_create(&ReasonLabel {
+                    reason: "slow_consumer",
+                })
+                .clone(),
+        }));
         let (status_tx, status_rx) = self.status;
-        let publisher = Publisher::start(&config.db, &config.listen_channel, config.pool_size);
+        let publisher = Publisher::start(
+            &config.db,
+            &config.listen_channel,
+            config.pool_size,
+            PublisherStats {
+                sent: metrics.notify_sent.clone(),
+                errors: metrics.notify_errors.clone(),
+                last_failure_ms: Arc::default(),
+            },
+        );
         let listener_task = tokio::spawn(listener::run(
             ListenerSettings {
                 db: config.db.clone(),
                 channel: config.listen_channel.clone(),
                 check_interval: config.check_listener_interval,
                 startup_retries: config.startup_retries,
+                gap_events: config.gap_events,
+                meta: config
+                    .meta_channel
+                    .clone()
+                    .map(|meta| (publisher.clone(), meta)),
+                metrics: ListenerMetrics {
+                    up: metrics.listener_up.clone(),
+                    reconnects: metrics.listener_reconnects.clone(),
+                    gaps: metrics.gaps.clone(),
+                    queue_usage: metrics.queue_usage.clone(),
+                    notifications: metrics.notifications.clone(),
+                },
             },
             hub.clone(),
             status_tx,
@@ -137,7 +185,15 @@ impl Server {
             sessions: TaskTracker::new(),
             next_id: AtomicU64::new(1),
             listener: status_rx,
+            metrics,
+            active: AtomicUsize::new(0),
+            max_connections: config.max_connections,
+            max_channels: config.max_channels,
+            handshake_timeout: config.handshake_timeout,
         });
+        if let Some(admin) = self.admin {
+            tokio::spawn(crate::admin::serve(admin, state.clone(), stop.clone()));
+        }
 
         let connections = TaskTracker::new();
         let accept = accept_loop(
@@ -162,21 +218,22 @@ impl Server {
         stop.cancel();
         state.sessions.close();
         connections.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let drain = config.shutdown_timeout;
+        if tokio::time::timeout(drain, async {
             state.sessions.wait().await;
             connections.wait().await;
         })
         .await
         .is_err()
         {
-            tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+            tracing::warn!("some connections did not close within {drain:?}");
         }
         // The sessions' last events (ConnectionClose) are queued; send them before returning.
-        if tokio::time::timeout(Duration::from_secs(5), state.publisher.flush())
+        if tokio::time::timeout(drain.max(Duration::from_secs(1)), state.publisher.flush())
             .await
             .is_err()
         {
-            tracing::warn!("pending NOTIFYs were not all sent within 5 s");
+            tracing::warn!("pending NOTIFYs were not all sent in time");
         }
         result
     }
@@ -224,7 +281,8 @@ async fn serve_tls(
 ) {
     // A TLS ClientHello starts with 0x16; anything else is plain HTTP on the TLS port.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    let limit = state.handshake_timeout;
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == 0x16 => {}
         Ok(Ok(1)) => {
             let mut stream = stream;
@@ -234,7 +292,7 @@ async fn serve_tls(
         }
         _ => return,
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, state, stop).await,
         Ok(Err(e)) => tracing::info!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::info!(peer = %peer, "TLS handshake timed out"),
@@ -249,13 +307,14 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let timeout = state.handshake_timeout;
     let service = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(crate::http::handle(req, state, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(timeout)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);

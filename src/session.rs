@@ -8,6 +8,7 @@
 //! sends a close frame, waits briefly for the answer and then closes TCP itself.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{Grant, now_seconds};
 use crate::envelope::{ClaimsText, MAX_NOTIFY_PAYLOAD, envelope, error_event};
+use crate::metrics::{ModeLabel, ReasonLabel};
 use crate::outbox::Outbox;
 use crate::pg::publisher::Job;
 use crate::state::AppState;
@@ -32,12 +34,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Close code for a peer that answered no ping for two ping intervals.
+pub const CLOSE_PING_TIMEOUT: u16 = 4001;
+
 /// Why the loop ended.
 enum End {
     /// The peer closed or vanished; nothing more to send.
     Peer,
-    /// We close with this code and reason.
-    Close(u16, &'static str),
+    /// We close with this code and reason; the label names the reason in metrics.
+    Close(u16, &'static str, &'static str),
+    /// We drop the connection without a close frame (it accepts no data); label for metrics.
+    Drop(&'static str),
 }
 
 /// A socket whose handshake is being accepted: already subscribed, so that everything routed to
@@ -52,6 +59,15 @@ pub struct Session {
 impl Session {
     /// Subscribes the socket's channels (read mode).
     pub fn open(state: Arc<AppState>, id: u64, grant: Grant) -> Self {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        state.metrics.accepted.inc();
+        state
+            .metrics
+            .connections
+            .get_or_create(&ModeLabel {
+                mode: grant.mode.as_str(),
+            })
+            .inc();
         let outbox = Arc::new(Outbox::new(state.outbox_limits));
         if grant.mode.read {
             for channel in &grant.channels {
@@ -83,6 +99,14 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .connections
+            .get_or_create(&ModeLabel {
+                mode: self.grant.mode.as_str(),
+            })
+            .dec();
         if self.grant.mode.read {
             for channel in &self.grant.channels {
                 self.state.hub.unsubscribe(channel, &self.outbox);
@@ -114,7 +138,20 @@ async fn run<S>(
         }
     }
     outbox.close();
-    if let End::Close(code, reason) = end {
+    let label = match end {
+        End::Close(_, _, label) | End::Drop(label) => Some(label),
+        End::Peer => None,
+    };
+    if let Some(reason) = label {
+        state
+            .metrics
+            .server_closes
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+    if let End::Drop(reason) = end {
+        tracing::warn!(reason, "dropping websocket");
+    } else if let End::Close(code, reason, _) = end {
         tracing::info!(code, reason, "closing websocket");
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -191,14 +228,15 @@ where
         i
     });
     let mut ping_count: u64 = 0;
+    let mut last_inbound = tokio::time::Instant::now();
     let mut batch: Vec<Utf8Bytes> = Vec::new();
     loop {
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => return End::Close(1001, "server shutting down"),
-            _ = &mut expired => return End::Close(CLOSE_JWT_EXPIRED, "JWT expired"),
+            _ = state.shutdown.cancelled() => return End::Close(1001, "server shutting down", "shutdown"),
+            _ = &mut expired => return End::Close(CLOSE_JWT_EXPIRED, "JWT expired", "expired"),
             _ = outbox.wait() => {
-                let healthy = outbox.drain_into(&mut batch);
+                let drained = outbox.drain_into(&mut batch);
                 if !batch.is_empty() {
                     let write = async {
                         for msg in batch.drain(..) {
@@ -206,35 +244,50 @@ where
                         }
                         ws.flush().await
                     };
-                    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "write failed");
-                            return End::Peer;
-                        }
-                        Err(_) => {
-                            tracing::warn!("peer accepted no data for {WRITE_TIMEOUT:?}; dropping it");
-                            return End::Peer;
-                        }
+                    tokio::select! {
+                        r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "write failed");
+                                return End::Peer;
+                            }
+                            Err(_) => return End::Drop("write_timeout"),
+                        },
+                        // The peer stopped reading and its queue overflowed meanwhile.
+                        _ = outbox.overflowed() => return End::Drop("slow_consumer"),
+                    }
+                    if let Some(oldest) = drained.oldest {
+                        state.metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
                     }
                     batch.clear();
                     if batch.capacity() > 256 {
                         batch.shrink_to_fit();
                     }
                 }
-                if !healthy {
-                    tracing::warn!("slow consumer: outbound queue limit reached");
-                    return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue limit reached");
+                if !drained.healthy {
+                    return End::Close(
+                        CLOSE_SLOW_CONSUMER,
+                        "slow consumer: outbound queue limit reached",
+                        "slow_consumer",
+                    );
                 }
             }
             _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
+                let interval = state.ping_interval.unwrap_or(WRITE_TIMEOUT);
+                if last_inbound.elapsed() > interval * 2 {
+                    return End::Close(CLOSE_PING_TIMEOUT, "no answer to pings", "ping_timeout");
+                }
                 ping_count += 1;
                 let payload = ping_count.to_string().into_bytes();
                 if ws.send(Message::Ping(payload.into())).await.is_err() {
                     return End::Peer;
                 }
             }
-            frame = ws.next() => match frame {
+            frame = ws.next() => {
+                if let Some(Ok(_)) = &frame {
+                    last_inbound = tokio::time::Instant::now();
+                }
+                match frame {
                 None => return End::Peer,
                 Some(Ok(Message::Text(text))) => {
                     on_client_text(state, id, grant, claims, outbox, text.as_str()).await;
@@ -260,18 +313,21 @@ where
                 Some(Ok(_)) => {}
                 Some(Err(WsError::Capacity(e))) => {
                     tracing::warn!(error = %e, "client message too large");
-                    return End::Close(1009, "message too big");
+                    return End::Close(1009, "message too big", "message_too_big");
                 }
-                Some(Err(WsError::Utf8(_))) => return End::Close(1007, "invalid UTF-8 in text message"),
+                Some(Err(WsError::Utf8(_))) => {
+                    return End::Close(1007, "invalid UTF-8 in text message", "invalid_utf8");
+                }
                 Some(Err(WsError::Protocol(e))) => {
                     tracing::info!(error = %e, "websocket protocol error");
-                    return End::Close(1002, "protocol error");
+                    return End::Close(1002, "protocol error", "protocol_error");
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read ended");
                     return End::Peer;
                 }
-            },
+                }
+            }
         }
     }
 }
@@ -285,6 +341,7 @@ async fn on_client_text(
     outbox: &Arc<Outbox>,
     text: &str,
 ) {
+    state.metrics.messages_in.inc();
     if !grant.mode.write {
         outbox.push(
             error_event(

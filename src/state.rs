@@ -2,7 +2,7 @@
 //! (no globals, so tests can run several servers side by side).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::KeySet;
 use crate::config::Site;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::outbox::Limits;
 use crate::pg::listener::ListenerStatus;
 use crate::pg::publisher::Publisher;
@@ -43,6 +44,34 @@ pub struct AppState {
     pub next_id: AtomicU64,
     /// State of the LISTEN connection.
     pub listener: watch::Receiver<ListenerStatus>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Websockets open now.
+    pub active: AtomicUsize,
+    /// Most websockets open at once.
+    pub max_connections: usize,
+    /// Most channels per socket.
+    pub max_channels: usize,
+    /// Time limit for request heads and TLS handshakes.
+    pub handshake_timeout: Duration,
+}
+
+impl AppState {
+    /// Ready to serve: the LISTEN connection is up and the NOTIFY pool can connect.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !matches!(*self.listener.borrow(), ListenerStatus::Listening { .. }) {
+            return Err("the LISTEN connection is down");
+        }
+        let failed = self
+            .publisher
+            .stats
+            .last_failure_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if failed != 0 && crate::auth::now_millis().saturating_sub(failed) < 2000 {
+            return Err("the NOTIFY pool could not connect in the last 2 s");
+        }
+        Ok(())
+    }
 }
 
 /// Websocket settings: small buffers (tungstenite's defaults allocate 128 KiB per socket up

@@ -231,7 +231,9 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         rep.line(format!("server CPU per delivery: {c:.3} us"));
     }
     if let Some(c) = gen_cpu_per_delivery_us {
-        rep.line(format!("generator CPU per delivery: {c:.3} us"));
+        rep.line(format!(
+            "generator CPU per delivery (incl. publishing): {c:.3} us"
+        ));
     }
     let rss_summary = rss
         .as_ref()

@@ -67,6 +67,47 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// Parent pid from the text of /proc/<pid>/stat.
+fn parse_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Total CPU seconds of all descendants of `pid` alive now (for pgws
+/// `--embedded`, the PostgreSQL cluster it started).
+pub fn descendants_cpu_s(pid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            && let (Some(pp), Some(t)) = (parse_ppid(&stat), parse_stat_ticks(&stat))
+        {
+            procs.push((p, pp, t));
+        }
+    }
+    let mut family = vec![pid];
+    let mut ticks = 0u64;
+    // bounded: each pass adds at least one process or stops
+    for _ in 0..procs.len() {
+        let before = family.len();
+        for &(p, pp, t) in &procs {
+            if family.contains(&pp) && !family.contains(&p) {
+                family.push(p);
+                ticks += t;
+            }
+        }
+        if family.len() == before {
+            break;
+        }
+    }
+    ticks as f64 / clock_ticks()
+}
+
 /// Statistics of the generator itself.
 pub fn own() -> ProcSample {
     sample(std::process::id()).unwrap_or_default()
@@ -101,6 +142,11 @@ impl MachineCpu {
             busy: total.saturating_sub(idle),
             total,
         }
+    }
+
+    /// CPU seconds (all CPUs together) busy between `self` and `later`.
+    pub fn busy_s(&self, later: &Self) -> f64 {
+        later.busy.saturating_sub(self.busy) as f64 / clock_ticks()
     }
 
     /// Fraction of all CPUs busy between `self` and `later`.
@@ -182,6 +228,7 @@ mod tests {
     fn parses_stat_with_spaces_in_the_name() {
         let stat = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
         assert_eq!(parse_stat_ticks(stat), Some(300));
+        assert_eq!(parse_ppid(stat), Some(1));
     }
 
     #[test]
@@ -196,6 +243,7 @@ mod tests {
         let s = own();
         assert!(s.rss_kib > 0);
         assert!(s.fds > 0);
+        assert!(descendants_cpu_s(1) >= 0.0);
         let a = MachineCpu::parse("cpu  10 0 10 80 0 0 0 0 0 0\n");
         let b = MachineCpu::parse("cpu  20 0 20 160 0 0 0 0 0 0\n");
         assert!((a.busy_fraction(&b) - 0.2).abs() < 1e-9);

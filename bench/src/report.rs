@@ -13,6 +13,7 @@ pub struct Window {
     t0: Instant,
     server_pid: Option<u32>,
     server0: Option<ProcSample>,
+    children0: Option<f64>,
     own0: ProcSample,
     machine0: MachineCpu,
 }
@@ -24,6 +25,13 @@ pub struct Usage {
     pub wall_s: f64,
     /// Server CPU seconds used in the window.
     pub server_cpu_s: Option<f64>,
+    /// CPU seconds of the server's descendants (e.g. its embedded
+    /// PostgreSQL) alive at both ends of the window.
+    pub server_children_cpu_s: Option<f64>,
+    /// Busy CPU seconds of the machine not accounted to the server, its
+    /// descendants or the generator (other processes, kernel threads,
+    /// backends started and ended within the window).
+    pub other_cpu_s: f64,
     /// Server RSS at the start, KiB.
     pub server_rss_start_kib: Option<u64>,
     /// Server RSS at the end, KiB.
@@ -55,6 +63,7 @@ impl Window {
             t0: Instant::now(),
             server_pid,
             server0: server_pid.and_then(|p| procstat::sample(p).ok()),
+            children0: server_pid.map(procstat::descendants_cpu_s),
             own0: procstat::own(),
             machine0: MachineCpu::read(),
         }
@@ -65,16 +74,31 @@ impl Window {
         let wall_s = self.t0.elapsed().as_secs_f64().max(1e-9);
         let server1 = self.server_pid.and_then(|p| procstat::sample(p).ok());
         let own1 = procstat::own();
-        let machine_busy = self.machine0.busy_fraction(&MachineCpu::read());
+        let children1 = self.server_pid.map(procstat::descendants_cpu_s);
+        let machine1 = MachineCpu::read();
+        let machine_busy = self.machine0.busy_fraction(&machine1);
+        let machine_busy_s = self.machine0.busy_s(&machine1);
         let cpus = procstat::cpus();
         let generator_cpu_s = (own1.cpu_s - self.own0.cpu_s).max(0.0);
         let generator_cores = generator_cpu_s / wall_s;
+        let server_cpu_s = match (self.server0, server1) {
+            (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s).max(0.0)),
+            _ => None,
+        };
+        let children_cpu_s = match (self.children0, children1) {
+            (Some(a), Some(b)) => Some((b - a).max(0.0)),
+            _ => None,
+        };
+        let other_cpu_s = (machine_busy_s
+            - generator_cpu_s
+            - server_cpu_s.unwrap_or(0.0)
+            - children_cpu_s.unwrap_or(0.0))
+        .max(0.0);
         Usage {
             wall_s,
-            server_cpu_s: match (self.server0, server1) {
-                (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s).max(0.0)),
-                _ => None,
-            },
+            server_cpu_s,
+            server_children_cpu_s: children_cpu_s,
+            other_cpu_s,
             server_rss_start_kib: self.server0.map(|s| s.rss_kib),
             server_rss_end_kib: server1.map(|s| s.rss_kib),
             server_hwm_kib: server1.map(|s| s.hwm_kib),
@@ -103,6 +127,12 @@ impl Usage {
                 self.server_rss_start_kib.unwrap_or(0),
                 self.server_rss_end_kib.unwrap_or(0),
                 self.server_hwm_kib.unwrap_or(0),
+            ));
+        }
+        if let Some(c) = self.server_children_cpu_s {
+            v.push(format!(
+                "server's child processes (embedded PostgreSQL): {c:.2} CPU s; other busy CPU: {:.2} s",
+                self.other_cpu_s
             ));
         }
         v.push(format!(

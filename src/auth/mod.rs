@@ -41,3 +41,8 @@ pub fn now_seconds() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    (now_seconds() * 1000.0) as u64
+}

@@ -10,12 +10,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::publisher::{Job, Publisher};
 use super::{backoff, quote_ident, with_defaults};
 use crate::envelope::route;
 use crate::hub::Hub;
@@ -57,13 +62,36 @@ pub struct ListenerSettings {
     pub check_interval: Duration,
     /// Start-up attempts (`None`: for ever).
     pub startup_retries: Option<u32>,
+    /// Whether to announce gaps to sockets and on the meta channel.
+    pub gap_events: bool,
+    /// The meta channel and the pool to publish its `Gap` event with.
+    pub meta: Option<(Publisher, String)>,
+    /// Where to count.
+    pub metrics: ListenerMetrics,
 }
+
+/// The listener's metrics (shared with the registry).
+#[derive(Clone, Default)]
+pub struct ListenerMetrics {
+    /// 1 while connected.
+    pub up: Gauge,
+    /// Reconnections after a loss.
+    pub reconnects: Counter,
+    /// Gaps announced.
+    pub gaps: Counter,
+    /// `pg_notification_queue_usage()`.
+    pub queue_usage: Gauge<f64, AtomicU64>,
+    /// Notifications received.
+    pub notifications: Counter,
+}
+
+const GAP_MESSAGE: &str = "the server's database connection was lost and restored; notifications sent meanwhile may have been lost";
 
 /// Text sent to every subscribed socket after the LISTEN connection came back.
 pub(crate) fn gap_event(down_for: Duration) -> String {
     serde_json::json!({
         "event": "Gap",
-        "message": "the server's database connection was lost and restored; notifications sent meanwhile may have been lost",
+        "message": GAP_MESSAGE,
         "down_ms": down_for.as_millis() as u64,
     })
     .to_string()
@@ -86,23 +114,28 @@ pub async fn run(
         }
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = connect(&db, &settings.channel, hub.clone()) => r,
+            r = connect(&db, &settings.channel, hub.clone(), settings.metrics.notifications.clone()) => r,
         };
         match connected {
             Ok(conn) => {
                 attempts = 0;
                 generation += 1;
+                settings.metrics.up.set(1);
                 if let Some(at) = lost_at.take() {
                     let down = at.elapsed();
+                    settings.metrics.reconnects.inc();
                     tracing::warn!(channel = %settings.channel, down_ms = down.as_millis() as u64,
                         "LISTEN connection recovered; notifications sent while it was down are lost");
-                    let n = hub.broadcast(Utf8Bytes::from(gap_event(down)));
-                    tracing::info!(sockets = n, "told subscribed sockets about the gap");
+                    if settings.gap_events {
+                        announce_gap(&settings, &hub, down).await;
+                    }
                 } else {
                     tracing::info!(channel = %settings.channel, "listening for notifications");
                 }
                 let _ = status.send(ListenerStatus::Listening { generation });
-                let reason = supervise(conn, settings.check_interval, &shutdown).await;
+                let reason =
+                    supervise(conn, settings.check_interval, &settings.metrics, &shutdown).await;
+                settings.metrics.up.set(0);
                 let Some(reason) = reason else {
                     return Ok(());
                 };
@@ -132,6 +165,32 @@ pub async fn run(
     }
 }
 
+/// Tells every subscribed socket, and the meta channel, that notifications may have been lost.
+async fn announce_gap(settings: &ListenerSettings, hub: &Hub, down: Duration) {
+    settings.metrics.gaps.inc();
+    let n = hub.broadcast(Utf8Bytes::from(gap_event(down)));
+    tracing::info!(sockets = n, "told subscribed sockets about the gap");
+    if let Some((publisher, meta)) = &settings.meta {
+        let payload = serde_json::json!({
+            "channel": meta,
+            "event": "Gap",
+            "payload": GAP_MESSAGE,
+            "down_ms": down.as_millis() as u64,
+        })
+        .to_string();
+        publisher
+            .publish(
+                0,
+                Job {
+                    payload,
+                    channel: Some(meta.clone()),
+                    reply: None,
+                },
+            )
+            .await;
+    }
+}
+
 /// A live LISTEN connection: the client for heartbeats and the driver task's end signal.
 struct Live {
     client: tokio_postgres::Client,
@@ -143,6 +202,7 @@ async fn connect(
     db: &tokio_postgres::Config,
     channel: &str,
     hub: Arc<Hub>,
+    received: Counter,
 ) -> Result<Live, tokio_postgres::Error> {
     let (client, mut connection) = db.connect(NoTls).await?;
     let (end_tx, ended) = oneshot::channel();
@@ -152,6 +212,7 @@ async fn connect(
         let reason = loop {
             match messages.next().await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
+                    received.inc();
                     let payload = n.payload();
                     let target = route(payload, &pg_channel);
                     hub.publish(&target, Utf8Bytes::from(payload.to_string()));
@@ -184,6 +245,7 @@ async fn connect(
 async fn supervise(
     mut live: Live,
     check_interval: Duration,
+    metrics: &ListenerMetrics,
     shutdown: &CancellationToken,
 ) -> Option<String> {
     let mut tick = tokio::time::interval(check_interval);
@@ -198,8 +260,15 @@ async fn supervise(
             }
             r = &mut live.ended => break r.unwrap_or_else(|_| "connection task ended".into()),
             _ = tick.tick() => {
-                match tokio::time::timeout(reply_timeout, live.client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
+                let query = live.client.query_one("SELECT pg_notification_queue_usage()", &[]);
+                match tokio::time::timeout(reply_timeout, query).await {
+                    Ok(Ok(row)) => {
+                        let usage: f64 = row.try_get(0).unwrap_or(0.0);
+                        metrics.queue_usage.set(usage);
+                        if usage > 0.5 {
+                            tracing::warn!(usage, "PostgreSQL's notification queue is more than half full");
+                        }
+                    }
                     Ok(Err(e)) => break format!("heartbeat failed: {e}"),
                     Err(_) => break format!("heartbeat got no answer within {reply_timeout:?}"),
                 }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
@@ -19,6 +21,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::with_defaults;
 use crate::envelope::error_event;
+use crate::metrics::ReasonLabel;
 use crate::outbox::Outbox;
 
 /// Jobs a worker queues before a sender waits (backpressure on the sending socket).
@@ -38,13 +41,16 @@ pub struct Job {
     pub reply: Option<Arc<Outbox>>,
 }
 
-/// Counters of the pool.
-#[derive(Debug, Default)]
+/// Counters of the pool (shared with the metrics registry), and its health for readiness.
+#[derive(Debug, Default, Clone)]
 pub struct PublisherStats {
     /// NOTIFYs that PostgreSQL accepted.
-    pub sent: AtomicU64,
-    /// NOTIFYs that failed and were reported.
-    pub failed: AtomicU64,
+    pub sent: Counter,
+    /// NOTIFYs that failed and were reported, by code.
+    pub errors: Family<ReasonLabel, Counter>,
+    /// When a connection attempt last failed (Unix milliseconds; 0: never, or cleared by a
+    /// later success). Readiness looks at it.
+    pub last_failure_ms: Arc<AtomicU64>,
 }
 
 /// What a worker is asked to do.
@@ -65,9 +71,14 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts `size` workers; they connect lazily, on their first job.
-    pub fn start(db: &tokio_postgres::Config, listen_channel: &str, size: usize) -> Self {
+    pub fn start(
+        db: &tokio_postgres::Config,
+        listen_channel: &str,
+        size: usize,
+        stats: PublisherStats,
+    ) -> Self {
         let db = with_defaults(db);
-        let stats = Arc::new(PublisherStats::default());
+        let stats = Arc::new(stats);
         let listen: Arc<str> = listen_channel.into();
         let workers = (0..size.max(1))
             .map(|i| {
@@ -108,8 +119,11 @@ impl Publisher {
     }
 }
 
-fn fail(job: &Job, code: &str, message: &str, stats: &PublisherStats) {
-    stats.failed.fetch_add(1, Ordering::Relaxed);
+fn fail(job: &Job, code: &'static str, message: &str, stats: &PublisherStats) {
+    stats
+        .errors
+        .get_or_create(&ReasonLabel { reason: code })
+        .inc();
     tracing::warn!(code, error = message, channel = ?job.channel, "NOTIFY failed");
     if let Some(reply) = &job.reply {
         reply.push(Utf8Bytes::from(error_event(
@@ -205,6 +219,7 @@ async fn send_all(
                 tracing::debug!(worker = id, "NOTIFY connection open");
                 *conn = Some(c);
                 *failed_at = None;
+                stats.last_failure_ms.store(0, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!(worker = id, error = %e, "cannot open a NOTIFY connection");
@@ -213,6 +228,9 @@ async fn send_all(
                     fail(&job, "notify_failed", &msg, stats);
                 }
                 *failed_at = Some((Instant::now(), e.to_string()));
+                stats
+                    .last_failure_ms
+                    .store(crate::auth::now_millis(), Ordering::Relaxed);
                 return;
             }
         }
@@ -226,7 +244,7 @@ async fn send_all(
     for (job, result) in jobs.drain(..).zip(results) {
         match result {
             Ok(_) => {
-                stats.sent.fetch_add(1, Ordering::Relaxed);
+                stats.sent.inc();
             }
             Err(e) => {
                 let text = e

@@ -2,6 +2,9 @@
 
 mod common;
 
+mod faults;
+mod ops;
+
 mod binary;
 mod handshake;
 mod keys;

@@ -126,6 +126,8 @@ pub struct TestServer {
     pub db: String,
     /// LISTEN connection state.
     pub status: watch::Receiver<ListenerStatus>,
+    /// The admin listener, when `--admin-address` was given.
+    pub admin: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), pgws::Error>>,
 }
@@ -166,24 +168,26 @@ pub async fn start(extra: &[&str]) -> TestServer {
     start_on(&db, extra).await
 }
 
-/// Starts a server on database `db`.
+/// Starts a server on database `db` and waits until it LISTENs.
 pub async fn start_on(db: &str, extra: &[&str]) -> TestServer {
+    let mut s = spawn_on(db, extra).await;
+    s.wait_listening(1).await;
+    s
+}
+
+/// Starts a server on database `db` without waiting for its LISTEN connection.
+pub async fn spawn_on(db: &str, extra: &[&str]) -> TestServer {
     let server = bind(db, extra).await;
     let addr = server.local_addr();
-    let mut status = server.listener_status();
+    let admin = server.admin_addr();
+    let status = server.listener_status();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
-    tokio::time::timeout(
-        WAIT,
-        status.wait_for(|s| matches!(s, ListenerStatus::Listening { .. })),
-    )
-    .await
-    .expect("server LISTENs in time")
-    .expect("status channel open");
     TestServer {
         addr,
         db: db.to_string(),
         status,
+        admin,
         shutdown,
         handle,
     }
@@ -209,6 +213,34 @@ impl TestServer {
             .await
             .expect("server stops in time")
             .expect("server task")
+    }
+
+    /// The admin endpoint's answer: status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.admin.expect("started with --admin-address");
+        let (status, _, body) = get(addr, "GET", path, "").await;
+        (status, body)
+    }
+
+    /// The value of a metric line starting with `prefix` (name plus labels) in `/metrics`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the LISTEN connection is down.
+    pub async fn wait_down(&mut self) {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.status.wait_for(|s| *s == ListenerStatus::Down),
+        )
+        .await
+        .expect("listener noticed the loss in time")
+        .expect("status channel open");
     }
 
     /// Waits until the LISTEN connection has been (re)established `generation` times.

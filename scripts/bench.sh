@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# Runs the standard benchmark scenarios against a release build of
+# `pgws --embedded` with the pgws-bench load generator, and writes
+# docs/BENCHMARKS.md (machine info, commit, exact commands, results next to
+# their targets).
+#
+# Environment knobs (all optional):
+#   BENCH_REPS=3                 repetitions of each scenario (medians reported)
+#   BENCH_STEADY_SECONDS=60      length of the steady-load memory run
+#   BENCH_IDLE_CONNECTIONS=15000 idle connections
+#   BENCH_ONLY=idle,fanout,latency,ingest,steady   scenarios to run
+#   BENCH_OUT=docs/BENCHMARKS.md report path
+#   BENCH_WORK=target/bench      raw outputs (server logs, JSON lines)
+#   BENCH_SKIP_BUILD=1           use the existing target/release binaries
+#
+# Every run is bounded (the generator has its own --max-duration), traffic
+# stays on 127.0.0.1, and each server is stopped with SIGTERM afterwards.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+REPS=${BENCH_REPS:-3}
+STEADY=${BENCH_STEADY_SECONDS:-60}
+IDLE_N=${BENCH_IDLE_CONNECTIONS:-15000}
+ONLY=${BENCH_ONLY:-idle,fanout,latency,ingest,steady}
+OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
+WORK=${BENCH_WORK:-target/bench}
+SERVER=target/release/pgws
+GEN=target/release/pgws-bench
+
+mkdir -p "$WORK" "$(dirname "$OUT")"
+RESULTS="$WORK/results.jsonl"
+COMMANDS="$WORK/commands.txt"
+: >"$RESULTS"
+: >"$COMMANDS"
+
+if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+    nice -n 10 cargo build --release -p pgws -p pgws-bench
+fi
+
+# The server needs one descriptor per socket; 20,000 is this machine's cap.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+SERVER_PID=""
+PORT=""
+PGCONN=""
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "server $SERVER_PID did not stop within 30 s; killing it" >&2
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap stop_server EXIT INT TERM
+
+# start_server NAME [VAR=value ...]: starts pgws --embedded on a free port.
+start_server() {
+    local name=$1
+    shift
+    local log="$WORK/server-$name.log"
+    env "$@" "$SERVER" --embedded --port 0 >"$log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 300); do
+        if grep -q '^Listening on port' "$log" && grep -q '^Embedded PostgreSQL:' "$log"; then
+            break
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "server exited during start-up:" >&2
+            cat "$log" >&2
+            SERVER_PID=""
+            return 1
+        fi
+        sleep 0.2
+    done
+    PORT=$(sed -n 's/^Listening on port \([0-9]*\).*/\1/p' "$log" | head -n1)
+    PGCONN=$(sed -n 's/^Embedded PostgreSQL: //p' "$log" | head -n1)
+    if [ -z "$PORT" ] || [ -z "$PGCONN" ]; then
+        echo "server did not report its port and database within 60 s" >&2
+        cat "$log" >&2
+        return 1
+    fi
+    echo "server $name: pid $SERVER_PID port $PORT ($*)" >&2
+    sleep 1
+}
+
+# run_bench LABEL SCENARIO-ARGS...: one generator run; keeps its JSON line.
+run_bench() {
+    local label=$1
+    shift
+    echo "pgws-bench --port \$PORT --pg \"\$PGCONN\" --server-pid \$PID --label $label $*" >>"$COMMANDS"
+    "$GEN" --port "$PORT" --pg "$PGCONN" --server-pid "$SERVER_PID" --label "$label" "$@" \
+        >"$WORK/$label.out" 2>"$WORK/$label.err" || {
+        echo "generator failed for $label:" >&2
+        cat "$WORK/$label.err" >&2
+    }
+    grep -v '^{' "$WORK/$label.out" >&2 || true
+    grep '^{' "$WORK/$label.out" >>"$RESULTS" || true
+}
+
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# 1. Idle: RSS per idle authenticated connection; a fresh server per repetition.
+if wants idle; then
+    for r in $(seq 1 "$REPS"); do
+        start_server "idle-$r"
+        run_bench "idle#$r" idle --connections "$IDLE_N" --source-addrs 16 \
+            --connect-concurrency 128 --settle 3 --hold 10
+        stop_server
+    done
+fi
+
+# 2. Fan-out bursts: 1 channel x 5,000 subscribers, 100-byte payloads.
+if wants fanout; then
+    start_server fanout
+    for r in $(seq 1 "$REPS"); do
+        run_bench "fanout#$r" fanout --subscribers 5000 --channels 1 --payload 100 \
+            --messages 2000 --burst 100 --burst-interval-ms 250 --drain-timeout 60
+    done
+    stop_server
+fi
+
+# 3. Latency: 100 channels x 50 subscribers at 1,000 notifications/s.
+if wants latency; then
+    start_server latency
+    for r in $(seq 1 "$REPS"); do
+        run_bench "latency#$r" fanout --subscribers 5000 --channels 100 --payload 100 \
+            --rate 1000 --duration 20 --publishers 2
+    done
+    stop_server
+fi
+
+# 4. Ingest: 100 writers as fast as possible, arrivals counted by LISTEN.
+if wants ingest; then
+    start_server ingest
+    for r in $(seq 1 "$REPS"); do
+        run_bench "ingest#$r" ingest --writers 100 --channels 100 --payload 100 \
+            --messages 500000 --drain-timeout 60
+    done
+    stop_server
+fi
+
+# 5. Steady load: memory over time (fan-out at 1,000/s to 5,000 sockets).
+if wants steady; then
+    start_server steady
+    run_bench "steady#1" fanout --subscribers 5000 --channels 100 --payload 100 \
+        --rate 1000 --duration "$STEADY" --publishers 2 --rss-interval-ms 1000
+    stop_server
+fi
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
+export COMMIT DIRTY REPS STEADY IDLE_N RESULTS COMMANDS OUT
+
+python3 - <<'PY'
+import json, os, platform, statistics, subprocess, datetime
+
+res = [json.loads(l) for l in open(os.environ["RESULTS"]) if l.strip()]
+reps = int(os.environ["REPS"])
+
+def runs(prefix):
+    return [r for r in res if r["label"].split("#")[0] == prefix]
+
+def get(r, path):
+    for k in path.split("."):
+        if r is None:
+            return None
+        r = r.get(k)
+    return r
+
+def med(rs, path):
+    v = [get(r, path) for r in rs]
+    v = [x for x in v if isinstance(x, (int, float))]
+    return statistics.median(v) if v else None
+
+def vals(rs, path, fmt):
+    return ", ".join(fmt(get(r, path)) if get(r, path) is not None else "n/a" for r in rs)
+
+def f0(x): return f"{x:,.0f}"
+def f2(x): return f"{x:,.2f}"
+def f3(x): return f"{x:,.3f}"
+def ms(us): return f"{us/1000:,.2f} ms"
+
+cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+mem_kib = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+nproc = os.cpu_count()
+pgws_version = subprocess.run(["target/release/pgws", "--version"], capture_output=True, text=True).stdout.strip()
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+rows = []
+def verdict(ok):
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+idle = runs("idle")
+if idle:
+    v = med(idle, "rss_per_conn_bytes")
+    ok_conns = med(idle, "connect.ok")
+    rows.append(("Idle: server RSS per idle authenticated connection at %s connections" % os.environ["IDLE_N"],
+                 "<= 4 KiB (4,096 B)", f"{f0(v)} B ({ok_conns:,.0f} connected)" if v is not None else "n/a",
+                 "original ~51 KB, pg_eventserv ~28 KB, Node ws+pg ~7.6 KB",
+                 verdict(None if v is None else v <= 4096 and ok_conns == int(os.environ["IDLE_N"]))))
+fan = runs("fanout")
+if fan:
+    cpu = med(fan, "server_cpu_per_delivery_us")
+    lost = max((get(r, "deliveries.lost") or 0) for r in fan)
+    rows.append(("Fan-out: 1 channel x 5,000 subscribers, 100 B, bursts: server CPU per delivery",
+                 "<= 1 us", f"{f3(cpu)} us" if cpu is not None else "n/a",
+                 "original ~40 us, Node bridge ~14 us", verdict(None if cpu is None else cpu <= 1.0)))
+    rows.append(("Fan-out: loss (max over runs)", "0", f0(lost), "", verdict(lost == 0)))
+lat = runs("latency")
+if lat:
+    p50 = med(lat, "latency.p50_us"); p99 = med(lat, "latency.p99_us")
+    rows.append(("Latency: 100 ch x 50 subs at 1,000 notif/s, pg_notify -> receipt p50", "<= 1 ms",
+                 ms(p50) if p50 is not None else "n/a", "", verdict(None if p50 is None else p50 <= 1000)))
+    rows.append(("Latency: same, p99", "<= 5 ms", ms(p99) if p99 is not None else "n/a", "",
+                 verdict(None if p99 is None else p99 <= 5000)))
+ing = runs("ingest")
+if ing:
+    rate = med(ing, "msgs_per_s")
+    dis = max((get(r, "writers_not_in_order") or 0) for r in ing)
+    lost = max((get(r, "arrived.lost") or 0) for r in ing)
+    rows.append(("Ingest: client messages/s reaching PostgreSQL from 100 writers", ">= 50,000/s",
+                 f"{f0(rate)}/s" if rate is not None else "n/a", "", verdict(None if rate is None else rate >= 50000)))
+    rows.append(("Ingest: writers not in order / messages lost (max over runs)", "0 / 0", f"{dis} / {lost}", "",
+                 verdict(dis == 0 and lost == 0)))
+st = runs("steady")
+if st:
+    s = st[0]
+    slope = get(s, "rss.slope_kib_per_min")
+    first, last, peak = get(s, "rss.first_kib"), get(s, "rss.last_kib"), get(s, "rss.peak_kib")
+    rows.append((f"Memory over a {os.environ['STEADY']} s steady run (5,000 sockets, 1,000 notif/s)",
+                 "flat", f"{first:,} -> {last:,} KiB (peak {peak:,}), trend {slope:+,.0f} KiB/min" if slope is not None else "n/a",
+                 "", verdict(None if slope is None else abs(slope) * float(os.environ['STEADY']) / 60 <= max(1024, 0.02 * last))))
+
+L = []
+L.append("# Benchmarks\n")
+L.append(f"Generated by `scripts/bench.sh` on {now}. Server under test: `{pgws_version or 'pgws'}` "
+         f"(`target/release/pgws --embedded`, a fresh throwaway PostgreSQL cluster per scenario), "
+         f"commit `{os.environ['COMMIT']}`{' (working tree had uncommitted changes)' if os.environ.get('DIRTY') else ''}. "
+         f"Load generator: `target/release/pgws-bench` (crate `bench/`).\n")
+L.append("## Machine\n")
+L.append(f"- CPUs: {nproc} (`nproc`), model: {cpu_model}")
+L.append(f"- Memory: {mem_kib/1024/1024:.1f} GiB")
+L.append(f"- Kernel: {platform.release()}")
+L.append("- Server, PostgreSQL and load generator all share these CPUs; the machine is shared and noisy. "
+         f"Figures are medians of {reps} repetitions unless stated.\n")
+L.append("## Results against the targets\n")
+L.append("| Scenario | Target | Measured | Peers (published) | Verdict |")
+L.append("|---|---|---|---|---|")
+for r in rows:
+    L.append("| " + " | ".join(r) + " |")
+L.append("")
+
+def usage_lines(rs):
+    out = []
+    for r in rs:
+        u = r.get("usage") or {}
+        flags = []
+        if u.get("generator_saturated"): flags.append("generator saturated")
+        if u.get("machine_saturated"): flags.append("machine saturated")
+        out.append(f"  - `{r['label']}`: server {u.get('server_cpu_s') or 0:.2f} CPU s, generator {u.get('generator_cpu_s', 0):.2f} CPU s "
+                   f"({u.get('generator_cores', 0):.2f} cores), machine {100*u.get('machine_busy', 0):.0f}% busy"
+                   + (f" — **{', '.join(flags)}**" if flags else ""))
+    return out
+
+L.append("## Details\n")
+if idle:
+    L.append("### Idle connections\n")
+    L.append(f"- RSS per connection (bytes), per run: {vals(idle, 'rss_per_conn_bytes', f0)}; after the hold: {vals(idle, 'rss_per_conn_held_bytes', f0)}")
+    L.append(f"- Connected / failed per run: {vals(idle, 'connect.ok', f0)} / {vals(idle, 'connect.failed', f0)}; failures: {[r['connect']['failures'] for r in idle]}")
+    L.append(f"- Connections/s: {vals(idle, 'connect.per_s', f0)}")
+    L.append(f"- Alive at the end (received a notification): {vals(idle, 'alive', f0)}")
+    L.append(f"- Server RSS before / settled (KiB): {vals(idle, 'server_before.rss_kib', f0)} / {vals(idle, 'server_settled.rss_kib', f0)}")
+    L.append(f"- Generator RSS per connection (bytes): {vals(idle, 'generator_rss_per_conn_bytes', f0)}")
+    L.append("- Kernel socket memory (≈3-4 KB per TCP socket) is not in RSS and not counted.\n")
+if fan:
+    L.append("### Fan-out bursts\n")
+    L.append(f"- Server CPU per delivery (us): {vals(fan, 'server_cpu_per_delivery_us', f3)}")
+    L.append(f"- Generator CPU per delivery, including its publishing work (us): {vals(fan, 'generator_cpu_per_delivery_us', f3)}")
+    L.append(f"- Expected / delivered / lost / duplicated / out-of-order: " + "; ".join(
+        f"{get(r,'deliveries.expected'):,} / {get(r,'deliveries.delivered'):,} / {get(r,'deliveries.lost'):,} / {get(r,'deliveries.duplicated'):,} / {get(r,'deliveries.out_of_order'):,}" for r in fan))
+    L.append(f"- Deliveries/s: {vals(fan, 'deliveries_per_s', f0)}")
+    L.append(f"- Latency p50 / p99 / max (bursts queue, so this is not the latency target): " + "; ".join(
+        f"{ms(get(r,'latency.p50_us'))} / {ms(get(r,'latency.p99_us'))} / {ms(get(r,'latency.max_us'))}" for r in fan))
+    L.append(f"- Sockets closed by the server: {[r.get('ended_early') for r in fan]}")
+    L.extend(usage_lines(fan)); L.append("")
+if lat:
+    L.append("### Latency at 1,000 notifications/s\n")
+    L.append("- p50 / p90 / p99 / p99.9 / max per run: " + "; ".join(
+        " / ".join(ms(get(r, f"latency.{k}")) for k in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]) for r in lat))
+    L.append(f"- Lost / duplicated / out-of-order: " + "; ".join(f"{get(r,'deliveries.lost')} / {get(r,'deliveries.duplicated')} / {get(r,'deliveries.out_of_order')}" for r in lat))
+    L.append(f"- Publisher max lag behind schedule (ms): {vals(lat, 'publish_max_lag_ms', f2)}")
+    L.append(f"- Server CPU per delivery (us): {vals(lat, 'server_cpu_per_delivery_us', f3)}")
+    L.extend(usage_lines(lat)); L.append("")
+if ing:
+    L.append("### Ingest\n")
+    L.append(f"- Messages/s reaching PostgreSQL: {vals(ing, 'msgs_per_s', f0)}")
+    L.append(f"- Client send rate (messages/s written by the writers): {vals(ing, 'send_rate', f0)}")
+    L.append(f"- Arrived / expected / lost / duplicated / out-of-order: " + "; ".join(
+        f"{get(r,'arrived.delivered'):,} / {get(r,'arrived.expected'):,} / {get(r,'arrived.lost')} / {get(r,'arrived.duplicated')} / {get(r,'arrived.out_of_order')}" for r in ing))
+    L.append(f"- Latency send -> LISTEN p50 / p99: " + "; ".join(f"{ms(get(r,'latency.p50_us'))} / {ms(get(r,'latency.p99_us'))}" for r in ing))
+    L.append(f"- Server CPU per message (us): {vals(ing, 'server_cpu_per_msg_us', f2)}; error frames: {vals(ing, 'error_frames', f0)}")
+    L.extend(usage_lines(ing)); L.append("")
+if st:
+    s = st[0]
+    L.append("### Steady load and memory\n")
+    L.append(f"- Duration: {os.environ['STEADY']} s (parameter `BENCH_STEADY_SECONDS`; the default of 60 s is short — use longer runs to confirm).")
+    L.append(f"- Server RSS samples (s, KiB): {get(s,'rss.series')}")
+    L.append(f"- Deliveries lost / duplicated / out-of-order: {get(s,'deliveries.lost')} / {get(s,'deliveries.duplicated')} / {get(s,'deliveries.out_of_order')}; latency {ms(get(s,'latency.p50_us'))} p50, {ms(get(s,'latency.p99_us'))} p99")
+    L.extend(usage_lines(st)); L.append("")
+
+L.append("## Exact commands\n")
+L.append("Each server: `target/release/pgws --embedded --port 0` (port and connection string read from its output; "
+         "`ulimit -n` raised to the hard limit). Each generator run (`$PORT`, `$PGCONN`, `$PID` from that server):\n")
+L.append("```")
+L.extend(l.rstrip() for l in open(os.environ["COMMANDS"]))
+L.append("```\n")
+L.append("Raw JSON lines: `target/bench/results.jsonl` (one per run); human summaries in `target/bench/*.out`.\n")
+L.append("## Reading the numbers\n")
+L.append("- CPU figures come from `/proc/<pid>/stat` (utime+stime) of the pgws process only; the embedded PostgreSQL runs in separate processes and is not included. RSS is `VmRSS`/`VmHWM` from `/proc/<pid>/status`.")
+L.append("- Memory counts as flat when the least-squares RSS trend after the first quarter of the run, extrapolated over the run, is within max(1 MiB, 2% of RSS).")
+L.append("- Latency is wall clock from the moment the publisher issues `pg_notify` (timestamp embedded in the payload) to the moment the generator parses the frame.")
+L.append("- The generator marks a run `generator saturated` when it used >= 85% of the cores it may use and `machine saturated` when all CPUs were >= 95% busy; such figures are lower bounds for throughput and upper bounds for latency.")
+L.append("- The generator's own cost is about 1 us of CPU per received frame (one epoll wake-up and one `read` per frame when frames arrive one at a time), i.e. roughly as much as the server spends sending it; on this 2-core machine the fan-out throughput is bounded by the shared CPUs, while the CPU-per-delivery figure is not.")
+open(os.environ["OUT"], "w").write("\n".join(L) + "\n")
+print("wrote", os.environ["OUT"])
+PY

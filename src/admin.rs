@@ -1,0 +1,69 @@
+//! The admin listener (`PGWS_ADMIN_ADDRESS`): Prometheus `/metrics`, liveness `/health`, and
+//! readiness `/ready` (the LISTEN connection is up and the NOTIFY pool can connect). It is a
+//! separate socket so that it can stay on loopback or a private network.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+use crate::static_files::{Body, text};
+
+/// Answers one admin request.
+pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+    match req.uri().path() {
+        "/metrics" => {
+            state.metrics.channels.set(state.hub.channel_count() as i64);
+            let mut r = Response::new(Body::new(state.metrics.encode().into()));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/health" => text(StatusCode::OK, "ok"),
+        "/ready" => match state.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "Not found: try /metrics, /health or /ready",
+        ),
+    }
+}
+
+/// Serves the admin endpoints until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let r = handle(&req, &state);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
