@@ -47,13 +47,31 @@ pub async fn handle(
     } else {
         let r = static_files::serve(&state.site, &req).await;
         tracing::info!(target: "pgws::access", peer = %peer, method = %req.method(),
-            path = %req.uri().path(), status = r.status().as_u16(), "http");
+            path = %redact(req.uri().path()), status = r.status().as_u16(), "http");
         r
     };
     response
         .headers_mut()
         .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
     response
+}
+
+/// The path with every segment that looks like a JWT (three base64url parts) replaced, so that
+/// tokens never reach the logs.
+pub fn redact(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let parts: Vec<&str> = seg.split('.').collect();
+            let jwt_like = parts.len() == 3
+                && parts[..2].iter().all(|p| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if jwt_like { "<token>" } else { seg }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn is_websocket<B>(req: &Request<B>) -> bool {
@@ -203,4 +221,18 @@ fn websocket(
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn tokens_are_redacted_from_paths() {
+        assert_eq!(redact("/chat/eyJhbGc.eyJtb2Rl.sig-_x"), "/chat/<token>");
+        assert_eq!(redact("/eyJhbGc.eyJtb2Rl."), "/<token>");
+        assert_eq!(redact("/index.html"), "/index.html");
+        assert_eq!(redact("/a.b.c/x"), "/<token>/x");
+        assert_eq!(redact("/"), "/");
+    }
 }

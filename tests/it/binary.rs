@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::*;
 
@@ -206,4 +207,81 @@ async fn embedded_mode_runs_and_cleans_up() {
     })
     .await;
     assert!(gone.is_ok(), "cluster directory {dir} was not removed");
+}
+
+#[tokio::test]
+async fn sigterm_during_traffic_closes_sockets_with_1001_exits_0_and_logs_no_token() {
+    let db = fresh_db().await;
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", &db)
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_HOST", "127.0.0.1")
+        .env("PGWS_PORT", "0")
+        .env("PGWS_META_CHANNEL", "meta")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = line_after(&mut lines, "Listening on port").await;
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let t = token(json!({"mode":"rw","sub":"alice"}));
+    let mut reader = connect(&format!("ws://127.0.0.1:{port}/chat/{t}")).await;
+    let mut writer = connect(&format!("ws://127.0.0.1:{port}/chat/{t}")).await;
+    // Traffic: the writer keeps sending until the server closes it.
+    let sending = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        let mut n = 0u64;
+        while writer.send(Message::text(format!("m{n}"))).await.is_ok() {
+            n += 1;
+            tokio::task::yield_now().await;
+        }
+        n
+    });
+    assert!(
+        next_json(&mut reader).await["payload"]
+            .as_str()
+            .unwrap()
+            .starts_with('m')
+    );
+    // Also a refused handshake and a plain request with a token in the path.
+    let _ = refused(&format!("ws://127.0.0.1:{port}/chat/{t}x")).await;
+    let _ = get(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "GET",
+        &format!("/chat/{t}"),
+        "",
+    )
+    .await;
+
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let (frame, _) = closed(&mut reader).await;
+    assert_eq!(u16::from(frame.expect("close frame").code), 1001);
+    let sent = tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("writer stopped")
+        .unwrap();
+    assert!(sent > 0);
+    let code = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap()
+        .code();
+    assert_eq!(code, Some(0));
+    let logs = logs.await.unwrap();
+    assert!(logs.contains("SIGTERM"), "{logs}");
+    let signature = t.rsplit('.').next().unwrap();
+    assert!(!logs.contains(signature), "a token reached the logs");
+    assert!(!logs.contains(&t[..20]), "a token reached the logs");
 }
