@@ -90,13 +90,10 @@ impl Metrics {
             listener_reconnects: Counter::default(),
             gaps: Counter::default(),
             queue_usage: Gauge::default(),
-            delivery_latency: Histogram::new(
-                [
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5,
-                ]
-                .into_iter(),
-            ),
+            delivery_latency: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
             channels: Gauge::default(),
             registry: Registry::default(),
         };
