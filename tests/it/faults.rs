@@ -215,10 +215,10 @@ async fn a_peer_that_never_answers_pings_is_closed_with_4001() {
             let n = tcp.read(&mut chunk).await.unwrap();
             assert!(n > 0, "connection ended without a close frame");
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                if buf.starts_with(b"HTTP/1.1 101") {
-                    buf.drain(..end + 4);
-                }
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                && buf.starts_with(b"HTTP/1.1 101")
+            {
+                buf.drain(..end + 4);
             }
             // Server frames are unmasked and small here: [opcode byte, length byte, payload].
             while buf.len() >= 2 && !buf.starts_with(b"HTTP") && buf.len() >= 2 + buf[1] as usize {
