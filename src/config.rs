@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::{KeyError, KeySet};
+use crate::auth::{ClaimPath, KeyError, KeySet, Rules};
 
 /// The development secret: the original's `sample-env` secret, used by `--embedded` when no
 /// `PGWS_JWT_SECRET` is given, and by the example page.
@@ -38,7 +38,8 @@ pub struct Cli {
         long,
         env = "PGWS_JWT_SECRET",
         value_name = "PGWS_JWT_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub jwt_secret: Option<String>,
 
@@ -208,6 +209,112 @@ pub struct Cli {
           value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Comma-separated JWT algorithms to accept (e.g. `RS256,ES256`); unset: every algorithm the
+    /// configured keys support.
+    #[arg(long, env = "PGWS_JWT_ALGORITHMS", value_name = "PGWS_JWT_ALGORITHMS")]
+    pub jwt_algorithms: Option<String>,
+
+    /// Comma-separated accepted `aud` values; unset: `aud` is not checked.
+    #[arg(long, env = "PGWS_JWT_AUDIENCE", value_name = "PGWS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Comma-separated accepted `iss` values; unset: `iss` is not checked.
+    #[arg(long, env = "PGWS_JWT_ISSUER", value_name = "PGWS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Seconds of clock skew allowed for `exp`, `nbf` and `iat` (the original: 0).
+    #[arg(
+        long,
+        env = "PGWS_JWT_LEEWAY",
+        value_name = "PGWS_JWT_LEEWAY",
+        default_value_t = 0
+    )]
+    pub jwt_leeway: u64,
+
+    /// Where the mode claim is: a top-level name (e.g. `https://example.com/mode`) or a JSON
+    /// Pointer starting with `/` (e.g. `/app_metadata/pgws/mode`).
+    #[arg(
+        long,
+        env = "PGWS_CLAIM_MODE",
+        value_name = "PGWS_CLAIM_MODE",
+        default_value = "mode"
+    )]
+    pub claim_mode: String,
+
+    /// Where the single-channel claim is (see PGWS_CLAIM_MODE).
+    #[arg(
+        long,
+        env = "PGWS_CLAIM_CHANNEL",
+        value_name = "PGWS_CLAIM_CHANNEL",
+        default_value = "channel"
+    )]
+    pub claim_channel: String,
+
+    /// Where the channel-list claim is (see PGWS_CLAIM_MODE).
+    #[arg(
+        long,
+        env = "PGWS_CLAIM_CHANNELS",
+        value_name = "PGWS_CLAIM_CHANNELS",
+        default_value = "channels"
+    )]
+    pub claim_channels: String,
+
+    /// Mode (`r`, `w` or `rw`) for tokens without a mode claim; unset: such tokens are refused
+    /// with "Missing mode".
+    #[arg(long, env = "PGWS_DEFAULT_MODE", value_name = "PGWS_DEFAULT_MODE",
+          value_parser = ["r", "w", "rw"])]
+    pub default_mode: Option<String>,
+
+    /// Comma-separated browser origins allowed to open websockets (e.g.
+    /// `https://app.example.com`); unset: any. Requests without an Origin header are allowed.
+    #[arg(
+        long,
+        env = "PGWS_ALLOWED_ORIGINS",
+        value_name = "PGWS_ALLOWED_ORIGINS"
+    )]
+    pub allowed_origins: Option<String>,
+
+    /// New websockets per second from one client address (burst: twice as many); 0: no limit.
+    #[arg(
+        long,
+        env = "PGWS_RATE_CONNECTIONS",
+        value_name = "PGWS_RATE_CONNECTIONS",
+        default_value_t = 200
+    )]
+    pub rate_connections: u32,
+
+    /// Messages per second one socket may send (burst: twice as many); 0: no limit.
+    #[arg(
+        long,
+        env = "PGWS_RATE_MESSAGES",
+        value_name = "PGWS_RATE_MESSAGES",
+        default_value_t = 1000
+    )]
+    pub rate_messages: u32,
+
+    /// Bytes per second one socket may send (burst: twice as many); 0: no limit.
+    #[arg(long, env = "PGWS_RATE_BYTES", value_name = "PGWS_RATE_BYTES",
+          default_value_t = 1024 * 1024)]
+    pub rate_bytes: u32,
+
+    /// Most websockets open at once with the same token `sub`; 0: no limit.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CONNECTIONS_PER_SUBJECT",
+        value_name = "PGWS_MAX_CONNECTIONS_PER_SUBJECT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_subject: usize,
+
+    /// Comma-separated addresses of reverse proxies whose X-Forwarded-For is trusted for the client
+    /// address (rate limits, logs).
+    #[arg(
+        long,
+        env = "PGWS_TRUSTED_PROXIES",
+        value_name = "PGWS_TRUSTED_PROXIES"
+    )]
+    pub trusted_proxies: Option<String>,
+
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
     /// RUST_LOG wins when set.
     #[arg(
@@ -217,6 +324,32 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log_level: String,
+}
+
+impl Cli {
+    /// Parses the command line and the environment. An optional variable set to the empty string
+    /// counts as unset (as in an env file with `PGWS_META_CHANNEL=`); the two required ones keep
+    /// their "is empty" error.
+    pub fn from_env_and_args() -> Result<Self, clap::Error> {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let mut cmd = Self::command();
+        let empty: Vec<clap::Id> = cmd
+            .get_arguments()
+            .filter(|a| {
+                a.get_env().is_some_and(|name| {
+                    name != "PGWS_DB_URI"
+                        && name != "PGWS_JWT_SECRET"
+                        && std::env::var_os(name).is_some_and(|v| v.is_empty())
+                })
+            })
+            .map(|a| a.get_id().clone())
+            .collect();
+        for id in empty {
+            cmd = cmd.mut_arg(id, |a| a.env(None));
+        }
+        let matches = cmd.try_get_matches()?;
+        Self::from_arg_matches(&matches)
+    }
 }
 
 /// Parses `True`/`False` in any case (and `1`/`0`, `yes`/`no`), naming the value when it fails.
@@ -304,6 +437,27 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Whether `Gap` events are sent.
     pub gap_events: bool,
+    /// Token rules beyond the signature.
+    pub rules: Rules,
+    /// Allowed browser origins (`None`: any).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Abuse limits.
+    pub rates: RateLimits,
+    /// Proxies whose X-Forwarded-For is trusted.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// Abuse limits; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// New websockets per second per client address.
+    pub connections: u32,
+    /// Messages per second per socket.
+    pub messages: u32,
+    /// Bytes per second per socket.
+    pub bytes: u32,
+    /// Open websockets per token subject.
+    pub per_subject: usize,
 }
 
 /// What the server answers to plain HTTP requests.
@@ -367,6 +521,16 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A value that does not make sense.
+    #[error("{var}: '{value}' {reason}")]
+    Value {
+        /// The variable.
+        var: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The static root is not a directory.
     #[error("PGWS_ROOT_PATH: '{0}' is not a readable directory")]
     RootPath(String),
@@ -418,8 +582,7 @@ impl Cli {
             (None, Some(_)) => return Err(ConfigError::TlsPair("PGWS_KEY_FILE")),
         };
 
-        let secret_bytes = load_secret(&secret, self.jwt_secret_base64)?;
-        let keys = KeySet::from_secret(&secret_bytes)?;
+        let keys = self.load_keys(&secret)?;
 
         let db_uri = match db_uri.strip_prefix('@') {
             Some(path) => std::fs::read_to_string(path)
@@ -478,8 +641,72 @@ impl Cli {
             handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
             gap_events: self.gap_events,
+            rules: Rules {
+                audience: list(self.jwt_audience.as_deref()),
+                issuer: list(self.jwt_issuer.as_deref()),
+                leeway: self.jwt_leeway as f64,
+                mode: ClaimPath::new(&self.claim_mode),
+                channel: ClaimPath::new(&self.claim_channel),
+                channels: ClaimPath::new(&self.claim_channels),
+                default_mode: self.default_mode.clone(),
+            },
+            allowed_origins: list(self.allowed_origins.as_deref()),
+            rates: RateLimits {
+                connections: self.rate_connections,
+                messages: self.rate_messages,
+                bytes: self.rate_bytes,
+                per_subject: self.max_connections_per_subject,
+            },
+            trusted_proxies: match list(self.trusted_proxies.as_deref()) {
+                None => Vec::new(),
+                Some(items) => items
+                    .iter()
+                    .map(|a| {
+                        a.parse().map_err(|_| ConfigError::Value {
+                            var: "PGWS_TRUSTED_PROXIES",
+                            value: a.clone(),
+                            reason: "is not an IP address".into(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         })
     }
+
+    /// Reads the secret (`@file`, base64), builds the keys and applies `PGWS_JWT_ALGORITHMS`.
+    /// Also used to re-read a JWKS file on SIGHUP.
+    pub fn load_keys(&self, secret: &str) -> Result<KeySet, ConfigError> {
+        let secret_bytes = load_secret(secret, self.jwt_secret_base64)?;
+        let mut keys = KeySet::from_secret(&secret_bytes)?;
+        if let Some(algs) = list(self.jwt_algorithms.as_deref()) {
+            let parsed = algs
+                .iter()
+                .map(|a| {
+                    a.parse::<jsonwebtoken::Algorithm>()
+                        .map_err(|_| ConfigError::Value {
+                            var: "PGWS_JWT_ALGORITHMS",
+                            value: a.clone(),
+                            reason: "is not a supported algorithm (HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA)".into(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            keys = keys.restrict(&parsed)?;
+        }
+        if let Some(len) = keys.short_hmac_key() {
+            return Err(KeyError::ShortSecret(len).into());
+        }
+        Ok(keys)
+    }
+}
+
+/// Splits a comma-separated setting; `None` when unset or empty.
+fn list(value: Option<&str>) -> Option<Vec<String>> {
+    let items: Vec<String> = value?
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!items.is_empty()).then_some(items)
 }
 
 /// PostgreSQL truncates identifiers to 63 bytes; `pg_notify` refuses longer names, and a LISTEN
@@ -622,7 +849,7 @@ mod tests {
 
     #[test]
     fn empty_db_uri_is_reported() {
-        let err = cli(&["--db-uri", "", "--jwt-secret", "x"])
+        let err = cli(&["--db-uri", "", "--jwt-secret", DEV_SECRET])
             .resolve(None, None)
             .unwrap_err()
             .to_string();
@@ -635,7 +862,7 @@ mod tests {
             "--db-uri",
             "postgres://x/y",
             "--jwt-secret",
-            "s",
+            DEV_SECRET,
             "--key-file",
             "k",
         ])
@@ -643,6 +870,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("PGWS_KEY_FILE"), "{err}");
+    }
+
+    #[test]
+    fn short_hmac_secret_is_a_start_up_error() {
+        let err = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "short"])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("5 bytes") && err.contains("32"), "{err}");
+    }
+
+    #[test]
+    fn algorithm_allow_list() {
+        let c = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", DEV_SECRET]);
+        let mut c2 = c.clone();
+        c2.jwt_algorithms = Some("RS256".into());
+        let err = c2.resolve(None, None).unwrap_err().to_string();
+        assert!(err.contains("PGWS_JWT_ALGORITHMS"), "{err}");
+        c2.jwt_algorithms = Some("HS256, nope".into());
+        let err = c2.resolve(None, None).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        c2.jwt_algorithms = Some("HS256".into());
+        assert!(c2.resolve(None, None).is_ok());
     }
 
     #[test]
@@ -681,9 +931,14 @@ mod tests {
 
     #[test]
     fn defaults_match_the_original() {
-        let c = cli(&["--db-uri", "postgres://u@localhost/db", "--jwt-secret", "s"])
-            .resolve(None, None)
-            .unwrap();
+        let c = cli(&[
+            "--db-uri",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            DEV_SECRET,
+        ])
+        .resolve(None, None)
+        .unwrap();
         assert_eq!(c.port, 3000);
         assert_eq!(c.host, HostPreference::AnyPreferV4);
         assert_eq!(c.listen_channel, "postgres-websockets-listener");
@@ -700,7 +955,7 @@ mod tests {
             "--db-uri",
             "postgres://u@h/d",
             "--jwt-secret",
-            "s",
+            DEV_SECRET,
             "--listen-channel",
             &long,
         ])

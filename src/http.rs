@@ -6,7 +6,7 @@
 //! its path and answers `200` with the grant as JSON or `400` with the reason, because browsers
 //! cannot read the body of a refused websocket handshake.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -80,15 +80,135 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-/// Verifies the token in the request path (spec §2.2, §3).
-fn authorize<B>(req: &Request<B>, state: &AppState) -> Result<Grant, AuthError> {
-    let (channel, token) = auth::parse_path(req.uri().path())?;
-    auth::resolve(&state.keys, channel.as_deref(), token, auth::now_seconds())
+/// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
+pub const SUBPROTOCOL: &str = "pgws";
+
+/// Where the token came from.
+enum Carrier {
+    /// The URL path (`/:channel/:token`, `/:token`), as the original.
+    Path,
+    /// `Authorization: Bearer <token>`; the path is `/:channel` or `/`.
+    Header,
+    /// `Sec-WebSocket-Protocol: pgws, bearer.<token>`; answered with `pgws`.
+    Subprotocol,
+}
+
+/// Finds the token: the `Authorization` header, the subprotocol pair, or the URL path.
+fn token_and_channel<B>(
+    req: &Request<B>,
+) -> Result<(Option<std::borrow::Cow<'_, str>>, String, Carrier), AuthError> {
+    let path = req.uri().path();
+    let header_token = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| (t.trim().to_string(), Carrier::Header));
+    let protocol_token = || {
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let token = offered.iter().find_map(|p| p.strip_prefix("bearer."))?;
+        Some(if offered.contains(&SUBPROTOCOL) {
+            Ok((token.to_string(), Carrier::Subprotocol))
+        } else {
+            Err(AuthError::Invalid(format!(
+                "offer the subprotocol '{SUBPROTOCOL}' next to 'bearer.<token>'"
+            )))
+        })
+    };
+    let outside = match header_token {
+        Some(t) => Some(t),
+        None => protocol_token().transpose()?,
+    };
+    match outside {
+        Some((token, carrier)) => {
+            let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+            let channel = if first.is_empty() {
+                None
+            } else {
+                Some(
+                    percent_encoding::percent_decode_str(first)
+                        .decode_utf8()
+                        .map_err(|_| {
+                            AuthError::Invalid(
+                                "channel name is not valid percent-encoded UTF-8".into(),
+                            )
+                        })?,
+                )
+            };
+            Ok((channel, token, carrier))
+        }
+        None => {
+            let (channel, token) = auth::parse_path(path)?;
+            Ok((channel, token.to_string(), Carrier::Path))
+        }
+    }
+}
+
+/// Verifies the token (spec §2.2, §3).
+fn authorize<B>(req: &Request<B>, state: &AppState) -> Result<(Grant, Carrier), AuthError> {
+    let (channel, token, carrier) = token_and_channel(req)?;
+    let grant = auth::resolve(
+        &state.keys(),
+        &state.rules,
+        channel.as_deref(),
+        &token,
+        auth::now_seconds(),
+    )?;
+    Ok((grant, carrier))
+}
+
+/// The client's address: the peer, or, behind a trusted proxy, the last untrusted address of
+/// `X-Forwarded-For`.
+fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    req.headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer.ip())
+}
+
+/// `Err(origin)` when the request's Origin is not allowed.
+fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), String> {
+    let (Some(allowed), Some(origin)) = (allowed, req.headers().get(hyper::header::ORIGIN)) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        Err(origin.to_string())
+    }
 }
 
 fn check<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+    if let Err(origin) = check_origin(req, state.allowed_origins.as_deref()) {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("Origin not allowed: {origin}"),
+        );
+    }
     match authorize(req, state) {
-        Ok(grant) => {
+        Ok((grant, _)) => {
             let body = serde_json::json!({
                 "mode": grant.mode.as_str(),
                 "channels": grant.channels,
@@ -119,7 +239,19 @@ fn websocket(
             .inc();
         text(status, body)
     };
-    let grant = match authorize(req, &state) {
+    if let Err(origin) = check_origin(req, state.allowed_origins.as_deref()) {
+        let body = format!("Origin not allowed: {origin}");
+        return refuse(&state, "origin", StatusCode::FORBIDDEN, body);
+    }
+    let ip = client_ip(req, peer, &state.trusted_proxies);
+    if !state.address_limiter.allow(ip) {
+        let body = format!(
+            "Too many connections from this address: at most {} per second",
+            state.rates.connections
+        );
+        return refuse(&state, "rate_limited", StatusCode::TOO_MANY_REQUESTS, body);
+    }
+    let (grant, carrier) = match authorize(req, &state) {
         Ok(g) => g,
         Err(e) => {
             let reason = match e {
@@ -183,6 +315,24 @@ fn websocket(
             "Error: missing Sec-WebSocket-Key header",
         );
     };
+    let slot = match grant.claims.get("sub").and_then(|s| s.as_str()) {
+        Some(sub) => match state.subjects.acquire(sub) {
+            Some(slot) => slot,
+            None => {
+                let body = format!(
+                    "Too many connections for this token subject: at most {}",
+                    state.rates.per_subject
+                );
+                return refuse(
+                    &state,
+                    "too_many_for_subject",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    body,
+                );
+            }
+        },
+        None => None,
+    };
     let accept = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(req);
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -191,10 +341,10 @@ fn websocket(
         .get("sub")
         .and_then(|s| s.as_str())
         .map(str::to_string);
-    let span = tracing::info_span!("ws", id, peer = %peer, sub = sub.as_deref().unwrap_or(""));
+    let span = tracing::info_span!("ws", id, peer = %ip, sub = sub.as_deref().unwrap_or(""));
     let config = state.ws_config;
     let tracker = state.sessions.clone();
-    let session = Session::open(state, id, grant);
+    let session = Session::open(state, id, grant, slot);
     tracker.spawn(
         async move {
             match upgrade.await {
@@ -219,6 +369,12 @@ fn websocket(
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if matches!(carrier, Carrier::Subprotocol) {
+        h.insert(
+            hyper::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
     }
     r
 }

@@ -26,6 +26,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod outbox;

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use pgws::config::{ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 use pgws::embedded::Cluster;
 use pgws::pg::listener::ListenerStatus;
@@ -12,7 +11,7 @@ use pgws::{Cli, Server};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let mut cli = match Cli::try_parse() {
+    let mut cli = match Cli::from_env_and_args() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
@@ -30,8 +29,11 @@ fn main() -> ExitCode {
             }
         },
     };
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(filter);
     if cli.log_format == "json" {
         logs.json().with_current_span(true).init();
@@ -106,6 +108,11 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
+    let secret = cli
+        .jwt_secret
+        .clone()
+        .unwrap_or_else(|| DEV_SECRET.to_string());
+    tokio::spawn(reload_keys_on_sighup(cli.clone(), secret, server.keys()));
     let mut status = server.listener_status();
     let run = tokio::spawn(server.run(shutdown));
     // In embedded mode (our own database, up already), say how to use it once notifications flow.
@@ -148,6 +155,30 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
             .ok();
     }
     result.map_err(Into::into)
+}
+
+/// Re-reads the secret (typically a JWKS `@file`) on SIGHUP and swaps the keys; open sockets are
+/// untouched. A secret that no longer loads keeps the old keys and logs why.
+async fn reload_keys_on_sighup(
+    cli: Cli,
+    secret: String,
+    keys: std::sync::Arc<std::sync::RwLock<pgws::auth::KeySet>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; keys will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match cli.load_keys(&secret) {
+            Ok(new) => {
+                let n = new.len();
+                *keys.write().unwrap_or_else(|p| p.into_inner()) = new;
+                tracing::info!(keys = n, "SIGHUP: JWT keys reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old JWT keys"),
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.

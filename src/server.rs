@@ -19,8 +19,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::RwLock;
+
+use crate::auth::KeySet;
 use crate::config::Config;
 use crate::hub::{Hub, HubStats};
+use crate::limits::{AddressLimiter, SubjectCounter};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
 use crate::outbox::Limits;
@@ -46,7 +50,7 @@ pub enum Error {
     Tls(#[from] TlsError),
     /// The LISTEN connection could not be established at start-up.
     #[error("Broadcaster connection is dead: {0}")]
-    Listener(#[from] ListenerError),
+    Listener(ListenerError),
 }
 
 /// A bound, not yet running server.
@@ -59,6 +63,7 @@ pub struct Server {
         watch::Sender<ListenerStatus>,
         watch::Receiver<ListenerStatus>,
     ),
+    keys: Arc<RwLock<KeySet>>,
 }
 
 impl Server {
@@ -90,9 +95,16 @@ impl Server {
             listener,
             admin,
             tls,
-            config,
             status: watch::channel(ListenerStatus::Connecting),
+            keys: Arc::new(RwLock::new(config.keys.clone())),
+            config,
         })
+    }
+
+    /// The keys the server verifies tokens with; replace them (SIGHUP) without dropping
+    /// connections.
+    pub fn keys(&self) -> Arc<RwLock<KeySet>> {
+        self.keys.clone()
     }
 
     /// The admin listener's address, when `PGWS_ADMIN_ADDRESS` is set.
@@ -163,14 +175,14 @@ impl Server {
             status_tx,
             stop.clone(),
         ));
-        if let Some(bits) = config.keys.short_hmac_key() {
-            tracing::warn!(
-                bytes = bits,
-                "PGWS_JWT_SECRET is shorter than 32 bytes: HS256 needs at least 32, so no token will verify"
-            );
-        }
         let state = Arc::new(AppState {
-            keys: config.keys.clone(),
+            keys: self.keys.clone(),
+            rules: config.rules.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            rates: config.rates,
+            address_limiter: AddressLimiter::new(config.rates.connections),
+            subjects: Arc::new(SubjectCounter::new(config.rates.per_subject)),
+            trusted_proxies: config.trusted_proxies.clone(),
             hub,
             publisher,
             meta_channel: config.meta_channel.clone(),

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{Grant, now_seconds};
 use crate::envelope::{ClaimsText, MAX_NOTIFY_PAYLOAD, envelope, error_event};
+use crate::limits::{Bucket, SubjectSlot};
 use crate::metrics::{ModeLabel, ReasonLabel};
 use crate::outbox::Outbox;
 use crate::pg::publisher::Job;
@@ -54,11 +55,13 @@ pub struct Session {
     id: u64,
     grant: Grant,
     outbox: Arc<Outbox>,
+    /// Held while the socket is open (per-subject limit).
+    _slot: Option<SubjectSlot>,
 }
 
 impl Session {
     /// Subscribes the socket's channels (read mode).
-    pub fn open(state: Arc<AppState>, id: u64, grant: Grant) -> Self {
+    pub fn open(state: Arc<AppState>, id: u64, grant: Grant, slot: Option<SubjectSlot>) -> Self {
         state.active.fetch_add(1, Ordering::Relaxed);
         state.metrics.accepted.inc();
         state
@@ -79,6 +82,7 @@ impl Session {
             id,
             grant,
             outbox,
+            _slot: slot,
         }
     }
 
@@ -92,6 +96,7 @@ impl Session {
             id,
             grant,
             outbox,
+            ..
         } = &self;
         run(ws, state, *id, grant, outbox).await;
     }
@@ -127,7 +132,7 @@ async fn run<S>(
 {
     let (state, outbox) = (state.as_ref(), outbox);
     let claims = ClaimsText::new(&grant.claims);
-    meta_event(state, id, "ConnectionOpen", grant, &claims, Some(outbox)).await;
+    meta_event(state, id, "ConnectionOpen", grant, &claims).await;
     tracing::info!(channels = ?grant.channels, mode = grant.mode.as_str(), "websocket open");
 
     let end = serve(&mut ws, state, id, grant, &claims, outbox).await;
@@ -166,17 +171,12 @@ async fn run<S>(
     } else {
         tracing::info!("websocket closed by peer");
     }
-    meta_event(state, id, "ConnectionClose", grant, &claims, None).await;
+    meta_event(state, id, "ConnectionClose", grant, &claims).await;
 }
 
-async fn meta_event(
-    state: &AppState,
-    id: u64,
-    event: &str,
-    grant: &Grant,
-    claims: &ClaimsText,
-    reply: Option<&Arc<Outbox>>,
-) {
+/// Publishes a meta-channel event. Its failure is logged and counted, not sent to the socket:
+/// the client did not send it.
+async fn meta_event(state: &AppState, id: u64, event: &str, grant: &Grant, claims: &ClaimsText) {
     let Some(meta) = &state.meta_channel else {
         return;
     };
@@ -194,7 +194,7 @@ async fn meta_event(
             Job {
                 payload,
                 channel: Some(meta.clone()),
-                reply: reply.cloned(),
+                reply: None,
             },
         )
         .await;
@@ -229,6 +229,7 @@ where
     });
     let mut ping_count: u64 = 0;
     let mut last_inbound = tokio::time::Instant::now();
+    let mut rates = SocketRates::new(state);
     let mut batch: Vec<Utf8Bytes> = Vec::new();
     loop {
         tokio::select! {
@@ -290,9 +291,12 @@ where
                 match frame {
                 None => return End::Peer,
                 Some(Ok(Message::Text(text))) => {
-                    on_client_text(state, id, grant, claims, outbox, text.as_str()).await;
+                    if rates.allow(text.len(), outbox) {
+                        on_client_text(state, id, grant, claims, outbox, text.as_str()).await;
+                    }
                 }
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                    Ok(text) if !rates.allow(text.len(), outbox) => {}
                     Ok(text) => on_client_text(state, id, grant, claims, outbox, text).await,
                     Err(_) => {
                         outbox.push(error_event("invalid_utf8",
@@ -329,6 +333,44 @@ where
                 }
             }
         }
+    }
+}
+
+/// Per-socket message and byte rates (`PGWS_RATE_MESSAGES`, `PGWS_RATE_BYTES`).
+struct SocketRates {
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+}
+
+impl SocketRates {
+    fn new(state: &AppState) -> Self {
+        let bucket = |rate: u32| (rate > 0).then(|| Bucket::new(rate));
+        Self {
+            messages: bucket(state.rates.messages),
+            bytes: bucket(state.rates.bytes),
+        }
+    }
+
+    /// Whether a message of `len` bytes may be published; tells the socket when not.
+    fn allow(&mut self, len: usize, outbox: &Outbox) -> bool {
+        let now = std::time::Instant::now();
+        let messages_ok = self.messages.as_mut().is_none_or(|b| b.take(1.0, now));
+        let bytes_ok = messages_ok && self.bytes.as_mut().is_none_or(|b| b.take(len as f64, now));
+        if messages_ok && bytes_ok {
+            return true;
+        }
+        let what = if messages_ok { "bytes" } else { "messages" };
+        outbox.push(
+            error_event(
+                "rate_limited",
+                &format!(
+                    "too many {what} per second from this socket; the message was not published"
+                ),
+                None,
+            )
+            .into(),
+        );
+        false
     }
 }
 

@@ -10,9 +10,13 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::KeySet;
-use crate::config::Site;
+use std::net::IpAddr;
+use std::sync::RwLock;
+
+use crate::auth::{KeySet, Rules};
+use crate::config::{RateLimits, Site};
 use crate::hub::Hub;
+use crate::limits::{AddressLimiter, SubjectCounter};
 use crate::metrics::Metrics;
 use crate::outbox::Limits;
 use crate::pg::listener::ListenerStatus;
@@ -20,8 +24,20 @@ use crate::pg::publisher::Publisher;
 
 /// Shared state of one server.
 pub struct AppState {
-    /// Token verification keys.
-    pub keys: KeySet,
+    /// Token verification keys; replaced on SIGHUP.
+    pub keys: Arc<RwLock<KeySet>>,
+    /// Token rules beyond the signature.
+    pub rules: Rules,
+    /// Allowed browser origins (`None`: any).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Abuse limits.
+    pub rates: RateLimits,
+    /// New connections per client address.
+    pub address_limiter: AddressLimiter,
+    /// Open sockets per token subject.
+    pub subjects: Arc<SubjectCounter>,
+    /// Proxies whose X-Forwarded-For is trusted.
+    pub trusted_proxies: Vec<IpAddr>,
     /// Channel registry.
     pub hub: Arc<Hub>,
     /// NOTIFY pool.
@@ -57,6 +73,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The current keys (cheap: the set is reference-counted).
+    pub fn keys(&self) -> KeySet {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Ready to serve: the LISTEN connection is up and the NOTIFY pool can connect.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !matches!(*self.listener.borrow(), ListenerStatus::Listening { .. }) {

@@ -76,29 +76,103 @@ pub fn parse_path(path: &str) -> Result<(Option<Cow<'_, str>>, &str), AuthError>
     }
 }
 
+/// Where a claim is found: a top-level key (which may itself contain dots or slashes, as the
+/// namespaced claims of identity providers do, e.g. `https://example.com/mode`), or a JSON
+/// Pointer into nested claims when it starts with `/` (e.g. `/app_metadata/pgws/mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath(String);
+
+impl ClaimPath {
+    /// A claim location as configured.
+    pub fn new(path: &str) -> Self {
+        Self(path.to_string())
+    }
+
+    /// The claim's value, if present.
+    pub fn get<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        let Some(pointer) = self.0.strip_prefix('/') else {
+            return claims.get(&self.0);
+        };
+        let mut parts = pointer
+            .split('/')
+            .map(|p| p.replace("~1", "/").replace("~0", "~"));
+        let mut value = claims.get(&parts.next()?)?;
+        for part in parts {
+            value = match value {
+                Value::Object(m) => m.get(&part)?,
+                Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(value)
+    }
+}
+
+/// How tokens are judged beyond their signature. The default is the original's behaviour.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Accepted `aud` values (`PGWS_JWT_AUDIENCE`); `None`: not checked.
+    pub audience: Option<Vec<String>>,
+    /// Accepted `iss` values (`PGWS_JWT_ISSUER`); `None`: not checked.
+    pub issuer: Option<Vec<String>>,
+    /// Clock-skew allowance in seconds for `exp`, `nbf`, `iat` (`PGWS_JWT_LEEWAY`).
+    pub leeway: f64,
+    /// Where `mode` is (`PGWS_CLAIM_MODE`).
+    pub mode: ClaimPath,
+    /// Where `channel` is (`PGWS_CLAIM_CHANNEL`).
+    pub channel: ClaimPath,
+    /// Where `channels` is (`PGWS_CLAIM_CHANNELS`).
+    pub channels: ClaimPath,
+    /// Mode for tokens without a mode claim (`PGWS_DEFAULT_MODE`); `None`: "Missing mode".
+    pub default_mode: Option<String>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            audience: None,
+            issuer: None,
+            leeway: 0.0,
+            mode: ClaimPath::new("mode"),
+            channel: ClaimPath::new("channel"),
+            channels: ClaimPath::new("channels"),
+            default_mode: None,
+        }
+    }
+}
+
 /// Verifies `token` and resolves the channels for the requested one, at time `now` (seconds).
 pub fn resolve(
     keys: &KeySet,
+    rules: &Rules,
     requested: Option<&str>,
     token: &str,
     now: f64,
 ) -> Result<Grant, AuthError> {
-    // The original special-cases the empty token: an empty claim set, hence "Missing mode".
-    let claims = if token.is_empty() {
-        Map::new()
-    } else {
-        keys.verify(token)?
-    };
-    let exp = check_times(&claims, now)?;
-    let mode = match claims.get("mode") {
-        Some(Value::String(m)) => Mode::parse(m),
+    // The original special-cases the empty token: an empty claim set, hence "Missing mode"
+    // (also with a default mode: an absent token never grants anything).
+    if token.is_empty() {
+        return Err(AuthError::MissingMode);
+    }
+    let claims = keys.verify(token)?;
+    let exp = check_times(&claims, now, rules.leeway)?;
+    check_listed(
+        &claims,
+        "aud",
+        rules.audience.as_deref(),
+        "JWTNotInAudience",
+    )?;
+    check_listed(&claims, "iss", rules.issuer.as_deref(), "JWTNotInIssuer")?;
+    let mode = match (rules.mode.get(&claims), &rules.default_mode) {
+        (Some(Value::String(m)), _) => Mode::parse(m),
+        (None, Some(default)) => Mode::parse(default),
         _ => return Err(AuthError::MissingMode),
     };
     let mut allowed: Vec<String> = Vec::new();
-    if let Some(Value::String(c)) = claims.get("channel") {
+    if let Some(Value::String(c)) = rules.channel.get(&claims) {
         allowed.push(c.clone());
     }
-    if let Some(Value::Array(list)) = claims.get("channels")
+    if let Some(Value::Array(list)) = rules.channels.get(&claims)
         && list.iter().all(Value::is_string)
     {
         allowed.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
@@ -122,8 +196,38 @@ pub fn resolve(
     })
 }
 
-/// `exp`, `nbf` and `iat` with zero leeway, as the original: valid while `now < exp`.
-fn check_times(claims: &Map<String, Value>, now: f64) -> Result<Option<f64>, AuthError> {
+/// `aud` / `iss` must be (or, for `aud`, contain) one of the accepted values when configured.
+fn check_listed(
+    claims: &Map<String, Value>,
+    name: &str,
+    accepted: Option<&[String]>,
+    error: &str,
+) -> Result<(), AuthError> {
+    let Some(accepted) = accepted else {
+        return Ok(());
+    };
+    let ok = match claims.get(name) {
+        Some(Value::String(v)) => accepted.contains(v),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|v| accepted.iter().any(|a| a == v)),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(error.into()))
+    }
+}
+
+/// `exp`, `nbf` and `iat`; with the default zero leeway exactly the original: valid while
+/// `now < exp`.
+fn check_times(
+    claims: &Map<String, Value>,
+    now: f64,
+    leeway: f64,
+) -> Result<Option<f64>, AuthError> {
     let number = |name: &str| -> Result<Option<f64>, AuthError> {
         match claims.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -134,16 +238,16 @@ fn check_times(claims: &Map<String, Value>, now: f64) -> Result<Option<f64>, Aut
         }
     };
     let exp = number("exp")?;
-    if exp.is_some_and(|exp| now >= exp) {
+    if exp.is_some_and(|exp| now >= exp + leeway) {
         return Err(AuthError::Expired);
     }
-    if number("nbf")?.is_some_and(|nbf| nbf > now) {
+    if number("nbf")?.is_some_and(|nbf| nbf > now + leeway) {
         return Err(AuthError::Invalid("JWTNotYetValid".into()));
     }
-    if number("iat")?.is_some_and(|iat| iat > now) {
+    if number("iat")?.is_some_and(|iat| iat > now + leeway) {
         return Err(AuthError::Invalid("JWTIssuedAtFuture".into()));
     }
-    Ok(exp)
+    Ok(exp.map(|exp| exp + leeway))
 }
 
 #[cfg(test)]
@@ -168,7 +272,80 @@ mod tests {
     }
 
     fn grant(requested: Option<&str>, claims: Value) -> Result<Grant, AuthError> {
-        resolve(&keys(), requested, &token(claims), 1_700_000_000.0)
+        resolve(
+            &keys(),
+            &Rules::default(),
+            requested,
+            &token(claims),
+            1_700_000_000.0,
+        )
+    }
+
+    fn grant_with(
+        rules: &Rules,
+        requested: Option<&str>,
+        claims: Value,
+    ) -> Result<Grant, AuthError> {
+        resolve(&keys(), rules, requested, &token(claims), 1_700_000_000.0)
+    }
+
+    #[test]
+    fn audience_issuer_and_leeway() {
+        let rules = Rules {
+            audience: Some(vec!["pgws".into()]),
+            issuer: Some(vec!["https://idp.example".into()]),
+            leeway: 30.0,
+            ..Rules::default()
+        };
+        let ok =
+            json!({"mode":"r","aud":["x","pgws"],"iss":"https://idp.example","exp":1_699_999_990});
+        assert!(grant_with(&rules, Some("c"), ok).is_ok());
+        let e = grant_with(
+            &rules,
+            Some("c"),
+            json!({"mode":"r","aud":"other","iss":"https://idp.example"}),
+        );
+        assert_eq!(e.unwrap_err().to_string(), "Error: JWTNotInAudience");
+        let e = grant_with(&rules, Some("c"), json!({"mode":"r","aud":"pgws"}));
+        assert_eq!(e.unwrap_err().to_string(), "Error: JWTNotInIssuer");
+        let e = grant_with(
+            &rules,
+            Some("c"),
+            json!({"mode":"r","aud":"pgws","iss":"https://idp.example","exp":1_699_999_960}),
+        );
+        assert_eq!(e.unwrap_err(), AuthError::Expired);
+    }
+
+    #[test]
+    fn claim_paths_and_default_mode() {
+        let rules = Rules {
+            mode: ClaimPath::new("https://example.com/mode"),
+            channels: ClaimPath::new("/app_metadata/pgws/channels"),
+            default_mode: Some("r".into()),
+            ..Rules::default()
+        };
+        let g = grant_with(
+            &rules,
+            None,
+            json!({
+                "https://example.com/mode": "rw",
+                "app_metadata": {"pgws": {"channels": ["a", "b"]}}
+            }),
+        )
+        .unwrap();
+        assert_eq!(g.mode.as_str(), "rw");
+        assert_eq!(g.channels, ["a", "b"]);
+        let g = grant_with(&rules, Some("x"), json!({"sub":"u"})).unwrap();
+        assert_eq!(g.mode.as_str(), "r");
+        // An empty token never gets the default mode.
+        assert_eq!(
+            resolve(&keys(), &rules, Some("x"), "", 0.0).unwrap_err(),
+            AuthError::MissingMode
+        );
+        assert_eq!(
+            ClaimPath::new("/a~1b/0").get(json!({"a/b":[7]}).as_object().unwrap()),
+            Some(&json!(7))
+        );
     }
 
     // Spec §10 rows 3–9.
@@ -226,7 +403,7 @@ mod tests {
         let e = grant(Some("test"), json!({"mode":1})).unwrap_err();
         assert_eq!(e, AuthError::MissingMode);
         assert_eq!(
-            resolve(&keys(), None, "", 0.0).unwrap_err(),
+            resolve(&keys(), &Rules::default(), None, "", 0.0).unwrap_err(),
             AuthError::MissingMode
         );
     }

@@ -26,6 +26,17 @@ pub enum KeyError {
     /// A JWK Set without any key pgws can use.
     #[error("the JWK Set has no usable key")]
     EmptySet,
+    /// PEM text that holds no public key pgws can use.
+    #[error("not a usable PEM public key: {0}")]
+    BadPem(String),
+    /// `PGWS_JWT_ALGORITHMS` leaves no key anything to verify.
+    #[error("no key can verify any of the algorithms allowed by PGWS_JWT_ALGORITHMS")]
+    NoAllowedAlgorithm,
+    /// An HMAC secret shorter than its algorithms need: every token would fail.
+    #[error(
+        "the HMAC secret is {0} bytes; HS256 needs at least 32 (HS384 48, HS512 64), so no token could be verified"
+    )]
+    ShortSecret(usize),
 }
 
 /// One verification key and the algorithms it may verify.
@@ -35,6 +46,72 @@ struct Key {
     algorithms: Vec<Algorithm>,
     /// For HMAC keys: the key length, which decides which HS* algorithms are safe.
     hmac_len: Option<usize>,
+}
+
+impl Key {
+    fn clone_key(&self) -> Self {
+        Self {
+            kid: self.kid.clone(),
+            key: self.key.clone(),
+            algorithms: self.algorithms.clone(),
+            hmac_len: self.hmac_len,
+        }
+    }
+}
+
+/// Public keys from PEM text (one or more `-----BEGIN …-----` blocks): RSA keys verify RS*/PS*,
+/// EC keys ES256/ES384, Ed25519 keys EdDSA.
+fn pem_keys(text: &[u8]) -> Result<Vec<Key>, KeyError> {
+    let text = String::from_utf8_lossy(text);
+    let mut blocks = Vec::new();
+    let mut rest: &str = &text;
+    while let Some(start) = rest.find("-----BEGIN") {
+        let from = &rest[start..];
+        let Some(end) = from.find("-----END") else {
+            break;
+        };
+        let Some(close) = from[end + 8..].find("-----") else {
+            break;
+        };
+        let len = end + 8 + close + 5;
+        blocks.push(&from[..len]);
+        rest = &from[len..];
+    }
+    let mut keys = Vec::new();
+    for pem in blocks {
+        let bytes = pem.as_bytes();
+        let key = if let Ok(k) = DecodingKey::from_rsa_pem(bytes) {
+            (
+                k,
+                vec![
+                    Algorithm::RS256,
+                    Algorithm::RS384,
+                    Algorithm::RS512,
+                    Algorithm::PS256,
+                    Algorithm::PS384,
+                    Algorithm::PS512,
+                ],
+            )
+        } else if let Ok(k) = DecodingKey::from_ec_pem(bytes) {
+            (k, vec![Algorithm::ES256, Algorithm::ES384])
+        } else if let Ok(k) = DecodingKey::from_ed_pem(bytes) {
+            (k, vec![Algorithm::EdDSA])
+        } else {
+            return Err(KeyError::BadPem(
+                "expected an RSA, EC (P-256/P-384) or Ed25519 public key".into(),
+            ));
+        };
+        keys.push(Key {
+            kid: None,
+            key: key.0,
+            algorithms: key.1,
+            hmac_len: None,
+        });
+    }
+    if keys.is_empty() {
+        return Err(KeyError::BadPem("no -----END line".into()));
+    }
+    Ok(keys)
 }
 
 /// The keys that verify tokens. Cheap to clone.
@@ -84,11 +161,42 @@ impl KeySet {
                 keys
             }
             Some(obj) if obj.contains_key("kty") => vec![jwk_key(&Value::Object(obj))?],
+            _ if secret.trim_ascii_start().starts_with(b"-----BEGIN") => pem_keys(secret)?,
             _ => vec![hmac_key(secret.to_vec(), None)],
         };
         Ok(Self {
             keys: Arc::new(keys),
         })
+    }
+
+    /// Keeps only the algorithms in `allowed` (`PGWS_JWT_ALGORITHMS`). Fails when no key is left
+    /// with an allowed algorithm.
+    pub fn restrict(self, allowed: &[Algorithm]) -> Result<Self, KeyError> {
+        let keys: Vec<Key> = Arc::try_unwrap(self.keys)
+            .unwrap_or_else(|arc| arc.iter().map(Key::clone_key).collect())
+            .into_iter()
+            .map(|mut k| {
+                k.algorithms.retain(|a| allowed.contains(a));
+                k
+            })
+            .filter(|k| !k.algorithms.is_empty())
+            .collect();
+        if keys.is_empty() {
+            return Err(KeyError::NoAllowedAlgorithm);
+        }
+        Ok(Self {
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there is no key (never true for a set built by `from_secret`).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// HMAC keys shorter than 32 bytes verify nothing (as in the original); worth a warning.

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::publisher::{Job, Publisher};
-use super::{backoff, quote_ident, with_defaults};
+use super::{backoff, describe, quote_ident, with_defaults};
 use crate::envelope::route;
 use crate::hub::Hub;
 
@@ -145,16 +145,14 @@ pub async fn run(
             }
             Err(e) => {
                 attempts += 1;
+                let e = describe(&e);
                 tracing::error!(attempt = attempts, error = %e,
                     "Error connecting notification listener to database");
                 if generation == 0
                     && let Some(max) = settings.startup_retries
                     && attempts >= max
                 {
-                    return Err(ListenerError::StartupFailed {
-                        attempts,
-                        last: e.to_string(),
-                    });
+                    return Err(ListenerError::StartupFailed { attempts, last: e });
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -221,7 +219,7 @@ async fn connect(
                     tracing::debug!(notice = %notice.message(), "notice on the LISTEN connection");
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break e.to_string(),
+                Some(Err(e)) => break describe(&e),
                 None => break "the server closed the connection".to_string(),
             }
         };
@@ -269,7 +267,7 @@ async fn supervise(
                             tracing::warn!(usage, "PostgreSQL's notification queue is more than half full");
                         }
                     }
-                    Ok(Err(e)) => break format!("heartbeat failed: {e}"),
+                    Ok(Err(e)) => break format!("heartbeat failed: {}", describe(&e)),
                     Err(_) => break format!("heartbeat got no answer within {reply_timeout:?}"),
                 }
             }

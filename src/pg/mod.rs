@@ -12,6 +12,22 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// An error with its causes (tokio-postgres keeps the useful part, such as "connection refused"
+/// or "database does not exist", in the source chain, not in its own message).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Connection settings with the timeouts pgws relies on filled in where the user set none.
 pub(crate) fn with_defaults(db: &tokio_postgres::Config) -> tokio_postgres::Config {
     let mut db = db.clone();

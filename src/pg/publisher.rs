@@ -19,7 +19,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::with_defaults;
+use super::{describe, with_defaults};
 use crate::envelope::error_event;
 use crate::metrics::ReasonLabel;
 use crate::outbox::Outbox;
@@ -222,12 +222,13 @@ async fn send_all(
                 stats.last_failure_ms.store(0, Ordering::Relaxed);
             }
             Err(e) => {
+                let e = describe(&e);
                 tracing::error!(worker = id, error = %e, "cannot open a NOTIFY connection");
                 let msg = format!("database unavailable: {e}");
                 for job in jobs.drain(..) {
                     fail(&job, "notify_failed", &msg, stats);
                 }
-                *failed_at = Some((Instant::now(), e.to_string()));
+                *failed_at = Some((Instant::now(), e));
                 stats
                     .last_failure_ms
                     .store(crate::auth::now_millis(), Ordering::Relaxed);
@@ -250,7 +251,7 @@ async fn send_all(
                 let text = e
                     .as_db_error()
                     .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string());
+                    .unwrap_or_else(|| describe(&e));
                 let code = if text.contains("payload string too long") {
                     "payload_too_large"
                 } else {

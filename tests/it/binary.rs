@@ -285,3 +285,68 @@ async fn sigterm_during_traffic_closes_sockets_with_1001_exits_0_and_logs_no_tok
     assert!(!logs.contains(signature), "a token reached the logs");
     assert!(!logs.contains(&t[..20]), "a token reached the logs");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_jwks_file_without_dropping_sockets() {
+    use base64::Engine as _;
+    let b64 = |k: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k);
+    let (key_a, key_b) = ([1u8; 32], [2u8; 32]);
+    let file = std::env::temp_dir().join(format!("pgws-jwks-{}.json", std::process::id()));
+    let write = |k: &[u8]| {
+        std::fs::write(
+            &file,
+            format!(r#"{{"keys":[{{"kty":"oct","k":"{}"}}]}}"#, b64(k)),
+        )
+        .unwrap()
+    };
+    write(&key_a);
+    let db = fresh_db().await;
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", &db)
+        .env("PGWS_JWT_SECRET", format!("@{}", file.display()))
+        .env("PGWS_HOST", "127.0.0.1")
+        .env("PGWS_PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = line_after(&mut lines, "Listening on port").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = err_lines.next_line().await {
+            let _ = tx.send(l);
+        }
+    });
+    let url = |t: &str| format!("ws://127.0.0.1:{port}/chat/{t}");
+    let token_a = sign(json!({"mode":"rw"}), &key_a);
+    let token_b = sign(json!({"mode":"rw"}), &key_b);
+    let mut old = connect(&url(&token_a)).await;
+    assert_eq!(refused(&url(&token_b)).await.0, 400);
+
+    write(&key_b);
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while let Some(l) = rx.recv().await {
+            if l.contains("JWT keys reloaded") {
+                return;
+            }
+        }
+        panic!("stderr ended");
+    })
+    .await
+    .expect("reload logged in time");
+    let mut new = connect(&url(&token_b)).await;
+    assert_eq!(refused(&url(&token_a)).await.0, 400);
+    // The socket opened with the old key is still there and working.
+    send(&mut old, "still open").await;
+    assert_eq!(next_json(&mut old).await["payload"], "still open");
+    assert_eq!(next_json(&mut new).await["payload"], "still open");
+    assert_eq!(terminate(child).await, 0);
+    std::fs::remove_file(&file).ok();
+}

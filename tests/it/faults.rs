@@ -94,7 +94,7 @@ async fn postgresql_restart_during_traffic_is_survived() {
     let cluster = resume(cluster).await;
     s.wait_listening(2).await;
     let gap = next_json(&mut reader).await;
-    assert_eq!(gap["event"], "Gap");
+    assert_eq!(gap["event"], "Gap", "{gap}");
     assert!(gap["down_ms"].as_u64().is_some());
     send_until_echoed(&mut reader, "after").await;
     assert!(s.metric("pgws_listener_reconnects_total").await >= 1.0);

@@ -99,8 +99,17 @@ async fn jwk_and_base64_secrets() {
     let _ws = connect(&s.url(&format!("/test/{}", token(json!({"mode":"r"}))))).await;
     s.stop().await.unwrap();
 
+    // §10 row 12's wrong key is 30 bytes: too short for HS256, so pgws refuses to start with it
+    // (the original started and refused every token).
     let wrong =
         r#"{"keys":[{"kty":"oct","k":"d3JvbmdrZXl3cm9uZ2tleXdyb25na2V5d3Jvbmdr","alg":"HS256"}]}"#;
+    let db = fresh_db().await;
+    let cli =
+        <pgws::Cli as clap::Parser>::try_parse_from(args(&db, &["--jwt-secret", wrong])).unwrap();
+    let err = cli.resolve(None, None).unwrap_err().to_string();
+    assert!(err.contains("30 bytes"), "{err}");
+    // A long enough wrong key starts, and refuses the token.
+    let wrong = r#"{"keys":[{"kty":"oct","k":"d3JvbmdrZXl3cm9uZ2tleXdyb25na2V5d3Jvbmdrd3Jvbmc","alg":"HS256"}]}"#;
     let s = start(&["--jwt-secret", wrong]).await;
     let (status, body) = refused(&s.url(&format!("/test/{}", token(json!({"mode":"r"}))))).await;
     assert_eq!(status, 400);

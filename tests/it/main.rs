@@ -11,5 +11,6 @@ mod keys;
 mod listener;
 mod messages;
 mod meta;
+mod security;
 mod static_http;
 mod tls;

@@ -148,7 +148,9 @@ pub fn args(db: &str, extra: &[&str]) -> Vec<String> {
         let flag = extra[i].to_string();
         let value = extra
             .get(i + 1)
-            .filter(|v| !v.starts_with("--"))
+            .filter(|v| {
+                !(v.starts_with("--") && v.chars().nth(2).is_some_and(|c| c.is_ascii_alphabetic()))
+            })
             .map(|v| v.to_string());
         i += if value.is_some() { 2 } else { 1 };
         base.retain(|(f, _)| *f != flag);
