@@ -12,6 +12,8 @@
 #   BENCH_OUT=docs/BENCHMARKS.md report path
 #   BENCH_WORK=target/bench      raw outputs (server logs, JSON lines)
 #   BENCH_SKIP_BUILD=1           use the existing target/release binaries
+#   BENCH_QUIET_WAIT=300         seconds to wait, before each run, for the
+#                                machine to be < 15% busy (shared machine)
 #
 # Every run is bounded (the generator has its own --max-duration), traffic
 # stays on 127.0.0.1, and each server is stopped with SIGTERM afterwards.
@@ -92,10 +94,38 @@ start_server() {
     sleep 1
 }
 
+# Percentage of all CPUs busy over two seconds.
+cpu_busy_pct() {
+    local a b c d e f g h t1 i1 t2 i2
+    read -r _ a b c d e f g h _ </proc/stat
+    t1=$((a + b + c + d + e + f + g + h))
+    i1=$((d + e))
+    sleep 2
+    read -r _ a b c d e f g h _ </proc/stat
+    t2=$((a + b + c + d + e + f + g + h))
+    i2=$((d + e))
+    echo $((100 * ((t2 - t1) - (i2 - i1)) / (t2 - t1 + 1)))
+}
+
+# Waits (bounded) until other work on the shared machine has calmed down.
+wait_quiet() {
+    local waited=0 busy
+    while [ "$waited" -lt "${BENCH_QUIET_WAIT:-300}" ]; do
+        busy=$(cpu_busy_pct)
+        if [ "$busy" -lt 15 ]; then
+            return 0
+        fi
+        echo "machine ${busy}% busy; waiting for it to quieten" >&2
+        waited=$((waited + 2))
+    done
+    echo "machine still busy after ${BENCH_QUIET_WAIT:-300} s; running anyway" >&2
+}
+
 # run_bench LABEL SCENARIO-ARGS...: one generator run; keeps its JSON line.
 run_bench() {
     local label=$1
     shift
+    wait_quiet
     echo "pgws-bench --port \$PORT --pg \"\$PGCONN\" --server-pid \$PID --label $label $*" >>"$COMMANDS"
     "$GEN" --port "$PORT" --pg "$PGCONN" --server-pid "$SERVER_PID" --label "$label" "$@" \
         >"$WORK/$label.out" 2>"$WORK/$label.err" || {
@@ -266,8 +296,10 @@ def usage_lines(rs):
         flags = []
         if u.get("generator_saturated"): flags.append("generator saturated")
         if u.get("machine_saturated"): flags.append("machine saturated")
-        out.append(f"  - `{r['label']}`: server {u.get('server_cpu_s') or 0:.2f} CPU s, generator {u.get('generator_cpu_s', 0):.2f} CPU s "
-                   f"({u.get('generator_cores', 0):.2f} cores), machine {100*u.get('machine_busy', 0):.0f}% busy"
+        if u.get("disturbed"): flags.append("disturbed by other processes")
+        out.append(f"  - `{r['label']}`: {u.get('wall_s', 0):.1f} s; CPU s: server {u.get('server_cpu_s') or 0:.2f}, "
+                   f"embedded PostgreSQL {u.get('server_children_cpu_s') or 0:.2f}, generator {u.get('generator_cpu_s', 0):.2f} "
+                   f"({u.get('generator_cores', 0):.2f} cores), other processes {u.get('other_cpu_s', 0):.2f}; machine {100*u.get('machine_busy', 0):.0f}% busy"
                    + (f" — **{', '.join(flags)}**" if flags else ""))
     return out
 
@@ -328,6 +360,7 @@ L.append("## Reading the numbers\n")
 L.append("- CPU figures come from `/proc/<pid>/stat` (utime+stime) of the pgws process only; the embedded PostgreSQL runs in separate processes and is not included. RSS is `VmRSS`/`VmHWM` from `/proc/<pid>/status`.")
 L.append("- Memory counts as flat when the least-squares RSS trend after the first quarter of the run, extrapolated over the run, is within max(1 MiB, 2% of RSS).")
 L.append("- Latency is wall clock from the moment the publisher issues `pg_notify` (timestamp embedded in the payload) to the moment the generator parses the frame.")
+L.append("- Before each run the script waits (up to `BENCH_QUIET_WAIT` s) for the machine to be < 15% busy; a run during which other processes used > 10% of the machine is marked `disturbed`.")
 L.append("- The generator marks a run `generator saturated` when it used >= 85% of the cores it may use and `machine saturated` when all CPUs were >= 95% busy; such figures are lower bounds for throughput and upper bounds for latency.")
 L.append("- The generator's own cost is about 1 us of CPU per received frame (one epoll wake-up and one `read` per frame when frames arrive one at a time), i.e. roughly as much as the server spends sending it; on this 2-core machine the fan-out throughput is bounded by the shared CPUs, while the CPU-per-delivery figure is not.")
 open(os.environ["OUT"], "w").write("\n".join(L) + "\n")

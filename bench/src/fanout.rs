@@ -48,13 +48,6 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         clients.push(crate::pg::connect(conninfo, timeout).await?);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let rss = g.server_pid.map(|pid| {
-        procstat::spawn_rss_sampler(
-            pid,
-            Duration::from_millis(a.rss_interval_ms),
-            stop_rx.clone(),
-        )
-    });
     let before = g.server_pid.and_then(|p| procstat::sample(p).ok());
 
     eprintln!("fanout: opening {} subscribers", a.subscribers);
@@ -102,6 +95,14 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let window = Window::start(g.server_pid);
+    // RSS series over the measurement window only (connect phase excluded)
+    let rss = g.server_pid.map(|pid| {
+        procstat::spawn_rss_sampler(
+            pid,
+            Duration::from_millis(a.rss_interval_ms),
+            stop_rx.clone(),
+        )
+    });
     let t0_ns = now_ns();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(g.max_duration);

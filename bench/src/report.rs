@@ -54,6 +54,9 @@ pub struct Usage {
     pub generator_saturated: bool,
     /// The machine was >= 95 % busy (server, PostgreSQL and generator compete).
     pub machine_saturated: bool,
+    /// Other processes used more than 10 % of the machine's CPU: the run
+    /// was disturbed and its latency figures are not representative.
+    pub disturbed: bool,
 }
 
 impl Window {
@@ -110,6 +113,7 @@ impl Window {
             machine_cpus: cpus,
             generator_saturated: generator_cores >= 0.85 * threads.min(cpus) as f64,
             machine_saturated: machine_busy >= 0.95,
+            disturbed: other_cpu_s > 0.10 * wall_s * cpus as f64,
         }
     }
 }
@@ -146,6 +150,13 @@ impl Usage {
         ));
         if self.generator_saturated {
             v.push("WARNING: the generator was CPU-saturated; figures are lower bounds".into());
+        }
+        if self.disturbed {
+            v.push(format!(
+                "WARNING: other processes used {:.2} CPU s ({:.0}% of the machine) during the run",
+                self.other_cpu_s,
+                100.0 * self.other_cpu_s / (self.wall_s * self.machine_cpus as f64)
+            ));
         }
         if self.machine_saturated {
             v.push(
