@@ -13,14 +13,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
-use crate::static_files::{Body, text};
+use crate::static_files::{Body, full, text};
 
 /// Answers one admin request.
 pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
             state.metrics.channels.set(state.hub.channel_count() as i64);
-            let mut r = Response::new(Body::new(state.metrics.encode().into()));
+            let mut r = Response::new(full(state.metrics.encode()));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static(

@@ -315,6 +315,26 @@ pub struct Cli {
     )]
     pub trusted_proxies: Option<String>,
 
+    /// Which PostgreSQL channels reach sockets: `listen-channel` (postgres-websockets: everything
+    /// through PGWS_LISTEN_CHANNEL, routed by the JSON `channel` field), `direct` (a socket on
+    /// channel X gets every NOTIFY X; client messages are NOTIFYed on X), or `both`.
+    #[arg(long, env = "PGWS_CHANNEL_MODE", value_name = "PGWS_CHANNEL_MODE",
+          default_value = "listen-channel", value_parser = ["listen-channel", "direct", "both"])]
+    pub channel_mode: String,
+
+    /// Shape of client messages: `postgres-websockets` ({"channel","event","payload","claims"}),
+    /// `postgrest-ws` ({"claims","payload"} NOTIFYed on the channel itself) or
+    /// `postgrest-ws-legacy` ({"userClaims","payload"}).
+    #[arg(long, env = "PGWS_MESSAGE_FORMAT", value_name = "PGWS_MESSAGE_FORMAT",
+          default_value = "postgres-websockets",
+          value_parser = ["postgres-websockets", "postgrest-ws", "postgrest-ws-legacy"])]
+    pub message_format: String,
+
+    /// URL of an HTTP server (PostgREST) that receives every non-websocket request, so that one
+    /// port serves the REST API and the websockets.
+    #[arg(long, env = "PGWS_UPSTREAM", value_name = "PGWS_UPSTREAM")]
+    pub upstream: Option<String>,
+
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
     /// RUST_LOG wins when set.
     #[arg(
@@ -445,6 +465,46 @@ pub struct Config {
     pub rates: RateLimits,
     /// Proxies whose X-Forwarded-For is trusted.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Which PostgreSQL channels reach sockets.
+    pub channel_mode: ChannelMode,
+    /// Shape of client messages.
+    pub message_format: MessageFormat,
+    /// Where plain HTTP requests are forwarded, if anywhere.
+    pub upstream: Option<String>,
+}
+
+/// Which PostgreSQL channels reach sockets (`PGWS_CHANNEL_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelMode {
+    /// Everything through the listen channel, routed by the JSON `channel` field.
+    ListenChannel,
+    /// Each socket channel is a PostgreSQL channel, LISTENed on demand.
+    Direct,
+    /// Both at once.
+    Both,
+}
+
+impl ChannelMode {
+    /// Whether the listen channel is LISTENed and routed.
+    pub fn uses_listen_channel(self) -> bool {
+        self != Self::Direct
+    }
+
+    /// Whether socket channels are LISTENed directly.
+    pub fn uses_direct(self) -> bool {
+        self != Self::ListenChannel
+    }
+}
+
+/// Shape of the JSON a client message becomes (`PGWS_MESSAGE_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageFormat {
+    /// `{"channel","event":"WebsocketMessage","payload","claims"}`.
+    PostgresWebsockets,
+    /// postgrest-ws: `{"claims","payload"}` on the channel itself.
+    PostgrestWs,
+    /// The first postgrest-ws: `{"userClaims","payload"}` on the channel itself.
+    PostgrestWsLegacy,
 }
 
 /// Abuse limits; 0 means no limit.
@@ -613,6 +673,30 @@ impl Cli {
             (None, false) => Site::Hello,
         };
 
+        let channel_mode = match self.channel_mode.as_str() {
+            "direct" => ChannelMode::Direct,
+            "both" => ChannelMode::Both,
+            _ => ChannelMode::ListenChannel,
+        };
+        let message_format = match self.message_format.as_str() {
+            "postgrest-ws" => MessageFormat::PostgrestWs,
+            "postgrest-ws-legacy" => MessageFormat::PostgrestWsLegacy,
+            _ => MessageFormat::PostgresWebsockets,
+        };
+        if message_format != MessageFormat::PostgresWebsockets && !channel_mode.uses_direct() {
+            return Err(ConfigError::Value {
+                var: "PGWS_MESSAGE_FORMAT",
+                value: self.message_format.clone(),
+                reason: "NOTIFYs on the channel itself, which sockets only hear with PGWS_CHANNEL_MODE=direct or both".into(),
+            });
+        }
+        if let Some(url) = &self.upstream {
+            crate::proxy::Upstream::new(url).map_err(|e| ConfigError::Value {
+                var: "PGWS_UPSTREAM",
+                value: url.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         Ok(Config {
             db,
             keys,
@@ -657,6 +741,9 @@ impl Cli {
                 bytes: self.rate_bytes,
                 per_subject: self.max_connections_per_subject,
             },
+            channel_mode,
+            message_format,
+            upstream: self.upstream.clone(),
             trusted_proxies: match list(self.trusted_proxies.as_deref()) {
                 None => Vec::new(),
                 Some(items) => items

@@ -119,7 +119,7 @@ impl Cluster {
         let script = r#"
 start() {
   "$1" -D "$2/data" -k "$2" -p 5432 -c listen_addresses= -c fsync=off \
-       -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+       -c synchronous_commit=off -c full_page_writes=off -c max_connections=500 \
        >>"$2/postgres.log" 2>&1 </dev/null &
   pid=$!
 }

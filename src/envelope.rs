@@ -78,6 +78,27 @@ pub fn envelope(
     out
 }
 
+/// The postgrest-ws shape, `{"claims":{…},"payload":"…"}` (`userClaims` in its first version),
+/// NOTIFYed on the socket's channel itself.
+pub fn postgrest_envelope(
+    payload: &str,
+    claims: &ClaimsText,
+    delivered_at: f64,
+    legacy: bool,
+) -> String {
+    let mut out = String::with_capacity(32 + payload.len() + claims.open.len());
+    out.push_str(if legacy {
+        "{\"userClaims\":"
+    } else {
+        "{\"claims\":"
+    });
+    claims.write(&mut out, delivered_at);
+    out.push_str(",\"payload\":");
+    push_json_str(&mut out, payload);
+    out.push('}');
+    out
+}
+
 /// A pgws control event sent to one socket only (never through PostgreSQL): an error about the
 /// socket's own message. Clients of the original can ignore it: its `event` is `Error`.
 pub fn error_event(code: &str, message: &str, channel: Option<&str>) -> String {
@@ -130,6 +151,18 @@ mod tests {
             json!({"channel":"chat","event":"WebsocketMessage","payload":"h\"i",
                    "claims":{"mode":"rw","user":"bob","message_delivered_at":1700000000.25}})
         );
+    }
+
+    #[test]
+    fn postgrest_shapes() {
+        let c = ClaimsText::new(json!({"mode":"rw"}).as_object().unwrap());
+        let v: Value = serde_json::from_str(&postgrest_envelope("hi", &c, 3.5, false)).unwrap();
+        assert_eq!(
+            v,
+            json!({"claims":{"mode":"rw","message_delivered_at":3.5},"payload":"hi"})
+        );
+        let v: Value = serde_json::from_str(&postgrest_envelope("hi", &c, 3.5, true)).unwrap();
+        assert_eq!(v["userClaims"]["mode"], "rw");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::auth::{self, AuthError, Grant};
 use crate::metrics::ReasonLabel;
 use crate::session::Session;
 use crate::state::AppState;
-use crate::static_files::{self, Body, text};
+use crate::static_files::{self, Body, full, text};
 
 /// The `Server` header value.
 const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
@@ -36,14 +36,20 @@ pub async fn handle(
     state: Arc<AppState>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let mut response = if is_websocket(&req) {
-        websocket(&mut req, state, peer)
-    } else if req
+    let check = req
         .headers()
         .get("pgws-check")
-        .is_some_and(|v| v.as_bytes() == b"1")
-    {
-        check(&req, &state)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let mut response = if is_websocket(&req) {
+        websocket(&mut req, state, peer).await
+    } else if check {
+        check_grant(&req, &state)
+    } else if let Some(upstream) = state.upstream.clone() {
+        let (method, path) = (req.method().clone(), redact(req.uri().path()));
+        let r = upstream.forward(req, peer).await;
+        tracing::info!(target: "pgws::access", peer = %peer, method = %method,
+            path = %path, status = r.status().as_u16(), "proxied");
+        r
     } else {
         let r = static_files::serve(&state.site, &req).await;
         tracing::info!(target: "pgws::access", peer = %peer, method = %req.method(),
@@ -200,7 +206,7 @@ fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), S
     }
 }
 
-fn check<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+fn check_grant<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
     if let Err(origin) = check_origin(req, state.allowed_origins.as_deref()) {
         return text(
             StatusCode::FORBIDDEN,
@@ -214,7 +220,7 @@ fn check<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
                 "channels": grant.channels,
                 "exp": grant.exp,
             });
-            let mut r = Response::new(Body::new(body.to_string().into()));
+            let mut r = Response::new(full(body.to_string()));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -225,7 +231,7 @@ fn check<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
     }
 }
 
-fn websocket(
+async fn websocket(
     req: &mut Request<hyper::body::Incoming>,
     state: Arc<AppState>,
     peer: SocketAddr,
@@ -345,6 +351,7 @@ fn websocket(
     let config = state.ws_config;
     let tracker = state.sessions.clone();
     let session = Session::open(state, id, grant, slot);
+    session.listening().await;
     tracker.spawn(
         async move {
             match upgrade.await {
@@ -362,7 +369,7 @@ fn websocket(
         }
         .instrument(span),
     );
-    let mut r = Response::new(Body::default());
+    let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));

@@ -68,14 +68,17 @@ impl Hub {
         n
     }
 
-    /// Adds a socket to a channel.
-    pub fn subscribe(&self, channel: &str, outbox: &Arc<Outbox>) {
+    /// Adds a socket to a channel. Returns `true` when it is the channel's first subscriber.
+    pub fn subscribe(&self, channel: &str, outbox: &Arc<Outbox>) -> bool {
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(channel.into()).or_default().push(outbox.clone());
+        let subs = map.entry(channel.into()).or_default();
+        subs.push(outbox.clone());
+        subs.len() == 1
     }
 
     /// Removes a socket from a channel; the channel entry goes with its last subscriber.
-    pub fn unsubscribe(&self, channel: &str, outbox: &Arc<Outbox>) {
+    /// Returns `true` when that was the last one.
+    pub fn unsubscribe(&self, channel: &str, outbox: &Arc<Outbox>) -> bool {
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
         if let Some(subs) = map.get_mut(channel) {
             if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, outbox)) {
@@ -83,8 +86,28 @@ impl Hub {
             }
             if subs.is_empty() {
                 map.remove(channel);
+                return true;
             }
         }
+        false
+    }
+
+    /// Whether anyone listens to `channel`.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(channel)
+    }
+
+    /// Every channel with subscribers.
+    pub fn channel_names(&self) -> Vec<String> {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
     }
 
     /// Sends `text` once to every subscribed socket (for server-wide notices).

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod net;
 pub mod outbox;
 pub mod pg;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Channels with at least one subscriber (set at scrape).
     pub channels: Gauge,
+    /// PostgreSQL channels LISTENed for sockets (direct mode).
+    pub listened: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,6 +97,7 @@ impl Metrics {
                 1.0, 2.5,
             ]),
             channels: Gauge::default(),
+            listened: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +173,11 @@ impl Metrics {
             m.delivery_latency.clone(),
         );
         registry.register("channels", "Channels with subscribers", m.channels.clone());
+        registry.register(
+            "listened_channels",
+            "PostgreSQL channels LISTENed for sockets (direct mode)",
+            m.listened.clone(),
+        );
         Self { registry, ..m }
     }
 

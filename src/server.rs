@@ -152,6 +152,12 @@ impl Server {
                 last_failure_ms: Arc::default(),
             },
         );
+        let (listen_cmds, commands) = if config.channel_mode.uses_direct() {
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let listener_task = tokio::spawn(listener::run(
             ListenerSettings {
                 db: config.db.clone(),
@@ -169,7 +175,10 @@ impl Server {
                     gaps: metrics.gaps.clone(),
                     queue_usage: metrics.queue_usage.clone(),
                     notifications: metrics.notifications.clone(),
+                    listened: metrics.listened.clone(),
                 },
+                use_listen_channel: config.channel_mode.uses_listen_channel(),
+                commands,
             },
             hub.clone(),
             status_tx,
@@ -183,6 +192,13 @@ impl Server {
             address_limiter: AddressLimiter::new(config.rates.connections),
             subjects: Arc::new(SubjectCounter::new(config.rates.per_subject)),
             trusted_proxies: config.trusted_proxies.clone(),
+            channel_mode: config.channel_mode,
+            message_format: config.message_format,
+            listen_cmds,
+            upstream: config
+                .upstream
+                .as_deref()
+                .and_then(|u| crate::proxy::Upstream::new(u).ok()),
             hub,
             publisher,
             meta_channel: config.meta_channel.clone(),

@@ -19,10 +19,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{Grant, now_seconds};
-use crate::envelope::{ClaimsText, MAX_NOTIFY_PAYLOAD, envelope, error_event};
+use crate::config::{ChannelMode, MessageFormat};
+use crate::envelope::{ClaimsText, MAX_NOTIFY_PAYLOAD, envelope, error_event, postgrest_envelope};
 use crate::limits::{Bucket, SubjectSlot};
 use crate::metrics::{ModeLabel, ReasonLabel};
 use crate::outbox::Outbox;
+use crate::pg::listener::ListenCmd;
 use crate::pg::publisher::Job;
 use crate::state::AppState;
 
@@ -102,6 +104,53 @@ impl Session {
     }
 }
 
+impl Session {
+    /// In direct mode, waits (at most 5 s) until the socket's channels are LISTENed, so that the
+    /// client misses nothing sent after its handshake completes.
+    pub async fn listening(&self) {
+        let Some(cmds) = &self.state.listen_cmds else {
+            return;
+        };
+        if !self.grant.mode.read {
+            return;
+        }
+        let mut waits = Vec::new();
+        for channel in &self.grant.channels {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if cmds
+                .send(ListenCmd::Listen(channel.clone(), done))
+                .await
+                .is_ok()
+            {
+                waits.push(wait);
+            }
+        }
+        let all = futures_util::future::join_all(waits);
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("LISTEN not confirmed within 5 s; the socket opens anyway");
+        }
+    }
+}
+
+/// Removes the socket from its channels; in direct mode, asks for UNLISTEN of channels it was
+/// the last subscriber of. Idempotent.
+fn leave(state: &AppState, grant: &Grant, outbox: &Arc<Outbox>) {
+    if !grant.mode.read {
+        return;
+    }
+    for channel in &grant.channels {
+        if state.hub.unsubscribe(channel, outbox)
+            && let Some(cmds) = &state.listen_cmds
+        {
+            // A full queue only leaves a LISTEN in place until the next reconnection.
+            let _ = cmds.try_send(ListenCmd::Unlisten(channel.clone()));
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Ordering::Relaxed);
@@ -112,11 +161,7 @@ impl Drop for Session {
                 mode: self.grant.mode.as_str(),
             })
             .dec();
-        if self.grant.mode.read {
-            for channel in &self.grant.channels {
-                self.state.hub.unsubscribe(channel, &self.outbox);
-            }
-        }
+        leave(&self.state, &self.grant, &self.outbox);
         self.outbox.close();
     }
 }
@@ -137,11 +182,7 @@ async fn run<S>(
 
     let end = serve(&mut ws, state, id, grant, &claims, outbox).await;
 
-    if grant.mode.read {
-        for channel in &grant.channels {
-            state.hub.unsubscribe(channel, outbox);
-        }
-    }
+    leave(state, grant, outbox);
     outbox.close();
     let label = match end {
         End::Close(_, _, label) | End::Drop(label) => Some(label),
@@ -192,6 +233,7 @@ async fn meta_event(state: &AppState, id: u64, event: &str, grant: &Grant, claim
         .publish(
             id,
             Job {
+                pg_channel: (!state.channel_mode.uses_listen_channel()).then(|| meta.clone()),
                 payload,
                 channel: Some(meta.clone()),
                 reply: None,
@@ -396,8 +438,18 @@ async fn on_client_text(
         return;
     }
     let at = now_seconds();
+    // postgres-websockets: through the listen channel; direct mode and the postgrest-ws formats:
+    // on the channel itself.
+    let on_channel = state.channel_mode == ChannelMode::Direct
+        || state.message_format != MessageFormat::PostgresWebsockets;
     for channel in &grant.channels {
-        let payload = envelope("WebsocketMessage", channel, text, claims, at);
+        let payload = match state.message_format {
+            MessageFormat::PostgresWebsockets => {
+                envelope("WebsocketMessage", channel, text, claims, at)
+            }
+            MessageFormat::PostgrestWs => postgrest_envelope(text, claims, at, false),
+            MessageFormat::PostgrestWsLegacy => postgrest_envelope(text, claims, at, true),
+        };
         if payload.len() > MAX_NOTIFY_PAYLOAD {
             let msg = format!(
                 "message too large: its notification would be {} bytes and PostgreSQL accepts at most {} (the envelope and your token's claims take {} of them)",
@@ -414,6 +466,7 @@ async fn on_client_text(
             .publish(
                 id,
                 Job {
+                    pg_channel: on_channel.then(|| channel.clone()),
                     payload,
                     channel: Some(channel.clone()),
                     reply: Some(outbox.clone()),

@@ -14,13 +14,16 @@ use std::net::IpAddr;
 use std::sync::RwLock;
 
 use crate::auth::{KeySet, Rules};
-use crate::config::{RateLimits, Site};
+use crate::config::{ChannelMode, MessageFormat, RateLimits, Site};
 use crate::hub::Hub;
 use crate::limits::{AddressLimiter, SubjectCounter};
 use crate::metrics::Metrics;
 use crate::outbox::Limits;
+use crate::pg::listener::ListenCmd;
 use crate::pg::listener::ListenerStatus;
 use crate::pg::publisher::Publisher;
+use crate::proxy::Upstream;
+use tokio::sync::mpsc;
 
 /// Shared state of one server.
 pub struct AppState {
@@ -38,6 +41,14 @@ pub struct AppState {
     pub subjects: Arc<SubjectCounter>,
     /// Proxies whose X-Forwarded-For is trusted.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Which PostgreSQL channels reach sockets.
+    pub channel_mode: ChannelMode,
+    /// Shape of client messages.
+    pub message_format: MessageFormat,
+    /// LISTEN/UNLISTEN requests to the listener (direct mode).
+    pub listen_cmds: Option<mpsc::Sender<ListenCmd>>,
+    /// Where plain HTTP requests go, when set.
+    pub upstream: Option<Upstream>,
     /// Channel registry.
     pub hub: Arc<Hub>,
     /// NOTIFY pool.

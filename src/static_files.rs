@@ -9,20 +9,29 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_MODIFIED_SINCE, LAST_MODIFIED};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::assets;
 use crate::config::Site;
 
-/// The response body type used everywhere.
-pub type Body = Full<Bytes>;
+/// The response body type used everywhere: whole bodies for pgws's own answers, streamed ones
+/// for the reverse proxy.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A body that is all there at once.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// A short `text/plain` answer.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let body = body.into();
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -58,7 +67,7 @@ pub async fn serve<B>(site: &Site, req: &Request<B>) -> Response<Body> {
     };
     if head {
         let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, Full::new(Bytes::new()));
+        return Response::from_parts(parts, full(Bytes::new()));
     }
     response
 }
@@ -86,15 +95,15 @@ fn segments(path: &str) -> Result<Vec<String>, StatusCode> {
 }
 
 async fn from_directory<B>(root: &Path, segments: &[String], req: &Request<B>) -> Response<Body> {
-    let mut full: PathBuf = root.to_path_buf();
-    full.extend(segments);
-    let Ok(meta) = tokio::fs::metadata(&full).await else {
+    let mut path: PathBuf = root.to_path_buf();
+    path.extend(segments);
+    let Ok(meta) = tokio::fs::metadata(&path).await else {
         return refusal(StatusCode::NOT_FOUND);
     };
     if meta.is_dir() {
         let mut found = None;
         for index in ["index.html", "index.htm"] {
-            let candidate = full.join(index);
+            let candidate = path.join(index);
             if tokio::fs::metadata(&candidate)
                 .await
                 .is_ok_and(|m| m.is_file())
@@ -104,13 +113,13 @@ async fn from_directory<B>(root: &Path, segments: &[String], req: &Request<B>) -
             }
         }
         match found {
-            Some(f) => full = f,
+            Some(f) => path = f,
             None => return refusal(StatusCode::NOT_FOUND),
         }
     }
     // No escape through symbolic links.
     let (Ok(real), Ok(real_root)) = (
-        tokio::fs::canonicalize(&full).await,
+        tokio::fs::canonicalize(&path).await,
         tokio::fs::canonicalize(root).await,
     ) else {
         return refusal(StatusCode::NOT_FOUND);
@@ -125,7 +134,7 @@ async fn from_directory<B>(root: &Path, segments: &[String], req: &Request<B>) -
     if let (Some(m), Some(since)) = (&modified, req.headers().get(IF_MODIFIED_SINCE))
         && since.as_bytes() == m.as_bytes()
     {
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         return r;
     }
@@ -140,7 +149,7 @@ async fn from_directory<B>(root: &Path, segments: &[String], req: &Request<B>) -
 
 fn file_response(body: Bytes, content_type: &str, modified: Option<String>) -> Response<Body> {
     let len = body.len();
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(full(body));
     let h = r.headers_mut();
     if let Ok(v) = content_type.parse() {
         h.insert(CONTENT_TYPE, v);

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,20 @@ pub struct ListenerSettings {
     pub meta: Option<(Publisher, String)>,
     /// Where to count.
     pub metrics: ListenerMetrics,
+    /// Whether the listen channel is LISTENed and its notifications routed by `channel` field.
+    pub use_listen_channel: bool,
+    /// Subscription changes of socket channels (direct mode); `None` when not in direct mode.
+    pub commands: Option<mpsc::Receiver<ListenCmd>>,
+}
+
+/// A change of the set of PostgreSQL channels to LISTEN on (direct mode).
+#[derive(Debug)]
+pub enum ListenCmd {
+    /// A socket subscribed to this channel; the sender is answered once the LISTEN is active
+    /// (or, while disconnected, at once: every channel is LISTENed again on reconnection).
+    Listen(String, oneshot::Sender<()>),
+    /// The channel's last subscriber left: UNLISTEN, unless someone subscribed again meanwhile.
+    Unlisten(String),
 }
 
 /// The listener's metrics (shared with the registry).
@@ -83,6 +97,8 @@ pub struct ListenerMetrics {
     pub queue_usage: Gauge<f64, AtomicU64>,
     /// Notifications received.
     pub notifications: Counter,
+    /// PostgreSQL channels LISTENed for sockets (direct mode).
+    pub listened: Gauge,
 }
 
 const GAP_MESSAGE: &str = "the server's database connection was lost and restored; notifications sent meanwhile may have been lost";
@@ -99,12 +115,13 @@ pub(crate) fn gap_event(down_for: Duration) -> String {
 
 /// Runs until `shutdown` is cancelled, or until start-up retries are exhausted.
 pub async fn run(
-    settings: ListenerSettings,
+    mut settings: ListenerSettings,
     hub: Arc<Hub>,
     status: watch::Sender<ListenerStatus>,
     shutdown: CancellationToken,
 ) -> Result<(), ListenerError> {
     let db = with_defaults(&settings.db);
+    let mut commands = settings.commands.take();
     let mut attempts: u32 = 0;
     let mut generation: u64 = 0;
     let mut lost_at: Option<tokio::time::Instant> = None;
@@ -112,14 +129,45 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = connect(&db, &settings.channel, hub.clone(), settings.metrics.notifications.clone()) => r,
+        let routing = Routing {
+            listen_channel: settings
+                .use_listen_channel
+                .then(|| settings.channel.clone()),
+        };
+        let connecting = connect(
+            &db,
+            routing,
+            hub.clone(),
+            settings.metrics.notifications.clone(),
+        );
+        tokio::pin!(connecting);
+        let connected = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = &mut connecting => break r,
+                // Not connected: subscribers need not wait; reconnection LISTENs every channel.
+                Some(cmd) = recv(&mut commands) => ack(cmd),
+            }
         };
         match connected {
             Ok(conn) => {
                 attempts = 0;
                 generation += 1;
+                let mut listened = std::collections::HashSet::new();
+                if commands.is_some() {
+                    for channel in hub.channel_names() {
+                        if let Err(e) = conn
+                            .client
+                            .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
+                            .await
+                        {
+                            tracing::warn!(channel = %channel, error = %describe(&e), "LISTEN failed");
+                        } else {
+                            listened.insert(channel);
+                        }
+                    }
+                    settings.metrics.listened.set(listened.len() as i64);
+                }
                 settings.metrics.up.set(1);
                 if let Some(at) = lost_at.take() {
                     let down = at.elapsed();
@@ -133,8 +181,13 @@ pub async fn run(
                     tracing::info!(channel = %settings.channel, "listening for notifications");
                 }
                 let _ = status.send(ListenerStatus::Listening { generation });
-                let reason =
-                    supervise(conn, settings.check_interval, &settings.metrics, &shutdown).await;
+                let watch = Supervision {
+                    check_interval: settings.check_interval,
+                    metrics: &settings.metrics,
+                    shutdown: &shutdown,
+                    hub: &hub,
+                };
+                let reason = watch.run(conn, &mut commands, &mut listened).await;
                 settings.metrics.up.set(0);
                 let Some(reason) = reason else {
                     return Ok(());
@@ -154,13 +207,40 @@ pub async fn run(
                 {
                     return Err(ListenerError::StartupFailed { attempts, last: e });
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff(attempts)) => {}
+                let pause = tokio::time::sleep(backoff(attempts));
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = &mut pause => break,
+                        Some(cmd) = recv(&mut commands) => ack(cmd),
+                    }
                 }
             }
         }
     }
+}
+
+/// The next command, or never when there is no command channel.
+async fn recv(commands: &mut Option<mpsc::Receiver<ListenCmd>>) -> Option<ListenCmd> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a command without a connection.
+fn ack(cmd: ListenCmd) {
+    if let ListenCmd::Listen(_, done) = cmd {
+        let _ = done.send(());
+    }
+}
+
+/// How notifications are routed: by the `channel` field for the listen channel, by the
+/// PostgreSQL channel's own name for everything else (direct mode).
+#[derive(Clone)]
+struct Routing {
+    listen_channel: Option<String>,
 }
 
 /// Tells every subscribed socket, and the meta channel, that notifications may have been lost.
@@ -180,6 +260,7 @@ async fn announce_gap(settings: &ListenerSettings, hub: &Hub, down: Duration) {
             .publish(
                 0,
                 Job {
+                    pg_channel: (!settings.use_listen_channel).then(|| meta.clone()),
                     payload,
                     channel: Some(meta.clone()),
                     reply: None,
@@ -198,13 +279,13 @@ struct Live {
 
 async fn connect(
     db: &tokio_postgres::Config,
-    channel: &str,
+    routing: Routing,
     hub: Arc<Hub>,
     received: Counter,
 ) -> Result<Live, tokio_postgres::Error> {
     let (client, mut connection) = db.connect(NoTls).await?;
     let (end_tx, ended) = oneshot::channel();
-    let pg_channel = channel.to_string();
+    let listen_channel = routing.listen_channel.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let reason = loop {
@@ -212,7 +293,10 @@ async fn connect(
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     received.inc();
                     let payload = n.payload();
-                    let target = route(payload, &pg_channel);
+                    let target = match &listen_channel {
+                        Some(listen) if n.channel() == listen => route(payload, listen),
+                        _ => std::borrow::Cow::Borrowed(n.channel()),
+                    };
                     hub.publish(&target, Utf8Bytes::from(payload.to_string()));
                 }
                 Some(Ok(AsyncMessage::Notice(notice))) => {
@@ -225,9 +309,10 @@ async fn connect(
         };
         let _ = end_tx.send(reason);
     });
-    if let Err(e) = client
-        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
-        .await
+    if let Some(channel) = &routing.listen_channel
+        && let Err(e) = client
+            .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+            .await
     {
         driver.abort();
         return Err(e);
@@ -239,40 +324,88 @@ async fn connect(
     })
 }
 
-/// Watches a live connection; returns why it ended, or `None` on shutdown.
-async fn supervise(
-    mut live: Live,
+/// Watches a live connection: heartbeats and (direct mode) LISTEN/UNLISTEN commands.
+struct Supervision<'a> {
     check_interval: Duration,
-    metrics: &ListenerMetrics,
-    shutdown: &CancellationToken,
-) -> Option<String> {
-    let mut tick = tokio::time::interval(check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let reply_timeout = check_interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let reason = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                live.driver.abort();
-                return None;
-            }
-            r = &mut live.ended => break r.unwrap_or_else(|_| "connection task ended".into()),
-            _ = tick.tick() => {
-                let query = live.client.query_one("SELECT pg_notification_queue_usage()", &[]);
-                match tokio::time::timeout(reply_timeout, query).await {
-                    Ok(Ok(row)) => {
-                        let usage: f64 = row.try_get(0).unwrap_or(0.0);
-                        metrics.queue_usage.set(usage);
-                        if usage > 0.5 {
-                            tracing::warn!(usage, "PostgreSQL's notification queue is more than half full");
-                        }
+    metrics: &'a ListenerMetrics,
+    shutdown: &'a CancellationToken,
+    hub: &'a Hub,
+}
+
+impl Supervision<'_> {
+    /// Returns why the connection ended, or `None` on shutdown.
+    async fn run(
+        &self,
+        mut live: Live,
+        commands: &mut Option<mpsc::Receiver<ListenCmd>>,
+        listened: &mut std::collections::HashSet<String>,
+    ) -> Option<String> {
+        let mut tick = tokio::time::interval(self.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let reply_timeout = self
+            .check_interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let reason = loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    live.driver.abort();
+                    return None;
+                }
+                r = &mut live.ended => break r.unwrap_or_else(|_| "connection task ended".into()),
+                Some(cmd) = recv(commands) => {
+                    if let Err(e) = self.apply(&live.client, cmd, listened).await {
+                        break format!("LISTEN/UNLISTEN failed: {}", describe(&e));
                     }
-                    Ok(Err(e)) => break format!("heartbeat failed: {}", describe(&e)),
-                    Err(_) => break format!("heartbeat got no answer within {reply_timeout:?}"),
+                }
+                _ = tick.tick() => {
+                    let query = live.client.query_one("SELECT pg_notification_queue_usage()", &[]);
+                    match tokio::time::timeout(reply_timeout, query).await {
+                        Ok(Ok(row)) => {
+                            let usage: f64 = row.try_get(0).unwrap_or(0.0);
+                            self.metrics.queue_usage.set(usage);
+                            if usage > 0.5 {
+                                tracing::warn!(usage, "PostgreSQL's notification queue is more than half full");
+                            }
+                        }
+                        Ok(Err(e)) => break format!("heartbeat failed: {}", describe(&e)),
+                        Err(_) => break format!("heartbeat got no answer within {reply_timeout:?}"),
+                    }
+                }
+            }
+        };
+        live.driver.abort();
+        Some(reason)
+    }
+
+    async fn apply(
+        &self,
+        client: &tokio_postgres::Client,
+        cmd: ListenCmd,
+        listened: &mut std::collections::HashSet<String>,
+    ) -> Result<(), tokio_postgres::Error> {
+        match cmd {
+            ListenCmd::Listen(channel, done) => {
+                if !listened.contains(&channel) {
+                    client
+                        .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
+                        .await?;
+                    tracing::debug!(channel = %channel, "LISTEN");
+                    listened.insert(channel);
+                }
+                let _ = done.send(());
+            }
+            ListenCmd::Unlisten(channel) => {
+                if listened.contains(&channel) && !self.hub.has_subscribers(&channel) {
+                    client
+                        .batch_execute(&format!("UNLISTEN {}", quote_ident(&channel)))
+                        .await?;
+                    tracing::debug!(channel = %channel, "UNLISTEN");
+                    listened.remove(&channel);
                 }
             }
         }
-    };
-    live.driver.abort();
-    Some(reason)
+        self.metrics.listened.set(listened.len() as i64);
+        Ok(())
+    }
 }

@@ -33,6 +33,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One NOTIFY to send.
 pub struct Job {
+    /// The PostgreSQL channel to NOTIFY; `None`: the listen channel.
+    pub pg_channel: Option<String>,
     /// The notification text (an envelope).
     pub payload: String,
     /// The socket's channel this copy is for (for the error report).
@@ -239,7 +241,8 @@ async fn send_all(
     let Some(c) = conn.as_ref() else { return };
     let results = futures_util::future::join_all(jobs.iter().map(|job| {
         let payload: &str = &job.payload;
-        async move { c.client.execute(&c.stmt, &[&listen, &payload]).await }
+        let channel: &str = job.pg_channel.as_deref().unwrap_or(listen);
+        async move { c.client.execute(&c.stmt, &[&channel, &payload]).await }
     }))
     .await;
     for (job, result) in jobs.drain(..).zip(results) {

@@ -318,6 +318,7 @@ async fn sighup_reloads_the_jwks_file_without_dropping_sockets() {
             let _ = tx.send(l);
         }
     });
+    wait_log(&mut rx, "listening for notifications").await;
     let url = |t: &str| format!("ws://127.0.0.1:{port}/chat/{t}");
     let token_a = sign(json!({"mode":"rw"}), &key_a);
     let token_b = sign(json!({"mode":"rw"}), &key_b);
@@ -331,16 +332,7 @@ async fn sighup_reloads_the_jwks_file_without_dropping_sockets() {
         .status()
         .await
         .unwrap();
-    tokio::time::timeout(WAIT, async {
-        while let Some(l) = rx.recv().await {
-            if l.contains("JWT keys reloaded") {
-                return;
-            }
-        }
-        panic!("stderr ended");
-    })
-    .await
-    .expect("reload logged in time");
+    wait_log(&mut rx, "JWT keys reloaded").await;
     let mut new = connect(&url(&token_b)).await;
     assert_eq!(refused(&url(&token_a)).await.0, 400);
     // The socket opened with the old key is still there and working.
@@ -349,4 +341,18 @@ async fn sighup_reloads_the_jwks_file_without_dropping_sockets() {
     assert_eq!(next_json(&mut new).await["payload"], "still open");
     assert_eq!(terminate(child).await, 0);
     std::fs::remove_file(&file).ok();
+}
+
+/// Waits for a stderr line containing `text`.
+async fn wait_log(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &str) {
+    tokio::time::timeout(WAIT, async {
+        while let Some(l) = rx.recv().await {
+            if l.contains(text) {
+                return;
+            }
+        }
+        panic!("stderr ended before {text:?}");
+    })
+    .await
+    .expect("log line in time")
 }

@@ -6,6 +6,7 @@ mod faults;
 mod ops;
 
 mod binary;
+mod direct;
 mod handshake;
 mod keys;
 mod listener;

@@ -142,6 +142,8 @@ pub fn args(db: &str, extra: &[&str]) -> Vec<String> {
         ("--jwt-secret".into(), Some(SECRET.into())),
         ("--listen-channel".into(), Some(LISTEN.into())),
         ("--retries".into(), Some("3".into())),
+        // Many servers share the test cluster: keep each one's connections few.
+        ("--pool-size".into(), Some("2".into())),
     ];
     let mut i = 0;
     while i < extra.len() {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of fuzz/ for N seconds each (default 60), growing the corpora in
+# fuzz/corpus/<target>/. A crash stops that target, leaves its input in fuzz/artifacts/<target>/
+# and makes this script exit 1 after the other targets have run.
+#
+#   scripts/fuzz.sh [seconds]          e.g. scripts/fuzz.sh 300
+#
+# Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). The targets need nightly-only compiler
+# flags (-Z sanitizer, sancov); on a stable toolchain RUSTC_BOOTSTRAP=1 allows them. Set
+# FUZZ_SANITIZER=none if the address sanitizer does not link; FUZZ_TARGETS="token routing" to run
+# only some; FUZZ_JOBS to run several processes per target.
+#
+# After a long run, shrink the corpora again before committing them:
+#   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz cmin -O <target>)
+set -euo pipefail
+
+seconds="${1:-60}"
+cd "$(dirname "$0")/../fuzz"
+
+export RUSTC_BOOTSTRAP=1
+sanitizer="${FUZZ_SANITIZER:-address}"
+targets="${FUZZ_TARGETS:-request_path token secret routing}"
+jobs="${FUZZ_JOBS:-1}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
+    exit 2
+fi
+
+cargo fuzz build -O --sanitizer "$sanitizer"
+
+failed=()
+for target in $targets; do
+    mkdir -p "corpus/$target"
+    echo "=== $target: ${seconds}s"
+    # -max_total_time bounds the run; a crash, leak or timeout ends it early with a non-zero status.
+    args=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+    if ((jobs > 1)); then
+        args+=(-jobs="$jobs" -workers="$jobs")
+    fi
+    if ! cargo fuzz run -O --sanitizer "$sanitizer" "$target" "corpus/$target" -- "${args[@]}"; then
+        failed+=("$target")
+    fi
+done
+
+if ((${#failed[@]})); then
+    echo "fuzzing found problems in: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+    exit 1
+fi
+echo "all fuzz targets ran ${seconds}s without a finding"
