@@ -117,8 +117,10 @@ impl Outbox {
         let mut s = self.lock();
         out.extend(s.queue.drain(..));
         s.bytes = 0;
-        if s.queue.capacity() > 64 {
-            s.queue.shrink_to_fit();
+        // A socket back to idle gives its queue storage back (after a burst, thousands of
+        // sockets would otherwise each keep what the burst made them grow to).
+        if s.queue.capacity() > 16 {
+            s.queue = VecDeque::new();
         }
         Drained {
             healthy: !s.overflowed,

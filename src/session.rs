@@ -56,6 +56,8 @@ pub struct Session {
     state: Arc<AppState>,
     id: u64,
     grant: Grant,
+    /// The claims, serialised once; the parsed claims are not kept (memory per idle socket).
+    claims: ClaimsText,
     outbox: Arc<Outbox>,
     /// Held while the socket is open (per-subject limit).
     _slot: Option<SubjectSlot>,
@@ -63,7 +65,14 @@ pub struct Session {
 
 impl Session {
     /// Subscribes the socket's channels (read mode).
-    pub fn open(state: Arc<AppState>, id: u64, grant: Grant, slot: Option<SubjectSlot>) -> Self {
+    pub fn open(
+        state: Arc<AppState>,
+        id: u64,
+        mut grant: Grant,
+        slot: Option<SubjectSlot>,
+    ) -> Self {
+        let claims = ClaimsText::new(&grant.claims);
+        grant.claims = serde_json::Map::new();
         state.active.fetch_add(1, Ordering::Relaxed);
         state.metrics.accepted.inc();
         state
@@ -83,6 +92,7 @@ impl Session {
             state,
             id,
             grant,
+            claims,
             outbox,
             _slot: slot,
         }
@@ -97,10 +107,11 @@ impl Session {
             state,
             id,
             grant,
+            claims,
             outbox,
             ..
         } = &self;
-        run(ws, state, *id, grant, outbox).await;
+        run(ws, state, *id, grant, claims, outbox).await;
     }
 }
 
@@ -171,16 +182,16 @@ async fn run<S>(
     state: &Arc<AppState>,
     id: u64,
     grant: &Grant,
+    claims: &ClaimsText,
     outbox: &Arc<Outbox>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (state, outbox) = (state.as_ref(), outbox);
-    let claims = ClaimsText::new(&grant.claims);
-    meta_event(state, id, "ConnectionOpen", grant, &claims).await;
+    meta_event(state, id, "ConnectionOpen", grant, claims).await;
     tracing::info!(channels = ?grant.channels, mode = grant.mode.as_str(), "websocket open");
 
-    let end = serve(&mut ws, state, id, grant, &claims, outbox).await;
+    let end = serve(&mut ws, state, id, grant, claims, outbox).await;
 
     leave(state, grant, outbox);
     outbox.close();
@@ -212,7 +223,7 @@ async fn run<S>(
     } else {
         tracing::info!("websocket closed by peer");
     }
-    meta_event(state, id, "ConnectionClose", grant, &claims).await;
+    meta_event(state, id, "ConnectionClose", grant, claims).await;
 }
 
 /// Publishes a meta-channel event. Its failure is logged and counted, not sent to the socket:

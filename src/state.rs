@@ -107,11 +107,12 @@ impl AppState {
 }
 
 /// Websocket settings: small buffers (tungstenite's defaults allocate 128 KiB per socket up
-/// front) and an explicit message size limit.
+/// front; the read buffer is allocated eagerly, so it dominates an idle socket's memory) and an
+/// explicit message size limit. A larger client message grows the buffer as needed.
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
+        .read_buffer_size(512)
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))

@@ -138,7 +138,10 @@ fn fail(job: &Job, code: &'static str, message: &str, stats: &PublisherStats) {
 
 struct Conn {
     client: tokio_postgres::Client,
+    /// One NOTIFY.
     stmt: tokio_postgres::Statement,
+    /// Many NOTIFYs in one statement, hence one transaction, in array order.
+    batch: tokio_postgres::Statement,
 }
 
 async fn open(db: &tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error> {
@@ -148,10 +151,22 @@ async fn open(db: &tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error
             tracing::warn!(error = %e, "NOTIFY connection ended");
         }
     });
+    // Notifications are not durable anyway: do not wait for the WAL flush of each commit.
+    client.batch_execute("SET synchronous_commit = off").await?;
     let stmt = client
         .prepare_typed("SELECT pg_notify($1, $2)", &[Type::TEXT, Type::TEXT])
         .await?;
-    Ok(Conn { client, stmt })
+    let batch = client
+        .prepare_typed(
+            "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(c, p, n) ORDER BY n",
+            &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+        )
+        .await?;
+    Ok(Conn {
+        client,
+        stmt,
+        batch,
+    })
 }
 
 async fn worker(
@@ -239,32 +254,118 @@ async fn send_all(
         }
     }
     let Some(c) = conn.as_ref() else { return };
-    let results = futures_util::future::join_all(jobs.iter().map(|job| {
-        let payload: &str = &job.payload;
-        let channel: &str = job.pg_channel.as_deref().unwrap_or(listen);
-        async move { c.client.execute(&c.stmt, &[&channel, &payload]).await }
-    }))
-    .await;
-    for (job, result) in jobs.drain(..).zip(results) {
+    // One transaction per group of jobs: a NOTIFY transaction commits under a global lock, so
+    // committing many at once is what makes ingest fast. PostgreSQL folds identical
+    // notifications of one transaction into one, so a group never holds the same
+    // (channel, text) twice.
+    for range in groups(jobs, listen) {
+        let group = &jobs[range];
+        let result = if group.len() == 1 {
+            let channel = group[0].pg_channel.as_deref().unwrap_or(listen);
+            c.client
+                .execute(&c.stmt, &[&channel, &group[0].payload])
+                .await
+        } else {
+            let channels: Vec<&str> = group
+                .iter()
+                .map(|j| j.pg_channel.as_deref().unwrap_or(listen))
+                .collect();
+            let payloads: Vec<&str> = group.iter().map(|j| j.payload.as_str()).collect();
+            c.client.execute(&c.batch, &[&channels, &payloads]).await
+        };
         match result {
             Ok(_) => {
-                stats.sent.inc();
+                stats.sent.inc_by(group.len() as u64);
+            }
+            Err(e) if group.len() > 1 && !c.client.is_closed() => {
+                // Something in the group was refused: send one by one to tell each its fate.
+                tracing::debug!(error = %describe(&e), "batched NOTIFY failed; retrying one by one");
+                for job in group {
+                    let channel = job.pg_channel.as_deref().unwrap_or(listen);
+                    match c.client.execute(&c.stmt, &[&channel, &job.payload]).await {
+                        Ok(_) => {
+                            stats.sent.inc();
+                        }
+                        Err(e) => report(job, &e, stats),
+                    }
+                }
             }
             Err(e) => {
-                let text = e
-                    .as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| describe(&e));
-                let code = if text.contains("payload string too long") {
-                    "payload_too_large"
-                } else {
-                    "notify_failed"
-                };
-                fail(&job, code, &format!("NOTIFY failed: {text}"), stats);
+                for job in group {
+                    report(job, &e, stats);
+                }
             }
         }
     }
+    jobs.clear();
     if c.client.is_closed() {
         *conn = None;
+    }
+}
+
+/// Consecutive runs of jobs in which no (channel, text) pair repeats.
+fn groups(jobs: &[Job], listen: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut seen = std::collections::HashSet::new();
+        let mut end = start;
+        while end < jobs.len()
+            && seen.insert((
+                jobs[end].pg_channel.as_deref().unwrap_or(listen),
+                jobs[end].payload.as_str(),
+            ))
+        {
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// Tells the socket (and the log) why its NOTIFY failed.
+fn report(job: &Job, e: &tokio_postgres::Error, stats: &PublisherStats) {
+    let text = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| describe(e));
+    let code = if text.contains("payload string too long") {
+        "payload_too_large"
+    } else {
+        "notify_failed"
+    };
+    fail(job, code, &format!("NOTIFY failed: {text}"), stats);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(channel: Option<&str>, payload: &str) -> Job {
+        Job {
+            pg_channel: channel.map(str::to_string),
+            payload: payload.into(),
+            channel: None,
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn identical_notifications_never_share_a_transaction() {
+        let jobs = [
+            job(None, "a"),
+            job(None, "b"),
+            job(Some("x"), "a"),
+            job(None, "a"),
+            job(Some("l"), "b"),
+            job(None, "c"),
+        ];
+        // "a" on the listen channel repeats at 3, which starts a new group; `Some("l")` is the
+        // listen channel too, but its "b" is new in that group.
+        assert_eq!(groups(&jobs, "l"), vec![0..3, 3..6]);
+        let same = [job(None, "a"), job(Some("l"), "a")];
+        assert_eq!(groups(&same, "l"), vec![0..1, 1..2]);
+        assert!(groups(&[], "l").is_empty());
     }
 }
