@@ -188,7 +188,7 @@ async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (state, outbox) = (state.as_ref(), outbox);
-    meta_event(state, id, "ConnectionOpen", grant, claims).await;
+    Box::pin(meta_event(state, id, "ConnectionOpen", grant, claims)).await;
     tracing::info!(channels = ?grant.channels, mode = grant.mode.as_str(), "websocket open");
 
     let end = serve(&mut ws, state, id, grant, claims, outbox).await;
@@ -219,11 +219,11 @@ async fn run<S>(
                 while let Some(Ok(_)) = ws.next().await {}
             }
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
+        let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, closed)).await;
     } else {
         tracing::info!("websocket closed by peer");
     }
-    meta_event(state, id, "ConnectionClose", grant, claims).await;
+    Box::pin(meta_event(state, id, "ConnectionClose", grant, claims)).await;
 }
 
 /// Publishes a meta-channel event. Its failure is logged and counted, not sent to the socket:
@@ -268,18 +268,17 @@ where
         let left = (exp - now_seconds()).max(0.0);
         tokio::time::Instant::now() + Duration::from_secs_f64(left.min(1e9))
     });
-    let expired = async {
-        match expiry {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
+    // One timer for both the token's expiry and the next ping (one timer per idle socket).
+    let mut next_ping = state.ping_interval.map(|p| tokio::time::Instant::now() + p);
+    let deadline = |next_ping: Option<tokio::time::Instant>| {
+        [expiry, next_ping]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365))
     };
-    tokio::pin!(expired);
-    let mut ping = state.ping_interval.map(|p| {
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    });
+    let timer = tokio::time::sleep_until(deadline(next_ping));
+    tokio::pin!(timer);
     let mut ping_count: u64 = 0;
     let mut last_inbound = tokio::time::Instant::now();
     let mut rates = SocketRates::new(state);
@@ -288,18 +287,39 @@ where
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => return End::Close(1001, "server shutting down", "shutdown"),
-            _ = &mut expired => return End::Close(CLOSE_JWT_EXPIRED, "JWT expired", "expired"),
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if expiry.is_some_and(|at| now >= at) {
+                    return End::Close(CLOSE_JWT_EXPIRED, "JWT expired", "expired");
+                }
+                if let (Some(at), Some(interval)) = (next_ping, state.ping_interval)
+                    && now >= at
+                {
+                    if last_inbound.elapsed() > interval * 2 {
+                        return End::Close(CLOSE_PING_TIMEOUT, "no answer to pings", "ping_timeout");
+                    }
+                    ping_count += 1;
+                    let payload = ping_count.to_string().into_bytes();
+                    if ws.send(Message::Ping(payload.into())).await.is_err() {
+                        return End::Peer;
+                    }
+                    next_ping = Some(now + interval);
+                }
+                timer.as_mut().reset(deadline(next_ping));
+            }
             _ = outbox.wait() => {
                 let drained = outbox.drain_into(&mut batch);
                 if !batch.is_empty() {
-                    let write = async {
+                    // Boxed, like the other rare paths below: a future's size is the largest of
+                    // its states, and every idle socket would otherwise carry the write state.
+                    let write = Box::pin(async {
                         for msg in batch.drain(..) {
                             ws.feed(Message::Text(msg)).await?;
                         }
                         ws.flush().await
-                    };
+                    });
                     tokio::select! {
-                        r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+                        r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)) => match r {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "write failed");
@@ -326,17 +346,6 @@ where
                     );
                 }
             }
-            _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
-                let interval = state.ping_interval.unwrap_or(WRITE_TIMEOUT);
-                if last_inbound.elapsed() > interval * 2 {
-                    return End::Close(CLOSE_PING_TIMEOUT, "no answer to pings", "ping_timeout");
-                }
-                ping_count += 1;
-                let payload = ping_count.to_string().into_bytes();
-                if ws.send(Message::Ping(payload.into())).await.is_err() {
-                    return End::Peer;
-                }
-            }
             frame = ws.next() => {
                 if let Some(Ok(_)) = &frame {
                     last_inbound = tokio::time::Instant::now();
@@ -345,12 +354,12 @@ where
                 None => return End::Peer,
                 Some(Ok(Message::Text(text))) => {
                     if rates.allow(text.len(), outbox) {
-                        on_client_text(state, id, grant, claims, outbox, text.as_str()).await;
+                        Box::pin(on_client_text(state, id, grant, claims, outbox, text.as_str())).await;
                     }
                 }
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                     Ok(text) if !rates.allow(text.len(), outbox) => {}
-                    Ok(text) => on_client_text(state, id, grant, claims, outbox, text).await,
+                    Ok(text) => Box::pin(on_client_text(state, id, grant, claims, outbox, text)).await,
                     Err(_) => {
                         outbox.push(error_event("invalid_utf8",
                             "binary message is not valid UTF-8 text; it was not published", None).into());

@@ -111,7 +111,7 @@ impl AppState {
 /// explicit message size limit. A larger client message grows the buffer as needed.
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_message_size))
