@@ -347,7 +347,13 @@ async fn websocket(
         .get("sub")
         .and_then(|s| s.as_str())
         .map(str::to_string);
-    let span = tracing::info_span!("ws", id, peer = %ip, sub = sub.as_deref().unwrap_or(""));
+    let span = tracing::info_span!(
+        "ws",
+        id,
+        peer = %ip,
+        channels = %grant.channels.join(","),
+        sub = sub.as_deref().unwrap_or("")
+    );
     let config = state.ws_config;
     let tracker = state.sessions.clone();
     let session = Session::open(state, id, grant, slot);

@@ -353,12 +353,12 @@ where
                 match frame {
                 None => return End::Peer,
                 Some(Ok(Message::Text(text))) => {
-                    if rates.allow(text.len(), outbox) {
+                    if rates.allow(text.len(), outbox, state) {
                         Box::pin(on_client_text(state, id, grant, claims, outbox, text.as_str())).await;
                     }
                 }
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(text) if !rates.allow(text.len(), outbox) => {}
+                    Ok(text) if !rates.allow(text.len(), outbox, state) => {}
                     Ok(text) => Box::pin(on_client_text(state, id, grant, claims, outbox, text)).await,
                     Err(_) => {
                         outbox.push(error_event("invalid_utf8",
@@ -413,8 +413,9 @@ impl SocketRates {
         }
     }
 
-    /// Whether a message of `len` bytes may be published; tells the socket when not.
-    fn allow(&mut self, len: usize, outbox: &Outbox) -> bool {
+    /// Whether a message of `len` bytes may be published; tells the socket (and the metrics)
+    /// when not.
+    fn allow(&mut self, len: usize, outbox: &Outbox, state: &AppState) -> bool {
         let now = std::time::Instant::now();
         let messages_ok = self.messages.as_mut().is_none_or(|b| b.take(1.0, now));
         let bytes_ok = messages_ok && self.bytes.as_mut().is_none_or(|b| b.take(len as f64, now));
@@ -422,6 +423,13 @@ impl SocketRates {
             return true;
         }
         let what = if messages_ok { "bytes" } else { "messages" };
+        state
+            .metrics
+            .drops
+            .get_or_create(&ReasonLabel {
+                reason: "rate_limited",
+            })
+            .inc();
         outbox.push(
             error_event(
                 "rate_limited",
