@@ -11,7 +11,7 @@
 # only some; FUZZ_JOBS to run several processes per target.
 #
 # After a long run, shrink the corpora again before committing them:
-#   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz cmin -O <target>)
+#   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz cmin -O <target> -- -dict=dict/json.dict)
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -34,7 +34,7 @@ for target in $targets; do
     mkdir -p "corpus/$target"
     echo "=== $target: ${seconds}s"
     # -max_total_time bounds the run; a crash, leak or timeout ends it early with a non-zero status.
-    args=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+    args=(-max_total_time="$seconds" -dict=dict/json.dict -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
     if ((jobs > 1)); then
         args+=(-jobs="$jobs" -workers="$jobs")
     fi

@@ -111,10 +111,40 @@ pub fn error_event(code: &str, message: &str, channel: Option<&str>) -> String {
     .to_string()
 }
 
-#[derive(Deserialize)]
+/// The `channel` member of a JSON object, read without building the object. Like the original's
+/// JSON library, the last of duplicate keys wins; a non-string value means "no channel".
 struct Route<'a> {
-    #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Route<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Route<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Route<'a>, M::Error> {
+                let mut channel = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "channel" {
+                        channel = match map.next_value::<Value>()? {
+                            Value::String(s) => Some(Cow::Owned(s)),
+                            _ => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Route { channel })
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 /// The channel a notification goes to: the string `channel` field of a JSON object payload, or

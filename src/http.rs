@@ -43,7 +43,17 @@ pub async fn handle(
     let mut response = if is_websocket(&req) {
         websocket(&mut req, state, peer).await
     } else if check {
-        check_grant(&req, &state)
+        if state
+            .address_limiter
+            .allow(client_ip(&req, peer, &state.trusted_proxies))
+        {
+            check_grant(&req, &state)
+        } else {
+            text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests from this address",
+            )
+        }
     } else if let Some(upstream) = state.upstream.clone() {
         let (method, path) = (req.method().clone(), redact(req.uri().path()));
         let r = upstream.forward(req, peer).await;
@@ -84,6 +94,23 @@ fn is_websocket<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Why a channel name is refused, if it is: PostgreSQL's limits (empty, over 63 bytes, NUL) and
+/// control characters, which have no use in a name and would let a client forge log lines.
+pub fn channel_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("Error: empty channel name".into())
+    } else if name.len() > 63 {
+        Some(format!(
+            "Error: channel name longer than 63 bytes: {} bytes",
+            name.len()
+        ))
+    } else if name.chars().any(char::is_control) {
+        Some("Error: channel name contains a control character".into())
+    } else {
+        None
+    }
 }
 
 /// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
@@ -269,15 +296,7 @@ async fn websocket(
             return refuse(&state, reason, StatusCode::BAD_REQUEST, e.to_string());
         }
     };
-    if let Some(bad) = grant.channels.iter().find(|c| c.is_empty() || c.len() > 63) {
-        let body = if bad.is_empty() {
-            "Error: empty channel name".to_string()
-        } else {
-            format!(
-                "Error: channel name longer than 63 bytes: {} bytes",
-                bad.len()
-            )
-        };
+    if let Some(body) = grant.channels.iter().find_map(|c| channel_problem(c)) {
         return refuse(&state, "bad_channel", StatusCode::BAD_REQUEST, body);
     }
     if grant.channels.len() > state.max_channels {
@@ -395,6 +414,17 @@ async fn websocket(
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn channel_names() {
+        use super::channel_problem;
+        assert!(channel_problem("chat").is_none());
+        assert!(channel_problem("my chan").is_none());
+        assert!(channel_problem("").is_some());
+        assert!(channel_problem(&"x".repeat(64)).is_some());
+        assert!(channel_problem("a\0b").unwrap().contains("control"));
+        assert!(channel_problem("x\n2026 ERROR forged").is_some());
+    }
 
     #[test]
     fn tokens_are_redacted_from_paths() {

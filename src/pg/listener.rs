@@ -355,7 +355,11 @@ impl Supervision<'_> {
                 r = &mut live.ended => break r.unwrap_or_else(|_| "connection task ended".into()),
                 Some(cmd) = recv(commands) => {
                     if let Err(e) = self.apply(&live.client, cmd, listened).await {
-                        break format!("LISTEN/UNLISTEN failed: {}", describe(&e));
+                        if live.client.is_closed() {
+                            break format!("LISTEN/UNLISTEN failed: {}", describe(&e));
+                        }
+                        // A statement the server refused: that channel only, the connection lives.
+                        tracing::warn!(error = %describe(&e), "LISTEN/UNLISTEN refused");
                     }
                 }
                 _ = tick.tick() => {

@@ -47,6 +47,12 @@ async fn limits_are_refused_with_reasons() {
         refused(&s.url(&format!("//{t}"))).await,
         (400, "Error: empty channel name".into())
     );
+    // A NUL would break LISTEN in direct mode; a newline would forge log lines.
+    for bad in ["a%00b", "x%0A2026%20ERROR%20forged"] {
+        let (status, body) = refused(&s.url(&format!("/{bad}/{t}"))).await;
+        assert_eq!(status, 400);
+        assert!(body.contains("control character"), "{body}");
+    }
     let many = token(json!({"mode":"r","channels":["a","b","c"]}));
     let (status, body) = refused(&s.url(&format!("/{many}"))).await;
     assert_eq!(status, 400);
