@@ -23,6 +23,17 @@ fn pgws() -> Command {
     c
 }
 
+/// `pgws` on database `db` with the test secret, on 127.0.0.1 and a free port, stdout piped.
+fn pgws_on(db: &str) -> Command {
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", db)
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_HOST", "127.0.0.1")
+        .env("PGWS_PORT", "0")
+        .stdout(Stdio::piped());
+    c
+}
+
 async fn output(mut c: Command) -> (i32, String, String) {
     let out = tokio::time::timeout(WAIT, c.output())
         .await
@@ -140,12 +151,8 @@ async fn terminate(mut child: Child) -> i32 {
 #[tokio::test]
 async fn configured_only_by_environment_variables() {
     let db = fresh_db().await;
-    let mut c = pgws();
-    c.env("PGWS_DB_URI", &db)
-        .env("PGWS_JWT_SECRET", SECRET)
-        .env("PGWS_HOST", "127.0.0.1")
-        .env("PGWS_PORT", "0")
-        .env("PGWS_LISTEN_CHANNEL", "env-channel")
+    let mut c = pgws_on(&db);
+    c.env("PGWS_LISTEN_CHANNEL", "env-channel")
         .env("PGWS_POOL_SIZE", "2")
         .env("PGWS_META_CHANNEL", "meta")
         .stdout(Stdio::piped())
@@ -212,12 +219,8 @@ async fn embedded_mode_runs_and_cleans_up() {
 #[tokio::test]
 async fn sigterm_during_traffic_closes_sockets_with_1001_exits_0_and_logs_no_token() {
     let db = fresh_db().await;
-    let mut c = pgws();
-    c.env("PGWS_DB_URI", &db)
-        .env("PGWS_JWT_SECRET", SECRET)
-        .env("PGWS_HOST", "127.0.0.1")
-        .env("PGWS_PORT", "0")
-        .env("PGWS_META_CHANNEL", "meta")
+    let mut c = pgws_on(&db);
+    c.env("PGWS_META_CHANNEL", "meta")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -301,12 +304,8 @@ async fn sighup_reloads_the_jwks_file_without_dropping_sockets() {
     };
     write(&key_a);
     let db = fresh_db().await;
-    let mut c = pgws();
-    c.env("PGWS_DB_URI", &db)
-        .env("PGWS_JWT_SECRET", format!("@{}", file.display()))
-        .env("PGWS_HOST", "127.0.0.1")
-        .env("PGWS_PORT", "0")
-        .stdout(Stdio::piped())
+    let mut c = pgws_on(&db);
+    c.env("PGWS_JWT_SECRET", format!("@{}", file.display()))
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn pgws");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
