@@ -5,12 +5,11 @@
 
 use crate::cli::{FanoutArgs, Global};
 use crate::connect::{self, OpenOpts};
-use crate::message::now_ns;
 use crate::pacing::Plan;
 use crate::phases::{self, secs};
 use crate::procstat;
 use crate::publisher::{self, PubCfg, PubResult};
-use crate::report::{Report, Window};
+use crate::report::Report;
 use crate::rss::RssSummary;
 use crate::subscriber::{self, Pong, Shared};
 use crate::target::{self, Target};
@@ -21,7 +20,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Runs the scenario.
@@ -94,18 +93,13 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let window = Window::start(g.server_pid);
-    // RSS series over the measurement window only (connect phase excluded)
-    let rss = g.server_pid.map(|pid| {
-        procstat::spawn_rss_sampler(
-            pid,
-            Duration::from_millis(a.rss_interval_ms),
-            stop_rx.clone(),
-        )
-    });
-    let t0_ns = now_ns();
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(g.max_duration);
+    let phases::Measure {
+        window,
+        rss,
+        t0_ns,
+        start,
+        deadline,
+    } = phases::start_measure(g, a.rss_interval_ms, &stop_rx);
     let mut pubs = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         let cfg = PubCfg {

@@ -10,7 +10,7 @@ use crate::message::{self, now_ns};
 use crate::pacing::Plan;
 use crate::phases::{self, secs};
 use crate::procstat;
-use crate::report::{Report, Window};
+use crate::report::Report;
 use crate::rss::RssSummary;
 use crate::subscriber::{self, Pong, Shared, SubResult};
 use crate::target::{self, Target};
@@ -226,18 +226,13 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let window = Window::start(g.server_pid);
-    // RSS series over the measurement window only (connect phase excluded)
-    let rss = g.server_pid.map(|pid| {
-        procstat::spawn_rss_sampler(
-            pid,
-            Duration::from_millis(a.rss_interval_ms),
-            stop_rx.clone(),
-        )
-    });
-    let t0_ns = now_ns();
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(g.max_duration);
+    let phases::Measure {
+        window,
+        rss,
+        t0_ns,
+        start,
+        deadline,
+    } = phases::start_measure(g, a.rss_interval_ms, &stop_rx);
     let progress = Arc::new(writer::Progress::default());
     let mut wtasks = Vec::new();
     let n_writers = writers.len();

@@ -102,3 +102,43 @@ pub async fn collect(
 pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
+
+/// The start of a measurement window: CPU/RSS baseline, an RSS sampler (the connect phase is
+/// excluded from both), and the clock the scenario measures against.
+pub struct Measure {
+    /// CPU and RSS baseline.
+    pub window: crate::report::Window,
+    /// RSS series over the window, when the server's pid is known.
+    pub rss: Option<JoinHandle<crate::procstat::RssSeries>>,
+    /// Wall clock at the start, in ns since the epoch (for latencies carried in payloads).
+    pub t0_ns: u64,
+    /// Monotonic start.
+    pub start: Instant,
+    /// When the scenario must stop at the latest (`--max-duration`).
+    pub deadline: Instant,
+}
+
+/// Starts the measurement window of a scenario.
+pub fn start_measure(
+    g: &crate::cli::Global,
+    rss_interval_ms: u64,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Measure {
+    let window = crate::report::Window::start(g.server_pid);
+    let rss = g.server_pid.map(|pid| {
+        crate::procstat::spawn_rss_sampler(
+            pid,
+            Duration::from_millis(rss_interval_ms),
+            stop.clone(),
+        )
+    });
+    let t0_ns = crate::message::now_ns();
+    let start = Instant::now();
+    Measure {
+        window,
+        rss,
+        t0_ns,
+        start,
+        deadline: start + Duration::from_secs(g.max_duration),
+    }
+}
