@@ -1,17 +1,21 @@
 //! The per-socket outbound queue: bounded in messages and bytes, shared between the routers that
 //! fill it and the one session task that drains it.
 //!
-//! It is a mutex-guarded `VecDeque` plus a [`Notify`]: an idle socket's queue allocates nothing,
-//! a push is a short uncontended lock, and the session drains everything queued in one go so that
-//! many messages become one socket write. When a push would exceed a limit the message is dropped,
-//! the outbox is marked overflowed and the session closes the socket (a slow consumer never grows
-//! memory without bound and never delays other sockets).
+//! It is a mutex-guarded `VecDeque` plus one [`AtomicWaker`]: an idle socket's queue allocates
+//! nothing, a push is a short uncontended lock, and the session drains everything queued in one
+//! go so that many messages become one socket write. Only one task ever waits on an outbox (its
+//! session), so a single waker slot is enough and a wake-up costs no list or lock of its own.
+//! When a push would exceed a limit the message is dropped, the outbox is marked overflowed and
+//! the session closes the socket (a slow consumer never grows memory without bound and never
+//! delays other sockets).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Limits of one outbox.
@@ -40,6 +44,8 @@ struct State {
     bytes: usize,
     /// When the oldest queued frame was pushed (for the delivery latency metric).
     oldest: Option<Instant>,
+    /// Something was pushed (or the outbox overflowed) since the consumer last looked.
+    signalled: bool,
     overflowed: bool,
     closed: bool,
 }
@@ -56,8 +62,8 @@ pub struct Drained {
 /// One socket's queue of text frames to send.
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
-    overflow: Notify,
+    /// The session task, while it waits in [`Outbox::wait`] or [`Outbox::overflowed`].
+    waker: AtomicWaker,
     limits: Limits,
 }
 
@@ -66,8 +72,7 @@ impl Outbox {
     pub fn new(limits: Limits) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            overflow: Notify::new(),
+            waker: AtomicWaker::new(),
             limits,
         }
     }
@@ -90,24 +95,25 @@ impl Outbox {
         let len = msg.len();
         if s.queue.len() >= self.limits.messages || s.bytes + len > self.limits.bytes {
             s.overflowed = true;
+            s.signalled = true;
             s.queue.clear();
             s.queue.shrink_to_fit();
             s.bytes = 0;
             s.oldest = None;
             drop(s);
-            self.notify.notify_one();
-            self.overflow.notify_one();
+            self.waker.wake();
             return Push::Overflow;
         }
         let was_empty = s.queue.is_empty();
         if was_empty {
             s.oldest = Some(Instant::now());
+            s.signalled = true;
         }
         s.queue.push_back(msg);
         s.bytes += len;
         drop(s);
         if was_empty {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         Push::Queued
     }
@@ -129,13 +135,33 @@ impl Outbox {
     }
 
     /// Waits until something was pushed (or the outbox overflowed) since the last wait.
+    /// Only the socket's own session task may wait (one waker slot).
     pub async fn wait(&self) {
-        self.notify.notified().await
+        poll_fn(|cx| {
+            // Register before looking, so a push between the look and the return still wakes us.
+            self.waker.register(cx.waker());
+            let mut s = self.lock();
+            if std::mem::take(&mut s.signalled) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
-    /// Waits until the outbox overflows (used while a write is blocked on a slow peer).
+    /// Waits until the outbox overflows (used by the session task while a write is blocked on a
+    /// slow peer).
     pub async fn overflowed(&self) {
-        self.overflow.notified().await
+        poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.lock().overflowed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Refuses further pushes and frees the queue; called when the socket ends.
@@ -200,5 +226,33 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_push_before_the_wait_is_not_lost() {
+        let o = outbox(2, 10);
+        o.push("x".into());
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.wait())
+            .await
+            .expect("the earlier push counts");
+        // The signal was consumed: a second wait blocks until the next push.
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), o.wait()).await;
+        assert!(again.is_err(), "no push since the last wait");
+    }
+
+    #[tokio::test]
+    async fn overflow_wakes_the_session_in_either_wait() {
+        let o = std::sync::Arc::new(outbox(1, 10));
+        o.push("x".into());
+        o.wait().await;
+        let o2 = o.clone();
+        let pusher = tokio::spawn(async move { o2.push("y".into()) });
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.overflowed())
+            .await
+            .expect("woken by the overflow");
+        assert_eq!(pusher.await.unwrap(), Push::Overflow);
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.wait())
+            .await
+            .expect("the overflow also ends a wait");
     }
 }

@@ -141,7 +141,10 @@ impl Session {
             .await
             .is_err()
         {
-            tracing::warn!("LISTEN not confirmed within 5 s; the socket opens anyway");
+            tracing::warn!(
+                conn = self.id,
+                "LISTEN not confirmed within 5 s; the socket opens anyway"
+            );
         }
     }
 }
@@ -189,7 +192,6 @@ async fn run<S>(
 {
     let (state, outbox) = (state.as_ref(), outbox);
     Box::pin(meta_event(state, id, "ConnectionOpen", grant, claims)).await;
-    tracing::info!(channels = ?grant.channels, mode = grant.mode.as_str(), "websocket open");
 
     let end = serve(&mut ws, state, id, grant, claims, outbox).await;
 
@@ -207,9 +209,9 @@ async fn run<S>(
             .inc();
     }
     if let End::Drop(reason) = end {
-        tracing::warn!(reason, "dropping websocket");
+        tracing::warn!(conn = id, reason, "dropping websocket");
     } else if let End::Close(code, reason, _) = end {
-        tracing::info!(code, reason, "closing websocket");
+        tracing::info!(conn = id, code, reason, "closing websocket");
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
@@ -221,7 +223,7 @@ async fn run<S>(
         };
         let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, closed)).await;
     } else {
-        tracing::info!("websocket closed by peer");
+        tracing::info!(conn = id, "websocket closed by peer");
     }
     Box::pin(meta_event(state, id, "ConnectionClose", grant, claims)).await;
 }
@@ -283,10 +285,14 @@ where
     let mut last_inbound = tokio::time::Instant::now();
     let mut rates = SocketRates::new(state);
     let mut batch: Vec<Utf8Bytes> = Vec::new();
+    // Made once: re-made on every turn of the loop it would join and leave the token's waiter
+    // list, which every socket shares, on every delivery.
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => return End::Close(1001, "server shutting down", "shutdown"),
+            _ = &mut shutdown => return End::Close(1001, "server shutting down", "shutdown"),
             _ = &mut timer => {
                 let now = tokio::time::Instant::now();
                 if expiry.is_some_and(|at| now >= at) {
@@ -322,7 +328,7 @@ where
                         r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)) => match r {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "write failed");
+                                tracing::debug!(conn = id, error = %e, "write failed");
                                 return End::Peer;
                             }
                             Err(_) => return End::Drop("write_timeout"),
@@ -378,18 +384,18 @@ where
                 }
                 Some(Ok(_)) => {}
                 Some(Err(WsError::Capacity(e))) => {
-                    tracing::warn!(error = %e, "client message too large");
+                    tracing::warn!(conn = id, error = %e, "client message too large");
                     return End::Close(1009, "message too big", "message_too_big");
                 }
                 Some(Err(WsError::Utf8(_))) => {
                     return End::Close(1007, "invalid UTF-8 in text message", "invalid_utf8");
                 }
                 Some(Err(WsError::Protocol(e))) => {
-                    tracing::info!(error = %e, "websocket protocol error");
+                    tracing::info!(conn = id, error = %e, "websocket protocol error");
                     return End::Close(1002, "protocol error", "protocol_error");
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket read ended");
+                    tracing::debug!(conn = id, error = %e, "websocket read ended");
                     return End::Peer;
                 }
                 }
@@ -485,7 +491,7 @@ async fn on_client_text(
                 MAX_NOTIFY_PAYLOAD,
                 payload.len() - text.len()
             );
-            tracing::warn!(channel = %channel, bytes = payload.len(), "message too large for NOTIFY");
+            tracing::warn!(conn = id, channel = %channel, bytes = payload.len(), "message too large for NOTIFY");
             outbox.push(error_event("payload_too_large", &msg, Some(channel)).into());
             continue;
         }

@@ -287,6 +287,35 @@ async fn sigterm_during_traffic_closes_sockets_with_1001_exits_0_and_logs_no_tok
     let signature = t.rsplit('.').next().unwrap();
     assert!(!logs.contains(signature), "a token reached the logs");
     assert!(!logs.contains(&t[..20]), "a token reached the logs");
+    // Each socket's first line names it; its later lines carry the same `conn` id.
+    let conn_of = |line: &str| {
+        let at = line.find("conn=")? + "conn=".len();
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u64>().ok()
+    };
+    let opened: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains("websocket open") && l.contains("alice") && l.contains("chat"))
+        .filter_map(conn_of)
+        .collect();
+    assert_eq!(
+        opened.len(),
+        2,
+        "two open lines with conn, sub and channels: {logs}"
+    );
+    let closed_1001: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains("closing websocket") && l.contains("1001"))
+        .filter_map(conn_of)
+        .collect();
+    assert!(!closed_1001.is_empty(), "{logs}");
+    assert!(
+        closed_1001.iter().all(|c| opened.contains(c)),
+        "close lines name sockets opened before: {closed_1001:?} vs {opened:?}"
+    );
 }
 
 #[tokio::test]
