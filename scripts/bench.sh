@@ -6,9 +6,11 @@
 #
 # Environment knobs (all optional):
 #   BENCH_REPS=3                 repetitions of each scenario (medians reported)
-#   BENCH_STEADY_SECONDS=60      length of the steady-load memory run
+#   BENCH_STEADY_SECONDS=600     length of the steady-load memory run (10 minutes)
 #   BENCH_IDLE_CONNECTIONS=15000 idle connections
-#   BENCH_ONLY=idle,fanout,latency,ingest,steady   scenarios to run
+#   BENCH_ONLY=idle,fanout,latency,curve,ingest,steady,peers   scenarios to run
+#                                (peers: scripts/bench-peers.sh, the Node ws+pg bridge
+#                                measured by the same generator; needs node + npm)
 #   BENCH_OUT=docs/BENCHMARKS.md report path
 #   BENCH_WORK=target/bench      raw outputs (server logs, JSON lines)
 #   BENCH_SKIP_BUILD=1           use the existing target/release binaries
@@ -23,9 +25,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 REPS=${BENCH_REPS:-3}
-STEADY=${BENCH_STEADY_SECONDS:-60}
+STEADY=${BENCH_STEADY_SECONDS:-600}
 IDLE_N=${BENCH_IDLE_CONNECTIONS:-15000}
-ONLY=${BENCH_ONLY:-idle,fanout,latency,ingest,steady}
+ONLY=${BENCH_ONLY:-idle,fanout,latency,curve,ingest,steady,peers}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
 WORK=${BENCH_WORK:-target/bench}
 SERVER=target/release/pgws
@@ -176,6 +178,17 @@ if wants latency; then
     stop_server
 fi
 
+# 3b. Latency against load: the same 100 channels and 1,000 notifications/s with 10, 25 and
+# 50 subscribers per channel, to show where the shared CPUs start to queue deliveries.
+if wants curve; then
+    start_server curve
+    for per in 10 25 50; do
+        run_bench "curve#$per" fanout --subscribers $((100 * per)) --channels 100 --payload 100 \
+            --rate 1000 --duration 20 --publishers 2
+    done
+    stop_server
+fi
+
 # 4. Ingest: 100 writers as fast as possible, arrivals counted by LISTEN.
 if wants ingest; then
     start_server ingest
@@ -194,9 +207,18 @@ if wants steady; then
     stop_server
 fi
 
+# 6. Peers: the same generator against the Node ws+pg bridge, in the same run.
+if wants peers; then
+    stop_server
+    PEERS_WORK="$WORK/peers" BENCH_IDLE_CONNECTIONS="$IDLE_N" scripts/bench-peers.sh ||
+        echo "peer runs failed; the report lists what finished" >&2
+fi
+
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
 DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
-export COMMIT DIRTY REPS STEADY IDLE_N RESULTS COMMANDS OUT
+PEERS_RESULTS="$WORK/peers/results.jsonl"
+[ -f "$PEERS_RESULTS" ] || PEERS_RESULTS=""
+export COMMIT DIRTY REPS STEADY IDLE_N RESULTS COMMANDS OUT PEERS_RESULTS
 
 python3 - <<'PY'
 import json, os, platform, statistics, subprocess, datetime
@@ -311,6 +333,45 @@ def usage_lines(rs):
                    + (f" — **{', '.join(flags)}**" if flags else ""))
     return out
 
+peers = []
+if os.environ.get("PEERS_RESULTS"):
+    peers = [json.loads(l) for l in open(os.environ["PEERS_RESULTS"]) if l.strip()]
+if peers:
+    def peer_run(kind):
+        return [r for r in peers if r["label"].split("/")[-1].split("#")[0] == kind]
+    L.append("## Same generator, same machine: pgws and a Node ws+pg bridge\n")
+    L.append("The Node bridge (`bench/peers/node-bridge/bridge.js`, `ws` + `pg`, the ~80-line server a user might "
+             "write instead) measured by `scripts/bench-peers.sh` in this run, one repetition per scenario, "
+             "on its own throwaway database. Fan-out bursts send 200 notifications to it instead of 2,000 and ingest "
+             "100,000 messages instead of 500,000 (the per-delivery and per-second figures do not depend on the count).\n")
+    L.append("| Scenario | pgws (median) | Node bridge | Ratio |")
+    L.append("|---|---|---|---|")
+    def ratio(a, b, higher_better):
+        if a is None or b is None or a == 0 or b == 0:
+            return "n/a"
+        x = (a / b) if higher_better else (b / a)
+        return f"pgws {x:,.1f}x better" if x >= 1 else f"Node bridge {1 / x:,.1f}x better"
+    pi = peer_run("idle")
+    if pi and idle:
+        a, b = med(idle, "rss_per_conn_bytes"), med(pi, "rss_per_conn_bytes")
+        L.append(f"| Idle RSS per connection | {f0(a)} B | {f0(b)} B ({f0(med(pi, 'connect.ok'))} connected) | {ratio(a, b, False)} |")
+    pf = peer_run("fanout")
+    if pf and fan:
+        a, b = med(fan, "server_cpu_per_delivery_us"), med(pf, "server_cpu_per_delivery_us")
+        L.append(f"| Fan-out bursts: server CPU per delivery | {f3(a)} us | {f3(b)} us (lost {f0(max(get(r, 'deliveries.lost') or 0 for r in pf))}) | {ratio(a, b, False)} |")
+    pl = peer_run("latency")
+    if pl and lat:
+        for k, name in (("p50_us", "p50"), ("p99_us", "p99")):
+            a, b = med(lat, f"latency.{k}"), med(pl, f"latency.{k}")
+            L.append(f"| Latency 100 x 50 at 1,000/s: {name} | {ms(a)} | {ms(b)} | {ratio(a, b, False)} |")
+        a, b = med(lat, "server_cpu_per_delivery_us"), med(pl, "server_cpu_per_delivery_us")
+        L.append(f"| Latency run: server CPU per delivery | {f2(a)} us | {f2(b)} us | {ratio(a, b, False)} |")
+    pg_ = peer_run("ingest")
+    if pg_ and ing:
+        a, b = med(ing, "msgs_per_s"), med(pg_, "msgs_per_s")
+        L.append(f"| Ingest: messages/s reaching PostgreSQL | {f0(a)}/s | {f0(b)}/s (lost {f0(max(get(r, 'arrived.lost') or 0 for r in pg_))}) | {ratio(a, b, True)} |")
+    L.append("")
+
 L.append("## Details\n")
 if idle:
     L.append("### Idle connections\n")
@@ -340,6 +401,17 @@ if lat:
     L.append(f"- Publisher max lag behind schedule (ms): {vals(lat, 'publish_max_lag_ms', f2)}")
     L.append(f"- Server CPU per delivery (us): {vals(lat, 'server_cpu_per_delivery_us', f3)}")
     L.extend(usage_lines(lat)); L.append("")
+curve = runs("curve")
+if curve:
+    L.append("### Latency against load (100 channels, 1,000 notifications/s)\n")
+    L.append("| Subscribers per channel | Deliveries/s | p50 | p99 | p99.9 | Server CPU per delivery | Generator CPU per delivery | Machine busy |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for r in curve:
+        u = r.get("usage") or {}
+        L.append(f"| {r['label'].split('#')[1]} | {f0(get(r,'deliveries_per_s'))} | {ms(get(r,'latency.p50_us'))} | {ms(get(r,'latency.p99_us'))} | "
+                 f"{ms(get(r,'latency.p999_us'))} | {f2(get(r,'server_cpu_per_delivery_us'))} us | {f2(get(r,'generator_cpu_per_delivery_us'))} us | "
+                 f"{100*u.get('machine_busy', 0):.0f}%{' (disturbed)' if u.get('disturbed') else ''} |")
+    L.append("")
 if ing:
     L.append("### Ingest\n")
     L.append(f"- Messages/s reaching PostgreSQL: {vals(ing, 'msgs_per_s', f0)}")
@@ -352,7 +424,7 @@ if ing:
 if st:
     s = st[0]
     L.append("### Steady load and memory\n")
-    L.append(f"- Duration: {os.environ['STEADY']} s (parameter `BENCH_STEADY_SECONDS`; the default of 60 s is short — use longer runs to confirm).")
+    L.append(f"- Duration: {os.environ['STEADY']} s (parameter `BENCH_STEADY_SECONDS`, 600 by default).")
     L.append(f"- Server RSS samples (s, KiB): {get(s,'rss.series')}")
     L.append(f"- Deliveries lost / duplicated / out-of-order: {get(s,'deliveries.lost')} / {get(s,'deliveries.duplicated')} / {get(s,'deliveries.out_of_order')}; latency {ms(get(s,'latency.p50_us'))} p50, {ms(get(s,'latency.p99_us'))} p99")
     L.extend(usage_lines(st)); L.append("")
@@ -363,7 +435,14 @@ L.append("Each server: `target/release/pgws --embedded --port 0` (port and conne
 L.append("```")
 L.extend(l.rstrip() for l in open(os.environ["COMMANDS"]))
 L.append("```\n")
-L.append("Raw JSON lines: `target/bench/results.jsonl` (one per run); human summaries in `target/bench/*.out`.\n")
+if peers:
+    pc = os.path.join(os.path.dirname(os.environ["PEERS_RESULTS"]), "commands.txt")
+    if os.path.exists(pc):
+        L.append("The Node bridge (`scripts/bench-peers.sh`: `node bench/peers/node-bridge/bridge.js` on a database of its own in a `pgws --embedded` cluster; `$PID` is the node process):\n")
+        L.append("```")
+        L.extend(l.rstrip() for l in open(pc))
+        L.append("```\n")
+L.append("Raw JSON lines: `target/bench/results.jsonl` (one per run) and `target/bench/peers/results.jsonl`; human summaries in `target/bench/*.out`.\n")
 L.append("## Reading the numbers\n")
 L.append("- CPU figures come from `/proc/<pid>/stat` (utime+stime). \"Server CPU per delivery/message\" is the pgws process only; its embedded PostgreSQL (child processes) is listed separately, and \"other processes\" is the rest of the machine's busy time. RSS is `VmRSS`/`VmHWM` from `/proc/<pid>/status`.")
 L.append("- Memory counts as flat when the least-squares RSS trend after the first quarter of the run, extrapolated over the run, is within max(1 MiB, 2% of RSS).")
@@ -371,6 +450,13 @@ L.append("- Latency is wall clock from the moment the publisher issues `pg_notif
 L.append("- Before each run the script waits (up to `BENCH_QUIET_WAIT` s) for the machine to be < 15% busy; a run during which other processes used > 10% of the machine is marked `disturbed`.")
 L.append("- The generator marks a run `generator saturated` when it used >= 85% of the cores it may use and `machine saturated` when all CPUs were >= 95% busy; such figures are lower bounds for throughput and upper bounds for latency.")
 L.append("- The generator's own cost per received frame is 0.2-0.3 us when the server coalesces frames (bursts: many frames per `read`) and several us when every frame arrives alone (steady low-rate fan-out: one epoll wake-up and one `read` per frame, about half of what the server spends sending it). One publisher connection doing one `pg_notify` per transaction costs the generator about 20 us per notification (tokio-postgres round trip); `--batch N` puts N notifications in one transaction. The generator is never the bottleneck in these runs (below 0.7 of its 2 threads), but it shares the 2 CPUs with the server and PostgreSQL, so throughput figures are bounded by the machine, while CPU-per-delivery figures are not.")
-open(os.environ["OUT"], "w").write("\n".join(L) + "\n")
+# The hand-written "Observations" section of the previous report survives regeneration.
+notes = ""
+if os.path.exists(os.environ["OUT"]):
+    old = open(os.environ["OUT"]).read()
+    at = old.find("\n## Observations")
+    if at >= 0:
+        notes = old[at:]
+open(os.environ["OUT"], "w").write("\n".join(L) + "\n" + notes)
 print("wrote", os.environ["OUT"])
 PY

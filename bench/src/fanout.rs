@@ -62,8 +62,13 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         a.subscribers,
         opts,
         |i| paths[i % a.channels].clone(),
-        |i, (rd, wr)| {
+        |i, (mut rd, wr)| {
             let ch = channels[i % a.channels].clone();
+            if a.kernel_timestamps
+                && let Err(e) = rd.enable_rx_timestamps()
+            {
+                eprintln!("  kernel receive timestamps unavailable: {e}");
+            }
             let t = tokio::spawn(subscriber::run(
                 i,
                 ch,
@@ -180,6 +185,7 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         0.0
     };
     let lat = shared.latency.summary();
+    let kernel_lat = shared.kernel_latency.summary();
     let server_cpu_per_delivery_us = usage
         .server_cpu_s
         .filter(|_| frames > 0)
@@ -216,6 +222,13 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         deliveries_per_s
     ));
     rep.line(format!("latency pg_notify -> receipt: {}", lat.human()));
+    if a.kernel_timestamps {
+        rep.line(format!(
+            "latency pg_notify -> client kernel (SO_TIMESTAMPNS): {}",
+            kernel_lat.human()
+        ));
+        rep.set("latency_kernel", kernel_lat);
+    }
     if misrouted + unparsed + errors > 0 || !ended.is_empty() || missing > 0 {
         rep.line(format!(
             "anomalies: misrouted {misrouted}, unparsed {unparsed}, error frames {errors}, \

@@ -16,6 +16,7 @@ mod procstat;
 mod publisher;
 mod report;
 mod rss;
+mod rxstamp;
 mod subscriber;
 mod target;
 mod token;

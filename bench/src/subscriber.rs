@@ -18,8 +18,11 @@ use tokio::sync::{mpsc, watch};
 /// State shared by all receiving sockets of a run.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// Latency from the sender's timestamp to receipt.
+    /// Latency from the sender's timestamp to receipt (the generator parsed the frame).
     pub latency: Latency,
+    /// Latency from the sender's timestamp to the client kernel's receipt (sockets with
+    /// receive timestamps on): excludes the generator's own backlog.
+    pub kernel_latency: Latency,
     /// Data messages received (all, including duplicates).
     pub frames: AtomicU64,
     /// Sockets that saw at least one warm-up probe.
@@ -170,17 +173,19 @@ pub async fn run(
     };
     let mut ready = false;
     let mut samples: Vec<u64> = Vec::new();
+    let mut kernel_samples: Vec<u64> = Vec::new();
     'outer: loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = rd.fill() => match r {
+            r = rd.fill_stamped() => match r {
                 Ok(0) => { res.ended = Some("eof".into()); break }
                 Err(e) => { res.ended = Some(format!("io: {:?}", e.kind())); break }
                 Ok(_) => {}
             },
         }
         let now = now_ns();
+        let rx = rd.rx_ns();
         let mut data = 0u64;
         loop {
             let m = match rd.next_msg() {
@@ -204,6 +209,9 @@ pub async fn run(
                                 res.unparsed += 1;
                             }
                             samples.push(now.saturating_sub(t));
+                            if rx > 0 {
+                                kernel_samples.push(rx.saturating_sub(t));
+                            }
                         }
                         Kind::Probe => {
                             res.probes += 1;
@@ -247,6 +255,8 @@ pub async fn run(
             res.frames += data;
             shared.latency.record_all(id, &samples);
             samples.clear();
+            shared.kernel_latency.record_all(id, &kernel_samples);
+            kernel_samples.clear();
             shared.frames.fetch_add(data, Ordering::Relaxed);
             shared.last_rx_ns.fetch_max(now, Ordering::Relaxed);
         }

@@ -93,6 +93,10 @@ pub struct WsReader<R> {
     len: usize,
     frag: Vec<u8>,
     frag_op: Option<u8>,
+    /// Control-message buffer, when kernel receive timestamps are on.
+    cmsg: Option<Vec<u8>>,
+    /// Kernel receive time of the latest read (ns since the epoch), 0 if unknown.
+    rx_ns: u64,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -107,11 +111,19 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             len: leftover.len(),
             frag: Vec::new(),
             frag_op: None,
+            cmsg: None,
+            rx_ns: 0,
         }
     }
 
-    /// Reads more bytes from the socket; `Ok(0)` means end of stream.
-    pub async fn fill(&mut self) -> io::Result<usize> {
+    /// Kernel receive time of the latest read (ns since the Unix epoch), 0 when timestamps are
+    /// off or the kernel gave none.
+    pub fn rx_ns(&self) -> u64 {
+        self.rx_ns
+    }
+
+    /// Makes room for the next read: moves unread bytes to the front, grows a full buffer.
+    fn make_room(&mut self) -> io::Result<()> {
         if self.pos > 0 {
             self.buf.copy_within(self.pos..self.len, 0);
             self.len -= self.pos;
@@ -124,6 +136,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             }
             self.buf.resize(grown, 0);
         }
+        Ok(())
+    }
+
+    /// Reads more bytes from the socket; `Ok(0)` means end of stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        self.make_room()?;
         let n = self.rd.read(&mut self.buf[self.len..]).await?;
         self.len += n;
         Ok(n)
@@ -187,6 +205,35 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 other => bail!("unknown opcode {other}"),
             }
         }
+    }
+}
+
+impl WsReader<OwnedReadHalf> {
+    /// Turns on kernel receive timestamps ([`crate::rxstamp`]) for this socket's reads.
+    pub fn enable_rx_timestamps(&mut self) -> io::Result<()> {
+        crate::rxstamp::enable(self.rd.as_ref())?;
+        self.cmsg = Some(crate::rxstamp::cmsg_buffer());
+        Ok(())
+    }
+
+    /// [`WsReader::fill`], recording the kernel receive time when timestamps are on.
+    pub async fn fill_stamped(&mut self) -> io::Result<usize> {
+        let Some(cmsg) = self.cmsg.as_mut() else {
+            return self.fill().await;
+        };
+        if self.pos > 0 || self.len == self.buf.len() {
+            // (cannot call make_room while `cmsg` borrows self)
+            let mut c = std::mem::take(cmsg);
+            let r = self.make_room();
+            std::mem::swap(self.cmsg.as_mut().expect("set above"), &mut c);
+            r?;
+        }
+        let cmsg = self.cmsg.as_mut().expect("set above");
+        let (n, stamp) =
+            crate::rxstamp::read(self.rd.as_ref(), &mut self.buf[self.len..], cmsg).await?;
+        self.len += n;
+        self.rx_ns = stamp.unwrap_or(0);
+        Ok(n)
     }
 }
 
