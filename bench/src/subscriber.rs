@@ -174,10 +174,14 @@ pub async fn run(
     let mut ready = false;
     let mut samples: Vec<u64> = Vec::new();
     let mut kernel_samples: Vec<u64> = Vec::new();
+    // Made once: re-made on every read it would join and leave the watch channel's waiter list,
+    // which all sockets share, once per frame (measurable at 50,000 frames/s).
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     'outer: loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             r = rd.fill_stamped() => match r {
                 Ok(0) => { res.ended = Some("eof".into()); break }
                 Err(e) => { res.ended = Some(format!("io: {:?}", e.kind())); break }
