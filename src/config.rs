@@ -416,7 +416,7 @@ impl HostPreference {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// tokio-postgres connection settings for both the LISTEN connection and the NOTIFY pool.
-    pub db: tokio_postgres::Config,
+    pub db: crate::pg::Database,
     /// Keys that verify tokens.
     pub keys: KeySet,
     /// Where to bind.
@@ -569,8 +569,8 @@ pub enum ConfigError {
     #[error("PGWS_JWT_SECRET: {0}")]
     Key(#[from] KeyError),
     /// The database URI does not parse.
-    #[error("PGWS_DB_URI: cannot parse the connection string: {0}")]
-    DbUri(tokio_postgres::Error),
+    #[error("PGWS_DB_URI: cannot use the connection string: {0}")]
+    DbUri(crate::pg::DatabaseError),
     /// A channel name PostgreSQL cannot use.
     #[error("{var}: '{value}' {reason}")]
     Channel {
@@ -655,7 +655,7 @@ impl Cli {
                 .to_string(),
             None => db_uri,
         };
-        let db: tokio_postgres::Config = db_uri.parse().map_err(ConfigError::DbUri)?;
+        let db = crate::pg::Database::parse(&db_uri).map_err(ConfigError::DbUri)?;
 
         check_channel("PGWS_LISTEN_CHANNEL", &self.listen_channel)?;
         if let Some(meta) = &self.meta_channel {

@@ -49,6 +49,7 @@ fn step(step: &'static str) -> impl Fn(std::io::Error) -> EmbeddedError {
 /// A running throwaway cluster. Dropping it (or ending the process) stops and removes it.
 pub struct Cluster {
     dir: PathBuf,
+    port: u16,
     wrapper: Child,
     stdin: Option<ChildStdin>,
     /// The OS and database user PostgreSQL runs as.
@@ -57,13 +58,28 @@ pub struct Cluster {
     pub version: String,
 }
 
-/// The port number only names the socket file inside the private directory.
+/// The port number only names the socket file inside the private directory (unless the cluster
+/// also listens on TCP, see [`Cluster::start_on_tcp`]).
 const PORT: u16 = 5432;
 
 impl Cluster {
     /// Finds the binaries, runs `initdb` and starts the server; returns once it accepts
     /// connections.
     pub fn start() -> Result<Self, EmbeddedError> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Cluster::start`], but PostgreSQL also listens on `127.0.0.1:port` (and names its
+    /// socket file after that port): for tests of TCP-only features such as TLS.
+    pub fn start_on_tcp(port: u16) -> Result<Self, EmbeddedError> {
+        Self::start_with(Some(port))
+    }
+
+    fn start_with(tcp_port: Option<u16>) -> Result<Self, EmbeddedError> {
+        let (port, listen) = match tcp_port {
+            Some(p) => (p, "127.0.0.1"),
+            None => (PORT, ""),
+        };
         let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
         let run_as = run_as_user()?;
         let user = match &run_as {
@@ -115,19 +131,19 @@ impl Cluster {
             .map(|v| v.trim().to_string())
             .unwrap_or_default();
         let postgres = bindir.join("postgres");
-        // $1 = postgres binary, $2 = cluster directory.
+        // $1 = postgres binary, $2 = cluster directory, $3 = port, $4 = TCP listen addresses.
         let script = r#"
 start() {
-  "$1" -D "$2/data" -k "$2" -p 5432 -c listen_addresses= -c fsync=off \
+  "$1" -D "$2/data" -k "$2" -p "$3" -c listen_addresses="$4" -c fsync=off \
        -c synchronous_commit=off -c full_page_writes=off -c max_connections=500 \
        >>"$2/postgres.log" 2>&1 </dev/null &
   pid=$!
 }
-start "$1" "$2"
+start "$1" "$2" "$3" "$4"
 while read -r cmd; do
   case "$cmd" in
     stop) kill -INT "$pid" 2>/dev/null; wait "$pid" ;;
-    start) start "$1" "$2" ;;
+    start) start "$1" "$2" "$3" "$4" ;;
   esac
 done
 kill -INT "$pid" 2>/dev/null
@@ -140,6 +156,8 @@ rm -rf "$2"
             .arg("sh")
             .arg(&postgres)
             .arg(&dir)
+            .arg(port.to_string())
+            .arg(listen)
             // Its own process group: a terminal's Ctrl-C reaches pgws, which then stops the
             // cluster in order, instead of killing the wrapper before it cleans up.
             .process_group(0)
@@ -150,6 +168,7 @@ rm -rf "$2"
             .map_err(step("starting postgres"))?;
         let stdin = wrapper.stdin.take();
         let mut cluster = Cluster {
+            port,
             dir,
             wrapper,
             stdin,
@@ -166,7 +185,7 @@ rm -rf "$2"
         while Instant::now() < deadline {
             if let Ok(text) = std::fs::read_to_string(&pid_file)
                 && text.lines().nth(7).map(str::trim) == Some("ready")
-                && self.dir.join(format!(".s.PGSQL.{PORT}")).exists()
+                && self.dir.join(format!(".s.PGSQL.{}", self.port)).exists()
             {
                 return Ok(());
             }
@@ -194,7 +213,7 @@ rm -rf "$2"
 
     /// Port number of the socket file.
     pub fn port(&self) -> u16 {
-        PORT
+        self.port
     }
 
     /// A libpq key=value connection string for database `dbname`.
@@ -202,7 +221,7 @@ rm -rf "$2"
         format!(
             "host={} port={} user={} dbname={}",
             self.dir.display(),
-            PORT,
+            self.port,
             self.user,
             dbname
         )

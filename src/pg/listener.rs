@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ pub enum ListenerError {
 /// Settings of the listener actor.
 pub struct ListenerSettings {
     /// Database to connect to.
-    pub db: tokio_postgres::Config,
+    pub db: super::Database,
     /// The channel to LISTEN on.
     pub channel: String,
     /// Heartbeat period.
@@ -278,12 +278,12 @@ struct Live {
 }
 
 async fn connect(
-    db: &tokio_postgres::Config,
+    db: &super::Database,
     routing: Routing,
     hub: Arc<Hub>,
     received: Counter,
 ) -> Result<Live, tokio_postgres::Error> {
-    let (client, mut connection) = db.connect(NoTls).await?;
+    let (client, mut connection) = db.connect().await?;
     let (end_tx, ended) = oneshot::channel();
     let listen_channel = routing.listen_channel.clone();
     let driver = tokio::spawn(async move {

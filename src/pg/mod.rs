@@ -3,8 +3,63 @@
 
 pub mod listener;
 pub mod publisher;
+pub mod tls;
 
 use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Connection, Socket};
+
+/// Where and how to connect: tokio-postgres's settings plus the TLS connector that applies
+/// libpq's `sslmode` checks ([`tls`]).
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// Connection settings, TLS parameters already taken out.
+    pub config: tokio_postgres::Config,
+    /// Makes the TLS connections.
+    pub tls: tls::Connector,
+}
+
+impl Database {
+    /// Parses a libpq connection string (URL or key=value), `sslmode`/`sslrootcert` included.
+    pub fn parse(uri: &str) -> Result<Self, DatabaseError> {
+        let (rest, settings) = tls::split(uri)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(DatabaseError::Uri)?;
+        // libpq ignores sslmode for Unix sockets; tokio-postgres would ask them for TLS.
+        let unix_only = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, Host::Tcp(_)));
+        config.ssl_mode(if unix_only {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            settings.mode.negotiation()
+        });
+        Ok(Self {
+            config,
+            tls: tls::Connector::new(&settings)?,
+        })
+    }
+
+    /// Connects once.
+    pub async fn connect(
+        &self,
+    ) -> Result<(Client, Connection<Socket, tls::PgTlsStream>), tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+/// A connection string pgws cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// tokio-postgres refused it.
+    #[error("{0}")]
+    Uri(tokio_postgres::Error),
+    /// Its TLS settings are unusable.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsConfigError),
+}
 
 /// Quotes an identifier for SQL text the way PostgreSQL does: in double quotes, with embedded
 /// double quotes doubled. Used only for `LISTEN`, which takes no parameters.
@@ -29,8 +84,9 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// Connection settings with the timeouts pgws relies on filled in where the user set none.
-pub(crate) fn with_defaults(db: &tokio_postgres::Config) -> tokio_postgres::Config {
-    let mut db = db.clone();
+pub(crate) fn with_defaults(database: &Database) -> Database {
+    let mut database = database.clone();
+    let db = &mut database.config;
     if db.get_connect_timeout().is_none() {
         db.connect_timeout(Duration::from_secs(10));
     }
@@ -41,7 +97,7 @@ pub(crate) fn with_defaults(db: &tokio_postgres::Config) -> tokio_postgres::Conf
     if db.get_keepalives_idle() > Duration::from_secs(30) {
         db.keepalives_idle(Duration::from_secs(30));
     }
-    db
+    database
 }
 
 /// Exponential back-off (1 s, 2 s, 4 s, … capped at 32 s, as the original) with up to 25 %

@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -74,7 +73,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts `size` workers; they connect lazily, on their first job.
     pub fn start(
-        db: &tokio_postgres::Config,
+        db: &super::Database,
         listen_channel: &str,
         size: usize,
         stats: PublisherStats,
@@ -144,8 +143,8 @@ struct Conn {
     batch: tokio_postgres::Statement,
 }
 
-async fn open(db: &tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error> {
-    let (client, connection) = db.connect(NoTls).await?;
+async fn open(db: &super::Database) -> Result<Conn, tokio_postgres::Error> {
+    let (client, connection) = db.connect().await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "NOTIFY connection ended");
@@ -171,7 +170,7 @@ async fn open(db: &tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error
 
 async fn worker(
     id: usize,
-    db: tokio_postgres::Config,
+    db: super::Database,
     listen: Arc<str>,
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<PublisherStats>,
@@ -207,7 +206,7 @@ async fn worker(
 /// Sends every job (in order, pipelined on one connection), reporting each failure.
 async fn send_all(
     id: usize,
-    db: &tokio_postgres::Config,
+    db: &super::Database,
     listen: &str,
     conn: &mut Option<Conn>,
     failed_at: &mut Option<(Instant, String)>,

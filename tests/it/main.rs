@@ -12,6 +12,7 @@ mod keys;
 mod listener;
 mod messages;
 mod meta;
+mod pg_tls;
 mod security;
 mod static_http;
 mod tls;

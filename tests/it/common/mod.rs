@@ -219,6 +219,11 @@ impl TestServer {
             .expect("server task")
     }
 
+    /// Waits for `run` to end by itself (e.g. start-up retries exhausted) and returns how.
+    pub async fn handle_result(self) -> Result<(), pgws::Error> {
+        self.handle.await.expect("server task")
+    }
+
     /// The admin endpoint's answer: status and body.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         let addr = self.admin.expect("started with --admin-address");
