@@ -214,8 +214,14 @@ if wants peers; then
         echo "peer runs failed; the report lists what finished" >&2
 fi
 
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
-DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
+# The commit the runs measured (a report-only pass reuses it: the tree may have changed since).
+if [ -n "${BENCH_REPORT_ONLY:-}" ] && [ -f "$WORK/commit.txt" ]; then
+    { read -r COMMIT; read -r DIRTY || DIRTY=""; } <"$WORK/commit.txt"
+else
+    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+    DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
+    printf '%s\n%s\n' "$COMMIT" "$DIRTY" >"$WORK/commit.txt"
+fi
 PEERS_RESULTS="$WORK/peers/results.jsonl"
 [ -f "$PEERS_RESULTS" ] || PEERS_RESULTS=""
 export COMMIT DIRTY REPS STEADY IDLE_N RESULTS COMMANDS OUT PEERS_RESULTS
@@ -449,7 +455,7 @@ L.append("- Memory counts as flat when the least-squares RSS trend after the fir
 L.append("- Latency is wall clock from the moment the publisher issues `pg_notify` (timestamp embedded in the payload) to the moment the generator parses the frame.")
 L.append("- Before each run the script waits (up to `BENCH_QUIET_WAIT` s) for the machine to be < 15% busy; a run during which other processes used > 10% of the machine is marked `disturbed`.")
 L.append("- The generator marks a run `generator saturated` when it used >= 85% of the cores it may use and `machine saturated` when all CPUs were >= 95% busy; such figures are lower bounds for throughput and upper bounds for latency.")
-L.append("- The generator's own cost per received frame is 0.2-0.3 us when the server coalesces frames (bursts: many frames per `read`) and several us when every frame arrives alone (steady low-rate fan-out: one epoll wake-up and one `read` per frame, about half of what the server spends sending it). One publisher connection doing one `pg_notify` per transaction costs the generator about 20 us per notification (tokio-postgres round trip); `--batch N` puts N notifications in one transaction. The generator is never the bottleneck in these runs (below 0.7 of its 2 threads), but it shares the 2 CPUs with the server and PostgreSQL, so throughput figures are bounded by the machine, while CPU-per-delivery figures are not.")
+L.append("- The generator's own cost per received frame is 0.2-0.3 us when the server coalesces frames (bursts: many frames per `read`) and 13-15 us when every frame arrives alone (steady low-rate fan-out: one epoll wake-up and one `recv` per frame, which also sends the TCP ACK), about as much as the server spends sending it (see Observations). One publisher connection doing one `pg_notify` per transaction costs the generator about 20 us per notification (tokio-postgres round trip); `--batch N` puts N notifications in one transaction. The generator stays below 0.8 of its 2 threads in these runs, but it shares the 2 CPUs with the server and PostgreSQL, so throughput and latency figures are bounded by the machine, while CPU-per-delivery figures are not.")
 # The hand-written "Observations" section of the previous report survives regeneration.
 notes = ""
 if os.path.exists(os.environ["OUT"]):
