@@ -110,12 +110,13 @@ async fn make_tls_db() -> TlsDb {
         .await
         .unwrap()
         .expect("start a PostgreSQL cluster on TCP");
-    let certs = std::env::temp_dir().join(format!("pgws-pg-tls-{}", std::process::id()));
+    // Inside the cluster's directory, which goes away with the cluster.
+    let home = cluster.socket_dir();
+    let certs = home.join("test-certs");
     std::fs::create_dir_all(&certs).unwrap();
     make_certificates(&certs);
-    // The server's files go to the cluster's directory, owned like it (PostgreSQL refuses a key
+    // The server's files sit next to them, owned like the directory (PostgreSQL refuses a key
     // that others can read).
-    let home = cluster.socket_dir();
     let owner = std::fs::metadata(home).unwrap();
     for name in ["server.crt", "server.key"] {
         let to = home.join(name);
