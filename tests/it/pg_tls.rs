@@ -115,13 +115,21 @@ async fn make_tls_db() -> TlsDb {
     let certs = home.join("test-certs");
     std::fs::create_dir_all(&certs).unwrap();
     make_certificates(&certs);
-    // The server's files sit next to them, owned like the directory (PostgreSQL refuses a key
-    // that others can read).
+    // Owned like the cluster's directory, so that its removal (as the postgres user when the
+    // tests run as root) removes them too.
     let owner = std::fs::metadata(home).unwrap();
+    let give = |path: &Path| {
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    };
+    give(&certs);
+    for entry in std::fs::read_dir(&certs).unwrap() {
+        give(&entry.unwrap().path());
+    }
+    // The server's files sit next to them (PostgreSQL refuses a key that others can read).
     for name in ["server.crt", "server.key"] {
         let to = home.join(name);
         std::fs::copy(certs.join(name), &to).unwrap();
-        std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid())).unwrap();
+        give(&to);
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let admin = pg(&cluster.connection_string("postgres")).await;
