@@ -14,7 +14,9 @@
 //! | `verify-full` | always | chain to `sslrootcert` and the host name |
 //!
 //! `sslrootcert=system` uses the operating system's trusted roots (PostgreSQL 16's spelling).
-//! TLS applies to TCP hosts; Unix-socket connections never use it.
+//! `sslcert` and `sslkey` (PEM, unencrypted key) present a client certificate, for `cert`
+//! authentication or `clientcert=verify-*` in `pg_hba.conf`. TLS applies to TCP hosts;
+//! Unix-socket connections never use it.
 
 use std::future::Future;
 use std::io;
@@ -28,7 +30,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -94,6 +96,10 @@ pub struct TlsSettings {
     pub mode: SslMode,
     /// `sslrootcert`.
     pub root_cert: Option<RootCert>,
+    /// `sslcert`: the client certificate chain (PEM).
+    pub client_cert: Option<PathBuf>,
+    /// `sslkey`: the client certificate's private key (PEM, not encrypted).
+    pub client_key: Option<PathBuf>,
 }
 
 /// A TLS setting that cannot be used.
@@ -117,12 +123,26 @@ pub enum TlsConfigError {
         /// What went wrong.
         detail: String,
     },
+    /// Only one of `sslcert` and `sslkey`.
+    #[error("sslcert and sslkey go together: {0} is missing")]
+    ClientPair(&'static str),
+    /// The client certificate or key cannot be used.
+    #[error("{key} {path}: {detail}")]
+    ClientCert {
+        /// `sslcert` or `sslkey`.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a libpq connection string (URL or key=value form).
+/// Takes `sslmode`, `sslrootcert`, `sslcert` and `sslkey` out of a libpq connection string (URL or
+/// key=value form).
 /// The rest is returned unchanged for tokio-postgres; a string this function cannot tokenise is
 /// returned as it is, so that tokio-postgres reports the error.
 pub fn split(uri: &str) -> Result<(String, TlsSettings), TlsConfigError> {
@@ -137,6 +157,8 @@ pub fn split(uri: &str) -> Result<(String, TlsSettings), TlsConfigError> {
                     RootCert::File(PathBuf::from(value))
                 })
             }
+            "sslcert" => settings.client_cert = Some(PathBuf::from(value)),
+            "sslkey" => settings.client_key = Some(PathBuf::from(value)),
             _ => return Ok(false),
         }
         Ok(true)
@@ -269,11 +291,19 @@ impl Connector {
             // libpq checks nothing in these modes; neither do we (encryption only).
             (_, _) => Arc::new(EncryptOnly(provider.clone())),
         };
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let config = match (&settings.client_cert, &settings.client_key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => return Err(TlsConfigError::ClientPair("sslkey")),
+            (None, Some(_)) => return Err(TlsConfigError::ClientPair("sslcert")),
+            (Some(cert), Some(key)) => {
+                let (chain, key) = load_client_identity(cert, key)?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+        };
         Ok(Self {
             config: Arc::new(config),
         })
@@ -287,6 +317,28 @@ fn webpki(
     WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsConfigError::Rustls(rustls::Error::General(e.to_string())))
+}
+
+fn load_client_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsConfigError> {
+    let fail =
+        |which: &'static str, path: &std::path::Path, detail: String| TlsConfigError::ClientCert {
+            key: which,
+            path: path.to_path_buf(),
+            detail,
+        };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| fail("sslcert", cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail("sslcert", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(fail("sslcert", cert, "no certificate in the file".into()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| fail("sslkey", key, e.to_string()))?;
+    Ok((chain, key_der))
 }
 
 fn load_roots(root: &RootCert) -> Result<RootCertStore, TlsConfigError> {
@@ -535,8 +587,12 @@ mod tests {
         assert_eq!(rest, "host=db port=5432 password='a b\\'c' dbname=app");
         assert_eq!(s.mode, SslMode::VerifyCa);
         assert_eq!(s.root_cert, Some(RootCert::File("/my ca.pem".into())));
-        let (_, s) = split_ok("host=db sslrootcert=system sslmode=verify-full");
+        let (rest, s) =
+            split_ok("host=db sslrootcert=system sslmode=verify-full sslcert=/c.pem sslkey=/k.pem");
+        assert_eq!(rest, "host=db");
         assert_eq!(s.root_cert, Some(RootCert::System));
+        assert_eq!(s.client_cert, Some("/c.pem".into()));
+        assert_eq!(s.client_key, Some("/k.pem".into()));
         // What it cannot tokenise goes to tokio-postgres as it is.
         let (rest, _) = split_ok("host=db password='unterminated");
         assert_eq!(rest, "host=db password='unterminated");
@@ -558,16 +614,30 @@ mod tests {
         assert!(e.to_string().contains("\"sometimes\""), "{e}");
         let e = Connector::new(&TlsSettings {
             mode: SslMode::VerifyFull,
-            root_cert: None,
+            ..TlsSettings::default()
         })
         .unwrap_err();
         assert!(e.to_string().contains("sslrootcert"), "{e}");
         let e = Connector::new(&TlsSettings {
             mode: SslMode::VerifyCa,
             root_cert: Some(RootCert::File("/nonexistent/ca.pem".into())),
+            ..TlsSettings::default()
         })
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let e = Connector::new(&TlsSettings {
+            client_cert: Some("/c.pem".into()),
+            ..TlsSettings::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("sslkey is missing"), "{e}");
+        let e = Connector::new(&TlsSettings {
+            client_cert: Some("/nonexistent/c.pem".into()),
+            client_key: Some("/nonexistent/k.pem".into()),
+            ..TlsSettings::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("sslcert /nonexistent/c.pem"), "{e}");
         assert!(Connector::new(&TlsSettings::default()).is_ok());
     }
 }

@@ -17,6 +17,8 @@ struct TlsDb {
     port: u16,
     ca: PathBuf,
     other_ca: PathBuf,
+    /// Client certificate and key for the cluster's user.
+    client: (PathBuf, PathBuf),
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -32,8 +34,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A test CA, a second unrelated CA, and a server certificate for DNS name `localhost` only.
-fn make_certificates(dir: &Path) {
+/// A test CA, a second unrelated CA, a server certificate for DNS name `localhost` only, and a
+/// client certificate for database user `user`.
+fn make_certificates(dir: &Path, user: &str) {
     let ec = [
         "-newkey",
         "ec",
@@ -63,31 +66,55 @@ fn make_certificates(dir: &Path) {
         "/CN=localhost",
     ]);
     openssl(dir, &args);
+    let client_subject = format!("/CN={user}");
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        &client_subject,
+    ]);
+    openssl(dir, &args);
     std::fs::write(
-        dir.join("ext.cnf"),
+        dir.join("server.cnf"),
         "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+    std::fs::write(
+        dir.join("client.cnf"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for who in ["server", "client"] {
+        let (csr, crt, cnf) = (
+            format!("{who}.csr"),
+            format!("{who}.crt"),
+            format!("{who}.cnf"),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &cnf,
+            ],
+        );
+    }
 }
 
 /// SQL string literal (for `ALTER SYSTEM`, which takes no parameters).
@@ -114,7 +141,7 @@ async fn make_tls_db() -> TlsDb {
     let home = cluster.socket_dir();
     let certs = home.join("test-certs");
     std::fs::create_dir_all(&certs).unwrap();
-    make_certificates(&certs);
+    make_certificates(&certs, &cluster.user);
     // Owned like the cluster's directory, so that its removal (as the postgres user when the
     // tests run as root) removes them too.
     let owner = std::fs::metadata(home).unwrap();
@@ -135,6 +162,19 @@ async fn make_tls_db() -> TlsDb {
     let admin = pg(&cluster.connection_string("postgres")).await;
     let crt = home.join("server.crt");
     let key = home.join("server.key");
+    // Database `clientcert` admits only clients with a certificate from the test CA.
+    let admin_db = pg(&cluster.connection_string("postgres")).await;
+    admin_db
+        .batch_execute("CREATE DATABASE clientcert")
+        .await
+        .unwrap();
+    let hba = home.join("data").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl clientcert all 127.0.0.1/32 cert\nhostssl clientcert all ::1/128 cert\nhost clientcert all all reject\n{rules}"),
+    )
+    .unwrap();
     // One statement each: ALTER SYSTEM cannot run in the implicit transaction of a batch.
     for statement in [
         format!(
@@ -144,6 +184,10 @@ async fn make_tls_db() -> TlsDb {
         format!(
             "ALTER SYSTEM SET ssl_key_file = {}",
             literal(&key.display().to_string())
+        ),
+        format!(
+            "ALTER SYSTEM SET ssl_ca_file = {}",
+            literal(&certs.join("ca.pem").display().to_string())
         ),
         "ALTER SYSTEM SET ssl = on".into(),
         "SELECT pg_reload_conf()".into(),
@@ -166,6 +210,7 @@ async fn make_tls_db() -> TlsDb {
         port,
         ca: certs.join("ca.pem"),
         other_ca: certs.join("other.pem"),
+        client: (certs.join("client.crt"), certs.join("client.key")),
     }
 }
 
@@ -290,4 +335,32 @@ async fn a_certificate_that_fails_the_check_stops_start_up_with_the_reason() {
         e.contains("PGWS_DB_URI") && e.contains("sslrootcert"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_when_sslcert_and_sslkey_are_given() {
+    let db = tls_db().await;
+    let base = format!(
+        "host=localhost port={} user={} dbname=clientcert sslmode=verify-full sslrootcert={}",
+        db.port,
+        db.cluster.user,
+        db.ca.display()
+    );
+    let with_cert = format!(
+        "{base} sslcert={} sslkey={}",
+        db.client.0.display(),
+        db.client.1.display()
+    );
+    let s = start_on(&with_cert, &[]).await;
+    round_trip(&s).await;
+    assert_eq!(db.pgws_connections("clientcert").await, (2, 2));
+    s.stop().await.unwrap();
+
+    // The same database refuses a connection without one, and says why.
+    let s = spawn_on(&base, &["--retries", "1"]).await;
+    let e = tokio::time::timeout(WAIT, s.handle_result())
+        .await
+        .expect("gives up in time")
+        .expect_err("start-up fails");
+    assert!(e.to_string().contains("client certificate"), "{e}");
 }
