@@ -104,32 +104,9 @@ start_server() {
     sleep 1
 }
 
-# Percentage of all CPUs busy over two seconds.
-cpu_busy_pct() {
-    local a b c d e f g h t1 i1 t2 i2
-    read -r _ a b c d e f g h _ </proc/stat
-    t1=$((a + b + c + d + e + f + g + h))
-    i1=$((d + e))
-    sleep 2
-    read -r _ a b c d e f g h _ </proc/stat
-    t2=$((a + b + c + d + e + f + g + h))
-    i2=$((d + e))
-    echo $((100 * ((t2 - t1) - (i2 - i1)) / (t2 - t1 + 1)))
-}
-
-# Waits (bounded) until other work on the shared machine has calmed down.
-wait_quiet() {
-    local waited=0 busy
-    while [ "$waited" -lt "${BENCH_QUIET_WAIT:-300}" ]; do
-        busy=$(cpu_busy_pct)
-        if [ "$busy" -lt 15 ]; then
-            return 0
-        fi
-        echo "machine ${busy}% busy; waiting for it to quieten" >&2
-        waited=$((waited + 2))
-    done
-    echo "machine still busy after ${BENCH_QUIET_WAIT:-300} s; running anyway" >&2
-}
+# cpu_busy_pct, wait_quiet
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 
 # run_bench LABEL SCENARIO-ARGS...: one generator run; keeps its JSON line.
 run_bench() {
