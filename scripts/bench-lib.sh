@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by scripts/bench.sh and scripts/bench-peers.sh (sourced, not run).
+# Shared by scripts/bench.sh and scripts/bench-peers.sh (sourced, not run): cpu_busy_pct,
+# wait_quiet, stop_pid.
 
 # Percentage of all CPUs busy over two seconds.
 cpu_busy_pct() {
@@ -27,4 +28,20 @@ wait_quiet() {
         waited=$((waited + 2))
     done
     echo "machine still busy after ${BENCH_QUIET_WAIT:-300} s; running anyway" >&2
+}
+
+# stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL.
+stop_pid() {
+    local pid=$1
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "process $pid did not stop within 30 s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
 }

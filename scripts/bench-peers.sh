@@ -66,21 +66,9 @@ PEER_PID=""
 GEN_PID=""
 PORT=""
 
-# stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL.
-stop_pid() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "process $pid did not stop within 30 s; killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
+# cpu_busy_pct, wait_quiet, stop_pid
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 stop_peer() { stop_pid "$PEER_PID"; PEER_PID=""; }
 cleanup() {
     stop_pid "$GEN_PID"
@@ -139,9 +127,6 @@ start_peer() {
     sleep 1
 }
 
-# cpu_busy_pct, wait_quiet
-# shellcheck source=scripts/bench-lib.sh
-. "$ROOT/scripts/bench-lib.sh"
 
 # run_bench LABEL SCENARIO-ARGS...: one bounded generator run; keeps its JSON line.
 run_bench() {

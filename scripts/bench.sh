@@ -55,20 +55,13 @@ SERVER_PID=""
 PORT=""
 PGCONN=""
 
+# cpu_busy_pct, wait_quiet, stop_pid
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+
 stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server $SERVER_PID did not stop within 30 s; killing it" >&2
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
+    stop_pid "$SERVER_PID"
+    SERVER_PID=""
 }
 trap stop_server EXIT INT TERM
 
@@ -104,9 +97,6 @@ start_server() {
     sleep 1
 }
 
-# cpu_busy_pct, wait_quiet
-# shellcheck source=scripts/bench-lib.sh
-. "$ROOT/scripts/bench-lib.sh"
 
 # run_bench LABEL SCENARIO-ARGS...: one generator run; keeps its JSON line.
 run_bench() {

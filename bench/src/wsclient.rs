@@ -218,17 +218,11 @@ impl WsReader<OwnedReadHalf> {
 
     /// [`WsReader::fill`], recording the kernel receive time when timestamps are on.
     pub async fn fill_stamped(&mut self) -> io::Result<usize> {
-        let Some(cmsg) = self.cmsg.as_mut() else {
+        if self.cmsg.is_none() {
             return self.fill().await;
-        };
-        if self.pos > 0 || self.len == self.buf.len() {
-            // (cannot call make_room while `cmsg` borrows self)
-            let mut c = std::mem::take(cmsg);
-            let r = self.make_room();
-            std::mem::swap(self.cmsg.as_mut().expect("set above"), &mut c);
-            r?;
         }
-        let cmsg = self.cmsg.as_mut().expect("set above");
+        self.make_room()?;
+        let cmsg = self.cmsg.as_mut().expect("checked above");
         let (n, stamp) =
             crate::rxstamp::read(self.rd.as_ref(), &mut self.buf[self.len..], cmsg).await?;
         self.len += n;
