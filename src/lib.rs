@@ -2,40 +2,45 @@
 //! JWTs. It is a drop-in replacement for postgres-websockets: same URLs, same `PGWS_*` settings,
 //! same messages.
 //!
-//! How the pieces fit:
+//! How the pieces fit (data flows left to right, client messages back the other way):
 //!
 //! ```text
-//!  browser ──ws──▶ http (token check) ──▶ session ──▶ pg::publisher ──pg_notify($1,$2)──▶ PostgreSQL
-//!                                           ▲                                               │
-//!                                        outbox ◀── hub ◀── pg::listener ◀──LISTEN──────────┘
+//!  PostgreSQL ──LISTEN──▶ source ──▶ stream (hub ─▶ outbox) ──▶ client ──▶ transport ──ws──▶ browser
+//!      ▲                                                          │
+//!      └──────────── pg::publisher ◀── pg_notify($1,$2) ──────────┘   (http::admission before)
 //! ```
 //!
-//! - [`config`]: settings from `PGWS_*` variables and flags.
-//! - [`auth`]: keys, token verification, and what a token grants.
-//! - [`http`]: request dispatch and the websocket handshake; [`static_files`] for the rest.
-//! - [`session`]: one task per socket.
-//! - [`hub`] and [`outbox`]: routing notifications to sockets, with bounded queues.
-//! - [`pg`]: the LISTEN actor and the NOTIFY pool.
-//! - [`server`]: binding, serving and draining; [`embedded`]: the throwaway cluster.
+//! The public API is small on purpose: [`Cli`] and [`Config`] (settings), [`Server`] (bind, run),
+//! [`SourceStatus`] (readiness), [`auth`] (token rules, for tools and tests) and [`embedded`] (the
+//! throwaway cluster). Everything else is internal and may change.
 
-pub mod admin;
-pub mod assets;
 pub mod auth;
+pub(crate) mod channel;
+pub(crate) mod client;
 pub mod config;
 pub mod embedded;
-pub mod envelope;
-pub mod http;
-pub mod hub;
-pub mod limits;
-pub mod metrics;
-pub mod net;
-pub mod outbox;
-pub mod pg;
-pub mod proxy;
-pub mod server;
-pub mod session;
-pub mod state;
-pub mod static_files;
+pub(crate) mod http;
+pub(crate) mod net;
+pub(crate) mod ops;
+pub(crate) mod pg;
+pub(crate) mod protocol;
+pub(crate) mod routing;
+pub(crate) mod server;
+pub(crate) mod source;
+pub(crate) mod state;
+pub(crate) mod stream;
+pub(crate) mod transport;
 
-pub use config::{Cli, Config};
+pub use config::{Cli, Config, ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 pub use server::{Error, Server};
+pub use source::SourceStatus;
+
+/// Internals that the fuzz targets exercise directly (`--features internals`); not a stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::channel::quote_ident;
+    pub use crate::http::redact;
+    pub use crate::protocol::{ClaimsText, envelope, error_event, postgrest_envelope};
+    pub use crate::routing::route;
+}

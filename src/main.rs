@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use pgws::SourceStatus as ListenerStatus;
 use pgws::config::{ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 use pgws::embedded::Cluster;
-use pgws::pg::listener::ListenerStatus;
 use pgws::{Cli, Server};
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .with_env_filter(filter);
-    if cli.log_format == "json" {
+    if cli.log_format == pgws::config::LogFormat::Json {
         logs.json().with_current_span(true).init();
     } else {
         logs.init();

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -12,7 +13,45 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{HostPreference, TlsFiles};
+/// Where the server binds, decoded from `PGWS_HOST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPreference {
+    /// `*`: every IPv4 and IPv6 address (a dual-stack socket when IPv6 exists).
+    Any,
+    /// `*4`: every IPv4 address (the original's default).
+    AnyPreferV4,
+    /// `!4`: every IPv4 address, IPv4 only.
+    V4Only,
+    /// `*6`: every address through a dual-stack IPv6 socket, falling back to IPv4.
+    AnyPreferV6,
+    /// `!6`: every IPv6 address, IPv6 only.
+    V6Only,
+    /// A host name or an address literal.
+    Named(String),
+}
+
+impl HostPreference {
+    /// Decodes Warp's host-preference syntax.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "*" => Self::Any,
+            "*4" => Self::AnyPreferV4,
+            "!4" => Self::V4Only,
+            "*6" => Self::AnyPreferV6,
+            "!6" => Self::V6Only,
+            other => Self::Named(other.to_string()),
+        }
+    }
+}
+
+/// PEM files for native TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub certificate: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
 
 fn listen(addr: SocketAddr, v6_only: Option<bool>) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

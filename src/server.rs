@@ -23,14 +23,16 @@ use std::sync::RwLock;
 
 use crate::auth::KeySet;
 use crate::config::Config;
-use crate::hub::{Hub, HubStats};
-use crate::limits::{AddressLimiter, SubjectCounter};
-use crate::metrics::{Metrics, ReasonLabel};
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
-use crate::outbox::Limits;
-use crate::pg::listener::{self, ListenerError, ListenerMetrics, ListenerSettings, ListenerStatus};
+use crate::ops::limits::{AddressLimiter, SubjectCounter};
+use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::pg::publisher::{Publisher, PublisherStats};
-use crate::state::{AppState, ws_config};
+use crate::routing::Router;
+use crate::source::notify::{self, ListenerError, ListenerMetrics, ListenerSettings};
+use crate::source::{Sink, SourceHandle, SourceStatus};
+use crate::state::AppState;
+use crate::stream::{Hub, HubStats, Limits};
+use crate::transport::ws::ws_config;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +61,7 @@ pub struct Server {
     admin: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
     config: Config,
-    status: (
-        watch::Sender<ListenerStatus>,
-        watch::Receiver<ListenerStatus>,
-    ),
+    status: (watch::Sender<SourceStatus>, watch::Receiver<SourceStatus>),
     keys: Arc<RwLock<KeySet>>,
 }
 
@@ -95,7 +94,7 @@ impl Server {
             listener,
             admin,
             tls,
-            status: watch::channel(ListenerStatus::Connecting),
+            status: watch::channel(SourceStatus::Connecting),
             keys: Arc::new(RwLock::new(config.keys.clone())),
             config,
         })
@@ -112,8 +111,9 @@ impl Server {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
-    /// The state of the LISTEN connection, updated for the server's whole life (readiness).
-    pub fn listener_status(&self) -> watch::Receiver<ListenerStatus> {
+    /// The state of the source (the LISTEN connection), updated for the server's whole life
+    /// (readiness).
+    pub fn listener_status(&self) -> watch::Receiver<SourceStatus> {
         self.status.1.clone()
     }
 
@@ -152,75 +152,69 @@ impl Server {
                 last_failure_ms: Arc::default(),
             },
         );
-        let (listen_cmds, commands) = if config.channel_mode.uses_direct() {
+        let router = Router::new(
+            config.channel_mode,
+            config.message_format,
+            &config.listen_channel,
+        );
+        let (interest_tx, interest_rx) = if config.channel_mode.uses_direct() {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        let listener_task = tokio::spawn(listener::run(
+        let sink = Arc::new(Sink::new(
+            hub.clone(),
+            router.clone(),
+            config.gap_events,
+            config
+                .meta_channel
+                .clone()
+                .map(|meta| (publisher.clone(), meta)),
+            metrics.gaps.clone(),
+            metrics.notifications.clone(),
+        ));
+        let listener_task = tokio::spawn(notify::run(
             ListenerSettings {
                 db: config.db.clone(),
                 channel: config.listen_channel.clone(),
                 check_interval: config.check_listener_interval,
                 startup_retries: config.startup_retries,
-                gap_events: config.gap_events,
-                meta: config
-                    .meta_channel
-                    .clone()
-                    .map(|meta| (publisher.clone(), meta)),
                 metrics: ListenerMetrics {
                     up: metrics.listener_up.clone(),
                     reconnects: metrics.listener_reconnects.clone(),
-                    gaps: metrics.gaps.clone(),
                     queue_usage: metrics.queue_usage.clone(),
-                    notifications: metrics.notifications.clone(),
                     listened: metrics.listened.clone(),
                 },
-                use_listen_channel: config.channel_mode.uses_listen_channel(),
-                commands,
+                interest: interest_rx,
             },
-            hub.clone(),
+            sink,
             status_tx,
             stop.clone(),
         ));
+        let shutdown_timeout = config.shutdown_timeout;
         let state = Arc::new(AppState {
             keys: self.keys.clone(),
-            rules: config.rules.clone(),
-            allowed_origins: config.allowed_origins.clone(),
-            rates: config.rates,
+            router,
             address_limiter: AddressLimiter::new(config.rates.connections),
             subjects: Arc::new(SubjectCounter::new(config.rates.per_subject)),
-            trusted_proxies: config.trusted_proxies.clone(),
-            channel_mode: config.channel_mode,
-            message_format: config.message_format,
-            listen_cmds,
-            upstream: config
-                .upstream
-                .as_deref()
-                .and_then(|u| crate::proxy::Upstream::new(u).ok()),
             hub,
             publisher,
-            meta_channel: config.meta_channel.clone(),
-            ping_interval: config.ping_interval,
+            source: SourceHandle::new(status_rx, interest_tx),
             outbox_limits: Limits {
                 messages: config.max_queue_messages,
                 bytes: config.max_queue_bytes,
             },
             ws_config: ws_config(config.max_message_size),
-            site: config.site.clone(),
             shutdown: stop.clone(),
             sessions: TaskTracker::new(),
             next_id: AtomicU64::new(1),
-            listener: status_rx,
             metrics,
             active: AtomicUsize::new(0),
-            max_connections: config.max_connections,
-            max_channels: config.max_channels,
-            handshake_timeout: config.handshake_timeout,
+            config,
         });
         if let Some(admin) = self.admin {
-            tokio::spawn(crate::admin::serve(admin, state.clone(), stop.clone()));
+            tokio::spawn(crate::ops::admin::serve(admin, state.clone(), stop.clone()));
         }
 
         let connections = TaskTracker::new();
@@ -246,7 +240,7 @@ impl Server {
         stop.cancel();
         state.sessions.close();
         connections.close();
-        let drain = config.shutdown_timeout;
+        let drain = shutdown_timeout;
         if tokio::time::timeout(drain, async {
             state.sessions.wait().await;
             connections.wait().await;
@@ -309,7 +303,7 @@ async fn serve_tls(
 ) {
     // A TLS ClientHello starts with 0x16; anything else is plain HTTP on the TLS port.
     let mut first = [0u8; 1];
-    let limit = state.handshake_timeout;
+    let limit = state.config.handshake_timeout;
     match tokio::time::timeout(limit, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == 0x16 => {}
         Ok(Ok(1)) => {
@@ -335,7 +329,7 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let timeout = state.handshake_timeout;
+    let timeout = state.config.handshake_timeout;
     let service = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(crate::http::handle(req, state, peer).await) }

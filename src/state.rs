@@ -1,86 +1,56 @@
-//! `AppState`: everything a request or a session needs, built once by the server and passed in
-//! (no globals, so tests can run several servers side by side).
+//! `AppState`: everything a request or a client needs, built once by the server and passed in
+//! (no globals, so tests can run several servers side by side). Settings are read from the
+//! resolved [`Config`]; only what is built at run time (the hub, the pools, the source handle,
+//! counters) sits beside it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use std::net::IpAddr;
-use std::sync::RwLock;
-
-use crate::auth::{KeySet, Rules};
-use crate::config::{ChannelMode, MessageFormat, RateLimits, Site};
-use crate::hub::Hub;
-use crate::limits::{AddressLimiter, SubjectCounter};
-use crate::metrics::Metrics;
-use crate::outbox::Limits;
-use crate::pg::listener::ListenCmd;
-use crate::pg::listener::ListenerStatus;
+use crate::auth::KeySet;
+use crate::config::Config;
+use crate::ops::limits::{AddressLimiter, SubjectCounter};
+use crate::ops::metrics::Metrics;
 use crate::pg::publisher::Publisher;
-use crate::proxy::Upstream;
-use tokio::sync::mpsc;
+use crate::routing::Router;
+use crate::source::SourceHandle;
+use crate::stream::{Hub, Limits};
 
 /// Shared state of one server.
 pub struct AppState {
+    /// The settings the server was started with.
+    pub config: Config,
     /// Token verification keys; replaced on SIGHUP.
     pub keys: Arc<RwLock<KeySet>>,
-    /// Token rules beyond the signature.
-    pub rules: Rules,
-    /// Allowed browser origins (`None`: any).
-    pub allowed_origins: Option<Vec<String>>,
-    /// Abuse limits.
-    pub rates: RateLimits,
+    /// Where messages go.
+    pub router: Router,
     /// New connections per client address.
     pub address_limiter: AddressLimiter,
-    /// Open sockets per token subject.
+    /// Open clients per token subject.
     pub subjects: Arc<SubjectCounter>,
-    /// Proxies whose X-Forwarded-For is trusted.
-    pub trusted_proxies: Vec<IpAddr>,
-    /// Which PostgreSQL channels reach sockets.
-    pub channel_mode: ChannelMode,
-    /// Shape of client messages.
-    pub message_format: MessageFormat,
-    /// LISTEN/UNLISTEN requests to the listener (direct mode).
-    pub listen_cmds: Option<mpsc::Sender<ListenCmd>>,
-    /// Where plain HTTP requests go, when set.
-    pub upstream: Option<Upstream>,
     /// Channel registry.
     pub hub: Arc<Hub>,
     /// NOTIFY pool.
     pub publisher: Publisher,
-    /// Channel for connection events.
-    pub meta_channel: Option<String>,
-    /// Server ping period.
-    pub ping_interval: Option<Duration>,
-    /// Per-socket queue limits.
+    /// The running source: its state, and (direct mode) channel interest.
+    pub source: SourceHandle,
+    /// Per-client queue limits.
     pub outbox_limits: Limits,
     /// Websocket buffer sizes and limits.
     pub ws_config: WebSocketConfig,
-    /// What plain HTTP requests get.
-    pub site: Site,
-    /// Cancelled when the server stops; sessions close with 1001.
+    /// Cancelled when the server stops; clients close with 1001.
     pub shutdown: CancellationToken,
-    /// Tracks sessions so shutdown can wait for their close handshakes.
+    /// Tracks client tasks so shutdown can wait for their close handshakes.
     pub sessions: TaskTracker,
-    /// Socket ids.
+    /// Client ids.
     pub next_id: AtomicU64,
-    /// State of the LISTEN connection.
-    pub listener: watch::Receiver<ListenerStatus>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Websockets open now.
+    /// Clients connected now.
     pub active: AtomicUsize,
-    /// Most websockets open at once.
-    pub max_connections: usize,
-    /// Most channels per socket.
-    pub max_channels: usize,
-    /// Time limit for request heads and TLS handshakes.
-    pub handshake_timeout: Duration,
 }
 
 impl AppState {
@@ -89,9 +59,9 @@ impl AppState {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Ready to serve: the LISTEN connection is up and the NOTIFY pool can connect.
+    /// Ready to serve: the source is receiving and the NOTIFY pool can connect.
     pub fn readiness(&self) -> Result<(), &'static str> {
-        if !matches!(*self.listener.borrow(), ListenerStatus::Listening { .. }) {
+        if !self.source.is_up() {
             return Err("the LISTEN connection is down");
         }
         let failed = self
@@ -104,16 +74,4 @@ impl AppState {
         }
         Ok(())
     }
-}
-
-/// Websocket settings: small buffers (tungstenite's defaults allocate 128 KiB per socket up
-/// front; the read buffer is allocated eagerly, so it dominates an idle socket's memory) and an
-/// explicit message size limit. A larger client message grows the buffer as needed.
-pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(16 * 1024 * 1024)
-        .max_message_size(Some(max_message_size))
-        .max_frame_size(Some(max_message_size))
 }

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let path = String::from_utf8_lossy(data);
     let path: &str = &path;
 
-    let redacted = pgws::http::redact(path);
+    let redacted = pgws::internals::redact(path);
     let before: Vec<&str> = path.split('/').collect();
     let after: Vec<&str> = redacted.split('/').collect();
     assert_eq!(
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(
-        pgws::http::redact(&redacted),
+        pgws::internals::redact(&redacted),
         redacted,
         "redact is not idempotent"
     );
@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         // read back as exactly the channel name. (A NUL byte cannot travel in a query at all; see
         // docs/SECURITY.md, "Fuzzing", for what that did.)
         for c in &grant.channels {
-            let q = pgws::pg::quote_ident(c);
+            let q = pgws::internals::quote_ident(c);
             let inner = q
                 .strip_prefix('"')
                 .and_then(|q| q.strip_suffix('"'))

@@ -15,7 +15,7 @@ mod common;
 use arbitrary::Arbitrary;
 use common::{Json, Text, json_eq};
 use libfuzzer_sys::fuzz_target;
-use pgws::envelope::{ClaimsText, envelope, error_event, postgrest_envelope, route};
+use pgws::internals::{ClaimsText, envelope, error_event, postgrest_envelope, route};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::borrow::Cow;

@@ -1,9 +1,13 @@
-//! Everything that talks to PostgreSQL: the one LISTEN connection ([`listener`]) and the NOTIFY
-//! pool ([`publisher`]).
+//! PostgreSQL connections shared by every part that talks to the database: the connection
+//! settings ([`Database`], with libpq's TLS modes in [`tls`]), the NOTIFY pool ([`publisher`]),
+//! and the helpers for errors, timeouts and back-off. The LISTEN connection is a source
+//! ([`crate::source::notify`]).
 
-pub mod listener;
 pub mod publisher;
 pub mod tls;
+
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+pub const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
 use std::time::Duration;
 
@@ -61,12 +65,6 @@ pub enum DatabaseError {
     Tls(#[from] tls::TlsConfigError),
 }
 
-/// Quotes an identifier for SQL text the way PostgreSQL does: in double quotes, with embedded
-/// double quotes doubled. Used only for `LISTEN`, which takes no parameters.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// An error with its causes (tokio-postgres keeps the useful part, such as "connection refused"
 /// or "database does not exist", in the source chain, not in its own message).
 pub fn describe(e: &tokio_postgres::Error) -> String {
@@ -115,16 +113,6 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("chat"), "\"chat\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(
-            quote_ident("x\"; DROP TABLE t; --"),
-            "\"x\"\"; DROP TABLE t; --\""
-        );
-    }
 
     #[test]
     fn backoff_grows_and_caps() {

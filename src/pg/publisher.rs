@@ -16,12 +16,11 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{describe, with_defaults};
-use crate::envelope::error_event;
-use crate::metrics::ReasonLabel;
-use crate::outbox::Outbox;
+use crate::ops::metrics::ReasonLabel;
+use crate::protocol::error_event;
+use crate::stream::{Frame, Outbox};
 
 /// Jobs a worker queues before a sender waits (backpressure on the sending socket).
 const QUEUE: usize = 1024;
@@ -127,7 +126,7 @@ fn fail(job: &Job, code: &'static str, message: &str, stats: &PublisherStats) {
         .inc();
     tracing::warn!(code, error = message, channel = ?job.channel, "NOTIFY failed");
     if let Some(reply) = &job.reply {
-        reply.push(Utf8Bytes::from(error_event(
+        reply.push(Frame::from(error_event(
             code,
             message,
             job.channel.as_deref(),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use futures_util::{SinkExt, StreamExt};
+use pgws::SourceStatus as ListenerStatus;
 use pgws::embedded::Cluster;
-use pgws::pg::listener::ListenerStatus;
 use pgws::{Cli, Server};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

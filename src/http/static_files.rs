@@ -9,35 +9,21 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_MODIFIED_SINCE, LAST_MODIFIED};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::assets;
-use crate::config::Site;
+use super::assets;
+use super::body::{Body, full, text};
 
-/// The response body type used everywhere: whole bodies for pgws's own answers, streamed ones
-/// for the reverse proxy.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// A body that is all there at once.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A short `text/plain` answer.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let body = body.into();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+/// What the server answers to plain HTTP requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Site {
+    /// `200 Hello, Web!` for everything, as the original without `PGWS_ROOT_PATH`.
+    Hello,
+    /// Static files from a directory (`PGWS_ROOT_PATH`).
+    Directory(PathBuf),
+    /// The example page compiled into the binary (embedded mode).
+    Builtin,
 }
 
 /// Serves a plain HTTP request according to the configured site.

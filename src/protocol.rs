@@ -1,18 +1,16 @@
-//! The JSON that crosses PostgreSQL: client messages and meta events in the original's envelope,
-//! pgws's own control events, and the routing rule for notifications.
+//! Every JSON text the server itself writes: the envelope of client messages and meta events
+//! (the original's shapes, byte for byte), and pgws's own events to one socket (`Error`, `Gap`).
 //!
 //! Client → database (spec §5.1):
 //! `{"channel":"chat","event":"WebsocketMessage","payload":"hi","claims":{…,"message_delivered_at":1.7e9}}`.
-//! Database → client (spec §5.2): the notification text, byte for byte, to the sockets of the
-//! channel named by its string `channel` field (else of the PostgreSQL channel's own name).
+//! Database → client (spec §5.2) is not written here: the notification text goes out byte for
+//! byte. Which channel a message goes to is [`crate::routing`]'s decision.
+//!
+//! Add a new server event here, next to its siblings, so that its shape is reviewed in one place.
 
-use std::borrow::Cow;
+use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
-
-/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
-pub const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
 /// The claims of one socket, serialised once: every message of the socket reuses the text.
 #[derive(Debug, Clone)]
@@ -111,58 +109,39 @@ pub fn error_event(code: &str, message: &str, channel: Option<&str>) -> String {
     .to_string()
 }
 
-/// The `channel` member of a JSON object, read without building the object. Like the original's
-/// JSON library, the last of duplicate keys wins; a non-string value means "no channel".
-struct Route<'a> {
-    channel: Option<Cow<'a, str>>,
+/// Text sent to every subscribed socket after the LISTEN connection came back.
+pub fn gap_event(down_for: Duration) -> String {
+    serde_json::json!({
+        "event": "Gap",
+        "message": GAP_MESSAGE,
+        "down_ms": down_for.as_millis() as u64,
+    })
+    .to_string()
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Route<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = Route<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Route<'a>, M::Error> {
-                let mut channel = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "channel" {
-                        channel = match map.next_value::<Value>()? {
-                            Value::String(s) => Some(Cow::Owned(s)),
-                            _ => None,
-                        };
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                Ok(Route { channel })
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
-    }
+/// The `Gap` event published on the meta channel (through PostgreSQL, like the other meta events).
+pub fn meta_gap_event(meta_channel: &str, down_for: Duration) -> String {
+    serde_json::json!({
+        "channel": meta_channel,
+        "event": "Gap",
+        "payload": GAP_MESSAGE,
+        "down_ms": down_for.as_millis() as u64,
+    })
+    .to_string()
 }
 
-/// The channel a notification goes to: the string `channel` field of a JSON object payload, or
-/// `pg_channel` (the PostgreSQL channel it arrived on) for anything else.
-pub fn route<'a>(payload: &'a str, pg_channel: &'a str) -> Cow<'a, str> {
-    // serde would also read a struct from a JSON array; only objects route.
-    if !payload
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        return Cow::Borrowed(pg_channel);
-    }
-    match serde_json::from_str::<Route<'a>>(payload) {
-        Ok(Route {
-            channel: Some(channel),
-        }) => channel,
-        _ => Cow::Borrowed(pg_channel),
-    }
+const GAP_MESSAGE: &str = "the server's database connection was lost and restored; notifications sent meanwhile may have been lost";
+
+/// A meta-channel event (`ConnectionOpen`, `ConnectionClose`): the client-message envelope with
+/// the socket's channels as the payload.
+pub fn meta_event(
+    event: &str,
+    meta_channel: &str,
+    channels: &[String],
+    claims: &ClaimsText,
+    at: f64,
+) -> String {
+    envelope(event, meta_channel, &channels.join(","), claims, at)
 }
 
 #[cfg(test)]
@@ -200,20 +179,6 @@ mod tests {
         let c = ClaimsText::new(&Map::new());
         let v: Value = serde_json::from_str(&envelope("E", "c", "p", &c, 2.0)).unwrap();
         assert_eq!(v["claims"], json!({"message_delivered_at": 2.0}));
-    }
-
-    #[test]
-    fn routing_rule() {
-        assert_eq!(route(r#"{"channel": "test", "payload": "x"}"#, "l"), "test");
-        assert_eq!(route(r#"{"channel":"a\"b"}"#, "l"), "a\"b");
-        assert_eq!(route("plain", "l"), "l");
-        assert_eq!(route(r#"{"channel": 1}"#, "l"), "l");
-        assert_eq!(route(r#"["channel"]"#, "l"), "l");
-        assert_eq!(route(r#"{"payload": 1}"#, "l"), "l");
-        assert_eq!(
-            route(r#"{"channel":"c","nested":{"channel":"d"}}"#, "l"),
-            "c"
-        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Instant;
 
+use super::Frame;
 use futures_util::task::AtomicWaker;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Limits of one outbox.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +40,7 @@ pub enum Push {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Utf8Bytes>,
+    queue: VecDeque<Frame>,
     bytes: usize,
     /// When the oldest queued frame was pushed (for the delivery latency metric).
     oldest: Option<Instant>,
@@ -84,7 +84,7 @@ impl Outbox {
     }
 
     /// Queues a frame, or refuses it when the socket is closed or over its limits.
-    pub fn push(&self, msg: Utf8Bytes) -> Push {
+    pub fn push(&self, msg: Frame) -> Push {
         let mut s = self.lock();
         if s.closed {
             return Push::Closed;
@@ -119,7 +119,7 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out`.
-    pub fn drain_into(&self, out: &mut Vec<Utf8Bytes>) -> Drained {
+    pub fn drain_into(&self, out: &mut Vec<Frame>) -> Drained {
         let mut s = self.lock();
         out.extend(s.queue.drain(..));
         s.bytes = 0;
@@ -189,7 +189,7 @@ mod tests {
         let mut out = Vec::new();
         let d = o.drain_into(&mut out);
         assert!(d.healthy && d.oldest.is_some());
-        assert_eq!(out, vec![Utf8Bytes::from("a"), Utf8Bytes::from("b")]);
+        assert_eq!(out, vec![Frame::from("a"), Frame::from("b")]);
         assert!(o.drain_into(&mut out).oldest.is_none());
     }
 

@@ -2,42 +2,26 @@
 //!
 //! It connects, runs `LISTEN "<listen channel>"`, and drives the connection through
 //! `Connection::poll_message` (tokio-postgres hands out notifications nowhere else), routing each
-//! notification into the [`Hub`]. A heartbeat (`SELECT 1` every `PGWS_CHECK_LISTENER_INTERVAL`)
+//! notification into the [`Sink`]. A heartbeat (`SELECT 1` every `PGWS_CHECK_LISTENER_INTERVAL`)
 //! detects a dead or half-open connection; whenever the connection is lost the actor logs it,
 //! tells every subscribed socket that messages may have been lost, reconnects with back-off and
 //! LISTENs again. It never goes deaf silently.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
-
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::publisher::{Job, Publisher};
-use super::{backoff, describe, quote_ident, with_defaults};
-use crate::envelope::route;
-use crate::hub::Hub;
-
-/// Where the LISTEN connection stands; published on a watch channel for readiness and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenerStatus {
-    /// Not connected yet (start-up).
-    Connecting,
-    /// Connected and LISTENing; the counter grows with every (re)connection.
-    Listening {
-        /// Number of successful connections so far (1 after start-up).
-        generation: u64,
-    },
-    /// Lost; reconnecting.
-    Down,
-}
+use super::{Interest, Sink, SourceStatus};
+use crate::channel::{ChannelName, quote_ident};
+use crate::pg::{Database, backoff, describe, with_defaults};
 
 /// Why the listener stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -55,33 +39,17 @@ pub enum ListenerError {
 /// Settings of the listener actor.
 pub struct ListenerSettings {
     /// Database to connect to.
-    pub db: super::Database,
+    pub db: Database,
     /// The channel to LISTEN on.
-    pub channel: String,
+    pub channel: ChannelName,
     /// Heartbeat period.
     pub check_interval: Duration,
     /// Start-up attempts (`None`: for ever).
     pub startup_retries: Option<u32>,
-    /// Whether to announce gaps to sockets and on the meta channel.
-    pub gap_events: bool,
-    /// The meta channel and the pool to publish its `Gap` event with.
-    pub meta: Option<(Publisher, String)>,
     /// Where to count.
     pub metrics: ListenerMetrics,
-    /// Whether the listen channel is LISTENed and its notifications routed by `channel` field.
-    pub use_listen_channel: bool,
-    /// Subscription changes of socket channels (direct mode); `None` when not in direct mode.
-    pub commands: Option<mpsc::Receiver<ListenCmd>>,
-}
-
-/// A change of the set of PostgreSQL channels to LISTEN on (direct mode).
-#[derive(Debug)]
-pub enum ListenCmd {
-    /// A socket subscribed to this channel; the sender is answered once the LISTEN is active
-    /// (or, while disconnected, at once: every channel is LISTENed again on reconnection).
-    Listen(String, oneshot::Sender<()>),
-    /// The channel's last subscriber left: UNLISTEN, unless someone subscribed again meanwhile.
-    Unlisten(String),
+    /// Subscription changes of client channels (direct mode); `None` when not in direct mode.
+    pub interest: Option<mpsc::Receiver<Interest>>,
 }
 
 /// The listener's metrics (shared with the registry).
@@ -91,37 +59,26 @@ pub struct ListenerMetrics {
     pub up: Gauge,
     /// Reconnections after a loss.
     pub reconnects: Counter,
-    /// Gaps announced.
-    pub gaps: Counter,
     /// `pg_notification_queue_usage()`.
     pub queue_usage: Gauge<f64, AtomicU64>,
-    /// Notifications received.
-    pub notifications: Counter,
     /// PostgreSQL channels LISTENed for sockets (direct mode).
     pub listened: Gauge,
-}
-
-const GAP_MESSAGE: &str = "the server's database connection was lost and restored; notifications sent meanwhile may have been lost";
-
-/// Text sent to every subscribed socket after the LISTEN connection came back.
-pub(crate) fn gap_event(down_for: Duration) -> String {
-    serde_json::json!({
-        "event": "Gap",
-        "message": GAP_MESSAGE,
-        "down_ms": down_for.as_millis() as u64,
-    })
-    .to_string()
 }
 
 /// Runs until `shutdown` is cancelled, or until start-up retries are exhausted.
 pub async fn run(
     mut settings: ListenerSettings,
-    hub: Arc<Hub>,
-    status: watch::Sender<ListenerStatus>,
+    sink: Arc<Sink>,
+    status: watch::Sender<SourceStatus>,
     shutdown: CancellationToken,
 ) -> Result<(), ListenerError> {
     let db = with_defaults(&settings.db);
-    let mut commands = settings.commands.take();
+    let mut commands = settings.interest.take();
+    let listen_channel = sink
+        .router()
+        .mode()
+        .uses_listen_channel()
+        .then(|| settings.channel.clone());
     let mut attempts: u32 = 0;
     let mut generation: u64 = 0;
     let mut lost_at: Option<tokio::time::Instant> = None;
@@ -129,17 +86,7 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let routing = Routing {
-            listen_channel: settings
-                .use_listen_channel
-                .then(|| settings.channel.clone()),
-        };
-        let connecting = connect(
-            &db,
-            routing,
-            hub.clone(),
-            settings.metrics.notifications.clone(),
-        );
+        let connecting = connect(&db, listen_channel.as_ref(), sink.clone());
         tokio::pin!(connecting);
         let connected = loop {
             tokio::select! {
@@ -153,9 +100,9 @@ pub async fn run(
             Ok(conn) => {
                 attempts = 0;
                 generation += 1;
-                let mut listened = std::collections::HashSet::new();
+                let mut listened = HashSet::new();
                 if commands.is_some() {
-                    for channel in hub.channel_names() {
+                    for channel in sink.hub().channel_names() {
                         if let Err(e) = conn
                             .client
                             .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
@@ -174,18 +121,16 @@ pub async fn run(
                     settings.metrics.reconnects.inc();
                     tracing::warn!(channel = %settings.channel, down_ms = down.as_millis() as u64,
                         "LISTEN connection recovered; notifications sent while it was down are lost");
-                    if settings.gap_events {
-                        announce_gap(&settings, &hub, down).await;
-                    }
+                    sink.gap(down).await;
                 } else {
                     tracing::info!(channel = %settings.channel, "listening for notifications");
                 }
-                let _ = status.send(ListenerStatus::Listening { generation });
+                let _ = status.send(SourceStatus::Listening { generation });
                 let watch = Supervision {
                     check_interval: settings.check_interval,
                     metrics: &settings.metrics,
                     shutdown: &shutdown,
-                    hub: &hub,
+                    hub: sink.hub(),
                 };
                 let reason = watch.run(conn, &mut commands, &mut listened).await;
                 settings.metrics.up.set(0);
@@ -194,7 +139,7 @@ pub async fn run(
                 };
                 tracing::error!(reason = %reason, "LISTEN connection lost; reconnecting");
                 lost_at = Some(tokio::time::Instant::now());
-                let _ = status.send(ListenerStatus::Down);
+                let _ = status.send(SourceStatus::Down);
             }
             Err(e) => {
                 attempts += 1;
@@ -222,7 +167,7 @@ pub async fn run(
 }
 
 /// The next command, or never when there is no command channel.
-async fn recv(commands: &mut Option<mpsc::Receiver<ListenCmd>>) -> Option<ListenCmd> {
+async fn recv(commands: &mut Option<mpsc::Receiver<Interest>>) -> Option<Interest> {
     match commands {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -230,43 +175,9 @@ async fn recv(commands: &mut Option<mpsc::Receiver<ListenCmd>>) -> Option<Listen
 }
 
 /// Answers a command without a connection.
-fn ack(cmd: ListenCmd) {
-    if let ListenCmd::Listen(_, done) = cmd {
+fn ack(cmd: Interest) {
+    if let Interest::Follow(_, done) = cmd {
         let _ = done.send(());
-    }
-}
-
-/// How notifications are routed: by the `channel` field for the listen channel, by the
-/// PostgreSQL channel's own name for everything else (direct mode).
-#[derive(Clone)]
-struct Routing {
-    listen_channel: Option<String>,
-}
-
-/// Tells every subscribed socket, and the meta channel, that notifications may have been lost.
-async fn announce_gap(settings: &ListenerSettings, hub: &Hub, down: Duration) {
-    settings.metrics.gaps.inc();
-    let n = hub.broadcast(Utf8Bytes::from(gap_event(down)));
-    tracing::info!(sockets = n, "told subscribed sockets about the gap");
-    if let Some((publisher, meta)) = &settings.meta {
-        let payload = serde_json::json!({
-            "channel": meta,
-            "event": "Gap",
-            "payload": GAP_MESSAGE,
-            "down_ms": down.as_millis() as u64,
-        })
-        .to_string();
-        publisher
-            .publish(
-                0,
-                Job {
-                    pg_channel: (!settings.use_listen_channel).then(|| meta.clone()),
-                    payload,
-                    channel: Some(meta.clone()),
-                    reply: None,
-                },
-            )
-            .await;
     }
 }
 
@@ -278,26 +189,18 @@ struct Live {
 }
 
 async fn connect(
-    db: &super::Database,
-    routing: Routing,
-    hub: Arc<Hub>,
-    received: Counter,
+    db: &Database,
+    listen_channel: Option<&ChannelName>,
+    sink: Arc<Sink>,
 ) -> Result<Live, tokio_postgres::Error> {
     let (client, mut connection) = db.connect().await?;
     let (end_tx, ended) = oneshot::channel();
-    let listen_channel = routing.listen_channel.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let reason = loop {
             match messages.next().await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    received.inc();
-                    let payload = n.payload();
-                    let target = match &listen_channel {
-                        Some(listen) if n.channel() == listen => route(payload, listen),
-                        _ => std::borrow::Cow::Borrowed(n.channel()),
-                    };
-                    hub.publish(&target, Utf8Bytes::from(payload.to_string()));
+                    sink.deliver(n.channel(), n.payload());
                 }
                 Some(Ok(AsyncMessage::Notice(notice))) => {
                     tracing::debug!(notice = %notice.message(), "notice on the LISTEN connection");
@@ -309,9 +212,9 @@ async fn connect(
         };
         let _ = end_tx.send(reason);
     });
-    if let Some(channel) = &routing.listen_channel
+    if let Some(channel) = listen_channel
         && let Err(e) = client
-            .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+            .batch_execute(&format!("LISTEN {}", channel.quoted()))
             .await
     {
         driver.abort();
@@ -329,7 +232,7 @@ struct Supervision<'a> {
     check_interval: Duration,
     metrics: &'a ListenerMetrics,
     shutdown: &'a CancellationToken,
-    hub: &'a Hub,
+    hub: &'a crate::stream::Hub,
 }
 
 impl Supervision<'_> {
@@ -337,8 +240,8 @@ impl Supervision<'_> {
     async fn run(
         &self,
         mut live: Live,
-        commands: &mut Option<mpsc::Receiver<ListenCmd>>,
-        listened: &mut std::collections::HashSet<String>,
+        commands: &mut Option<mpsc::Receiver<Interest>>,
+        listened: &mut HashSet<String>,
     ) -> Option<String> {
         let mut tick = tokio::time::interval(self.check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -385,27 +288,27 @@ impl Supervision<'_> {
     async fn apply(
         &self,
         client: &tokio_postgres::Client,
-        cmd: ListenCmd,
-        listened: &mut std::collections::HashSet<String>,
+        cmd: Interest,
+        listened: &mut HashSet<String>,
     ) -> Result<(), tokio_postgres::Error> {
         match cmd {
-            ListenCmd::Listen(channel, done) => {
-                if !listened.contains(&channel) {
+            Interest::Follow(channel, done) => {
+                if !listened.contains(channel.as_str()) {
                     client
-                        .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
+                        .batch_execute(&format!("LISTEN {}", channel.quoted()))
                         .await?;
                     tracing::debug!(channel = %channel, "LISTEN");
-                    listened.insert(channel);
+                    listened.insert(channel.to_string());
                 }
                 let _ = done.send(());
             }
-            ListenCmd::Unlisten(channel) => {
-                if listened.contains(&channel) && !self.hub.has_subscribers(&channel) {
+            Interest::Drop(channel) => {
+                if listened.contains(channel.as_str()) && !self.hub.has_subscribers(&channel) {
                     client
-                        .batch_execute(&format!("UNLISTEN {}", quote_ident(&channel)))
+                        .batch_execute(&format!("UNLISTEN {}", channel.quoted()))
                         .await?;
                     tracing::debug!(channel = %channel, "UNLISTEN");
-                    listened.remove(&channel);
+                    listened.remove(channel.as_str());
                 }
             }
         }

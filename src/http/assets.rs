@@ -15,15 +15,15 @@ pub fn get(path: &str) -> Option<Asset> {
     let (content_type, body): (&str, &[u8]) = match path {
         "/" | "/index.html" => (
             "text/html; charset=utf-8",
-            include_bytes!("../web/index.html"),
+            include_bytes!("../../web/index.html"),
         ),
         "/app.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../web/app.js"),
+            include_bytes!("../../web/app.js"),
         ),
         "/style.css" => (
             "text/css; charset=utf-8",
-            include_bytes!("../web/style.css"),
+            include_bytes!("../../web/style.css"),
         ),
         _ => return None,
     };

@@ -1,18 +1,24 @@
-//! The channel registry: which sockets listen to which channel. It knows nothing of PostgreSQL;
-//! the listener hands it `(channel, text)` pairs and it pushes the shared bytes into the outbox of
-//! every subscriber.
+//! The hub: which clients follow which channel, and the fan-out of one message to all of them.
 //!
-//! The text of a notification is allocated once and shared (reference-counted) by every socket it
-//! goes to. The map is behind a read-write lock: routing takes the read side, (un)subscribing the
-//! write side, which happens once per socket per channel.
+//! What it owns: the map channel name → subscribed outboxes, and the counters of what it
+//! delivered, could not route, or dropped. What it must never do: wait. A source calls
+//! [`Hub::publish`] from its receive loop, so a slow client must cost it nothing: each push is a
+//! short lock on that client's outbox, and a client over its limits is marked overflowed (its
+//! transport closes it) instead of slowing the others. It knows nothing of PostgreSQL or of wire
+//! formats.
+//!
+//! Why this shape: a message's text is allocated once ([`Frame`]) and shared by reference count
+//! with every client; the map is behind a read-write lock because routing (read side) happens per
+//! message and (un)subscribing (write side) once per client per channel. A per-channel replay
+//! window (positions, resume) belongs beside this map, written on the same publish call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use super::Frame;
 use prometheus_client::metrics::counter::Counter;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::outbox::{Outbox, Push};
+use super::outbox::{Outbox, Push};
 
 /// Counters of what the hub did (shared with the metrics registry).
 #[derive(Debug, Default, Clone)]
@@ -35,6 +41,7 @@ pub struct Hub {
 
 impl Hub {
     /// An empty registry with unregistered counters.
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
@@ -48,7 +55,7 @@ impl Hub {
     }
 
     /// Routes `text` to every socket subscribed to `channel`. Returns how many got it.
-    pub fn publish(&self, channel: &str, text: Utf8Bytes) -> usize {
+    pub fn publish(&self, channel: &str, text: Frame) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = map.get(channel) else {
             self.stats.unrouted.inc();
@@ -111,7 +118,7 @@ impl Hub {
     }
 
     /// Sends `text` once to every subscribed socket (for server-wide notices).
-    pub fn broadcast(&self, text: Utf8Bytes) -> usize {
+    pub fn broadcast(&self, text: Frame) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let mut seen: Vec<*const Outbox> = Vec::new();
         let mut n = 0;
@@ -140,7 +147,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Limits;
+    use crate::stream::outbox::Limits;
 
     fn outbox() -> Arc<Outbox> {
         Arc::new(Outbox::new(Limits {

@@ -6,6 +6,19 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Abuse limits; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// New websockets per second per client address.
+    pub connections: u32,
+    /// Messages per second per socket.
+    pub messages: u32,
+    /// Bytes per second per socket.
+    pub bytes: u32,
+    /// Open websockets per token subject.
+    pub per_subject: usize,
+}
+
 /// A token bucket: `rate` tokens per second, holding at most twice that (the burst).
 #[derive(Debug, Clone)]
 pub struct Bucket {

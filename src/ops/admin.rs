@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::body::{Body, full, text};
 use crate::state::AppState;
-use crate::static_files::{Body, full, text};
 
 /// Answers one admin request.
 pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {

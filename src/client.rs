@@ -1,0 +1,278 @@
+//! The client core: what every connected client is and does, whatever carries it.
+//!
+//! A [`Client`] owns its subscriptions (hub entries and, in direct mode, the source's interest),
+//! its outbox, its token's grant and expiry, its publishing (envelope, size check, rate limits,
+//! answers for what it could not publish) and its meta events. A transport (the websocket today;
+//! Server-Sent Events beside it) owns only the wire: it accepts the connection, drains the
+//! outbox into frames of its own encoding, reads what the client sends and hands text to
+//! [`Client::publish`], and decides how to say goodbye.
+//!
+//! What a client must never do: block the hub (it is fed through its bounded outbox only), talk
+//! to PostgreSQL except through the publisher, or know about websocket frames or HTTP.
+//!
+//! Lifecycle: [`Client::open`] subscribes before the transport completes its handshake (so that
+//! everything routed after the client sees the handshake complete is delivered), [`Client::start`]
+//! publishes `ConnectionOpen`, and [`Client::finish`] unsubscribes and publishes
+//! `ConnectionClose`. Dropping a client also unsubscribes (idempotent), so a transport that fails
+//! half-way cannot leave a subscription behind.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::auth::{Mode, now_seconds};
+use crate::channel::ChannelName;
+use crate::http::admission::Admitted;
+use crate::ops::limits::{Bucket, SubjectSlot};
+use crate::ops::metrics::{ModeLabel, ReasonLabel};
+use crate::pg::MAX_NOTIFY_PAYLOAD;
+use crate::pg::publisher::Job;
+use crate::protocol::{ClaimsText, error_event, meta_event};
+use crate::state::AppState;
+use crate::stream::{Frame, Outbox};
+
+/// One connected client.
+pub struct Client {
+    state: Arc<AppState>,
+    id: u64,
+    mode: Mode,
+    channels: Vec<ChannelName>,
+    /// The token's `exp` (Unix seconds).
+    exp: Option<f64>,
+    /// The claims, serialised once; the parsed claims are not kept (memory per idle client).
+    claims: ClaimsText,
+    outbox: Arc<Outbox>,
+    rates: Rates,
+    /// Held while the client is connected (per-subject limit).
+    _slot: Option<SubjectSlot>,
+}
+
+impl Client {
+    /// Counts the client and subscribes its channels (read mode).
+    pub fn open(state: Arc<AppState>, id: u64, admitted: Admitted) -> Self {
+        let Admitted {
+            grant,
+            channels,
+            slot,
+            ..
+        } = admitted;
+        let claims = ClaimsText::new(&grant.claims);
+        state.active.fetch_add(1, Ordering::Relaxed);
+        state.metrics.accepted.inc();
+        state
+            .metrics
+            .connections
+            .get_or_create(&ModeLabel {
+                mode: grant.mode.as_str(),
+            })
+            .inc();
+        let outbox = Arc::new(Outbox::new(state.outbox_limits));
+        if grant.mode.read {
+            for channel in &channels {
+                state.hub.subscribe(channel, &outbox);
+            }
+        }
+        let rates = Rates::new(&state);
+        Self {
+            state,
+            id,
+            mode: grant.mode,
+            channels,
+            exp: grant.exp,
+            claims,
+            outbox,
+            rates,
+            _slot: slot,
+        }
+    }
+
+    /// In direct mode, waits (at most 5 s) until the source receives the client's channels, so
+    /// that the client misses nothing sent after its handshake completes.
+    pub async fn following(&self) {
+        if !self.mode.read {
+            return;
+        }
+        if !self.state.source.follow(&self.channels).await {
+            tracing::warn!(
+                conn = self.id,
+                "LISTEN not confirmed within 5 s; the socket opens anyway"
+            );
+        }
+    }
+
+    /// The client's id (log lines carry it as `conn`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The queue the transport drains.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The server state (settings the transport needs: pings, shutdown, metrics).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// When the token expires, as a timer deadline.
+    pub fn expiry(&self) -> Option<tokio::time::Instant> {
+        self.exp.map(|exp| {
+            let left = (exp - now_seconds()).max(0.0);
+            tokio::time::Instant::now() + Duration::from_secs_f64(left.min(1e9))
+        })
+    }
+
+    /// The transport is open: publishes `ConnectionOpen`.
+    pub async fn start(&self) {
+        self.meta("ConnectionOpen").await;
+    }
+
+    /// The transport is done: leaves the channels, frees the queue, publishes `ConnectionClose`.
+    pub async fn finish(&self) {
+        self.leave();
+        self.outbox.close();
+        self.meta("ConnectionClose").await;
+    }
+
+    /// Tells the client about something it sent that was not published.
+    pub fn refuse(&self, code: &str, message: &str, channel: Option<&str>) {
+        self.outbox
+            .push(Frame::from(error_event(code, message, channel)));
+    }
+
+    /// Publishes one client message to every channel of the client (spec §5.1), or says why not.
+    pub async fn publish(&mut self, text: &str) {
+        if !self.rates.allow(text.len(), &self.outbox, &self.state) {
+            return;
+        }
+        let state = &self.state;
+        state.metrics.messages_in.inc();
+        if !self.mode.write {
+            self.refuse(
+                "read_only",
+                "this socket's token does not allow writing (mode is not 'w' or 'rw'); the message was not published",
+                None,
+            );
+            return;
+        }
+        let at = now_seconds();
+        for channel in &self.channels {
+            let out = state.router.client_message(channel, text, &self.claims, at);
+            if out.payload.len() > MAX_NOTIFY_PAYLOAD {
+                let msg = format!(
+                    "message too large: its notification would be {} bytes and PostgreSQL accepts at most {} (the envelope and your token's claims take {} of them)",
+                    out.payload.len(),
+                    MAX_NOTIFY_PAYLOAD,
+                    out.payload.len() - text.len()
+                );
+                tracing::warn!(conn = self.id, channel = %channel, bytes = out.payload.len(), "message too large for NOTIFY");
+                self.refuse("payload_too_large", &msg, Some(channel));
+                continue;
+            }
+            state
+                .publisher
+                .publish(
+                    self.id,
+                    Job {
+                        pg_channel: out.pg_channel,
+                        payload: out.payload,
+                        channel: Some(channel.to_string()),
+                        reply: Some(self.outbox.clone()),
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Publishes a meta-channel event. Its failure is logged and counted, not sent to the
+    /// client: the client did not send it.
+    async fn meta(&self, event: &str) {
+        let Some(meta) = &self.state.config.meta_channel else {
+            return;
+        };
+        let names: Vec<String> = self.channels.iter().map(|c| c.to_string()).collect();
+        let payload = meta_event(event, meta, &names, &self.claims, now_seconds());
+        self.state
+            .publisher
+            .publish(
+                self.id,
+                Job {
+                    pg_channel: self.state.router.server_event(meta),
+                    payload,
+                    channel: Some(meta.to_string()),
+                    reply: None,
+                },
+            )
+            .await;
+    }
+
+    /// Removes the client from its channels; tells the source about channels it was the last
+    /// subscriber of. Idempotent.
+    fn leave(&self) {
+        if !self.mode.read {
+            return;
+        }
+        for channel in &self.channels {
+            if self.state.hub.unsubscribe(channel, &self.outbox) {
+                self.state.source.unfollow(channel);
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .connections
+            .get_or_create(&ModeLabel {
+                mode: self.mode.as_str(),
+            })
+            .dec();
+        self.leave();
+        self.outbox.close();
+    }
+}
+
+/// Per-client message and byte rates (`PGWS_RATE_MESSAGES`, `PGWS_RATE_BYTES`).
+struct Rates {
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+}
+
+impl Rates {
+    fn new(state: &AppState) -> Self {
+        let bucket = |rate: u32| (rate > 0).then(|| Bucket::new(rate));
+        Self {
+            messages: bucket(state.config.rates.messages),
+            bytes: bucket(state.config.rates.bytes),
+        }
+    }
+
+    /// Whether a message of `len` bytes may be published; tells the client (and the metrics)
+    /// when not.
+    fn allow(&mut self, len: usize, outbox: &Outbox, state: &AppState) -> bool {
+        let now = std::time::Instant::now();
+        let messages_ok = self.messages.as_mut().is_none_or(|b| b.take(1.0, now));
+        let bytes_ok = messages_ok && self.bytes.as_mut().is_none_or(|b| b.take(len as f64, now));
+        if messages_ok && bytes_ok {
+            return true;
+        }
+        let what = if messages_ok { "bytes" } else { "messages" };
+        state
+            .metrics
+            .drops
+            .get_or_create(&ReasonLabel {
+                reason: "rate_limited",
+            })
+            .inc();
+        outbox.push(Frame::from(error_event(
+            "rate_limited",
+            &format!("too many {what} per second from this socket; the message was not published"),
+            None,
+        )));
+        false
+    }
+}

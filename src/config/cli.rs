@@ -1,0 +1,414 @@
+//! The command line and the environment as clap sees them: every `PGWS_*` variable of
+//! postgres-websockets, each also a flag. Only parsing lives here; [`super::Cli::resolve`] turns
+//! the result into a [`super::Config`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::routing::{ChannelMode, MessageFormat};
+
+/// Command line and environment, as clap sees them. Converted into [`Config`] by [`Cli::resolve`].
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pgws",
+    version,
+    about = "Connects websockets to PostgreSQL asynchronous notifications (a drop-in postgres-websockets).",
+    after_help = "Every option is also read from the environment variable shown in brackets; a flag wins over the variable.\nTry it without any setup: pgws --embedded"
+)]
+pub struct Cli {
+    /// PostgreSQL connection string (URI or key=value), or @file to read it from a file.
+    #[arg(long, env = "PGWS_DB_URI", value_name = "PGWS_DB_URI")]
+    pub db_uri: Option<String>,
+
+    /// Secret to verify JWTs: raw HMAC bytes, a JWK, or a JWK Set; @file reads it from a file.
+    #[arg(
+        long,
+        env = "PGWS_JWT_SECRET",
+        value_name = "PGWS_JWT_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// The secret is base64 (or base64url) encoded [True|False].
+    #[arg(long, env = "PGWS_JWT_SECRET_BASE64", value_name = "PGWS_JWT_SECRET_BASE64",
+          default_value = "False", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub jwt_secret_base64: bool,
+
+    /// Address to bind: `*` (any, IPv4 and IPv6), `*4` (any, IPv4), `!4` (IPv4 only), `*6` (any,
+    /// prefer IPv6), `!6` (IPv6 only), or a host name / IP address.
+    #[arg(
+        long,
+        env = "PGWS_HOST",
+        value_name = "PGWS_HOST",
+        default_value = "*4"
+    )]
+    pub host: String,
+
+    /// TCP port for HTTP, static files and websockets (0 picks a free port).
+    #[arg(
+        long,
+        env = "PGWS_PORT",
+        value_name = "PGWS_PORT",
+        default_value_t = 3000
+    )]
+    pub port: u16,
+
+    /// The PostgreSQL channel pgws LISTENs on and NOTIFYs to.
+    #[arg(
+        long,
+        env = "PGWS_LISTEN_CHANNEL",
+        value_name = "PGWS_LISTEN_CHANNEL",
+        default_value = "postgres-websockets-listener"
+    )]
+    pub listen_channel: String,
+
+    /// Channel that receives ConnectionOpen / ConnectionClose events (unset: no events).
+    #[arg(long, env = "PGWS_META_CHANNEL", value_name = "PGWS_META_CHANNEL")]
+    pub meta_channel: Option<String>,
+
+    /// Directory served as static files to non-websocket requests (unset: "Hello, Web!").
+    #[arg(long, env = "PGWS_ROOT_PATH", value_name = "PGWS_ROOT_PATH")]
+    pub root_path: Option<PathBuf>,
+
+    /// Number of connections used to send NOTIFY (the LISTEN connection is separate).
+    #[arg(long, env = "PGWS_POOL_SIZE", value_name = "PGWS_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub pool_size: u16,
+
+    /// Attempts to open the LISTEN connection at start-up before giving up (exit 1); unused
+    /// when PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
+    #[arg(
+        long,
+        env = "PGWS_RETRIES",
+        value_name = "PGWS_RETRIES",
+        default_value_t = 5
+    )]
+    pub retries: u32,
+
+    /// Milliseconds between health checks of the LISTEN connection (unset: 10000). A failed
+    /// check reconnects it.
+    #[arg(
+        long,
+        env = "PGWS_CHECK_LISTENER_INTERVAL",
+        value_name = "PGWS_CHECK_LISTENER_INTERVAL"
+    )]
+    pub check_listener_interval: Option<u64>,
+
+    /// PEM certificate chain; with PGWS_KEY_FILE pgws serves only TLS (https/wss).
+    #[arg(
+        long,
+        env = "PGWS_CERTIFICATE_FILE",
+        value_name = "PGWS_CERTIFICATE_FILE"
+    )]
+    pub certificate_file: Option<PathBuf>,
+
+    /// PEM private key for PGWS_CERTIFICATE_FILE.
+    #[arg(long, env = "PGWS_KEY_FILE", value_name = "PGWS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Start a private, throwaway PostgreSQL from the installed server binaries and use it.
+    #[arg(long, env = "PGWS_EMBEDDED", value_name = "PGWS_EMBEDDED", default_value = "False",
+          value_parser = parse_bool, num_args = 0..=1, default_missing_value = "True",
+          action = clap::ArgAction::Set)]
+    pub embedded: bool,
+
+    /// Most messages waiting to be written to one socket; a socket that falls further behind is
+    /// closed with code 4000.
+    #[arg(
+        long,
+        env = "PGWS_MAX_QUEUE_MESSAGES",
+        value_name = "PGWS_MAX_QUEUE_MESSAGES",
+        default_value_t = 4096
+    )]
+    pub max_queue_messages: usize,
+
+    /// Most bytes waiting to be written to one socket (see PGWS_MAX_QUEUE_MESSAGES).
+    #[arg(long, env = "PGWS_MAX_QUEUE_BYTES", value_name = "PGWS_MAX_QUEUE_BYTES",
+          default_value_t = 4 * 1024 * 1024)]
+    pub max_queue_bytes: usize,
+
+    /// Largest websocket message accepted from a client, in bytes; larger ones close the socket
+    /// with 1009. Messages that cannot fit PostgreSQL's 8000-byte NOTIFY get an error event.
+    #[arg(long, env = "PGWS_MAX_MESSAGE_SIZE", value_name = "PGWS_MAX_MESSAGE_SIZE",
+          default_value_t = 64 * 1024)]
+    pub max_message_size: usize,
+
+    /// Seconds between server pings on every socket (the original's 30; 0 disables). A peer that
+    /// sends nothing, not even a pong, for two intervals is closed with 4001.
+    #[arg(
+        long,
+        env = "PGWS_PING_INTERVAL",
+        value_name = "PGWS_PING_INTERVAL",
+        default_value_t = 30
+    )]
+    pub ping_interval: u64,
+
+    /// Address (host:port) of the admin listener serving /metrics, /health and /ready; unset:
+    /// no admin listener. Keep it on loopback or a private network.
+    #[arg(long, env = "PGWS_ADMIN_ADDRESS", value_name = "PGWS_ADMIN_ADDRESS")]
+    pub admin_address: Option<String>,
+
+    /// Most websockets open at once; further handshakes get 503.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CONNECTIONS",
+        value_name = "PGWS_MAX_CONNECTIONS",
+        default_value_t = 100_000
+    )]
+    pub max_connections: usize,
+
+    /// Most channels one socket may be bound to; more is refused with 400.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CHANNELS",
+        value_name = "PGWS_MAX_CHANNELS",
+        default_value_t = 1000
+    )]
+    pub max_channels: usize,
+
+    /// Seconds a client may take to send its request head (and finish TLS).
+    #[arg(
+        long,
+        env = "PGWS_HANDSHAKE_TIMEOUT",
+        value_name = "PGWS_HANDSHAKE_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub handshake_timeout: u64,
+
+    /// Seconds the server waits at shutdown for sockets to close and NOTIFYs to be sent.
+    #[arg(
+        long,
+        env = "PGWS_SHUTDOWN_TIMEOUT",
+        value_name = "PGWS_SHUTDOWN_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub shutdown_timeout: u64,
+
+    /// Tell sockets (and the meta channel) when notifications may have been lost while the LISTEN
+    /// connection was down [True|False]. False: strict compatibility, no extra frames.
+    #[arg(long, env = "PGWS_GAP_EVENTS", value_name = "PGWS_GAP_EVENTS", default_value = "True",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub gap_events: bool,
+
+    /// Log format: `text` or `json` (one object per line).
+    #[arg(
+        long,
+        env = "PGWS_LOG_FORMAT",
+        value_name = "PGWS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Comma-separated JWT algorithms to accept (e.g. `RS256,ES256`); unset: every algorithm the
+    /// configured keys support.
+    #[arg(long, env = "PGWS_JWT_ALGORITHMS", value_name = "PGWS_JWT_ALGORITHMS")]
+    pub jwt_algorithms: Option<String>,
+
+    /// Comma-separated accepted `aud` values; unset: `aud` is not checked.
+    #[arg(long, env = "PGWS_JWT_AUDIENCE", value_name = "PGWS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Comma-separated accepted `iss` values; unset: `iss` is not checked.
+    #[arg(long, env = "PGWS_JWT_ISSUER", value_name = "PGWS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Seconds of clock skew allowed for `exp`, `nbf` and `iat` (the original: 0).
+    #[arg(
+        long,
+        env = "PGWS_JWT_LEEWAY",
+        value_name = "PGWS_JWT_LEEWAY",
+        default_value_t = 0
+    )]
+    pub jwt_leeway: u64,
+
+    /// Where the mode claim is: a top-level name (e.g. `https://example.com/mode`) or a JSON
+    /// Pointer starting with `/` (e.g. `/app_metadata/pgws/mode`).
+    #[arg(
+        long,
+        env = "PGWS_CLAIM_MODE",
+        value_name = "PGWS_CLAIM_MODE",
+        default_value = "mode"
+    )]
+    pub claim_mode: String,
+
+    /// Where the single-channel claim is (see PGWS_CLAIM_MODE).
+    #[arg(
+        long,
+        env = "PGWS_CLAIM_CHANNEL",
+        value_name = "PGWS_CLAIM_CHANNEL",
+        default_value = "channel"
+    )]
+    pub claim_channel: String,
+
+    /// Where the channel-list claim is (see PGWS_CLAIM_MODE).
+    #[arg(
+        long,
+        env = "PGWS_CLAIM_CHANNELS",
+        value_name = "PGWS_CLAIM_CHANNELS",
+        default_value = "channels"
+    )]
+    pub claim_channels: String,
+
+    /// Mode (`r`, `w` or `rw`) for tokens without a mode claim; unset: such tokens are refused
+    /// with "Missing mode".
+    #[arg(long, env = "PGWS_DEFAULT_MODE", value_name = "PGWS_DEFAULT_MODE")]
+    pub default_mode: Option<DefaultMode>,
+
+    /// Comma-separated browser origins allowed to open websockets (e.g.
+    /// `https://app.example.com`); unset: any. Requests without an Origin header are allowed.
+    #[arg(
+        long,
+        env = "PGWS_ALLOWED_ORIGINS",
+        value_name = "PGWS_ALLOWED_ORIGINS"
+    )]
+    pub allowed_origins: Option<String>,
+
+    /// New websockets per second from one client address (burst: twice as many); 0: no limit.
+    #[arg(
+        long,
+        env = "PGWS_RATE_CONNECTIONS",
+        value_name = "PGWS_RATE_CONNECTIONS",
+        default_value_t = 200
+    )]
+    pub rate_connections: u32,
+
+    /// Messages per second one socket may send (burst: twice as many); 0: no limit.
+    #[arg(
+        long,
+        env = "PGWS_RATE_MESSAGES",
+        value_name = "PGWS_RATE_MESSAGES",
+        default_value_t = 1000
+    )]
+    pub rate_messages: u32,
+
+    /// Bytes per second one socket may send (burst: twice as many); 0: no limit.
+    #[arg(long, env = "PGWS_RATE_BYTES", value_name = "PGWS_RATE_BYTES",
+          default_value_t = 1024 * 1024)]
+    pub rate_bytes: u32,
+
+    /// Most websockets open at once with the same token `sub`; 0: no limit.
+    #[arg(
+        long,
+        env = "PGWS_MAX_CONNECTIONS_PER_SUBJECT",
+        value_name = "PGWS_MAX_CONNECTIONS_PER_SUBJECT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_subject: usize,
+
+    /// Comma-separated addresses of reverse proxies whose X-Forwarded-For is trusted for the client
+    /// address (rate limits, logs).
+    #[arg(
+        long,
+        env = "PGWS_TRUSTED_PROXIES",
+        value_name = "PGWS_TRUSTED_PROXIES"
+    )]
+    pub trusted_proxies: Option<String>,
+
+    /// Which PostgreSQL channels reach sockets: `listen-channel` (postgres-websockets: everything
+    /// through PGWS_LISTEN_CHANNEL, routed by the JSON `channel` field), `direct` (a socket on
+    /// channel X gets every NOTIFY X; client messages are NOTIFYed on X), or `both`.
+    #[arg(
+        long,
+        env = "PGWS_CHANNEL_MODE",
+        value_name = "PGWS_CHANNEL_MODE",
+        default_value = "listen-channel"
+    )]
+    pub channel_mode: ChannelMode,
+
+    /// Shape of client messages: `postgres-websockets` ({"channel","event","payload","claims"}),
+    /// `postgrest-ws` ({"claims","payload"} NOTIFYed on the channel itself) or
+    /// `postgrest-ws-legacy` ({"userClaims","payload"}).
+    #[arg(
+        long,
+        env = "PGWS_MESSAGE_FORMAT",
+        value_name = "PGWS_MESSAGE_FORMAT",
+        default_value = "postgres-websockets"
+    )]
+    pub message_format: MessageFormat,
+
+    /// URL of an HTTP server (PostgREST) that receives every non-websocket request, so that one
+    /// port serves the REST API and the websockets.
+    #[arg(long, env = "PGWS_UPSTREAM", value_name = "PGWS_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
+    /// RUST_LOG wins when set.
+    #[arg(
+        long,
+        env = "PGWS_LOG_LEVEL",
+        value_name = "PGWS_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+impl Cli {
+    /// Parses the command line and the environment. An optional variable set to the empty string
+    /// counts as unset (as in an env file with `PGWS_META_CHANNEL=`); the two required ones keep
+    /// their "is empty" error.
+    pub fn from_env_and_args() -> Result<Self, clap::Error> {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let mut cmd = Self::command();
+        let empty: Vec<clap::Id> = cmd
+            .get_arguments()
+            .filter(|a| {
+                a.get_env().is_some_and(|name| {
+                    name != "PGWS_DB_URI"
+                        && name != "PGWS_JWT_SECRET"
+                        && std::env::var_os(name).is_some_and(|v| v.is_empty())
+                })
+            })
+            .map(|a| a.get_id().clone())
+            .collect();
+        for id in empty {
+            cmd = cmd.mut_arg(id, |a| a.env(None));
+        }
+        let matches = cmd.try_get_matches()?;
+        Self::from_arg_matches(&matches)
+    }
+}
+
+/// Parses `True`/`False` in any case (and `1`/`0`, `yes`/`no`), naming the value when it fails.
+pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected True or False, got '{s}'")),
+    }
+}
+
+/// `PGWS_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `PGWS_DEFAULT_MODE`: the mode of tokens without a mode claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultMode {
+    /// Read only.
+    #[value(name = "r")]
+    Read,
+    /// Write only.
+    #[value(name = "w")]
+    Write,
+    /// Read and write.
+    #[value(name = "rw")]
+    ReadWrite,
+}
+
+impl DefaultMode {
+    /// The claim value this stands for.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "r",
+            Self::Write => "w",
+            Self::ReadWrite => "rw",
+        }
+    }
+}

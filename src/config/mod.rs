@@ -1,0 +1,498 @@
+//! Configuration: every `PGWS_*` variable of postgres-websockets, each also a command-line flag.
+//!
+//! - [`cli`]: what clap parses (flags and variables, help text, value parsers);
+//! - this module: [`Config`], the resolved settings the server runs with, and the checks that
+//!   settings make sense together;
+//! - [`secrets`]: `@file` secrets, base64, keys; [`help`]: the original's missing-settings text.
+//!
+//! The runtime types a setting resolves to live with the code that uses them (the channel mode in
+//! [`crate::routing`], the site in the HTTP layer, the bind address in [`crate::net`]).
+//!
+//! The original read its settings with `envparse`, which silently fell back to the default when a
+//! value did not parse (`PGWS_PORT=abc` meant port 3000). Here a value that does not parse stops
+//! start-up with a message naming the variable and the value. `True`/`False` are accepted in any
+//! case. Missing required settings print the original's help text and exit with status 1.
+
+mod cli;
+mod help;
+mod secrets;
+
+use std::time::Duration;
+
+pub use cli::{Cli, LogFormat};
+
+use crate::auth::{ClaimPath, KeySet, Rules};
+use crate::channel::ChannelName;
+use crate::http::proxy::Upstream;
+use crate::http::static_files::Site;
+use crate::net::{HostPreference, TlsFiles};
+use crate::ops::limits::RateLimits;
+use crate::routing::{ChannelMode, MessageFormat};
+use help::missing_help;
+
+/// The development secret: the original's `sample-env` secret, used by `--embedded` when no
+/// `PGWS_JWT_SECRET` is given, and by the example page.
+pub const DEV_SECRET: &str =
+    "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
+
+/// Default meta channel in embedded mode, as in the original's `sample-env`.
+pub const DEV_META_CHANNEL: &str = "server-info";
+
+/// Resolved settings the server runs with. Built from [`Cli`]; tests build it the same way.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// tokio-postgres connection settings for both the LISTEN connection and the NOTIFY pool.
+    pub db: crate::pg::Database,
+    /// Keys that verify tokens.
+    pub keys: KeySet,
+    /// Where to bind.
+    pub host: HostPreference,
+    /// Port to bind (0 = any free port).
+    pub port: u16,
+    /// The one PostgreSQL channel used as the message bus.
+    pub listen_channel: ChannelName,
+    /// Channel for connection events, if any.
+    pub meta_channel: Option<ChannelName>,
+    /// What non-websocket requests get.
+    pub site: Site,
+    /// Size of the NOTIFY pool.
+    pub pool_size: usize,
+    /// Start-up attempts for the LISTEN connection; `None` = retry for ever.
+    pub startup_retries: Option<u32>,
+    /// How often the LISTEN connection is checked.
+    pub check_listener_interval: Duration,
+    /// TLS certificate and key, if TLS is on.
+    pub tls: Option<TlsFiles>,
+    /// Per-socket outbound queue limits.
+    pub max_queue_messages: usize,
+    /// Per-socket outbound queue limit in bytes.
+    pub max_queue_bytes: usize,
+    /// Largest accepted client message.
+    pub max_message_size: usize,
+    /// Interval between server pings (`None`: no pings).
+    pub ping_interval: Option<Duration>,
+    /// Admin listener address, if any.
+    pub admin_address: Option<String>,
+    /// Most open websockets.
+    pub max_connections: usize,
+    /// Most channels per socket.
+    pub max_channels: usize,
+    /// Time limit for request heads and TLS handshakes.
+    pub handshake_timeout: Duration,
+    /// Time limit for the drain at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Whether `Gap` events are sent.
+    pub gap_events: bool,
+    /// Token rules beyond the signature.
+    pub rules: Rules,
+    /// Allowed browser origins (`None`: any).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Abuse limits.
+    pub rates: RateLimits,
+    /// Proxies whose X-Forwarded-For is trusted.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Which PostgreSQL channels reach sockets.
+    pub channel_mode: ChannelMode,
+    /// Shape of client messages.
+    pub message_format: MessageFormat,
+    /// Where plain HTTP requests are forwarded, if anywhere (parsed once, here).
+    pub upstream: Option<Upstream>,
+}
+
+/// Why the configuration was refused. Each message names the variable and, where it has one,
+/// the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Required variables are missing; the text is the original's help text plus the errors.
+    #[error("{0}")]
+    Missing(String),
+    /// Only one of the TLS files is set.
+    #[error(
+        "PGWS_CERTIFICATE_FILE and PGWS_KEY_FILE must be set in tandem (got only {0}); set both for TLS or neither"
+    )]
+    TlsPair(&'static str),
+    /// A file named with `@file` could not be read.
+    #[error("{var}: cannot read file '{path}': {source}")]
+    File {
+        /// The variable.
+        var: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `PGWS_JWT_SECRET_BASE64=True` but the secret is not base64.
+    #[error("PGWS_JWT_SECRET: not valid base64 (PGWS_JWT_SECRET_BASE64 is True): {0}")]
+    Base64(base64::DecodeError),
+    /// The secret parsed as JSON but is not a usable JWK / JWK Set.
+    #[error("PGWS_JWT_SECRET: {0}")]
+    Key(#[from] crate::auth::KeyError),
+    /// The database URI does not parse.
+    #[error("PGWS_DB_URI: cannot use the connection string: {0}")]
+    DbUri(crate::pg::DatabaseError),
+    /// A channel name PostgreSQL cannot use.
+    #[error("{var}: '{value}' {reason}")]
+    Channel {
+        /// The variable.
+        var: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong with it.
+        reason: crate::channel::ChannelNameError,
+    },
+    /// A value that does not make sense.
+    #[error("{var}: '{value}' {reason}")]
+    Value {
+        /// The variable.
+        var: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The static root is not a directory.
+    #[error("PGWS_ROOT_PATH: '{0}' is not a readable directory")]
+    RootPath(String),
+}
+
+impl Cli {
+    /// Resolves files, base64 and keys, and checks that the settings make sense together.
+    ///
+    /// `db_uri_override` is the embedded cluster's connection string, used instead of
+    /// `PGWS_DB_URI`; `secret_fallback` is used when no secret is configured (embedded mode).
+    pub fn resolve(
+        &self,
+        db_uri_override: Option<&str>,
+        secret_fallback: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let db_uri = match (db_uri_override, self.db_uri.as_deref()) {
+            (Some(uri), _) => Some(uri.to_string()),
+            (None, Some("")) => {
+                errors.push("PGWS_DB_URI is empty");
+                None
+            }
+            (None, Some(uri)) => Some(uri.to_string()),
+            (None, None) => {
+                errors.push("PGWS_DB_URI is unset");
+                None
+            }
+        };
+        let secret = match (self.jwt_secret.as_deref(), secret_fallback) {
+            (Some(s), _) => Some(s.to_string()),
+            (None, Some(s)) => Some(s.to_string()),
+            (None, None) => {
+                errors.push("PGWS_JWT_SECRET is unset");
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ConfigError::Missing(missing_help(&errors)));
+        }
+        let (db_uri, secret) = (db_uri.unwrap_or_default(), secret.unwrap_or_default());
+
+        let tls = match (&self.certificate_file, &self.key_file) {
+            (Some(c), Some(k)) => Some(TlsFiles {
+                certificate: c.clone(),
+                key: k.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::TlsPair("PGWS_CERTIFICATE_FILE")),
+            (None, Some(_)) => return Err(ConfigError::TlsPair("PGWS_KEY_FILE")),
+        };
+
+        let keys = self.load_keys(&secret)?;
+
+        let db_uri = match db_uri.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::File {
+                    var: "PGWS_DB_URI",
+                    path: path.to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+            None => db_uri,
+        };
+        let db = crate::pg::Database::parse(&db_uri).map_err(ConfigError::DbUri)?;
+
+        let listen_channel = channel_setting("PGWS_LISTEN_CHANNEL", &self.listen_channel)?;
+        let meta_channel = self
+            .meta_channel
+            .as_deref()
+            .map(|meta| channel_setting("PGWS_META_CHANNEL", meta))
+            .transpose()?;
+
+        let site = match (&self.root_path, self.embedded) {
+            (Some(root), _) => {
+                if !root.is_dir() {
+                    return Err(ConfigError::RootPath(root.display().to_string()));
+                }
+                Site::Directory(root.clone())
+            }
+            (None, true) => Site::Builtin,
+            (None, false) => Site::Hello,
+        };
+
+        let (channel_mode, message_format) = (self.channel_mode, self.message_format);
+        if message_format != MessageFormat::PostgresWebsockets && !channel_mode.uses_direct() {
+            return Err(ConfigError::Value {
+                var: "PGWS_MESSAGE_FORMAT",
+                value: message_format.as_str().to_string(),
+                reason: "NOTIFYs on the channel itself, which sockets only hear with PGWS_CHANNEL_MODE=direct or both".into(),
+            });
+        }
+        let upstream = self
+            .upstream
+            .as_deref()
+            .map(|url| {
+                Upstream::new(url).map_err(|e| ConfigError::Value {
+                    var: "PGWS_UPSTREAM",
+                    value: url.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(Config {
+            db,
+            keys,
+            host: HostPreference::parse(&self.host),
+            port: self.port,
+            listen_channel,
+            meta_channel,
+            site,
+            pool_size: usize::from(self.pool_size),
+            startup_retries: match self.check_listener_interval {
+                Some(_) => None,
+                None => Some(self.retries.max(1)),
+            },
+            check_listener_interval: Duration::from_millis(
+                self.check_listener_interval.unwrap_or(10_000).max(100),
+            ),
+            tls,
+            max_queue_messages: self.max_queue_messages.max(1),
+            max_queue_bytes: self.max_queue_bytes.max(1),
+            max_message_size: self.max_message_size.max(1),
+            ping_interval: (self.ping_interval > 0)
+                .then(|| Duration::from_secs(self.ping_interval)),
+            admin_address: self.admin_address.clone(),
+            max_connections: self.max_connections,
+            max_channels: self.max_channels.max(1),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            gap_events: self.gap_events,
+            rules: Rules {
+                audience: list(self.jwt_audience.as_deref()),
+                issuer: list(self.jwt_issuer.as_deref()),
+                leeway: self.jwt_leeway as f64,
+                mode: ClaimPath::new(&self.claim_mode),
+                channel: ClaimPath::new(&self.claim_channel),
+                channels: ClaimPath::new(&self.claim_channels),
+                default_mode: self.default_mode.map(|m| m.as_str().to_string()),
+            },
+            allowed_origins: list(self.allowed_origins.as_deref()),
+            rates: RateLimits {
+                connections: self.rate_connections,
+                messages: self.rate_messages,
+                bytes: self.rate_bytes,
+                per_subject: self.max_connections_per_subject,
+            },
+            channel_mode,
+            message_format,
+            upstream,
+            trusted_proxies: match list(self.trusted_proxies.as_deref()) {
+                None => Vec::new(),
+                Some(items) => items
+                    .iter()
+                    .map(|a| {
+                        a.parse().map_err(|_| ConfigError::Value {
+                            var: "PGWS_TRUSTED_PROXIES",
+                            value: a.clone(),
+                            reason: "is not an IP address".into(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+        })
+    }
+}
+
+/// Splits a comma-separated setting; `None` when unset or empty.
+pub(crate) fn list(value: Option<&str>) -> Option<Vec<String>> {
+    let items: Vec<String> = value?
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!items.is_empty()).then_some(items)
+}
+
+/// A channel-name setting, checked by the rules of [`ChannelName`].
+fn channel_setting(var: &'static str, value: &str) -> Result<ChannelName, ConfigError> {
+    ChannelName::new(value).map_err(|e| ConfigError::Channel {
+        var,
+        value: value.to_string(),
+        reason: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cli::parse_bool;
+    use super::secrets::load_secret;
+    use super::*;
+    use crate::config::DEV_SECRET;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut full = vec!["pgws"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).expect("parses")
+    }
+
+    #[test]
+    fn bool_values_in_any_case() {
+        for t in ["True", "true", "TRUE", "1"] {
+            assert_eq!(parse_bool(t), Ok(true));
+        }
+        for f in ["False", "false", "FALSE", "0"] {
+            assert_eq!(parse_bool(f), Ok(false));
+        }
+        assert!(parse_bool("maybe").unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn unparsable_port_names_variable_and_value() {
+        let err = Cli::try_parse_from(["pgws", "--port", "abc"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_PORT"), "{err}");
+        assert!(err.contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_lists_both() {
+        let err = cli(&[]).resolve(None, None).unwrap_err().to_string();
+        assert!(err.contains("PGWS_DB_URI is unset"), "{err}");
+        assert!(err.contains("PGWS_JWT_SECRET is unset"), "{err}");
+        assert!(err.contains("--embedded"), "{err}");
+    }
+
+    #[test]
+    fn empty_db_uri_is_reported() {
+        let err = cli(&["--db-uri", "", "--jwt-secret", DEV_SECRET])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_DB_URI is empty"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let err = cli(&[
+            "--db-uri",
+            "postgres://x/y",
+            "--jwt-secret",
+            DEV_SECRET,
+            "--key-file",
+            "k",
+        ])
+        .resolve(None, None)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PGWS_KEY_FILE"), "{err}");
+    }
+
+    #[test]
+    fn short_hmac_secret_is_a_start_up_error() {
+        let err = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "short"])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("5 bytes") && err.contains("32"), "{err}");
+    }
+
+    #[test]
+    fn algorithm_allow_list() {
+        let c = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", DEV_SECRET]);
+        let mut c2 = c.clone();
+        c2.jwt_algorithms = Some("RS256".into());
+        let err = c2.resolve(None, None).unwrap_err().to_string();
+        assert!(err.contains("PGWS_JWT_ALGORITHMS"), "{err}");
+        c2.jwt_algorithms = Some("HS256, nope".into());
+        let err = c2.resolve(None, None).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        c2.jwt_algorithms = Some("HS256".into());
+        assert!(c2.resolve(None, None).is_ok());
+    }
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(HostPreference::parse("*"), HostPreference::Any);
+        assert_eq!(HostPreference::parse("*4"), HostPreference::AnyPreferV4);
+        assert_eq!(HostPreference::parse("!4"), HostPreference::V4Only);
+        assert_eq!(HostPreference::parse("*6"), HostPreference::AnyPreferV6);
+        assert_eq!(HostPreference::parse("!6"), HostPreference::V6Only);
+        assert_eq!(
+            HostPreference::parse("127.0.0.1"),
+            HostPreference::Named("127.0.0.1".into())
+        );
+    }
+
+    #[test]
+    fn base64_secret_accepts_url_alphabet() {
+        let bytes = load_secret("cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU", true).unwrap();
+        assert_eq!(bytes, b"reallyreallyreallyreallyverysafe");
+        let bytes = load_secret("-_8.", true).unwrap();
+        assert_eq!(bytes, vec![0xfb, 0xff]);
+        assert!(matches!(
+            load_secret("%%%", true),
+            Err(ConfigError::Base64(_))
+        ));
+    }
+
+    #[test]
+    fn secret_file_loses_one_newline() {
+        let dir = std::env::temp_dir().join(format!("pgws-secret-{}", std::process::id()));
+        std::fs::write(&dir, b"abc\n\n").unwrap();
+        let bytes = load_secret(&format!("@{}", dir.display()), false).unwrap();
+        std::fs::remove_file(&dir).ok();
+        assert_eq!(bytes, b"abc\n");
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = cli(&[
+            "--db-uri",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            DEV_SECRET,
+        ])
+        .resolve(None, None)
+        .unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.host, HostPreference::AnyPreferV4);
+        assert_eq!(c.listen_channel, "postgres-websockets-listener");
+        assert_eq!(c.pool_size, 10);
+        assert_eq!(c.startup_retries, Some(5));
+        assert_eq!(c.site, Site::Hello);
+        assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn channel_names_are_checked() {
+        let long = "x".repeat(64);
+        let err = cli(&[
+            "--db-uri",
+            "postgres://u@h/d",
+            "--jwt-secret",
+            DEV_SECRET,
+            "--listen-channel",
+            &long,
+        ])
+        .resolve(None, None)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PGWS_LISTEN_CHANNEL"), "{err}");
+    }
+}

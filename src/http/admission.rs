@@ -1,0 +1,268 @@
+//! Admission: may this request become a client? One function, [`admit`], that every transport
+//! calls before it accepts (the websocket handshake today, Server-Sent Events next), so that the
+//! rules and their order are the same for all of them:
+//!
+//! 1. the browser `Origin` (`PGWS_ALLOWED_ORIGINS`) → 403;
+//! 2. the client address's connection rate (`PGWS_RATE_CONNECTIONS`) → 429;
+//! 3. the token (path, `Authorization: Bearer`, or the `bearer.<token>` subprotocol) and what it
+//!    grants (spec §2.2, §3) → 400 with the original's texts;
+//! 4. the channel names ([`crate::channel`]) and their number (`PGWS_MAX_CHANNELS`) → 400;
+//! 5. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
+//! 6. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
+//!
+//! A refusal is a typed [`Refusal`]; each transport renders it (an HTTP status with the reason as
+//! its body today). Admission logs and counts nothing itself: the caller does, once, with the
+//! refusal's [`Refusal::label`], so that the metrics label and the log line agree.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+
+use hyper::{Request, StatusCode};
+
+use crate::auth::{self, AuthError, Grant};
+use crate::channel::{ChannelName, ChannelNameError};
+use crate::ops::limits::SubjectSlot;
+use crate::state::AppState;
+
+/// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
+pub const SUBPROTOCOL: &str = "pgws";
+
+/// Where the token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// The URL path (`/:channel/:token`, `/:token`), as the original.
+    Path,
+    /// `Authorization: Bearer <token>`; the path is `/:channel` or `/`.
+    Header,
+    /// `Sec-WebSocket-Protocol: pgws, bearer.<token>`; answered with `pgws`.
+    Subprotocol,
+}
+
+/// A request that may become a client.
+pub struct Admitted {
+    /// What the token grants (its `channels` are checked: see `channels`).
+    pub grant: Grant,
+    /// The granted channels as checked names, in grant order.
+    pub channels: Vec<ChannelName>,
+    /// Where the token was.
+    pub carrier: Carrier,
+    /// The client's address (behind trusted proxies: from `X-Forwarded-For`).
+    pub ip: IpAddr,
+    /// Held while the client is connected (per-subject limit).
+    pub slot: Option<SubjectSlot>,
+}
+
+/// Why a request may not become a client. `Display` is the reason a client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The `Origin` is not in `PGWS_ALLOWED_ORIGINS`.
+    #[error("Origin not allowed: {0}")]
+    Origin(String),
+    /// Too many new connections from this address.
+    #[error("Too many connections from this address: at most {0} per second")]
+    RateLimited(u32),
+    /// The token was refused.
+    #[error("{0}")]
+    Token(AuthError),
+    /// A granted channel name is unusable.
+    #[error("{}", .0.client_text())]
+    BadChannel(ChannelNameError),
+    /// More channels than `PGWS_MAX_CHANNELS`.
+    #[error("Error: too many channels: {count} (at most {max})")]
+    TooManyChannels {
+        /// Channels granted.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `PGWS_MAX_CONNECTIONS` reached.
+    #[error("Too many connections: this server accepts at most {0}")]
+    ServerFull(usize),
+    /// `PGWS_MAX_CONNECTIONS_PER_SUBJECT` reached for the token's `sub`.
+    #[error("Too many connections for this token subject: at most {0}")]
+    SubjectFull(usize),
+}
+
+impl Refusal {
+    /// The HTTP status that says it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Origin(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) | Self::SubjectFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Token(_) | Self::BadChannel(_) | Self::TooManyChannels { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label of the refusal metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Origin(_) => "origin",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Token(AuthError::Expired) => "expired",
+            Self::Token(AuthError::MissingMode) => "missing_mode",
+            Self::Token(AuthError::NoAllowedChannels) => "no_allowed_channels",
+            Self::Token(AuthError::Invalid(_)) => "invalid_token",
+            Self::BadChannel(_) => "bad_channel",
+            Self::TooManyChannels { .. } => "too_many_channels",
+            Self::ServerFull(_) => "too_many_connections",
+            Self::SubjectFull(_) => "too_many_for_subject",
+        }
+    }
+}
+
+/// Runs every admission rule, in order, for a request that wants to become a client.
+pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    let settings = &state.config;
+    check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
+    let ip = client_ip(req, peer, &settings.trusted_proxies);
+    if !state.address_limiter.allow(ip) {
+        return Err(Refusal::RateLimited(settings.rates.connections));
+    }
+    let (grant, carrier) = authorize(req, state).map_err(Refusal::Token)?;
+    let channels = grant
+        .channels
+        .iter()
+        .map(|c| ChannelName::new(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Refusal::BadChannel)?;
+    if channels.len() > settings.max_channels {
+        return Err(Refusal::TooManyChannels {
+            count: channels.len(),
+            max: settings.max_channels,
+        });
+    }
+    if state.active.load(Ordering::Relaxed) >= settings.max_connections {
+        return Err(Refusal::ServerFull(settings.max_connections));
+    }
+    let slot = match grant.claims.get("sub").and_then(|s| s.as_str()) {
+        Some(sub) => Some(
+            state
+                .subjects
+                .acquire(sub)
+                .ok_or(Refusal::SubjectFull(settings.rates.per_subject))?,
+        ),
+        None => None,
+    }
+    .flatten();
+    Ok(Admitted {
+        grant,
+        channels,
+        carrier,
+        ip,
+        slot,
+    })
+}
+
+/// Finds the token: the `Authorization` header, the subprotocol pair, or the URL path.
+fn token_and_channel<B>(
+    req: &Request<B>,
+) -> Result<(Option<Cow<'_, str>>, String, Carrier), AuthError> {
+    let path = req.uri().path();
+    let header_token = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| (t.trim().to_string(), Carrier::Header));
+    let protocol_token = || {
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let token = offered.iter().find_map(|p| p.strip_prefix("bearer."))?;
+        Some(if offered.contains(&SUBPROTOCOL) {
+            Ok((token.to_string(), Carrier::Subprotocol))
+        } else {
+            Err(AuthError::Invalid(format!(
+                "offer the subprotocol '{SUBPROTOCOL}' next to 'bearer.<token>'"
+            )))
+        })
+    };
+    let outside = match header_token {
+        Some(t) => Some(t),
+        None => protocol_token().transpose()?,
+    };
+    match outside {
+        Some((token, carrier)) => {
+            let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+            let channel = if first.is_empty() {
+                None
+            } else {
+                Some(
+                    percent_encoding::percent_decode_str(first)
+                        .decode_utf8()
+                        .map_err(|_| {
+                            AuthError::Invalid(
+                                "channel name is not valid percent-encoded UTF-8".into(),
+                            )
+                        })?,
+                )
+            };
+            Ok((channel, token, carrier))
+        }
+        None => {
+            let (channel, token) = auth::parse_path(path)?;
+            Ok((channel, token.to_string(), Carrier::Path))
+        }
+    }
+}
+
+/// Verifies the token (spec §2.2, §3).
+pub(crate) fn authorize<B>(
+    req: &Request<B>,
+    state: &AppState,
+) -> Result<(Grant, Carrier), AuthError> {
+    let (channel, token, carrier) = token_and_channel(req)?;
+    let grant = auth::resolve(
+        &state.keys(),
+        &state.config.rules,
+        channel.as_deref(),
+        &token,
+        auth::now_seconds(),
+    )?;
+    Ok((grant, carrier))
+}
+
+/// The client's address: the peer, or, behind a trusted proxy, the last untrusted address of
+/// `X-Forwarded-For`.
+pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    req.headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer.ip())
+}
+
+/// `Err(origin)` when the request's Origin is not allowed.
+pub(crate) fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), String> {
+    let (Some(allowed), Some(origin)) = (allowed, req.headers().get(hyper::header::ORIGIN)) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        Err(origin.to_string())
+    }
+}

@@ -1,0 +1,150 @@
+//! The HTTP layer: one function per request decides what it is.
+//!
+//! - `Upgrade: websocket`, whatever its path (spec §2.1): [`admission`] first (the token is
+//!   checked before the handshake is accepted, a refusal is an HTTP status whose body is the
+//!   reason), then the websocket transport ([`crate::transport::ws`]).
+//! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant
+//!   as JSON or `400` with the reason, because browsers cannot read the body of a refused
+//!   websocket handshake.
+//! - anything else: the PostgREST upstream ([`proxy`]) when `PGWS_UPSTREAM` is set, else
+//!   [`static_files`].
+//!
+//! A new transport (Server-Sent Events) adds one branch here that calls [`admission::admit`] and
+//! renders its refusal with [`refuse`], exactly as the websocket branch does.
+
+pub mod admission;
+pub mod assets;
+pub mod body;
+pub mod proxy;
+pub mod static_files;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::header::{HeaderValue, SERVER};
+use hyper::{Request, Response, StatusCode};
+
+use crate::ops::metrics::ReasonLabel;
+use crate::state::AppState;
+use crate::transport::ws;
+use admission::{Refusal, authorize, check_origin, client_ip};
+use body::{Body, full, text};
+
+/// The `Server` header value.
+const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
+
+/// Handles one HTTP request.
+pub async fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let check = req
+        .headers()
+        .get("pgws-check")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let mut response = if ws::is_upgrade(&req) {
+        match admission::admit(&req, &state, peer) {
+            Ok(admitted) => ws::accept(&mut req, state, admitted).await,
+            Err(refusal) => refuse(&state, peer, refusal),
+        }
+    } else if check {
+        if state
+            .address_limiter
+            .allow(client_ip(&req, peer, &state.config.trusted_proxies))
+        {
+            check_grant(&req, &state)
+        } else {
+            text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests from this address",
+            )
+        }
+    } else if let Some(upstream) = state.config.upstream.clone() {
+        let (method, path) = (req.method().clone(), redact(req.uri().path()));
+        let r = upstream.forward(req, peer).await;
+        tracing::info!(target: "pgws::access", peer = %peer, method = %method,
+            path = %path, status = r.status().as_u16(), "proxied");
+        r
+    } else {
+        let r = static_files::serve(&state.config.site, &req).await;
+        tracing::info!(target: "pgws::access", peer = %peer, method = %req.method(),
+            path = %redact(req.uri().path()), status = r.status().as_u16(), "http");
+        r
+    };
+    response
+        .headers_mut()
+        .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    response
+}
+
+/// The path with every segment that looks like a JWT (three base64url parts) replaced, so that
+/// tokens never reach the logs.
+pub fn redact(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let parts: Vec<&str> = seg.split('.').collect();
+            let jwt_like = parts.len() == 3
+                && parts[..2].iter().all(|p| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if jwt_like { "<token>" } else { seg }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn check_grant<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+    if let Err(origin) = check_origin(req, state.config.allowed_origins.as_deref()) {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("Origin not allowed: {origin}"),
+        );
+    }
+    match authorize(req, state) {
+        Ok((grant, _)) => {
+            let body = serde_json::json!({
+                "mode": grant.mode.as_str(),
+                "channels": grant.channels,
+                "exp": grant.exp,
+            });
+            let mut r = Response::new(full(body.to_string()));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Renders a refusal as HTTP (status, reason as the body), logged and counted once.
+fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
+    let body = refusal.to_string();
+    tracing::info!(peer = %peer, reason = %body, "Rejecting Request");
+    state
+        .metrics
+        .refused
+        .get_or_create(&ReasonLabel {
+            reason: refusal.label(),
+        })
+        .inc();
+    text(refusal.status(), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn tokens_are_redacted_from_paths() {
+        assert_eq!(redact("/chat/eyJhbGc.eyJtb2Rl.sig-_x"), "/chat/<token>");
+        assert_eq!(redact("/eyJhbGc.eyJtb2Rl."), "/<token>");
+        assert_eq!(redact("/index.html"), "/index.html");
+        assert_eq!(redact("/a.b.c/x"), "/<token>/x");
+        assert_eq!(redact("/"), "/");
+    }
+}

@@ -1,0 +1,185 @@
+//! Sources: where messages come from. Today one, [`notify`] (PostgreSQL LISTEN/NOTIFY); a second
+//! (logical replication, reading `pg_logical_emit_message` from the WAL) plugs in at the same seam.
+//!
+//! What a source owns: its connection(s) to the database, reconnecting, and deciding when
+//! messages may have been lost. What it gives the rest of the server, and nothing more:
+//! - messages, handed to a [`Sink`] as `(channel, frame)` (the sink routes them into the hub);
+//! - losses, reported to the sink ([`Sink::gap`]), which tells the affected clients;
+//! - its state, on a `watch` channel of [`SourceStatus`] (readiness, the embedded banner, tests);
+//! - interest: in direct mode clients ask it to follow or drop PostgreSQL channels through a
+//!   [`SourceHandle`], acknowledged once the source receives them.
+//!
+//! What a source must never do: write to clients itself, or decide which channel a notification
+//! belongs to (that is [`crate::routing`]'s rule, applied through the sink), or block on a slow
+//! client (the hub never waits: queues overflow and their clients are closed).
+
+pub mod notify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::channel::ChannelName;
+use crate::pg::publisher::{Job, Publisher};
+use crate::protocol::{gap_event, meta_gap_event};
+use crate::routing::Router;
+use crate::stream::{Frame, Hub};
+
+/// Where a source stands; published on a watch channel for readiness and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// Not connected yet (start-up).
+    Connecting,
+    /// Connected and receiving; the counter grows with every (re)connection.
+    Listening {
+        /// Number of successful connections so far (1 after start-up).
+        generation: u64,
+    },
+    /// Lost; reconnecting.
+    Down,
+}
+
+/// A change of the set of PostgreSQL channels a source follows (direct mode).
+#[derive(Debug)]
+pub enum Interest {
+    /// A client subscribed to this channel; the sender is answered once the source receives it
+    /// (or, while disconnected, at once: every channel is followed again on reconnection).
+    Follow(ChannelName, oneshot::Sender<()>),
+    /// The channel's last subscriber left: drop it, unless someone subscribed again meanwhile.
+    Drop(ChannelName),
+}
+
+/// What clients and the server hold of the running source.
+#[derive(Clone)]
+pub struct SourceHandle {
+    status: watch::Receiver<SourceStatus>,
+    /// `None` unless channels are followed on demand (direct mode).
+    interest: Option<mpsc::Sender<Interest>>,
+}
+
+/// How long a handshake waits for the source to follow its channels.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl SourceHandle {
+    /// A handle over a status channel and, in direct mode, the interest queue.
+    pub fn new(
+        status: watch::Receiver<SourceStatus>,
+        interest: Option<mpsc::Sender<Interest>>,
+    ) -> Self {
+        Self { status, interest }
+    }
+
+    /// Whether the source is receiving now.
+    pub fn is_up(&self) -> bool {
+        matches!(*self.status.borrow(), SourceStatus::Listening { .. })
+    }
+
+    /// Asks the source to receive `channels` and waits (at most 5 s) until it does, so that a
+    /// client misses nothing sent after its handshake completes. Returns `false` on time-out.
+    pub async fn follow(&self, channels: &[ChannelName]) -> bool {
+        let Some(interest) = &self.interest else {
+            return true;
+        };
+        let mut waits = Vec::new();
+        for channel in channels {
+            let (done, wait) = oneshot::channel();
+            if interest
+                .send(Interest::Follow(channel.clone(), done))
+                .await
+                .is_ok()
+            {
+                waits.push(wait);
+            }
+        }
+        let all = futures_util::future::join_all(waits);
+        tokio::time::timeout(FOLLOW_TIMEOUT, all).await.is_ok()
+    }
+
+    /// Tells the source that `channel` lost its last subscriber. A full queue only leaves the
+    /// channel followed until the next reconnection.
+    pub fn unfollow(&self, channel: &ChannelName) {
+        if let Some(interest) = &self.interest {
+            let _ = interest.try_send(Interest::Drop(channel.clone()));
+        }
+    }
+}
+
+/// Where a source puts what it receives: routes messages into the hub, and tells clients (and
+/// the meta channel) about losses. The same for every source.
+pub struct Sink {
+    hub: Arc<Hub>,
+    router: Router,
+    /// `PGWS_GAP_EVENTS`.
+    gap_events: bool,
+    /// The meta channel and the pool to publish its `Gap` event with.
+    meta: Option<(Publisher, ChannelName)>,
+    /// Gaps announced.
+    gaps: Counter,
+    /// Messages received from the source.
+    received: Counter,
+}
+
+impl Sink {
+    /// A sink into `hub`.
+    pub fn new(
+        hub: Arc<Hub>,
+        router: Router,
+        gap_events: bool,
+        meta: Option<(Publisher, ChannelName)>,
+        gaps: Counter,
+        received: Counter,
+    ) -> Self {
+        Self {
+            hub,
+            router,
+            gap_events,
+            meta,
+            gaps,
+            received,
+        }
+    }
+
+    /// Routes a message received on PostgreSQL channel `pg_channel` to its clients. Returns how
+    /// many got it.
+    pub fn deliver(&self, pg_channel: &str, payload: &str) -> usize {
+        self.received.inc();
+        let target = self.router.target(pg_channel, payload);
+        self.hub.publish(&target, Frame::from(payload))
+    }
+
+    /// The routing rules (sources ask which PostgreSQL channels to receive).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The hub (sources in direct mode ask which channels have subscribers).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Tells every subscribed client, and the meta channel, that messages may have been lost
+    /// while the source was down for `down`. Does nothing when `PGWS_GAP_EVENTS` is off.
+    pub async fn gap(&self, down: Duration) {
+        if !self.gap_events {
+            return;
+        }
+        self.gaps.inc();
+        let n = self.hub.broadcast(Frame::from(gap_event(down)));
+        tracing::info!(sockets = n, "told subscribed sockets about the gap");
+        if let Some((publisher, meta)) = &self.meta {
+            publisher
+                .publish(
+                    0,
+                    Job {
+                        pg_channel: self.router.server_event(meta),
+                        payload: meta_gap_event(meta, down),
+                        channel: Some(meta.to_string()),
+                        reply: None,
+                    },
+                )
+                .await;
+        }
+    }
+}
