@@ -6,14 +6,15 @@
 //   cd tests/browser && npm ci && npm test
 //
 // Environment:
-//   PGWS_BIN                path of the binary (default ../../target/debug/pgws)
+//   PGWS_BIN                path of the binary (default: debug/pgws in the target directory
+//                           `cargo metadata` names, so CARGO_TARGET_DIR and cargo configs work)
 //   CHROMIUM_PATH           browser (default /usr/bin/chromium)
 //   PSQL                    psql client (default psql from PATH)
 //   PGWS_UPDATE_SCREENSHOT  =1 to also copy the main screenshot to docs/screenshot.png
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -24,7 +25,7 @@ import { chromium } from "playwright-core";
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
 const ARTIFACTS = path.join(HERE, "artifacts");
-const PGWS_BIN = path.resolve(HERE, process.env.PGWS_BIN || "../../target/debug/pgws");
+const PGWS_BIN = process.env.PGWS_BIN ? path.resolve(process.env.PGWS_BIN) : defaultPgwsBin();
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const PSQL = process.env.PSQL || "psql";
 const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
@@ -38,6 +39,22 @@ const RUN = crypto.randomBytes(3).toString("hex"); // makes texts unique per run
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 // ------------------------------------------------------------------ helpers
+
+/** Where `cargo build` puts the debug binary: ask cargo (CARGO_TARGET_DIR, .cargo/config.toml). */
+function defaultPgwsBin() {
+  try {
+    const out = execFileSync(process.env.CARGO || "cargo", ["metadata", "--format-version", "1", "--no-deps"], {
+      cwd: REPO,
+      encoding: "utf8",
+      timeout: 30_000,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    return path.join(JSON.parse(out).target_directory, "debug", "pgws");
+  } catch (err) {
+    console.log(`# cargo metadata failed (${err.message.split("\n")[0]}); assuming target/debug/pgws`);
+    return path.join(REPO, "target", "debug", "pgws");
+  }
+}
 
 /** Sign an HS256 JWT like a backend would. */
 function signJwt(claims, secret = DEV_SECRET) {
@@ -164,6 +181,7 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
   const pageErrors = [];
 
   before(async () => {
+    console.log(`# pgws binary: ${PGWS_BIN}`);
     const started = startServer();
     server = started.server;
     const browserReady = chromium.launch({
