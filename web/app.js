@@ -570,7 +570,9 @@
     const live = !!current && (el.status.dataset.state === "open" || el.status.dataset.state === "connecting" ||
       el.metaStatus.dataset.state === "open" || el.metaStatus.dataset.state === "connecting");
     el.disconnect.disabled = !live;
-    el.connect.textContent = current ? "Reconnect" : "Connect";
+    // "Reconnect" only while a socket is open or opening; after a refusal or a close there is
+    // nothing to re-open, so the button says what it does: connect.
+    el.connect.textContent = live ? "Reconnect" : "Connect";
     const canWrite = socketOpen("chat") && current.mode !== "r";
     el.send.disabled = !canWrite;
     if (socketOpen("chat") && current.mode === "r") {
@@ -620,11 +622,11 @@
         showTokenClaims(); // now says "expired at"
         setState(socketName, "closed", "Token expired");
         addError("expired", socketName, "The token expired", detail,
-          "Sign or paste a new token and press Reconnect.");
+          "Sign or paste a new token and press Connect.");
       } else if (ev.code === 1001) {
         setState(socketName, "closed", "Server going away");
         addError("going-away", socketName, "The server is going away", detail,
-          "It is shutting down or restarting. Press Reconnect once it is back.");
+          "It is shutting down or restarting. Press Connect once it is back.");
       } else if (ev.code === 1006) {
         setState(socketName, "closed", "Connection lost");
         addError("lost", socketName, "The connection was lost", detail,
