@@ -261,6 +261,7 @@
       const token = await signJwt(wantedClaims(), el.secret.value);
       if (seq === signSeq && tokenSource() === "secret") {
         el.token.value = token;
+        el.token.scrollTop = 0; // show the start of the new token, not half a line of it
         showTokenClaims();
       }
     } catch (err) {
@@ -667,6 +668,7 @@
         return;
       }
       el.token.value = token;
+      el.token.scrollTop = 0; // show the start of the new token, not half a line of it
       signSeq++; // a preview still being signed must not overwrite this token
       showTokenClaims();
     } else {
