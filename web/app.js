@@ -307,9 +307,24 @@
 
   // ---------------------------------------------------------------- lists
 
+  /**
+   * Add an item to a list, newest last. Items the server stamped (data-at) are
+   * kept in the order of their stamps: NOTIFYs published by different database
+   * sessions can arrive out of order. An item without a stamp (sent by the
+   * database itself, shown with the time it arrived) stays where it arrived, and
+   * a stamped item is never moved above it: the two clocks need not agree.
+   */
   function append(list, emptyNote, item) {
     const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
-    list.appendChild(item);
+    let before = null;
+    if (item.dataset.at) {
+      const at = Number(item.dataset.at);
+      for (let prev = list.lastElementChild; prev && prev.dataset.at && Number(prev.dataset.at) > at;
+        prev = prev.previousElementSibling) {
+        before = prev;
+      }
+    }
+    list.insertBefore(item, before);
     while (list.children.length > MAX_ITEMS) list.removeChild(list.firstElementChild);
     if (emptyNote) emptyNote.hidden = true;
     if (stick) list.scrollTop = list.scrollHeight;
@@ -338,9 +353,11 @@
     return text || null;
   }
 
-  function messageTime(msg) {
+  /** The time element for a received message; stamps li with the server's time (ms) if it has one. */
+  function messageTime(msg, li) {
     const at = msg && msg.claims && msg.claims.message_delivered_at;
     if (typeof at === "number" && Number.isFinite(at)) {
+      li.dataset.at = String(at * 1000);
       return timeElement(new Date(at * 1000), "Delivered to the database at");
     }
     return timeElement(new Date(), "Received at");
@@ -363,7 +380,7 @@
     } else {
       head.appendChild(h("span", "event event-warn", "not JSON"));
     }
-    head.appendChild(messageTime(msg));
+    head.appendChild(messageTime(msg, li));
     li.appendChild(head);
 
     let payloadText;
@@ -414,7 +431,7 @@
       c.dataset.field = "payload";
       head.appendChild(c);
     }
-    head.appendChild(messageTime(msg));
+    head.appendChild(messageTime(msg, li));
     li.appendChild(head);
 
     if (!known) {
