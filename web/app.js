@@ -261,6 +261,7 @@
       const token = await signJwt(wantedClaims(), el.secret.value);
       if (seq === signSeq && tokenSource() === "secret") {
         el.token.value = token;
+        el.token.scrollTop = 0; // show the start of the new token, not half a line of it
         showTokenClaims();
       }
     } catch (err) {
@@ -306,9 +307,24 @@
 
   // ---------------------------------------------------------------- lists
 
+  /**
+   * Add an item to a list, newest last. Items the server stamped (data-at) are
+   * kept in the order of their stamps: NOTIFYs published by different database
+   * sessions can arrive out of order. An item without a stamp (sent by the
+   * database itself, shown with the time it arrived) stays where it arrived, and
+   * a stamped item is never moved above it: the two clocks need not agree.
+   */
   function append(list, emptyNote, item) {
     const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
-    list.appendChild(item);
+    let before = null;
+    if (item.dataset.at) {
+      const at = Number(item.dataset.at);
+      for (let prev = list.lastElementChild; prev && prev.dataset.at && Number(prev.dataset.at) > at;
+        prev = prev.previousElementSibling) {
+        before = prev;
+      }
+    }
+    list.insertBefore(item, before);
     while (list.children.length > MAX_ITEMS) list.removeChild(list.firstElementChild);
     if (emptyNote) emptyNote.hidden = true;
     if (stick) list.scrollTop = list.scrollHeight;
@@ -337,9 +353,11 @@
     return text || null;
   }
 
-  function messageTime(msg) {
+  /** The time element for a received message; stamps li with the server's time (ms) if it has one. */
+  function messageTime(msg, li) {
     const at = msg && msg.claims && msg.claims.message_delivered_at;
     if (typeof at === "number" && Number.isFinite(at)) {
+      li.dataset.at = String(at * 1000);
       return timeElement(new Date(at * 1000), "Delivered to the database at");
     }
     return timeElement(new Date(), "Received at");
@@ -362,7 +380,7 @@
     } else {
       head.appendChild(h("span", "event event-warn", "not JSON"));
     }
-    head.appendChild(messageTime(msg));
+    head.appendChild(messageTime(msg, li));
     li.appendChild(head);
 
     let payloadText;
@@ -413,7 +431,7 @@
       c.dataset.field = "payload";
       head.appendChild(c);
     }
-    head.appendChild(messageTime(msg));
+    head.appendChild(messageTime(msg, li));
     li.appendChild(head);
 
     if (!known) {
@@ -570,7 +588,9 @@
     const live = !!current && (el.status.dataset.state === "open" || el.status.dataset.state === "connecting" ||
       el.metaStatus.dataset.state === "open" || el.metaStatus.dataset.state === "connecting");
     el.disconnect.disabled = !live;
-    el.connect.textContent = current ? "Reconnect" : "Connect";
+    // "Reconnect" only while a socket is open or opening; after a refusal or a close there is
+    // nothing to re-open, so the button says what it does: connect.
+    el.connect.textContent = live ? "Reconnect" : "Connect";
     const canWrite = socketOpen("chat") && current.mode !== "r";
     el.send.disabled = !canWrite;
     if (socketOpen("chat") && current.mode === "r") {
@@ -620,11 +640,11 @@
         showTokenClaims(); // now says "expired at"
         setState(socketName, "closed", "Token expired");
         addError("expired", socketName, "The token expired", detail,
-          "Sign or paste a new token and press Reconnect.");
+          "Sign or paste a new token and press Connect.");
       } else if (ev.code === 1001) {
         setState(socketName, "closed", "Server going away");
         addError("going-away", socketName, "The server is going away", detail,
-          "It is shutting down or restarting. Press Reconnect once it is back.");
+          "It is shutting down or restarting. Press Connect once it is back.");
       } else if (ev.code === 1006) {
         setState(socketName, "closed", "Connection lost");
         addError("lost", socketName, "The connection was lost", detail,
@@ -665,6 +685,7 @@
         return;
       }
       el.token.value = token;
+      el.token.scrollTop = 0; // show the start of the new token, not half a line of it
       signSeq++; // a preview still being signed must not overwrite this token
       showTokenClaims();
     } else {

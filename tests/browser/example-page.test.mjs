@@ -6,14 +6,16 @@
 //   cd tests/browser && npm ci && npm test
 //
 // Environment:
-//   PGWS_BIN                path of the binary (default ../../target/debug/pgws)
+//   PGWS_BIN                path of the binary (default: debug/pgws in the target directory
+//                           `cargo metadata` names, so CARGO_TARGET_DIR and cargo configs work)
 //   CHROMIUM_PATH           browser (default /usr/bin/chromium)
 //   PSQL                    psql client (default psql from PATH)
-//   PGWS_UPDATE_SCREENSHOT  =1 to also copy the main screenshot to docs/screenshot.png
+//   PGWS_UPDATE_SCREENSHOT  =1 to also copy the screenshots (always written to artifacts/) to
+//                           docs/screenshot.png (1280 px wide) and docs/screenshot-narrow.png (390 px)
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -24,7 +26,7 @@ import { chromium } from "playwright-core";
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
 const ARTIFACTS = path.join(HERE, "artifacts");
-const PGWS_BIN = path.resolve(HERE, process.env.PGWS_BIN || "../../target/debug/pgws");
+const PGWS_BIN = process.env.PGWS_BIN ? path.resolve(process.env.PGWS_BIN) : defaultPgwsBin();
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const PSQL = process.env.PSQL || "psql";
 const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
@@ -34,10 +36,31 @@ const SERVER_START_MS = 60_000; // includes initdb of the embedded cluster
 const SERVER_STOP_MS = 15_000;
 const UI_MS = 10_000; // default for every page wait
 const RUN = crypto.randomBytes(3).toString("hex"); // makes texts unique per run
+const WIDE = { width: 1280, height: 900 }; // docs/screenshot.png
+const NARROW = { width: 390, height: 844 }; // a phone; docs/screenshot-narrow.png
+
+/** Texts that are labels: none of their words may break across lines at any width. */
+const LABELS = ".status-name, .field > span, .choice, legend, button, h1, h2, .event, .on, .problem-title, .time, summary";
 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 // ------------------------------------------------------------------ helpers
+
+/** Where `cargo build` puts the debug binary: ask cargo (CARGO_TARGET_DIR, .cargo/config.toml). */
+function defaultPgwsBin() {
+  try {
+    const out = execFileSync(process.env.CARGO || "cargo", ["metadata", "--format-version", "1", "--no-deps"], {
+      cwd: REPO,
+      encoding: "utf8",
+      timeout: 30_000,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    return path.join(JSON.parse(out).target_directory, "debug", "pgws");
+  } catch (err) {
+    console.log(`# cargo metadata failed (${err.message.split("\n")[0]}); assuming target/debug/pgws`);
+    return path.join(REPO, "target", "debug", "pgws");
+  }
+}
 
 /** Sign an HS256 JWT like a backend would. */
 function signJwt(claims, secret = DEV_SECRET) {
@@ -153,6 +176,74 @@ const status = (page, state, socket = "status") => page.locator(`#${socket}[data
 const message = (page, text) => page.locator("#messages > li[data-testid=message]", { hasText: text });
 const metaEvent = (page, event, text) => page.locator(`#meta-messages > li[data-testid=meta-event][data-event="${event}"]`, { hasText: text });
 const problem = (page, kind, text) => page.locator(`#errors > li[data-testid=error][data-kind="${kind}"]`, text ? { hasText: text } : {});
+const statusWith = (page, state, text, socket = "status") => page.locator(`#${socket}[data-state="${state}"]`, { hasText: text });
+const refusal = (page, socket, text) => page.locator(`#errors > li[data-testid=error][data-kind=handshake][data-socket=${socket}]`, { hasText: text });
+
+/** Connect and wait until both sockets are refused (the Problems list must be empty before). */
+async function connectRefused(page, reason) {
+  await page.click("#connect");
+  for (const socket of ["chat", "meta"]) {
+    await see(page, refusal(page, socket, reason), `the ${socket} socket's refusal '${reason}'`);
+  }
+  await see(page, statusWith(page, "refused", reason), `chat status 'Refused: ${reason}'`);
+  await see(page, statusWith(page, "refused", reason, "meta-status"), `meta status 'Refused: ${reason}'`);
+}
+
+/** Words of the labels in the page that are broken across lines, e.g. "Met" + "a". */
+function brokenLabelWords(page) {
+  return page.evaluate((selector) => {
+    const broken = [];
+    for (const label of document.querySelectorAll(selector)) {
+      if (label.getClientRects().length === 0) continue; // not rendered
+      const walker = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        for (const m of node.data.matchAll(/\S+/g)) {
+          const range = document.createRange();
+          range.setStart(node, m.index);
+          range.setEnd(node, m.index + m[0].length);
+          const lines = new Set(Array.from(range.getClientRects(), (r) => Math.round(r.top))).size;
+          if (lines > 1) broken.push(`"${m[0]}" in "${label.textContent.replace(/\s+/g, " ").trim()}" spans ${lines} lines`);
+        }
+      }
+    }
+    return broken;
+  }, LABELS);
+}
+
+/** Check the layout at the page's current width: labels whole, nothing wider than the window. */
+async function assertLayout(page, where) {
+  assert.deepEqual(await brokenLabelWords(page), [], `${where}: labels must not break inside a word`);
+  const { scrollWidth, innerWidth } = await page.evaluate(() => ({
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+  }));
+  assert.ok(scrollWidth <= innerWidth, `${where}: the page is ${scrollWidth} px wide in a ${innerWidth} px window`);
+}
+
+/** The times shown in a list, in list order (ISO strings of the <time> elements). */
+function listTimes(page, list) {
+  return page.locator(`#${list} > li [data-field=time]`).evaluateAll((nodes) => nodes.map((n) => n.dateTime));
+}
+
+function assertSorted(times, what) {
+  const ms = times.map((t) => Date.parse(t));
+  for (let i = 1; i < ms.length; i++) {
+    assert.ok(ms[i - 1] <= ms[i], `${what}: ${times[i - 1]} is listed before ${times[i]}:\n${times.join("\n")}`);
+  }
+}
+
+/** Screenshot from the top of the page down to the bottom of `selector` (into artifacts/, optionally docs/). */
+async function screenshotDownTo(page, selector, name, docsName) {
+  // In page coordinates: the page may be scrolled (boundingBox() is relative to the viewport).
+  const bottom = await page.locator(selector).evaluate((node) => node.getBoundingClientRect().bottom + window.scrollY);
+  assert.ok(bottom > 0, `${selector} is laid out`);
+  const width = page.viewportSize().width;
+  const file = path.join(ARTIFACTS, name);
+  await page.screenshot({ path: file, fullPage: true, clip: { x: 0, y: 0, width, height: Math.ceil(bottom + 20) } });
+  if (docsName && process.env.PGWS_UPDATE_SCREENSHOT === "1") {
+    fs.copyFileSync(file, path.join(REPO, "docs", docsName));
+  }
+}
 
 // -------------------------------------------------------------------- test
 
@@ -164,6 +255,7 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
   const pageErrors = [];
 
   before(async () => {
+    console.log(`# pgws binary: ${PGWS_BIN}`);
     const started = startServer();
     server = started.server;
     const browserReady = chromium.launch({
@@ -181,7 +273,7 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     if (s.status === "rejected") throw s.reason;
     if (b.status === "rejected") throw b.reason;
 
-    const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+    const context = await browser.newContext({ viewport: WIDE });
     context.setDefaultTimeout(UI_MS);
     pageA = await context.newPage();
     pageB = await context.newPage();
@@ -245,6 +337,7 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     assert.equal(await open.locator("[data-field=payload]").textContent(), "chat");
     assert.match(await open.locator("[data-field=claims]").textContent(), /mode=rw/);
     assert.equal(await pageA.isEnabled("#send"), true, "send is enabled on an rw socket");
+    assert.equal(await pageA.textContent("#connect"), "Reconnect", "the button re-opens live sockets");
   });
 
   it("delivers a message sent in one tab to both tabs", async () => {
@@ -315,6 +408,59 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     await pageB.click("#connect");
     const bad = await see(pageB, problem(pageB, "handshake", "Error"), "the refusal of a garbage token in tab B");
     assert.match(await bad.locator("[data-field=detail]").textContent(), /^Error/);
+    await see(pageB, statusWith(pageB, "refused", "Error", "meta-status"), "tab B meta status refused");
+    await see(pageB, statusWith(pageB, "refused", "Error"), "tab B chat status refused");
+    assert.equal(await pageB.textContent("#connect"), "Connect", "nothing is live after a refusal");
+    assert.equal(await pageB.isDisabled("#disconnect"), true);
+  });
+
+  it("on a phone: refused tokens, then a good one connects and a message arrives", async () => {
+    await pageB.setViewportSize(NARROW);
+    try {
+      await pageB.click("#clear-errors");
+      await pageB.check("#token-source-paste");
+
+      // A token signed with another secret: the longest reason, next to the "Chat"/"Meta" labels.
+      await pageB.fill("#token", signJwt({ mode: "rw" }, "not the server's secret, but long enough for HS256"));
+      await connectRefused(pageB, "JWSInvalidSignature");
+      assert.equal(await pageB.textContent("#connect"), "Connect", "after a refusal the button says Connect");
+      await pageB.screenshot({ path: path.join(ARTIFACTS, "narrow-refused-signature.png"), fullPage: true });
+      await assertLayout(pageB, "390 px, refused (bad signature)");
+
+      // An expired token: both sockets are refused with the server's reason.
+      await pageB.click("#clear-errors");
+      await pageB.fill("#token", signJwt({ mode: "rw", exp: Math.floor(Date.now() / 1000) - 60 }));
+      await connectRefused(pageB, "Token expired");
+      assert.equal(await pageB.textContent("#connect"), "Connect", "after a refusal the button says Connect");
+
+      // A token for another channel: chat and the meta channel are not granted.
+      await pageB.click("#clear-errors");
+      await pageB.fill("#token", signJwt({ mode: "rw", channels: [`elsewhere-${RUN}`] }));
+      await connectRefused(pageB, "No allowed channels");
+      assert.equal(await pageB.textContent("#connect"), "Connect", "after a refusal the button says Connect");
+      assert.equal(await pageB.isDisabled("#disconnect"), true);
+      assert.equal(await pageB.isDisabled("#send"), true);
+      await pageB.screenshot({ path: path.join(ARTIFACTS, "narrow-refused.png"), fullPage: true });
+      await assertLayout(pageB, "390 px, refused (no allowed channels)");
+
+      // A good token (signed with the secret): both open, and a message goes round.
+      await pageB.check("#token-source-secret");
+      await pageB.click("#connect");
+      await see(pageB, status(pageB, "open"), "tab B chat open after the refusals");
+      await see(pageB, status(pageB, "open", "meta-status"), "tab B meta open after the refusals");
+      assert.equal(await pageB.textContent("#connect"), "Reconnect");
+      assert.equal(await pageB.isEnabled("#disconnect"), true);
+      const text = `back after the refusals ${RUN}`;
+      await pageB.fill("#message-text", text);
+      await pageB.press("#message-text", "Enter");
+      await see(pageB, message(pageB, text), "tab B's message after reconnecting");
+      await see(pageA, message(pageA, text), "tab B's message in tab A");
+      await pageB.evaluate(() => document.activeElement.blur());
+      await screenshotDownTo(pageB, "#chat-card", "narrow.png", "screenshot-narrow.png");
+      await assertLayout(pageB, "390 px, connected");
+    } finally {
+      await pageB.setViewportSize(WIDE);
+    }
   });
 
   it("tells the user when the token expires (close 3001)", async () => {
@@ -327,6 +473,8 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     const expired = await see(pageB, problem(pageB, "expired"), "the expiry notice in tab B");
     assert.match(await expired.textContent(), /3001/);
     assert.match(await expired.textContent(), /JWT expired/);
+    await see(pageB, statusWith(pageB, "closed", "Token expired"), "tab B chat status 'Token expired'");
+    assert.equal(await pageB.textContent("#connect"), "Connect", "nothing is live after the expiry");
   });
 
   it("looks right (screenshots)", async () => {
@@ -339,19 +487,39 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     await pageA.screenshot({ path: path.join(ARTIFACTS, "example-page.png"), fullPage: true });
     await pageB.screenshot({ path: path.join(ARTIFACTS, "problems.png"), fullPage: true });
     // The docs picture: everything down to the message lists (the snippet is in the README as text).
-    const box = await pageA.locator(".columns").boundingBox();
-    assert.ok(box, "the message lists are laid out");
-    const overview = path.join(ARTIFACTS, "overview.png");
-    await pageA.screenshot({ path: overview, fullPage: true, clip: { x: 0, y: 0, width: 1200, height: Math.ceil(box.y + box.height + 20) } });
-    if (process.env.PGWS_UPDATE_SCREENSHOT === "1") {
-      fs.copyFileSync(overview, path.join(REPO, "docs", "screenshot.png"));
-    }
+    await screenshotDownTo(pageA, ".columns", "overview.png", "screenshot.png");
+    await assertLayout(pageA, "1280 px");
+    await assertLayout(pageB, "1280 px, problems");
+  });
+
+  it("lists messages and connection events by the server's time stamp", async () => {
+    // Real events: ConnectionOpen/Close of several sockets, published by different sessions.
+    assertSorted(await listTimes(pageA, "meta-messages"), "tab A's Connections");
+    assertSorted(await listTimes(pageA, "messages"), "tab A's Messages");
+
+    // Two notifications that arrive in the opposite order of their stamps.
+    const now = Date.now() / 1000;
+    const stamped = (payload, at) => JSON.stringify({
+      channel: "chat", event: "WebsocketMessage", payload, claims: { mode: "rw", message_delivered_at: at },
+    });
+    await psql(server.conninfo, `SELECT pg_notify('${LISTEN_CHANNEL}', :'later'); SELECT pg_notify('${LISTEN_CHANNEL}', :'earlier');`, {
+      later: stamped(`stamped later ${RUN}`, now - 0.1),
+      earlier: stamped(`stamped earlier ${RUN}`, now - 0.2),
+    });
+    await see(pageA, message(pageA, `stamped later ${RUN}`), "the later-stamped message in tab A");
+    await see(pageA, message(pageA, `stamped earlier ${RUN}`), "the earlier-stamped message in tab A");
+    const payloads = await pageA.locator("#messages > li [data-field=payload]").allTextContents();
+    assert.deepEqual(payloads.slice(-2), [`stamped earlier ${RUN}`, `stamped later ${RUN}`], "the earlier stamp is listed first");
+    assertSorted(await listTimes(pageA, "messages"), "tab A's Messages");
   });
 
   it("says the server is going away when it shuts down (close 1001)", async () => {
     const exit = await stopServer(server);
     await see(pageA, problem(pageA, "going-away"), "the 1001 notice in tab A");
     assert.match(await pageA.textContent("#errors"), /1001/);
+    await see(pageA, statusWith(pageA, "closed", "going away"), "tab A chat status 'Server going away'");
+    await see(pageA, statusWith(pageA, "closed", "going away", "meta-status"), "tab A meta status 'Server going away'");
+    assert.equal(await pageA.textContent("#connect"), "Connect", "nothing is live after the shutdown");
     await pageA.screenshot({ path: path.join(ARTIFACTS, "shutdown.png"), fullPage: true });
     assert.deepEqual(exit, { code: 0, signal: null }, "pgws exits cleanly on SIGTERM");
   });
