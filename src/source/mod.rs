@@ -3,7 +3,8 @@
 //!
 //! What a source owns: its connection(s) to the database, reconnecting, and deciding when
 //! messages may have been lost. What it gives the rest of the server, and nothing more:
-//! - messages, handed to a [`Sink`] as `(channel, frame)` (the sink routes them into the hub);
+//! - messages, handed to a [`Sink`] as `(PostgreSQL channel, text)` pairs, in batches of what
+//!   arrived together ([`Sink::deliver_all`]; the sink routes them into the hub);
 //! - losses, reported to the sink ([`Sink::gap`]), which tells the affected clients;
 //! - its state, on a `watch` channel of [`SourceStatus`] (readiness, the embedded banner, tests);
 //! - interest: in direct mode clients ask it to follow or drop PostgreSQL channels through a
@@ -141,12 +142,29 @@ impl Sink {
         }
     }
 
-    /// Routes a message received on PostgreSQL channel `pg_channel` to its clients. Returns how
-    /// many got it.
-    pub fn deliver(&self, pg_channel: &str, payload: &str) -> usize {
-        self.received.inc();
-        let target = self.router.target(pg_channel, payload);
-        self.hub.publish(&target, Frame::from(payload))
+    /// Routes messages received together, in order: consecutive messages for the same channel
+    /// go to the hub as one run (one lock and one wake-up per client for the run). Returns how
+    /// many deliveries were queued.
+    pub fn deliver_all<'a>(&self, batch: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+        let mut delivered = 0;
+        let mut run: Vec<Frame> = Vec::new();
+        let mut run_channel: Option<std::borrow::Cow<'a, str>> = None;
+        for (pg_channel, payload) in batch {
+            self.received.inc();
+            let target = self.router.target(pg_channel, payload);
+            if run_channel.as_ref() != Some(&target) {
+                if let Some(channel) = run_channel.take() {
+                    delivered += self.hub.publish_run(&channel, &run);
+                    run.clear();
+                }
+                run_channel = Some(target);
+            }
+            run.push(Frame::text(payload));
+        }
+        if let Some(channel) = run_channel {
+            delivered += self.hub.publish_run(&channel, &run);
+        }
+        delivered
     }
 
     /// The routing rules (sources ask which PostgreSQL channels to receive).

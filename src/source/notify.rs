@@ -23,6 +23,9 @@ use super::{Interest, Sink, SourceStatus};
 use crate::channel::{ChannelName, quote_ident};
 use crate::pg::{Database, backoff, describe, with_defaults};
 
+/// Most notifications taken from the connection at once.
+const BATCH: usize = 256;
+
 /// Why the listener stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -196,18 +199,36 @@ async fn connect(
     let (client, mut connection) = db.connect().await?;
     let (end_tx, ended) = oneshot::channel();
     let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let reason = loop {
-            match messages.next().await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    sink.deliver(n.channel(), n.payload());
+        // Everything the connection has ready is taken at once, so that a burst of
+        // notifications reaches each client as one run (one wake-up), not one by one.
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx))
+            .ready_chunks(BATCH);
+        let mut notifications = Vec::with_capacity(BATCH);
+        let reason = 'read: loop {
+            let Some(chunk) = messages.next().await else {
+                break "the server closed the connection".to_string();
+            };
+            let mut ended = None;
+            for message in chunk {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => notifications.push(n),
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        tracing::debug!(notice = %notice.message(), "notice on the LISTEN connection");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        ended = Some(describe(&e));
+                        break;
+                    }
                 }
-                Some(Ok(AsyncMessage::Notice(notice))) => {
-                    tracing::debug!(notice = %notice.message(), "notice on the LISTEN connection");
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break describe(&e),
-                None => break "the server closed the connection".to_string(),
+            }
+            sink.deliver_all(notifications.iter().map(|n| (n.channel(), n.payload())));
+            notifications.clear();
+            if notifications.capacity() > BATCH {
+                notifications.shrink_to(BATCH);
+            }
+            if let Some(reason) = ended {
+                break 'read reason;
             }
         };
         let _ = end_tx.send(reason);

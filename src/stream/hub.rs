@@ -55,20 +55,26 @@ impl Hub {
     }
 
     /// Routes `text` to every socket subscribed to `channel`. Returns how many got it.
+    #[cfg(test)]
     pub fn publish(&self, channel: &str, text: Frame) -> usize {
+        self.publish_run(channel, std::slice::from_ref(&text))
+    }
+
+    /// Routes consecutive messages of one channel to its subscribers: one read lock for the run,
+    /// one outbox lock and at most one wake-up per subscriber. Returns how many deliveries were
+    /// queued.
+    pub fn publish_run(&self, channel: &str, run: &[Frame]) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = map.get(channel) else {
-            self.stats.unrouted.inc();
+            self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         };
         let mut n = 0;
         for sub in subs {
-            match sub.push(text.clone()) {
-                Push::Queued => n += 1,
-                Push::Overflow => {
-                    self.stats.overflowed.inc();
-                }
-                Push::Closed => {}
+            let (queued, outcome) = sub.push_all(run);
+            n += queued;
+            if outcome == Push::Overflow {
+                self.stats.overflowed.inc_by((run.len() - queued) as u64);
             }
         }
         self.stats.delivered.inc_by(n as u64);

@@ -85,37 +85,46 @@ impl Outbox {
 
     /// Queues a frame, or refuses it when the socket is closed or over its limits.
     pub fn push(&self, msg: Frame) -> Push {
+        self.push_all(std::slice::from_ref(&msg)).1
+    }
+
+    /// Queues frames in order under one lock and wakes the consumer at most once (a source's
+    /// batch costs one lock and one wake per client, not one per message). Returns how many
+    /// were queued and the outcome: `Queued` when all were, else why the rest were refused.
+    pub fn push_all(&self, msgs: &[Frame]) -> (usize, Push) {
         let mut s = self.lock();
         if s.closed {
-            return Push::Closed;
+            return (0, Push::Closed);
         }
         if s.overflowed {
-            return Push::Overflow;
-        }
-        let len = msg.len();
-        if s.queue.len() >= self.limits.messages || s.bytes + len > self.limits.bytes {
-            s.overflowed = true;
-            s.signalled = true;
-            s.queue.clear();
-            s.queue.shrink_to_fit();
-            s.bytes = 0;
-            s.oldest = None;
-            drop(s);
-            self.waker.wake();
-            return Push::Overflow;
+            return (0, Push::Overflow);
         }
         let was_empty = s.queue.is_empty();
-        if was_empty {
+        let mut queued = 0;
+        for msg in msgs {
+            let len = msg.len();
+            if s.queue.len() >= self.limits.messages || s.bytes + len > self.limits.bytes {
+                s.overflowed = true;
+                s.signalled = true;
+                s.queue.clear();
+                s.queue.shrink_to_fit();
+                s.bytes = 0;
+                s.oldest = None;
+                drop(s);
+                self.waker.wake();
+                return (queued, Push::Overflow);
+            }
+            s.queue.push_back(msg.clone());
+            s.bytes += len;
+            queued += 1;
+        }
+        if was_empty && queued > 0 {
             s.oldest = Some(Instant::now());
             s.signalled = true;
-        }
-        s.queue.push_back(msg);
-        s.bytes += len;
-        drop(s);
-        if was_empty {
+            drop(s);
             self.waker.wake();
         }
-        Push::Queued
+        (queued, Push::Queued)
     }
 
     /// Moves every queued frame into `out`.
@@ -207,6 +216,25 @@ mod tests {
         let o = outbox(100, 5);
         assert_eq!(o.push("abc".into()), Push::Queued);
         assert_eq!(o.push("abc".into()), Push::Overflow);
+    }
+
+    #[test]
+    fn push_all_keeps_order_and_stops_at_the_limit() {
+        let o = outbox(3, 1000);
+        let frames: Vec<Frame> = ["a", "b"].into_iter().map(Frame::from).collect();
+        assert_eq!(o.push_all(&frames), (2, Push::Queued));
+        let more: Vec<Frame> = ["c", "d", "e"].into_iter().map(Frame::from).collect();
+        assert_eq!(o.push_all(&more), (1, Push::Overflow));
+        let mut out = Vec::new();
+        assert!(!o.drain_into(&mut out).healthy);
+        assert!(out.is_empty(), "an overflowed queue is dropped at once");
+
+        let o = outbox(10, 1000);
+        o.push_all(&frames);
+        o.push_all(&more);
+        o.drain_into(&mut out);
+        let texts: Vec<&str> = out.iter().map(Frame::as_str).collect();
+        assert_eq!(texts, ["a", "b", "c", "d", "e"]);
     }
 
     #[test]
