@@ -130,6 +130,17 @@ pub fn meta_gap_event(meta_channel: &str, down_for: Duration) -> String {
     .to_string()
 }
 
+/// The last event of a stream the server ends (Server-Sent Events have no close frame): the
+/// websocket close code and reason it stands for.
+pub fn close_event(code: u16, reason: &str) -> String {
+    serde_json::json!({
+        "event": "Close",
+        "code": code,
+        "reason": reason,
+    })
+    .to_string()
+}
+
 const GAP_MESSAGE: &str = "the server's database connection was lost and restored; notifications sent meanwhile may have been lost";
 
 /// A meta-channel event (`ConnectionOpen`, `ConnectionClose`): the client-message envelope with

@@ -3,6 +3,8 @@
 //! - `Upgrade: websocket`, whatever its path (spec §2.1): [`admission`] first (the token is
 //!   checked before the handshake is accepted, a refusal is an HTTP status whose body is the
 //!   reason), then the websocket transport ([`crate::transport::ws`]).
+//! - `GET` with `Accept: text/event-stream` and no `Upgrade`: the same admission, then the
+//!   Server-Sent Events transport ([`crate::transport::sse`]).
 //! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant
 //!   as JSON or `400` with the reason, because browsers cannot read the body of a refused
 //!   websocket handshake.
@@ -26,7 +28,7 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
-use crate::transport::ws;
+use crate::transport::{sse, ws};
 use admission::{Refusal, authorize, check_origin, client_ip};
 use body::{Body, full, text};
 
@@ -46,6 +48,11 @@ pub async fn handle(
     let mut response = if ws::is_upgrade(&req) {
         match admission::admit(&req, &state, peer) {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
+            Err(refusal) => refuse(&state, peer, refusal),
+        }
+    } else if sse::is_request(&req) {
+        match admission::admit(&req, &state, peer) {
+            Ok(admitted) => sse::accept(state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if check {

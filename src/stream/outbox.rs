@@ -146,17 +146,19 @@ impl Outbox {
     /// Waits until something was pushed (or the outbox overflowed) since the last wait.
     /// Only the socket's own session task may wait (one waker slot).
     pub async fn wait(&self) {
-        poll_fn(|cx| {
-            // Register before looking, so a push between the look and the return still wakes us.
-            self.waker.register(cx.waker());
-            let mut s = self.lock();
-            if std::mem::take(&mut s.signalled) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_wait(cx)).await
+    }
+
+    /// [`Outbox::wait`] for transports that are polled rather than awaited (an HTTP body).
+    pub fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // Register before looking, so a push between the look and the return still wakes us.
+        self.waker.register(cx.waker());
+        let mut s = self.lock();
+        if std::mem::take(&mut s.signalled) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Waits until the outbox overflows (used by the session task while a write is blocked on a

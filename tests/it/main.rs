@@ -14,5 +14,6 @@ mod messages;
 mod meta;
 mod pg_tls;
 mod security;
+mod sse;
 mod static_http;
 mod tls;
