@@ -29,7 +29,7 @@ use crate::pg::MAX_NOTIFY_PAYLOAD;
 use crate::pg::publisher::Job;
 use crate::protocol::{ClaimsText, error_event, meta_event};
 use crate::state::AppState;
-use crate::stream::{Frame, Outbox};
+use crate::stream::{Frame, Outbox, Position};
 
 /// One connected client.
 pub struct Client {
@@ -43,6 +43,8 @@ pub struct Client {
     claims: ClaimsText,
     outbox: Arc<Outbox>,
     rates: Rates,
+    /// Messages carry their positions (websocket opt-in).
+    positions: bool,
     /// Held while the client is connected (per-subject limit).
     _slot: Option<SubjectSlot>,
 }
@@ -54,6 +56,8 @@ impl Client {
             grant,
             channels,
             slot,
+            resume,
+            positions,
             ..
         } = admitted;
         let claims = ClaimsText::new(&grant.claims);
@@ -68,8 +72,14 @@ impl Client {
             .inc();
         let outbox = Arc::new(Outbox::new(state.outbox_limits));
         if grant.mode.read {
-            for channel in &channels {
-                state.hub.subscribe(channel, &outbox);
+            let resumed = state.hub.subscribe_all(&channels, &outbox, resume);
+            if resume.is_some() {
+                tracing::info!(
+                    conn = id,
+                    replayed = resumed.replayed,
+                    gap = resumed.gap,
+                    "resumed"
+                );
             }
         }
         let rates = Rates::new(&state);
@@ -82,8 +92,22 @@ impl Client {
             claims,
             outbox,
             rates,
+            positions,
             _slot: slot,
         }
+    }
+
+    /// Whether the client asked for positions with its messages.
+    pub fn positions(&self) -> bool {
+        self.positions
+    }
+
+    /// The position of a message the client receives (`None`: not a stream message).
+    pub fn position_of(&self, frame: &Frame) -> Option<Position> {
+        (frame.seq() > 0).then(|| Position {
+            epoch: self.state.hub.epoch(),
+            seq: frame.seq(),
+        })
     }
 
     /// In direct mode, waits (at most 5 s) until the source receives the client's channels, so

@@ -31,7 +31,7 @@ use crate::routing::Router;
 use crate::source::notify::{self, ListenerError, ListenerMetrics, ListenerSettings};
 use crate::source::{Sink, SourceHandle, SourceStatus};
 use crate::state::AppState;
-use crate::stream::{Hub, HubStats, Limits};
+use crate::stream::{Hub, HubStats, Limits, ReplaySettings};
 use crate::transport::ws::ws_config;
 
 /// Why the server could not start or stopped with an error.
@@ -131,16 +131,25 @@ impl Server {
         let config = self.config;
         let stop = shutdown.child_token();
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::with_stats(HubStats {
-            delivered: metrics.deliveries.clone(),
-            unrouted: metrics.unrouted.clone(),
-            overflowed: metrics
-                .drops
-                .get_or_create(&ReasonLabel {
-                    reason: "slow_consumer",
-                })
-                .clone(),
-        }));
+        let hub = Arc::new(Hub::with_stats(
+            HubStats {
+                delivered: metrics.deliveries.clone(),
+                unrouted: metrics.unrouted.clone(),
+                overflowed: metrics
+                    .drops
+                    .get_or_create(&ReasonLabel {
+                        reason: "slow_consumer",
+                    })
+                    .clone(),
+                replayed: metrics.replayed.clone(),
+                resume_gaps: metrics.resume_gaps.clone(),
+            },
+            ReplaySettings {
+                limits: config.replay,
+                retain_idle: !config.channel_mode.uses_direct(),
+            },
+        ));
+        tokio::spawn(sweep_windows(hub.clone(), stop.clone()));
         let (status_tx, status_rx) = self.status;
         let publisher = Publisher::start(
             &config.db,
@@ -258,6 +267,18 @@ impl Server {
             tracing::warn!("pending NOTIFYs were not all sent in time");
         }
         result
+    }
+}
+
+/// Ages out the replay windows once a second.
+async fn sweep_windows(hub: Arc<Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => hub.sweep(),
+        }
     }
 }
 

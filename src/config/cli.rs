@@ -333,6 +333,35 @@ pub struct Cli {
     #[arg(long, env = "PGWS_UPSTREAM", value_name = "PGWS_UPSTREAM")]
     pub upstream: Option<String>,
 
+    /// Messages kept per channel for clients that resume (SSE `Last-Event-ID`, websocket
+    /// `?last-event-id=`); 0: keep none (every resume starts with a Gap event).
+    #[arg(
+        long,
+        env = "PGWS_REPLAY_MESSAGES",
+        value_name = "PGWS_REPLAY_MESSAGES",
+        default_value_t = 1000
+    )]
+    pub replay_messages: usize,
+
+    /// Bytes of message text kept per channel for resuming clients.
+    #[arg(long, env = "PGWS_REPLAY_BYTES", value_name = "PGWS_REPLAY_BYTES",
+          default_value_t = 1024 * 1024)]
+    pub replay_bytes: usize,
+
+    /// Seconds a message is kept for resuming clients.
+    #[arg(
+        long,
+        env = "PGWS_REPLAY_AGE",
+        value_name = "PGWS_REPLAY_AGE",
+        default_value_t = 300
+    )]
+    pub replay_age: u64,
+
+    /// Bytes of message text kept by all channels together for resuming clients.
+    #[arg(long, env = "PGWS_REPLAY_MEMORY", value_name = "PGWS_REPLAY_MEMORY",
+          default_value_t = 256 * 1024 * 1024)]
+    pub replay_memory: usize,
+
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
     /// RUST_LOG wins when set.
     #[arg(

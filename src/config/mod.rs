@@ -95,6 +95,8 @@ pub struct Config {
     pub channel_mode: ChannelMode,
     /// Shape of client messages.
     pub message_format: MessageFormat,
+    /// Replay windows for resuming clients.
+    pub replay: crate::stream::window::WindowLimits,
     /// Where plain HTTP requests are forwarded, if anywhere (parsed once, here).
     pub upstream: Option<Upstream>,
 }
@@ -300,6 +302,12 @@ impl Cli {
             channel_mode,
             message_format,
             upstream,
+            replay: crate::stream::window::WindowLimits {
+                messages: self.replay_messages,
+                bytes: self.replay_bytes,
+                age: Duration::from_secs(self.replay_age),
+                memory: self.replay_memory,
+            },
             trusted_proxies: match list(self.trusted_proxies.as_deref()) {
                 None => Vec::new(),
                 Some(items) => items

@@ -24,6 +24,7 @@ use crate::auth::{self, AuthError, Grant};
 use crate::channel::{ChannelName, ChannelNameError};
 use crate::ops::limits::SubjectSlot;
 use crate::state::AppState;
+use crate::stream::ResumeFrom;
 
 /// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
 pub const SUBPROTOCOL: &str = "pgws";
@@ -51,6 +52,12 @@ pub struct Admitted {
     pub ip: IpAddr,
     /// Held while the client is connected (per-subject limit).
     pub slot: Option<SubjectSlot>,
+    /// Where the client asks to resume from: the `Last-Event-ID` header (sent by browsers'
+    /// `EventSource` when it reconnects) or the `last-event-id` query parameter (websockets).
+    pub resume: Option<ResumeFrom>,
+    /// The client asked for positions (`last-event-id` in the query, even empty). Event streams
+    /// always carry them.
+    pub positions: bool,
 }
 
 /// Why a request may not become a client. `Display` is the reason a client is told.
@@ -148,13 +155,48 @@ pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<
         None => None,
     }
     .flatten();
+    let (resume, positions) = resume_request(req);
     Ok(Admitted {
         grant,
         channels,
         carrier,
         ip,
         slot,
+        resume,
+        positions,
     })
+}
+
+/// Longest `Last-Event-ID` read (anything longer is not a position and is answered as one).
+const MAX_RESUME_TEXT: usize = 256;
+
+/// Reads where the client resumes from: the `last-event-id` query parameter, else the
+/// `Last-Event-ID` header. An empty value asks for positions without resuming.
+fn resume_request<B>(req: &Request<B>) -> (Option<ResumeFrom>, bool) {
+    let query = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == "last-event-id").then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    });
+    let positions = query.is_some();
+    let text = query.or_else(|| {
+        req.headers()
+            .get("last-event-id")
+            .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string())
+    });
+    let resume = text.filter(|t| !t.trim().is_empty()).map(|t| {
+        if t.len() > MAX_RESUME_TEXT {
+            ResumeFrom::Unknown
+        } else {
+            ResumeFrom::parse(&t)
+        }
+    });
+    (resume, positions)
 }
 
 /// Finds the token: the `Authorization` header, the subprotocol pair, or the URL path.

@@ -20,6 +20,9 @@ pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
             state.metrics.channels.set(state.hub.channel_count() as i64);
+            let (messages, bytes) = state.hub.held();
+            state.metrics.window_messages.set(messages as i64);
+            state.metrics.window_bytes.set(bytes as i64);
             let mut r = Response::new(full(state.metrics.encode()));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

@@ -64,6 +64,14 @@ pub struct Metrics {
     pub channels: Gauge,
     /// PostgreSQL channels LISTENed for sockets (direct mode).
     pub listened: Gauge,
+    /// Messages replayed to resuming clients.
+    pub replayed: Counter,
+    /// Resumes answered with a `Gap` first (position too old, unknown, other epoch, outage).
+    pub resume_gaps: Counter,
+    /// Messages held by the replay windows (set at scrape).
+    pub window_messages: Gauge,
+    /// Text bytes held by the replay windows (set at scrape).
+    pub window_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +106,10 @@ impl Metrics {
             ]),
             channels: Gauge::default(),
             listened: Gauge::default(),
+            replayed: Counter::default(),
+            resume_gaps: Counter::default(),
+            window_messages: Gauge::default(),
+            window_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +189,26 @@ impl Metrics {
             "listened_channels",
             "PostgreSQL channels LISTENed for sockets (direct mode)",
             m.listened.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Messages replayed to resuming clients",
+            m.replayed.clone(),
+        );
+        registry.register(
+            "resume_gaps",
+            "Resumes that began with a Gap event (position too old, unknown, other epoch, outage)",
+            m.resume_gaps.clone(),
+        );
+        registry.register(
+            "window_messages",
+            "Messages held by the replay windows",
+            m.window_messages.clone(),
+        );
+        registry.register(
+            "window_bytes",
+            "Text bytes held by the replay windows",
+            m.window_bytes.clone(),
         );
         Self { registry, ..m }
     }

@@ -154,7 +154,7 @@ impl Sink {
             let target = self.router.target(pg_channel, payload);
             if run_channel.as_ref() != Some(&target) {
                 if let Some(channel) = run_channel.take() {
-                    delivered += self.hub.publish_run(&channel, &run);
+                    delivered += self.hub.publish_run(&channel, &mut run);
                     run.clear();
                 }
                 run_channel = Some(target);
@@ -162,7 +162,7 @@ impl Sink {
             run.push(Frame::text(payload));
         }
         if let Some(channel) = run_channel {
-            delivered += self.hub.publish_run(&channel, &run);
+            delivered += self.hub.publish_run(&channel, &mut run);
         }
         delivered
     }
@@ -180,6 +180,8 @@ impl Sink {
     /// Tells every subscribed client, and the meta channel, that messages may have been lost
     /// while the source was down for `down`. Does nothing when `PGWS_GAP_EVENTS` is off.
     pub async fn gap(&self, down: Duration) {
+        // Resuming clients are told whatever `PGWS_GAP_EVENTS` says: they asked for positions.
+        self.hub.mark_outage();
         if !self.gap_events {
             return;
         }

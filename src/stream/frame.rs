@@ -16,6 +16,9 @@ pub struct Frame {
     wire: Bytes,
     /// Length of the header in `wire`.
     header: u8,
+    /// The message's stream position (`Position::seq`); 0 for texts outside the stream (events
+    /// to one client, server notices).
+    seq: u64,
 }
 
 impl Frame {
@@ -44,11 +47,21 @@ impl Frame {
         Self {
             wire: wire.freeze(),
             header: header as u8,
+            seq: 0,
         }
     }
 
+    /// The message's position in the stream (0: none).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Numbers the message (the hub does, as it routes it).
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
     /// The text (transports that re-encode it, such as Server-Sent Events, read it here).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn as_str(&self) -> &str {
         // Built from a `&str` in `Frame::text`; the check cannot fail and costs a scan, which
         // only the rare readers of the text pay.

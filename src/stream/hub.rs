@@ -9,16 +9,26 @@
 //!
 //! Why this shape: a message's text is allocated once ([`Frame`]) and shared by reference count
 //! with every client; the map is behind a read-write lock because routing (read side) happens per
-//! message and (un)subscribing (write side) once per client per channel. A per-channel replay
-//! window (positions, resume) belongs beside this map, written on the same publish call.
+//! message and (un)subscribing (write side) once per client per channel.
+//!
+//! Positions and replay live here too, because only here are "kept for replay" and "delivered
+//! live" the same step: every routed message is numbered ([`Position`]) and kept in its channel's
+//! [`Window`] under the map's read lock, while a resuming client takes the write lock to read
+//! what it missed *and* join the channel's subscribers. So each message is either in what the
+//! client replays or in what it receives live, never both and never neither.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
-use super::Frame;
 use prometheus_client::metrics::counter::Counter;
 
+use super::Frame;
 use super::outbox::{Outbox, Push};
+use super::position::{Position, ResumeFrom};
+use super::window::{Held, Window, WindowLimits};
+use crate::protocol::{GapReason, resume_gap_event};
 
 /// Counters of what the hub did (shared with the metrics registry).
 #[derive(Debug, Default, Clone)]
@@ -29,48 +39,122 @@ pub struct HubStats {
     pub unrouted: Counter,
     /// Frames dropped because a socket was too far behind.
     pub overflowed: Counter,
+    /// Messages replayed to resuming clients.
+    pub replayed: Counter,
+    /// Resumes that could not be exact (a `Gap` was sent first).
+    pub resume_gaps: Counter,
 }
 
-/// Channel name → subscribed outboxes.
-#[derive(Default)]
+/// How the hub keeps messages for replay.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySettings {
+    /// Window limits.
+    pub limits: WindowLimits,
+    /// Keep a channel's window after its last subscriber left (until it ages out). Only when the
+    /// source keeps receiving such channels (the listen channel); with channels received on
+    /// demand (direct mode) an idle channel's window would silently miss messages.
+    pub retain_idle: bool,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        Self {
+            limits: WindowLimits::default(),
+            retain_idle: true,
+        }
+    }
+}
+
+/// One channel: its subscribers and its window.
+struct Entry {
+    subs: Vec<Arc<Outbox>>,
+    window: Mutex<Window>,
+}
+
+/// What a resuming subscription did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Messages replayed.
+    pub replayed: usize,
+    /// Whether a `Gap` came first.
+    pub gap: bool,
+}
+
+/// Channel name → subscribed outboxes, plus each channel's replay window.
 pub struct Hub {
-    channels: RwLock<HashMap<Box<str>, Vec<Arc<Outbox>>>>,
+    channels: RwLock<HashMap<Box<str>, Entry>>,
+    /// This process's epoch.
+    epoch: u64,
+    /// The last position given.
+    seq: AtomicU64,
+    replay: ReplaySettings,
+    held: Held,
+    /// Positions after which the source lost messages (outages), with when.
+    outages: Mutex<VecDeque<(Instant, u64)>>,
     /// What the hub did so far.
     pub stats: HubStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a few field updates; a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {
     /// An empty registry with unregistered counters.
     #[cfg(test)]
     pub fn new() -> Self {
-        Self::default()
+        Self::with_stats(HubStats::default(), ReplaySettings::default())
     }
 
     /// An empty registry counting into `stats`.
-    pub fn with_stats(stats: HubStats) -> Self {
+    pub fn with_stats(stats: HubStats, replay: ReplaySettings) -> Self {
         Self {
             channels: RwLock::default(),
+            epoch: super::position::new_epoch(),
+            seq: AtomicU64::new(0),
+            replay,
+            held: Held::default(),
+            outages: Mutex::default(),
             stats,
         }
+    }
+
+    /// This process's epoch (positions carry it).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Routes `text` to every socket subscribed to `channel`. Returns how many got it.
     #[cfg(test)]
     pub fn publish(&self, channel: &str, text: Frame) -> usize {
-        self.publish_run(channel, std::slice::from_ref(&text))
+        self.publish_run(channel, &mut [text])
     }
 
-    /// Routes consecutive messages of one channel to its subscribers: one read lock for the run,
-    /// one outbox lock and at most one wake-up per subscriber. Returns how many deliveries were
-    /// queued.
-    pub fn publish_run(&self, channel: &str, run: &[Frame]) -> usize {
+    /// Routes consecutive messages of one channel to its subscribers: numbers them, keeps them
+    /// in the channel's window, and queues them with one read lock for the run, one outbox lock
+    /// and at most one wake-up per subscriber. Returns how many deliveries were queued.
+    pub fn publish_run(&self, channel: &str, run: &mut [Frame]) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = map.get(channel) else {
+        let Some(entry) = map.get(channel) else {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         };
+        let first = self.seq.fetch_add(run.len() as u64, Ordering::Relaxed) + 1;
+        {
+            let now = Instant::now();
+            let mut window = lock(&entry.window);
+            for (i, frame) in run.iter_mut().enumerate() {
+                frame.set_seq(first + i as u64);
+                window.push(frame, now, &self.replay.limits, &self.held);
+            }
+        }
+        if entry.subs.is_empty() {
+            self.stats.unrouted.inc_by(run.len() as u64);
+            return 0;
+        }
         let mut n = 0;
-        for sub in subs {
+        for sub in &entry.subs {
             let (queued, outcome) = sub.push_all(run);
             n += queued;
             if outcome == Push::Overflow {
@@ -82,27 +166,167 @@ impl Hub {
     }
 
     /// Adds a socket to a channel. Returns `true` when it is the channel's first subscriber.
+    #[cfg(test)]
     pub fn subscribe(&self, channel: &str, outbox: &Arc<Outbox>) -> bool {
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        let subs = map.entry(channel.into()).or_default();
-        subs.push(outbox.clone());
-        subs.len() == 1
+        self.join(&mut map, channel, outbox)
     }
 
-    /// Removes a socket from a channel; the channel entry goes with its last subscriber.
-    /// Returns `true` when that was the last one.
+    fn join(
+        &self,
+        map: &mut HashMap<Box<str>, Entry>,
+        channel: &str,
+        outbox: &Arc<Outbox>,
+    ) -> bool {
+        let now_seq = self.seq.load(Ordering::Relaxed);
+        let entry = map.entry(channel.into()).or_insert_with(|| Entry {
+            subs: Vec::new(),
+            window: Mutex::new(Window::new(now_seq)),
+        });
+        entry.subs.push(outbox.clone());
+        entry.subs.len() == 1
+    }
+
+    /// Adds a socket to its channels at once, first replaying what it missed since `from` (when
+    /// it resumes): a `Gap` event first when that cannot be exact, then every message of those
+    /// channels after `from` still in their windows, in stream order, then live messages.
+    pub fn subscribe_all<C: AsRef<str>>(
+        &self,
+        channels: &[C],
+        outbox: &Arc<Outbox>,
+        from: Option<ResumeFrom>,
+    ) -> Resumed {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        for channel in channels {
+            self.join(&mut map, channel.as_ref(), outbox);
+        }
+        let Some(from) = from else {
+            return Resumed::default();
+        };
+        let now = self.seq.load(Ordering::Relaxed);
+        let (after, mut reason) = match from {
+            ResumeFrom::At(p) if p.epoch == self.epoch && p.seq <= now => (p.seq, None),
+            ResumeFrom::At(p) if p.epoch == self.epoch => (0, Some(GapReason::FuturePosition)),
+            ResumeFrom::At(_) => (0, Some(GapReason::OtherEpoch)),
+            ResumeFrom::Unknown => (0, Some(GapReason::UnknownPosition)),
+        };
+        let mut lost_through = 0;
+        let mut replay: Vec<Frame> = Vec::new();
+        for channel in channels {
+            let Some(entry) = map.get(channel.as_ref()) else {
+                continue;
+            };
+            let window = lock(&entry.window);
+            lost_through = lost_through.max(window.lost_through());
+            replay.extend(window.after(after).cloned());
+        }
+        if reason.is_none() && lost_through > after {
+            reason = Some(GapReason::WindowExceeded);
+        }
+        if reason.is_none() && lock(&self.outages).iter().any(|(_, at)| *at >= after) {
+            reason = Some(GapReason::SourceOutage);
+        }
+        replay.sort_by_key(Frame::seq);
+        let position = |seq| Position {
+            epoch: self.epoch,
+            seq,
+        };
+        if let Some(reason) = reason {
+            self.stats.resume_gaps.inc();
+            let names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
+            let known = (after > 0 || reason == GapReason::WindowExceeded).then(|| position(after));
+            let through = (reason == GapReason::WindowExceeded).then(|| position(lost_through));
+            let event = resume_gap_event(
+                reason,
+                &names,
+                known,
+                through,
+                replay.first().map(|f| position(f.seq())),
+            );
+            outbox.push_replay(&[Frame::from(event)]);
+        }
+        outbox.push_replay(&replay);
+        self.stats.replayed.inc_by(replay.len() as u64);
+        Resumed {
+            replayed: replay.len(),
+            gap: reason.is_some(),
+        }
+    }
+
+    /// Removes a socket from a channel. Returns `true` when that was the last subscriber. The
+    /// channel's window stays for resuming clients (until it ages out) when idle windows are
+    /// kept; otherwise it goes with the last subscriber.
     pub fn unsubscribe(&self, channel: &str, outbox: &Arc<Outbox>) -> bool {
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(subs) = map.get_mut(channel) {
-            if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, outbox)) {
-                subs.swap_remove(i);
-            }
-            if subs.is_empty() {
-                map.remove(channel);
-                return true;
+        let Some(entry) = map.get_mut(channel) else {
+            return false;
+        };
+        if let Some(i) = entry.subs.iter().position(|s| Arc::ptr_eq(s, outbox)) {
+            entry.subs.swap_remove(i);
+        } else {
+            return false;
+        }
+        if !entry.subs.is_empty() {
+            return false;
+        }
+        let keep = self.replay.retain_idle && !lock(&entry.window).is_empty();
+        if !keep && let Some(entry) = map.remove(channel) {
+            lock(&entry.window).clear(&self.held);
+        }
+        true
+    }
+
+    /// Notes that the source lost messages after the current position (an outage): resumes from
+    /// before here get a `Gap`.
+    pub fn mark_outage(&self) {
+        let mut outages = lock(&self.outages);
+        outages.push_back((Instant::now(), self.seq.load(Ordering::Relaxed)));
+        if outages.len() > 1024 {
+            outages.pop_front();
+        }
+    }
+
+    /// Ages out windows and outage notes; drops idle channels whose window is empty. Called
+    /// periodically by the server.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let limits = &self.replay.limits;
+        {
+            let mut outages = lock(&self.outages);
+            while outages
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > limits.age)
+            {
+                outages.pop_front();
             }
         }
-        false
+        let mut idle = Vec::new();
+        {
+            let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+            for (name, entry) in map.iter() {
+                let mut window = lock(&entry.window);
+                window.expire(now, limits, &self.held);
+                if entry.subs.is_empty() && window.is_empty() {
+                    idle.push(name.clone());
+                }
+            }
+        }
+        if !idle.is_empty() {
+            let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+            for name in idle {
+                if map.get(&name).is_some_and(|e| e.subs.is_empty()) {
+                    map.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Messages and text bytes held by all windows.
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.held.messages.load(Ordering::Relaxed),
+            self.held.bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether anyone listens to `channel`.
@@ -110,7 +334,8 @@ impl Hub {
         self.channels
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(channel)
+            .get(channel)
+            .is_some_and(|e| !e.subs.is_empty())
     }
 
     /// Every channel with subscribers.
@@ -118,8 +343,9 @@ impl Hub {
         self.channels
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .map(|k| k.to_string())
+            .iter()
+            .filter(|(_, e)| !e.subs.is_empty())
+            .map(|(k, _)| k.to_string())
             .collect()
     }
 
@@ -128,7 +354,7 @@ impl Hub {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let mut seen: Vec<*const Outbox> = Vec::new();
         let mut n = 0;
-        for sub in map.values().flatten() {
+        for sub in map.values().flat_map(|e| &e.subs) {
             let p = Arc::as_ptr(sub);
             if seen.contains(&p) {
                 continue;
@@ -146,7 +372,9 @@ impl Hub {
         self.channels
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .values()
+            .filter(|e| !e.subs.is_empty())
+            .count()
     }
 }
 

@@ -127,6 +127,30 @@ impl Outbox {
         (queued, Push::Queued)
     }
 
+    /// Queues a resuming client's replay (and the `Gap` before it) regardless of the queue
+    /// limits: the frames are shared with the replay window, which bounds them, and cutting a
+    /// catch-up short would lose exactly what the client came back for.
+    pub fn push_replay(&self, msgs: &[Frame]) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        let was_empty = s.queue.is_empty();
+        for msg in msgs {
+            s.bytes += msg.len();
+            s.queue.push_back(msg.clone());
+        }
+        if was_empty {
+            s.oldest = Some(Instant::now());
+            s.signalled = true;
+            drop(s);
+            self.waker.wake();
+        }
+    }
+
     /// Moves every queued frame into `out`.
     pub fn drain_into(&self, out: &mut Vec<Frame>) -> Drained {
         let mut s = self.lock();

@@ -2,8 +2,11 @@
 //! `/:token`, or the token in `Authorization: Bearer`), asked for with `Accept: text/event-stream`
 //! on a `GET` without `Upgrade`. Read-only by nature; the same admission, the same client core.
 //!
-//! Each message is one event whose `data:` lines are exactly the text a compat websocket client
-//! receives (one `data:` line per line of text; the browser joins them with `\n`). A comment line
+//! Each message is one event whose `id:` is its stream position and whose `data:` lines are
+//! exactly the text a compat websocket client receives (one `data:` line per line of text; the
+//! browser joins them with `\n`). A `Last-Event-ID` header (what `EventSource` sends when it
+//! reconnects by itself) resumes: the hub replays what the stream missed, after a `Gap` event
+//! when that cannot be exact. A comment line
 //! goes out at every ping interval so that proxies do not close an idle stream. The stream ends
 //! with a named `close` event (`{"event":"Close","code":…,"reason":…}`, the websocket's close
 //! code) when the token expires (3001), the server shuts down (1001, with `retry:` advice so that
@@ -226,6 +229,11 @@ impl hyper::body::Body for Stream {
         let size: usize = this.batch.iter().map(|f| f.len() + 16).sum();
         let mut out = BytesMut::with_capacity(size);
         for frame in this.batch.drain(..) {
+            if let Some(position) = client.position_of(&frame) {
+                out.put_slice(b"id: ");
+                out.put_slice(position.to_string().as_bytes());
+                out.put_u8(b'\n');
+            }
             encode_message(&mut out, frame.as_str());
         }
         if this.batch.capacity() > 256 {

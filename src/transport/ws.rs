@@ -33,6 +33,7 @@ use crate::client::Client;
 use crate::http::admission::{Admitted, Carrier, SUBPROTOCOL};
 use crate::http::body::{Body, full, text};
 use crate::ops::metrics::ReasonLabel;
+use crate::protocol::positioned_message;
 use crate::state::AppState;
 use crate::stream::Frame;
 
@@ -271,6 +272,13 @@ where
             }
             _ = client.outbox().wait() => {
                 let drained = client.outbox().drain_into(&mut batch);
+                if client.positions() {
+                    for frame in batch.iter_mut() {
+                        if let Some(position) = client.position_of(frame) {
+                            *frame = Frame::from(positioned_message(position, frame.as_str()));
+                        }
+                    }
+                }
                 if !batch.is_empty() {
                     // Boxed, like the other rare paths below: a future's size is the largest of
                     // its states, and every idle socket would otherwise carry the write state.

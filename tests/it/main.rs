@@ -13,6 +13,7 @@ mod listener;
 mod messages;
 mod meta;
 mod pg_tls;
+mod resume;
 mod security;
 mod sse;
 mod static_http;

@@ -10,22 +10,23 @@ use crate::common::*;
 
 /// One parsed event (or comment) of a stream.
 #[derive(Debug, Default)]
-struct Event {
-    event: Option<String>,
-    data: Option<String>,
-    retry: Option<String>,
-    comment: Option<String>,
+pub(crate) struct Event {
+    pub(crate) event: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) data: Option<String>,
+    pub(crate) retry: Option<String>,
+    pub(crate) comment: Option<String>,
 }
 
 /// A client reading an event stream.
-struct Sse {
+pub(crate) struct Sse {
     body: Incoming,
     buf: String,
     _conn: tokio::task::JoinHandle<()>,
 }
 
 /// Opens `path` as an event stream; `Err((status, body))` when refused.
-async fn open(
+pub(crate) async fn open(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -78,7 +79,7 @@ async fn open(
 
 impl Sse {
     /// The next event or comment block; `None` when the stream ended.
-    async fn next(&mut self) -> Option<Event> {
+    pub(crate) async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -90,6 +91,7 @@ impl Sse {
                         let v = v.strip_prefix(' ').unwrap_or(v).to_string();
                         match k {
                             "event" => ev.event = Some(v),
+                            "id" => ev.id = Some(v),
                             "retry" => ev.retry = Some(v),
                             "data" => {
                                 ev.data = Some(match ev.data.take() {
@@ -115,7 +117,7 @@ impl Sse {
     }
 
     /// The next event that is not a comment.
-    async fn next_event(&mut self) -> Event {
+    pub(crate) async fn next_event(&mut self) -> Event {
         loop {
             let ev = self.next().await.expect("stream still open");
             if ev.comment.is_none() {
@@ -249,9 +251,13 @@ async fn shutdown_ends_the_stream_with_retry_advice() {
 #[tokio::test]
 async fn a_client_that_goes_away_is_unsubscribed() {
     let s = start(&["--admin-address", "127.0.0.1:0"]).await;
-    let sse = open(s.addr, &format!("/chat/{}", token(json!({"mode":"r"}))), &[])
-        .await
-        .expect("stream opens");
+    let sse = open(
+        s.addr,
+        &format!("/chat/{}", token(json!({"mode":"r"}))),
+        &[],
+    )
+    .await
+    .expect("stream opens");
     assert_eq!(s.metric("pgws_channels ").await, 1.0);
     assert_eq!(s.metric("pgws_connections{mode=\"r\"}").await, 1.0);
     drop(sse);

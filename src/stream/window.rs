@@ -1,0 +1,215 @@
+//! The replay window of one channel: its most recent messages, bounded by count, bytes and age
+//! (per channel) and by one memory cap shared by every window of the server.
+//!
+//! Memory is per channel, not per client: a window holds the same shared [`Frame`]s the outboxes
+//! hold, so keeping a message for replay costs one reference and its bookkeeping, and an idle
+//! connection costs nothing here. Each window also remembers the highest position it can no
+//! longer replay (`lost_through`: evicted, or before the window began), which is what lets a
+//! resuming client be told about a gap instead of silently missing it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Frame;
+
+/// Limits of the replay windows (`PGWS_REPLAY_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLimits {
+    /// Most messages per channel (0: no windows, every resume is a gap).
+    pub messages: usize,
+    /// Most text bytes per channel.
+    pub bytes: usize,
+    /// Oldest message kept.
+    pub age: Duration,
+    /// Most text bytes held by all windows together.
+    pub memory: usize,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        Self {
+            messages: 1000,
+            bytes: 1024 * 1024,
+            age: Duration::from_secs(300),
+            memory: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every window holds, counted together (for the memory cap and the metrics).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Messages.
+    pub messages: AtomicUsize,
+    /// Text bytes.
+    pub bytes: AtomicUsize,
+}
+
+/// One channel's window.
+#[derive(Debug)]
+pub struct Window {
+    entries: VecDeque<(Instant, Frame)>,
+    bytes: usize,
+    /// The highest position this window cannot replay.
+    lost_through: u64,
+}
+
+impl Window {
+    /// An empty window for a channel first seen when the stream was at `now_seq`: anything up
+    /// to there is unknown to it.
+    pub fn new(now_seq: u64) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            lost_through: now_seq,
+        }
+    }
+
+    /// The highest position this window cannot replay.
+    pub fn lost_through(&self) -> u64 {
+        self.lost_through
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Keeps `frame` (already numbered), then evicts what the limits no longer allow.
+    pub fn push(&mut self, frame: &Frame, now: Instant, limits: &WindowLimits, held: &Held) {
+        if limits.messages == 0 {
+            self.lost_through = frame.seq();
+            return;
+        }
+        self.bytes += frame.len();
+        held.bytes.fetch_add(frame.len(), Ordering::Relaxed);
+        held.messages.fetch_add(1, Ordering::Relaxed);
+        self.entries.push_back((now, frame.clone()));
+        while self.entries.len() > limits.messages
+            || self.bytes > limits.bytes
+            || (held.bytes.load(Ordering::Relaxed) > limits.memory && !self.entries.is_empty())
+        {
+            self.evict_oldest(held);
+        }
+        self.expire(now, limits, held);
+    }
+
+    /// Drops messages older than the age limit.
+    pub fn expire(&mut self, now: Instant, limits: &WindowLimits, held: &Held) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > limits.age)
+        {
+            self.evict_oldest(held);
+        }
+    }
+
+    fn evict_oldest(&mut self, held: &Held) {
+        if let Some((_, old)) = self.entries.pop_front() {
+            self.bytes -= old.len();
+            held.bytes.fetch_sub(old.len(), Ordering::Relaxed);
+            held.messages.fetch_sub(1, Ordering::Relaxed);
+            self.lost_through = self.lost_through.max(old.seq());
+        }
+        if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to_fit();
+        }
+    }
+
+    /// The messages after position `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Frame> {
+        let start = self.entries.partition_point(|(_, f)| f.seq() <= seq);
+        self.entries.range(start..).map(|(_, f)| f)
+    }
+
+    /// Gives back everything it holds (the channel is dropped).
+    pub fn clear(&mut self, held: &Held) {
+        held.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        held.messages
+            .fetch_sub(self.entries.len(), Ordering::Relaxed);
+        self.entries = VecDeque::new();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64, text: &str) -> Frame {
+        let mut f = Frame::from(text);
+        f.set_seq(seq);
+        f
+    }
+
+    fn seqs<'a>(it: impl Iterator<Item = &'a Frame>) -> Vec<u64> {
+        it.map(Frame::seq).collect()
+    }
+
+    #[test]
+    fn count_bytes_and_memory_limits_evict_the_oldest() {
+        let held = Held::default();
+        let now = Instant::now();
+        let limits = WindowLimits {
+            messages: 3,
+            bytes: 10,
+            ..WindowLimits::default()
+        };
+        let mut w = Window::new(0);
+        for s in 1..=5 {
+            w.push(&frame(s, "ab"), now, &limits, &held);
+        }
+        assert_eq!(seqs(w.after(0)), [3, 4, 5]);
+        assert_eq!(w.lost_through(), 2);
+        assert_eq!(seqs(w.after(4)), [5]);
+        w.push(&frame(6, "0123456789"), now, &limits, &held);
+        assert_eq!(seqs(w.after(0)), [6], "bytes limit");
+        assert_eq!(held.bytes.load(Ordering::Relaxed), 10);
+        let tight = WindowLimits {
+            memory: 4,
+            ..WindowLimits::default()
+        };
+        let mut other = Window::new(6);
+        other.push(&frame(7, "abc"), now, &tight, &held);
+        assert!(
+            other.is_empty(),
+            "over the global cap: the window gives way"
+        );
+        assert_eq!(other.lost_through(), 7);
+        w.clear(&held);
+        assert_eq!(held.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(held.messages.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn age_limit_and_disabled_windows() {
+        let held = Held::default();
+        let start = Instant::now();
+        let limits = WindowLimits {
+            age: Duration::from_secs(10),
+            ..WindowLimits::default()
+        };
+        let mut w = Window::new(0);
+        w.push(&frame(1, "a"), start, &limits, &held);
+        w.push(
+            &frame(2, "b"),
+            start + Duration::from_secs(5),
+            &limits,
+            &held,
+        );
+        w.expire(start + Duration::from_secs(11), &limits, &held);
+        assert_eq!(seqs(w.after(0)), [2]);
+        assert_eq!(w.lost_through(), 1);
+
+        let off = WindowLimits {
+            messages: 0,
+            ..WindowLimits::default()
+        };
+        let mut w = Window::new(0);
+        w.push(&frame(9, "a"), start, &off, &held);
+        assert!(w.is_empty());
+        assert_eq!(w.lost_through(), 9);
+    }
+}
