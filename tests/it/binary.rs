@@ -384,3 +384,62 @@ async fn wait_log(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &
     .await
     .expect("log line in time")
 }
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    writer.into()
+}
+
+// The first hour: `pgws | head -1` must not end in "failed printing to stdout" and status 101.
+#[tokio::test]
+async fn closed_stdout_or_stderr_never_panics() {
+    for flag in ["--help", "--version"] {
+        let mut c = pgws();
+        c.arg(flag).stdout(closed_pipe());
+        let (code, _, err) = output(c).await;
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+    }
+
+    // Serving with a closed stdout: the banner and `Listening on port` go nowhere, pgws serves on.
+    let db = fresh_db().await;
+    let mut c = pgws_on(&db);
+    c.stdout(closed_pipe()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let collected = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(l)) = err_lines.next_line().await {
+            all.push_str(&l);
+            all.push('\n');
+            let _ = tx.send(l);
+        }
+        all
+    });
+    // Logged once the server runs, after `Listening on port` was written (to nothing).
+    wait_log(&mut rx, "listening for notifications").await;
+    assert_eq!(terminate(child).await, 0);
+    let logs = tokio::time::timeout(WAIT, collected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(!logs.contains("Broken pipe"), "{logs}");
+
+    // Serving with a closed stderr: every log line (debug: many) fails to be written.
+    let mut c = pgws_on(&db);
+    c.env("RUST_LOG", "debug").stderr(closed_pipe());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = line_after(&mut lines, "Listening on port").await;
+    // A websocket makes more log lines, in the connection's task.
+    let t = token(json!({"mode":"rw"}));
+    let mut ws = connect(&format!("ws://127.0.0.1:{port}/chat/{t}")).await;
+    send(&mut ws, "hello").await;
+    assert_eq!(next_json(&mut ws).await["payload"], "hello");
+    // The SIGTERM task logs before it starts the shutdown: a panic there would hang pgws.
+    assert_eq!(terminate(child).await, 0);
+}
