@@ -37,15 +37,16 @@ use crate::transport::ws::ws_config;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The port could not be bound.
-    #[error("cannot bind {host}:{port}: {source}")]
+    /// The port could not be bound. (The OS error is part of the text, not a `source`, so that
+    /// printing the chain does not repeat it.)
+    #[error("cannot bind {address} ({settings}): {error}")]
     Bind {
-        /// `PGWS_HOST`.
-        host: String,
-        /// `PGWS_PORT`.
-        port: u16,
+        /// The address as in a URL (`0.0.0.0:3000`), or `PGWS_ADMIN_ADDRESS` as written.
+        address: String,
+        /// The settings it comes from.
+        settings: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// TLS files unusable.
     #[error(transparent)]
@@ -71,20 +72,20 @@ impl Server {
         let tls = config.tls.as_ref().map(net::tls_acceptor).transpose()?;
         let listener = net::bind(&config.host, config.port)
             .await
-            .map_err(|source| Error::Bind {
-                host: format!("{:?}", config.host),
-                port: config.port,
-                source,
+            .map_err(|error| Error::Bind {
+                address: format!("{}:{}", config.host, config.port),
+                settings: "PGWS_HOST, PGWS_PORT",
+                error,
             })?;
         let admin = match &config.admin_address {
             Some(addr) => {
                 Some(
                     TcpListener::bind(addr.as_str())
                         .await
-                        .map_err(|source| Error::Bind {
-                            host: format!("PGWS_ADMIN_ADDRESS {addr}"),
-                            port: 0,
-                            source,
+                        .map_err(|error| Error::Bind {
+                            address: addr.clone(),
+                            settings: "PGWS_ADMIN_ADDRESS",
+                            error,
                         })?,
                 )
             }

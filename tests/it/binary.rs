@@ -392,6 +392,36 @@ fn closed_pipe() -> Stdio {
     writer.into()
 }
 
+// The first hour: `--help` with PGWS_DB_URI set must not print the password.
+#[tokio::test]
+async fn help_shows_the_database_uri_without_its_password() {
+    for (uri, shown) in [
+        (
+            "postgres://u:secretpw@db.example.com/app",
+            "PGWS_DB_URI=postgres://u:***@db.example.com/app]",
+        ),
+        (
+            "host=db.example.com password='secret pw' dbname=app",
+            "PGWS_DB_URI=host=db.example.com password=*** dbname=app]",
+        ),
+    ] {
+        for flag in ["--help", "-h"] {
+            let mut c = pgws();
+            c.arg(flag)
+                .env("PGWS_DB_URI", uri)
+                .env("PGWS_JWT_SECRET", "secretjwt-secretjwt-secretjwt-secretjwt");
+            let (code, out, err) = output(c).await;
+            assert_eq!(code, 0, "{err}");
+            for secret in ["secretpw", "secret pw", "secretjwt"] {
+                assert!(!out.contains(secret), "{flag} shows {secret}:\n{out}");
+            }
+            // `-h` may wrap the line; the value itself stays whole.
+            let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat.contains(shown), "{flag} lacks {shown}:\n{out}");
+        }
+    }
+}
+
 // The first hour: `pgws | head -1` must not end in "failed printing to stdout" and status 101.
 #[tokio::test]
 async fn closed_stdout_or_stderr_never_panics() {
@@ -442,4 +472,81 @@ async fn closed_stdout_or_stderr_never_panics() {
     assert_eq!(next_json(&mut ws).await["payload"], "hello");
     // The SIGTERM task logs before it starts the shutdown: a panic there would hang pgws.
     assert_eq!(terminate(child).await, 0);
+}
+
+// The first hour: errors name the variable the user set, the address in a form they know, and
+// each cause once.
+#[tokio::test]
+async fn start_up_errors_speak_the_users_language() {
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", "abc");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: PGWS_PORT: invalid value 'abc': invalid digit found in string\n"),
+        "{err}"
+    );
+    assert!(!err.contains("--port"), "{err}");
+
+    // The same value on the command line: the flag is named.
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", "abc")
+        .args(["--port", "xyz"]);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("'xyz' for '--port"), "{err}");
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_GAP_EVENTS", "maybe");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "error: PGWS_GAP_EVENTS: invalid value 'maybe': expected True or False (also true/false, yes/no, on/off, 1/0, in any case)\n"
+        ),
+        "{err}"
+    );
+
+    // A busy port: the address as the user knows it, the OS error once.
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", port.to_string());
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "pgws: cannot bind 0.0.0.0:{port} (PGWS_HOST, PGWS_PORT): Address already in use (os error 98)"
+        )
+    );
+    drop(busy);
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", "short");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pgws: PGWS_JWT_SECRET: the HMAC secret is 5 bytes; HS256 needs at least 32 (HS384 48, HS512 64), so no token could be verified"
+    );
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://u:secretpw@h:zz/db")
+        .env("PGWS_JWT_SECRET", SECRET);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pgws: PGWS_DB_URI: cannot use the connection string 'postgres://u:***@h:zz/db': invalid connection string: invalid value for option `port`"
+    );
 }
