@@ -157,8 +157,7 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
             .is_ok_and(|r| r.is_ok())
         {
             let scheme = if tls { "https" } else { "http" };
-            let ws = if tls { "wss" } else { "ws" };
-            println!(
+            say!(
                 "Open {scheme}://localhost:{}/ in a browser to try it.",
                 addr.port()
             );
@@ -168,14 +167,10 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
                     &serde_json::json!({"mode": "rw"}),
                     &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
                 )?;
-                println!("Development secret: {DEV_SECRET}");
-                println!("Development token: {token}");
-                println!(
-                    "Try: websocat {ws}://localhost:{}/chat/{token}",
-                    addr.port()
-                );
+                say!("Development secret: {DEV_SECRET}");
+                say!("Development token: {token}");
             }
-            println!(
+            say!(
                 "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
                 cluster.connection_string("postgres"),
                 cli.listen_channel
@@ -183,10 +178,16 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
         }
     }
     let result = run.await.context("server task")?;
+    // The server has closed its connections; stopping the cluster now ends none of them.
     if let Some(cluster) = cluster {
-        tokio::task::spawn_blocking(move || cluster.stop())
-            .await
-            .ok();
+        let dir = cluster.socket_dir().display().to_string();
+        match tokio::task::spawn_blocking(move || cluster.stop()).await {
+            Ok(Ok(())) => say!("Embedded PostgreSQL stopped; cluster {dir} removed."),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "embedded PostgreSQL: {dir} may be left behind")
+            }
+            Err(e) => tracing::warn!(error = %e, "embedded PostgreSQL: {dir} may be left behind"),
+        }
     }
     result.map_err(Into::into)
 }

@@ -227,18 +227,27 @@ impl Server {
             stop.clone(),
         );
         tokio::pin!(listener_task);
+        let mut listener_ended = false;
         let result = tokio::select! {
             _ = accept => Ok(()),
-            r = &mut listener_task => match r {
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "Broadcaster connection is dead; shutting down");
-                    Err(Error::Listener(e))
+            r = &mut listener_task => {
+                listener_ended = true;
+                match r {
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "Broadcaster connection is dead; shutting down");
+                        Err(Error::Listener(e))
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            },
+            }
         };
         tracing::info!("Shutting down server...");
         stop.cancel();
+        // The LISTEN connection closes on the cancellation; wait for it, so that no connection
+        // of ours is left open when `run` returns (an embedded cluster is stopped next).
+        if !listener_ended {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut listener_task).await;
+        }
         state.sessions.close();
         connections.close();
         let drain = shutdown_timeout;
@@ -257,6 +266,12 @@ impl Server {
             .is_err()
         {
             tracing::warn!("pending NOTIFYs were not all sent in time");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), state.publisher.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the NOTIFY connections did not close in time");
         }
         result
     }

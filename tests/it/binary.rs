@@ -550,3 +550,101 @@ async fn start_up_errors_speak_the_users_language() {
         "pgws: PGWS_DB_URI: cannot use the connection string 'postgres://u:***@h:zz/db': invalid connection string: invalid value for option `port`"
     );
 }
+
+// The first hour: Ctrl-C on `pgws --embedded` after some traffic is quiet and ends with the
+// cluster's removal.
+#[tokio::test]
+async fn embedded_mode_stops_quietly_on_sigint() {
+    // stdout and stderr into one pipe, so that the order of the lines is the order written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut c = pgws();
+    c.args(["--embedded", "--port", "0", "--host", "127.0.0.1"])
+        .stdout(writer.try_clone().expect("clone the pipe"))
+        .stderr(writer);
+    let child = c.spawn().expect("spawn pgws --embedded");
+    drop(c); // Our copies of the writing end: the pipe ends when pgws has exited.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut after = async |prefix: &str| -> String {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = rx.recv().await {
+                seen.push(line.clone());
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return rest.trim().to_string();
+                }
+            }
+            panic!("output ended before {prefix:?}: {seen:#?}");
+        })
+        .await
+        .expect("line in time")
+    };
+    let conn = after("Embedded PostgreSQL:").await;
+    let port = after("Listening on port").await;
+    let token = after("Development token:").await;
+    let psql = after("Send from SQL:").await;
+    assert!(!seen.iter().any(|l| l.contains("websocat")), "{seen:#?}");
+    assert!(psql.starts_with("psql"), "{psql}");
+    let dir = conn
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .unwrap()
+        .to_string();
+
+    // Traffic on many sockets, so that all the NOTIFY connections (one per socket, up to
+    // PGWS_POOL_SIZE) are open when the signal comes.
+    let mut meta = connect(&format!("ws://127.0.0.1:{port}/server-info/{token}")).await;
+    assert_eq!(next_json(&mut meta).await["event"], "ConnectionOpen");
+    let mut sockets = Vec::new();
+    for i in 0..12 {
+        let mut chat = connect(&format!("ws://127.0.0.1:{port}/chat-{i}/{token}")).await;
+        send(&mut chat, &format!("m{i}")).await;
+        assert_eq!(next_json(&mut chat).await["payload"], format!("m{i}"));
+        sockets.push(chat);
+    }
+
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    let code = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGINT in time")
+        .expect("wait")
+        .code();
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        while let Some(line) = rx.recv().await {
+            rest.push(line);
+        }
+        rest
+    })
+    .await
+    .expect("output ends once pgws has exited");
+    drop((meta, sockets)); // Open until pgws stopped, as the tabs of a user pressing Ctrl-C.
+    assert_eq!(code, Some(0), "{rest:#?}");
+    for line in seen.iter().chain(&rest) {
+        assert!(
+            !line.contains(" WARN ") && !line.contains(" ERROR "),
+            "not quiet: {line}\n{rest:#?}"
+        );
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some(format!("Embedded PostgreSQL stopped; cluster {dir} removed.").as_str()),
+        "{rest:#?}"
+    );
+    assert!(!std::path::Path::new(&dir).exists());
+}
