@@ -261,27 +261,42 @@ rm -rf "$2"
             .map_err(step("controlling postgres"))
     }
 
-    /// Stops the server and removes the directory; waits up to 15 s.
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Stops the server and removes the directory; waits up to 15 s. `Ok` once the directory is
+    /// gone.
+    pub fn stop(mut self) -> Result<(), EmbeddedError> {
+        if !self.shutdown() {
+            return Err(EmbeddedError::Step {
+                step: "stopping postgres",
+                detail: "still running after 15 s".into(),
+            });
+        }
+        if self.dir.exists() {
+            return Err(EmbeddedError::Step {
+                step: "removing the cluster",
+                detail: format!("{} is still there", self.dir.display()),
+            });
+        }
+        Ok(())
     }
 
-    fn shutdown(&mut self) {
+    /// Whether the wrapper (which removes the directory last) ended within 15 s.
+    fn shutdown(&mut self) -> bool {
         // Closing the pipe tells the wrapper to stop PostgreSQL and remove the directory.
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if !matches!(self.wrapper.try_wait(), Ok(None)) {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        false
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }
 

@@ -10,11 +10,42 @@ use pgws::embedded::Cluster;
 use pgws::{Cli, Server};
 use tokio_util::sync::CancellationToken;
 
+/// `println!` that never panics: a closed stdout (`pgws | head -1`) is no reason to stop serving.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics on a closed stderr.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// The error and its causes, each cause once: a cause whose text the message already contains
+/// is not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let mut cli = match Cli::from_env_and_args() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
+            // `print` returns the write error (a closed stdout after `--help`) instead of panicking.
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -24,15 +55,18 @@ fn main() -> ExitCode {
         Err(_) => match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("PGWS_LOG_LEVEL: invalid value '{}': {e}", cli.log_level);
+                complain!("PGWS_LOG_LEVEL: invalid value '{}': {e}", cli.log_level);
                 return ExitCode::from(1);
             }
         },
     };
     use std::io::IsTerminal as _;
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // A closed stderr loses the log lines; `log_internal_errors` would report that with
+    // `eprintln!`, which panics.
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(colour)
         .with_env_filter(filter);
     if cli.log_format == pgws::config::LogFormat::Json {
@@ -40,7 +74,7 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
-    println!(
+    say!(
         "pgws {} / Connects websockets to PostgreSQL asynchronous notifications.",
         env!("CARGO_PKG_VERSION")
     );
@@ -50,14 +84,14 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pgws: cannot start the runtime: {e}");
+            complain!("pgws: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(serve(&mut cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgws: {e:#}");
+            complain!("pgws: {}", chain(&e));
             ExitCode::from(1)
         }
     }
@@ -73,11 +107,11 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
         let cluster = tokio::task::spawn_blocking(Cluster::start)
             .await
             .context("embedded PostgreSQL")??;
-        println!(
+        say!(
             "Embedded mode: a throwaway PostgreSQL {} cluster, removed when pgws exits. Not for production.",
             cluster.version
         );
-        println!(
+        say!(
             "Embedded PostgreSQL: {}",
             cluster.connection_string("postgres")
         );
@@ -96,7 +130,7 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
     let config = match config {
         Ok(c) => c,
         Err(ConfigError::Missing(help)) => {
-            eprintln!("{help}");
+            complain!("{help}");
             std::process::exit(1);
         }
         Err(e) => return Err(e.into()),
@@ -104,7 +138,7 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
     let tls = config.tls.is_some();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    println!("Listening on port {}", addr.port());
+    say!("Listening on port {}", addr.port());
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
@@ -123,8 +157,7 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
             .is_ok_and(|r| r.is_ok())
         {
             let scheme = if tls { "https" } else { "http" };
-            let ws = if tls { "wss" } else { "ws" };
-            println!(
+            say!(
                 "Open {scheme}://localhost:{}/ in a browser to try it.",
                 addr.port()
             );
@@ -134,14 +167,10 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
                     &serde_json::json!({"mode": "rw"}),
                     &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
                 )?;
-                println!("Development secret: {DEV_SECRET}");
-                println!("Development token: {token}");
-                println!(
-                    "Try: websocat {ws}://localhost:{}/chat/{token}",
-                    addr.port()
-                );
+                say!("Development secret: {DEV_SECRET}");
+                say!("Development token: {token}");
             }
-            println!(
+            say!(
                 "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
                 cluster.connection_string("postgres"),
                 cli.listen_channel
@@ -149,10 +178,16 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
         }
     }
     let result = run.await.context("server task")?;
+    // The server has closed its connections; stopping the cluster now ends none of them.
     if let Some(cluster) = cluster {
-        tokio::task::spawn_blocking(move || cluster.stop())
-            .await
-            .ok();
+        let dir = cluster.socket_dir().display().to_string();
+        match tokio::task::spawn_blocking(move || cluster.stop()).await {
+            Ok(Ok(())) => say!("Embedded PostgreSQL stopped; cluster {dir} removed."),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "embedded PostgreSQL: {dir} may be left behind")
+            }
+            Err(e) => tracing::warn!(error = %e, "embedded PostgreSQL: {dir} may be left behind"),
+        }
     }
     result.map_err(Into::into)
 }

@@ -44,6 +44,21 @@ impl HostPreference {
     }
 }
 
+/// The address as the user would write it in a URL (`0.0.0.0` for `*4`, `[::]` for `*`): what
+/// bind errors show, instead of the variant's name.
+impl std::fmt::Display for HostPreference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AnyPreferV4 | Self::V4Only => f.write_str("0.0.0.0"),
+            Self::Any | Self::AnyPreferV6 | Self::V6Only => f.write_str("[::]"),
+            Self::Named(name) if name.contains(':') && !name.starts_with('[') => {
+                write!(f, "[{name}]")
+            }
+            Self::Named(name) => f.write_str(name),
+        }
+    }
+}
+
 /// PEM files for native TLS.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -104,9 +119,16 @@ pub enum TlsError {
         /// What is wrong.
         message: String,
     },
-    /// rustls refused the pair.
+    /// rustls refused the pair (its error is part of the text, not a `source`, so that printing
+    /// the chain does not repeat it).
     #[error("TLS certificate and key do not form a usable pair: {0}")]
-    Config(#[from] rustls::Error),
+    Config(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Config(e)
+    }
 }
 
 /// Builds the TLS acceptor (HTTP/1.1 only; websockets need it).
@@ -163,5 +185,21 @@ mod tests {
         assert_ne!(l.local_addr().unwrap().port(), 0);
         let l = bind(&HostPreference::V4Only, 0).await.unwrap();
         assert!(l.local_addr().unwrap().is_ipv4());
+    }
+
+    #[test]
+    fn hosts_display_as_addresses() {
+        for (host, shown) in [
+            ("*4", "0.0.0.0"),
+            ("!4", "0.0.0.0"),
+            ("*", "[::]"),
+            ("*6", "[::]"),
+            ("!6", "[::]"),
+            ("localhost", "localhost"),
+            ("::1", "[::1]"),
+            ("127.0.0.1", "127.0.0.1"),
+        ] {
+            assert_eq!(HostPreference::parse(host).to_string(), shown, "{host}");
+        }
     }
 }

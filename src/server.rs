@@ -37,15 +37,16 @@ use crate::transport::ws::ws_config;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The port could not be bound.
-    #[error("cannot bind {host}:{port}: {source}")]
+    /// The port could not be bound. (The OS error is part of the text, not a `source`, so that
+    /// printing the chain does not repeat it.)
+    #[error("cannot bind {address} ({settings}): {error}")]
     Bind {
-        /// `PGWS_HOST`.
-        host: String,
-        /// `PGWS_PORT`.
-        port: u16,
+        /// The address as in a URL (`0.0.0.0:3000`), or `PGWS_ADMIN_ADDRESS` as written.
+        address: String,
+        /// The settings it comes from.
+        settings: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// TLS files unusable.
     #[error(transparent)]
@@ -71,20 +72,20 @@ impl Server {
         let tls = config.tls.as_ref().map(net::tls_acceptor).transpose()?;
         let listener = net::bind(&config.host, config.port)
             .await
-            .map_err(|source| Error::Bind {
-                host: format!("{:?}", config.host),
-                port: config.port,
-                source,
+            .map_err(|error| Error::Bind {
+                address: format!("{}:{}", config.host, config.port),
+                settings: "PGWS_HOST, PGWS_PORT",
+                error,
             })?;
         let admin = match &config.admin_address {
             Some(addr) => {
                 Some(
                     TcpListener::bind(addr.as_str())
                         .await
-                        .map_err(|source| Error::Bind {
-                            host: format!("PGWS_ADMIN_ADDRESS {addr}"),
-                            port: 0,
-                            source,
+                        .map_err(|error| Error::Bind {
+                            address: addr.clone(),
+                            settings: "PGWS_ADMIN_ADDRESS",
+                            error,
                         })?,
                 )
             }
@@ -235,18 +236,27 @@ impl Server {
             stop.clone(),
         );
         tokio::pin!(listener_task);
+        let mut listener_ended = false;
         let result = tokio::select! {
             _ = accept => Ok(()),
-            r = &mut listener_task => match r {
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "Broadcaster connection is dead; shutting down");
-                    Err(Error::Listener(e))
+            r = &mut listener_task => {
+                listener_ended = true;
+                match r {
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "Broadcaster connection is dead; shutting down");
+                        Err(Error::Listener(e))
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            },
+            }
         };
         tracing::info!("Shutting down server...");
         stop.cancel();
+        // The LISTEN connection closes on the cancellation; wait for it, so that no connection
+        // of ours is left open when `run` returns (an embedded cluster is stopped next).
+        if !listener_ended {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut listener_task).await;
+        }
         state.sessions.close();
         connections.close();
         let drain = shutdown_timeout;
@@ -265,6 +275,12 @@ impl Server {
             .is_err()
         {
             tracing::warn!("pending NOTIFYs were not all sent in time");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), state.publisher.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the NOTIFY connections did not close in time");
         }
         result
     }

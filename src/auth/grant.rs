@@ -58,7 +58,9 @@ pub struct Grant {
 /// As the original: the leading `/` is dropped and the rest split on `/`; with two or more
 /// segments the first is the channel and the second the token, with one segment it is the token.
 /// Unlike the original, the query string is not part of the token, and the channel is
-/// percent-decoded (so `/my%20chan/…` opens `my chan`).
+/// percent-decoded (so `/my%20chan/…` opens `my chan`). One segment without a `.` cannot be a JWT
+/// (`/chat`, a channel whose token was forgotten): that is [`NO_TOKEN`] instead of the
+/// original's decode error (both start with `Error: `).
 pub fn parse_path(path: &str) -> Result<(Option<Cow<'_, str>>, &str), AuthError> {
     let rest = path.strip_prefix('/').unwrap_or(path);
     let mut segments = rest.split('/');
@@ -72,9 +74,16 @@ pub fn parse_path(path: &str) -> Result<(Option<Cow<'_, str>>, &str), AuthError>
                 })?;
             Ok((Some(channel), token))
         }
+        None if !first.is_empty() && !first.contains('.') => {
+            Err(AuthError::Invalid(NO_TOKEN.into()))
+        }
         None => Ok((None, first)),
     }
 }
+
+/// The refusal of a path that names no token (after `Error: `).
+pub const NO_TOKEN: &str =
+    "no token: expected /<channel>/<token> or /<token>, or an Authorization: Bearer header";
 
 /// Where a claim is found: a top-level key (which may itself contain dots or slashes, as the
 /// namespaced claims of identity providers do, e.g. `https://example.com/mode`), or a JSON
@@ -472,7 +481,11 @@ mod tests {
             (c.map(|c| c.into_owned()), t.to_string())
         };
         assert_eq!(p("/chat/tok"), (Some("chat".into()), "tok".into()));
-        assert_eq!(p("/tok"), (None, "tok".into()));
+        assert_eq!(p("/a.b.c"), (None, "a.b.c".into()));
+        assert_eq!(
+            parse_path("/chanonly").unwrap_err().to_string(),
+            "Error: no token: expected /<channel>/<token> or /<token>, or an Authorization: Bearer header"
+        );
         assert_eq!(p("/"), (None, "".into()));
         assert_eq!(p("/chat/"), (Some("chat".into()), "".into()));
         assert_eq!(p("/a/b/c"), (Some("a".into()), "b".into()));

@@ -18,7 +18,13 @@ use crate::routing::{ChannelMode, MessageFormat};
 )]
 pub struct Cli {
     /// PostgreSQL connection string (URI or key=value), or @file to read it from a file.
-    #[arg(long, env = "PGWS_DB_URI", value_name = "PGWS_DB_URI")]
+    // The value is hidden because it may hold a password; `from_env_and_args` shows it redacted.
+    #[arg(
+        long,
+        env = "PGWS_DB_URI",
+        value_name = "PGWS_DB_URI",
+        hide_env_values = true
+    )]
     pub db_uri: Option<String>,
 
     /// Secret to verify JWTs: raw HMAC bytes, a JWK, or a JWK Set; @file reads it from a file.
@@ -31,7 +37,8 @@ pub struct Cli {
     )]
     pub jwt_secret: Option<String>,
 
-    /// The secret is base64 (or base64url) encoded [True|False].
+    /// The secret is base64 (or base64url) encoded. True or False (also true/false, yes/no,
+    /// on/off, 1/0, in any case).
     #[arg(long, env = "PGWS_JWT_SECRET_BASE64", value_name = "PGWS_JWT_SECRET_BASE64",
           default_value = "False", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub jwt_secret_base64: bool,
@@ -108,7 +115,8 @@ pub struct Cli {
     #[arg(long, env = "PGWS_KEY_FILE", value_name = "PGWS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 
-    /// Start a private, throwaway PostgreSQL from the installed server binaries and use it.
+    /// Start a private, throwaway PostgreSQL from the installed server binaries and use it. True
+    /// or False (also true/false, yes/no, on/off, 1/0, in any case); `--embedded` alone is True.
     #[arg(long, env = "PGWS_EMBEDDED", value_name = "PGWS_EMBEDDED", default_value = "False",
           value_parser = parse_bool, num_args = 0..=1, default_missing_value = "True",
           action = clap::ArgAction::Set)]
@@ -187,7 +195,8 @@ pub struct Cli {
     pub shutdown_timeout: u64,
 
     /// Tell sockets (and the meta channel) when notifications may have been lost while the LISTEN
-    /// connection was down [True|False]. False: strict compatibility, no extra frames.
+    /// connection was down. False: strict compatibility, no extra frames. True or False (also
+    /// true/false, yes/no, on/off, 1/0, in any case).
     #[arg(long, env = "PGWS_GAP_EVENTS", value_name = "PGWS_GAP_EVENTS", default_value = "True",
           value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub gap_events: bool,
@@ -376,7 +385,9 @@ pub struct Cli {
 impl Cli {
     /// Parses the command line and the environment. An optional variable set to the empty string
     /// counts as unset (as in an env file with `PGWS_META_CHANNEL=`); the two required ones keep
-    /// their "is empty" error.
+    /// their "is empty" error. A value from the environment that does not parse is reported
+    /// under the variable's name (`PGWS_PORT: invalid value 'abc': …`), one from the command
+    /// line under the flag's. `--help` shows `PGWS_DB_URI` with its password replaced by `***`.
     pub fn from_env_and_args() -> Result<Self, clap::Error> {
         use clap::{CommandFactory as _, FromArgMatches as _};
         let mut cmd = Self::command();
@@ -394,17 +405,106 @@ impl Cli {
         for id in empty {
             cmd = cmd.mut_arg(id, |a| a.env(None));
         }
-        let matches = cmd.try_get_matches()?;
+        if let Some(uri) = std::env::var_os("PGWS_DB_URI").filter(|v| !v.is_empty()) {
+            cmd = cmd.mut_arg("db_uri", |a| show_redacted(a, &uri.to_string_lossy()));
+        }
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let matches = cmd.try_get_matches_from_mut(&args).map_err(|e| {
+            name_the_variable(e, &cmd, &args, |var| std::env::var_os(var).is_some())
+        })?;
         Self::from_arg_matches(&matches)
     }
 }
 
-/// Parses `True`/`False` in any case (and `1`/`0`, `yes`/`no`), naming the value when it fails.
+/// `PGWS_DB_URI`'s help with the value clap would show, its password replaced by `***`.
+fn show_redacted(arg: clap::Arg, uri: &str) -> clap::Arg {
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    let note = format!(
+        "[env: PGWS_DB_URI={}]",
+        crate::pg::redact::redact_conninfo(uri)
+    );
+    arg.hide_env(true)
+        .help(format!("{help} {note}"))
+        .long_help(format!("{help}\n\n{note}"))
+}
+
+/// A value that does not parse, reported under the variable's name when it came from the
+/// environment (the variable is set and the flag is not on the command line); clap would name
+/// the flag (`invalid value 'abc' for '--port <PGWS_PORT>'`), which the user never typed.
+pub(super) fn name_the_variable(
+    e: clap::Error,
+    cmd: &clap::Command,
+    args: &[std::ffi::OsString],
+    is_set: impl Fn(&str) -> bool,
+) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return e;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return e;
+    };
+    let Some(long) = arg
+        .strip_prefix("--")
+        .and_then(|a| a.split([' ', '=']).next())
+    else {
+        return e;
+    };
+    let Some(var) = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .and_then(|v| v.to_str())
+        .map(str::to_string)
+    else {
+        return e;
+    };
+    let flag = format!("--{long}");
+    let on_command_line = args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if on_command_line || !is_set(&var) {
+        return e;
+    }
+    let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "not a valid value".into()),
+    };
+    // `parse_bool` names the value too, for the flag's message; once is enough here.
+    let got = format!(", got '{value}'");
+    let reason = reason.strip_suffix(&got).unwrap_or(&reason);
+    // Raw, not formatted with the command: clap would add the usage, which its own value errors
+    // leave out.
+    clap::Error::raw(
+        e.kind(),
+        format!(
+            "{var}: invalid value '{value}': {reason}\n\nFor more information, try '--help'.\n"
+        ),
+    )
+}
+
+/// What every boolean setting accepts, as its help and its error say.
+pub(super) const BOOL_VALUES: &str =
+    "True or False (also true/false, yes/no, on/off, 1/0, in any case)";
+
+/// Parses `True`/`False` in any case (and `1`/`0`, `yes`/`no`, `on`/`off`), naming the value when
+/// it fails.
 pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected True or False, got '{s}'")),
+        _ => Err(format!("expected {BOOL_VALUES}, got '{s}'")),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::http::proxy::Upstream;
 use crate::http::static_files::Site;
 use crate::net::{HostPreference, TlsFiles};
 use crate::ops::limits::RateLimits;
+use crate::pg::redact::{redact_conninfo, scrub};
 use crate::routing::{ChannelMode, MessageFormat};
 use help::missing_help;
 
@@ -113,25 +114,32 @@ pub enum ConfigError {
         "PGWS_CERTIFICATE_FILE and PGWS_KEY_FILE must be set in tandem (got only {0}); set both for TLS or neither"
     )]
     TlsPair(&'static str),
-    /// A file named with `@file` could not be read.
-    #[error("{var}: cannot read file '{path}': {source}")]
+    /// A file named with `@file` could not be read. (The I/O error is part of the text, not a
+    /// `source`, so that printing the chain does not repeat it.)
+    #[error("{var}: cannot read file '{path}': {error}")]
     File {
         /// The variable.
         var: &'static str,
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `PGWS_JWT_SECRET_BASE64=True` but the secret is not base64.
     #[error("PGWS_JWT_SECRET: not valid base64 (PGWS_JWT_SECRET_BASE64 is True): {0}")]
     Base64(base64::DecodeError),
-    /// The secret parsed as JSON but is not a usable JWK / JWK Set.
+    /// The secret parsed as JSON but is not a usable JWK / JWK Set (the key error is part of the
+    /// text, not a `source`).
     #[error("PGWS_JWT_SECRET: {0}")]
-    Key(#[from] crate::auth::KeyError),
+    Key(crate::auth::KeyError),
     /// The database URI does not parse.
-    #[error("PGWS_DB_URI: cannot use the connection string: {0}")]
-    DbUri(crate::pg::DatabaseError),
+    #[error("PGWS_DB_URI: cannot use the connection string '{shown}': {detail}")]
+    DbUri {
+        /// The connection string, passwords replaced by `***`.
+        shown: String,
+        /// What is wrong with it (passwords replaced too).
+        detail: String,
+    },
     /// A channel name PostgreSQL cannot use.
     #[error("{var}: '{value}' {reason}")]
     Channel {
@@ -155,6 +163,12 @@ pub enum ConfigError {
     /// The static root is not a directory.
     #[error("PGWS_ROOT_PATH: '{0}' is not a readable directory")]
     RootPath(String),
+}
+
+impl From<crate::auth::KeyError> for ConfigError {
+    fn from(e: crate::auth::KeyError) -> Self {
+        Self::Key(e)
+    }
 }
 
 impl Cli {
@@ -207,16 +221,19 @@ impl Cli {
 
         let db_uri = match db_uri.strip_prefix('@') {
             Some(path) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::File {
+                .map_err(|error| ConfigError::File {
                     var: "PGWS_DB_URI",
                     path: path.to_string(),
-                    source,
+                    error,
                 })?
                 .trim()
                 .to_string(),
             None => db_uri,
         };
-        let db = crate::pg::Database::parse(&db_uri).map_err(ConfigError::DbUri)?;
+        let db = crate::pg::Database::parse(&db_uri).map_err(|e| ConfigError::DbUri {
+            shown: redact_conninfo(&db_uri),
+            detail: scrub(&e.detail(), &db_uri),
+        })?;
 
         let listen_channel = channel_setting("PGWS_LISTEN_CHANNEL", &self.listen_channel)?;
         let meta_channel = self
@@ -367,6 +384,124 @@ mod tests {
             assert_eq!(parse_bool(f), Ok(false));
         }
         assert!(parse_bool("maybe").unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn every_boolean_documents_the_accepted_values() {
+        use clap::CommandFactory as _;
+        let cmd = Cli::command();
+        let booleans: Vec<_> = cmd
+            .get_arguments()
+            .filter(|a| {
+                a.get_default_values()
+                    .iter()
+                    .any(|d| d == "True" || d == "False")
+            })
+            .collect();
+        assert_eq!(booleans.len(), 3, "the boolean settings");
+        for a in booleans {
+            let help = a.get_long_help().or(a.get_help()).unwrap().to_string();
+            assert!(help.contains(cli::BOOL_VALUES), "{:?}: {help}", a.get_id());
+        }
+        let err = parse_bool("maybe").unwrap_err();
+        assert!(err.contains(cli::BOOL_VALUES), "{err}");
+    }
+
+    #[test]
+    fn values_from_the_environment_are_reported_under_the_variable() {
+        use clap::CommandFactory as _;
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let mut cmd = Cli::command();
+        // The same error clap gives for PGWS_PORT=abc, told that the flag was not on the line.
+        let err = cmd
+            .try_get_matches_from_mut(args(&["pgws", "--port", "abc"]))
+            .unwrap_err();
+        let from_env = cli::name_the_variable(err, &cmd, &args(&["pgws"]), |v| v == "PGWS_PORT");
+        let text = from_env.to_string();
+        assert!(
+            text.starts_with("error: PGWS_PORT: invalid value 'abc': invalid digit"),
+            "{text}"
+        );
+        assert!(!text.contains("--port"), "{text}");
+        // On the command line, the flag is what the user typed: clap's text.
+        let err = cmd
+            .try_get_matches_from_mut(args(&["pgws", "--port=abc"]))
+            .unwrap_err();
+        let text =
+            cli::name_the_variable(err, &cmd, &args(&["pgws", "--port=abc"]), |_| true).to_string();
+        assert!(text.contains("'--port <PGWS_PORT>'"), "{text}");
+        // Booleans and choices.
+        let err = cmd
+            .try_get_matches_from_mut(args(&["pgws", "--gap-events", "maybe"]))
+            .unwrap_err();
+        let text = cli::name_the_variable(err, &cmd, &args(&["pgws"]), |_| true).to_string();
+        assert!(
+            text.starts_with(&format!(
+                "error: PGWS_GAP_EVENTS: invalid value 'maybe': expected {}\n",
+                cli::BOOL_VALUES
+            )),
+            "{text}"
+        );
+        let err = cmd
+            .try_get_matches_from_mut(args(&["pgws", "--log-format", "xml"]))
+            .unwrap_err();
+        let text = cli::name_the_variable(err, &cmd, &args(&["pgws"]), |_| true).to_string();
+        assert!(
+            text.starts_with(
+                "error: PGWS_LOG_FORMAT: invalid value 'xml': expected one of text, json"
+            ),
+            "{text}"
+        );
+    }
+
+    /// No cause in `e`'s chain is already part of the message above it.
+    fn assert_no_cause_repeated(e: &dyn std::error::Error) {
+        let mut above = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            assert!(
+                !above.contains(&text),
+                "{above:?} repeats its cause {text:?}"
+            );
+            above = text;
+            cause = c.source();
+        }
+    }
+
+    #[test]
+    fn causes_are_not_repeated() {
+        let short = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "short"])
+            .resolve(None, None)
+            .unwrap_err();
+        assert_no_cause_repeated(&short);
+        assert_eq!(short.to_string().matches("5 bytes").count(), 1, "{short}");
+        let file = cli(&[
+            "--db-uri",
+            "postgres://u@h/d",
+            "--jwt-secret",
+            "@/nonexistent/x",
+        ])
+        .resolve(None, None)
+        .unwrap_err();
+        assert_no_cause_repeated(&file);
+        assert!(file.to_string().contains("No such file"), "{file}");
+    }
+
+    #[test]
+    fn connection_string_errors_hide_the_password() {
+        for uri in [
+            "postgres://u:secretpw@h:zz/db",
+            "host=h password=secretpw port=zz",
+            "host=h password='secret pw' port=zz",
+        ] {
+            let err = cli(&["--db-uri", uri, "--jwt-secret", DEV_SECRET])
+                .resolve(None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("secret"), "{err}");
+            assert!(err.contains("***") && err.contains("port"), "{err}");
+        }
     }
 
     #[test]

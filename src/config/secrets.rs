@@ -35,10 +35,10 @@ impl Cli {
 /// Reads `@file` secrets (one trailing newline removed, as the original) and decodes base64.
 pub(super) fn load_secret(secret: &str, is_base64: bool) -> Result<Vec<u8>, ConfigError> {
     let mut bytes = match secret.strip_prefix('@') {
-        Some(path) => std::fs::read(path).map_err(|source| ConfigError::File {
+        Some(path) => std::fs::read(path).map_err(|error| ConfigError::File {
             var: "PGWS_JWT_SECRET",
             path: path.to_string(),
-            source,
+            error,
         })?,
         None => secret.as_bytes().to_vec(),
     };

@@ -4,6 +4,7 @@
 //! ([`crate::source::notify`]).
 
 pub mod publisher;
+pub mod redact;
 pub mod tls;
 
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
@@ -54,7 +55,8 @@ impl Database {
     }
 }
 
-/// A connection string pgws cannot use.
+/// A connection string pgws cannot use. The texts never contain the connection string; use
+/// [`DatabaseError::detail`] for the whole story.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     /// tokio-postgres refused it.
@@ -63,6 +65,17 @@ pub enum DatabaseError {
     /// Its TLS settings are unusable.
     #[error("{0}")]
     Tls(#[from] tls::TlsConfigError),
+}
+
+impl DatabaseError {
+    /// The message with its causes (tokio-postgres says only "invalid connection string" and
+    /// keeps which option is wrong in its source).
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Uri(e) => describe(e),
+            Self::Tls(e) => e.to_string(),
+        }
+    }
 }
 
 /// An error with its causes (tokio-postgres keeps the useful part, such as "connection refused"

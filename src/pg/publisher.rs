@@ -59,6 +59,8 @@ enum Cmd {
     Notify(Job),
     /// Answer once every earlier job was sent.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Send the earlier jobs, close the connection, answer, and stop.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Handle to the pool's workers. Cheap to clone.
@@ -117,6 +119,23 @@ impl Publisher {
             let _ = rx.await;
         }
     }
+
+    /// Sends every job queued so far, then closes the connections and waits until they are
+    /// closed; later jobs fail with "the server is shutting down". At shutdown, so that the
+    /// connections end at our request (quietly) instead of being ended by the server, as when
+    /// the embedded cluster is stopped next.
+    pub async fn close(&self) {
+        let mut waits = Vec::new();
+        for worker in self.workers.iter() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if worker.send(Cmd::Close(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
+    }
 }
 
 fn fail(job: &Job, code: &'static str, message: &str, stats: &PublisherStats) {
@@ -140,13 +159,26 @@ struct Conn {
     stmt: tokio_postgres::Statement,
     /// Many NOTIFYs in one statement, hence one transaction, in array order.
     batch: tokio_postgres::Statement,
+    /// The task driving the connection; it ends (without a warning) once `client` is dropped.
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    /// Closes the connection (PostgreSQL gets a Terminate message) and waits until it is closed.
+    async fn close(self) {
+        let Self { client, driver, .. } = self;
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    }
 }
 
 async fn open(db: &super::Database) -> Result<Conn, tokio_postgres::Error> {
     let (client, connection) = db.connect().await?;
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
+        // Only a connection that the server or the network ended: one that pgws closes by
+        // dropping its client ends with `Ok`.
         if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "NOTIFY connection ended");
+            tracing::warn!(error = %describe(&e), "NOTIFY connection ended");
         }
     });
     // Notifications are not durable anyway: do not wait for the WAL flush of each commit.
@@ -164,6 +196,7 @@ async fn open(db: &super::Database) -> Result<Conn, tokio_postgres::Error> {
         client,
         stmt,
         batch,
+        driver,
     })
 }
 
@@ -179,11 +212,13 @@ async fn worker(
     let mut cmds = Vec::with_capacity(BATCH);
     let mut jobs = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
+    let mut closing = None;
     while rx.recv_many(&mut cmds, BATCH).await > 0 {
         for cmd in cmds.drain(..) {
             match cmd {
                 Cmd::Notify(job) => jobs.push(job),
                 Cmd::Flush(done) => flushes.push(done),
+                Cmd::Close(done) => closing = Some(done),
             }
         }
         send_all(
@@ -198,6 +233,20 @@ async fn worker(
         .await;
         for done in flushes.drain(..) {
             let _ = done.send(());
+        }
+        if let Some(done) = closing.take() {
+            if let Some(c) = conn.take() {
+                c.close().await;
+            }
+            let _ = done.send(());
+            // What was queued after the close is answered, not dropped silently.
+            rx.close();
+            while let Ok(cmd) = rx.try_recv() {
+                if let Cmd::Notify(job) = cmd {
+                    fail(&job, "notify_failed", "the server is shutting down", &stats);
+                }
+            }
+            return;
         }
     }
 }

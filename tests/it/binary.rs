@@ -384,3 +384,267 @@ async fn wait_log(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &
     .await
     .expect("log line in time")
 }
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    writer.into()
+}
+
+// The first hour: `--help` with PGWS_DB_URI set must not print the password.
+#[tokio::test]
+async fn help_shows_the_database_uri_without_its_password() {
+    for (uri, shown) in [
+        (
+            "postgres://u:secretpw@db.example.com/app",
+            "PGWS_DB_URI=postgres://u:***@db.example.com/app]",
+        ),
+        (
+            "host=db.example.com password='secret pw' dbname=app",
+            "PGWS_DB_URI=host=db.example.com password=*** dbname=app]",
+        ),
+    ] {
+        for flag in ["--help", "-h"] {
+            let mut c = pgws();
+            c.arg(flag)
+                .env("PGWS_DB_URI", uri)
+                .env("PGWS_JWT_SECRET", "secretjwt-secretjwt-secretjwt-secretjwt");
+            let (code, out, err) = output(c).await;
+            assert_eq!(code, 0, "{err}");
+            for secret in ["secretpw", "secret pw", "secretjwt"] {
+                assert!(!out.contains(secret), "{flag} shows {secret}:\n{out}");
+            }
+            // `-h` may wrap the line; the value itself stays whole.
+            let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat.contains(shown), "{flag} lacks {shown}:\n{out}");
+        }
+    }
+}
+
+// The first hour: `pgws | head -1` must not end in "failed printing to stdout" and status 101.
+#[tokio::test]
+async fn closed_stdout_or_stderr_never_panics() {
+    for flag in ["--help", "--version"] {
+        let mut c = pgws();
+        c.arg(flag).stdout(closed_pipe());
+        let (code, _, err) = output(c).await;
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+    }
+
+    // Serving with a closed stdout: the banner and `Listening on port` go nowhere, pgws serves on.
+    let db = fresh_db().await;
+    let mut c = pgws_on(&db);
+    c.stdout(closed_pipe()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let collected = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(l)) = err_lines.next_line().await {
+            all.push_str(&l);
+            all.push('\n');
+            let _ = tx.send(l);
+        }
+        all
+    });
+    // Logged once the server runs, after `Listening on port` was written (to nothing).
+    wait_log(&mut rx, "listening for notifications").await;
+    assert_eq!(terminate(child).await, 0);
+    let logs = tokio::time::timeout(WAIT, collected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(!logs.contains("Broken pipe"), "{logs}");
+
+    // Serving with a closed stderr: every log line (debug: many) fails to be written.
+    let mut c = pgws_on(&db);
+    c.env("RUST_LOG", "debug").stderr(closed_pipe());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = line_after(&mut lines, "Listening on port").await;
+    // A websocket makes more log lines, in the connection's task.
+    let t = token(json!({"mode":"rw"}));
+    let mut ws = connect(&format!("ws://127.0.0.1:{port}/chat/{t}")).await;
+    send(&mut ws, "hello").await;
+    assert_eq!(next_json(&mut ws).await["payload"], "hello");
+    // The SIGTERM task logs before it starts the shutdown: a panic there would hang pgws.
+    assert_eq!(terminate(child).await, 0);
+}
+
+// The first hour: errors name the variable the user set, the address in a form they know, and
+// each cause once.
+#[tokio::test]
+async fn start_up_errors_speak_the_users_language() {
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", "abc");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: PGWS_PORT: invalid value 'abc': invalid digit found in string\n"),
+        "{err}"
+    );
+    assert!(!err.contains("--port"), "{err}");
+
+    // The same value on the command line: the flag is named.
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", "abc")
+        .args(["--port", "xyz"]);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("'xyz' for '--port"), "{err}");
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_GAP_EVENTS", "maybe");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "error: PGWS_GAP_EVENTS: invalid value 'maybe': expected True or False (also true/false, yes/no, on/off, 1/0, in any case)\n"
+        ),
+        "{err}"
+    );
+
+    // A busy port: the address as the user knows it, the OS error once.
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", SECRET)
+        .env("PGWS_PORT", port.to_string());
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "pgws: cannot bind 0.0.0.0:{port} (PGWS_HOST, PGWS_PORT): Address already in use (os error 98)"
+        )
+    );
+    drop(busy);
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://x/y")
+        .env("PGWS_JWT_SECRET", "short");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pgws: PGWS_JWT_SECRET: the HMAC secret is 5 bytes; HS256 needs at least 32 (HS384 48, HS512 64), so no token could be verified"
+    );
+
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", "postgres://u:secretpw@h:zz/db")
+        .env("PGWS_JWT_SECRET", SECRET);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pgws: PGWS_DB_URI: cannot use the connection string 'postgres://u:***@h:zz/db': invalid connection string: invalid value for option `port`"
+    );
+}
+
+// The first hour: Ctrl-C on `pgws --embedded` after some traffic is quiet and ends with the
+// cluster's removal.
+#[tokio::test]
+async fn embedded_mode_stops_quietly_on_sigint() {
+    // stdout and stderr into one pipe, so that the order of the lines is the order written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut c = pgws();
+    c.args(["--embedded", "--port", "0", "--host", "127.0.0.1"])
+        .stdout(writer.try_clone().expect("clone the pipe"))
+        .stderr(writer);
+    let child = c.spawn().expect("spawn pgws --embedded");
+    drop(c); // Our copies of the writing end: the pipe ends when pgws has exited.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut after = async |prefix: &str| -> String {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = rx.recv().await {
+                seen.push(line.clone());
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return rest.trim().to_string();
+                }
+            }
+            panic!("output ended before {prefix:?}: {seen:#?}");
+        })
+        .await
+        .expect("line in time")
+    };
+    let conn = after("Embedded PostgreSQL:").await;
+    let port = after("Listening on port").await;
+    let token = after("Development token:").await;
+    let psql = after("Send from SQL:").await;
+    assert!(!seen.iter().any(|l| l.contains("websocat")), "{seen:#?}");
+    assert!(psql.starts_with("psql"), "{psql}");
+    let dir = conn
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .unwrap()
+        .to_string();
+
+    // Traffic on many sockets, so that all the NOTIFY connections (one per socket, up to
+    // PGWS_POOL_SIZE) are open when the signal comes.
+    let mut meta = connect(&format!("ws://127.0.0.1:{port}/server-info/{token}")).await;
+    assert_eq!(next_json(&mut meta).await["event"], "ConnectionOpen");
+    let mut sockets = Vec::new();
+    for i in 0..12 {
+        let mut chat = connect(&format!("ws://127.0.0.1:{port}/chat-{i}/{token}")).await;
+        send(&mut chat, &format!("m{i}")).await;
+        assert_eq!(next_json(&mut chat).await["payload"], format!("m{i}"));
+        sockets.push(chat);
+    }
+
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    let code = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGINT in time")
+        .expect("wait")
+        .code();
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        while let Some(line) = rx.recv().await {
+            rest.push(line);
+        }
+        rest
+    })
+    .await
+    .expect("output ends once pgws has exited");
+    drop((meta, sockets)); // Open until pgws stopped, as the tabs of a user pressing Ctrl-C.
+    assert_eq!(code, Some(0), "{rest:#?}");
+    for line in seen.iter().chain(&rest) {
+        assert!(
+            !line.contains(" WARN ") && !line.contains(" ERROR "),
+            "not quiet: {line}\n{rest:#?}"
+        );
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some(format!("Embedded PostgreSQL stopped; cluster {dir} removed.").as_str()),
+        "{rest:#?}"
+    );
+    assert!(!std::path::Path::new(&dir).exists());
+}

@@ -110,3 +110,20 @@ async fn check_header_explains_a_handshake_to_browsers() {
     assert_eq!((status, body.as_str()), (400, "No allowed channels"));
     s.stop().await.unwrap();
 }
+
+// The first hour: `/chanonly` (a channel, its token forgotten) says what is missing instead of
+// a JWT decode error; a one-segment path that could be a JWT keeps the original's text.
+#[tokio::test]
+async fn a_channel_without_a_token_says_the_token_is_missing() {
+    let s = start(&[]).await;
+    let no_token = "Error: no token: expected /<channel>/<token> or /<token>, or an Authorization: Bearer header";
+    assert_eq!(refused(&s.url("/chanonly")).await, (400, no_token.into()));
+    let (status, _, body) = get(s.addr, "GET", "/chanonly", "pgws-check: 1\r\n").await;
+    assert_eq!((status, body.as_str()), (400, no_token));
+    let (_, body) = refused(&s.url("/not.a.token")).await;
+    assert!(
+        body.starts_with("Error: JWSError (CompactDecodeError"),
+        "{body}"
+    );
+    s.stop().await.unwrap();
+}
