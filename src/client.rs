@@ -203,6 +203,7 @@ impl Client {
                         payload: out.payload,
                         channel: Some(channel.to_string()),
                         reply: Some(self.outbox.clone()),
+                        done: None,
                     },
                 )
                 .await;
@@ -226,6 +227,7 @@ impl Client {
                     payload,
                     channel: Some(meta.to_string()),
                     reply: None,
+                    done: None,
                 },
             )
             .await;

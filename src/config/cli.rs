@@ -342,6 +342,17 @@ pub struct Cli {
     #[arg(long, env = "PGWS_UPSTREAM", value_name = "PGWS_UPSTREAM")]
     pub upstream: Option<String>,
 
+    /// Seconds after which the server ends an event stream (browsers reconnect by themselves,
+    /// with `Last-Event-ID`, and miss nothing), so that long-lived streams spread over nodes
+    /// after a deploy; 0: streams last until the client or the token ends them.
+    #[arg(
+        long,
+        env = "PGWS_SSE_MAX_AGE",
+        value_name = "PGWS_SSE_MAX_AGE",
+        default_value_t = 0
+    )]
+    pub sse_max_age: u64,
+
     /// Messages kept per channel for clients that resume (SSE `Last-Event-ID`, websocket
     /// `?last-event-id=`); 0: keep none (every resume starts with a Gap event).
     #[arg(

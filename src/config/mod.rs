@@ -96,6 +96,8 @@ pub struct Config {
     pub channel_mode: ChannelMode,
     /// Shape of client messages.
     pub message_format: MessageFormat,
+    /// Lifetime of an event stream (`None`: unlimited).
+    pub sse_max_age: Option<Duration>,
     /// Replay windows for resuming clients.
     pub replay: crate::stream::window::WindowLimits,
     /// Where plain HTTP requests are forwarded, if anywhere (parsed once, here).
@@ -319,6 +321,7 @@ impl Cli {
             channel_mode,
             message_format,
             upstream,
+            sse_max_age: (self.sse_max_age > 0).then(|| Duration::from_secs(self.sse_max_age)),
             replay: crate::stream::window::WindowLimits {
                 messages: self.replay_messages,
                 bytes: self.replay_bytes,

@@ -39,7 +39,14 @@ pub struct Job {
     pub channel: Option<String>,
     /// Where to report a failure; `None` for events of sockets that are gone.
     pub reply: Option<Arc<Outbox>>,
+    /// Told the outcome once PostgreSQL accepted or refused the NOTIFY (HTTP publish waits on
+    /// it); `None` when nobody waits.
+    pub done: Option<Answer>,
 }
+
+/// Where a job's outcome goes: `Ok` once PostgreSQL accepted it, `Err(reason)` otherwise. A job
+/// dropped unanswered closes the channel, which the waiter reads as a failure.
+pub type Answer = tokio::sync::watch::Sender<Option<Result<(), String>>>;
 
 /// Counters of the pool (shared with the metrics registry), and its health for readiness.
 #[derive(Debug, Default, Clone)]
@@ -144,6 +151,9 @@ fn fail(job: &Job, code: &'static str, message: &str, stats: &PublisherStats) {
         .get_or_create(&ReasonLabel { reason: code })
         .inc();
     tracing::warn!(code, error = message, channel = ?job.channel, "NOTIFY failed");
+    if let Some(done) = &job.done {
+        done.send_replace(Some(Err(message.to_string())));
+    }
     if let Some(reply) = &job.reply {
         reply.push(Frame::from(error_event(
             code,
@@ -323,6 +333,9 @@ async fn send_all(
         match result {
             Ok(_) => {
                 stats.sent.inc_by(group.len() as u64);
+                for job in group {
+                    accepted(job);
+                }
             }
             Err(e) if group.len() > 1 && !c.client.is_closed() => {
                 // Something in the group was refused: send one by one to tell each its fate.
@@ -332,6 +345,7 @@ async fn send_all(
                     match c.client.execute(&c.stmt, &[&channel, &job.payload]).await {
                         Ok(_) => {
                             stats.sent.inc();
+                            accepted(job);
                         }
                         Err(e) => report(job, &e, stats),
                     }
@@ -372,6 +386,13 @@ fn groups(jobs: &[Job], listen: &str) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Tells the socket (and the log) why its NOTIFY failed.
+/// Tells a waiting publisher that PostgreSQL accepted its NOTIFY.
+fn accepted(job: &Job) {
+    if let Some(done) = &job.done {
+        done.send_replace(Some(Ok(())));
+    }
+}
+
 fn report(job: &Job, e: &tokio_postgres::Error, stats: &PublisherStats) {
     let text = e
         .as_db_error()
@@ -395,6 +416,7 @@ mod tests {
             payload: payload.into(),
             channel: None,
             reply: None,
+            done: None,
         }
     }
 

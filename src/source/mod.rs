@@ -197,6 +197,7 @@ impl Sink {
                         payload: meta_gap_event(meta, down),
                         channel: Some(meta.to_string()),
                         reply: None,
+                        done: None,
                     },
                 )
                 .await;

@@ -10,7 +10,9 @@
 //! goes out at every ping interval so that proxies do not close an idle stream. The stream ends
 //! with a named `close` event (`{"event":"Close","code":…,"reason":…}`, the websocket's close
 //! code) when the token expires (3001), the server shuts down (1001, with `retry:` advice so that
-//! browsers come back after a moment) or the client falls too far behind (4000).
+//! browsers come back after a moment), the stream reached `PGWS_SSE_MAX_AGE` (4002, `retry:`
+//! 250 ms: the browser reconnects with `Last-Event-ID` and misses nothing) or the client falls
+//! too far behind (4000).
 //!
 //! The response body *is* the client's loop: hyper polls it, it polls the outbox, the timer and
 //! shutdown, so an SSE stream costs no task of its own. When hyper drops the body (the peer went
@@ -41,6 +43,11 @@ use crate::stream::Frame;
 
 /// How long a browser should wait before reconnecting after the server shut down.
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 3000;
+/// How long a browser should wait before reconnecting after its stream reached its lifetime.
+const RETRY_AFTER_ROTATION_MS: u64 = 250;
+/// The `close` event's code when a stream reached `PGWS_SSE_MAX_AGE` (the client should simply
+/// reconnect, with its `Last-Event-ID`).
+pub const CLOSE_ROTATED: u16 = 4002;
 
 /// Whether a request asks for an event stream: `GET`, `Accept: text/event-stream`, no `Upgrade`.
 /// Nothing else is taken from static files or the upstream: browsers never send that `Accept`
@@ -107,6 +114,8 @@ struct Stream {
     /// Expiry and pings, as in the websocket transport: one timer.
     timer: Pin<Box<Sleep>>,
     expiry: Option<Instant>,
+    /// When the stream ends by itself (`PGWS_SSE_MAX_AGE`).
+    rotate: Option<Instant>,
     ping: Option<Duration>,
     next_ping: Option<Instant>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -120,12 +129,14 @@ struct Stream {
 impl Stream {
     fn new(client: Client, state: &AppState) -> Self {
         let expiry = client.expiry();
+        let rotate = state.config.sse_max_age.map(|age| Instant::now() + age);
         let ping = state.config.ping_interval;
         let next_ping = ping.map(|p| Instant::now() + p);
         let mut stream = Self {
             client: Some(client),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             expiry,
+            rotate,
             ping,
             next_ping,
             shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
@@ -138,7 +149,7 @@ impl Stream {
     }
 
     fn rearm(&mut self) {
-        let at = [self.expiry, self.next_ping]
+        let at = [self.expiry, self.rotate, self.next_ping]
             .into_iter()
             .flatten()
             .min()
@@ -161,6 +172,8 @@ impl Stream {
         let mut out = BytesMut::new();
         if code == 1001 {
             out.put_slice(format!("retry: {RETRY_AFTER_SHUTDOWN_MS}\n").as_bytes());
+        } else if code == CLOSE_ROTATED {
+            out.put_slice(format!("retry: {RETRY_AFTER_ROTATION_MS}\n").as_bytes());
         }
         out.put_slice(b"event: close\n");
         encode_message(&mut out, &close_event(code, reason));
@@ -192,6 +205,14 @@ impl hyper::body::Body for Stream {
             let now = Instant::now();
             if this.expiry.is_some_and(|at| now >= at) {
                 let bye = this.close(CLOSE_JWT_EXPIRED, "JWT expired", "expired");
+                return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
+            }
+            if this.rotate.is_some_and(|at| now >= at) {
+                let bye = this.close(
+                    CLOSE_ROTATED,
+                    "stream lifetime reached; reconnect",
+                    "rotated",
+                );
                 return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
             }
             if let (Some(at), Some(interval)) = (this.next_ping, this.ping)

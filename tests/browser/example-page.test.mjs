@@ -92,6 +92,8 @@ function startServer() {
     delete env[k];
   }
   const log = fs.createWriteStream(path.join(ARTIFACTS, "server.log"));
+  // Event streams end after a second, so the EventSource test sees the browser resume by itself.
+  env.PGWS_SSE_MAX_AGE = "1";
   const child = spawn(PGWS_BIN, ["--embedded", "--port", "0"], { env, stdio: ["ignore", "pipe", "pipe"] });
   child.stderr.pipe(log, { end: false });
   const server = { child, log, port: null, conninfo: null, devToken: null, exited: null };
@@ -511,6 +513,48 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     const payloads = await pageA.locator("#messages > li [data-field=payload]").allTextContents();
     assert.deepEqual(payloads.slice(-2), [`stamped earlier ${RUN}`, `stamped later ${RUN}`], "the earlier stamp is listed first");
     assertSorted(await listTimes(pageA, "messages"), "tab A's Messages");
+  });
+
+  it("EventSource: the server ends the stream, the browser resumes with Last-Event-ID, nothing is lost", async () => {
+    const page = await browser.newPage();
+    page.on("pageerror", (err) => pageErrors.push(`EventSource tab: ${err.message}`));
+    await page.goto(`http://127.0.0.1:${server.port}/`);
+    const token = signJwt({ mode: "rw" });
+    const total = 80;
+    const channel = `sse-${RUN}`;
+    // In the page: an EventSource reads the channel while a websocket publishes 0..total-1 on it,
+    // one every 40 ms, across several stream ends (PGWS_SSE_MAX_AGE=1).
+    const run = page.evaluate(({ token, total, channel }) => new Promise((resolve) => {
+      const got = [];
+      const gaps = [];
+      const closes = [];
+      let opens = 0;
+      const es = new EventSource(`/${channel}/${token}`);
+      es.onopen = () => { opens += 1; };
+      es.addEventListener("close", (e) => closes.push(JSON.parse(e.data).code));
+      es.onmessage = (e) => {
+        const v = JSON.parse(e.data);
+        if (v.event === "Gap") { gaps.push(v); return; }
+        got.push(Number(v.payload));
+        if (got.length >= total) {
+          es.close();
+          resolve({ got, gaps, closes, opens });
+        }
+      };
+      const ws = new WebSocket(`ws://${location.host}/${channel}/${token}`);
+      ws.onopen = async () => {
+        for (let i = 0; i < total; i += 1) {
+          ws.send(String(i));
+          await new Promise((r) => setTimeout(r, 40));
+        }
+      };
+    }), { token, total, channel });
+    const result = await withTimeout(run, 30_000, "the EventSource to receive every message");
+    assert.deepEqual(result.got, Array.from({ length: total }, (_, i) => i), "every message once, in order");
+    assert.deepEqual(result.gaps, [], "no gap: the replay window covered every reconnection");
+    assert.ok(result.opens >= 2, `the browser reconnected by itself (${result.opens} opens)`);
+    assert.ok(result.closes.length >= 1 && result.closes.every((c) => c === 4002), `streams ended by lifetime: ${result.closes}`);
+    await page.close();
   });
 
   it("says the server is going away when it shuts down (close 1001)", async () => {
