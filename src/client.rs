@@ -28,6 +28,7 @@ use crate::ops::metrics::{ModeLabel, ReasonLabel};
 use crate::pg::MAX_NOTIFY_PAYLOAD;
 use crate::pg::publisher::Job;
 use crate::protocol::{ClaimsText, error_event, meta_event};
+use crate::routing::Outgoing;
 use crate::state::AppState;
 use crate::stream::{Frame, Outbox, Position};
 
@@ -180,33 +181,32 @@ impl Client {
             );
             return;
         }
-        let at = now_seconds();
-        for channel in &self.channels {
-            let out = state.router.client_message(channel, text, &self.claims, at);
-            if out.payload.len() > MAX_NOTIFY_PAYLOAD {
-                let msg = format!(
-                    "message too large: its notification would be {} bytes and PostgreSQL accepts at most {} (the envelope and your token's claims take {} of them)",
-                    out.payload.len(),
-                    MAX_NOTIFY_PAYLOAD,
-                    out.payload.len() - text.len()
-                );
-                tracing::warn!(conn = self.id, channel = %channel, bytes = out.payload.len(), "message too large for NOTIFY");
-                self.refuse("payload_too_large", &msg, Some(channel));
-                continue;
+        for prepared in prepare(state, &self.channels, &self.claims, text) {
+            match prepared {
+                Err(refusal) => {
+                    tracing::warn!(conn = self.id, channel = %refusal.channel, bytes = refusal.size, "message too large for NOTIFY");
+                    self.refuse(
+                        "payload_too_large",
+                        &refusal.message(text.len()),
+                        Some(&refusal.channel),
+                    );
+                }
+                Ok((channel, out)) => {
+                    state
+                        .publisher
+                        .publish(
+                            self.id,
+                            Job {
+                                pg_channel: out.pg_channel,
+                                payload: out.payload,
+                                channel: Some(channel.to_string()),
+                                reply: Some(self.outbox.clone()),
+                                done: None,
+                            },
+                        )
+                        .await;
+                }
             }
-            state
-                .publisher
-                .publish(
-                    self.id,
-                    Job {
-                        pg_channel: out.pg_channel,
-                        payload: out.payload,
-                        channel: Some(channel.to_string()),
-                        reply: Some(self.outbox.clone()),
-                        done: None,
-                    },
-                )
-                .await;
         }
     }
 
@@ -260,6 +260,48 @@ impl Drop for Client {
         self.leave();
         self.outbox.close();
     }
+}
+
+/// A message whose notification would not fit NOTIFY.
+pub struct TooLarge {
+    /// The channel it was for.
+    pub channel: ChannelName,
+    /// The notification's size.
+    pub size: usize,
+}
+
+impl TooLarge {
+    /// In words, for the client (`text_len`: the client's own text).
+    pub fn message(&self, text_len: usize) -> String {
+        format!(
+            "message too large: its notification would be {} bytes and PostgreSQL accepts at most {} (the envelope and your token's claims take {} of them)",
+            self.size,
+            MAX_NOTIFY_PAYLOAD,
+            self.size.saturating_sub(text_len)
+        )
+    }
+}
+
+/// What a client's text becomes on each of its channels (spec §5.1): the envelope and the
+/// PostgreSQL channel, or why it cannot be sent. Shared by sockets and HTTP publish.
+pub fn prepare<'a>(
+    state: &'a AppState,
+    channels: &'a [ChannelName],
+    claims: &'a ClaimsText,
+    text: &'a str,
+) -> impl Iterator<Item = Result<(&'a ChannelName, Outgoing), TooLarge>> + 'a {
+    let at = now_seconds();
+    channels.iter().map(move |channel| {
+        let out = state.router.client_message(channel, text, claims, at);
+        if out.payload.len() > MAX_NOTIFY_PAYLOAD {
+            Err(TooLarge {
+                channel: channel.clone(),
+                size: out.payload.len(),
+            })
+        } else {
+            Ok((channel, out))
+        }
+    })
 }
 
 /// Per-client message and byte rates (`PGWS_RATE_MESSAGES`, `PGWS_RATE_BYTES`).

@@ -123,6 +123,25 @@ impl Refusal {
 
 /// Runs every admission rule, in order, for a request that wants to become a client.
 pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    admit_as(req, state, peer, true)
+}
+
+/// The rules for a one-shot HTTP publish: the same as for a client, without the two that are
+/// about staying connected (server capacity, the subject's open connections).
+pub fn admit_publish<B>(
+    req: &Request<B>,
+    state: &AppState,
+    peer: SocketAddr,
+) -> Result<Admitted, Refusal> {
+    admit_as(req, state, peer, false)
+}
+
+fn admit_as<B>(
+    req: &Request<B>,
+    state: &AppState,
+    peer: SocketAddr,
+    connection: bool,
+) -> Result<Admitted, Refusal> {
     let settings = &state.config;
     check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
     let ip = client_ip(req, peer, &settings.trusted_proxies);
@@ -140,6 +159,18 @@ pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<
         return Err(Refusal::TooManyChannels {
             count: channels.len(),
             max: settings.max_channels,
+        });
+    }
+    if !connection {
+        let (resume, positions) = (None, false);
+        return Ok(Admitted {
+            grant,
+            channels,
+            carrier,
+            ip,
+            slot: None,
+            resume,
+            positions,
         });
     }
     if state.active.load(Ordering::Relaxed) >= settings.max_connections {

@@ -5,6 +5,8 @@
 //!   reason), then the websocket transport ([`crate::transport::ws`]).
 //! - `GET` with `Accept: text/event-stream` and no `Upgrade`: the same admission, then the
 //!   Server-Sent Events transport ([`crate::transport::sse`]).
+//! - `POST` with `Content-Type: text/plain`: admission without the connection rules, then an
+//!   HTTP publish ([`crate::transport::publish`]).
 //! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant
 //!   as JSON or `400` with the reason, because browsers cannot read the body of a refused
 //!   websocket handshake.
@@ -28,7 +30,7 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
-use crate::transport::{sse, ws};
+use crate::transport::{publish, sse, ws};
 use admission::{Refusal, authorize, check_origin, client_ip};
 use body::{Body, full, text};
 
@@ -53,6 +55,11 @@ pub async fn handle(
     } else if sse::is_request(&req) {
         match admission::admit(&req, &state, peer) {
             Ok(admitted) => sse::accept(state, admitted).await,
+            Err(refusal) => refuse(&state, peer, refusal),
+        }
+    } else if publish::is_request(&req) {
+        match admission::admit_publish(&req, &state, peer) {
+            Ok(admitted) => publish::handle(req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if check {

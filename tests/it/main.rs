@@ -13,6 +13,7 @@ mod listener;
 mod messages;
 mod meta;
 mod pg_tls;
+mod publish;
 mod resume;
 mod security;
 mod sse;

@@ -1,0 +1,172 @@
+//! HTTP publish, the write-side companion of Server-Sent Events: `POST /:channel/:token` (or
+//! `/:token`, or the token in `Authorization: Bearer`) with the message as a `text/plain` body
+//! publishes exactly as a websocket message would: same admission, same envelope, same modes
+//! (`w`/`rw`), same size limits.
+//!
+//! Only `POST` with `Content-Type: text/plain` is a publish (what `fetch(url, {method: "POST",
+//! body: "hi"})` and `curl -H 'Content-Type: text/plain' --data-binary …` send); any other POST
+//! goes where it went before (`Hello, Web!`, the static site's `405`, or `PGWS_UPSTREAM`).
+//!
+//! The answer waits until PostgreSQL accepted the NOTIFY of every channel: `202` then means the
+//! message is in the database's hands. NOTIFY gives no position back (the position is given when
+//! the message comes back through LISTEN), so the answer has none.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::client::prepare;
+use crate::http::admission::Admitted;
+use crate::http::body::{Body, full, text};
+use crate::pg::publisher::Job;
+use crate::protocol::ClaimsText;
+use crate::state::AppState;
+
+/// How long a publish waits for PostgreSQL before answering `503`.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a request is an HTTP publish: `POST` with a `text/plain` body.
+pub fn is_request<B>(req: &Request<B>) -> bool {
+    req.method() == Method::POST
+        && req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain"))
+}
+
+/// A refused publish, as the reason a client reads and its status.
+fn refused(
+    state: &AppState,
+    status: StatusCode,
+    code: &'static str,
+    reason: String,
+) -> Response<Body> {
+    tracing::info!(code, reason = %reason, "publish refused");
+    state
+        .metrics
+        .drops
+        .get_or_create(&crate::ops::metrics::ReasonLabel { reason: code })
+        .inc();
+    text(status, reason)
+}
+
+/// Publishes the request's body to the admitted channels.
+pub async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<AppState>,
+    admitted: Admitted,
+) -> Response<Body> {
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    if !admitted.grant.mode.write {
+        return refused(
+            &state,
+            StatusCode::FORBIDDEN,
+            "read_only",
+            "Error: this token does not allow writing (mode is not 'w' or 'rw')".into(),
+        );
+    }
+    let max = state.config.max_message_size;
+    let body = match http_body_util::Limited::new(req.into_body(), max)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return refused(
+                &state,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_big",
+                format!("Error: message larger than {max} bytes (PGWS_MAX_MESSAGE_SIZE)"),
+            );
+        }
+        Err(e) => {
+            tracing::debug!(conn = id, error = %e, "publish body not received");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Error: the request body was not received",
+            );
+        }
+    };
+    let Ok(message) = std::str::from_utf8(&body) else {
+        return refused(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            "Error: the body is not valid UTF-8 text".into(),
+        );
+    };
+    state.metrics.messages_in.inc();
+    let claims = ClaimsText::new(&admitted.grant.claims);
+    let mut jobs = Vec::new();
+    for prepared in prepare(&state, &admitted.channels, &claims, message) {
+        match prepared {
+            Err(too_large) => {
+                return refused(
+                    &state,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("Error: {}", too_large.message(message.len())),
+                );
+            }
+            Ok((channel, out)) => jobs.push((channel.clone(), out)),
+        }
+    }
+    let mut answers = Vec::with_capacity(jobs.len());
+    for (channel, out) in jobs {
+        let (done, answer) = tokio::sync::watch::channel(None);
+        state
+            .publisher
+            .publish(
+                id,
+                Job {
+                    pg_channel: out.pg_channel,
+                    payload: out.payload,
+                    channel: Some(channel.to_string()),
+                    reply: None,
+                    done: Some(done),
+                },
+            )
+            .await;
+        answers.push(answer);
+    }
+    let published = answers.len();
+    for mut answer in answers {
+        let outcome = tokio::time::timeout(ANSWER_TIMEOUT, answer.wait_for(Option::is_some)).await;
+        let failure = match outcome {
+            Ok(Ok(r)) => match r.as_ref() {
+                Some(Ok(())) => None,
+                Some(Err(reason)) => Some(reason.clone()),
+                None => Some("no answer".to_string()),
+            },
+            Ok(Err(_)) => Some("the server is shutting down".to_string()),
+            Err(_) => Some(format!(
+                "no answer from PostgreSQL within {ANSWER_TIMEOUT:?}"
+            )),
+        };
+        if let Some(reason) = failure {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Error: not published: {reason}"),
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    }
+    let mut r = Response::new(full(
+        serde_json::json!({"published": published}).to_string(),
+    ));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
