@@ -124,9 +124,11 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled (returns `Ok`) or the LISTEN connection cannot be
-    /// established at start-up within `PGWS_RETRIES` (returns the error; the process should exit
-    /// with status 1 so that a supervisor restarts it, as the original did).
+    /// Serves until `shutdown` is cancelled (returns `Ok`), or, only when `PGWS_RETRIES` was set
+    /// (without `PGWS_CHECK_LISTENER_INTERVAL`), until the LISTEN connection cannot be established
+    /// at start-up within that many attempts (returns the error; the process should exit with
+    /// status 1 so that a supervisor restarts it, as the original did). By default it waits for
+    /// the database for ever, refusing handshakes with `503` meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let config = self.config;
         let stop = shutdown.child_token();

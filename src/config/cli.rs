@@ -77,15 +77,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub pool_size: u16,
 
-    /// Attempts to open the LISTEN connection at start-up before giving up (exit 1); unused
-    /// when PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
-    #[arg(
-        long,
-        env = "PGWS_RETRIES",
-        value_name = "PGWS_RETRIES",
-        default_value_t = 5
-    )]
-    pub retries: u32,
+    /// Attempts to open the LISTEN connection at start-up before giving up (exit 1). Unset: pgws
+    /// retries for ever and refuses handshakes with 503 meanwhile; unused when
+    /// PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
+    #[arg(long, env = "PGWS_RETRIES", value_name = "PGWS_RETRIES")]
+    pub retries: Option<u32>,
 
     /// Milliseconds between health checks of the LISTEN connection (unset: 10000). A failed
     /// check reconnects it.

@@ -57,7 +57,8 @@ pub struct Config {
     pub site: Site,
     /// Size of the NOTIFY pool.
     pub pool_size: usize,
-    /// Start-up attempts for the LISTEN connection; `None` = retry for ever.
+    /// Start-up attempts for the LISTEN connection; `None` = retry for ever (the default: only an
+    /// explicit `PGWS_RETRIES` without `PGWS_CHECK_LISTENER_INTERVAL` gives up).
     pub startup_retries: Option<u32>,
     /// How often the LISTEN connection is checked.
     pub check_listener_interval: Duration,
@@ -262,9 +263,10 @@ impl Cli {
             meta_channel,
             site,
             pool_size: usize::from(self.pool_size),
-            startup_retries: match self.check_listener_interval {
-                Some(_) => None,
-                None => Some(self.retries.max(1)),
+            // Giving up is asked for with PGWS_RETRIES; PGWS_CHECK_LISTENER_INTERVAL overrides it.
+            startup_retries: match (self.retries, self.check_listener_interval) {
+                (Some(n), None) => Some(n.max(1)),
+                _ => None,
             },
             check_listener_interval: Duration::from_millis(
                 self.check_listener_interval.unwrap_or(10_000).max(100),
@@ -474,9 +476,32 @@ mod tests {
         assert_eq!(c.host, HostPreference::AnyPreferV4);
         assert_eq!(c.listen_channel, "postgres-websockets-listener");
         assert_eq!(c.pool_size, 10);
-        assert_eq!(c.startup_retries, Some(5));
         assert_eq!(c.site, Site::Hello);
         assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn start_up_gives_up_only_when_retries_are_asked_for() {
+        let base = [
+            "--db-uri",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            DEV_SECRET,
+        ];
+        let retries = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            cli(&args).resolve(None, None).unwrap().startup_retries
+        };
+        // Unlike the original (5): a database that is late does not take pgws down by default.
+        assert_eq!(retries(&[]), None);
+        assert_eq!(retries(&["--retries", "5"]), Some(5));
+        assert_eq!(retries(&["--retries", "0"]), Some(1));
+        // The supervisor of the original never gives up, whatever PGWS_RETRIES says.
+        assert_eq!(
+            retries(&["--retries", "5", "--check-listener-interval", "10000"]),
+            None
+        );
     }
 
     #[test]

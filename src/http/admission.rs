@@ -7,16 +7,27 @@
 //! 3. the token (path, `Authorization: Bearer`, or the `bearer.<token>` subprotocol) and what it
 //!    grants (spec §2.2, §3) → 400 with the original's texts;
 //! 4. the channel names ([`crate::channel`]) and their number (`PGWS_MAX_CHANNELS`) → 400;
-//! 5. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
-//! 6. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
+//! 5. the source: no client is admitted while no source is connected (the database is absent at
+//!    start-up, or the LISTEN connection is lost and not back yet) → 503 with `Retry-After`. A
+//!    request during the first connection attempt waits for its outcome (at most
+//!    [`START_UP_WAIT`]), so that a restart does not refuse the clients that reconnect at once;
+//! 6. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
+//! 7. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
+//!
+//! Why this order: the cheap rules that stop abuse come first (the rate before the token's
+//! signature is checked), then the permanent answers about the request itself (a bad token or
+//! channel is `400` whatever the server's state, so a client does not retry it for ever), then the
+//! transient ones about the server (`503`: retry later), and last the one that takes a resource.
 //!
 //! A refusal is a typed [`Refusal`]; each transport renders it (an HTTP status with the reason as
-//! its body today). Admission logs and counts nothing itself: the caller does, once, with the
-//! refusal's [`Refusal::label`], so that the metrics label and the log line agree.
+//! its body, and [`Refusal::retry_after`] as `Retry-After`, today). Admission logs and counts no
+//! refusal itself: the caller does, once, with the refusal's [`Refusal::label`], so that the
+//! metrics label and the log line agree.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hyper::{Request, StatusCode};
 
@@ -27,6 +38,12 @@ use crate::state::AppState;
 
 /// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
 pub const SUBPROTOCOL: &str = "pgws";
+
+/// How long a request that arrives during the first connection attempt waits for its outcome.
+pub const START_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// The `Retry-After` of a refusal while no source is connected, in seconds.
+pub const SOURCE_DOWN_RETRY_AFTER: u32 = 5;
 
 /// Where the token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +93,11 @@ pub enum Refusal {
         /// The limit.
         max: usize,
     },
+    /// No source is connected: no notification could reach the client.
+    #[error(
+        "Service unavailable: pgws is not connected to the database (notifications cannot be received); retry in {0} s"
+    )]
+    SourceDown(u32),
     /// `PGWS_MAX_CONNECTIONS` reached.
     #[error("Too many connections: this server accepts at most {0}")]
     ServerFull(usize),
@@ -93,7 +115,15 @@ impl Refusal {
             Self::Token(_) | Self::BadChannel(_) | Self::TooManyChannels { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SourceDown(_) | Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds after which the same request may succeed (`Retry-After`), when that is known.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::SourceDown(seconds) => Some(*seconds),
+            _ => None,
         }
     }
 
@@ -108,6 +138,7 @@ impl Refusal {
             Self::Token(AuthError::Invalid(_)) => "invalid_token",
             Self::BadChannel(_) => "bad_channel",
             Self::TooManyChannels { .. } => "too_many_channels",
+            Self::SourceDown(_) => "source_down",
             Self::ServerFull(_) => "too_many_connections",
             Self::SubjectFull(_) => "too_many_for_subject",
         }
@@ -115,7 +146,11 @@ impl Refusal {
 }
 
 /// Runs every admission rule, in order, for a request that wants to become a client.
-pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<Admitted, Refusal> {
+pub async fn admit<B>(
+    req: &Request<B>,
+    state: &AppState,
+    peer: SocketAddr,
+) -> Result<Admitted, Refusal> {
     let settings = &state.config;
     check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
     let ip = client_ip(req, peer, &settings.trusted_proxies);
@@ -134,6 +169,10 @@ pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<
             count: channels.len(),
             max: settings.max_channels,
         });
+    }
+    state.source.settled(START_UP_WAIT).await;
+    if !state.source.is_up() {
+        return Err(Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER));
     }
     if state.active.load(Ordering::Relaxed) >= settings.max_connections {
         return Err(Refusal::ServerFull(settings.max_connections));

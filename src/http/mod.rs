@@ -44,7 +44,7 @@ pub async fn handle(
         .get("pgws-check")
         .is_some_and(|v| v.as_bytes() == b"1");
     let mut response = if ws::is_upgrade(&req) {
-        match admission::admit(&req, &state, peer) {
+        match admission::admit(&req, &state, peer).await {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
@@ -132,7 +132,13 @@ fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body
             reason: refusal.label(),
         })
         .inc();
-    text(refusal.status(), body)
+    let mut response = text(refusal.status(), body);
+    if let Some(seconds) = refusal.retry_after() {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 #[cfg(test)]
