@@ -24,7 +24,7 @@ use std::sync::RwLock;
 use crate::auth::KeySet;
 use crate::config::Config;
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
-use crate::ops::limits::{AddressLimiter, SubjectCounter};
+use crate::ops::limits::{AddressLimiter, ForwardedHeaders, SubjectCounter};
 use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::pg::publisher::{Publisher, PublisherStats};
 use crate::routing::Router;
@@ -198,7 +198,11 @@ impl Server {
         let state = Arc::new(AppState {
             keys: self.keys.clone(),
             router,
-            address_limiter: AddressLimiter::new(config.rates.connections),
+            address_limiter: AddressLimiter::new(
+                config.rates.connections,
+                config.rate_exempt.clone(),
+            ),
+            forwarded: ForwardedHeaders::new(metrics.forwarded_ignored.clone()),
             subjects: Arc::new(SubjectCounter::new(config.rates.per_subject)),
             hub,
             publisher,

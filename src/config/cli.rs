@@ -270,6 +270,17 @@ pub struct Cli {
     )]
     pub rate_connections: u32,
 
+    /// Client addresses PGWS_RATE_CONNECTIONS does not apply to: comma-separated addresses, CIDR
+    /// ranges and `private` (loopback, private ranges, link-local, carrier-grade NAT: proxies,
+    /// load balancers and NATs share one address among many clients); `none`: limit every address.
+    #[arg(
+        long,
+        env = "PGWS_RATE_CONNECTIONS_EXEMPT",
+        value_name = "PGWS_RATE_CONNECTIONS_EXEMPT",
+        default_value = "private"
+    )]
+    pub rate_connections_exempt: String,
+
     /// Messages per second one socket may send (burst: twice as many); 0: no limit.
     #[arg(
         long,
@@ -293,8 +304,8 @@ pub struct Cli {
     )]
     pub max_connections_per_subject: usize,
 
-    /// Comma-separated addresses of reverse proxies whose X-Forwarded-For is trusted for the client
-    /// address (rate limits, logs).
+    /// Comma-separated addresses (or CIDR ranges, or `private`) of reverse proxies whose
+    /// X-Forwarded-For is trusted for the client address (rate limits, logs).
     #[arg(
         long,
         env = "PGWS_TRUSTED_PROXIES",

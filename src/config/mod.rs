@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use cli::{Cli, LogFormat};
 
+use crate::address::AddressSet;
 use crate::auth::{ClaimPath, KeySet, Rules};
 use crate::channel::ChannelName;
 use crate::http::proxy::Upstream;
@@ -91,7 +92,9 @@ pub struct Config {
     /// Abuse limits.
     pub rates: RateLimits,
     /// Proxies whose X-Forwarded-For is trusted.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: AddressSet,
+    /// Client addresses the connection rate does not apply to.
+    pub rate_exempt: AddressSet,
     /// Which PostgreSQL channels reach sockets.
     pub channel_mode: ChannelMode,
     /// Shape of client messages.
@@ -302,21 +305,25 @@ impl Cli {
             channel_mode,
             message_format,
             upstream,
-            trusted_proxies: match list(self.trusted_proxies.as_deref()) {
-                None => Vec::new(),
-                Some(items) => items
-                    .iter()
-                    .map(|a| {
-                        a.parse().map_err(|_| ConfigError::Value {
-                            var: "PGWS_TRUSTED_PROXIES",
-                            value: a.clone(),
-                            reason: "is not an IP address".into(),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
+            trusted_proxies: addresses(
+                "PGWS_TRUSTED_PROXIES",
+                self.trusted_proxies.as_deref().unwrap_or(""),
+            )?,
+            rate_exempt: addresses(
+                "PGWS_RATE_CONNECTIONS_EXEMPT",
+                &self.rate_connections_exempt,
+            )?,
         })
     }
+}
+
+/// An address-set setting ([`AddressSet`]).
+fn addresses(var: &'static str, value: &str) -> Result<AddressSet, ConfigError> {
+    AddressSet::parse(value).map_err(|e| ConfigError::Value {
+        var,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Splits a comma-separated setting; `None` when unset or empty.
@@ -501,6 +508,44 @@ mod tests {
         assert_eq!(
             retries(&["--retries", "5", "--check-listener-interval", "10000"]),
             None
+        );
+    }
+
+    #[test]
+    fn address_settings() {
+        let base = [
+            "--db-uri",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            DEV_SECRET,
+        ];
+        let resolve = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            cli(&args).resolve(None, None)
+        };
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.rate_exempt, AddressSet::private());
+        assert!(c.trusted_proxies.is_empty());
+        let c = resolve(&[
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.1",
+            "--rate-connections-exempt",
+            "none",
+        ])
+        .unwrap();
+        assert!(c.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        assert!(c.rate_exempt.is_empty());
+        let err = resolve(&["--rate-connections-exempt", "10.0.0.0/33"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_RATE_CONNECTIONS_EXEMPT"), "{err}");
+        let err = resolve(&["--trusted-proxies", "proxy.local"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PGWS_TRUSTED_PROXIES") && err.contains("proxy.local"),
+            "{err}"
         );
     }
 

@@ -3,7 +3,8 @@
 //! rules and their order are the same for all of them:
 //!
 //! 1. the browser `Origin` (`PGWS_ALLOWED_ORIGINS`) → 403;
-//! 2. the client address's connection rate (`PGWS_RATE_CONNECTIONS`) → 429;
+//! 2. the client address's connection rate (`PGWS_RATE_CONNECTIONS`, except for
+//!    `PGWS_RATE_CONNECTIONS_EXEMPT`) → 429;
 //! 3. the token (path, `Authorization: Bearer`, or the `bearer.<token>` subprotocol) and what it
 //!    grants (spec §2.2, §3) → 400 with the original's texts;
 //! 4. the channel names ([`crate::channel`]) and their number (`PGWS_MAX_CHANNELS`) → 400;
@@ -22,7 +23,8 @@
 //! A refusal is a typed [`Refusal`]; each transport renders it (an HTTP status with the reason as
 //! its body, and [`Refusal::retry_after`] as `Retry-After`, today). Admission logs and counts no
 //! refusal itself: the caller does, once, with the refusal's [`Refusal::label`], so that the
-//! metrics label and the log line agree.
+//! metrics label and the log line agree. What it does note is a peer that sends forwarding
+//! headers without being in `PGWS_TRUSTED_PROXIES` (see [`client_address`]).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +33,7 @@ use std::time::Duration;
 
 use hyper::{Request, StatusCode};
 
+use crate::address::AddressSet;
 use crate::auth::{self, AuthError, Grant};
 use crate::channel::{ChannelName, ChannelNameError};
 use crate::ops::limits::SubjectSlot;
@@ -153,7 +156,7 @@ pub async fn admit<B>(
 ) -> Result<Admitted, Refusal> {
     let settings = &state.config;
     check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
-    let ip = client_ip(req, peer, &settings.trusted_proxies);
+    let ip = client_address(req, state, peer);
     if !state.address_limiter.allow(ip) {
         return Err(Refusal::RateLimited(settings.rates.connections));
     }
@@ -273,11 +276,31 @@ pub(crate) fn authorize<B>(
     Ok((grant, carrier))
 }
 
+/// The client's address as [`client_ip`] finds it; a request with forwarding headers from a peer
+/// that is not a trusted proxy is noted ([`crate::ops::limits::ForwardedHeaders`]).
+pub(crate) fn client_address<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> IpAddr {
+    let trusted = &state.config.trusted_proxies;
+    let ip = client_ip(req, peer, trusted);
+    if !trusted.contains(peer.ip()) && has_forwarding_headers(req) {
+        let exempt = state.address_limiter.is_exempt(ip);
+        state.forwarded.ignored(ip, exempt);
+    }
+    ip
+}
+
+/// Whether the request names an original client (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`).
+fn has_forwarding_headers<B>(req: &Request<B>) -> bool {
+    ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h))
+}
+
 /// The client's address: the peer, or, behind a trusted proxy, the last untrusted address of
-/// `X-Forwarded-For`.
-pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer.ip()) {
-        return peer.ip();
+/// `X-Forwarded-For`. IPv4 peers of a dual-stack socket are given as IPv4.
+pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &AddressSet) -> IpAddr {
+    let peer = peer.ip().to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
     }
     req.headers()
         .get_all("x-forwarded-for")
@@ -285,9 +308,10 @@ pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpAddr
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
         .rev()
-        .find(|ip| !trusted.contains(ip))
-        .unwrap_or(peer.ip())
+        .find(|ip| !trusted.contains(*ip))
+        .unwrap_or(peer)
 }
 
 /// `Err(origin)` when the request's Origin is not allowed.
@@ -303,5 +327,49 @@ pub(crate) fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> R
         Ok(())
     } else {
         Err(origin.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(xff: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri("/chat/x");
+        if let Some(v) = xff {
+            b = b.header("x-forwarded-for", v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let proxy: SocketAddr = "[::ffff:10.0.0.2]:5000".parse().unwrap();
+        let trusted = AddressSet::parse("10.0.0.0/24").unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A dual-stack socket's IPv4 peer is IPv4, trusted or not.
+        assert_eq!(
+            client_ip(&request(None), proxy, &AddressSet::none()),
+            ip("10.0.0.2")
+        );
+        let forged = request(Some("203.0.113.9"));
+        assert_eq!(
+            client_ip(&forged, proxy, &AddressSet::none()),
+            ip("10.0.0.2")
+        );
+        // The last address that is not a proxy, however many proxies are chained.
+        let chained = request(Some("198.51.100.1, 203.0.113.9, 10.0.0.7"));
+        assert_eq!(client_ip(&chained, proxy, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(&request(None), proxy, &trusted), ip("10.0.0.2"));
+        assert!(has_forwarding_headers(&forged) && !has_forwarding_headers(&request(None)));
+    }
+
+    #[test]
+    fn a_source_down_refusal_says_when_to_retry() {
+        let r = Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((r.label(), r.retry_after()), ("source_down", Some(5)));
+        assert!(r.to_string().contains("not connected to the database"));
+        assert_eq!(Refusal::ServerFull(1).retry_after(), None);
     }
 }

@@ -27,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
 use crate::transport::ws;
-use admission::{Refusal, authorize, check_origin, client_ip};
+use admission::{Refusal, authorize, check_origin};
 use body::{Body, full, text};
 
 /// The `Server` header value.
@@ -51,7 +51,7 @@ pub async fn handle(
     } else if check {
         if state
             .address_limiter
-            .allow(client_ip(&req, peer, &state.config.trusted_proxies))
+            .allow(admission::client_address(&req, &state, peer))
         {
             check_grant(&req, &state)
         } else {

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub channels: Gauge,
     /// PostgreSQL channels LISTENed for sockets (direct mode).
     pub listened: Gauge,
+    /// Handshakes whose peer sent forwarding headers without being a trusted proxy.
+    pub forwarded_ignored: Counter,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,7 @@ impl Metrics {
             ]),
             channels: Gauge::default(),
             listened: Gauge::default(),
+            forwarded_ignored: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +180,11 @@ impl Metrics {
             "listened_channels",
             "PostgreSQL channels LISTENed for sockets (direct mode)",
             m.listened.clone(),
+        );
+        registry.register(
+            "forwarded_headers_ignored",
+            "Handshakes with X-Forwarded-For/Forwarded/X-Real-IP from a peer not in PGWS_TRUSTED_PROXIES",
+            m.forwarded_ignored.clone(),
         );
         Self { registry, ..m }
     }
