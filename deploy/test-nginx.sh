@@ -6,23 +6,32 @@
 #      PGWS_DB_URI. Both on 127.0.0.1, port 0.
 #   2. A self-signed certificate for 127.0.0.1; a copy of deploy/nginx.conf rendered with the test
 #      ports, certificate and log paths; nginx started from a temporary prefix.
-#   3. A Python websockets client (in a venv in the temporary directory): one reader directly on each
+#   3. A restart storm: pgws #2 is restarted, and STORM (3000) websockets are opened at once through
+#      nginx, from 250 client addresses (127.0.1.x); all must open, none may get 429. Both instances
+#      run with the documented proxy set-up, PGWS_TRUSTED_PROXIES=127.0.0.1, and with
+#      PGWS_RATE_CONNECTIONS_EXEMPT=none so that the loopback client addresses count as public ones
+#      (each has its own budget; the rate is lowered to 20/s so that the client's pace exceeds it).
+#      A control storm from one client address, as every client was before, must collect 429s.
+#   4. A Python websockets client (in a venv in the temporary directory): one reader directly on each
 #      instance, two clients through wss://127.0.0.1:<nginx>/chat/<token> (least_conn puts them on
 #      different instances); messages sent through nginx must reach every socket on both instances;
 #      a bad token gets 400 through nginx; SIGTERM to both instances closes every socket with 1001.
-#   4. The nginx access log has the two websocket requests on two different upstreams, with the
+#   5. The nginx access log has the two websocket requests on two different upstreams, with the
 #      token redacted; neither nginx's logs nor pgws's stderr contain the token; both pgws exit 0.
 #
 # Needs root for `apt-get install nginx` when nginx is missing (Debian/Ubuntu), python3 with venv,
 # openssl, curl, and PostgreSQL server binaries for --embedded. Uses target/release/pgws, else
 # target/debug/pgws, else builds it; PGWS_BIN=/path/to/pgws overrides. Traffic stays on 127.0.0.1.
 # Environment: PGWS_BIN, KEEP_TMP=1 (keep the temporary directory), TEST_TIMEOUT (seconds, 300),
-# TEST_PYTHON (a python3 that already has `websockets`: skips the venv and pip).
+# TEST_PYTHON (a python3 that already has `websockets`: skips the venv and pip), STORM (3000: the
+# websockets of the restart storm), CONTROL (300: those of the control storm from one address).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEV_SECRET=auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe
 TEST_TIMEOUT="${TEST_TIMEOUT:-300}"
+STORM="${STORM:-3000}"
+CONTROL="${CONTROL:-300}"
 
 log() { printf '[test-nginx] %s\n' "$*"; }
 fail() { printf '[test-nginx] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -53,7 +62,7 @@ cleanup() {
   stop_pid "$PGWS1_PID"
   if [ "$STATUS" -ne 0 ]; then
     for f in pgws1.out pgws1.err pgws2.out pgws2.err nginx-error.log pgws.error.log pgws.access.log \
-      client.log; do
+      storm.log client.log; do
       [ -s "$TMP/$f" ] || continue
       echo "----- $f (last 30 lines)" >&2
       tail -n 30 "$TMP/$f" >&2
@@ -147,8 +156,19 @@ else
 fi
 "$PY" -c 'import websockets' || fail "$PY cannot import websockets"
 
+# The storm: every socket is a descriptor in the client and two in nginx.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"
+[ "$NOFILE" = unlimited ] || [ "$NOFILE" -ge $((2 * STORM + 1024)) ] \
+  || fail "ulimit -n is $NOFILE: a storm of $STORM websockets needs $((2 * STORM + 1024)) (lower STORM)"
+
 # ------------------------------------------------------------------------------------------- pgws x2
 export NO_COLOR=1 RUST_LOG=info
+# docs/DEPLOYMENT.md's set-up behind a proxy on the same host, with every address limited so that
+# the storm's loopback client addresses stand for public ones, and a connection rate (20/s, burst
+# 40) below the pace of the Python client over TLS (about 150 handshakes/s on 2 cores), so that the
+# limit is reached when it applies.
+export PGWS_TRUSTED_PROXIES=127.0.0.1 PGWS_RATE_CONNECTIONS_EXEMPT=none PGWS_RATE_CONNECTIONS=20
 log "starting pgws #1 with --embedded"
 "$PGWS" --embedded --host 127.0.0.1 --port 0 >"$TMP/pgws1.out" 2>"$TMP/pgws1.err" &
 PGWS1_PID=$!
@@ -163,14 +183,18 @@ if [ -z "$DB_URI" ] || [ -z "$PORT1" ] || [ -z "$TOKEN" ]; then
 fi
 log "pgws #1: port $PORT1, database: $DB_URI"
 
+# pgws #2 on a fixed port, so that it can be restarted behind nginx.
+PORT2="$(free_port)"
+start_pgws2() {
+  PGWS_DB_URI="$DB_URI" PGWS_JWT_SECRET="$DEV_SECRET" \
+    "$PGWS" --host 127.0.0.1 --port "$PORT2" >>"$TMP/pgws2.out" 2>>"$TMP/pgws2.err" &
+  PGWS2_PID=$!
+}
 log "starting pgws #2 on the same PostgreSQL"
-PGWS_DB_URI="$DB_URI" PGWS_JWT_SECRET="$DEV_SECRET" \
-  "$PGWS" --host 127.0.0.1 --port 0 >"$TMP/pgws2.out" 2>"$TMP/pgws2.err" &
-PGWS2_PID=$!
-wait_for "$TMP/pgws2.out" '^Listening on port [0-9]+' 30 "$PGWS2_PID"
+start_pgws2
+wait_for "$TMP/pgws2.out" "^Listening on port $PORT2\$" 30 "$PGWS2_PID"
 # The port opens before the LISTEN connection is up: wait for it, or early messages are missed.
 wait_for "$TMP/pgws2.err" 'listening for notifications' 30 "$PGWS2_PID"
-PORT2="$(sed -n 's/^Listening on port //p' "$TMP/pgws2.out" | head -n 1)"
 log "pgws #2: port $PORT2"
 
 # A token signed with another key: refused with 400, and must not be logged either.
@@ -219,7 +243,8 @@ daemon off;
 worker_processes 1;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx-error.log info;
-events { worker_connections 256; }
+worker_rlimit_nofile $((2 * STORM + 1024));
+events { worker_connections $((2 * STORM + 512)); }
 http {
     access_log off;
     client_body_temp_path $TMP/nginx/temp/body;
@@ -254,6 +279,79 @@ case "$redirect" in
   "301 https://127.0.0.1/chat/$TOKEN") ;;
   *) fail "plain http did not redirect to https: $redirect" ;;
 esac
+
+# ---------------------------------------------------------------------------------- restart storm
+cat >"$TMP/storm.py" <<'PYEOF'
+import asyncio, os, ssl, time
+from collections import Counter
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+env = os.environ
+URL = f"wss://127.0.0.1:{env['NGX_TLS']}/chat/{env['TOKEN']}"
+TLS = ssl.create_default_context(cafile=env["CERT"])
+
+async def one(source):
+    """Opens a websocket from `source`; returns ("open", ws), (status, None) or (error, None)."""
+    try:
+        ws = await connect(URL, ssl=TLS, local_addr=(source, 0), open_timeout=60,
+                           ping_interval=None, close_timeout=5)
+        return "open", ws
+    except InvalidStatus as e:
+        return e.response.status_code, None
+    except Exception as e:  # reported, and failed below
+        return f"{type(e).__name__}: {e}", None
+
+async def storm(name, n, source):
+    """n websockets at once, kept open until every one is answered; returns the outcomes."""
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(one(source(i)) for i in range(n)))
+    took = time.monotonic() - t0
+    outcomes = Counter(str(r) for r, _ in results)
+    print(f"[storm] {name}: {n} websockets at once through nginx, answered in {took:.1f} s: "
+          f"{dict(outcomes)}", flush=True)
+    await asyncio.gather(*(ws.close() for _, ws in results if ws is not None))
+    return outcomes
+
+async def main():
+    n, control = int(env["STORM"]), int(env["CONTROL"])
+    # 250 clients (127.0.1.1-250), as many browsers reconnecting after a restart.
+    got = await storm("restart storm from 250 client addresses", n,
+                      lambda i: f"127.0.1.{i % 250 + 1}")
+    assert got == Counter({"open": n}), f"restart storm: {dict(got)}"
+    # Control: the same from one client address is limited (20/s, burst 40), which is what every
+    # client behind nginx got before, when pgws saw only nginx's address.
+    got = await storm("control from one client address", control, lambda i: "127.0.2.1")
+    assert got["429"] > 0 and got["open"] >= 40, f"control: {dict(got)}"
+    assert set(got) <= {"open", "429"}, f"control: {dict(got)}"
+
+asyncio.run(main())
+PYEOF
+log "restarting pgws #2, then a storm of $STORM websockets through nginx"
+stop_pid "$PGWS2_PID"
+wait_exit "$PGWS2_PID" 30; PGWS2_PID=""
+[ "$EXIT_CODE" = 0 ] || fail "pgws #2 exited with $EXIT_CODE after SIGTERM, expected 0"
+starts="$(grep -c "^Listening on port $PORT2\$" "$TMP/pgws2.out")"
+start_pgws2
+deadline=$((SECONDS + 30))
+until [ "$(grep -c "^Listening on port $PORT2\$" "$TMP/pgws2.out")" -gt "$starts" ]; do
+  kill -0 "$PGWS2_PID" 2>/dev/null || fail "pgws #2 did not start again"
+  [ "$SECONDS" -lt "$deadline" ] || fail "pgws #2 did not listen again within 30 s"
+  sleep 0.1
+done
+# No wait for its LISTEN connection: the storm starts with the port, as the clients would.
+TOKEN="$TOKEN" NGX_TLS="$NGX_TLS" CERT="$TMP/cert.pem" STORM="$STORM" CONTROL="$CONTROL" \
+  timeout 150 "$PY" "$TMP/storm.py" 2>&1 | tee "$TMP/storm.log" || fail "the restart storm failed"
+wait_for "$TMP/pgws2.err" 'listening for notifications' 30 "$PGWS2_PID"
+# nginx logs a websocket when it closes: wait for the storm's lines, then leave them out of the
+# checks of the two clients below.
+deadline=$((SECONDS + 30))
+until [ "$(grep -Ec '" (101|429) ' "$TMP/pgws.access.log" 2>/dev/null || true)" -ge $((STORM + CONTROL)) ]; do
+  [ "$SECONDS" -lt "$deadline" ] || fail "nginx did not log the storm's $((STORM + CONTROL)) requests"
+  sleep 0.2
+done
+STORM_LINES="$(wc -l <"$TMP/pgws.access.log")"
+log "nginx logged the storm: $(grep -c '" 101 ' "$TMP/pgws.access.log") x 101, $(grep -c '" 429 ' "$TMP/pgws.access.log" || true) x 429 (all from the control)"
 
 # ------------------------------------------------------------------------------------- websockets
 cat >"$TMP/client.py" <<'EOF'
@@ -357,23 +455,24 @@ code="$(curl -sS --max-time 10 --cacert "$TMP/cert.pem" -o /dev/null -w '%{http_
 log "with both instances stopped nginx answers 502"
 
 # nginx writes a websocket's access-log line when the connection ends: wait for both.
+client_log() { tail -n +"$((STORM_LINES + 1))" "$TMP/pgws.access.log"; }
 deadline=$((SECONDS + 15))
-until [ "$(grep -c '" 101 ' "$TMP/pgws.access.log" 2>/dev/null || true)" -ge 2 ]; do
+until [ "$(client_log | grep -c '" 101 ' || true)" -ge 2 ]; do
   [ "$SECONDS" -lt "$deadline" ] || fail "nginx did not log the two websocket requests"
   sleep 0.2
 done
-log "nginx access log:"
-sed 's/^/    /' "$TMP/pgws.access.log"
+log "nginx access log (after the storm):"
+client_log | sed 's/^/    /'
 
-upstreams="$(grep '" 101 ' "$TMP/pgws.access.log" | sed -n 's/.* upstream=\([^ ]*\) .*/\1/p' | sort -u)"
+upstreams="$(client_log | grep '" 101 ' | sed -n 's/.* upstream=\([^ ]*\) .*/\1/p' | sort -u)"
 for port in "$PORT1" "$PORT2"; do
   printf '%s\n' "$upstreams" | grep -qx "127.0.0.1:$port" \
     || fail "no websocket went through nginx to 127.0.0.1:$port (upstreams: ${upstreams//$'\n'/ })"
 done
 log "the two websockets through nginx went to both instances"
-grep -q '"GET /chat/<redacted> HTTP/1.1" 101 ' "$TMP/pgws.access.log" \
+client_log | grep -q '"GET /chat/<redacted> HTTP/1.1" 101 ' \
   || fail "the access log has no redacted websocket request line"
-grep -q '"GET /chat/<redacted> HTTP/1.1" 400 ' "$TMP/pgws.access.log" \
+client_log | grep -q '"GET /chat/<redacted> HTTP/1.1" 400 ' \
   || fail "the access log has no redacted refused request (400)"
 grep -q '"GET /chat/<redacted> HTTP/1.1" 301 ' "$TMP/pgws.access.log" \
   || fail "the access log has no redacted redirect (301)"

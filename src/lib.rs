@@ -14,6 +14,7 @@
 //! [`SourceStatus`] (readiness), [`auth`] (token rules, for tools and tests) and [`embedded`] (the
 //! throwaway cluster). Everything else is internal and may change.
 
+pub(crate) mod address;
 pub mod auth;
 pub(crate) mod channel;
 pub(crate) mod client;

@@ -24,7 +24,7 @@ use std::sync::RwLock;
 use crate::auth::KeySet;
 use crate::config::Config;
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
-use crate::ops::limits::{AddressLimiter, SubjectCounter};
+use crate::ops::limits::{AddressLimiter, ForwardedHeaders, SubjectCounter};
 use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::pg::publisher::{Publisher, PublisherStats};
 use crate::routing::Router;
@@ -125,9 +125,11 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled (returns `Ok`) or the LISTEN connection cannot be
-    /// established at start-up within `PGWS_RETRIES` (returns the error; the process should exit
-    /// with status 1 so that a supervisor restarts it, as the original did).
+    /// Serves until `shutdown` is cancelled (returns `Ok`), or, only when `PGWS_RETRIES` was set
+    /// (without `PGWS_CHECK_LISTENER_INTERVAL`), until the LISTEN connection cannot be established
+    /// at start-up within that many attempts (returns the error; the process should exit with
+    /// status 1 so that a supervisor restarts it, as the original did). By default it waits for
+    /// the database for ever, refusing handshakes with `503` meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let config = self.config;
         let stop = shutdown.child_token();
@@ -206,7 +208,11 @@ impl Server {
         let state = Arc::new(AppState {
             keys: self.keys.clone(),
             router,
-            address_limiter: AddressLimiter::new(config.rates.connections),
+            address_limiter: AddressLimiter::new(
+                config.rates.connections,
+                config.rate_exempt.clone(),
+            ),
+            forwarded: ForwardedHeaders::new(metrics.forwarded_ignored.clone()),
             subjects: Arc::new(SubjectCounter::new(config.rates.per_subject)),
             hub,
             publisher,

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::KeySet;
 use crate::config::Config;
-use crate::ops::limits::{AddressLimiter, SubjectCounter};
+use crate::ops::limits::{AddressLimiter, ForwardedHeaders, SubjectCounter};
 use crate::ops::metrics::Metrics;
 use crate::pg::publisher::Publisher;
 use crate::routing::Router;
@@ -29,6 +29,8 @@ pub struct AppState {
     pub router: Router,
     /// New connections per client address.
     pub address_limiter: AddressLimiter,
+    /// Forwarding headers from peers that are not trusted proxies (counted, named in the log).
+    pub forwarded: ForwardedHeaders,
     /// Open clients per token subject.
     pub subjects: Arc<SubjectCounter>,
     /// Channel registry.

@@ -84,15 +84,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub pool_size: u16,
 
-    /// Attempts to open the LISTEN connection at start-up before giving up (exit 1); unused
-    /// when PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
-    #[arg(
-        long,
-        env = "PGWS_RETRIES",
-        value_name = "PGWS_RETRIES",
-        default_value_t = 5
-    )]
-    pub retries: u32,
+    /// Attempts to open the LISTEN connection at start-up before giving up (exit 1). Unset: pgws
+    /// retries for ever and refuses handshakes with 503 meanwhile; unused when
+    /// PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
+    #[arg(long, env = "PGWS_RETRIES", value_name = "PGWS_RETRIES")]
+    pub retries: Option<u32>,
 
     /// Milliseconds between health checks of the LISTEN connection (unset: 10000). A failed
     /// check reconnects it.
@@ -283,6 +279,17 @@ pub struct Cli {
     )]
     pub rate_connections: u32,
 
+    /// Client addresses PGWS_RATE_CONNECTIONS does not apply to: comma-separated addresses, CIDR
+    /// ranges and `private` (loopback, private ranges, link-local, carrier-grade NAT: proxies,
+    /// load balancers and NATs share one address among many clients); `none`: limit every address.
+    #[arg(
+        long,
+        env = "PGWS_RATE_CONNECTIONS_EXEMPT",
+        value_name = "PGWS_RATE_CONNECTIONS_EXEMPT",
+        default_value = "private"
+    )]
+    pub rate_connections_exempt: String,
+
     /// Messages per second one socket may send (burst: twice as many); 0: no limit.
     #[arg(
         long,
@@ -306,8 +313,8 @@ pub struct Cli {
     )]
     pub max_connections_per_subject: usize,
 
-    /// Comma-separated addresses of reverse proxies whose X-Forwarded-For is trusted for the client
-    /// address (rate limits, logs).
+    /// Comma-separated addresses (or CIDR ranges, or `private`) of reverse proxies whose
+    /// X-Forwarded-For is trusted for the client address (rate limits, logs).
     #[arg(
         long,
         env = "PGWS_TRUSTED_PROXIES",

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use cli::{Cli, LogFormat};
 
+use crate::address::AddressSet;
 use crate::auth::{ClaimPath, KeySet, Rules};
 use crate::channel::ChannelName;
 use crate::http::proxy::Upstream;
@@ -58,7 +59,8 @@ pub struct Config {
     pub site: Site,
     /// Size of the NOTIFY pool.
     pub pool_size: usize,
-    /// Start-up attempts for the LISTEN connection; `None` = retry for ever.
+    /// Start-up attempts for the LISTEN connection; `None` = retry for ever (the default: only an
+    /// explicit `PGWS_RETRIES` without `PGWS_CHECK_LISTENER_INTERVAL` gives up).
     pub startup_retries: Option<u32>,
     /// How often the LISTEN connection is checked.
     pub check_listener_interval: Duration,
@@ -91,7 +93,9 @@ pub struct Config {
     /// Abuse limits.
     pub rates: RateLimits,
     /// Proxies whose X-Forwarded-For is trusted.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: AddressSet,
+    /// Client addresses the connection rate does not apply to.
+    pub rate_exempt: AddressSet,
     /// Which PostgreSQL channels reach sockets.
     pub channel_mode: ChannelMode,
     /// Shape of client messages.
@@ -283,9 +287,10 @@ impl Cli {
             meta_channel,
             site,
             pool_size: usize::from(self.pool_size),
-            startup_retries: match self.check_listener_interval {
-                Some(_) => None,
-                None => Some(self.retries.max(1)),
+            // Giving up is asked for with PGWS_RETRIES; PGWS_CHECK_LISTENER_INTERVAL overrides it.
+            startup_retries: match (self.retries, self.check_listener_interval) {
+                (Some(n), None) => Some(n.max(1)),
+                _ => None,
             },
             check_listener_interval: Duration::from_millis(
                 self.check_listener_interval.unwrap_or(10_000).max(100),
@@ -328,21 +333,25 @@ impl Cli {
                 age: Duration::from_secs(self.replay_age),
                 memory: self.replay_memory,
             },
-            trusted_proxies: match list(self.trusted_proxies.as_deref()) {
-                None => Vec::new(),
-                Some(items) => items
-                    .iter()
-                    .map(|a| {
-                        a.parse().map_err(|_| ConfigError::Value {
-                            var: "PGWS_TRUSTED_PROXIES",
-                            value: a.clone(),
-                            reason: "is not an IP address".into(),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
+            trusted_proxies: addresses(
+                "PGWS_TRUSTED_PROXIES",
+                self.trusted_proxies.as_deref().unwrap_or(""),
+            )?,
+            rate_exempt: addresses(
+                "PGWS_RATE_CONNECTIONS_EXEMPT",
+                &self.rate_connections_exempt,
+            )?,
         })
     }
+}
+
+/// An address-set setting ([`AddressSet`]).
+fn addresses(var: &'static str, value: &str) -> Result<AddressSet, ConfigError> {
+    AddressSet::parse(value).map_err(|e| ConfigError::Value {
+        var,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Splits a comma-separated setting; `None` when unset or empty.
@@ -620,9 +629,70 @@ mod tests {
         assert_eq!(c.host, HostPreference::AnyPreferV4);
         assert_eq!(c.listen_channel, "postgres-websockets-listener");
         assert_eq!(c.pool_size, 10);
-        assert_eq!(c.startup_retries, Some(5));
         assert_eq!(c.site, Site::Hello);
         assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn start_up_gives_up_only_when_retries_are_asked_for() {
+        let base = [
+            "--db-uri",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            DEV_SECRET,
+        ];
+        let retries = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            cli(&args).resolve(None, None).unwrap().startup_retries
+        };
+        // Unlike the original (5): a database that is late does not take pgws down by default.
+        assert_eq!(retries(&[]), None);
+        assert_eq!(retries(&["--retries", "5"]), Some(5));
+        assert_eq!(retries(&["--retries", "0"]), Some(1));
+        // The supervisor of the original never gives up, whatever PGWS_RETRIES says.
+        assert_eq!(
+            retries(&["--retries", "5", "--check-listener-interval", "10000"]),
+            None
+        );
+    }
+
+    #[test]
+    fn address_settings() {
+        let base = [
+            "--db-uri",
+            "postgres://u@localhost/db",
+            "--jwt-secret",
+            DEV_SECRET,
+        ];
+        let resolve = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            cli(&args).resolve(None, None)
+        };
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.rate_exempt, AddressSet::private());
+        assert!(c.trusted_proxies.is_empty());
+        let c = resolve(&[
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.1",
+            "--rate-connections-exempt",
+            "none",
+        ])
+        .unwrap();
+        assert!(c.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        assert!(c.rate_exempt.is_empty());
+        let err = resolve(&["--rate-connections-exempt", "10.0.0.0/33"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PGWS_RATE_CONNECTIONS_EXEMPT"), "{err}");
+        let err = resolve(&["--trusted-proxies", "proxy.local"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PGWS_TRUSTED_PROXIES") && err.contains("proxy.local"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,23 +3,37 @@
 //! rules and their order are the same for all of them:
 //!
 //! 1. the browser `Origin` (`PGWS_ALLOWED_ORIGINS`) → 403;
-//! 2. the client address's connection rate (`PGWS_RATE_CONNECTIONS`) → 429;
+//! 2. the client address's connection rate (`PGWS_RATE_CONNECTIONS`, except for
+//!    `PGWS_RATE_CONNECTIONS_EXEMPT`) → 429;
 //! 3. the token (path, `Authorization: Bearer`, or the `bearer.<token>` subprotocol) and what it
 //!    grants (spec §2.2, §3) → 400 with the original's texts;
 //! 4. the channel names ([`crate::channel`]) and their number (`PGWS_MAX_CHANNELS`) → 400;
-//! 5. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
-//! 6. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
+//! 5. the source: no client is admitted while no source is connected (the database is absent at
+//!    start-up, or the LISTEN connection is lost and not back yet) → 503 with `Retry-After`. A
+//!    request during the first connection attempt waits for its outcome (at most
+//!    [`START_UP_WAIT`]), so that a restart does not refuse the clients that reconnect at once;
+//! 6. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
+//! 7. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
+//!
+//! Why this order: the cheap rules that stop abuse come first (the rate before the token's
+//! signature is checked), then the permanent answers about the request itself (a bad token or
+//! channel is `400` whatever the server's state, so a client does not retry it for ever), then the
+//! transient ones about the server (`503`: retry later), and last the one that takes a resource.
 //!
 //! A refusal is a typed [`Refusal`]; each transport renders it (an HTTP status with the reason as
-//! its body today). Admission logs and counts nothing itself: the caller does, once, with the
-//! refusal's [`Refusal::label`], so that the metrics label and the log line agree.
+//! its body, and [`Refusal::retry_after`] as `Retry-After`, today). Admission logs and counts no
+//! refusal itself: the caller does, once, with the refusal's [`Refusal::label`], so that the
+//! metrics label and the log line agree. What it does note is a peer that sends forwarding
+//! headers without being in `PGWS_TRUSTED_PROXIES` (see [`client_address`]).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hyper::{Request, StatusCode};
 
+use crate::address::AddressSet;
 use crate::auth::{self, AuthError, Grant};
 use crate::channel::{ChannelName, ChannelNameError};
 use crate::ops::limits::SubjectSlot;
@@ -28,6 +42,12 @@ use crate::stream::ResumeFrom;
 
 /// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
 pub const SUBPROTOCOL: &str = "pgws";
+
+/// How long a request that arrives during the first connection attempt waits for its outcome.
+pub const START_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// The `Retry-After` of a refusal while no source is connected, in seconds.
+pub const SOURCE_DOWN_RETRY_AFTER: u32 = 5;
 
 /// Where the token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +103,11 @@ pub enum Refusal {
         /// The limit.
         max: usize,
     },
+    /// No source is connected: no notification could reach the client.
+    #[error(
+        "Service unavailable: pgws is not connected to the database (notifications cannot be received); retry in {0} s"
+    )]
+    SourceDown(u32),
     /// `PGWS_MAX_CONNECTIONS` reached.
     #[error("Too many connections: this server accepts at most {0}")]
     ServerFull(usize),
@@ -100,7 +125,15 @@ impl Refusal {
             Self::Token(_) | Self::BadChannel(_) | Self::TooManyChannels { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SourceDown(_) | Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds after which the same request may succeed (`Retry-After`), when that is known.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::SourceDown(seconds) => Some(*seconds),
+            _ => None,
         }
     }
 
@@ -115,6 +148,7 @@ impl Refusal {
             Self::Token(AuthError::Invalid(_)) => "invalid_token",
             Self::BadChannel(_) => "bad_channel",
             Self::TooManyChannels { .. } => "too_many_channels",
+            Self::SourceDown(_) => "source_down",
             Self::ServerFull(_) => "too_many_connections",
             Self::SubjectFull(_) => "too_many_for_subject",
         }
@@ -122,21 +156,27 @@ impl Refusal {
 }
 
 /// Runs every admission rule, in order, for a request that wants to become a client.
-pub fn admit<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> Result<Admitted, Refusal> {
-    admit_as(req, state, peer, true)
-}
-
-/// The rules for a one-shot HTTP publish: the same as for a client, without the two that are
-/// about staying connected (server capacity, the subject's open connections).
-pub fn admit_publish<B>(
+pub async fn admit<B>(
     req: &Request<B>,
     state: &AppState,
     peer: SocketAddr,
 ) -> Result<Admitted, Refusal> {
-    admit_as(req, state, peer, false)
+    admit_as(req, state, peer, true).await
 }
 
-fn admit_as<B>(
+/// The rules for a one-shot HTTP publish: the same as for a client, without the three that are
+/// about staying connected (a receiving source, server capacity, the subject's open
+/// connections). A publish needs the NOTIFY pool, not the LISTEN connection; it answers `503`
+/// itself when the database does not take the message.
+pub async fn admit_publish<B>(
+    req: &Request<B>,
+    state: &AppState,
+    peer: SocketAddr,
+) -> Result<Admitted, Refusal> {
+    admit_as(req, state, peer, false).await
+}
+
+async fn admit_as<B>(
     req: &Request<B>,
     state: &AppState,
     peer: SocketAddr,
@@ -144,7 +184,7 @@ fn admit_as<B>(
 ) -> Result<Admitted, Refusal> {
     let settings = &state.config;
     check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
-    let ip = client_ip(req, peer, &settings.trusted_proxies);
+    let ip = client_address(req, state, peer);
     if !state.address_limiter.allow(ip) {
         return Err(Refusal::RateLimited(settings.rates.connections));
     }
@@ -172,6 +212,10 @@ fn admit_as<B>(
             resume,
             positions,
         });
+    }
+    state.source.settled(START_UP_WAIT).await;
+    if !state.source.is_up() {
+        return Err(Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER));
     }
     if state.active.load(Ordering::Relaxed) >= settings.max_connections {
         return Err(Refusal::ServerFull(settings.max_connections));
@@ -307,11 +351,31 @@ pub(crate) fn authorize<B>(
     Ok((grant, carrier))
 }
 
+/// The client's address as [`client_ip`] finds it; a request with forwarding headers from a peer
+/// that is not a trusted proxy is noted ([`crate::ops::limits::ForwardedHeaders`]).
+pub(crate) fn client_address<B>(req: &Request<B>, state: &AppState, peer: SocketAddr) -> IpAddr {
+    let trusted = &state.config.trusted_proxies;
+    let ip = client_ip(req, peer, trusted);
+    if !trusted.contains(peer.ip()) && has_forwarding_headers(req) {
+        let exempt = state.address_limiter.is_exempt(ip);
+        state.forwarded.ignored(ip, exempt);
+    }
+    ip
+}
+
+/// Whether the request names an original client (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`).
+fn has_forwarding_headers<B>(req: &Request<B>) -> bool {
+    ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h))
+}
+
 /// The client's address: the peer, or, behind a trusted proxy, the last untrusted address of
-/// `X-Forwarded-For`.
-pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer.ip()) {
-        return peer.ip();
+/// `X-Forwarded-For`. IPv4 peers of a dual-stack socket are given as IPv4.
+pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &AddressSet) -> IpAddr {
+    let peer = peer.ip().to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
     }
     req.headers()
         .get_all("x-forwarded-for")
@@ -319,9 +383,10 @@ pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpAddr
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
         .rev()
-        .find(|ip| !trusted.contains(ip))
-        .unwrap_or(peer.ip())
+        .find(|ip| !trusted.contains(*ip))
+        .unwrap_or(peer)
 }
 
 /// `Err(origin)` when the request's Origin is not allowed.
@@ -337,5 +402,49 @@ pub(crate) fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> R
         Ok(())
     } else {
         Err(origin.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(xff: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri("/chat/x");
+        if let Some(v) = xff {
+            b = b.header("x-forwarded-for", v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let proxy: SocketAddr = "[::ffff:10.0.0.2]:5000".parse().unwrap();
+        let trusted = AddressSet::parse("10.0.0.0/24").unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A dual-stack socket's IPv4 peer is IPv4, trusted or not.
+        assert_eq!(
+            client_ip(&request(None), proxy, &AddressSet::none()),
+            ip("10.0.0.2")
+        );
+        let forged = request(Some("203.0.113.9"));
+        assert_eq!(
+            client_ip(&forged, proxy, &AddressSet::none()),
+            ip("10.0.0.2")
+        );
+        // The last address that is not a proxy, however many proxies are chained.
+        let chained = request(Some("198.51.100.1, 203.0.113.9, 10.0.0.7"));
+        assert_eq!(client_ip(&chained, proxy, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(&request(None), proxy, &trusted), ip("10.0.0.2"));
+        assert!(has_forwarding_headers(&forged) && !has_forwarding_headers(&request(None)));
+    }
+
+    #[test]
+    fn a_source_down_refusal_says_when_to_retry() {
+        let r = Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((r.label(), r.retry_after()), ("source_down", Some(5)));
+        assert!(r.to_string().contains("not connected to the database"));
+        assert_eq!(Refusal::ServerFull(1).retry_after(), None);
     }
 }

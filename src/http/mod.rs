@@ -31,7 +31,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
 use crate::transport::{publish, sse, ws};
-use admission::{Refusal, authorize, check_origin, client_ip};
+use admission::{Refusal, authorize, check_origin};
 use body::{Body, full, text};
 
 /// The `Server` header value.
@@ -48,24 +48,24 @@ pub async fn handle(
         .get("pgws-check")
         .is_some_and(|v| v.as_bytes() == b"1");
     let mut response = if ws::is_upgrade(&req) {
-        match admission::admit(&req, &state, peer) {
+        match admission::admit(&req, &state, peer).await {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if sse::is_request(&req) {
-        match admission::admit(&req, &state, peer) {
+        match admission::admit(&req, &state, peer).await {
             Ok(admitted) => sse::accept(state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if publish::is_request(&req) {
-        match admission::admit_publish(&req, &state, peer) {
+        match admission::admit_publish(&req, &state, peer).await {
             Ok(admitted) => publish::handle(req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if check {
         if state
             .address_limiter
-            .allow(client_ip(&req, peer, &state.config.trusted_proxies))
+            .allow(admission::client_address(&req, &state, peer))
         {
             check_grant(&req, &state)
         } else {
@@ -146,7 +146,13 @@ fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body
             reason: refusal.label(),
         })
         .inc();
-    text(refusal.status(), body)
+    let mut response = text(refusal.status(), body);
+    if let Some(seconds) = refusal.retry_after() {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 #[cfg(test)]

@@ -1,10 +1,22 @@
 //! Abuse limits: token buckets for connection and message rates, and a count of open sockets
 //! per token subject.
+//!
+//! The connection rate is per client address, and a client address is often shared: behind a
+//! reverse proxy that is not in `PGWS_TRUSTED_PROXIES` every client arrives from the proxy, behind
+//! a NAT a whole office arrives from one address. So addresses in `PGWS_RATE_CONNECTIONS_EXEMPT`
+//! (by default `private`: loopback, private ranges, link-local, carrier-grade NAT) are not limited,
+//! and a public address, which is what a directly exposed server sees, still is. Peers that send
+//! forwarding headers without being trusted are counted and named in the log
+//! ([`ForwardedHeaders`]), so that the operator learns what to set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::address::AddressSet;
 
 /// Abuse limits; 0 means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,23 +75,32 @@ impl Bucket {
 /// New connections per second per client address.
 pub struct AddressLimiter {
     rate: u32,
+    exempt: AddressSet,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
 impl AddressLimiter {
-    /// `rate` connections per second per address; 0 disables the limit.
-    pub fn new(rate: u32) -> Self {
+    /// `rate` connections per second per address, except for the addresses in `exempt`; 0
+    /// disables the limit.
+    pub fn new(rate: u32, exempt: AddressSet) -> Self {
         Self {
             rate,
+            exempt,
             buckets: Mutex::default(),
         }
     }
 
+    /// Whether `ip` is not limited at all (`PGWS_RATE_CONNECTIONS_EXEMPT`).
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.rate == 0 || self.exempt.contains(ip)
+    }
+
     /// Whether `ip` may open another connection now.
     pub fn allow(&self, ip: IpAddr) -> bool {
-        if self.rate == 0 {
+        if self.is_exempt(ip) {
             return true;
         }
+        let ip = ip.to_canonical();
         let now = Instant::now();
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 4096 {
@@ -89,6 +110,51 @@ impl AddressLimiter {
         map.entry(ip)
             .or_insert_with(|| Bucket::new(self.rate))
             .take(1.0, now)
+    }
+}
+
+/// Peers named in the log, at most: a forged header cannot fill the log.
+const NAMED_PEERS: usize = 8;
+
+/// Requests whose peer sends `X-Forwarded-For`, `Forwarded` or `X-Real-IP` without being in
+/// `PGWS_TRUSTED_PROXIES`: most likely a proxy nobody told pgws about, whose clients all share its
+/// address. Counted (`pgws_forwarded_headers_ignored_total`); the first few peers are named in a
+/// warning that says what to set.
+pub struct ForwardedHeaders {
+    ignored: Counter,
+    named: Mutex<HashSet<IpAddr>>,
+}
+
+impl ForwardedHeaders {
+    /// Counts into `ignored`.
+    pub fn new(ignored: Counter) -> Self {
+        Self {
+            ignored,
+            named: Mutex::default(),
+        }
+    }
+
+    /// Notes a request from `peer` with forwarding headers that were ignored; `exempt` says
+    /// whether the peer's connections escape the rate limit. Returns whether it was logged.
+    pub fn ignored(&self, peer: IpAddr, exempt: bool) -> bool {
+        self.ignored.inc();
+        let peer = peer.to_canonical();
+        {
+            let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+            if named.len() >= NAMED_PEERS || !named.insert(peer) {
+                return false;
+            }
+        }
+        let effect = if exempt {
+            "its connections are not rate-limited (PGWS_RATE_CONNECTIONS_EXEMPT)"
+        } else {
+            "its clients share one PGWS_RATE_CONNECTIONS budget and get 429 together"
+        };
+        tracing::warn!(peer = %peer,
+            "peer {peer} sends X-Forwarded-For/Forwarded but is not in PGWS_TRUSTED_PROXIES: the \
+             header is ignored, every client behind it is seen as {peer} in logs and limits, and \
+             {effect}. If it is your reverse proxy or load balancer, set PGWS_TRUSTED_PROXIES={peer}");
+        true
     }
 }
 
@@ -159,14 +225,59 @@ mod tests {
         assert!(b.take(1.0, t0 + Duration::from_millis(150)));
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn address_limiter() {
-        let l = AddressLimiter::new(1);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let l = AddressLimiter::new(1, AddressSet::none());
+        let ip = ip("10.0.0.1");
         assert!(l.allow(ip) && l.allow(ip));
         assert!(!l.allow(ip));
         assert!(l.allow("10.0.0.2".parse().unwrap()));
-        assert!(AddressLimiter::new(0).allow(ip));
+        assert!(AddressLimiter::new(0, AddressSet::none()).allow(ip));
+    }
+
+    #[test]
+    fn private_peers_are_exempt_by_default_and_public_ones_are_not() {
+        let l = AddressLimiter::new(1, AddressSet::private());
+        // A proxy, a load balancer or a NAT on the local network: a restart storm gets through.
+        for peer in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "172.17.0.1",
+            "::1",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!((0..1000).all(|_| l.allow(ip(peer))), "{peer}");
+            assert!(l.is_exempt(ip(peer)));
+        }
+        // A directly exposed server keeps its protection.
+        let public = ip("203.0.113.9");
+        assert!(l.allow(public) && l.allow(public));
+        assert!(!l.allow(public));
+        assert!(!l.is_exempt(public));
+        // The same address through a dual-stack socket shares the bucket.
+        assert!(!l.allow(ip("::ffff:203.0.113.9")));
+        // A listed public address (an office NAT) is exempt too.
+        let office = AddressLimiter::new(1, AddressSet::parse("198.51.100.0/24").unwrap());
+        assert!((0..10).all(|_| office.allow(ip("198.51.100.20"))));
+        assert!((0..10).any(|_| !office.allow(ip("127.0.0.1"))));
+    }
+
+    #[test]
+    fn ignored_forwarding_headers_are_counted_and_named_a_few_times() {
+        let counter = Counter::default();
+        let f = ForwardedHeaders::new(counter.clone());
+        assert!(f.ignored(ip("10.0.0.5"), true));
+        assert!(!f.ignored(ip("10.0.0.5"), true), "named once per peer");
+        assert!(!f.ignored(ip("::ffff:10.0.0.5"), true));
+        for i in 0..20 {
+            f.ignored(ip(&format!("203.0.113.{i}")), false);
+        }
+        assert_eq!(counter.get(), 23);
+        assert_eq!(f.named.lock().unwrap().len(), NAMED_PEERS);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub window_messages: Gauge,
     /// Text bytes held by the replay windows (set at scrape).
     pub window_bytes: Gauge,
+    /// Handshakes whose peer sent forwarding headers without being a trusted proxy.
+    pub forwarded_ignored: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Metrics {
             resume_gaps: Counter::default(),
             window_messages: Gauge::default(),
             window_bytes: Gauge::default(),
+            forwarded_ignored: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,6 +212,11 @@ impl Metrics {
             "window_bytes",
             "Text bytes held by the replay windows",
             m.window_bytes.clone(),
+        );
+        registry.register(
+            "forwarded_headers_ignored",
+            "Handshakes with X-Forwarded-For/Forwarded/X-Real-IP from a peer not in PGWS_TRUSTED_PROXIES",
+            m.forwarded_ignored.clone(),
         );
         Self { registry, ..m }
     }

@@ -28,17 +28,18 @@ use crate::protocol::{gap_event, meta_gap_event};
 use crate::routing::Router;
 use crate::stream::{Frame, Hub};
 
-/// Where a source stands; published on a watch channel for readiness and tests.
+/// Where a source stands; published on a watch channel for readiness, admission and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceStatus {
-    /// Not connected yet (start-up).
+    /// Start-up: the first connection attempt is in flight.
     Connecting,
     /// Connected and receiving; the counter grows with every (re)connection.
     Listening {
         /// Number of successful connections so far (1 after start-up).
         generation: u64,
     },
-    /// Lost; reconnecting.
+    /// Not connected, and known to be: an attempt failed (also the first one, at start-up) or the
+    /// connection was lost. Reconnecting.
     Down,
 }
 
@@ -75,6 +76,15 @@ impl SourceHandle {
     /// Whether the source is receiving now.
     pub fn is_up(&self) -> bool {
         matches!(*self.status.borrow(), SourceStatus::Listening { .. })
+    }
+
+    /// Waits while the first connection attempt is in flight ([`SourceStatus::Connecting`]), at
+    /// most `limit`, so that a request at start-up is answered by the outcome rather than by the
+    /// race with it. Returns at once in every other state.
+    pub async fn settled(&self, limit: Duration) {
+        let mut status = self.status.clone();
+        let connecting = status.wait_for(|s| *s != SourceStatus::Connecting);
+        let _ = tokio::time::timeout(limit, connecting).await;
     }
 
     /// Asks the source to receive `channels` and waits (at most 5 s) until it does, so that a

@@ -29,7 +29,7 @@ const BATCH: usize = 256;
 /// Why the listener stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    /// Start-up attempts exhausted (`PGWS_RETRIES`) without a connection.
+    /// Start-up attempts exhausted (an explicit `PGWS_RETRIES`) without a connection.
     #[error("could not connect the LISTEN connection after {attempts} attempts: {last}")]
     StartupFailed {
         /// Attempts made.
@@ -47,7 +47,7 @@ pub struct ListenerSettings {
     pub channel: ChannelName,
     /// Heartbeat period.
     pub check_interval: Duration,
-    /// Start-up attempts (`None`: for ever).
+    /// Start-up attempts (`None`: for ever, the default).
     pub startup_retries: Option<u32>,
     /// Where to count.
     pub metrics: ListenerMetrics,
@@ -149,6 +149,12 @@ pub async fn run(
                 let e = describe(&e);
                 tracing::error!(attempt = attempts, error = %e,
                     "Error connecting notification listener to database");
+                // Known down from now on (at start-up too): handshakes are refused until it is up.
+                status.send_if_modified(|s| {
+                    let changed = *s != SourceStatus::Down;
+                    *s = SourceStatus::Down;
+                    changed
+                });
                 if generation == 0
                     && let Some(max) = settings.startup_retries
                     && attempts >= max

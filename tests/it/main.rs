@@ -9,6 +9,7 @@ mod binary;
 mod direct;
 mod handshake;
 mod keys;
+mod late_database;
 mod listener;
 mod messages;
 mod meta;

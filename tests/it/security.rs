@@ -207,6 +207,8 @@ async fn rate_limits() {
     let s = start(&[
         "--rate-connections",
         "2",
+        "--rate-connections-exempt",
+        "none",
         "--rate-messages",
         "3",
         "--max-connections-per-subject",
@@ -255,6 +257,94 @@ async fn rate_limits() {
     assert!(body.contains("subject"), "{body}");
     let _bob = connect(&s.url(&format!("/c/{}", token(json!({"mode":"r","sub":"bob"}))))).await;
     drop(_first);
+    s.stop().await.unwrap();
+}
+
+/// Opens `n` websockets at once on `url` (each with the `X-Forwarded-For` that `xff(i)` gives);
+/// returns how many were accepted and how many refused with 429. The sockets stay open until all
+/// are answered, as after a restart.
+async fn storm(url: &str, n: usize, xff: impl Fn(usize) -> Option<String>) -> (usize, usize) {
+    let attempts: Vec<_> = (0..n)
+        .map(|i| {
+            let (url, xff) = (url.to_string(), xff(i));
+            tokio::spawn(async move {
+                let headers: Vec<(&str, &str)> = xff
+                    .as_deref()
+                    .map(|a| vec![("x-forwarded-for", a)])
+                    .unwrap_or_default();
+                connect_with(&url, &headers).await.map(|(ws, _)| ws)
+            })
+        })
+        .collect();
+    let (mut open, mut limited, mut sockets) = (0, 0, Vec::new());
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(ws) => {
+                open += 1;
+                sockets.push(ws);
+            }
+            Err((429, _)) => limited += 1,
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    (open, limited)
+}
+
+// Issue "The first hour with pgws", item 8: behind a proxy (or a NAT) every client has the same
+// address; its restart storm must not be throttled by default, while public addresses still are.
+#[tokio::test]
+async fn a_restart_storm_from_one_private_address_is_not_throttled_by_default() {
+    // 600 > the burst of 400: with the defaults (200/s, private addresses exempt) all get in.
+    let s = start(&["--admin-address", "127.0.0.1:0"]).await;
+    let url = s.url(&format!("/c/{}", token(json!({"mode":"r"}))));
+    assert_eq!(storm(&url, 600, |_| None).await, (600, 0));
+    // nginx without PGWS_TRUSTED_PROXIES: the header is ignored, counted, and the peer named.
+    assert_eq!(
+        storm(&url, 3, |_| Some("198.51.100.7".into())).await,
+        (3, 0)
+    );
+    assert_eq!(s.metric("pgws_forwarded_headers_ignored_total").await, 3.0);
+    s.stop().await.unwrap();
+
+    // Every address limited (as a public one is): a storm collects 429s. (A low rate, so that
+    // the refill during the storm does not depend on the machine's speed.)
+    let s = start(&[
+        "--rate-connections",
+        "10",
+        "--rate-connections-exempt",
+        "none",
+    ])
+    .await;
+    let url = s.url(&format!("/c/{}", token(json!({"mode":"r"}))));
+    let (open, limited) = storm(&url, 500, |_| None).await;
+    assert!(
+        open >= 20 && limited >= 250,
+        "open {open}, limited {limited}"
+    );
+    s.stop().await.unwrap();
+
+    // The documented proxy set-up: PGWS_TRUSTED_PROXIES, so that each client has its own budget,
+    // and a single public client behind the proxy is still limited.
+    let s = start(&[
+        "--rate-connections",
+        "10",
+        "--trusted-proxies",
+        "127.0.0.0/8",
+        "--rate-connections-exempt",
+        "none",
+        "--admin-address",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let url = s.url(&format!("/c/{}", token(json!({"mode":"r"}))));
+    let clients = |i: usize| Some(format!("203.0.113.{}, 127.0.0.1", i % 250));
+    assert_eq!(storm(&url, 500, clients).await, (500, 0));
+    let (open, limited) = storm(&url, 500, |_| Some("198.51.100.7".into())).await;
+    assert!(
+        open >= 20 && limited >= 250,
+        "open {open}, limited {limited}"
+    );
+    assert_eq!(s.metric("pgws_forwarded_headers_ignored_total").await, 0.0);
     s.stop().await.unwrap();
 }
 
