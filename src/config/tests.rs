@@ -1,0 +1,336 @@
+//! Unit tests of settings resolution: defaults, error texts, secrets, channel names.
+
+use super::cli::parse_bool;
+use super::secrets::load_secret;
+use super::*;
+use crate::config::DEV_SECRET;
+use clap::Parser;
+
+fn cli(args: &[&str]) -> Cli {
+    let mut full = vec!["pgws"];
+    full.extend_from_slice(args);
+    Cli::try_parse_from(full).expect("parses")
+}
+
+#[test]
+fn bool_values_in_any_case() {
+    for t in ["True", "true", "TRUE", "1"] {
+        assert_eq!(parse_bool(t), Ok(true));
+    }
+    for f in ["False", "false", "FALSE", "0"] {
+        assert_eq!(parse_bool(f), Ok(false));
+    }
+    assert!(parse_bool("maybe").unwrap_err().contains("maybe"));
+}
+
+#[test]
+fn every_boolean_documents_the_accepted_values() {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command();
+    let booleans: Vec<_> = cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_default_values()
+                .iter()
+                .any(|d| d == "True" || d == "False")
+        })
+        .collect();
+    assert_eq!(booleans.len(), 3, "the boolean settings");
+    for a in booleans {
+        let help = a.get_long_help().or(a.get_help()).unwrap().to_string();
+        assert!(help.contains(cli::BOOL_VALUES), "{:?}: {help}", a.get_id());
+    }
+    let err = parse_bool("maybe").unwrap_err();
+    assert!(err.contains(cli::BOOL_VALUES), "{err}");
+}
+
+#[test]
+fn values_from_the_environment_are_reported_under_the_variable() {
+    use clap::CommandFactory as _;
+    let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+    let mut cmd = Cli::command();
+    // The same error clap gives for PGWS_PORT=abc, told that the flag was not on the line.
+    let err = cmd
+        .try_get_matches_from_mut(args(&["pgws", "--port", "abc"]))
+        .unwrap_err();
+    let from_env = cli::name_the_variable(err, &cmd, &args(&["pgws"]), |v| v == "PGWS_PORT");
+    let text = from_env.to_string();
+    assert!(
+        text.starts_with("error: PGWS_PORT: invalid value 'abc': invalid digit"),
+        "{text}"
+    );
+    assert!(!text.contains("--port"), "{text}");
+    // On the command line, the flag is what the user typed: clap's text.
+    let err = cmd
+        .try_get_matches_from_mut(args(&["pgws", "--port=abc"]))
+        .unwrap_err();
+    let text =
+        cli::name_the_variable(err, &cmd, &args(&["pgws", "--port=abc"]), |_| true).to_string();
+    assert!(text.contains("'--port <PGWS_PORT>'"), "{text}");
+    // Booleans and choices.
+    let err = cmd
+        .try_get_matches_from_mut(args(&["pgws", "--gap-events", "maybe"]))
+        .unwrap_err();
+    let text = cli::name_the_variable(err, &cmd, &args(&["pgws"]), |_| true).to_string();
+    assert!(
+        text.starts_with(&format!(
+            "error: PGWS_GAP_EVENTS: invalid value 'maybe': expected {}\n",
+            cli::BOOL_VALUES
+        )),
+        "{text}"
+    );
+    let err = cmd
+        .try_get_matches_from_mut(args(&["pgws", "--log-format", "xml"]))
+        .unwrap_err();
+    let text = cli::name_the_variable(err, &cmd, &args(&["pgws"]), |_| true).to_string();
+    assert!(
+        text.starts_with("error: PGWS_LOG_FORMAT: invalid value 'xml': expected one of text, json"),
+        "{text}"
+    );
+}
+
+/// No cause in `e`'s chain is already part of the message above it.
+fn assert_no_cause_repeated(e: &dyn std::error::Error) {
+    let mut above = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        assert!(
+            !above.contains(&text),
+            "{above:?} repeats its cause {text:?}"
+        );
+        above = text;
+        cause = c.source();
+    }
+}
+
+#[test]
+fn causes_are_not_repeated() {
+    let short = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "short"])
+        .resolve(None, None)
+        .unwrap_err();
+    assert_no_cause_repeated(&short);
+    assert_eq!(short.to_string().matches("5 bytes").count(), 1, "{short}");
+    let file = cli(&[
+        "--db-uri",
+        "postgres://u@h/d",
+        "--jwt-secret",
+        "@/nonexistent/x",
+    ])
+    .resolve(None, None)
+    .unwrap_err();
+    assert_no_cause_repeated(&file);
+    assert!(file.to_string().contains("No such file"), "{file}");
+}
+
+#[test]
+fn connection_string_errors_hide_the_password() {
+    for uri in [
+        "postgres://u:secretpw@h:zz/db",
+        "host=h password=secretpw port=zz",
+        "host=h password='secret pw' port=zz",
+    ] {
+        let err = cli(&["--db-uri", uri, "--jwt-secret", DEV_SECRET])
+            .resolve(None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(err.contains("***") && err.contains("port"), "{err}");
+    }
+}
+
+#[test]
+fn unparsable_port_names_variable_and_value() {
+    let err = Cli::try_parse_from(["pgws", "--port", "abc"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PGWS_PORT"), "{err}");
+    assert!(err.contains("abc"), "{err}");
+}
+
+#[test]
+fn missing_required_lists_both() {
+    let err = cli(&[]).resolve(None, None).unwrap_err().to_string();
+    assert!(err.contains("PGWS_DB_URI is unset"), "{err}");
+    assert!(err.contains("PGWS_JWT_SECRET is unset"), "{err}");
+    assert!(err.contains("--embedded"), "{err}");
+}
+
+#[test]
+fn empty_db_uri_is_reported() {
+    let err = cli(&["--db-uri", "", "--jwt-secret", DEV_SECRET])
+        .resolve(None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PGWS_DB_URI is empty"), "{err}");
+}
+
+#[test]
+fn tls_needs_both_files() {
+    let err = cli(&[
+        "--db-uri",
+        "postgres://x/y",
+        "--jwt-secret",
+        DEV_SECRET,
+        "--key-file",
+        "k",
+    ])
+    .resolve(None, None)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("PGWS_KEY_FILE"), "{err}");
+}
+
+#[test]
+fn short_hmac_secret_is_a_start_up_error() {
+    let err = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", "short"])
+        .resolve(None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("5 bytes") && err.contains("32"), "{err}");
+}
+
+#[test]
+fn algorithm_allow_list() {
+    let c = cli(&["--db-uri", "postgres://u@h/d", "--jwt-secret", DEV_SECRET]);
+    let mut c2 = c.clone();
+    c2.jwt_algorithms = Some("RS256".into());
+    let err = c2.resolve(None, None).unwrap_err().to_string();
+    assert!(err.contains("PGWS_JWT_ALGORITHMS"), "{err}");
+    c2.jwt_algorithms = Some("HS256, nope".into());
+    let err = c2.resolve(None, None).unwrap_err().to_string();
+    assert!(err.contains("nope"), "{err}");
+    c2.jwt_algorithms = Some("HS256".into());
+    assert!(c2.resolve(None, None).is_ok());
+}
+
+#[test]
+fn host_forms() {
+    assert_eq!(HostPreference::parse("*"), HostPreference::Any);
+    assert_eq!(HostPreference::parse("*4"), HostPreference::AnyPreferV4);
+    assert_eq!(HostPreference::parse("!4"), HostPreference::V4Only);
+    assert_eq!(HostPreference::parse("*6"), HostPreference::AnyPreferV6);
+    assert_eq!(HostPreference::parse("!6"), HostPreference::V6Only);
+    assert_eq!(
+        HostPreference::parse("127.0.0.1"),
+        HostPreference::Named("127.0.0.1".into())
+    );
+}
+
+#[test]
+fn base64_secret_accepts_url_alphabet() {
+    let bytes = load_secret("cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU", true).unwrap();
+    assert_eq!(bytes, b"reallyreallyreallyreallyverysafe");
+    let bytes = load_secret("-_8.", true).unwrap();
+    assert_eq!(bytes, vec![0xfb, 0xff]);
+    assert!(matches!(
+        load_secret("%%%", true),
+        Err(ConfigError::Base64(_))
+    ));
+}
+
+#[test]
+fn secret_file_loses_one_newline() {
+    let dir = std::env::temp_dir().join(format!("pgws-secret-{}", std::process::id()));
+    std::fs::write(&dir, b"abc\n\n").unwrap();
+    let bytes = load_secret(&format!("@{}", dir.display()), false).unwrap();
+    std::fs::remove_file(&dir).ok();
+    assert_eq!(bytes, b"abc\n");
+}
+
+#[test]
+fn defaults_match_the_original() {
+    let c = cli(&[
+        "--db-uri",
+        "postgres://u@localhost/db",
+        "--jwt-secret",
+        DEV_SECRET,
+    ])
+    .resolve(None, None)
+    .unwrap();
+    assert_eq!(c.port, 3000);
+    assert_eq!(c.host, HostPreference::AnyPreferV4);
+    assert_eq!(c.listen_channel, "postgres-websockets-listener");
+    assert_eq!(c.pool_size, 10);
+    assert_eq!(c.site, Site::Hello);
+    assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn start_up_gives_up_only_when_retries_are_asked_for() {
+    let base = [
+        "--db-uri",
+        "postgres://u@localhost/db",
+        "--jwt-secret",
+        DEV_SECRET,
+    ];
+    let retries = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        cli(&args).resolve(None, None).unwrap().startup_retries
+    };
+    // Unlike the original (5): a database that is late does not take pgws down by default.
+    assert_eq!(retries(&[]), None);
+    assert_eq!(retries(&["--retries", "5"]), Some(5));
+    assert_eq!(retries(&["--retries", "0"]), Some(1));
+    // The supervisor of the original never gives up, whatever PGWS_RETRIES says.
+    assert_eq!(
+        retries(&["--retries", "5", "--check-listener-interval", "10000"]),
+        None
+    );
+}
+
+#[test]
+fn address_settings() {
+    let base = [
+        "--db-uri",
+        "postgres://u@localhost/db",
+        "--jwt-secret",
+        DEV_SECRET,
+    ];
+    let resolve = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        cli(&args).resolve(None, None)
+    };
+    let c = resolve(&[]).unwrap();
+    assert_eq!(c.rate_exempt, AddressSet::private());
+    assert!(c.trusted_proxies.is_empty());
+    let c = resolve(&[
+        "--trusted-proxies",
+        "10.0.0.0/8, 192.0.2.1",
+        "--rate-connections-exempt",
+        "none",
+    ])
+    .unwrap();
+    assert!(c.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+    assert!(c.rate_exempt.is_empty());
+    let err = resolve(&["--rate-connections-exempt", "10.0.0.0/33"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PGWS_RATE_CONNECTIONS_EXEMPT"), "{err}");
+    let err = resolve(&["--trusted-proxies", "proxy.local"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("PGWS_TRUSTED_PROXIES") && err.contains("proxy.local"),
+        "{err}"
+    );
+}
+
+#[test]
+fn channel_names_are_checked() {
+    let long = "x".repeat(64);
+    let err = cli(&[
+        "--db-uri",
+        "postgres://u@h/d",
+        "--jwt-secret",
+        DEV_SECRET,
+        "--listen-channel",
+        &long,
+    ])
+    .resolve(None, None)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("PGWS_LISTEN_CHANNEL"), "{err}");
+}
