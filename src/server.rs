@@ -175,17 +175,17 @@ impl Server {
         } else {
             (None, None)
         };
-        let sink = Arc::new(Sink::new(
-            hub.clone(),
-            router.clone(),
-            config.gap_events,
-            config
+        let sink = Arc::new(Sink {
+            hub: hub.clone(),
+            router: router.clone(),
+            gap_events: config.gap_events,
+            meta: config
                 .meta_channel
                 .clone()
                 .map(|meta| (publisher.clone(), meta)),
-            metrics.gaps.clone(),
-            metrics.notifications.clone(),
-        ));
+            gaps: metrics.gaps.clone(),
+            received: metrics.notifications.clone(),
+        });
         let listener_task = tokio::spawn(notify::run(
             ListenerSettings {
                 db: config.db.clone(),

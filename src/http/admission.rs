@@ -155,32 +155,24 @@ impl Refusal {
     }
 }
 
-/// Runs every admission rule, in order, for a request that wants to become a client.
+/// What a request wants to become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A client that stays connected (websocket, event stream): every rule.
+    Connect,
+    /// A one-shot HTTP publish: without the three rules about staying connected (a receiving
+    /// source, server capacity, the subject's open connections). A publish needs the NOTIFY
+    /// pool, not the LISTEN connection, and answers `503` itself when the database does not
+    /// take the message.
+    Publish,
+}
+
+/// Runs every admission rule for `purpose`, in order.
 pub async fn admit<B>(
     req: &Request<B>,
     state: &AppState,
     peer: SocketAddr,
-) -> Result<Admitted, Refusal> {
-    admit_as(req, state, peer, true).await
-}
-
-/// The rules for a one-shot HTTP publish: the same as for a client, without the three that are
-/// about staying connected (a receiving source, server capacity, the subject's open
-/// connections). A publish needs the NOTIFY pool, not the LISTEN connection; it answers `503`
-/// itself when the database does not take the message.
-pub async fn admit_publish<B>(
-    req: &Request<B>,
-    state: &AppState,
-    peer: SocketAddr,
-) -> Result<Admitted, Refusal> {
-    admit_as(req, state, peer, false).await
-}
-
-async fn admit_as<B>(
-    req: &Request<B>,
-    state: &AppState,
-    peer: SocketAddr,
-    connection: bool,
+    purpose: Purpose,
 ) -> Result<Admitted, Refusal> {
     let settings = &state.config;
     check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
@@ -201,7 +193,7 @@ async fn admit_as<B>(
             max: settings.max_channels,
         });
     }
-    if !connection {
+    if purpose == Purpose::Publish {
         let (resume, positions) = (None, false);
         return Ok(Admitted {
             grant,

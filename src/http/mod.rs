@@ -31,7 +31,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
 use crate::transport::{publish, sse, ws};
-use admission::{Refusal, authorize, check_origin};
+use admission::{Purpose, Refusal, authorize, check_origin};
 use body::{Body, full, text};
 
 /// The `Server` header value.
@@ -48,17 +48,17 @@ pub async fn handle(
         .get("pgws-check")
         .is_some_and(|v| v.as_bytes() == b"1");
     let mut response = if ws::is_upgrade(&req) {
-        match admission::admit(&req, &state, peer).await {
+        match admission::admit(&req, &state, peer, Purpose::Connect).await {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if sse::is_request(&req) {
-        match admission::admit(&req, &state, peer).await {
+        match admission::admit(&req, &state, peer, Purpose::Connect).await {
             Ok(admitted) => sse::accept(state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
     } else if publish::is_request(&req) {
-        match admission::admit_publish(&req, &state, peer).await {
+        match admission::admit(&req, &state, peer, Purpose::Publish).await {
             Ok(admitted) => publish::handle(req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }

@@ -120,38 +120,21 @@ impl SourceHandle {
 /// Where a source puts what it receives: routes messages into the hub, and tells clients (and
 /// the meta channel) about losses. The same for every source.
 pub struct Sink {
-    hub: Arc<Hub>,
-    router: Router,
-    /// `PGWS_GAP_EVENTS`.
-    gap_events: bool,
+    /// Where messages go.
+    pub hub: Arc<Hub>,
+    /// Which channel a message goes to.
+    pub router: Router,
+    /// `PGWS_GAP_EVENTS`: tell connected clients about losses as they happen.
+    pub gap_events: bool,
     /// The meta channel and the pool to publish its `Gap` event with.
-    meta: Option<(Publisher, ChannelName)>,
+    pub meta: Option<(Publisher, ChannelName)>,
     /// Gaps announced.
-    gaps: Counter,
+    pub gaps: Counter,
     /// Messages received from the source.
-    received: Counter,
+    pub received: Counter,
 }
 
 impl Sink {
-    /// A sink into `hub`.
-    pub fn new(
-        hub: Arc<Hub>,
-        router: Router,
-        gap_events: bool,
-        meta: Option<(Publisher, ChannelName)>,
-        gaps: Counter,
-        received: Counter,
-    ) -> Self {
-        Self {
-            hub,
-            router,
-            gap_events,
-            meta,
-            gaps,
-            received,
-        }
-    }
-
     /// Routes messages received together, in order: consecutive messages for the same channel
     /// go to the hub as one run (one lock and one wake-up per client for the run). Returns how
     /// many deliveries were queued.

@@ -285,17 +285,3 @@ async fn gap_events_can_be_turned_off_and_reach_the_meta_channel() {
     );
     s.stop().await.unwrap();
 }
-
-async fn kill_listener(db: &tokio_postgres::Client) {
-    let killed: i64 = db
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query ILIKE 'LISTEN%' \
-             AND application_name = 'pgws'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(killed, 1);
-}

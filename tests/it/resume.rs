@@ -251,17 +251,7 @@ async fn a_listen_outage_after_the_position_gets_a_gap() {
     notify(&db, LISTEN, &message("chat", 0)).await;
     let last = client.next_event().await.id;
     drop(client);
-    let killed: i64 = db
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query ILIKE 'LISTEN%' \
-             AND application_name = 'pgws'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(killed, 1);
+    kill_listener(&db).await;
     s.wait_down().await;
     s.wait_listening(2).await;
     let mut back = stream(&s, "chat", last.as_deref()).await;
