@@ -8,6 +8,13 @@
   const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
   const MAX_ITEMS = 200; // per list; older entries are dropped
   const CHECK_TIMEOUT_MS = 5000;
+  // A resumed socket first receives what it missed: the server queues it before the socket opens
+  // and writes it at once. The protocol marks no end of that replay, so the page takes the
+  // catch-up to be over when nothing has arrived for CATCH_UP_QUIET_MS, CATCH_UP_MAX_MS after
+  // the socket opened at the latest, or when its own message comes back (anything this socket
+  // sends is answered after the replay).
+  const CATCH_UP_QUIET_MS = 300;
+  const CATCH_UP_MAX_MS = 5000;
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -27,6 +34,8 @@
     tokenClaims: $("token-claims"),
     connect: $("connect"),
     disconnect: $("disconnect"),
+    resume: $("resume"),
+    resumeHint: $("resume-hint"),
     status: $("status"),
     statusText: $("status-text"),
     metaStatus: $("meta-status"),
@@ -116,6 +125,12 @@
     } catch (_) {
       return raw;
     }
+  }
+
+  /** A position, "<epoch: 16 hex digits>-<number>", as { epoch, seq (BigInt) }; null if it is none. */
+  function parsePosition(text) {
+    const m = typeof text === "string" ? /^([0-9a-f]{16})-(\d{1,20})$/.exec(text) : null;
+    return m ? { epoch: m[1], seq: BigInt(m[2]) } : null;
   }
 
   function parseObject(text) {
@@ -307,6 +322,37 @@
 
   // ---------------------------------------------------------------- lists
 
+  // Whether a list shows its newest entry, so that new entries keep it scrolled to the bottom.
+  // Measured when the list scrolls or a raw view opens, and the scrolling is done once per
+  // frame: reading the layout after every insert made a burst (a resume replaying a thousand
+  // messages) take seconds. While a scroll to the newest entry is due, the list's own scrolling
+  // (old entries removed at the top) says nothing about where the reader is.
+  const following = new Map();
+  const toScroll = new Set();
+
+  function atBottom(list) {
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+  }
+
+  function watchList(list) {
+    following.set(list, true);
+    const measure = () => {
+      if (!toScroll.has(list)) following.set(list, atBottom(list));
+    };
+    list.addEventListener("scroll", measure, { passive: true });
+    list.addEventListener("toggle", measure, true); // <details> (toggle does not bubble)
+  }
+
+  function scrollToNewest(list) {
+    if (toScroll.size === 0) {
+      requestAnimationFrame(() => {
+        for (const l of toScroll) l.scrollTop = l.scrollHeight;
+        toScroll.clear();
+      });
+    }
+    toScroll.add(list);
+  }
+
   /**
    * Add an item to a list, newest last. Items the server stamped (data-at) are
    * kept in the order of their stamps: NOTIFYs published by different database
@@ -315,7 +361,6 @@
    * a stamped item is never moved above it: the two clocks need not agree.
    */
   function append(list, emptyNote, item) {
-    const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
     let before = null;
     if (item.dataset.at) {
       const at = Number(item.dataset.at);
@@ -327,17 +372,26 @@
     list.insertBefore(item, before);
     while (list.children.length > MAX_ITEMS) list.removeChild(list.firstElementChild);
     if (emptyNote) emptyNote.hidden = true;
-    if (stick) list.scrollTop = list.scrollHeight;
+    if (following.get(list) !== false) scrollToNewest(list);
   }
 
   function clearList(list, emptyNote) {
     list.replaceChildren();
+    following.set(list, true);
     if (emptyNote) emptyNote.hidden = false;
   }
 
-  function rawDetails(raw) {
+  function rawDetails(raw, position) {
     const details = h("details", "raw");
     details.appendChild(h("summary", null, "raw JSON"));
+    if (position) {
+      // The message's place in the server's stream (what a resume starts after).
+      const p = h("div", "position", "position ");
+      const c = h("code", null, position);
+      c.dataset.field = "position";
+      p.appendChild(c);
+      details.appendChild(p);
+    }
     const pre = h("pre", null, prettyRaw(raw));
     pre.dataset.field = "raw";
     details.appendChild(pre);
@@ -363,7 +417,7 @@
     return timeElement(new Date(), "Received at");
   }
 
-  function renderMessage(raw, msg) {
+  function renderMessage(raw, msg, position, replayed) {
     const li = h("li", "item msg");
     li.dataset.testid = "message";
     const head = h("div", "item-head");
@@ -379,6 +433,14 @@
       }
     } else {
       head.appendChild(h("span", "event event-warn", "not JSON"));
+    }
+    if (replayed) {
+      const badge = h("span", "badge badge-replayed", "replayed");
+      badge.title = "Sent while this page was disconnected: the server replayed it when the socket resumed";
+      badge.dataset.field = "replayed";
+      head.appendChild(badge);
+      li.dataset.replayed = "true";
+      li.classList.add("replayed");
     }
     head.appendChild(messageTime(msg, li));
     li.appendChild(head);
@@ -408,11 +470,21 @@
     const claims = h("div", "claims", who ? "from " + who : msg && msg.claims ? "from a token without claims" : "sent by the database");
     claims.dataset.field = "claims";
     li.appendChild(claims);
-    if (msg) li.appendChild(rawDetails(raw));
+    if (msg) li.appendChild(rawDetails(raw, position));
     return li;
   }
 
-  function renderMeta(raw, msg) {
+  /** A line in a list that is not a message: where a catch-up ended, where messages are missing. */
+  function renderNote(kind, text, testid) {
+    const li = h("li", "item note note-" + kind);
+    li.dataset.testid = testid;
+    const t = h("span", "note-text", text);
+    t.dataset.field = "note";
+    li.appendChild(t);
+    return li;
+  }
+
+  function renderMeta(raw, msg, position) {
     const li = h("li", "item meta");
     li.dataset.testid = "meta-event";
     const head = h("div", "item-head");
@@ -445,13 +517,13 @@
       claims.dataset.field = "claims";
       li.appendChild(claims);
     }
-    if (msg) li.appendChild(rawDetails(raw));
+    if (msg) li.appendChild(rawDetails(raw, position));
     return li;
   }
 
   /**
    * Show a problem in words. kind: handshake | expired | going-away | closed |
-   * lost | server-error | unreachable | local.
+   * lost | server-error | gap | unreachable | local.
    */
   function addError(kind, socketName, title, detail, hint) {
     const li = h("li", "item problem problem-" + kind);
@@ -604,7 +676,13 @@
     }
   }
 
-  function openSocket(conn, socketName, url, onData) {
+  /**
+   * Open a socket that asked for positions (?last-event-id): each stream message arrives as
+   * {"id":"<position>","data":"<the text a compat client gets>"}; the server's own events (Error,
+   * Gap) keep their shape. onData(raw, parsed, position): raw is the unwrapped text, position
+   * null for the server's events.
+   */
+  function openSocket(conn, socketName, url, onData, onOpen) {
     let ws;
     try {
       ws = new WebSocket(url);
@@ -621,11 +699,17 @@
       setState(socketName, "open", socketName === "meta"
         ? "Connected to " + conn.metaChannel
         : "Connected to " + (conn.channel || "the token's channels") + (conn.mode ? " (mode " + conn.mode + ")" : ""));
+      if (onOpen) onOpen();
     });
     ws.addEventListener("message", (ev) => {
       if (conn !== current) return;
-      const raw = typeof ev.data === "string" ? ev.data : "(binary frame)";
-      onData(raw, parseObject(raw));
+      const text = typeof ev.data === "string" ? ev.data : "(binary frame)";
+      const outer = parseObject(text);
+      if (outer && typeof outer.id === "string" && typeof outer.data === "string") {
+        onData(outer.data, parseObject(outer.data), outer.id);
+      } else {
+        onData(text, outer, null);
+      }
     });
     ws.addEventListener("close", (ev) => {
       if (conn !== current || conn.closing) return;
@@ -664,10 +748,178 @@
     addError("server-error", socketName, "The server reported an error: " + code, message + where, null);
   }
 
+  // ------------------------------------------------------------- resume
+
+  /**
+   * Where the chat socket stopped: the position of the last message it received, and what it
+   * was reading (a position resumes the same channels only). outcome: how the last resume went.
+   */
+  const resume = { key: null, position: null, outcome: null };
+
+  function resumeKey(channel, claims) {
+    if (channel) return "channel " + channel;
+    return "token " + compactJson(claims ? [claims.channel, claims.channels] : null);
+  }
+
+  function rememberPosition(position) {
+    resume.position = position;
+    if (el.resumeCode) {
+      el.resumeCode.textContent = position; // the common case: only the number changes
+    } else {
+      updateResumeHint();
+    }
+  }
+
+  function updateResumeHint() {
+    const parts = [];
+    el.resumeCode = null;
+    if (resume.position) {
+      el.resumeCode = h("code", null, resume.position);
+      el.resumeCode.dataset.field = "position";
+      el.resumeCode.dataset.testid = "resume-position";
+      parts.push("Last position ", el.resumeCode, el.resume.checked
+        ? ": after a disconnect, Connect resumes there and the server replays what was sent meanwhile."
+        : ": not used, Connect starts fresh (what was sent meanwhile is not replayed).");
+    } else {
+      parts.push(el.resume.checked
+        ? "The chat socket asks for positions: once it has received a message, Connect after a disconnect resumes where it stopped."
+        : "Connect starts fresh.");
+    }
+    if (resume.outcome) parts.push(" " + resume.outcome);
+    el.resumeHint.replaceChildren(...parts);
+  }
+
+  /** A resumed socket opened: what arrives until a quiet moment is what it missed. */
+  function startCatchUp(conn) {
+    conn.catchUp = { count: 0, gap: false, timer: null, started: performance.now(), sent: [] };
+    armCatchUp(conn);
+  }
+
+  function armCatchUp(conn) {
+    clearTimeout(conn.catchUp.timer);
+    conn.catchUp.timer = setTimeout(() => finishCatchUp(conn), CATCH_UP_QUIET_MS);
+  }
+
+  /** Claims equal but for the server's time stamp. */
+  function sameClaims(received, sent) {
+    if (!received || typeof received !== "object" || !sent) return false;
+    const keys = Object.keys(received).filter((k) => k !== "message_delivered_at");
+    return keys.length === Object.keys(sent).length &&
+      keys.every((k) => compactJson(received[k]) === compactJson(sent[k]));
+  }
+
+  /** Whether a message arriving now is part of the catch-up (counts it). */
+  function caughtUp(conn, msg) {
+    const c = conn.catchUp;
+    if (!c) return false;
+    const own = c.sent.length > 0 && msg && msg.event === "WebsocketMessage" &&
+      c.sent.includes(msg.payload) && sameClaims(msg.claims, conn.claims);
+    if (own || performance.now() - c.started > CATCH_UP_MAX_MS) {
+      finishCatchUp(conn);
+      return false;
+    }
+    c.count += 1;
+    armCatchUp(conn);
+    return true;
+  }
+
+  function finishCatchUp(conn) {
+    const c = conn.catchUp;
+    conn.catchUp = null;
+    if (c) clearTimeout(c.timer);
+    if (!c || conn !== current) return;
+    const n = c.count + " message" + (c.count === 1 ? "" : "s");
+    if (c.count > 0) {
+      const li = renderNote(c.gap ? "gap" : "caught-up", "Caught up on " + n + " sent while disconnected (after " +
+        conn.resumeFrom + ")" + (c.gap ? "; some before them could not be replayed, see Problems" : ""), "catch-up");
+      li.dataset.count = String(c.count);
+      append(el.messages, el.messagesEmpty, li);
+    }
+    resume.outcome = c.count > 0
+      ? "The last resume caught up on " + n + (c.gap ? ", with a gap." : ".")
+      : c.gap ? "The last resume had a gap and nothing to replay." : "The last resume missed nothing.";
+    updateResumeHint();
+  }
+
+  /** A Gap event in words: what could not be replayed (or may be lost), and why. */
+  function describeGap(msg, from) {
+    const on = Array.isArray(msg.channels) && msg.channels.length ? " on " + msg.channels.join(", ") : "";
+    const after = typeof msg.after === "string" ? msg.after : from;
+    const rest = " What the server still has follows, marked replayed.";
+    const reason = typeof msg.reason === "string" ? " (reason " + msg.reason + ")" : "";
+    switch (msg.reason) {
+      case "window_exceeded": {
+        const a = parsePosition(msg.after);
+        const t = parsePosition(msg.through);
+        const n = a && t && a.epoch === t.epoch && t.seq > a.seq ? t.seq - a.seq : null;
+        return {
+          title: n === null ? "Some messages could not be replayed"
+            : "Up to " + n + " message" + (n === 1n ? "" : "s") + " could not be replayed",
+          detail: "The server no longer has the messages" + on + " after " + after +
+            (msg.through ? " through " + msg.through : "") + ": they left its replay window." + rest + reason,
+          hint: "Positions number the messages of every channel, so fewer may be missing here. " +
+            "The window is PGWS_REPLAY_MESSAGES (and _BYTES, _AGE) per channel.",
+        };
+      }
+      case "other_epoch":
+        return {
+          title: "Messages sent meanwhile could not be replayed",
+          detail: "The position " + from + " is from another server process (the server restarted, or another node answered), " +
+            "so it cannot tell what was missed." + rest + reason,
+          hint: null,
+        };
+      case "unknown_position":
+      case "future_position":
+        return {
+          title: "Messages sent meanwhile could not be replayed",
+          detail: "The server does not know the position " + from +
+            (msg.reason === "future_position" ? " (it is ahead of the server's stream)." : ".") + rest + reason,
+          hint: null,
+        };
+      case "source_outage":
+        return {
+          title: "Messages sent meanwhile may be lost",
+          detail: "The server's connection to PostgreSQL was down after " + after +
+            ": NOTIFYs sent then never reached it." + rest + reason,
+          hint: null,
+        };
+      default:
+        if (typeof msg.down_ms === "number") {
+          return {
+            title: "Notifications may have been lost",
+            detail: "The server's connection to PostgreSQL was down for " + (msg.down_ms / 1000).toFixed(1) +
+              " s and is back: NOTIFYs sent meanwhile never reached it.",
+            hint: null,
+          };
+        }
+        return {
+          title: "Some messages may be lost",
+          detail: (typeof msg.message === "string" ? msg.message : compactJson(msg)) + reason,
+          hint: null,
+        };
+    }
+  }
+
+  function showGap(conn, socketName, msg) {
+    const gap = describeGap(msg, socketName === "chat" ? conn.resumeFrom : null);
+    addError("gap", socketName, gap.title, gap.detail, gap.hint);
+    const note = renderNote("gap", gap.title + (socketName === "chat" && conn.catchUp ? " here" : ""), "gap");
+    if (socketName === "meta") {
+      append(el.meta, el.metaEmpty, note);
+    } else {
+      append(el.messages, el.messagesEmpty, note);
+      if (conn.catchUp) {
+        conn.catchUp.gap = true;
+        armCatchUp(conn);
+      }
+    }
+  }
+
   function closeCurrent() {
     if (!current) return;
     const conn = current;
     conn.closing = true;
+    if (conn.catchUp) clearTimeout(conn.catchUp.timer);
     for (const ws of [conn.chat, conn.meta]) {
       if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "client disconnect");
     }
@@ -699,32 +951,56 @@
     const channel = el.channel.value.trim();
     const metaChannel = el.metaChannel.value.trim();
     const claims = decodeClaims(token);
+    const key = resumeKey(channel, claims);
+    if (resume.key !== key) {
+      // Another channel: the position says nothing about it.
+      resume.key = key;
+      resume.position = null;
+    }
+    resume.outcome = null;
     const conn = {
       channel,
       metaChannel,
       mode: claims && typeof claims.mode === "string" ? claims.mode : null,
+      claims,
       closing: false,
       chat: null,
       meta: null,
+      // The position the chat socket resumes after (null: it starts fresh).
+      resumeFrom: el.resume.checked ? resume.position : null,
+      catchUp: null,
     };
     current = conn;
     el.chatChannelName.textContent = channel || "the token's channels";
     el.metaChannelName.textContent = metaChannel || "none";
     updateSnippet();
 
-    conn.chat = openSocket(conn, "chat", base + socketPath(channel, token), (raw, msg) => {
-      if (msg && msg.event === "Error") {
+    updateResumeHint();
+
+    // Both sockets ask for positions (?last-event-id=); the chat socket also resumes after the
+    // last one it received, so that the server first replays what was sent meanwhile.
+    const chatUrl = base + socketPath(channel, token) + "?last-event-id=" + encodeURIComponent(conn.resumeFrom || "");
+    conn.chat = openSocket(conn, "chat", chatUrl, (raw, msg, position) => {
+      if (position === null && msg && msg.event === "Error") {
         serverError("chat", msg);
+      } else if (position === null && msg && msg.event === "Gap") {
+        showGap(conn, "chat", msg);
       } else {
-        append(el.messages, el.messagesEmpty, renderMessage(raw, msg));
+        const replayed = caughtUp(conn, msg);
+        if (position) rememberPosition(position);
+        append(el.messages, el.messagesEmpty, renderMessage(raw, msg, position, replayed));
       }
+    }, () => {
+      if (conn.resumeFrom && conn.mode !== "w") startCatchUp(conn); // a w socket receives nothing
     });
     if (metaChannel) {
-      conn.meta = openSocket(conn, "meta", base + socketPath(metaChannel, token), (raw, msg) => {
-        if (msg && msg.event === "Error") {
+      conn.meta = openSocket(conn, "meta", base + socketPath(metaChannel, token) + "?last-event-id=", (raw, msg, position) => {
+        if (position === null && msg && msg.event === "Error") {
           serverError("meta", msg);
+        } else if (position === null && msg && msg.event === "Gap") {
+          showGap(conn, "meta", msg);
         } else {
-          append(el.meta, el.metaEmpty, renderMeta(raw, msg));
+          append(el.meta, el.metaEmpty, renderMeta(raw, msg, position));
         }
       });
     } else {
@@ -747,6 +1023,7 @@
       return;
     }
     current.chat.send(text);
+    if (current.catchUp) current.catchUp.sent.push(text); // its echo ends the catch-up
     el.messageText.value = "";
     el.messageText.focus();
   }
@@ -787,6 +1064,7 @@
   // ------------------------------------------------------------------ wiring
 
   el.baseUrl.value = defaultBaseUrl();
+  for (const list of [el.errors, el.messages, el.meta]) watchList(list);
   if (!el.secret.value) el.secret.value = DEV_SECRET;
 
   el.form.addEventListener("submit", (ev) => {
@@ -794,6 +1072,7 @@
     connect();
   });
   el.disconnect.addEventListener("click", disconnect);
+  el.resume.addEventListener("change", updateResumeHint);
   el.messageForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
     sendMessage();
@@ -823,5 +1102,6 @@
   applyTokenSource();
   updateSnippet();
   updateControls();
+  updateResumeHint();
   document.documentElement.dataset.ready = "true";
 })();

@@ -165,11 +165,11 @@ async function pageSummary(page) {
 }
 
 /** Wait for a locator to be visible; on timeout say what the page showed. */
-async function see(page, locator, what) {
+async function see(page, locator, what, timeout = UI_MS) {
   try {
-    await locator.first().waitFor({ state: "visible", timeout: UI_MS });
+    await locator.first().waitFor({ state: "visible", timeout });
   } catch (err) {
-    throw new Error(`${what}: not shown within ${UI_MS} ms.\nPage: ${await pageSummary(page)}\n${err.message}`);
+    throw new Error(`${what}: not shown within ${timeout} ms.\nPage: ${await pageSummary(page)}\n${err.message}`);
   }
   return locator.first();
 }
@@ -179,6 +179,13 @@ const message = (page, text) => page.locator("#messages > li[data-testid=message
 const metaEvent = (page, event, text) => page.locator(`#meta-messages > li[data-testid=meta-event][data-event="${event}"]`, { hasText: text });
 const problem = (page, kind, text) => page.locator(`#errors > li[data-testid=error][data-kind="${kind}"]`, text ? { hasText: text } : {});
 const statusWith = (page, state, text, socket = "status") => page.locator(`#${socket}[data-state="${state}"]`, { hasText: text });
+/** The note that ends a catch-up (of `count` messages, if given). */
+const catchUpNote = (page, count) => page.locator(`#messages > li[data-testid=catch-up]${count === undefined ? "" : `[data-count="${count}"]`}`);
+const lastPosition = (page) => page.textContent("#resume-hint [data-field=position]");
+/** The payloads of the chat list's messages, in list order (notes left out). */
+const payloads = (page, selector = "") => page.locator(`#messages > li[data-testid=message]${selector} [data-field=payload]`).allTextContents();
+const POSITION = /^[0-9a-f]{16}-\d+$/;
+const FLOOD_MS = 60_000; // for the page to take a thousand messages on two shared cores
 const refusal = (page, socket, text) => page.locator(`#errors > li[data-testid=error][data-kind=handshake][data-socket=${socket}]`, { hasText: text });
 
 /** Connect and wait until both sockets are refused (the Problems list must be empty before). */
@@ -455,7 +462,8 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
       const text = `back after the refusals ${RUN}`;
       await pageB.fill("#message-text", text);
       await pageB.press("#message-text", "Enter");
-      await see(pageB, message(pageB, text), "tab B's message after reconnecting");
+      const own = await see(pageB, message(pageB, text), "tab B's message after reconnecting");
+      assert.equal(await own.getAttribute("data-replayed"), null, "sent after reconnecting: not part of the catch-up");
       await see(pageA, message(pageA, text), "tab B's message in tab A");
       await pageB.evaluate(() => document.activeElement.blur());
       await screenshotDownTo(pageB, "#chat-card", "narrow.png", "screenshot-narrow.png");
@@ -513,6 +521,149 @@ describe("example page in a real browser", { timeout: 120_000 }, () => {
     const payloads = await pageA.locator("#messages > li [data-field=payload]").allTextContents();
     assert.deepEqual(payloads.slice(-2), [`stamped earlier ${RUN}`, `stamped later ${RUN}`], "the earlier stamp is listed first");
     assertSorted(await listTimes(pageA, "messages"), "tab A's Messages");
+  });
+
+  it("resumes after a disconnect: what was sent meanwhile is caught up, in order, once, marked replayed", async () => {
+    // Tab B (closed by its expiry) comes back without one, to send while tab A is away.
+    await pageB.fill("#expires-in", "");
+    await pageB.click("#connect");
+    await see(pageB, status(pageB, "open"), "tab B connected again");
+    // The user looks at tab A (a background tab's frames are throttled, which slows every click).
+    await pageA.bringToFront();
+
+    assert.equal(await pageA.isChecked("#resume"), true, "resuming is the default");
+    const from = await lastPosition(pageA);
+    assert.match(from, POSITION, "tab A shows the last position it received");
+    const before = await payloads(pageA);
+    await pageA.click("#disconnect");
+    await see(pageA, status(pageA, "idle"), "tab A disconnected");
+    await see(pageA, status(pageA, "idle", "meta-status"), "tab A meta socket disconnected");
+
+    // Sent meanwhile: two messages from tab B, one NOTIFY from SQL. Tab B seeing each one back
+    // means the server has routed it (so it is in the window when tab A resumes).
+    const missed = [`while A was away 1 ${RUN}`, `while A was away 2 ${RUN}`];
+    for (const text of missed) {
+      await pageB.fill("#message-text", text);
+      await pageB.press("#message-text", "Enter");
+      await see(pageB, message(pageB, text), `'${text}' back in tab B`);
+    }
+    const fromSql = `from SQL while A was away ${RUN}`;
+    await psql(server.conninfo, `SELECT pg_notify('${LISTEN_CHANNEL}', json_build_object('channel', 'chat', 'payload', :'p')::text);`, { p: fromSql });
+    await see(pageB, message(pageB, fromSql), "the SQL message in tab B");
+    missed.push(fromSql);
+
+    await pageA.click("#connect");
+    await see(pageA, status(pageA, "open"), "tab A connected again");
+    // Tab A sends at once: its own message comes back after the replay, and is not part of it.
+    const own = `sent by A right after resuming ${RUN}`;
+    await pageA.fill("#message-text", own);
+    await pageA.press("#message-text", "Enter");
+    const note = await see(pageA, catchUpNote(pageA, 3), "tab A's catch-up note");
+    assert.equal(await catchUpNote(pageA).count(), 1, "one catch-up");
+    assert.equal(await note.textContent(), `Caught up on 3 messages sent while disconnected (after ${from})`);
+    await see(pageA, message(pageA, own), "tab A's own message");
+    assert.deepEqual(await payloads(pageA), [...before, ...missed, own], "exactly the missed messages, in order, none twice, then live ones");
+    assert.deepEqual(await payloads(pageA, "[data-replayed=true]"), missed, "those, and only those, are marked replayed");
+    const items = pageA.locator("#messages > li[data-testid=message][data-replayed=true]");
+    assert.deepEqual(await items.locator("[data-field=replayed]").allTextContents(), ["replayed", "replayed", "replayed"]);
+    // Their positions (in the raw JSON view) follow the one tab A resumed after.
+    const positions = await items.locator("[data-field=position]").allTextContents();
+    const seq = (p) => BigInt(p.split("-")[1]);
+    for (const [i, p] of positions.entries()) {
+      assert.match(p, POSITION);
+      assert.equal(p.split("-")[0], from.split("-")[0], "same server process");
+      assert.ok(seq(p) > (i === 0 ? seq(from) : seq(positions[i - 1])), `positions increase: ${from} ${positions}`);
+    }
+    assert.equal(await problem(pageA, "gap").count(), 0, "an exact resume has no gap");
+    const rawSql = JSON.parse(await items.last().locator("[data-field=raw]").textContent());
+    assert.deepEqual(rawSql, { channel: "chat", payload: fromSql }, "the raw view shows the notification, unwrapped");
+
+    // What comes after the catch-up is live again.
+    const live = `live after the catch-up ${RUN}`;
+    await pageB.fill("#message-text", live);
+    await pageB.press("#message-text", "Enter");
+    const liveItem = await see(pageA, message(pageA, live), "tab B's live message in tab A");
+    assert.equal(await liveItem.getAttribute("data-replayed"), null, "a live message is not marked replayed");
+    assert.equal(await liveItem.locator("[data-field=replayed]").count(), 0);
+    assert.equal(await lastPosition(pageA), await liveItem.locator("[data-field=position]").textContent(),
+      "tab A remembers the position of the last message it received");
+
+    await pageA.evaluate(() => {
+      const replayed = document.querySelectorAll("#messages > li[data-replayed=true] details");
+      if (replayed.length) replayed[replayed.length - 1].open = true; // shows the position
+      const list = document.getElementById("messages");
+      list.scrollTop = list.scrollHeight; // the caught-up end of the list
+      document.activeElement.blur();
+    });
+    await screenshotDownTo(pageA, ".columns", "resume.png", "screenshot-resume.png");
+    await assertLayout(pageA, "1280 px, caught up");
+  });
+
+  it("says in words what could not be replayed when the window was exceeded", async () => {
+    const from = await lastPosition(pageA);
+    await pageA.click("#disconnect");
+    await see(pageA, status(pageA, "idle"), "tab A disconnected");
+
+    // More than the window (PGWS_REPLAY_MESSAGES, 1000 by default) while tab A is away.
+    const total = 1100;
+    const window = 1000;
+    await psql(server.conninfo,
+      `SELECT pg_notify('${LISTEN_CHANNEL}', json_build_object('channel', 'chat', 'payload', 'flood ' || i || ' ' || :'run')::text)
+         FROM generate_series(1, ${total}) AS i;`, { run: RUN });
+    await see(pageB, message(pageB, `flood ${total} ${RUN}`), "the last flood message in tab B", FLOOD_MS);
+
+    await pageA.click("#connect");
+    await see(pageA, status(pageA, "open"), "tab A connected again");
+    const gap = await see(pageA, problem(pageA, "gap"), "the Gap notice in tab A's Problems");
+    const title = await gap.locator("[data-field=title]").textContent();
+    const m = /^Up to (\d+) messages could not be replayed$/.exec(title);
+    assert.ok(m, `the notice says how many: ${title}`);
+    assert.ok(Number(m[1]) >= total - window, `at least the ${total - window} that left the window: ${title}`);
+    const detail = await gap.locator("[data-field=detail]").textContent();
+    assert.match(detail, new RegExp(`^The server no longer has the messages on chat after ${from} through [0-9a-f]{16}-\\d+: they left its replay window\\.`));
+    assert.match(detail, /window_exceeded/);
+
+    // The window's thousand messages are replayed.
+    const note = await see(pageA, catchUpNote(pageA, window), "tab A's catch-up note after the flood", FLOOD_MS);
+    assert.match(await note.textContent(), /^Caught up on 1000 messages sent while disconnected .*could not be replayed, see Problems$/);
+    // The list keeps its last 200 entries: the newest flood messages, in order, none twice, all replayed.
+    const shown = await payloads(pageA);
+    const expected = Array.from({ length: shown.length }, (_, i) => `flood ${total - shown.length + 1 + i} ${RUN}`);
+    assert.ok(shown.length >= 100, `the list shows the last messages (${shown.length})`);
+    assert.deepEqual(shown, expected, "the last messages, in order, none twice");
+    assert.deepEqual(await payloads(pageA, "[data-replayed=true]"), shown, "all of them replayed");
+    // And the list, which followed its newest entry before, still shows the newest one.
+    await pageA.waitForFunction(() => {
+      const list = document.getElementById("messages");
+      return list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+    }, null, { timeout: UI_MS });
+    await pageA.screenshot({ path: path.join(ARTIFACTS, "window-exceeded.png"), fullPage: true });
+    await assertLayout(pageA, "1280 px, window exceeded");
+  });
+
+  it("starts fresh when 'Resume from the last position' is unchecked", async () => {
+    await pageA.click("#clear-errors");
+    await pageA.uncheck("#resume");
+    assert.match(await pageA.textContent("#resume-hint"), /Connect starts fresh/);
+    await pageA.click("#disconnect");
+    await see(pageA, status(pageA, "idle"), "tab A disconnected");
+    const skipped = `sent while A was away, not replayed ${RUN}`;
+    await psql(server.conninfo, `SELECT pg_notify('${LISTEN_CHANNEL}', json_build_object('channel', 'chat', 'payload', :'p')::text);`, { p: skipped });
+    await see(pageB, message(pageB, skipped), "the SQL message in tab B");
+    const notes = await catchUpNote(pageA).count();
+
+    await pageA.click("#connect");
+    await see(pageA, status(pageA, "open"), "tab A connected, fresh");
+    // The server delivers in order: once a later message is shown, an earlier one would have been.
+    const live = `live after a fresh start ${RUN}`;
+    await pageB.fill("#message-text", live);
+    await pageB.press("#message-text", "Enter");
+    const item = await see(pageA, message(pageA, live), "tab B's message in tab A");
+    assert.equal(await item.getAttribute("data-replayed"), null);
+    assert.equal(await message(pageA, skipped).count(), 0, "nothing sent meanwhile is replayed");
+    assert.equal(await catchUpNote(pageA).count(), notes, "no catch-up");
+    assert.equal(await problem(pageA, "gap").count(), 0, "no gap either: a fresh start asks for none");
+    await pageA.check("#resume");
   });
 
   it("EventSource: the server ends the stream, the browser resumes with Last-Event-ID, nothing is lost", async () => {
