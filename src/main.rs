@@ -169,6 +169,11 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
                 )?;
                 say!("Development secret: {DEV_SECRET}");
                 say!("Development token: {token}");
+                let curl_tls = if tls { "-k " } else { "" };
+                say!(
+                    "Watch a channel: curl -N {curl_tls}-H 'Accept: text/event-stream' {scheme}://localhost:{}/chat/{token}",
+                    addr.port()
+                );
             }
             say!(
                 "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",

@@ -590,6 +590,11 @@ async fn embedded_mode_stops_quietly_on_sigint() {
     let conn = after("Embedded PostgreSQL:").await;
     let port = after("Listening on port").await;
     let token = after("Development token:").await;
+    let watch = after("Watch a channel:").await;
+    assert!(
+        watch.starts_with("curl -N -H 'Accept: text/event-stream' http://localhost:"),
+        "{watch}"
+    );
     let psql = after("Send from SQL:").await;
     assert!(!seen.iter().any(|l| l.contains("websocat")), "{seen:#?}");
     assert!(psql.starts_with("psql"), "{psql}");
