@@ -3,15 +3,20 @@
 # against benchmark peers instead of pgws, so their figures come from the same
 # load generator on the same machine. Peers:
 #   node-bridge  bench/peers/node-bridge/bridge.js (`ws` + `pg`, ~80 lines)
+#   min-bridge   target/release/examples/min_bridge (bench/examples/min_bridge.rs: tokio +
+#                tokio-tungstenite + tokio-postgres, one LISTEN connection, a broadcast per
+#                channel, no auth or limits): the limit reference for pgws's CPU and memory.
+#                It ignores client messages, so it has no ingest run.
 #
 # PostgreSQL: `target/release/pgws --embedded --port 0` is started only for
 # its throwaway cluster (removed when it exits); the peer and the generator
 # use a separate database in it (`pgws_peers`), so pgws's own LISTEN
 # connection (on database `postgres`) is never woken by the benchmark traffic.
-# Server CPU and RSS in the results are the peer process only (node has no
+# Server CPU and RSS in the results are the peer process only (neither peer has
 # child processes); PostgreSQL counts under "other processes".
 #
 # Environment knobs (all optional):
+#   PEERS=node-bridge             peers to measure, comma-separated (node-bridge,min-bridge)
 #   PEERS_REPS=1                  repetitions of each scenario
 #   BENCH_IDLE_CONNECTIONS=15000  idle connections
 #   PEERS_ONLY=idle,fanout,latency,ingest   scenarios to run
@@ -22,8 +27,9 @@
 #   PEERS_RUN_TIMEOUT=900         hard cap in seconds on one generator run
 #   PEERS_DRAIN_TIMEOUT=300       fanout/ingest --drain-timeout (bench.sh uses 60 s;
 #                                 a slower peer needs more to deliver all)
-#   PEERS_FANOUT_MESSAGES=200     fan-out burst notifications (bench.sh sends 2,000; a
-#                                 tenth gives the same CPU per delivery in a tenth of the time)
+#   PEERS_FANOUT_MESSAGES         fan-out burst notifications: 200 for node-bridge (bench.sh
+#                                 sends 2,000; a tenth gives the same CPU per delivery in a
+#                                 tenth of the time), 2,000 for min-bridge (bench.sh's command)
 #   PEERS_INGEST_MESSAGES=100000  ingest --messages (bench.sh sends 500,000; the rate is the
 #                                 figure, and a slow peer would need minutes)
 #
@@ -40,16 +46,25 @@ RUN_TIMEOUT=${PEERS_RUN_TIMEOUT:-900}
 PGWS=target/release/pgws
 GEN=target/release/pgws-bench
 BRIDGE_DIR=bench/peers/node-bridge
+MIN_BRIDGE=target/release/examples/min_bridge
+PEER_LIST=${PEERS:-node-bridge}
 DB=pgws_peers
 # Development secret of postgres-websockets (pgws-bench's default --secret).
 SECRET=auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe
 
+has_peer() { [[ ",$PEER_LIST," == *",$1,"* ]]; }
 for f in "$PGWS" "$GEN"; do
     [ -x "$f" ] || { echo "$f missing: cargo build --release -p pgws -p pgws-bench" >&2; exit 1; }
 done
-command -v node >/dev/null || { echo "node missing (apt-get install -y nodejs npm)" >&2; exit 1; }
-if [ ! -d "$BRIDGE_DIR/node_modules" ]; then
-    (cd "$BRIDGE_DIR" && npm ci --no-audit --no-fund)
+if has_peer min-bridge && [ ! -x "$MIN_BRIDGE" ]; then
+    echo "$MIN_BRIDGE missing: cargo build --release -p pgws-bench --example min_bridge" >&2
+    exit 1
+fi
+if has_peer node-bridge; then
+    command -v node >/dev/null || { echo "node missing (apt-get install -y nodejs npm)" >&2; exit 1; }
+    if [ ! -d "$BRIDGE_DIR/node_modules" ]; then
+        (cd "$BRIDGE_DIR" && npm ci --no-audit --no-fund)
+    fi
 fi
 
 mkdir -p "$WORK"
@@ -107,23 +122,38 @@ if [ -z "$PG_HOST" ] || [ -z "$PG_PORT" ] || [ -z "$PG_USER" ]; then
     exit 1
 fi
 pg_url() { echo "postgresql://$PG_USER@/$1?host=$PG_HOST&port=$PG_PORT"; }
-# shellcheck disable=SC2016 # JavaScript template literal, not shell
-(cd "$BRIDGE_DIR" && node -e '
+if command -v psql >/dev/null; then
+    psql -q -X -v ON_ERROR_STOP=1 -d "$(pg_url postgres)" -c "CREATE DATABASE \"$DB\"" >&2
+else
+    # shellcheck disable=SC2016 # JavaScript template literal, not shell
+    (cd "$BRIDGE_DIR" && node -e '
 const c = new (require("pg").Client)(process.argv[1])
 c.connect().then(() => c.query(`CREATE DATABASE "${process.argv[2]}"`)).then(() => c.end())
   .catch((e) => { console.error(e.message); process.exit(1) })' "$(pg_url postgres)" "$DB")
+fi
 PEER_PG="host=$PG_HOST port=$PG_PORT user=$PG_USER dbname=$DB"
 echo "PostgreSQL: $PEER_PG (cluster of pgws --embedded, pid $PG_PID)" >&2
 
-# start_peer NAME: starts the peer on a free port; sets PEER_PID and PORT.
+# start_peer NAME: starts peer $PEER on a free port; sets PEER_PID and PORT.
 start_peer() {
-    local log="$WORK/node-bridge-$1.log"
-    PGWS_DB_URI="$(pg_url "$DB")" PGWS_JWT_SECRET="$SECRET" PGWS_PORT=0 PGWS_HOST=127.0.0.1 \
-        node "$BRIDGE_DIR/bridge.js" >"$log" 2>&1 &
+    local log="$WORK/$PEER-$1.log"
+    case $PEER in
+    node-bridge)
+        PGWS_DB_URI="$(pg_url "$DB")" PGWS_JWT_SECRET="$SECRET" PGWS_PORT=0 PGWS_HOST=127.0.0.1 \
+            node "$BRIDGE_DIR/bridge.js" >"$log" 2>&1 &
+        ;;
+    min-bridge)
+        "$MIN_BRIDGE" 0 "$PEER_PG" >"$log" 2>&1 &
+        ;;
+    *)
+        echo "unknown peer $PEER" >&2
+        return 1
+        ;;
+    esac
     PEER_PID=$!
     wait_line "$log" '^Listening on port' "$PEER_PID"
     PORT=$(sed -n 's/^Listening on port \([0-9]*\).*/\1/p' "$log" | head -n1)
-    echo "node-bridge $1: pid $PEER_PID port $PORT" >&2
+    echo "$PEER $1: pid $PEER_PID port $PORT" >&2
     sleep 1
 }
 
@@ -152,46 +182,59 @@ run_bench() {
 
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 
-# Scenario sizes (scripts/bench.sh's), or tiny ones with PEERS_SMOKE=1.
-if [ -n "${PEERS_SMOKE:-}" ]; then
-    IDLE_N=${BENCH_IDLE_CONNECTIONS:-200}
-    IDLE=(--settle 1 --hold 1)
-    FANOUT=(--subscribers 50 --channels 1 --payload 100 --messages 200 --burst 50 --burst-interval-ms 250 --drain-timeout 10)
-    LATENCY=(--subscribers 100 --channels 10 --payload 100 --rate 200 --duration 3 --publishers 2)
-    INGEST=(--writers 5 --channels 5 --payload 100 --messages 2000 --drain-timeout 10)
-else
+# Scenario sizes (scripts/bench.sh's), or tiny ones with PEERS_SMOKE=1; per peer.
+sizes() {
+    if [ -n "${PEERS_SMOKE:-}" ]; then
+        IDLE_N=${BENCH_IDLE_CONNECTIONS:-200}
+        IDLE=(--settle 1 --hold 1)
+        FANOUT=(--subscribers 50 --channels 1 --payload 100 --messages 200 --burst 50 --burst-interval-ms 250 --drain-timeout 10)
+        LATENCY=(--subscribers 100 --channels 10 --payload 100 --rate 200 --duration 3 --publishers 2)
+        INGEST=(--writers 5 --channels 5 --payload 100 --messages 2000 --drain-timeout 10)
+        return
+    fi
+    local drain messages
+    if [ "$PEER" = min-bridge ]; then
+        drain=${PEERS_DRAIN_TIMEOUT:-60}
+        messages=${PEERS_FANOUT_MESSAGES:-2000}
+    else
+        drain=${PEERS_DRAIN_TIMEOUT:-300}
+        messages=${PEERS_FANOUT_MESSAGES:-200}
+    fi
     IDLE=(--settle 3 --hold 10)
-    DRAIN=${PEERS_DRAIN_TIMEOUT:-300}
-    FANOUT=(--subscribers 5000 --channels 1 --payload 100 --messages "${PEERS_FANOUT_MESSAGES:-200}" --burst 100 --burst-interval-ms 250 --drain-timeout "$DRAIN")
+    FANOUT=(--subscribers 5000 --channels 1 --payload 100 --messages "$messages" --burst 100 --burst-interval-ms 250 --drain-timeout "$drain")
     LATENCY=(--subscribers 5000 --channels 100 --payload 100 --rate 1000 --duration 20 --publishers 2)
-    INGEST=(--writers 100 --channels 100 --payload 100 --messages "${PEERS_INGEST_MESSAGES:-100000}" --drain-timeout "$DRAIN")
-fi
+    INGEST=(--writers 100 --channels 100 --payload 100 --messages "${PEERS_INGEST_MESSAGES:-100000}" --drain-timeout "$drain")
+}
 
-PEER=node-bridge
-# Idle: a fresh peer per repetition.
-if wants idle; then
-    for r in $(seq 1 "$REPS"); do
-        start_peer "idle-$r"
-        run_bench "$PEER/idle#$r" idle --connections "$IDLE_N" --source-addrs 16 \
-            --connect-concurrency 128 "${IDLE[@]}"
+IFS=, read -r -a PEER_NAMES <<<"$PEER_LIST"
+for PEER in "${PEER_NAMES[@]}"; do
+    sizes
+    # Idle: a fresh peer per repetition.
+    if wants idle; then
+        for r in $(seq 1 "$REPS"); do
+            start_peer "idle-$r"
+            run_bench "$PEER/idle#$r" idle --connections "$IDLE_N" --source-addrs 16 \
+                --connect-concurrency 128 "${IDLE[@]}"
+            stop_peer
+        done
+    fi
+    if wants fanout; then
+        start_peer fanout
+        for r in $(seq 1 "$REPS"); do run_bench "$PEER/fanout#$r" fanout "${FANOUT[@]}"; done
         stop_peer
-    done
-fi
-if wants fanout; then
-    start_peer fanout
-    for r in $(seq 1 "$REPS"); do run_bench "$PEER/fanout#$r" fanout "${FANOUT[@]}"; done
-    stop_peer
-fi
-if wants latency; then
-    start_peer latency
-    for r in $(seq 1 "$REPS"); do run_bench "$PEER/latency#$r" fanout "${LATENCY[@]}"; done
-    stop_peer
-fi
-if wants ingest; then
-    start_peer ingest
-    for r in $(seq 1 "$REPS"); do run_bench "$PEER/ingest#$r" ingest "${INGEST[@]}"; done
-    stop_peer
-fi
+    fi
+    if wants latency; then
+        start_peer latency
+        for r in $(seq 1 "$REPS"); do run_bench "$PEER/latency#$r" fanout "${LATENCY[@]}"; done
+        stop_peer
+    fi
+    # The minimal bridge does not publish client messages.
+    if wants ingest && [ "$PEER" != min-bridge ]; then
+        start_peer ingest
+        for r in $(seq 1 "$REPS"); do run_bench "$PEER/ingest#$r" ingest "${INGEST[@]}"; done
+        stop_peer
+    fi
+done
 
 # Short summary of the key figures.
 python3 - "$RESULTS" <<'PY' || true

@@ -8,9 +8,15 @@
 #   BENCH_REPS=3                 repetitions of each scenario (medians reported)
 #   BENCH_STEADY_SECONDS=600     length of the steady-load memory run (10 minutes)
 #   BENCH_IDLE_CONNECTIONS=15000 idle connections
-#   BENCH_ONLY=idle,fanout,latency,curve,ingest,steady,peers   scenarios to run
+#   BENCH_ONLY=idle,fanout,latency,curve,ingest,steady,peers,bridge   scenarios to run
 #                                (peers: scripts/bench-peers.sh, the Node ws+pg bridge
-#                                measured by the same generator; needs node + npm)
+#                                measured by the same generator; needs node + npm;
+#                                bridge: the same script with the minimal Rust bridge,
+#                                bench/examples/min_bridge.rs, BENCH_REPS repetitions of
+#                                those of idle, fan-out and latency that BENCH_ONLY names
+#                                (all three if none): the limit reference.
+#                                BENCH_ONLY=idle,fanout,bridge gives just the
+#                                "pgws vs minimal Rust bridge" table)
 #   BENCH_OUT=docs/BENCHMARKS.md report path
 #   BENCH_WORK=target/bench      raw outputs (server logs, JSON lines)
 #   BENCH_SKIP_BUILD=1           use the existing target/release binaries
@@ -27,7 +33,7 @@ cd "$ROOT"
 REPS=${BENCH_REPS:-3}
 STEADY=${BENCH_STEADY_SECONDS:-600}
 IDLE_N=${BENCH_IDLE_CONNECTIONS:-15000}
-ONLY=${BENCH_ONLY:-idle,fanout,latency,curve,ingest,steady,peers}
+ONLY=${BENCH_ONLY:-idle,fanout,latency,curve,ingest,steady,peers,bridge}
 OUT=${BENCH_OUT:-docs/BENCHMARKS.md}
 WORK=${BENCH_WORK:-target/bench}
 SERVER=target/release/pgws
@@ -46,6 +52,7 @@ fi
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
     nice -n 10 cargo build --release -p pgws -p pgws-bench
+    nice -n 10 cargo build --release -p pgws-bench --example min_bridge
 fi
 
 # The server needs one descriptor per socket; 20,000 is this machine's cap.
@@ -177,8 +184,21 @@ fi
 # 6. Peers: the same generator against the Node ws+pg bridge, in the same run.
 if wants peers; then
     stop_server
-    PEERS_WORK="$WORK/peers" BENCH_IDLE_CONNECTIONS="$IDLE_N" scripts/bench-peers.sh ||
+    PEERS=node-bridge PEERS_WORK="$WORK/peers" BENCH_IDLE_CONNECTIONS="$IDLE_N" scripts/bench-peers.sh ||
         echo "peer runs failed; the report lists what finished" >&2
+fi
+
+# 7. The limit reference: the minimal Rust bridge, as many repetitions as pgws's runs.
+if wants bridge; then
+    stop_server
+    # The scenarios pgws runs in this pass (all three when BENCH_ONLY names none of them).
+    BRIDGE_ONLY=""
+    for s in idle fanout latency; do
+        if wants "$s"; then BRIDGE_ONLY="$BRIDGE_ONLY${BRIDGE_ONLY:+,}$s"; fi
+    done
+    PEERS=min-bridge PEERS_REPS="$REPS" PEERS_ONLY="${BRIDGE_ONLY:-idle,fanout,latency}" PEERS_WORK="$WORK/bridge" \
+        BENCH_IDLE_CONNECTIONS="$IDLE_N" scripts/bench-peers.sh ||
+        echo "minimal bridge runs failed; the report lists what finished" >&2
 fi
 
 # The commit the runs measured (a report-only pass reuses it: the tree may have changed since).
@@ -191,7 +211,9 @@ else
 fi
 PEERS_RESULTS="$WORK/peers/results.jsonl"
 [ -f "$PEERS_RESULTS" ] || PEERS_RESULTS=""
-export COMMIT DIRTY REPS STEADY IDLE_N RESULTS COMMANDS OUT PEERS_RESULTS
+BRIDGE_RESULTS="$WORK/bridge/results.jsonl"
+[ -f "$BRIDGE_RESULTS" ] || BRIDGE_RESULTS=""
+export COMMIT DIRTY REPS STEADY IDLE_N RESULTS COMMANDS OUT PEERS_RESULTS BRIDGE_RESULTS
 
 python3 - <<'PY'
 import json, os, platform, statistics, subprocess, datetime
@@ -311,7 +333,7 @@ if os.environ.get("PEERS_RESULTS"):
     peers = [json.loads(l) for l in open(os.environ["PEERS_RESULTS"]) if l.strip()]
 if peers:
     def peer_run(kind):
-        return [r for r in peers if r["label"].split("/")[-1].split("#")[0] == kind]
+        return [r for r in peers if r["label"].split("#")[0] == "node-bridge/" + kind]
     L.append("## Same generator, same machine: pgws and a Node ws+pg bridge\n")
     L.append("The Node bridge (`bench/peers/node-bridge/bridge.js`, `ws` + `pg`, the ~80-line server a user might "
              "write instead) measured by `scripts/bench-peers.sh` in this run, one repetition per scenario, "
@@ -343,6 +365,57 @@ if peers:
     if pg_ and ing:
         a, b = med(ing, "msgs_per_s"), med(pg_, "msgs_per_s")
         L.append(f"| Ingest: messages/s reaching PostgreSQL | {f0(a)}/s | {f0(b)}/s (lost {f0(max(get(r, 'arrived.lost') or 0 for r in pg_))}) | {ratio(a, b, True)} |")
+    L.append("")
+
+bridge = []
+if os.environ.get("BRIDGE_RESULTS"):
+    bridge = [json.loads(l) for l in open(os.environ["BRIDGE_RESULTS"]) if l.strip()]
+def bridge_run(kind):
+    return [r for r in bridge if r["label"].split("#")[0] == "min-bridge/" + kind]
+if bridge:
+    L.append("## pgws vs minimal Rust bridge\n")
+    L.append("The limit reference: `bench/examples/min_bridge.rs` (tokio + tokio-tungstenite + tokio-postgres: one LISTEN "
+             "connection, a `tokio::sync::broadcast` per channel carrying the text allocated once, one task per socket "
+             "that drains what is ready and flushes once; no auth, no limits, no metrics), measured by "
+             "`scripts/bench-peers.sh` in this run with the same commands as pgws, on its own database, "
+             "medians of the runs listed below. The ratio is pgws's figure over the bridge's: 1.0x is the least any "
+             "Rust server on tokio spends.\n")
+    L.append("| Scenario | pgws (median) | minimal bridge (median) | pgws / bridge |")
+    L.append("|---|---|---|---|")
+    def over(a, b):
+        return "n/a" if a is None or b is None or b == 0 else f"{a / b:,.2f}x"
+    bf, bi, bl = bridge_run("fanout"), bridge_run("idle"), bridge_run("latency")
+    if bf:
+        a = med(fan, "server_cpu_per_delivery_us") if fan else None
+        b = med(bf, "server_cpu_per_delivery_us")
+        lost = max(get(r, "deliveries.lost") or 0 for r in bf)
+        L.append(f"| Fan-out bursts (1 x 5,000, 100 B): server CPU per delivery | {f3(a) + ' us' if a is not None else 'n/a'} | "
+                 f"{f3(b)} us (lost {f0(lost)}) | **{over(a, b)}** |")
+    if bi:
+        a = med(idle, "rss_per_conn_bytes") if idle else None
+        b = med(bi, "rss_per_conn_bytes")
+        L.append(f"| Idle RSS per connection ({os.environ['IDLE_N']} connections) | {f0(a) + ' B' if a is not None else 'n/a'} | "
+                 f"{f0(b)} B ({f0(med(bi, 'connect.ok'))} connected) | **{over(a, b)}** |")
+    if bl:
+        for k, name in (("p50_us", "p50"), ("p99_us", "p99")):
+            a = med(lat, f"latency.{k}") if lat else None
+            b = med(bl, f"latency.{k}")
+            L.append(f"| Latency 100 x 50 at 1,000/s: {name} | {ms(a) if a is not None else 'n/a'} | {ms(b)} | {over(a, b)} |")
+        a = med(lat, "server_cpu_per_delivery_us") if lat else None
+        b = med(bl, "server_cpu_per_delivery_us")
+        L.append(f"| Latency run: server CPU per delivery | {f2(a) + ' us' if a is not None else 'n/a'} | {f2(b)} us | {over(a, b)} |")
+    L.append("")
+    if bf:
+        L.append(f"- Bridge fan-out, server CPU per delivery (us), per run: {vals(bf, 'server_cpu_per_delivery_us', f3)}; "
+                 f"generator: {vals(bf, 'generator_cpu_per_delivery_us', f3)}; deliveries/s: {vals(bf, 'deliveries_per_s', f0)}")
+        L.extend(usage_lines(bf))
+    if bi:
+        L.append(f"- Bridge idle RSS per connection (bytes), per run: {vals(bi, 'rss_per_conn_bytes', f0)}; "
+                 f"alive at the end: {vals(bi, 'alive', f0)}")
+    if bl:
+        L.append(f"- Bridge latency p50 / p99 per run: " + "; ".join(
+            f"{ms(get(r, 'latency.p50_us'))} / {ms(get(r, 'latency.p99_us'))}" for r in bl)
+            + f"; server CPU per delivery (us): {vals(bl, 'server_cpu_per_delivery_us', f2)}")
     L.append("")
 
 L.append("## Details\n")
@@ -415,7 +488,14 @@ if peers:
         L.append("```")
         L.extend(l.rstrip() for l in open(pc))
         L.append("```\n")
-L.append("Raw JSON lines: `target/bench/results.jsonl` (one per run) and `target/bench/peers/results.jsonl`; human summaries in `target/bench/*.out`.\n")
+if bridge:
+    bc = os.path.join(os.path.dirname(os.environ["BRIDGE_RESULTS"]), "commands.txt")
+    if os.path.exists(bc):
+        L.append("The minimal Rust bridge (`scripts/bench-peers.sh` with `PEERS=min-bridge`: `target/release/examples/min_bridge 0 \"$PGCONN\"` on a database of its own in a `pgws --embedded` cluster; `$PID` is the bridge process):\n")
+        L.append("```")
+        L.extend(l.rstrip() for l in open(bc))
+        L.append("```\n")
+L.append("Raw JSON lines: `target/bench/results.jsonl` (one per run), `target/bench/peers/results.jsonl` and `target/bench/bridge/results.jsonl`; human summaries in `target/bench/*.out`.\n")
 L.append("## Reading the numbers\n")
 L.append("- CPU figures come from `/proc/<pid>/stat` (utime+stime). \"Server CPU per delivery/message\" is the pgws process only; its embedded PostgreSQL (child processes) is listed separately, and \"other processes\" is the rest of the machine's busy time. RSS is `VmRSS`/`VmHWM` from `/proc/<pid>/status`.")
 L.append("- Memory counts as flat when the least-squares RSS trend after the first quarter of the run, extrapolated over the run, is within max(1 MiB, 2% of RSS).")
