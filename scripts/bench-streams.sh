@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the event-stream benchmark scenarios (Server-Sent Events fan-out against the websocket
 # fan-out, idle streams, Last-Event-ID catch-up, a reconnect storm, replay-window memory) against
-# a release build of `pgws --embedded` with the pgws-bench load generator, and writes
+# a release build of `pgws --embedded` with the pgws-bench load generator (plus a heap profile
+# of idle streams under heaptrack), and writes
 # docs/BENCHMARKS-streams.md (machine, commit, exact commands, results next to their targets).
 #
 # Environment knobs (all optional):
 #   BENCH_REPS=3                   repetitions of each scenario (medians reported)
-#   BENCH_ONLY=fanout,idle,catchup,storm,windows   scenarios to run
+#   BENCH_ONLY=fanout,idle,catchup,storm,windows,heap   scenarios to run (heap: idle
+#                                  streams and websockets under heaptrack; needs heaptrack)
 #   BENCH_IDLE_CONNECTIONS=15000   idle streams (and websockets, for the comparison)
 #   BENCH_FANOUT_SUBSCRIBERS=5000  subscribers of the fan-out comparison
 #   BENCH_CATCHUP_MISSED=10000     messages a resuming stream missed
@@ -26,7 +28,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 REPS=${BENCH_REPS:-3}
-ONLY=${BENCH_ONLY:-fanout,idle,catchup,storm,windows}
+ONLY=${BENCH_ONLY:-fanout,idle,catchup,storm,windows,heap}
 IDLE_N=${BENCH_IDLE_CONNECTIONS:-15000}
 FAN_N=${BENCH_FANOUT_SUBSCRIBERS:-5000}
 MISSED=${BENCH_CATCHUP_MISSED:-10000}
@@ -194,6 +196,78 @@ if wants windows; then
             --publishers 2 --batch 1000
         stop_server
     done
+fi
+
+# 6. What an idle stream's memory is made of: a second pgws (on the first one's database) runs
+# under heaptrack while 3,000 idle streams, then 3,000 idle websockets, are connected to it; the
+# largest heap consumers at the peak, per connection. Skipped without heaptrack.
+heap_profile() {
+    local kind=$1 scenario=$2 n=3000
+    local log="$WORK/server-heap-$kind.log" hpid="" hport="" tracer
+    rm -f "$WORK/heap-$kind".*
+    env PGWS_DB_URI="$PGCONN" PGWS_JWT_SECRET="$DEV_SECRET" PGWS_PORT=0 \
+        PGWS_RATE_CONNECTIONS=0 PGWS_RATE_MESSAGES=0 PGWS_RATE_BYTES=0 \
+        heaptrack -o "$WORK/heap-$kind" "$ROOT/$SERVER" >"$log" 2>&1 &
+    tracer=$!
+    for _ in $(seq 1 150); do
+        hport=$(sed -n 's/^Listening on port \([0-9]*\).*/\1/p' "$log" 2>/dev/null | head -n1)
+        [ -n "$hport" ] && break
+        sleep 0.2
+    done
+    hpid=$(pgrep -n -x -f "$ROOT/$SERVER" || true)
+    if [ -z "$hport" ] || [ -z "$hpid" ]; then
+        echo "heaptrack'd server did not start:" >&2
+        cat "$log" >&2
+        kill "$tracer" 2>/dev/null || true
+        return 0
+    fi
+    wait_quiet
+    echo "[heaptrack, PGWS_DB_URI=\$PGCONN] pgws-bench --port \$HEAP_PORT --pg \"\$PGCONN\" --server-pid \$HEAP_PID --label heap-$kind#1 $scenario --connections $n --source-addrs 4 --connect-concurrency 64 --settle 3 --hold 2" >>"$COMMANDS"
+    "$GEN" --port "$hport" --pg "$PGCONN" --server-pid "$hpid" --label "heap-$kind#1" "$scenario" \
+        --connections "$n" --source-addrs 4 --connect-concurrency 64 --settle 3 --hold 2 \
+        >"$WORK/heap-$kind.out" 2>"$WORK/heap-$kind.err" || true
+    kill -TERM "$hpid" 2>/dev/null || true
+    wait "$tracer" 2>/dev/null || true
+    heaptrack_print -f "$WORK/heap-$kind.zst" --print-peaks 1 --print-allocators 0 \
+        --print-temporary 0 --print-leaks 0 --peak-limit 10 --sub-peak-limit 4 \
+        >"$WORK/heap-$kind.txt" 2>/dev/null || true
+    KIND=$kind N=$n python3 - "$WORK/heap-$kind.txt" "$WORK/heap-$kind.out" >>"$RESULTS" <<'PY'
+import json, os, re, sys
+units = {"B": 1, "K": 1e3, "M": 1e6, "G": 1e9}
+def size(s):
+    m = re.match(r"([0-9.]+)([BKMG])", s)
+    return float(m.group(1)) * units[m.group(2)] if m else None
+sites, cur = [], None
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"^([0-9.]+[BKMG]) consumed over ([0-9]+) calls from:", line)
+    if m:
+        cur = {"bytes": size(m.group(1)), "calls": int(m.group(2)), "at": []}
+        sites.append(cur)
+        continue
+    if line.startswith(("PEAK", "MOST")) or re.match(r"^[0-9.]+[BKMG] peak memory", line):
+        cur = None
+        continue
+    m = re.match(r"^\s+at (\S+)", line)
+    if cur is not None and m and len(cur["at"]) < 4:
+        loc = re.sub(r"^.*/registry/src/[^/]+/", "", m.group(1))
+        if not loc.startswith("/rustc/"):
+            cur["at"].append(loc)
+sites.sort(key=lambda s: -s["bytes"])
+rss = None
+for line in open(sys.argv[2]):
+    if line.startswith("{"):
+        rss = json.loads(line).get("rss_per_conn_bytes")
+n = int(os.environ["N"])
+print(json.dumps({"scenario": "heap", "label": f"heap-{os.environ['KIND']}#1", "connections": n,
+                  "rss_per_conn_bytes": rss, "sites": sites[:8]}))
+PY
+}
+if wants heap && command -v heaptrack >/dev/null && command -v heaptrack_print >/dev/null; then
+    DEV_SECRET=auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe
+    start_server heap-db
+    heap_profile sse sse-idle
+    heap_profile ws idle
+    stop_server
 fi
 
 # The commit the runs measured (a report-only pass reuses it: the tree may have changed since).
@@ -397,6 +471,25 @@ if wi:
                  f"{fmt(r.get('rss_per_held_message_bytes'))} B | {get(r, 'deliveries.lost')} |")
     L.append("")
     L.extend(usage_lines(wi)); L.append("")
+
+hp = {r["label"].split("#")[0]: r for r in res if r.get("scenario") == "heap"}
+if hp:
+    L.append("### What an idle connection's heap is made of (heaptrack)\n")
+    L.append("A second pgws on the same database under `heaptrack`, 3,000 idle connections; the largest heap consumers at the "
+             "peak, from `heaptrack_print --print-peaks` (allocation site: the first frames outside the standard library). "
+             "Heap bytes are allocated sizes; RSS counts only the pages touched, so an 8 KiB buffer of which a few hundred "
+             "bytes were written costs less than 8 KiB of RSS.\n")
+    for kind, name in (("heap-sse", "Event streams"), ("heap-ws", "Websockets")):
+        r = hp.get(kind)
+        if not r:
+            continue
+        L.append(f"{name} (RSS per connection under heaptrack: {fmt(r.get('rss_per_conn_bytes'))} B):\n")
+        L.append("| Heap at peak | allocations | per allocation | allocated at |")
+        L.append("|---|---|---|---|")
+        for s in r.get("sites") or []:
+            per = s["bytes"] / s["calls"] if s["calls"] else 0
+            L.append(f"| {fmt(s['bytes'] / 1e6, 2)} MB | {s['calls']:,} | {fmt(per)} B | {' <- '.join('`' + a + '`' for a in s['at'][:3])} |")
+        L.append("")
 
 L.append("## Exact commands\n")
 L.append("Each server: `target/release/pgws --embedded --port 0` with `PGWS_RATE_CONNECTIONS=0 PGWS_RATE_MESSAGES=0 "

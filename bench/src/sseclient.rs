@@ -265,18 +265,16 @@ impl<R: AsyncRead + Unpin> SseReader<R> {
     }
 }
 
-/// Parses a chunk-size line (hex digits, optional `;extensions`).
+/// Parses a chunk-size line (hex digits, optional `;extensions`). A chunk's data streams
+/// through the buffer, so its size is not limited (pgws sends a whole replay, megabytes, as one
+/// chunk); only events must fit the buffer.
 fn chunk_size(line: &[u8]) -> Result<usize> {
     let hex = line.split(|&c| c == b';').next().unwrap_or_default();
     let hex = std::str::from_utf8(hex)?.trim();
     if hex.is_empty() || hex.len() > 8 {
         bail!("bad chunk size {hex:?}");
     }
-    let n = usize::from_str_radix(hex, 16)?;
-    if n > MAX_PAYLOAD {
-        bail!("chunk of {n} bytes exceeds the read limit");
-    }
-    Ok(n)
+    Ok(usize::from_str_radix(hex, 16)?)
 }
 
 /// Reader and (unused but kept open) writer halves of an established stream.
@@ -477,6 +475,18 @@ mod tests {
         // CRLF line ends, a field without a space after the colon, an empty data line
         let crlf = "id:x\r\ndata:\r\n\r\n";
         assert_eq!(events(&chunked(&[crlf]), true, 5).await, ["x|-|"]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_buffer_limit_streams_through() {
+        // pgws sends a resume's whole replay as one chunk: 20,000 events, 2.5 MB.
+        let body: String = (0..20_000)
+            .map(|i| format!("id: p-{i}\ndata: {}\n\n", "x".repeat(110)))
+            .collect();
+        assert!(body.len() > MAX_PAYLOAD * 2);
+        let got = events(&chunked(&[&body]), true, 65_536).await;
+        assert_eq!(got.len(), 20_000);
+        assert_eq!(got[19_999], format!("p-19999|-|{}", "x".repeat(110)));
     }
 
     #[tokio::test]
