@@ -1,5 +1,6 @@
 //! Command-line interface: global options shared by every scenario and one
-//! sub-command per scenario (`fanout`, `ingest`, `idle`).
+//! sub-command per scenario (`fanout`, `ingest`, `idle`, and the event-stream
+//! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`).
 
 use clap::{Args, Parser, Subcommand};
 
@@ -66,6 +67,10 @@ pub struct Global {
     /// Timeout of one TCP connect + WebSocket handshake, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// The server's admin listener (`PGWS_ADMIN_ADDRESS`, loopback `ip:port`), scraped for
+    /// `pgws_window_*` and `pgws_replayed_total` by the event-stream scenarios.
+    #[arg(long, global = true)]
+    pub admin: Option<String>,
 }
 
 /// The scenarios.
@@ -77,6 +82,113 @@ pub enum Scenario {
     Ingest(IngestArgs),
     /// C idle authenticated connections; server RSS per connection.
     Idle(IdleArgs),
+    /// `fanout` with Server-Sent Events streams as subscribers.
+    SseFanout(FanoutArgs),
+    /// `idle` with idle Server-Sent Events streams.
+    SseIdle(IdleArgs),
+    /// A stream that missed M messages resumes with Last-Event-ID: time and server CPU to
+    /// receive the replay and the first live message.
+    SseCatchup(CatchupArgs),
+    /// N streams cut at once by the client side while messages flow, all resuming at once
+    /// with their Last-Event-ID: time until all are live, server CPU, loss.
+    SseStorm(StormArgs),
+    /// K busy channels fill their replay windows: pgws_window_* and server RSS.
+    Windows(WindowsArgs),
+}
+
+/// Options of the `sse-catchup` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct CatchupArgs {
+    /// Channel (a fresh one per run: its window must hold only this run's messages).
+    #[arg(long, default_value = "catchup")]
+    pub channel: String,
+    /// Messages the resuming stream missed (the server's PGWS_REPLAY_MESSAGES and
+    /// PGWS_REPLAY_BYTES must hold them).
+    #[arg(long, default_value_t = 10_000)]
+    pub missed: u64,
+    /// Payload size in bytes of each message.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Notifications per transaction while filling the window.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Resumes from the same position, one after the other, each measured on its own.
+    #[arg(long, default_value_t = 10)]
+    pub resumes: usize,
+    /// Read buffer of the resuming stream, bytes.
+    #[arg(long, default_value_t = 65_536)]
+    pub read_buf: usize,
+    /// Seconds one resume may take before it counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+}
+
+/// Options of the `sse-storm` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// Number of streams.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Number of channels; stream i listens on channel i mod K.
+    #[arg(long, default_value_t = 10)]
+    pub channels: usize,
+    /// Channel name prefix.
+    #[arg(long, default_value = "storm")]
+    pub channel_prefix: String,
+    /// Notifications per second over all channels while the storm runs.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Publisher PostgreSQL connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Payload size in bytes of each message.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Seconds of steady flow before the cut (the CPU baseline).
+    #[arg(long, default_value_t = 4.0)]
+    pub cut_at: f64,
+    /// Milliseconds between the cut and the reconnect (messages keep flowing).
+    #[arg(long, default_value_t = 1000)]
+    pub down_ms: u64,
+    /// Seconds of publishing in all; every stream must be live again before it ends.
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    /// Reconnects in flight at once (default: all of them).
+    #[arg(long)]
+    pub reconnect_concurrency: Option<usize>,
+    #[command(flatten)]
+    pub drain: Drain,
+}
+
+/// Options of the `windows` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct WindowsArgs {
+    /// Number of channels.
+    #[arg(long, default_value_t = 1000)]
+    pub channels: usize,
+    /// Channel name prefix.
+    #[arg(long, default_value = "win")]
+    pub channel_prefix: String,
+    /// Event streams per channel (subscribers, so that the channels have windows).
+    #[arg(long, default_value_t = 1)]
+    pub streams_per_channel: usize,
+    /// Messages published to each channel.
+    #[arg(long, default_value_t = 1200)]
+    pub per_channel: u64,
+    /// Payload size in bytes of each message.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Publisher PostgreSQL connections.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Notifications per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Seconds to wait after the last delivery before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+    #[command(flatten)]
+    pub drain: Drain,
 }
 
 /// How messages are paced (shared by fanout publishers and ingest writers).

@@ -1,12 +1,40 @@
-//! Opening many WebSocket connections with bounded concurrency, spreading
+//! Opening many WebSocket connections (or event streams) with bounded concurrency, spreading
 //! them over loopback source addresses, and counting failures by category.
 
+use crate::sseclient::{self, SseConn};
 use crate::target::Target;
-use crate::wsclient::{self, Conn};
+use crate::wsclient::{self, Conn, ConnectError};
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// What carries a scenario's deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Websockets (`Upgrade: websocket`).
+    Websocket,
+    /// Server-Sent Events (`Accept: text/event-stream`).
+    Sse,
+}
+
+impl Transport {
+    /// Name of `base` (a scenario) over this transport: `fanout` or `sse-fanout`.
+    pub fn scenario(self, base: &str) -> String {
+        match self {
+            Self::Websocket => base.to_string(),
+            Self::Sse => format!("sse-{base}"),
+        }
+    }
+
+    /// `websocket` or `sse`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Sse => "sse",
+        }
+    }
+}
 
 /// Outcome of opening a batch of connections.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -34,26 +62,68 @@ pub struct OpenOpts {
     pub read_buf: usize,
 }
 
-/// Opens `n` connections; `path_of(i)` gives the URL path of connection `i`
+/// Opens `n` websocket connections; `path_of(i)` gives the URL path of connection `i`
 /// and `on_open(i, conn)` receives each established connection.
 pub async fn open_all(
     target: &Target,
     n: usize,
     opts: OpenOpts,
     path_of: impl Fn(usize) -> String,
-    mut on_open: impl FnMut(usize, Conn),
+    on_open: impl FnMut(usize, Conn),
 ) -> ConnectStats {
+    open_with(
+        n,
+        opts.concurrency,
+        |i| {
+            let path = path_of(i);
+            async move { wsclient::connect(target, i, &path, opts.timeout, opts.read_buf).await }
+        },
+        on_open,
+    )
+    .await
+}
+
+/// Opens `n` event streams (no `Last-Event-ID`), as [`open_all`] does websockets.
+pub async fn open_all_sse(
+    target: &Target,
+    n: usize,
+    opts: OpenOpts,
+    path_of: impl Fn(usize) -> String,
+    on_open: impl FnMut(usize, SseConn),
+) -> ConnectStats {
+    open_with(
+        n,
+        opts.concurrency,
+        |i| {
+            let path = path_of(i);
+            async move {
+                sseclient::connect(target, i, &path, None, opts.timeout, opts.read_buf).await
+            }
+        },
+        on_open,
+    )
+    .await
+}
+
+/// Runs `connect(i)` for `i` in `0..n`, at most `concurrency` at once, hands each established
+/// connection to `on_open(i, conn)` and counts failures by category.
+pub async fn open_with<C, Fut>(
+    n: usize,
+    concurrency: usize,
+    connect: impl Fn(usize) -> Fut,
+    mut on_open: impl FnMut(usize, C),
+) -> ConnectStats
+where
+    Fut: Future<Output = Result<C, ConnectError>>,
+{
     let start = Instant::now();
     let mut stats = ConnectStats::default();
     let mut attempts = futures_util::stream::iter(0..n)
         .map(|i| {
-            let path = path_of(i);
-            async move {
-                let r = wsclient::connect(target, i, &path, opts.timeout, opts.read_buf).await;
-                (i, r)
-            }
+            let attempt = connect(i);
+            async move { (i, attempt.await) }
         })
-        .buffer_unordered(opts.concurrency.max(1));
+        .buffer_unordered(concurrency.max(1));
     let mut last_report = Instant::now();
     while let Some((i, r)) = attempts.next().await {
         match r {

@@ -1,16 +1,18 @@
 //! `fanout` scenario: C subscribers over K channels receive notifications
 //! that P publisher connections send with `pg_notify` on the listen channel;
 //! measures deliveries/s, loss, duplicates, order, latency, and the server's
-//! CPU per delivery.
+//! CPU per delivery. `sse-fanout` is the same scenario with event streams
+//! instead of websockets, measured the same way.
 
 use crate::cli::{FanoutArgs, Global};
-use crate::connect::{self, OpenOpts};
+use crate::connect::{self, OpenOpts, Transport};
 use crate::pacing::Plan;
 use crate::phases::{self, secs};
 use crate::procstat;
 use crate::publisher::{self, PubCfg, PubResult};
 use crate::report::Report;
 use crate::rss::RssSummary;
+use crate::ssesub;
 use crate::subscriber::{self, Pong, Shared};
 use crate::target::{self, Target};
 use crate::token;
@@ -23,8 +25,21 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Runs the scenario.
+/// Runs the scenario over websockets.
 pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
+    run_over(g, a, threads, Transport::Websocket).await
+}
+
+/// Runs the scenario with subscribers of the given transport.
+pub async fn run_over(
+    g: &Global,
+    a: &FanoutArgs,
+    threads: usize,
+    transport: Transport,
+) -> Result<Report> {
+    if transport == Transport::Sse && a.kernel_timestamps {
+        bail!("--kernel-timestamps is for websocket subscribers only");
+    }
     let conninfo = g.pg.as_deref().context("fanout needs --pg")?;
     target::check_pg_conninfo(conninfo)?;
     let target = Target::new(&g.host, g.port, g.source_addrs)?;
@@ -57,30 +72,37 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         timeout,
         read_buf: 4096,
     };
-    let conn_stats = connect::open_all(
-        &target,
-        a.subscribers,
-        opts,
-        |i| paths[i % a.channels].clone(),
-        |i, (mut rd, wr)| {
-            let ch = channels[i % a.channels].clone();
-            if a.kernel_timestamps
-                && let Err(e) = rd.enable_rx_timestamps()
-            {
-                eprintln!("  kernel receive timestamps unavailable: {e}");
-            }
-            let t = tokio::spawn(subscriber::run(
-                i,
-                ch,
-                rd,
-                Pong::Direct(wr),
-                shared.clone(),
-                stop_rx.clone(),
-            ));
-            tasks.push((i, t));
-        },
-    )
-    .await;
+    let path_of = |i: usize| paths[i % a.channels].clone();
+    let conn_stats = match transport {
+        Transport::Websocket => {
+            connect::open_all(&target, a.subscribers, opts, path_of, |i, (mut rd, wr)| {
+                let ch = channels[i % a.channels].clone();
+                if a.kernel_timestamps
+                    && let Err(e) = rd.enable_rx_timestamps()
+                {
+                    eprintln!("  kernel receive timestamps unavailable: {e}");
+                }
+                let t = tokio::spawn(subscriber::run(
+                    i,
+                    ch,
+                    rd,
+                    Pong::Direct(wr),
+                    shared.clone(),
+                    stop_rx.clone(),
+                ));
+                tasks.push((i, t));
+            })
+            .await
+        }
+        Transport::Sse => {
+            connect::open_all_sse(&target, a.subscribers, opts, path_of, |i, (rd, wr)| {
+                let ch = channels[i % a.channels].clone();
+                let t = tokio::spawn(ssesub::run(i, ch, rd, wr, shared.clone(), stop_rx.clone()));
+                tasks.push((i, t));
+            })
+            .await
+        }
+    };
     eprintln!("  {}", conn_stats.human("subscribers"));
     let connected = conn_stats.ok;
     let ready = phases::warm_up(
@@ -150,7 +172,7 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
     };
 
     let mut tally = Tally::default();
-    let (mut misrouted, mut unparsed, mut errors, mut frames) = (0, 0, 0, 0);
+    let (mut misrouted, mut unparsed, mut errors, mut frames, mut gaps) = (0, 0, 0, 0, 0);
     let mut ended: BTreeMap<String, usize> = BTreeMap::new();
     let mut first_error = None;
     for (i, r) in &subs {
@@ -162,6 +184,7 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         unparsed += r.unparsed;
         errors += r.error_frames;
         frames += r.frames;
+        gaps += r.gaps;
         if first_error.is_none() {
             first_error.clone_from(&r.first_error);
         }
@@ -198,7 +221,7 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         "burst": plan.burst, "burst_interval_ms": a.pacing.burst_interval_ms,
         "payload": a.pacing.payload, "threads": threads,
     });
-    let mut rep = Report::new("fanout", &g.label, params);
+    let mut rep = Report::new(&transport.scenario("fanout"), &g.label, params);
     rep.line(conn_stats.human("subscribers"));
     rep.line(format!(
         "ready after warm-up: {ready}/{connected}; published {sent} notifications in {publish_s:.2} s \
@@ -229,10 +252,10 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
         ));
         rep.set("latency_kernel", kernel_lat);
     }
-    if misrouted + unparsed + errors > 0 || !ended.is_empty() || missing > 0 {
+    if misrouted + unparsed + errors + gaps > 0 || !ended.is_empty() || missing > 0 {
         rep.line(format!(
             "anomalies: misrouted {misrouted}, unparsed {unparsed}, error frames {errors}, \
-             sockets ended early {ended:?}, tasks lost {missing}"
+             gap events {gaps}, sockets ended early {ended:?}, tasks lost {missing}"
         ));
     }
     if let Some(c) = server_cpu_per_delivery_us {
@@ -266,6 +289,8 @@ pub async fn run(g: &Global, a: &FanoutArgs, threads: usize) -> Result<Report> {
     rep.set("misrouted", misrouted);
     rep.set("unparsed", unparsed);
     rep.set("error_frames", errors);
+    rep.set("gap_events", gaps);
+    rep.set("transport", transport.name());
     rep.set("first_error_frame", first_error);
     rep.set("ended_early", ended);
     rep.set("server_cpu_per_delivery_us", server_cpu_per_delivery_us);

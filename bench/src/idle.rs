@@ -2,13 +2,14 @@
 //! source addresses; measures connections/s, failures and the server's RSS
 //! per connection (RSS delta from before connecting to after all connected
 //! and settled, divided by C), then holds them and optionally checks they
-//! are still alive.
+//! are still alive. `sse-idle` does the same with idle event streams.
 
 use crate::cli::{Global, IdleArgs};
-use crate::connect::{self, OpenOpts};
+use crate::connect::{self, OpenOpts, Transport};
 use crate::phases::{self, secs};
 use crate::procstat::{self, ProcSample};
 use crate::report::{Report, Window};
+use crate::ssesub;
 use crate::subscriber::{self, Pong, Shared};
 use crate::target::{self, Target};
 use crate::token;
@@ -19,8 +20,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Runs the scenario.
+/// Runs the scenario over websockets.
 pub async fn run(g: &Global, a: &IdleArgs, threads: usize) -> Result<Report> {
+    run_over(g, a, threads, Transport::Websocket).await
+}
+
+/// Runs the scenario with connections of the given transport.
+pub async fn run_over(
+    g: &Global,
+    a: &IdleArgs,
+    threads: usize,
+    transport: Transport,
+) -> Result<Report> {
     let target = Target::new(&g.host, g.port, g.source_addrs)?;
     if a.connections == 0 || a.connections > 1_000_000 || a.channels == 0 {
         bail!("--connections and --channels must be positive");
@@ -45,24 +56,37 @@ pub async fn run(g: &Global, a: &IdleArgs, threads: usize) -> Result<Report> {
         timeout: Duration::from_millis(g.connect_timeout_ms),
         read_buf: 256,
     };
-    let stats = connect::open_all(
-        &target,
-        a.connections,
-        opts,
-        |i| paths[i % a.channels].clone(),
-        |i, (rd, wr)| {
-            let t = tokio::spawn(subscriber::run(
-                i,
-                channels[i % a.channels].clone(),
-                rd,
-                Pong::Direct(wr),
-                shared.clone(),
-                stop_rx.clone(),
-            ));
-            tasks.push((i, t));
-        },
-    )
-    .await;
+    let path_of = |i: usize| paths[i % a.channels].clone();
+    let stats = match transport {
+        Transport::Websocket => {
+            connect::open_all(&target, a.connections, opts, path_of, |i, (rd, wr)| {
+                let t = tokio::spawn(subscriber::run(
+                    i,
+                    channels[i % a.channels].clone(),
+                    rd,
+                    Pong::Direct(wr),
+                    shared.clone(),
+                    stop_rx.clone(),
+                ));
+                tasks.push((i, t));
+            })
+            .await
+        }
+        Transport::Sse => {
+            connect::open_all_sse(&target, a.connections, opts, path_of, |i, (rd, wr)| {
+                let t = tokio::spawn(ssesub::run(
+                    i,
+                    channels[i % a.channels].clone(),
+                    rd,
+                    wr,
+                    shared.clone(),
+                    stop_rx.clone(),
+                ));
+                tasks.push((i, t));
+            })
+            .await
+        }
+    };
     let connect_usage = window.finish(threads);
     eprintln!("  {}", stats.human("idle"));
     tokio::time::sleep(secs(a.settle)).await;
@@ -112,7 +136,7 @@ pub async fn run(g: &Global, a: &IdleArgs, threads: usize) -> Result<Report> {
         "connections": a.connections, "channels": a.channels, "settle_s": a.settle,
         "hold_s": a.hold, "source_addrs": g.source_addrs, "threads": threads,
     });
-    let mut rep = Report::new("idle", &g.label, params);
+    let mut rep = Report::new(&transport.scenario("idle"), &g.label, params);
     rep.line(stats.human("idle connections"));
     if let (Some(b), Some(s)) = (before, settled) {
         rep.line(format!(
@@ -149,6 +173,7 @@ pub async fn run(g: &Global, a: &IdleArgs, threads: usize) -> Result<Report> {
         rep.line(format!("(connect phase) {l}"));
     }
     rep.set("connect", &stats);
+    rep.set("transport", transport.name());
     rep.set("server_before", before);
     rep.set("server_settled", settled);
     rep.set("server_held", held);

@@ -1,6 +1,8 @@
 //! `pgws-bench`: load generator for servers that speak the
-//! postgres-websockets protocol (fanout, ingest and idle scenarios).
+//! postgres-websockets protocol (fanout, ingest and idle scenarios), and for
+//! pgws's Server-Sent Events streams, resume and replay windows.
 
+mod catchup;
 mod cli;
 mod connect;
 mod fanout;
@@ -17,16 +19,22 @@ mod publisher;
 mod report;
 mod rss;
 mod rxstamp;
+mod scrape;
+mod sseclient;
+mod ssesub;
+mod storm;
 mod subscriber;
 mod target;
 mod token;
 mod tracker;
+mod windows;
 mod writer;
 mod wsclient;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Scenario};
+use connect::Transport::Sse;
 use std::time::Duration;
 
 fn main() -> Result<()> {
@@ -49,6 +57,11 @@ fn main() -> Result<()> {
                 Scenario::Fanout(a) => fanout::run(&g, a, threads).await,
                 Scenario::Ingest(a) => ingest::run(&g, a, threads).await,
                 Scenario::Idle(a) => idle::run(&g, a, threads).await,
+                Scenario::SseFanout(a) => fanout::run_over(&g, a, threads, Sse).await,
+                Scenario::SseIdle(a) => idle::run_over(&g, a, threads, Sse).await,
+                Scenario::SseCatchup(a) => catchup::run(&g, a, threads).await,
+                Scenario::SseStorm(a) => storm::run(&g, a, threads).await,
+                Scenario::Windows(a) => windows::run(&g, a, threads).await,
             }
         };
         tokio::time::timeout(cap, run)

@@ -67,6 +67,25 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// CPU time of the live threads of `pid` in nanoseconds: the sum of the first field of
+/// `/proc/<pid>/task/*/schedstat` (the scheduler's run time). `stat` counts 10 ms ticks, too
+/// coarse for phases that last tens of milliseconds; threads that exited are missing here.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for e in dir.flatten() {
+        let mut p = e.path();
+        p.push("schedstat");
+        if let Some(ns) = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            total += ns;
+        }
+    }
+    Some(total)
+}
+
 /// Parent pid from the text of /proc/<pid>/stat.
 fn parse_ppid(stat: &str) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -242,6 +261,7 @@ mod tests {
     fn reads_own_process_and_machine() {
         let s = own();
         assert!(s.rss_kib > 0);
+        assert!(cpu_ns(std::process::id()).is_some());
         assert!(s.fds > 0);
         assert!(descendants_cpu_s(1) >= 0.0);
         let a = MachineCpu::parse("cpu  10 0 10 80 0 0 0 0 0 0\n");

@@ -74,6 +74,8 @@ pub struct SubResult {
     pub first_error: Option<String>,
     /// Why the socket ended before it was told to stop.
     pub ended: Option<String>,
+    /// `Gap` events (only event streams count them).
+    pub gaps: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,10 +93,22 @@ struct Incoming<'a> {
     payload: Option<Cow<'a, str>>,
 }
 
-enum Kind {
-    Data { sender: u32, seq: u64, t: u64 },
+/// What a received text is.
+pub enum Kind {
+    /// A numbered message from a sender.
+    Data {
+        /// Sender id.
+        sender: u32,
+        /// Sequence number per sender (and channel).
+        seq: u64,
+        /// Send time, ns since the epoch.
+        t: u64,
+    },
+    /// A warm-up probe.
     Probe,
+    /// An `Error` event.
     Error,
+    /// Anything else.
     Unparsed,
 }
 
@@ -129,7 +143,8 @@ fn fast_fanout(text: &[u8], own_channel: &str) -> Option<(Kind, bool)> {
     Some((Kind::Data { sender, seq, t }, misrouted))
 }
 
-fn classify(text: &[u8], own_channel: &str) -> (Kind, bool) {
+/// Classifies a received text; the flag says it names another channel than `own_channel`.
+pub fn classify(text: &[u8], own_channel: &str) -> (Kind, bool) {
     if let Some(r) = fast_fanout(text, own_channel) {
         return r;
     }

@@ -57,6 +57,11 @@ impl SeqTracker {
             Arrival::InOrder
         }
     }
+
+    /// Whether every number from 0 up to the highest seen arrived (no hole so far).
+    pub fn contiguous(&self) -> bool {
+        self.unique == self.next_max
+    }
 }
 
 /// Totals over many trackers.
@@ -97,8 +102,11 @@ mod tests {
         let mut t = SeqTracker::default();
         assert_eq!(t.record(0, 10), Arrival::InOrder);
         assert_eq!(t.record(1, 10), Arrival::InOrder);
+        assert!(t.contiguous());
         assert_eq!(t.record(3, 10), Arrival::InOrder);
+        assert!(!t.contiguous());
         assert_eq!(t.record(2, 10), Arrival::OutOfOrder);
+        assert!(t.contiguous());
         assert_eq!(t.record(3, 10), Arrival::Duplicate);
         assert_eq!(t.record(10, 10), Arrival::Invalid);
         assert_eq!(t.record(100, 1000), Arrival::InOrder);
