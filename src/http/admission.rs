@@ -193,36 +193,17 @@ pub async fn admit<B>(
             max: settings.max_channels,
         });
     }
-    if purpose == Purpose::Publish {
-        let (resume, positions) = (None, false);
-        return Ok(Admitted {
-            grant,
-            channels,
-            carrier,
-            ip,
-            slot: None,
-            resume,
-            positions,
-        });
+    if purpose == Purpose::Connect {
+        connect_rules(state).await?;
     }
-    state.source.settled(START_UP_WAIT).await;
-    if !state.source.is_up() {
-        return Err(Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER));
-    }
-    if state.active.load(Ordering::Relaxed) >= settings.max_connections {
-        return Err(Refusal::ServerFull(settings.max_connections));
-    }
-    let slot = match grant.claims.get("sub").and_then(|s| s.as_str()) {
-        Some(sub) => Some(
-            state
-                .subjects
-                .acquire(sub)
-                .ok_or(Refusal::SubjectFull(settings.rates.per_subject))?,
-        ),
-        None => None,
-    }
-    .flatten();
-    let (resume, positions) = resume_request(req);
+    let slot = match purpose {
+        Purpose::Connect => subject_slot(state, &grant)?,
+        Purpose::Publish => None,
+    };
+    let (resume, positions) = match purpose {
+        Purpose::Connect => resume_request(req),
+        Purpose::Publish => (None, false),
+    };
     Ok(Admitted {
         grant,
         channels,
@@ -232,6 +213,30 @@ pub async fn admit<B>(
         resume,
         positions,
     })
+}
+
+/// The rules only a client that stays connected passes: a receiving source, server capacity.
+async fn connect_rules(state: &AppState) -> Result<(), Refusal> {
+    state.source.settled(START_UP_WAIT).await;
+    if !state.source.is_up() {
+        return Err(Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER));
+    }
+    let max = state.config.max_connections;
+    if state.active.load(Ordering::Relaxed) >= max {
+        return Err(Refusal::ServerFull(max));
+    }
+    Ok(())
+}
+
+/// A slot for the token's `sub`, when the per-subject limit is on.
+fn subject_slot(state: &AppState, grant: &Grant) -> Result<Option<SubjectSlot>, Refusal> {
+    match grant.claims.get("sub").and_then(|s| s.as_str()) {
+        Some(sub) => state
+            .subjects
+            .acquire(sub)
+            .ok_or(Refusal::SubjectFull(state.config.rates.per_subject)),
+        None => Ok(None),
+    }
 }
 
 /// Longest `Last-Event-ID` read (anything longer is not a position and is answered as one).
