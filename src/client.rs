@@ -105,7 +105,7 @@ impl Client {
 
     /// The position of a message the client receives (`None`: not a stream message).
     pub fn position_of(&self, frame: &Frame) -> Option<Position> {
-        (frame.seq() > 0).then(|| Position {
+        (!frame.seq().is_zero()).then(|| Position {
             epoch: self.state.hub.epoch(),
             seq: frame.seq(),
         })
@@ -291,9 +291,10 @@ pub fn prepare<'a>(
     text: &'a str,
 ) -> impl Iterator<Item = Result<(&'a ChannelName, Outgoing), TooLarge>> + 'a {
     let at = now_seconds();
+    let limit = state.config.source.payload_limit();
     channels.iter().map(move |channel| {
         let out = state.router.client_message(channel, text, claims, at);
-        if out.payload.len() > MAX_NOTIFY_PAYLOAD {
+        if limit.is_some_and(|max| out.payload.len() > max) {
             Err(TooLarge {
                 channel: channel.clone(),
                 size: out.payload.len(),

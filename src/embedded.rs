@@ -66,16 +66,22 @@ impl Cluster {
     /// Finds the binaries, runs `initdb` and starts the server; returns once it accepts
     /// connections.
     pub fn start() -> Result<Self, EmbeddedError> {
-        Self::start_with(None)
+        Self::start_with(None, &[])
+    }
+
+    /// Like [`Cluster::start`], with more server settings (`("wal_level", "replica")`), given
+    /// after (so winning over) the defaults.
+    pub fn start_with_settings(settings: &[(&str, &str)]) -> Result<Self, EmbeddedError> {
+        Self::start_with(None, settings)
     }
 
     /// Like [`Cluster::start`], but PostgreSQL also listens on `127.0.0.1:port` (and names its
     /// socket file after that port): for tests of TCP-only features such as TLS.
     pub fn start_on_tcp(port: u16) -> Result<Self, EmbeddedError> {
-        Self::start_with(Some(port))
+        Self::start_with(Some(port), &[])
     }
 
-    fn start_with(tcp_port: Option<u16>) -> Result<Self, EmbeddedError> {
+    fn start_with(tcp_port: Option<u16>, settings: &[(&str, &str)]) -> Result<Self, EmbeddedError> {
         let (port, listen) = match tcp_port {
             Some(p) => (p, "127.0.0.1"),
             None => (PORT, ""),
@@ -131,19 +137,24 @@ impl Cluster {
             .map(|v| v.trim().to_string())
             .unwrap_or_default();
         let postgres = bindir.join("postgres");
-        // $1 = postgres binary, $2 = cluster directory, $3 = port, $4 = TCP listen addresses.
+        // $1 = postgres binary, $2 = cluster directory, $3 = port, $4 = TCP listen addresses,
+        // then more `-c name=value` settings. wal_level=logical: `--source wal` works out of the
+        // box.
         let script = r#"
 start() {
-  "$1" -D "$2/data" -k "$2" -p "$3" -c listen_addresses="$4" -c fsync=off \
+  bin=$1; dir=$2; port=$3; listen=$4; shift 4
+  "$bin" -D "$dir/data" -k "$dir" -p "$port" -c listen_addresses="$listen" -c fsync=off \
        -c synchronous_commit=off -c full_page_writes=off -c max_connections=500 \
-       >>"$2/postgres.log" 2>&1 </dev/null &
+       -c wal_level=logical -c max_replication_slots=100 -c max_wal_senders=100 \
+       -c wal_writer_delay=10ms "$@" \
+       >>"$dir/postgres.log" 2>&1 </dev/null &
   pid=$!
 }
-start "$1" "$2" "$3" "$4"
+start "$@"
 while read -r cmd; do
   case "$cmd" in
     stop) kill -INT "$pid" 2>/dev/null; wait "$pid" ;;
-    start) start "$1" "$2" "$3" "$4" ;;
+    start) start "$@" ;;
   esac
 done
 kill -INT "$pid" 2>/dev/null
@@ -158,6 +169,11 @@ rm -rf "$2"
             .arg(&dir)
             .arg(port.to_string())
             .arg(listen)
+            .args(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")]),
+            )
             // Its own process group: a terminal's Ctrl-C reaches pgws, which then stops the
             // cluster in order, instead of killing the wrapper before it cleans up.
             .process_group(0)

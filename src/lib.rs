@@ -36,6 +36,12 @@ pub use config::{Cli, Config, ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 pub use server::{Error, Server};
 pub use source::SourceStatus;
 
+/// Drops a WAL node's replication slot in the configured database (`pgws --drop-wal-slot`), for
+/// a node gone for good: its slot would otherwise make PostgreSQL keep WAL for it.
+pub async fn drop_wal_slot(config: &Config, slot: &str) -> Result<(), String> {
+    source::wal::drop_slot(&config.db, slot).await
+}
+
 /// Internals that the fuzz targets exercise directly (`--features internals`); not a stable API.
 #[cfg(feature = "internals")]
 #[doc(hidden)]

@@ -135,6 +135,13 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(slot) = &cli.drop_wal_slot {
+        pgws::drop_wal_slot(&config, slot)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot drop the replication slot {slot}: {e}"))?;
+        say!("Dropped the replication slot {slot}.");
+        return Ok(());
+    }
     let tls = config.tls.is_some();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
@@ -175,8 +182,12 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
                     addr.port()
                 );
             }
+            let send = match cli.source {
+                pgws::config::SourceKind::Notify => "pg_notify(",
+                pgws::config::SourceKind::Wal => "pg_logical_emit_message(true, ",
+            };
             say!(
-                "Send from SQL: psql \"{}\" -c \"SELECT pg_notify('{}', json_build_object('channel','chat','payload','hello')::text)\"",
+                "Send from SQL: psql \"{}\" -c \"SELECT {send}'{}', json_build_object('channel','chat','payload','hello')::text)\"",
                 cluster.connection_string("postgres"),
                 cli.listen_channel
             );

@@ -29,7 +29,8 @@ use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::pg::publisher::{Publisher, PublisherStats};
 use crate::routing::Router;
 use crate::source::notify::{self, ListenerError, ListenerMetrics, ListenerSettings};
-use crate::source::{Sink, SourceHandle, SourceStatus};
+use crate::source::wal::{self, WalError, WalSettings};
+use crate::source::{Sink, SourceHandle, SourceKind, SourceStatus};
 use crate::state::AppState;
 use crate::stream::{Hub, HubStats, Limits, ReplaySettings};
 use crate::transport::ws::ws_config;
@@ -54,6 +55,9 @@ pub enum Error {
     /// The LISTEN connection could not be established at start-up.
     #[error("Broadcaster connection is dead: {0}")]
     Listener(ListenerError),
+    /// The WAL source could not start.
+    #[error("cannot read messages from the WAL: {0}")]
+    Wal(WalError),
 }
 
 /// A bound, not yet running server.
@@ -150,6 +154,7 @@ impl Server {
             ReplaySettings {
                 limits: config.replay,
                 retain_idle: !config.channel_mode.uses_direct(),
+                keep_all: config.source == SourceKind::Wal,
             },
         ));
         tokio::spawn(sweep_windows(hub.clone(), stop.clone()));
@@ -163,6 +168,7 @@ impl Server {
                 errors: metrics.notify_errors.clone(),
                 last_failure_ms: Arc::default(),
             },
+            config.source,
         );
         let router = Router::new(
             config.channel_mode,
@@ -186,24 +192,54 @@ impl Server {
             gaps: metrics.gaps.clone(),
             received: metrics.notifications.clone(),
         });
-        let listener_task = tokio::spawn(notify::run(
-            ListenerSettings {
-                db: config.db.clone(),
-                channel: config.listen_channel.clone(),
-                check_interval: config.check_listener_interval,
-                startup_retries: config.startup_retries,
-                metrics: ListenerMetrics {
-                    up: metrics.listener_up.clone(),
-                    reconnects: metrics.listener_reconnects.clone(),
-                    queue_usage: metrics.queue_usage.clone(),
-                    listened: metrics.listened.clone(),
-                },
-                interest: interest_rx,
-            },
-            sink,
-            status_tx,
-            stop.clone(),
-        ));
+        let listener_task: tokio::task::JoinHandle<Result<(), Error>> = match config.source {
+            SourceKind::Notify => {
+                let run = notify::run(
+                    ListenerSettings {
+                        db: config.db.clone(),
+                        channel: config.listen_channel.clone(),
+                        check_interval: config.check_listener_interval,
+                        startup_retries: config.startup_retries,
+                        metrics: ListenerMetrics {
+                            up: metrics.listener_up.clone(),
+                            reconnects: metrics.listener_reconnects.clone(),
+                            queue_usage: metrics.queue_usage.clone(),
+                            listened: metrics.listened.clone(),
+                        },
+                        interest: interest_rx,
+                    },
+                    sink,
+                    status_tx,
+                    stop.clone(),
+                );
+                tokio::spawn(async move { run.await.map_err(Error::Listener) })
+            }
+            SourceKind::Wal => {
+                let port = self.listener.local_addr().map_or(config.port, |a| a.port());
+                let node = config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}_{port}", wal::host_name()));
+                let run = wal::run(
+                    WalSettings {
+                        db: config.db.clone(),
+                        prefix: config.listen_channel.clone(),
+                        slot: config
+                            .wal_slot
+                            .clone()
+                            .unwrap_or_else(|| wal::slot_name(&node)),
+                        publication: config.wal_publication.clone(),
+                        check_interval: config.check_listener_interval,
+                        startup_retries: config.startup_retries,
+                        metrics: metrics.wal.clone(),
+                    },
+                    sink,
+                    status_tx,
+                    stop.clone(),
+                );
+                tokio::spawn(async move { run.await.map_err(Error::Wal) })
+            }
+        };
         let shutdown_timeout = config.shutdown_timeout;
         let state = Arc::new(AppState {
             keys: self.keys.clone(),
@@ -249,8 +285,8 @@ impl Server {
                 listener_ended = true;
                 match r {
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "Broadcaster connection is dead; shutting down");
-                        Err(Error::Listener(e))
+                        tracing::error!(error = %e, "the source stopped; shutting down");
+                        Err(e)
                     }
                     _ => Ok(()),
                 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::routing::{ChannelMode, MessageFormat};
+use crate::source::SourceKind;
 
 /// Command line and environment, as clap sees them. Converted into [`Config`] by [`Cli::resolve`].
 #[derive(Debug, Clone, Parser)]
@@ -388,6 +389,44 @@ pub struct Cli {
     #[arg(long, env = "PGWS_REPLAY_MEMORY", value_name = "PGWS_REPLAY_MEMORY",
           default_value_t = 256 * 1024 * 1024)]
     pub replay_memory: usize,
+
+    /// Where messages come from: `notify` (LISTEN/NOTIFY on PGWS_LISTEN_CHANNEL) or `wal`
+    /// (`pg_logical_emit_message` with prefix PGWS_LISTEN_CHANNEL, read from a logical
+    /// replication slot: any size, positions that survive restarts and span nodes; needs
+    /// wal_level=logical and a role with REPLICATION).
+    #[arg(
+        long,
+        env = "PGWS_SOURCE",
+        value_name = "PGWS_SOURCE",
+        default_value = "notify"
+    )]
+    pub source: SourceKind,
+
+    /// This node's name among the pgws nodes of one database (WAL source: names its slot);
+    /// default `<host name>_<port>`, which cannot collide on one host. Set it where host names
+    /// change at every restart (containers), or a restarted node starts a new slot.
+    #[arg(long, env = "PGWS_NODE_ID", value_name = "PGWS_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The replication slot of the WAL source (default `pgws_<PGWS_NODE_ID>`, made safe); created
+    /// when missing. Letters, digits and `_`, at most 63.
+    #[arg(long, env = "PGWS_WAL_SLOT", value_name = "PGWS_WAL_SLOT")]
+    pub wal_slot: Option<String>,
+
+    /// The publication the WAL source reads its slot with; created (empty: no table changes) when
+    /// missing.
+    #[arg(
+        long,
+        env = "PGWS_WAL_PUBLICATION",
+        value_name = "PGWS_WAL_PUBLICATION",
+        default_value = "pgws"
+    )]
+    pub wal_publication: String,
+
+    /// Drops this replication slot of PGWS_DB_URI's database and exits: for a WAL node that is
+    /// gone for good, whose slot would otherwise make PostgreSQL keep WAL.
+    #[arg(long, value_name = "SLOT")]
+    pub drop_wal_slot: Option<String>,
 
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
     /// RUST_LOG wins when set.

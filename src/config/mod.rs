@@ -19,6 +19,7 @@ mod secrets;
 
 use std::time::Duration;
 
+pub use crate::source::SourceKind;
 pub use cli::{Cli, LogFormat};
 
 use crate::address::AddressSet;
@@ -106,6 +107,14 @@ pub struct Config {
     pub replay: crate::stream::window::WindowLimits,
     /// Where plain HTTP requests are forwarded, if anywhere (parsed once, here).
     pub upstream: Option<Upstream>,
+    /// Where messages come from.
+    pub source: crate::source::SourceKind,
+    /// This node's name (`None`: `<host name>_<port>`, known once bound).
+    pub node_id: Option<String>,
+    /// The WAL source's slot (`None`: from the node id).
+    pub wal_slot: Option<String>,
+    /// The WAL source's publication.
+    pub wal_publication: String,
 }
 
 /// Why the configuration was refused. Each message names the variable and, where it has one,
@@ -267,6 +276,35 @@ impl Cli {
                 reason: "NOTIFYs on the channel itself, which sockets only hear with PGWS_CHANNEL_MODE=direct or both".into(),
             });
         }
+        if self.source == crate::source::SourceKind::Wal
+            && channel_mode != ChannelMode::ListenChannel
+        {
+            return Err(ConfigError::Value {
+                var: "PGWS_CHANNEL_MODE",
+                value: format!("{channel_mode:?}").to_lowercase(),
+                reason: "PGWS_SOURCE=wal reads every message through PGWS_LISTEN_CHANNEL (the logical message prefix): use listen-channel".into(),
+            });
+        }
+        if let Some(slot) = &self.wal_slot
+            && (slot.is_empty()
+                || slot.len() > 63
+                || !slot
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(ConfigError::Value {
+                var: "PGWS_WAL_SLOT",
+                value: slot.clone(),
+                reason: "a slot name is 1 to 63 lower-case letters, digits or _".into(),
+            });
+        }
+        if self.wal_publication.is_empty() || self.wal_publication.contains('\0') {
+            return Err(ConfigError::Value {
+                var: "PGWS_WAL_PUBLICATION",
+                value: self.wal_publication.clone(),
+                reason: "a publication name is not empty".into(),
+            });
+        }
         let upstream = self
             .upstream
             .as_deref()
@@ -341,6 +379,10 @@ impl Cli {
                 "PGWS_RATE_CONNECTIONS_EXEMPT",
                 &self.rate_connections_exempt,
             )?,
+            source: self.source,
+            node_id: self.node_id.clone(),
+            wal_slot: self.wal_slot.clone(),
+            wal_publication: self.wal_publication.clone(),
         })
     }
 }

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub window_bytes: Gauge,
     /// Handshakes whose peer sent forwarding headers without being a trusted proxy.
     pub forwarded_ignored: Counter,
+    /// The WAL source's (`PGWS_SOURCE=wal`).
+    pub wal: crate::source::wal::WalMetrics,
 }
 
 impl Default for Metrics {
@@ -113,6 +115,7 @@ impl Metrics {
             window_messages: Gauge::default(),
             window_bytes: Gauge::default(),
             forwarded_ignored: Counter::default(),
+            wal: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -218,6 +221,7 @@ impl Metrics {
             "Handshakes with X-Forwarded-For/Forwarded/X-Real-IP from a peer not in PGWS_TRUSTED_PROXIES",
             m.forwarded_ignored.clone(),
         );
+        m.wal.register(&mut registry);
         Self { registry, ..m }
     }
 

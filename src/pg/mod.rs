@@ -23,6 +23,8 @@ pub struct Database {
     pub config: tokio_postgres::Config,
     /// Makes the TLS connections.
     pub tls: tls::Connector,
+    /// The TLS parameters as written (the replication connection applies them itself).
+    pub tls_settings: tls::TlsSettings,
 }
 
 impl Database {
@@ -44,6 +46,7 @@ impl Database {
         Ok(Self {
             config,
             tls: tls::Connector::new(&settings)?,
+            tls_settings: settings,
         })
     }
 

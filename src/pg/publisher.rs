@@ -1,5 +1,7 @@
 //! The NOTIFY pool: `PGWS_POOL_SIZE` connections, each owned by one worker task that runs
-//! `SELECT pg_notify($1, $2)` with bound parameters.
+//! `SELECT pg_notify($1, $2)` with bound parameters (with the WAL source,
+//! `SELECT pg_logical_emit_message(true, $1, $2)`: the same arguments, the listen channel as the
+//! prefix, so that client messages reach every node through the WAL in one order).
 //!
 //! A socket always uses the same worker, and a worker sends its jobs in order on one connection,
 //! so one socket's messages reach PostgreSQL in the order they were sent. A worker takes every job
@@ -20,6 +22,7 @@ use tokio_postgres::types::Type;
 use super::{describe, with_defaults};
 use crate::ops::metrics::ReasonLabel;
 use crate::protocol::error_event;
+use crate::source::SourceKind;
 use crate::stream::{Frame, Outbox};
 
 /// Jobs a worker queues before a sender waits (backpressure on the sending socket).
@@ -85,6 +88,7 @@ impl Publisher {
         listen_channel: &str,
         size: usize,
         stats: PublisherStats,
+        bus: SourceKind,
     ) -> Self {
         let db = with_defaults(db);
         let stats = Arc::new(stats);
@@ -92,7 +96,14 @@ impl Publisher {
         let workers = (0..size.max(1))
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(worker(i, db.clone(), listen.clone(), rx, stats.clone()));
+                tokio::spawn(worker(
+                    i,
+                    db.clone(),
+                    bus,
+                    listen.clone(),
+                    rx,
+                    stats.clone(),
+                ));
                 tx
             })
             .collect();
@@ -182,7 +193,7 @@ impl Conn {
     }
 }
 
-async fn open(db: &super::Database) -> Result<Conn, tokio_postgres::Error> {
+async fn open(db: &super::Database, bus: SourceKind) -> Result<Conn, tokio_postgres::Error> {
     let (client, connection) = db.connect().await?;
     let driver = tokio::spawn(async move {
         // Only a connection that the server or the network ended: one that pgws closes by
@@ -191,16 +202,28 @@ async fn open(db: &super::Database) -> Result<Conn, tokio_postgres::Error> {
             tracing::warn!(error = %describe(&e), "NOTIFY connection ended");
         }
     });
-    // Notifications are not durable anyway: do not wait for the WAL flush of each commit.
-    client.batch_execute("SET synchronous_commit = off").await?;
-    let stmt = client
-        .prepare_typed("SELECT pg_notify($1, $2)", &[Type::TEXT, Type::TEXT])
-        .await?;
+    let (one, many) = match bus {
+        SourceKind::Notify => {
+            // Notifications are not durable anyway: do not wait for the WAL flush of each commit.
+            client.batch_execute("SET synchronous_commit = off").await?;
+            (
+                "SELECT pg_notify($1, $2)",
+                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(c, p, n) ORDER BY n",
+            )
+        }
+        // Logical decoding reads only flushed WAL: an asynchronous commit would wait for the WAL
+        // writer (up to 3 × wal_writer_delay) before any node sees the message.
+        SourceKind::Wal => {
+            client.batch_execute("SET synchronous_commit = on").await?;
+            (
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                "SELECT pg_logical_emit_message(true, c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(c, p, n) ORDER BY n",
+            )
+        }
+    };
+    let stmt = client.prepare_typed(one, &[Type::TEXT, Type::TEXT]).await?;
     let batch = client
-        .prepare_typed(
-            "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(c, p, n) ORDER BY n",
-            &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
-        )
+        .prepare_typed(many, &[Type::TEXT_ARRAY, Type::TEXT_ARRAY])
         .await?;
     Ok(Conn {
         client,
@@ -213,6 +236,7 @@ async fn open(db: &super::Database) -> Result<Conn, tokio_postgres::Error> {
 async fn worker(
     id: usize,
     db: super::Database,
+    bus: SourceKind,
     listen: Arc<str>,
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<PublisherStats>,
@@ -233,7 +257,7 @@ async fn worker(
         }
         send_all(
             id,
-            &db,
+            (&db, bus),
             &listen,
             &mut conn,
             &mut failed_at,
@@ -264,7 +288,7 @@ async fn worker(
 /// Sends every job (in order, pipelined on one connection), reporting each failure.
 async fn send_all(
     id: usize,
-    db: &super::Database,
+    (db, bus): (&super::Database, SourceKind),
     listen: &str,
     conn: &mut Option<Conn>,
     failed_at: &mut Option<(Instant, String)>,
@@ -288,7 +312,7 @@ async fn send_all(
             }
             _ => {}
         }
-        match open(db).await {
+        match open(db, bus).await {
             Ok(c) => {
                 tracing::debug!(worker = id, "NOTIFY connection open");
                 *conn = Some(c);

@@ -1,5 +1,6 @@
-//! Sources: where messages come from. Today one, [`notify`] (PostgreSQL LISTEN/NOTIFY); a second
-//! (logical replication, reading `pg_logical_emit_message` from the WAL) plugs in at the same seam.
+//! Sources: where messages come from, chosen with `PGWS_SOURCE`: [`notify`] (PostgreSQL
+//! LISTEN/NOTIFY, the default) or [`wal`] (logical replication, reading `pg_logical_emit_message`
+//! from the WAL, with positions of its own).
 //!
 //! What a source owns: its connection(s) to the database, reconnecting, and deciding when
 //! messages may have been lost. What it gives the rest of the server, and nothing more:
@@ -15,6 +16,7 @@
 //! client (the hub never waits: queues overflow and their clients are closed).
 
 pub mod notify;
+pub mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,27 @@ use crate::channel::ChannelName;
 use crate::pg::publisher::{Job, Publisher};
 use crate::protocol::{gap_event, meta_gap_event};
 use crate::routing::Router;
-use crate::stream::{Frame, Hub};
+use crate::stream::{Frame, Hub, Seq};
+
+/// Which source feeds the server (`PGWS_SOURCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// LISTEN/NOTIFY: payloads up to 8000 bytes, positions per process.
+    Notify,
+    /// Logical decoding of `pg_logical_emit_message`: any size, positions from the WAL.
+    Wal,
+}
+
+impl SourceKind {
+    /// The largest envelope PostgreSQL takes from a client message (`None`: no limit but
+    /// `PGWS_MAX_MESSAGE_SIZE` on the text).
+    pub fn payload_limit(self) -> Option<usize> {
+        match self {
+            Self::Notify => Some(crate::pg::MAX_NOTIFY_PAYLOAD),
+            Self::Wal => None,
+        }
+    }
+}
 
 /// Where a source stands; published on a watch channel for readiness, admission and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,10 +161,19 @@ impl Sink {
     /// go to the hub as one run (one lock and one wake-up per client for the run). Returns how
     /// many deliveries were queued.
     pub fn deliver_all<'a>(&self, batch: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+        self.deliver_positioned(batch.into_iter().map(|(c, p)| (Seq::ZERO, c, p)))
+    }
+
+    /// Like [`Sink::deliver_all`], for a source that numbers its messages itself (the WAL): each
+    /// comes with its position, in increasing order ([`Seq::ZERO`]: the hub numbers it).
+    pub fn deliver_positioned<'a>(
+        &self,
+        batch: impl IntoIterator<Item = (Seq, &'a str, &'a str)>,
+    ) -> usize {
         let mut delivered = 0;
         let mut run: Vec<Frame> = Vec::new();
         let mut run_channel: Option<std::borrow::Cow<'a, str>> = None;
-        for (pg_channel, payload) in batch {
+        for (seq, pg_channel, payload) in batch {
             self.received.inc();
             let target = self.router.target(pg_channel, payload);
             if run_channel.as_ref() != Some(&target) {
@@ -152,7 +183,11 @@ impl Sink {
                 }
                 run_channel = Some(target);
             }
-            run.push(Frame::text(payload));
+            let mut frame = Frame::text(payload);
+            if !seq.is_zero() {
+                frame.set_seq(seq);
+            }
+            run.push(frame);
         }
         if let Some(channel) = run_channel {
             delivered += self.hub.publish_run(&channel, &mut run);

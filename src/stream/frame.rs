@@ -9,6 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Seq;
+
 /// A message, cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -16,9 +18,9 @@ pub struct Frame {
     wire: Bytes,
     /// Length of the header in `wire`.
     header: u8,
-    /// The message's stream position (`Position::seq`); 0 for texts outside the stream (events
-    /// to one client, server notices).
-    seq: u64,
+    /// The message's stream position (`Position::seq`); zero for texts outside the stream
+    /// (events to one client, server notices).
+    seq: Seq,
 }
 
 impl Frame {
@@ -47,17 +49,17 @@ impl Frame {
         Self {
             wire: wire.freeze(),
             header: header as u8,
-            seq: 0,
+            seq: Seq::ZERO,
         }
     }
 
-    /// The message's position in the stream (0: none).
-    pub fn seq(&self) -> u64 {
+    /// The message's position in the stream (zero: none).
+    pub fn seq(&self) -> Seq {
         self.seq
     }
 
     /// Numbers the message (the hub does, as it routes it).
-    pub(crate) fn set_seq(&mut self, seq: u64) {
+    pub(crate) fn set_seq(&mut self, seq: Seq) {
         self.seq = seq;
     }
 

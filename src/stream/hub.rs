@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::Frame;
 use super::outbox::{Outbox, Push};
-use super::position::{Position, ResumeFrom};
+use super::position::{Position, ResumeFrom, Seq};
 use super::window::{Held, Window, WindowLimits};
 use crate::protocol::{GapReason, resume_gap_event};
 
@@ -54,6 +54,10 @@ pub struct ReplaySettings {
     /// source keeps receiving such channels (the listen channel); with channels received on
     /// demand (direct mode) an idle channel's window would silently miss messages.
     pub retain_idle: bool,
+    /// Keep a window for every channel that carries messages, subscribed or not (the WAL
+    /// source: a client may resume here with a position it got from another node, or from
+    /// before this node restarted and rebuilt its windows from the WAL).
+    pub keep_all: bool,
 }
 
 impl Default for ReplaySettings {
@@ -61,6 +65,7 @@ impl Default for ReplaySettings {
         Self {
             limits: WindowLimits::default(),
             retain_idle: true,
+            keep_all: false,
         }
     }
 }
@@ -83,14 +88,16 @@ pub struct Resumed {
 /// Channel name → subscribed outboxes, plus each channel's replay window.
 pub struct Hub {
     channels: RwLock<HashMap<Box<str>, Entry>>,
-    /// This process's epoch.
-    epoch: u64,
-    /// The last position given.
-    seq: AtomicU64,
+    /// The numbering's epoch: this process's (NOTIFY), or the WAL stream's, set by the source
+    /// once it knows the database ([`Hub::set_origin`]).
+    epoch: AtomicU64,
+    /// The last position given (NOTIFY) or received (WAL). Changed only under the map's read
+    /// lock by the one source task, read under the write lock by resuming clients.
+    last: Mutex<Seq>,
     replay: ReplaySettings,
     held: Held,
     /// Positions after which the source lost messages (outages), with when.
-    outages: Mutex<VecDeque<(Instant, u64)>>,
+    outages: Mutex<VecDeque<(Instant, Seq)>>,
     /// What the hub did so far.
     pub stats: HubStats,
 }
@@ -111,8 +118,8 @@ impl Hub {
     pub fn with_stats(stats: HubStats, replay: ReplaySettings) -> Self {
         Self {
             channels: RwLock::default(),
-            epoch: super::position::new_epoch(),
-            seq: AtomicU64::new(0),
+            epoch: AtomicU64::new(super::position::new_epoch()),
+            last: Mutex::new(Seq::ZERO),
             replay,
             held: Held::default(),
             outages: Mutex::default(),
@@ -120,9 +127,41 @@ impl Hub {
         }
     }
 
-    /// This process's epoch (positions carry it).
+    /// The numbering's epoch (positions carry it).
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// The last position given or received.
+    pub fn last(&self) -> Seq {
+        *lock(&self.last)
+    }
+
+    /// Where a source that numbers its own messages (WAL) starts: its stream's epoch, and the
+    /// position through which it knows nothing (what came before its slot's confirmed point).
+    /// A changed epoch (another database behind the same settings) empties every window: its
+    /// positions mean nothing in the new numbering.
+    pub fn set_origin(&self, epoch: u64, known_after: Seq) {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let mut last = lock(&self.last);
+        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
+            for entry in map.values_mut() {
+                let mut window = lock(&entry.window);
+                window.clear(&self.held);
+                *window = Window::new(known_after);
+            }
+            map.retain(|_, e| !e.subs.is_empty());
+            *last = known_after;
+        } else if known_after > *last {
+            *last = known_after;
+        }
+    }
+
+    /// The oldest position any window holds: a WAL source must be able to read everything from
+    /// there again after a restart, so it confirms nothing at or after it.
+    pub fn oldest_held(&self) -> Option<Seq> {
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        map.values().filter_map(|e| lock(&e.window).oldest()).min()
     }
 
     /// Routes `text` to every socket subscribed to `channel`. Returns how many got it.
@@ -131,21 +170,45 @@ impl Hub {
         self.publish_run(channel, &mut [text])
     }
 
-    /// Routes consecutive messages of one channel to its subscribers: numbers them, keeps them
-    /// in the channel's window, and queues them with one read lock for the run, one outbox lock
-    /// and at most one wake-up per subscriber. Returns how many deliveries were queued.
+    /// Routes consecutive messages of one channel to its subscribers: numbers them (unless the
+    /// source did: WAL positions), keeps them in the channel's window, and queues them with one
+    /// read lock for the run, one outbox lock and at most one wake-up per subscriber. Returns
+    /// how many deliveries were queued.
     pub fn publish_run(&self, channel: &str, run: &mut [Frame]) -> usize {
-        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        let Some(tail) = run.last() else { return 0 };
+        let numbered = !tail.seq().is_zero();
+        let mut map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        if self.replay.keep_all && !map.contains_key(channel) {
+            drop(map);
+            {
+                let mut w = self.channels.write().unwrap_or_else(|p| p.into_inner());
+                let known = self.last();
+                w.entry(channel.into()).or_insert_with(|| Entry {
+                    subs: Vec::new(),
+                    window: Mutex::new(Window::new(known)),
+                });
+            }
+            map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        }
         let Some(entry) = map.get(channel) else {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         };
-        let first = self.seq.fetch_add(run.len() as u64, Ordering::Relaxed) + 1;
+        {
+            let mut last = lock(&self.last);
+            if numbered {
+                *last = (*last).max(tail.seq());
+            } else {
+                for frame in run.iter_mut() {
+                    last.minor += 1;
+                    frame.set_seq(*last);
+                }
+            }
+        }
         {
             let now = Instant::now();
             let mut window = lock(&entry.window);
-            for (i, frame) in run.iter_mut().enumerate() {
-                frame.set_seq(first + i as u64);
+            for frame in run.iter() {
                 window.push(frame, now, &self.replay.limits, &self.held);
             }
         }
@@ -178,7 +241,7 @@ impl Hub {
         channel: &str,
         outbox: &Arc<Outbox>,
     ) -> bool {
-        let now_seq = self.seq.load(Ordering::Relaxed);
+        let now_seq = self.last();
         let entry = map.entry(channel.into()).or_insert_with(|| Entry {
             subs: Vec::new(),
             window: Mutex::new(Window::new(now_seq)),
@@ -203,14 +266,16 @@ impl Hub {
         let Some(from) = from else {
             return Resumed::default();
         };
-        let now = self.seq.load(Ordering::Relaxed);
+        let now = self.last();
+        let epoch = self.epoch();
+        let zero = Seq::ZERO;
         let (after, mut reason) = match from {
-            ResumeFrom::At(p) if p.epoch == self.epoch && p.seq <= now => (p.seq, None),
-            ResumeFrom::At(p) if p.epoch == self.epoch => (0, Some(GapReason::FuturePosition)),
-            ResumeFrom::At(_) => (0, Some(GapReason::OtherEpoch)),
-            ResumeFrom::Unknown => (0, Some(GapReason::UnknownPosition)),
+            ResumeFrom::At(p) if p.epoch == epoch && p.seq <= now => (p.seq, None),
+            ResumeFrom::At(p) if p.epoch == epoch => (zero, Some(GapReason::FuturePosition)),
+            ResumeFrom::At(_) => (zero, Some(GapReason::OtherEpoch)),
+            ResumeFrom::Unknown => (zero, Some(GapReason::UnknownPosition)),
         };
-        let mut lost_through = 0;
+        let mut lost_through = zero;
         let mut replay: Vec<Frame> = Vec::new();
         for channel in channels {
             let Some(entry) = map.get(channel.as_ref()) else {
@@ -227,14 +292,12 @@ impl Hub {
             reason = Some(GapReason::SourceOutage);
         }
         replay.sort_by_key(Frame::seq);
-        let position = |seq| Position {
-            epoch: self.epoch,
-            seq,
-        };
+        let position = |seq| Position { epoch, seq };
         if let Some(reason) = reason {
             self.stats.resume_gaps.inc();
             let names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
-            let known = (after > 0 || reason == GapReason::WindowExceeded).then(|| position(after));
+            let known =
+                (!after.is_zero() || reason == GapReason::WindowExceeded).then(|| position(after));
             let through = (reason == GapReason::WindowExceeded).then(|| position(lost_through));
             let event = resume_gap_event(
                 reason,
@@ -280,7 +343,7 @@ impl Hub {
     /// before here get a `Gap`.
     pub fn mark_outage(&self) {
         let mut outages = lock(&self.outages);
-        outages.push_back((Instant::now(), self.seq.load(Ordering::Relaxed)));
+        outages.push_back((Instant::now(), self.last()));
         if outages.len() > 1024 {
             outages.pop_front();
         }

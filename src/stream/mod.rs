@@ -16,4 +16,4 @@ pub mod window;
 pub use frame::Frame;
 pub use hub::{Hub, HubStats, ReplaySettings};
 pub use outbox::{Limits, Outbox};
-pub use position::{Position, ResumeFrom};
+pub use position::{Position, ResumeFrom, Seq};

@@ -1,28 +1,123 @@
 //! Stream positions: where a message stands, so that a client that comes back can say where it
 //! stopped.
 //!
-//! A position is `(epoch, seq)`. `seq` is one counter for the whole server, given to each message
-//! as the hub routes it, so it orders messages within a channel and also across the channels of
-//! a multi-channel client (one number resumes them all: what `Last-Event-ID` carries). The epoch
-//! names the process that numbered it (random at start-up): a position from another process, or
-//! from before a restart, is recognised as such and answered with a `Gap`, never mistaken for a
-//! place in this process's numbering.
+//! A position is `(epoch, seq)`. `seq` ([`Seq`]) orders messages within a channel and also across
+//! the channels of a multi-channel client (one position resumes them all: what `Last-Event-ID`
+//! carries). Who numbers, and what the epoch names, depends on the source:
+//! - NOTIFY: `seq` is one counter for the whole server, given to each message as the hub routes
+//!   it; the epoch names the process (random at start-up), so a position from another process,
+//!   or from before a restart, is recognised as such and answered with a `Gap`.
+//! - WAL: `seq` is the message's place in the decoded WAL, `(commit LSN, index in the
+//!   transaction)`, the same on every node reading the same database; the epoch names the
+//!   database and the stream (system identifier, database, prefix), so positions survive restarts
+//!   and move between nodes.
 //!
-//! On the wire a position is opaque text, `<epoch as 16 hex digits>-<seq in decimal>`.
+//! On the wire a position is opaque text: `<epoch as 16 hex digits>-<counter in decimal>` (NOTIFY)
+//! or `<epoch>-<commit LSN as PostgreSQL writes it>.<index>` (WAL), e.g. `…-0/16B3748.2`.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
 /// Longest text accepted as a position (anything longer is malformed without being read).
-const MAX_TEXT: usize = 40;
+const MAX_TEXT: usize = 64;
+
+/// A message's place in the stream, ordered: `major` first, then `minor`. NOTIFY numbering uses
+/// `major = 0` and counts in `minor` (from 1; zero means "before every message"); WAL numbering
+/// has the commit LSN in `major` (never 0) and the index within the transaction in `minor`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq {
+    /// 0 (NOTIFY), or the commit LSN (WAL).
+    pub major: u64,
+    /// The counter (NOTIFY), or the index within the transaction (WAL).
+    pub minor: u64,
+}
+
+impl Seq {
+    /// Before every message; also "not a stream message".
+    pub const ZERO: Self = Self { major: 0, minor: 0 };
+
+    /// The `n`th message of a counted stream.
+    pub const fn counter(n: u64) -> Self {
+        Self { major: 0, minor: n }
+    }
+
+    /// Message `index` of the transaction committed at `lsn` (or the non-transactional message
+    /// at `lsn`, index 0).
+    pub const fn wal(lsn: u64, index: u64) -> Self {
+        Self {
+            major: lsn,
+            minor: index,
+        }
+    }
+
+    /// Whether this is [`Seq::ZERO`].
+    pub fn is_zero(self) -> bool {
+        self == Self::ZERO
+    }
+
+    /// The greatest position before this one (for "everything before here is unknown").
+    pub fn before(self) -> Self {
+        match (self.major, self.minor) {
+            (0, 0) => Self::ZERO,
+            (major, 0) => Self {
+                major: major - 1,
+                minor: u64::MAX,
+            },
+            (major, minor) => Self {
+                major,
+                minor: minor - 1,
+            },
+        }
+    }
+
+    /// Writes the wire form after the epoch and its `-`.
+    fn write(self, f: &mut impl fmt::Write) -> fmt::Result {
+        if self.major == 0 {
+            write!(f, "{}", self.minor)
+        } else {
+            let (hi, lo) = (self.major >> 32, self.major & 0xffff_ffff);
+            write!(f, "{hi:X}/{lo:X}.{}", self.minor)
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let digits = |t: &str, hex: bool| {
+            !t.is_empty()
+                && t.len() <= if hex { 8 } else { 20 }
+                && t.bytes().all(|b| {
+                    if hex {
+                        b.is_ascii_hexdigit()
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+        };
+        if digits(text, false) {
+            return Some(Self::counter(text.parse().ok()?));
+        }
+        let (lsn, index) = text.split_once('.')?;
+        let (hi, lo) = lsn.split_once('/')?;
+        if !digits(hi, true) || !digits(lo, true) || !digits(index, false) {
+            return None;
+        }
+        let major = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+        (major != 0).then_some(Self::wal(major, index.parse().ok()?))
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f)
+    }
+}
 
 /// A message's place in this server's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
-    /// The numbering's process.
+    /// The numbering's process (NOTIFY) or database stream (WAL).
     pub epoch: u64,
-    /// The message's number (from 1; 0 means "before every message").
-    pub seq: u64,
+    /// The message's place.
+    pub seq: Seq,
 }
 
 impl Position {
@@ -32,20 +127,35 @@ impl Position {
             return None;
         }
         let (epoch, seq) = text.split_once('-')?;
-        if epoch.len() != 16 || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if epoch.len() != 16 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         Some(Self {
             epoch: u64::from_str_radix(epoch, 16).ok()?,
-            seq: seq.parse().ok()?,
+            seq: Seq::parse(seq)?,
         })
     }
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}-{}", self.epoch, self.seq)
+        write!(f, "{:016x}-", self.epoch)?;
+        self.seq.write(f)
     }
+}
+
+/// The epoch of a WAL stream: the same on every node that reads `prefix`'s messages from the
+/// same database of the same cluster, different for another cluster (system identifier), another
+/// database or another prefix. FNV-1a, so that it never changes between builds or processes.
+pub fn wal_epoch(system_id: &str, database: &str, prefix: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [system_id, database, prefix] {
+        for b in part.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// A fresh epoch: random, different for every process (std's `RandomState` is seeded from the
@@ -85,10 +195,21 @@ mod tests {
     fn round_trip_and_refusals() {
         let p = Position {
             epoch: 0xdead_beef_0000_0001,
-            seq: 42,
+            seq: Seq::counter(42),
         };
         assert_eq!(p.to_string(), "deadbeef00000001-42");
         assert_eq!(Position::parse(&p.to_string()), Some(p));
+        let w = Position {
+            epoch: 7,
+            seq: Seq::wal(0x1_16B3_7480, 3),
+        };
+        assert_eq!(w.to_string(), "0000000000000007-1/16B37480.3");
+        assert_eq!(Position::parse(&w.to_string()), Some(w));
+        assert_eq!(
+            Position::parse("0000000000000007-1/16b37480.3"),
+            Some(w),
+            "either case"
+        );
         for bad in [
             "",
             "42",
@@ -98,10 +219,27 @@ mod tests {
             "deadbeef00000001-4a",
             "zzzzzzzzzzzzzzzz-1",
             "deadbeef00000001-99999999999999999999999",
+            "deadbeef00000001-0/0.1",
+            "deadbeef00000001-1/2",
+            "deadbeef00000001-1/.2",
+            "deadbeef00000001-123456789/0.1",
+            "deadbeef00000001-1/2.-1",
+            "+eadbeef00000001-1",
         ] {
             assert_eq!(Position::parse(bad), None, "{bad}");
         }
         assert_eq!(ResumeFrom::parse(&"9".repeat(10_000)), ResumeFrom::Unknown);
         assert_ne!(new_epoch(), new_epoch());
+    }
+
+    #[test]
+    fn seq_order_and_before() {
+        assert!(Seq::counter(5) < Seq::counter(6));
+        assert!(Seq::wal(100, 9) < Seq::wal(101, 0));
+        assert_eq!(Seq::wal(101, 0).before(), Seq::wal(100, u64::MAX));
+        assert_eq!(Seq::counter(3).before(), Seq::counter(2));
+        assert_eq!(Seq::ZERO.before(), Seq::ZERO);
+        assert_eq!(wal_epoch("1", "db", "p"), wal_epoch("1", "db", "p"));
+        assert_ne!(wal_epoch("1", "db", "p"), wal_epoch("1", "dbp", ""));
     }
 }

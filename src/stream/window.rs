@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Frame;
+use super::{Frame, Seq};
 
 /// Limits of the replay windows (`PGWS_REPLAY_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +52,13 @@ pub struct Window {
     entries: VecDeque<(Instant, Frame)>,
     bytes: usize,
     /// The highest position this window cannot replay.
-    lost_through: u64,
+    lost_through: Seq,
 }
 
 impl Window {
     /// An empty window for a channel first seen when the stream was at `now_seq`: anything up
     /// to there is unknown to it.
-    pub fn new(now_seq: u64) -> Self {
+    pub fn new(now_seq: Seq) -> Self {
         Self {
             entries: VecDeque::new(),
             bytes: 0,
@@ -67,8 +67,13 @@ impl Window {
     }
 
     /// The highest position this window cannot replay.
-    pub fn lost_through(&self) -> u64 {
+    pub fn lost_through(&self) -> Seq {
         self.lost_through
+    }
+
+    /// The oldest position it holds (the WAL source confirms nothing from there on).
+    pub fn oldest(&self) -> Option<Seq> {
+        self.entries.front().map(|(_, f)| f.seq())
     }
 
     /// Whether it holds nothing.
@@ -119,7 +124,7 @@ impl Window {
     }
 
     /// The messages after position `seq`, oldest first.
-    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Frame> {
+    pub fn after(&self, seq: Seq) -> impl Iterator<Item = &Frame> {
         let start = self.entries.partition_point(|(_, f)| f.seq() <= seq);
         self.entries.range(start..).map(|(_, f)| f)
     }
@@ -140,12 +145,16 @@ mod tests {
 
     fn frame(seq: u64, text: &str) -> Frame {
         let mut f = Frame::from(text);
-        f.set_seq(seq);
+        f.set_seq(Seq::counter(seq));
         f
     }
 
     fn seqs<'a>(it: impl Iterator<Item = &'a Frame>) -> Vec<u64> {
-        it.map(Frame::seq).collect()
+        it.map(|f| f.seq().minor).collect()
+    }
+
+    fn at(n: u64) -> Seq {
+        Seq::counter(n)
     }
 
     #[test]
@@ -157,27 +166,27 @@ mod tests {
             bytes: 10,
             ..WindowLimits::default()
         };
-        let mut w = Window::new(0);
+        let mut w = Window::new(at(0));
         for s in 1..=5 {
             w.push(&frame(s, "ab"), now, &limits, &held);
         }
-        assert_eq!(seqs(w.after(0)), [3, 4, 5]);
-        assert_eq!(w.lost_through(), 2);
-        assert_eq!(seqs(w.after(4)), [5]);
+        assert_eq!(seqs(w.after(at(0))), [3, 4, 5]);
+        assert_eq!(w.lost_through(), at(2));
+        assert_eq!(seqs(w.after(at(4))), [5]);
         w.push(&frame(6, "0123456789"), now, &limits, &held);
-        assert_eq!(seqs(w.after(0)), [6], "bytes limit");
+        assert_eq!(seqs(w.after(at(0))), [6], "bytes limit");
         assert_eq!(held.bytes.load(Ordering::Relaxed), 10);
         let tight = WindowLimits {
             memory: 4,
             ..WindowLimits::default()
         };
-        let mut other = Window::new(6);
+        let mut other = Window::new(at(6));
         other.push(&frame(7, "abc"), now, &tight, &held);
         assert!(
             other.is_empty(),
             "over the global cap: the window gives way"
         );
-        assert_eq!(other.lost_through(), 7);
+        assert_eq!(other.lost_through(), at(7));
         w.clear(&held);
         assert_eq!(held.bytes.load(Ordering::Relaxed), 0);
         assert_eq!(held.messages.load(Ordering::Relaxed), 0);
@@ -191,7 +200,7 @@ mod tests {
             age: Duration::from_secs(10),
             ..WindowLimits::default()
         };
-        let mut w = Window::new(0);
+        let mut w = Window::new(at(0));
         w.push(&frame(1, "a"), start, &limits, &held);
         w.push(
             &frame(2, "b"),
@@ -200,16 +209,16 @@ mod tests {
             &held,
         );
         w.expire(start + Duration::from_secs(11), &limits, &held);
-        assert_eq!(seqs(w.after(0)), [2]);
-        assert_eq!(w.lost_through(), 1);
+        assert_eq!(seqs(w.after(at(0))), [2]);
+        assert_eq!(w.lost_through(), at(1));
 
         let off = WindowLimits {
             messages: 0,
             ..WindowLimits::default()
         };
-        let mut w = Window::new(0);
+        let mut w = Window::new(at(0));
         w.push(&frame(9, "a"), start, &off, &held);
         assert!(w.is_empty());
-        assert_eq!(w.lost_through(), 9);
+        assert_eq!(w.lost_through(), at(9));
     }
 }

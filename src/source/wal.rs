@@ -1,0 +1,886 @@
+//! The WAL source (`PGWS_SOURCE=wal`): messages written with
+//! `pg_logical_emit_message(true, '<PGWS_LISTEN_CHANNEL>', '<envelope JSON>')`, read from a
+//! logical replication slot (`pgoutput`, `messages 'true'`) with the `pgwire-replication` crate.
+//!
+//! Why the WAL: no 8000-byte cap, no commit lock shared by every notifying transaction, and a
+//! stream that PostgreSQL keeps until pgws says it is done with it, so positions survive
+//! restarts and mean the same on every node.
+//!
+//! Positions ([`Seq::wal`]) are `(commit LSN, index among this prefix's messages of the
+//! transaction)`: the order logical decoding sends transactions in, identical on every node
+//! reading the same database. The epoch names the cluster (system identifier), the database
+//! and the prefix.
+//!
+//! What this source owns beyond the NOTIFY one:
+//! - the slot and its publication: checked and created at start-up (with errors that name the
+//!   fix when `wal_level` is not `logical` or the role lacks `REPLICATION`);
+//! - what it confirms: never a position a replay window still holds ([`Hub::oldest_held`]), so
+//!   that a restarted node reads those messages again and rebuilds its windows; with nothing
+//!   held, the end of what it received (keepalives included), so the slot advances on an idle
+//!   database;
+//! - reconnection without loss: after any failure it starts again from the slot's confirmed
+//!   point and skips what it had already delivered (positions are exact, so nothing is doubled);
+//! - the slot's health for operators: lag and retained WAL in /metrics, for its own slot and
+//!   every other `pgws*` slot of the database (a dead node's slot shows up there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_postgres::config::Host;
+use tokio_util::sync::CancellationToken;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+
+use super::{Sink, SourceStatus};
+use crate::channel::{ChannelName, quote_ident};
+use crate::pg::tls::{RootCert, SslMode};
+use crate::pg::{Database, backoff, describe, with_defaults};
+use crate::stream::Seq;
+use crate::stream::position::wal_epoch;
+
+/// Most replication events taken at once (one hub run per channel for all of them).
+const BATCH: usize = 512;
+/// How often the confirmed position is recomputed and reported.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Time limit for connecting and for each preparation step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the WAL source stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Start-up attempts exhausted (an explicit `PGWS_RETRIES`) without a stream.
+    #[error("could not start reading the WAL after {attempts} attempts: {last}")]
+    StartupFailed {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+    /// The database cannot serve a WAL source as configured; the text says how to fix it.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// Settings of the WAL source.
+pub struct WalSettings {
+    /// Database to read.
+    pub db: Database,
+    /// The message prefix (`PGWS_LISTEN_CHANNEL`).
+    pub prefix: ChannelName,
+    /// The replication slot (`PGWS_WAL_SLOT`, by default from `PGWS_NODE_ID`).
+    pub slot: String,
+    /// The publication the slot is read with (`PGWS_WAL_PUBLICATION`; created empty if missing).
+    pub publication: String,
+    /// How often the slot's lag is read.
+    pub check_interval: Duration,
+    /// Start-up attempts (`None`: for ever, the default).
+    pub startup_retries: Option<u32>,
+    /// Where to count.
+    pub metrics: WalMetrics,
+}
+
+/// A `slot` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabel {
+    /// The replication slot's name.
+    pub slot: String,
+}
+
+/// The WAL source's metrics (shared with the registry).
+#[derive(Clone, Default)]
+pub struct WalMetrics {
+    /// 1 while the replication stream is up.
+    pub up: Gauge,
+    /// Streams re-established after a loss.
+    pub reconnects: Counter,
+    /// The end of what was received (an LSN as a number).
+    pub received_lsn: Gauge,
+    /// The position confirmed to PostgreSQL.
+    pub confirmed_lsn: Gauge,
+    /// Bytes of WAL between PostgreSQL's current position and this node's confirmed one.
+    pub slot_lag_bytes: Gauge,
+    /// WAL retained by each `pgws*` slot of the database (restart LSN to current), by slot.
+    pub retained_bytes: Family<SlotLabel, Gauge>,
+    /// Messages with another prefix (not pgws's), skipped.
+    pub foreign: Counter,
+    /// Messages received again after a reconnection and skipped (already delivered).
+    pub resent: Counter,
+}
+
+impl WalMetrics {
+    /// Registers every metric (prefix `pgws_wal_`).
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("wal");
+        r.register(
+            "up",
+            "1 while the replication stream is up",
+            self.up.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Replication streams re-established after a loss",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "received_lsn",
+            "End of the WAL received (LSN as a number)",
+            self.received_lsn.clone(),
+        );
+        r.register(
+            "confirmed_lsn",
+            "Position confirmed to PostgreSQL (LSN as a number)",
+            self.confirmed_lsn.clone(),
+        );
+        r.register(
+            "slot_lag_bytes",
+            "WAL bytes between the current position and this node's confirmed position",
+            self.slot_lag_bytes.clone(),
+        );
+        r.register(
+            "slot_retained_bytes",
+            "WAL bytes retained by each pgws* replication slot of the database",
+            self.retained_bytes.clone(),
+        );
+        r.register(
+            "foreign_messages",
+            "Logical messages with another prefix, skipped",
+            self.foreign.clone(),
+        );
+        r.register(
+            "resent_messages",
+            "Messages read again after a reconnection and skipped",
+            self.resent.clone(),
+        );
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// Shutdown.
+    Stopped,
+    /// Worth another attempt.
+    Retry(String),
+    /// Configuration the database refuses; fatal at start-up.
+    Unusable(String),
+}
+
+/// What the source remembers across sessions.
+struct Progress {
+    /// The last position handed to the hub.
+    delivered: Seq,
+    /// The highest LSN confirmed.
+    confirmed: u64,
+    /// Sessions started.
+    generation: u64,
+}
+
+/// Runs until `shutdown` is cancelled, or until start-up fails for good.
+pub async fn run(
+    settings: WalSettings,
+    sink: Arc<Sink>,
+    status: watch::Sender<SourceStatus>,
+    shutdown: CancellationToken,
+) -> Result<(), WalError> {
+    let db = with_defaults(&settings.db);
+    let mut progress = Progress {
+        delivered: Seq::ZERO,
+        confirmed: 0,
+        generation: 0,
+    };
+    let mut attempts: u32 = 0;
+    let mut lost_at: Option<tokio::time::Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let ended = session(
+            &settings,
+            &db,
+            &sink,
+            &status,
+            &shutdown,
+            &mut progress,
+            &mut attempts,
+            &mut lost_at,
+        )
+        .await;
+        settings.metrics.up.set(0);
+        let reason = match ended {
+            Ended::Stopped => return Ok(()),
+            Ended::Unusable(why) if progress.generation == 0 => {
+                tracing::error!(error = %why, "the database cannot serve PGWS_SOURCE=wal");
+                let _ = status.send(SourceStatus::Down);
+                return Err(WalError::Unusable(why));
+            }
+            Ended::Unusable(why) | Ended::Retry(why) => why,
+        };
+        status.send_if_modified(|s| {
+            let changed = *s != SourceStatus::Down;
+            *s = SourceStatus::Down;
+            changed
+        });
+        if lost_at.is_none() && attempts == 0 && progress.generation > 0 {
+            tracing::error!(reason = %reason, slot = %settings.slot,
+                "replication stream lost; reconnecting (nothing is lost: it continues from the slot)");
+            lost_at = Some(tokio::time::Instant::now());
+        } else {
+            tracing::error!(attempt = attempts + 1, error = %reason, slot = %settings.slot,
+                "cannot read the WAL");
+        }
+        attempts += 1;
+        if progress.generation == 0
+            && let Some(max) = settings.startup_retries
+            && attempts >= max
+        {
+            return Err(WalError::StartupFailed {
+                attempts,
+                last: reason,
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff(attempts)) => {}
+        }
+    }
+}
+
+/// One connection of the control client and the replication stream, until either fails.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    settings: &WalSettings,
+    db: &Database,
+    sink: &Sink,
+    status: &watch::Sender<SourceStatus>,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+    attempts: &mut u32,
+    lost_at: &mut Option<tokio::time::Instant>,
+) -> Ended {
+    let control = match step(db.connect()).await {
+        Ok(Ok((client, connection))) => {
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Control { client, driver }
+        }
+        Ok(Err(e)) => return Ended::Retry(describe(&e)),
+        Err(why) => return Ended::Retry(why),
+    };
+    let slot = match prepare(&control.client, settings).await {
+        Ok(slot) => slot,
+        Err(ended) => return ended,
+    };
+    if slot.created && progress.generation > 0 {
+        // Our slot vanished while we were away (dropped, or invalidated by
+        // max_slot_wal_keep_size): what was written meanwhile cannot be read any more.
+        tracing::error!(slot = %settings.slot,
+            "the replication slot was gone and has been created again; messages written meanwhile are lost");
+        let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
+        sink.gap(down).await;
+    }
+    let config = match replication_config(db, settings) {
+        Ok(c) => c,
+        Err(why) => return Ended::Unusable(why),
+    };
+    let mut stream = match step(ReplicationClient::connect_gated(config)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Ended::Retry(format!("replication connection: {e}")),
+        Err(why) => return Ended::Retry(why),
+    };
+    let system = match step(stream.identify_system()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Ended::Retry(format!("IDENTIFY_SYSTEM: {e}")),
+        Err(why) => return Ended::Retry(why),
+    };
+    let database = system.dbname.clone().unwrap_or_default();
+    let epoch = wal_epoch(&system.system_id, &database, settings.prefix.as_str());
+    sink.hub()
+        .set_origin(epoch, Seq::wal(slot.confirmed.max(1), 0).before());
+    if let Err(e) = stream.start().await {
+        return Ended::Retry(format!("START_REPLICATION: {e}"));
+    }
+    match step(stream.wait_started()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Ended::Retry(format!("START_REPLICATION: {e}")),
+        Err(why) => return Ended::Retry(why),
+    }
+    *attempts = 0;
+    progress.generation += 1;
+    progress.confirmed = progress.confirmed.max(slot.confirmed);
+    settings.metrics.up.set(1);
+    if let Some(at) = lost_at.take() {
+        settings.metrics.reconnects.inc();
+        tracing::warn!(slot = %settings.slot, down_ms = at.elapsed().as_millis() as u64,
+            "replication stream recovered; continuing from the slot");
+    } else {
+        tracing::info!(slot = %settings.slot, from = %Lsn(slot.confirmed), prefix = %settings.prefix,
+            "reading messages from the WAL");
+    }
+    let _ = status.send(SourceStatus::Listening {
+        generation: progress.generation,
+    });
+    let mut reader = Reader {
+        prefix: settings.prefix.as_str(),
+        txn: None,
+        pending: Vec::with_capacity(BATCH),
+        delivered: progress.delivered,
+        received_end: slot.confirmed,
+        metrics: &settings.metrics,
+    };
+    let ended = reader
+        .run(
+            &mut stream,
+            &control,
+            settings,
+            sink,
+            shutdown,
+            &mut progress.confirmed,
+        )
+        .await;
+    progress.delivered = reader.delivered;
+    if matches!(ended, Ended::Stopped) {
+        stream.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.join()).await;
+    } else {
+        stream.abort();
+    }
+    control.driver.abort();
+    ended
+}
+
+/// A step that must not hang: the time-out becomes the error text.
+async fn step<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(STEP_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("no answer within {STEP_TIMEOUT:?}"))
+}
+
+/// The plain SQL connection beside the stream: checks, slot management, lag.
+struct Control {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// The slot as found (or made).
+struct SlotState {
+    /// Its confirmed position: the stream starts there.
+    confirmed: u64,
+    /// Whether it had to be created now.
+    created: bool,
+}
+
+/// Checks what a WAL source needs, creates the publication and the slot where missing.
+async fn prepare(
+    client: &tokio_postgres::Client,
+    settings: &WalSettings,
+) -> Result<SlotState, Ended> {
+    let query = |e: tokio_postgres::Error| Ended::Retry(describe(&e));
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_user::text, \
+             (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+             current_setting('max_slot_wal_keep_size')",
+            &[],
+        )
+        .await
+        .map_err(query)?;
+    let (wal_level, user, replication, keep): (String, String, Option<bool>, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if wal_level != "logical" {
+        return Err(Ended::Unusable(format!(
+            "PostgreSQL's wal_level is '{wal_level}'; PGWS_SOURCE=wal needs 'logical': run \
+             ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL (or use PGWS_SOURCE=notify)"
+        )));
+    }
+    if replication != Some(true) {
+        return Err(Ended::Unusable(format!(
+            "the role {user} may not read the WAL: PGWS_SOURCE=wal needs the REPLICATION attribute \
+             (ALTER ROLE {} REPLICATION;)",
+            quote_ident(&user)
+        )));
+    }
+    if keep == "-1" {
+        tracing::warn!(
+            "max_slot_wal_keep_size is unlimited: if this node dies for good, PostgreSQL keeps WAL \
+             for its slot until the slot is dropped (pgws --drop-wal-slot, see docs/DEPLOYMENT.md)"
+        );
+    }
+    let has_publication = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&settings.publication],
+        )
+        .await
+        .map_err(query)?
+        .is_some();
+    if !has_publication {
+        // An empty publication: pgws reads only logical messages, never table changes.
+        let create = format!("CREATE PUBLICATION {}", quote_ident(&settings.publication));
+        if let Err(e) = client.batch_execute(&create).await {
+            let again = client
+                .query_opt(
+                    "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                    &[&settings.publication],
+                )
+                .await
+                .map_err(query)?;
+            if again.is_none() {
+                return Err(Ended::Unusable(format!(
+                    "cannot create the publication {0} ({1}); create it once as a user who may: \
+                     CREATE PUBLICATION {0};",
+                    quote_ident(&settings.publication),
+                    describe(&e)
+                )));
+            }
+        }
+        tracing::info!(publication = %settings.publication, "created the (empty) publication");
+    }
+    let slot = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active, active_pid, \
+             confirmed_flush_lsn::text, wal_status \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&settings.slot],
+        )
+        .await
+        .map_err(query)?;
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(query)?
+        .get(0);
+    if let Some(row) = slot {
+        let (plugin, slot_db, active, pid, confirmed, wal_status): (
+            Option<String>,
+            Option<String>,
+            bool,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+        ) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        );
+        if plugin.as_deref() != Some("pgoutput") || slot_db.as_deref() != Some(database.as_str()) {
+            return Err(Ended::Unusable(format!(
+                "the replication slot {} exists but is not a pgoutput slot of database {database} \
+                 (plugin {plugin:?}, database {slot_db:?}); set PGWS_WAL_SLOT or PGWS_NODE_ID to another name",
+                settings.slot
+            )));
+        }
+        if active {
+            return Err(Ended::Retry(format!(
+                "the replication slot {} is in use by backend {} (another pgws with the same \
+                 PGWS_NODE_ID, or this node's previous connection not yet gone)",
+                settings.slot,
+                pid.unwrap_or(0)
+            )));
+        }
+        if wal_status.as_deref() != Some("lost") {
+            let confirmed = confirmed
+                .as_deref()
+                .and_then(|t| Lsn::parse(t).ok())
+                .map_or(0, Lsn::as_u64);
+            return Ok(SlotState {
+                confirmed,
+                created: false,
+            });
+        }
+        tracing::error!(slot = %settings.slot,
+            "the replication slot was invalidated (max_slot_wal_keep_size exceeded); dropping and creating it again");
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&settings.slot])
+            .await
+            .map_err(query)?;
+    }
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&settings.slot],
+        )
+        .await
+        .map_err(|e| {
+            Ended::Retry(format!(
+                "cannot create the replication slot {}: {} (is max_replication_slots reached?)",
+                settings.slot,
+                describe(&e)
+            ))
+        })?;
+    let lsn: String = row.get(0);
+    tracing::info!(slot = %settings.slot, at = %lsn, "created the replication slot");
+    Ok(SlotState {
+        confirmed: Lsn::parse(&lsn).map_or(0, Lsn::as_u64),
+        created: true,
+    })
+}
+
+/// The replication connection's settings, from the same connection string as every other
+/// connection (libpq's `sslmode` rules mapped onto the crate's; `allow` tries TLS first, as
+/// `prefer` does, and `sslrootcert=system` uses the Mozilla roots the crate ships).
+fn replication_config(db: &Database, settings: &WalSettings) -> Result<ReplicationConfig, String> {
+    let c = &db.config;
+    let user = c.get_user().unwrap_or("postgres").to_string();
+    let password = c
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = c.get_dbname().map_or_else(|| user.clone(), str::to_string);
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let mut config = match c.get_hosts().first() {
+        Some(Host::Unix(dir)) => ReplicationConfig::unix(
+            dir.to_string_lossy(),
+            port,
+            user,
+            password,
+            database,
+            settings.slot.clone(),
+            settings.publication.clone(),
+        ),
+        Some(Host::Tcp(host)) => ReplicationConfig::new(
+            host.clone(),
+            user,
+            password,
+            database,
+            settings.slot.clone(),
+            settings.publication.clone(),
+        )
+        .with_port(port)
+        .with_tls(tls_config(&db.tls_settings)),
+        None => return Err("PGWS_DB_URI names no host".into()),
+    };
+    config = config
+        .with_status_interval(STATUS_INTERVAL)
+        .with_wakeup_interval(Duration::from_secs(10))
+        .with_application_name("pgws-wal");
+    Ok(config)
+}
+
+fn tls_config(tls: &crate::pg::tls::TlsSettings) -> TlsConfig {
+    let roots = match &tls.root_cert {
+        Some(RootCert::File(path)) => Some(path.clone()),
+        Some(RootCert::System) | None => None,
+    };
+    let mut config = match tls.mode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Allow | SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(roots),
+        SslMode::VerifyFull => TlsConfig::verify_full(roots),
+    };
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        config = config.with_client_cert(cert, key);
+    }
+    config
+}
+
+/// Turns replication events into positioned messages for the sink.
+struct Reader<'a> {
+    prefix: &'a str,
+    /// The open transaction: its commit LSN and the index of its next message of ours.
+    txn: Option<(u64, u64)>,
+    /// Messages read and not yet handed to the sink.
+    pending: Vec<(Seq, Bytes)>,
+    /// The last position handed to the sink (what a new session skips up to).
+    delivered: Seq,
+    /// The end of the last whole transaction (or keepalive) received.
+    received_end: u64,
+    metrics: &'a WalMetrics,
+}
+
+impl Reader<'_> {
+    async fn run(
+        &mut self,
+        stream: &mut ReplicationClient,
+        control: &Control,
+        settings: &WalSettings,
+        sink: &Sink,
+        shutdown: &CancellationToken,
+        confirmed: &mut u64,
+    ) -> Ended {
+        let mut status = tokio::time::interval(STATUS_INTERVAL);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(settings.check_interval.max(Duration::from_secs(1)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Stopped,
+                event = stream.recv() => {
+                    match event {
+                        Ok(Some(event)) => self.take(event),
+                        Ok(None) => return Ended::Retry("the replication stream ended".into()),
+                        Err(e) => return Ended::Retry(format!("replication stream: {e}")),
+                    }
+                    // Everything already received goes to the hub together.
+                    let mut failed = None;
+                    for _ in 0..BATCH {
+                        match stream.recv().now_or_never() {
+                            Some(Ok(Some(event))) => self.take(event),
+                            Some(Ok(None)) => {
+                                failed = Some("the replication stream ended".to_string());
+                                break;
+                            }
+                            Some(Err(e)) => {
+                                failed = Some(format!("replication stream: {e}"));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.flush(sink);
+                    if let Some(why) = failed {
+                        return Ended::Retry(why);
+                    }
+                }
+                _ = status.tick() => {
+                    let safe = match sink.hub().oldest_held() {
+                        Some(oldest) => oldest.major.min(self.received_end),
+                        None => self.received_end,
+                    };
+                    if safe > *confirmed {
+                        *confirmed = safe;
+                        stream.update_applied_lsn(Lsn(safe));
+                    }
+                    self.metrics.confirmed_lsn.set(*confirmed as i64);
+                }
+                _ = check.tick() => {
+                    if let Err(e) = step(lag(&control.client, settings, self.metrics)).await
+                        .unwrap_or_else(|why| Err(why))
+                    {
+                        return Ended::Retry(format!("slot check: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one event.
+    fn take(&mut self, event: ReplicationEvent) {
+        match event {
+            ReplicationEvent::Begin { final_lsn, .. } => {
+                self.txn = Some((final_lsn.as_u64(), 0));
+            }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                if prefix != self.prefix {
+                    self.metrics.foreign.inc();
+                    return;
+                }
+                let seq = match (transactional, &mut self.txn) {
+                    (true, Some((commit, next))) => {
+                        *next += 1;
+                        Seq::wal(*commit, *next - 1)
+                    }
+                    // Outside a transaction (or, defensively, a transactional one without its
+                    // Begin): decoded at its own LSN, which orders it among the commits.
+                    _ => Seq::wal(lsn.as_u64(), 0),
+                };
+                if seq <= self.delivered {
+                    self.metrics.resent.inc();
+                    return;
+                }
+                self.pending.push((seq, content));
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                self.txn = None;
+                self.received(end_lsn.as_u64());
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if self.txn.is_none() {
+                    self.received(wal_end.as_u64());
+                }
+            }
+            ReplicationEvent::XLogData { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+    }
+
+    fn received(&mut self, end: u64) {
+        if end > self.received_end {
+            self.received_end = end;
+            self.metrics.received_lsn.set(end as i64);
+        }
+    }
+
+    /// Hands what was read to the sink, in order.
+    fn flush(&mut self, sink: &Sink) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let prefix = self.prefix;
+        let mut skipped = 0;
+        let batch =
+            self.pending
+                .iter()
+                .filter_map(|(seq, content)| match std::str::from_utf8(content) {
+                    Ok(text) => Some((*seq, prefix, text)),
+                    Err(_) => {
+                        skipped += 1;
+                        None
+                    }
+                });
+        sink.deliver_positioned(batch);
+        if skipped > 0 {
+            tracing::warn!(
+                count = skipped,
+                "skipped logical messages that are not UTF-8 text"
+            );
+        }
+        if let Some((last, _)) = self.pending.last() {
+            self.delivered = self.delivered.max(*last);
+        }
+        self.pending.clear();
+    }
+}
+
+/// Reads the lag of this node's slot and the WAL every `pgws*` slot of the database retains.
+async fn lag(
+    client: &tokio_postgres::Client,
+    settings: &WalSettings,
+    metrics: &WalMetrics,
+) -> Result<(), String> {
+    let rows = client
+        .query(
+            "SELECT slot_name::text, \
+             COALESCE((pg_current_wal_lsn() - restart_lsn)::int8, 0), \
+             COALESCE((pg_current_wal_lsn() - confirmed_flush_lsn)::int8, 0) \
+             FROM pg_replication_slots \
+             WHERE database = current_database() AND (slot_name = $1 OR slot_name LIKE 'pgws%')",
+            &[&settings.slot],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    metrics.retained_bytes.clear();
+    for row in rows {
+        let (name, retained, behind): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if name == settings.slot {
+            metrics.slot_lag_bytes.set(behind);
+        }
+        metrics
+            .retained_bytes
+            .get_or_create(&SlotLabel { slot: name })
+            .set(retained);
+    }
+    Ok(())
+}
+
+/// Drops a replication slot (`pgws --drop-wal-slot NAME`): for a node that is gone for good,
+/// whose slot would otherwise keep PostgreSQL's WAL. Refuses a slot in use.
+pub async fn drop_slot(db: &Database, slot: &str) -> Result<(), String> {
+    let (client, connection) = step(with_defaults(db).connect())
+        .await?
+        .map_err(|e| describe(&e))?;
+    let driver = tokio::spawn(connection);
+    let result = client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map(|_| ())
+        .map_err(|e| describe(&e));
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The slot name for a node: `pgws_` and the node id, lowercased, with everything but
+/// `[a-z0-9_]` replaced by `_` (PostgreSQL's rule for slot names), shortened with a hash to
+/// PostgreSQL's 63 bytes when longer.
+pub fn slot_name(node_id: &str) -> String {
+    let clean: String = node_id
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect();
+    let name = format!("pgws_{clean}");
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = wal_epoch(node_id, "", "");
+    format!("{}_{hash:016x}", &name[..46])
+}
+
+/// This host's name (for the default node id), or `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        assert_eq!(slot_name("web-1.example_3000"), "pgws_web_1_example_3000");
+        assert_eq!(slot_name("Ünï"), "pgws____");
+        let long = slot_name(&"x".repeat(100));
+        assert_eq!(long.len(), 63);
+        assert_ne!(long, slot_name(&"x".repeat(101)));
+    }
+
+    fn message(lsn: u64, prefix: &str, text: &str) -> ReplicationEvent {
+        ReplicationEvent::Message {
+            transactional: true,
+            lsn: Lsn(lsn),
+            prefix: prefix.into(),
+            content: Bytes::copy_from_slice(text.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn positions_follow_commits_and_skip_what_was_delivered() {
+        let metrics = WalMetrics::default();
+        let mut r = Reader {
+            prefix: "p",
+            txn: None,
+            pending: Vec::new(),
+            delivered: Seq::wal(500, 0),
+            received_end: 0,
+            metrics: &metrics,
+        };
+        // A transaction committed at 500 (already delivered), then one at 900 whose messages
+        // were written before the first one's commit.
+        for (commit, end) in [(500, 520), (900, 940)] {
+            r.take(ReplicationEvent::Begin {
+                final_lsn: Lsn(commit),
+                xid: 1,
+                commit_time_micros: 0,
+            });
+            r.take(message(100, "p", "a"));
+            r.take(message(110, "other", "x"));
+            r.take(message(120, "p", "b"));
+            r.take(ReplicationEvent::Commit {
+                lsn: Lsn(commit),
+                end_lsn: Lsn(end),
+                commit_time_micros: 0,
+            });
+        }
+        let seqs: Vec<Seq> = r.pending.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [Seq::wal(500, 1), Seq::wal(900, 0), Seq::wal(900, 1)]);
+        assert_eq!(metrics.resent.get(), 1);
+        assert_eq!(metrics.foreign.get(), 2);
+        assert_eq!(r.received_end, 940);
+    }
+}
