@@ -64,7 +64,10 @@ impl AppState {
     /// Ready to serve: the source is receiving and the NOTIFY pool can connect.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !self.source.is_up() {
-            return Err("the LISTEN connection is down");
+            return Err(match self.config.source {
+                crate::source::SourceKind::Notify => "the LISTEN connection is down",
+                crate::source::SourceKind::Wal => "the replication stream is down",
+            });
         }
         let failed = self
             .publisher

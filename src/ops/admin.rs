@@ -34,6 +34,16 @@ pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
         }
         "/health" => text(StatusCode::OK, "ok"),
         "/ready" => match state.readiness() {
+            Ok(()) if state.config.source == crate::source::SourceKind::Wal => {
+                let wal = &state.metrics.wal;
+                text(
+                    StatusCode::OK,
+                    format!(
+                        "ready: WAL slot {} bytes behind the current position",
+                        wal.slot_lag_bytes.get()
+                    ),
+                )
+            }
             Ok(()) => text(StatusCode::OK, "ready"),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
         },

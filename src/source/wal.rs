@@ -458,21 +458,12 @@ async fn prepare(
         .map_err(query)?
         .get(0);
     if let Some(row) = slot {
-        let (plugin, slot_db, active, pid, confirmed, wal_status): (
-            Option<String>,
-            Option<String>,
-            bool,
-            Option<i32>,
-            Option<String>,
-            Option<String>,
-        ) = (
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            row.get(3),
-            row.get(4),
-            row.get(5),
-        );
+        let plugin: Option<String> = row.get(0);
+        let slot_db: Option<String> = row.get(1);
+        let active: bool = row.get(2);
+        let pid: Option<i32> = row.get(3);
+        let confirmed: Option<String> = row.get(4);
+        let wal_status: Option<String> = row.get(5);
         if plugin.as_deref() != Some("pgoutput") || slot_db.as_deref() != Some(database.as_str()) {
             return Err(Ended::Unusable(format!(
                 "the replication slot {} exists but is not a pgoutput slot of database {database} \
@@ -659,7 +650,7 @@ impl Reader<'_> {
                 }
                 _ = check.tick() => {
                     if let Err(e) = step(lag(&control.client, settings, self.metrics)).await
-                        .unwrap_or_else(|why| Err(why))
+                        .unwrap_or_else(Err)
                     {
                         return Ended::Retry(format!("slot check: {e}"));
                     }
@@ -834,7 +825,7 @@ mod tests {
     #[test]
     fn slot_names_follow_postgres_rules() {
         assert_eq!(slot_name("web-1.example_3000"), "pgws_web_1_example_3000");
-        assert_eq!(slot_name("Ünï"), "pgws____");
+        assert_eq!(slot_name("Ünï"), "pgws__n_");
         let long = slot_name(&"x".repeat(100));
         assert_eq!(long.len(), 63);
         assert_ne!(long, slot_name(&"x".repeat(101)));

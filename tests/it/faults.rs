@@ -11,14 +11,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::*;
 
-async fn own_cluster() -> Cluster {
+pub(crate) async fn own_cluster() -> Cluster {
     tokio::task::spawn_blocking(Cluster::start)
         .await
         .unwrap()
         .expect("a private cluster")
 }
 
-async fn pause(mut c: Cluster) -> Cluster {
+pub(crate) async fn pause(mut c: Cluster) -> Cluster {
     tokio::task::spawn_blocking(move || {
         c.pause().expect("stop postgres");
         c
@@ -27,7 +27,7 @@ async fn pause(mut c: Cluster) -> Cluster {
     .unwrap()
 }
 
-async fn resume(mut c: Cluster) -> Cluster {
+pub(crate) async fn resume(mut c: Cluster) -> Cluster {
     tokio::task::spawn_blocking(move || {
         c.resume().expect("start postgres");
         c

@@ -20,3 +20,4 @@ mod security;
 mod sse;
 mod static_http;
 mod tls;
+mod wal;

@@ -8,12 +8,12 @@ use serde_json::{Value, json};
 use crate::common::*;
 use crate::sse::{Sse, open};
 
-fn message(channel: &str, n: usize) -> String {
+pub(crate) fn message(channel: &str, n: usize) -> String {
     json!({"channel": channel, "payload": n}).to_string()
 }
 
 /// The numbered payload of an event's data (a notification text as sent by [`message`]).
-fn number(data: &str) -> usize {
+pub(crate) fn number(data: &str) -> usize {
     let v: Value = serde_json::from_str(data).expect("JSON message");
     v["payload"].as_u64().expect("numbered payload") as usize
 }
@@ -34,7 +34,7 @@ async fn send_and_witness(
     }
 }
 
-async fn stream(s: &TestServer, channel: &str, last_event_id: Option<&str>) -> Sse {
+pub(crate) async fn stream(s: &TestServer, channel: &str, last_event_id: Option<&str>) -> Sse {
     let path = format!("/{channel}/{}", token(json!({"mode":"r"})));
     let headers: Vec<(&str, &str)> = last_event_id
         .map(|id| ("last-event-id", id))
@@ -164,7 +164,7 @@ async fn websocket_opt_in_carries_positions_and_resumes() {
     s.stop().await.unwrap();
 }
 
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' => (b as char).to_string(),
@@ -174,7 +174,7 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// The first event of a resume that cannot be exact.
-async fn gap(sse: &mut Sse) -> Value {
+pub(crate) async fn gap(sse: &mut Sse) -> Value {
     let ev = sse.next_event().await;
     assert!(ev.id.is_none(), "a gap is not a stream message");
     let v: Value = serde_json::from_str(&ev.data.unwrap()).unwrap();

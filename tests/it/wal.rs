@@ -1,0 +1,521 @@
+//! The WAL source (`--source wal`) on a real PostgreSQL with `wal_level=logical`: delivery from
+//! `pg_logical_emit_message` to websocket and SSE clients, large messages both ways, and no loss,
+//! no duplicate, no reordering across a node restart, a client moving between nodes, a killed
+//! walsender and a PostgreSQL restart. Every message is numbered in its payload and what each
+//! client received is compared with what was committed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::faults::{own_cluster, pause, resume};
+use crate::resume::{gap, message, number, percent_encode, stream};
+
+/// `SELECT pg_logical_emit_message(true, prefix, text)`.
+async fn emit(db: &tokio_postgres::Client, prefix: &str, text: &str) {
+    db.execute(
+        "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+        &[&prefix, &text],
+    )
+    .await
+    .expect("pg_logical_emit_message");
+}
+
+async fn wal_server(db: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--source", "wal"];
+    args.extend_from_slice(extra);
+    start_on(db, &args).await
+}
+
+/// Reads `n` numbered compat messages from a websocket.
+async fn numbers(ws: &mut Ws, n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(number(&next_text(ws).await));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sql_messages_reach_websocket_and_sse_clients_in_order() {
+    let db_uri = fresh_db().await;
+    let s = wal_server(&db_uri, &[]).await;
+    let db = pg(&db_uri).await;
+    let mut ws = connect(&s.url(&format!("/chat/{}", token(json!({"mode":"r"}))))).await;
+    let mut sse = stream(&s, "chat", None).await;
+    for n in 0..20 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    // Several messages in one transaction, and messages that are not pgws's (another prefix).
+    db.batch_execute(&format!(
+        "BEGIN; \
+         SELECT pg_logical_emit_message(true, '{LISTEN}', '{}'); \
+         SELECT pg_logical_emit_message(true, 'someone-else', 'not ours'); \
+         SELECT pg_logical_emit_message(true, '{LISTEN}', '{}'); \
+         COMMIT;",
+        message("chat", 20),
+        message("chat", 21)
+    ))
+    .await
+    .unwrap();
+    // A message for another channel is not this client's.
+    emit(&db, LISTEN, &message("other", 99)).await;
+    emit(&db, LISTEN, &message("chat", 22)).await;
+    let expected: Vec<usize> = (0..23).collect();
+    // Compat clients get the exact text, in commit order.
+    let first = next_text(&mut ws).await;
+    assert_eq!(first, message("chat", 0), "byte for byte");
+    let mut got = vec![number(&first)];
+    got.extend(numbers(&mut ws, 22).await);
+    assert_eq!(got, expected);
+    let mut ids = Vec::new();
+    for n in 0..23 {
+        let ev = sse.next_event().await;
+        assert_eq!(number(ev.data.as_deref().unwrap()), n);
+        ids.push(ev.id.expect("a position"));
+    }
+    // Positions name the commit LSN and the index within the transaction.
+    assert!(
+        ids[20].ends_with(".0") && ids[21].ends_with(".1"),
+        "{ids:?}"
+    );
+    assert_eq!(
+        ids[20].rsplit_once('.').unwrap().0,
+        ids[21].rsplit_once('.').unwrap().0
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_mebibyte_travels_intact_from_sql_and_from_a_client() {
+    let db_uri = fresh_db().await;
+    let s = wal_server(&db_uri, &["--max-message-size", "2000000"]).await;
+    let db = pg(&db_uri).await;
+    let mut reader = connect(&s.url(&format!("/big/{}", token(json!({"mode":"r"}))))).await;
+    let mut writer = connect(&s.url(&format!("/big/{}", token(json!({"mode":"w"}))))).await;
+    let big: String = (0..1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    // From SQL: the whole envelope as one logical message.
+    let from_sql = json!({"channel": "big", "payload": big}).to_string();
+    emit(&db, LISTEN, &from_sql).await;
+    assert_eq!(next_text(&mut reader).await, from_sql);
+    // From a client: far above NOTIFY's 8000 bytes, written with pg_logical_emit_message.
+    send(&mut writer, &big).await;
+    let v = next_json(&mut reader).await;
+    assert_eq!(v["event"], "WebsocketMessage");
+    assert_eq!(v["payload"].as_str().map(str::len), Some(big.len()));
+    assert!(v["payload"] == big.as_str(), "intact");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_node_rebuilds_its_window_and_its_clients_lose_nothing() {
+    let db_uri = fresh_db().await;
+    let node = ["--node-id", "restart-test"];
+    let s = wal_server(&db_uri, &node).await;
+    let db = pg(&db_uri).await;
+    let mut client = stream(&s, "chat", None).await;
+    for n in 0..3 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    let mut last = None;
+    for n in 0..3 {
+        let ev = client.next_event().await;
+        assert_eq!(number(ev.data.as_deref().unwrap()), n);
+        last = ev.id;
+    }
+    drop(client);
+    s.stop().await.unwrap();
+    // While no pgws runs: these stay in the WAL, behind the slot.
+    for n in 3..8 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    let s = wal_server(&db_uri, &node).await;
+    let mut back = stream(&s, "chat", last.as_deref()).await;
+    for n in 3..8 {
+        let ev = back.next_event().await;
+        let data = ev.data.unwrap();
+        assert!(!data.contains("\"Gap\""), "exact: {data}");
+        assert_eq!(
+            number(&data),
+            n,
+            "replayed from the rebuilt window, in order"
+        );
+    }
+    emit(&db, LISTEN, &message("chat", 8)).await;
+    assert_eq!(
+        number(&back.next_event().await.data.unwrap()),
+        8,
+        "then live"
+    );
+    // The same slot was continued, not a new one made.
+    let slots: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_moves_to_another_node_with_its_position() {
+    let db_uri = fresh_db().await;
+    let a = wal_server(&db_uri, &[]).await;
+    let b = wal_server(&db_uri, &[]).await;
+    let db = pg(&db_uri).await;
+    // Two nodes on one host with default settings: two slots, both in use.
+    let active: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(active, 2, "each node its own slot");
+    let mut on_a = stream(&a, "chat", None).await;
+    let mut witness_b = stream(&b, "chat", None).await;
+    for n in 0..4 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    let mut last = None;
+    for n in 0..4 {
+        let ev = on_a.next_event().await;
+        assert_eq!(number(ev.data.as_deref().unwrap()), n);
+        last = ev.id;
+    }
+    drop(on_a);
+    for n in 4..10 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    for n in 0..10 {
+        assert_eq!(number(&witness_b.next_event().await.data.unwrap()), n);
+    }
+    // A's position means the same on B: exactly what was missed, no Gap.
+    let mut moved = stream(&b, "chat", last.as_deref()).await;
+    for n in 4..10 {
+        let data = moved.next_event().await.data.unwrap();
+        assert_eq!(number(&data), n, "{data}");
+    }
+    // Over a websocket too (opted in with the query parameter).
+    let tok = token(json!({"mode":"r"}));
+    let q = percent_encode(last.as_deref().unwrap());
+    let mut ws = connect(&b.url(&format!("/chat/{tok}?last-event-id={q}"))).await;
+    for n in 4..10 {
+        let v = next_json(&mut ws).await;
+        assert_eq!(number(v["data"].as_str().unwrap()), n);
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// A websocket reader (already connected) that records every numbered message until `total`.
+fn collect(mut ws: Ws, total: usize) -> tokio::task::JoinHandle<Vec<usize>> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.last().is_none_or(|n| *n + 1 < total) {
+            let text = tokio::time::timeout(Duration::from_secs(60), next_text(&mut ws))
+                .await
+                .expect("messages keep coming");
+            got.push(number(&text));
+        }
+        got
+    })
+}
+
+#[tokio::test]
+async fn a_killed_walsender_loses_and_repeats_nothing() {
+    const TOTAL: usize = 600;
+    let db_uri = fresh_db().await;
+    let mut s = wal_server(&db_uri, &[]).await;
+    let db = pg(&db_uri).await;
+    let ws = connect(&s.url(&format!("/chaos/{}", token(json!({"mode":"r"}))))).await;
+    let reader = collect(ws, TOTAL);
+    let publisher = {
+        let db_uri = db_uri.clone();
+        tokio::spawn(async move {
+            let db = pg(&db_uri).await;
+            for n in 0..TOTAL {
+                emit(&db, LISTEN, &message("chaos", n)).await;
+            }
+        })
+    };
+    // Mid-traffic: end the walsender serving this node's slot, twice.
+    for generation in [2, 3] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let killed: i64 = db
+            .query_one(
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
+                 WHERE database = current_database() AND active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1, "the walsender was there to kill");
+        s.wait_listening(generation).await;
+    }
+    publisher.await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("reader done in time")
+        .unwrap();
+    assert_eq!(
+        got,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "none lost, none twice, in order"
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_under_traffic_loses_nothing_committed() {
+    let cluster = own_cluster().await;
+    let db_uri = cluster.connection_string("postgres");
+    let mut s = wal_server(&db_uri, &["--check-listener-interval", "200"]).await;
+    let url = s.url(&format!("/chat/{}", token(json!({"mode":"r"}))));
+    let mut ws = connect(&url).await;
+    let db = pg(&db_uri).await;
+    for n in 0..100 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    drop(db);
+    let cluster = pause(cluster).await;
+    s.wait_down().await;
+    let cluster = resume(cluster).await;
+    let db = pg(&db_uri).await;
+    for n in 100..200 {
+        emit(&db, LISTEN, &message("chat", n)).await;
+    }
+    s.wait_listening(2).await;
+    let got = numbers(&mut ws, 200).await;
+    assert_eq!(
+        got,
+        (0..200).collect::<Vec<_>>(),
+        "every committed message, once, in order"
+    );
+    s.stop().await.unwrap();
+    drop(db);
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_positions_get_a_gap_never_a_wrong_replay() {
+    let db_uri = fresh_db().await;
+    let s = wal_server(&db_uri, &[]).await;
+    let db = pg(&db_uri).await;
+    let mut witness = stream(&s, "chat", None).await;
+    emit(&db, LISTEN, &message("chat", 0)).await;
+    let id = witness.next_event().await.id.unwrap();
+    let (epoch, _) = id.split_once('-').unwrap();
+    let future = format!("{epoch}-FFFFFFF/0.0");
+    let notify_style = format!("{epoch}-5");
+    let other_epoch = "0123456789abcdef-0/100.0".to_string();
+    let long = "0/".repeat(5000);
+    for (bad, reason) in [
+        (future.as_str(), "future_position"),
+        (other_epoch.as_str(), "other_epoch"),
+        ("0123456789abcdef-0/0.0", "unknown_position"),
+        ("0123456789abcdef-1/2/3.4", "unknown_position"),
+        (long.as_str(), "unknown_position"),
+        (notify_style.as_str(), "window_exceeded"),
+    ] {
+        let mut sse = stream(&s, "chat", Some(bad)).await;
+        assert_eq!(gap(&mut sse).await["reason"], reason, "{bad:.40}");
+        assert_eq!(number(&sse.next_event().await.data.unwrap()), 0);
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_slot_advances_on_an_idle_database_and_its_lag_is_exported() {
+    let db_uri = fresh_db().await;
+    let s = wal_server(
+        &db_uri,
+        &[
+            "--replay-age",
+            "1",
+            "--check-listener-interval",
+            "200",
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let db = pg(&db_uri).await;
+    let mut sse = stream(&s, "chat", None).await;
+    emit(&db, LISTEN, &message("chat", 0)).await;
+    sse.next_event().await;
+    let target: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Once the message ages out of the window, nothing holds the slot back.
+    let advanced = async {
+        loop {
+            let done: bool = db
+                .query_one(
+                    "SELECT bool_and(confirmed_flush_lsn >= $1::text::pg_lsn) FROM pg_replication_slots \
+                     WHERE database = current_database()",
+                    &[&target],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), advanced)
+        .await
+        .expect("the slot's confirmed position passes the message");
+    let metrics = s.admin_get("/metrics").await.1;
+    assert!(metrics.contains("pgws_wal_slot_lag_bytes "), "{metrics}");
+    assert!(
+        metrics.contains("pgws_wal_slot_retained_bytes{slot=\"pgws_"),
+        "{metrics}"
+    );
+    assert_eq!(s.metric("pgws_wal_up ").await, 1.0);
+    let (status, body) = s.admin_get("/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("slot"), "{body}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_nodes_slot_can_be_dropped() {
+    let db_uri = fresh_db().await;
+    let s = wal_server(&db_uri, &["--node-id", "gone"]).await;
+    s.stop().await.unwrap();
+    let cli = <pgws::Cli as clap::Parser>::try_parse_from(args(&db_uri, &[])).unwrap();
+    let config = cli.resolve(None, None).unwrap();
+    pgws::drop_wal_slot(&config, "pgws_gone").await.unwrap();
+    let db = pg(&db_uri).await;
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgws_gone'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let again = pgws::drop_wal_slot(&config, "pgws_gone").await;
+    assert!(again.unwrap_err().contains("does not exist"));
+}
+
+#[tokio::test]
+async fn start_up_errors_name_the_fix() {
+    // A role without REPLICATION.
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    db.batch_execute("CREATE ROLE no_repl LOGIN").await.unwrap();
+    let c = cluster();
+    let dbname = db_uri.rsplit("dbname=").next().unwrap();
+    let as_role = format!(
+        "host={} port={} user=no_repl dbname={dbname}",
+        c.socket_dir().display(),
+        c.port()
+    );
+    let s = spawn_on(&as_role, &["--source", "wal", "--retries", "3"]).await;
+    let err = tokio::time::timeout(WAIT, s.handle_result())
+        .await
+        .expect("gives up at once")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("REPLICATION") && err.contains("ALTER ROLE"),
+        "{err}"
+    );
+    // wal_level below logical.
+    let replica = tokio::task::spawn_blocking(|| {
+        pgws::embedded::Cluster::start_with_settings(&[("wal_level", "replica")])
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let s = spawn_on(
+        &replica.connection_string("postgres"),
+        &["--source", "wal", "--retries", "3"],
+    )
+    .await;
+    let err = tokio::time::timeout(WAIT, s.handle_result())
+        .await
+        .expect("gives up at once")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wal_level") && err.contains("logical"),
+        "{err}"
+    );
+    tokio::task::spawn_blocking(move || replica.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    // Direct channels cannot be read from the WAL: a configuration error.
+    let cli = <pgws::Cli as clap::Parser>::try_parse_from(args(
+        &db_uri,
+        &["--source", "wal", "--channel-mode", "direct"],
+    ))
+    .unwrap();
+    let e = cli.resolve(None, None).unwrap_err().to_string();
+    assert!(e.contains("PGWS_CHANNEL_MODE"), "{e}");
+}
+
+#[tokio::test]
+async fn the_documented_sql_helpers_work() {
+    let db_uri = fresh_db().await;
+    let s = wal_server(&db_uri, &[]).await;
+    let db = pg(&db_uri).await;
+    let sql =
+        include_str!("../../docs/sql/wal.sql").replace("postgres-websockets-listener", LISTEN);
+    db.batch_execute(&sql)
+        .await
+        .expect("docs/sql/wal.sql installs");
+    db.batch_execute(
+        "CREATE TABLE messages (id int PRIMARY KEY, body text); \
+         CREATE TRIGGER messages_to_pgws AFTER INSERT OR UPDATE ON messages \
+           FOR EACH ROW EXECUTE FUNCTION pgws_row_changed();",
+    )
+    .await
+    .unwrap();
+    let tok = token(json!({"mode":"r"}));
+    let mut rows = connect(&s.url(&format!("/messages/{tok}"))).await;
+    let mut chat = connect(&s.url(&format!("/chat/{tok}"))).await;
+    db.execute(
+        "SELECT pgws_send('chat', $1::text::jsonb)",
+        &[&r#"{"hello":"world"}"#],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut chat).await["payload"],
+        json!({"hello":"world"})
+    );
+    // A rolled-back transaction sends nothing; the committed one after it arrives alone.
+    db.batch_execute("BEGIN; INSERT INTO messages VALUES (1, 'never'); ROLLBACK;")
+        .await
+        .unwrap();
+    db.batch_execute(
+        "INSERT INTO messages VALUES (2, 'hi'); UPDATE messages SET body = 'edited' WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let first = next_json(&mut rows).await;
+    assert_eq!(first["channel"], "messages");
+    assert_eq!(first["payload"], json!({"id": 2, "body": "hi"}));
+    assert_eq!(next_json(&mut rows).await["payload"]["body"], "edited");
+    s.stop().await.unwrap();
+}
