@@ -128,8 +128,8 @@ pub async fn run(g: &Global, a: &CatchupArgs, threads: usize) -> Result<Report> 
     let path =
         token::channel_paths(&g.secret, "r", std::slice::from_ref(&a.channel), false)?.remove(0);
     let client = Arc::new(pg::connect(conninfo, timeout).await?);
-    let many = client.prepare(pg::NOTIFY_MANY).await?;
-    let one = client.prepare(pg::NOTIFY_ONE).await?;
+    let many = client.prepare(pg::many(g.wal())).await?;
+    let one = client.prepare(pg::one(g.wal())).await?;
     let total = a.missed + 1 + a.resumes as u64;
     let shared = Arc::new(Shared::new(1, total));
 
@@ -208,6 +208,45 @@ pub async fn run(g: &Global, a: &CatchupArgs, threads: usize) -> Result<Report> 
         String::from_utf8_lossy(&anchor)
     );
 
+    // 1b. Optionally, a server restart between the fill and the resumes.
+    let restarted;
+    let (g, target, restart_s) = match &a.restart_cmd {
+        Some(cmd) => {
+            let _ = stop_tx.send(true);
+            let t = Instant::now();
+            let cmd = cmd.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+            })
+            .await?
+            .context("running --restart-cmd")?;
+            if !out.status.success() {
+                bail!("--restart-cmd failed: {}", out.status);
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let last = text.lines().last().unwrap_or_default().to_string();
+            let (pid, port) = last
+                .split_once(' ')
+                .and_then(|(p, q)| Some((p.parse::<u32>().ok()?, q.trim().parse::<u16>().ok()?)))
+                .with_context(|| format!("--restart-cmd printed {last:?}, not '<pid> <port>'"))?;
+            let mut g2 = g.clone();
+            g2.server_pid = Some(pid);
+            g2.port = port;
+            restarted = g2;
+            let t2 = Target::new(&restarted.host, port, restarted.source_addrs)?;
+            eprintln!(
+                "  server restarted in {:.2} s: pid {pid} port {port}",
+                t.elapsed().as_secs_f64()
+            );
+            (&restarted, t2, Some(t.elapsed().as_secs_f64()))
+        }
+        None => (g, target, None),
+    };
+
     // 2. The resumes.
     let mut resumes = Vec::with_capacity(a.resumes);
     for r in 0..a.resumes {
@@ -272,6 +311,7 @@ pub async fn run(g: &Global, a: &CatchupArgs, threads: usize) -> Result<Report> 
     let params = json!({
         "channel": a.channel, "missed": a.missed, "payload": a.payload, "batch": a.batch,
         "resumes": a.resumes, "read_buf": a.read_buf, "threads": threads,
+        "restart": a.restart_cmd.is_some(),
     });
     let mut rep = Report::new("sse-catchup", &g.label, params);
     rep.line(format!(
@@ -301,6 +341,12 @@ pub async fn run(g: &Global, a: &CatchupArgs, threads: usize) -> Result<Report> 
     rep.line(format!(
         "failed resumes {failed}; missing + duplicated + out-of-order + gaps + anchor repeats: {anomalies}"
     ));
+    if let Some(s) = restart_s {
+        rep.line(format!(
+            "server restarted between the fill and the resumes in {s:.2} s"
+        ));
+    }
+    rep.set("restart_s", restart_s);
     rep.set("fill_s", fill_s);
     rep.set("anchor", String::from_utf8_lossy(&anchor));
     rep.set(

@@ -67,10 +67,30 @@ pub struct Global {
     /// Timeout of one TCP connect + WebSocket handshake, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// The server's source: `notify` (publish with `pg_notify`) or `wal` (publish with
+    /// `pg_logical_emit_message`, for a server with `PGWS_SOURCE=wal`).
+    #[arg(long, global = true, value_enum, default_value = "notify")]
+    pub source: Source,
     /// The server's admin listener (`PGWS_ADMIN_ADDRESS`, loopback `ip:port`), scraped for
     /// `pgws_window_*` and `pgws_replayed_total` by the event-stream scenarios.
     #[arg(long, global = true)]
     pub admin: Option<String>,
+}
+
+/// What the server reads messages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// LISTEN/NOTIFY.
+    Notify,
+    /// Logical messages in the WAL.
+    Wal,
+}
+
+impl Global {
+    /// Whether messages are published as logical messages.
+    pub fn wal(&self) -> bool {
+        self.source == Source::Wal
+    }
 }
 
 /// The scenarios.
@@ -118,6 +138,11 @@ pub struct CatchupArgs {
     /// Read buffer of the resuming stream, bytes.
     #[arg(long, default_value_t = 65_536)]
     pub read_buf: usize,
+    /// After filling the window, run this shell command, which must restart the server and print
+    /// `<pid> <port>` of the new one as its last line; the resumes then go to the new server
+    /// (a server reading the WAL rebuilds its window from its slot).
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
     /// Seconds one resume may take before it counts as failed.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,

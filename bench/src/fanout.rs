@@ -106,6 +106,7 @@ pub async fn run_over(
     eprintln!("  {}", conn_stats.human("subscribers"));
     let connected = conn_stats.ok;
     let ready = phases::warm_up(
+        g.wal(),
         &clients[0],
         &g.listen_channel,
         &channels,
@@ -134,6 +135,7 @@ pub async fn run_over(
             of: a.publishers,
             channels: channels.clone(),
             listen_channel: g.listen_channel.clone(),
+            wal: g.wal(),
             payload: a.pacing.payload,
             batch: a.batch,
             window: a.window,

@@ -100,6 +100,7 @@ pub async fn run_over(
             let client = crate::pg::connect(pg, opts.timeout).await?;
             Some(
                 phases::warm_up(
+                    g.wal(),
                     &client,
                     &g.listen_channel,
                     &channels,

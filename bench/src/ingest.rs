@@ -130,14 +130,26 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
             }
         }
     };
-    let (_listen_client, listen_task) = crate::pg::listen(
-        conninfo,
-        &g.listen_channel,
-        handler,
-        stop_rx.clone(),
-        timeout,
-    )
-    .await?;
+    // A server reading the WAL receives logical messages, which no LISTEN sees: arrivals are
+    // then counted at the subscribers (`--subscribers`, on one channel: messages/s).
+    let wal = g.wal();
+    if wal && a.subscribers == 0 {
+        bail!("--source wal: ingest counts arrivals at subscribers; give --subscribers 1 or more");
+    }
+    let listen = if wal {
+        None
+    } else {
+        Some(
+            crate::pg::listen(
+                conninfo,
+                &g.listen_channel,
+                handler,
+                stop_rx.clone(),
+                timeout,
+            )
+            .await?,
+        )
+    };
     let probe_client = crate::pg::connect(conninfo, timeout).await?;
     let before = g.server_pid.and_then(|p| procstat::sample(p).ok());
     let opts = OpenOpts {
@@ -203,6 +215,7 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
     .await;
     eprintln!("  {}", w_stats.human("writers"));
     let sub_ready = phases::warm_up(
+        g.wal(),
         &probe_client,
         &g.listen_channel,
         &channels,
@@ -213,6 +226,7 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
     .await;
     let echo_ready = if a.mode == "rw" {
         phases::warm_up(
+            g.wal(),
             &probe_client,
             &g.listen_channel,
             &channels,
@@ -253,13 +267,19 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let send_s = start.elapsed().as_secs_f64();
-    let drain_end = phases::drain(
-        || arrived.load(Ordering::Relaxed),
-        progress.sent.load(Ordering::Relaxed),
-        secs(a.drain.drain_idle),
-        secs(a.drain.drain_timeout),
-    )
-    .await;
+    let drain_end = if wal {
+        None
+    } else {
+        Some(
+            phases::drain(
+                || arrived.load(Ordering::Relaxed),
+                progress.sent.load(Ordering::Relaxed),
+                secs(a.drain.drain_idle),
+                secs(a.drain.drain_timeout),
+            )
+            .await,
+        )
+    };
     // then the sockets' copies (nominal counts; idle timeout covers shortfalls)
     let nominal_on: Vec<u64> = (0..k)
         .map(|c| (c..w_n).step_by(k).map(|w| plan.sender(w, w_n).count).sum())
@@ -292,7 +312,9 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
         }
     }
     let listen_state = {
-        let _ = tokio::time::timeout(Duration::from_secs(10), listen_task).await;
+        if let Some((_client, task)) = listen {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         let rest = std::mem::take(&mut s.samples);
         latency.record_all(0, &rest);
@@ -329,10 +351,17 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
     };
     let sub_t = total_up(&subs, |i| i % k, &sent_on, subs_expected);
     let echo_t = total_up(&echoes, |i| i % k, &sent_on, echo_expected);
-    let last = last_rx.load(Ordering::Relaxed);
+    let (last, arrivals) = if wal {
+        (
+            sub_shared.last_rx_ns.load(Ordering::Relaxed),
+            sub_t.tally.delivered,
+        )
+    } else {
+        (last_rx.load(Ordering::Relaxed), listen_tally.delivered)
+    };
     let recv_s = last.saturating_sub(t0_ns) as f64 / 1e9;
     let rate = if recv_s > 0.0 {
-        listen_tally.delivered as f64 / recv_s
+        arrivals as f64 / recv_s
     } else {
         0.0
     };
@@ -341,12 +370,12 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
     let echo_lat = echo_shared.latency.summary();
     let server_cpu_per_msg_us = usage
         .server_cpu_s
-        .filter(|_| listen_tally.delivered > 0)
-        .map(|c| c * 1e6 / listen_tally.delivered as f64);
+        .filter(|_| arrivals > 0)
+        .map(|c| c * 1e6 / arrivals as f64);
     let error_frames = sub_t.errors + echo_t.errors;
 
     let params = json!({
-        "writers": w_n, "mode": a.mode, "channels": k, "subscribers": a.subscribers,
+        "writers": w_n, "mode": a.mode, "source": if wal { "wal" } else { "notify" }, "channels": k, "subscribers": a.subscribers,
         "rate": plan.rate, "messages": plan.total, "burst": plan.burst,
         "payload": a.pacing.payload, "write_batch": a.write_batch, "threads": threads,
     });
@@ -360,6 +389,11 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
         sent as f64 / send_s.max(1e-9),
         max_lag_us / 1000.0
     ));
+    if wal {
+        rep.line(format!(
+            "reached subscribers (WAL source): {arrivals} deliveries in {recv_s:.2} s ({rate:.0}/s)"
+        ));
+    }
     rep.line(format!(
         "reached PostgreSQL: {} of {} ({:.0} msg/s), lost {}, duplicated {}, out-of-order {}, \
          writers not in order {writers_disordered}/{w_n}, other notifications {} (drain: {drain_end:?})",

@@ -13,6 +13,20 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 pub const NOTIFY_ONE: &str = "SELECT pg_notify($1, $2)";
 /// SQL of many notifications in one transaction, in array order.
 pub const NOTIFY_MANY: &str = "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS u(x)";
+/// SQL of a single logical message (a server with `PGWS_SOURCE=wal`; prefix, text).
+pub const EMIT_ONE: &str = "SELECT pg_logical_emit_message(true, $1::text, $2::text)";
+/// SQL of many logical messages in one transaction, in array order.
+pub const EMIT_MANY: &str = "SELECT pg_logical_emit_message(true, $1::text, x) FROM unnest($2::text[]) WITH ORDINALITY AS u(x, n) ORDER BY n";
+
+/// The single-message SQL for the server's source (`--source`).
+pub fn one(wal: bool) -> &'static str {
+    if wal { EMIT_ONE } else { NOTIFY_ONE }
+}
+
+/// The many-messages SQL for the server's source.
+pub fn many(wal: bool) -> &'static str {
+    if wal { EMIT_MANY } else { NOTIFY_MANY }
+}
 
 /// Quotes an identifier for SQL.
 pub fn quote_ident(name: &str) -> String {

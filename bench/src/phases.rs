@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 /// Publishes probes on `channels` every 250 ms until `want` sockets saw one
 /// or `timeout` passes; returns the number of ready sockets.
 pub async fn warm_up(
+    wal: bool,
     client: &Client,
     listen_channel: &str,
     channels: &[String],
@@ -29,7 +30,7 @@ pub async fn warm_up(
         if round <= 400 {
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
-                publisher::probe(client, listen_channel, channels, round),
+                publisher::probe(wal, client, listen_channel, channels, round),
             )
             .await;
         }

@@ -32,6 +32,8 @@ pub struct PubCfg {
     pub window: usize,
     /// When messages are due.
     pub schedule: Schedule,
+    /// Publish with `pg_logical_emit_message` (a server reading the WAL).
+    pub wal: bool,
 }
 
 /// What one publisher did.
@@ -60,9 +62,9 @@ pub async fn run(client: Client, cfg: PubCfg, start: Instant, deadline: Instant)
     };
     let batch = cfg.batch.max(1);
     let sql = if batch == 1 {
-        pg::NOTIFY_ONE
+        pg::one(cfg.wal)
     } else {
-        pg::NOTIFY_MANY
+        pg::many(cfg.wal)
     };
     let stmt = match client.prepare(sql).await {
         Ok(s) => s,
@@ -144,6 +146,7 @@ fn settle(res: &mut PubResult, (n, r): (u64, Result<u64, tokio_postgres::Error>)
 
 /// Publishes one warm-up probe per channel in a single transaction.
 pub async fn probe(
+    wal: bool,
     client: &Client,
     listen_channel: &str,
     channels: &[String],
@@ -151,6 +154,6 @@ pub async fn probe(
 ) -> Result<u64, tokio_postgres::Error> {
     let texts: Vec<String> = channels.iter().map(|c| message::probe(c, round)).collect();
     client
-        .execute(pg::NOTIFY_MANY, &[&listen_channel, &texts])
+        .execute(pg::many(wal), &[&listen_channel, &texts])
         .await
 }

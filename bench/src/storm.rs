@@ -282,6 +282,7 @@ pub async fn run(g: &Global, a: &StormArgs, threads: usize) -> Result<Report> {
     eprintln!("  {}", conn_stats.human("streams"));
     let connected = conn_stats.ok;
     let ready = phases::warm_up(
+        g.wal(),
         &clients[0],
         &g.listen_channel,
         &channels,
@@ -311,6 +312,7 @@ pub async fn run(g: &Global, a: &StormArgs, threads: usize) -> Result<Report> {
             of: a.publishers,
             channels: channels.clone(),
             listen_channel: g.listen_channel.clone(),
+            wal: g.wal(),
             payload: a.payload,
             batch: 1,
             window: 32,

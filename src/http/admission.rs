@@ -204,6 +204,12 @@ pub async fn admit<B>(
         Purpose::Connect => resume_request(req),
         Purpose::Publish => (None, false),
     };
+    if let Some(ResumeFrom::At(p)) = resume {
+        // A position of this stream that this node has not read yet (it restarted and is
+        // rebuilding its windows, or the client comes from a node a little ahead): wait for it
+        // rather than answer "future position".
+        state.hub.wait_for(p, CATCH_UP_WAIT).await;
+    }
     Ok(Admitted {
         grant,
         channels,
@@ -214,6 +220,9 @@ pub async fn admit<B>(
         positions,
     })
 }
+
+/// How long a resume from a position not read yet waits for this node to read it.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// The rules only a client that stays connected passes: a receiving source, server capacity.
 async fn connect_rules(state: &AppState) -> Result<(), Refusal> {

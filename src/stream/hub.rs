@@ -98,6 +98,8 @@ pub struct Hub {
     held: Held,
     /// Positions after which the source lost messages (outages), with when.
     outages: Mutex<VecDeque<(Instant, Seq)>>,
+    /// Woken when a source that numbers its own messages moves `last` (resumes wait on it).
+    progress: tokio::sync::Notify,
     /// What the hub did so far.
     pub stats: HubStats,
 }
@@ -123,6 +125,7 @@ impl Hub {
             replay,
             held: Held::default(),
             outages: Mutex::default(),
+            progress: tokio::sync::Notify::new(),
             stats,
         }
     }
@@ -154,6 +157,28 @@ impl Hub {
             *last = known_after;
         } else if known_after > *last {
             *last = known_after;
+        }
+    }
+
+    /// Waits (at most `limit`) until the stream reaches `position`, when it is a position of this
+    /// stream ahead of what was read so far; returns at once otherwise. Only a source that numbers
+    /// its own messages (WAL) can be behind a position it will reach; a counted stream's future
+    /// positions are wrong, not early.
+    pub async fn wait_for(&self, position: Position, limit: std::time::Duration) {
+        if !self.replay.keep_all || position.epoch != self.epoch() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.last() >= position.seq {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -198,6 +223,7 @@ impl Hub {
             let mut last = lock(&self.last);
             if numbered {
                 *last = (*last).max(tail.seq());
+                self.progress.notify_waiters();
             } else {
                 for frame in run.iter_mut() {
                     last.minor += 1;
