@@ -13,7 +13,6 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::protocol::{ClaimsText, envelope, postgrest_envelope};
 
@@ -155,10 +154,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Route<'a> {
                 let mut channel = None;
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "channel" {
-                        channel = match map.next_value::<Value>()? {
-                            Value::String(s) => Some(Cow::Owned(s)),
-                            _ => None,
-                        };
+                        channel = map.next_value::<MaybeStr<'de>>()?.0;
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                     }
@@ -167,6 +163,64 @@ impl<'de: 'a, 'a> Deserialize<'de> for Route<'a> {
             }
         }
         d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// A JSON value read only for whether it is a string: the string (borrowed from the input when it
+/// has no escapes), or `None` for any other value, which is skipped without being built.
+struct MaybeStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for MaybeStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MaybeStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeStr(None))
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -204,6 +258,23 @@ mod tests {
             route(r#"{"channel":"c","nested":{"channel":"d"}}"#, "l"),
             "c"
         );
+        // Non-string values are skipped whole, whatever their shape; the last key wins.
+        for other in [
+            r#"{"channel":{"channel":"x"},"payload":1}"#,
+            r#"{"channel":[1,"x",{"a":[]}]}"#,
+            r#"{"channel":null}"#,
+            r#"{"channel":true}"#,
+            r#"{"channel":-1.5e3}"#,
+            r#"{"channel":"a","channel":{"x":1}}"#,
+            r#"{"channel":"a", bad"#,
+        ] {
+            assert_eq!(route(other, "l"), "l", "{other}");
+        }
+        assert_eq!(route(r#"{"channel":{"x":1},"channel":"b"}"#, "l"), "b");
+        assert!(matches!(
+            route(r#"{"channel":"plain"}"#, "l"),
+            Cow::Borrowed("plain")
+        ));
     }
 
     #[test]

@@ -394,7 +394,8 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
             "reached subscribers (WAL source): {arrivals} deliveries in {recv_s:.2} s ({rate:.0}/s)"
         ));
     }
-    rep.line(format!(
+    if !wal {
+        rep.line(format!(
         "reached PostgreSQL: {} of {} ({:.0} msg/s), lost {}, duplicated {}, out-of-order {}, \
          writers not in order {writers_disordered}/{w_n}, other notifications {} (drain: {drain_end:?})",
         listen_tally.delivered,
@@ -405,6 +406,7 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
         listen_tally.out_of_order,
         listen_state.other
     ));
+    }
     rep.line(format!(
         "latency client send -> LISTEN receipt: {}",
         lat.human()

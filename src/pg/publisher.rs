@@ -339,7 +339,12 @@ async fn send_all(
     // committing many at once is what makes ingest fast. PostgreSQL folds identical
     // notifications of one transaction into one, so a group never holds the same
     // (channel, text) twice.
-    for range in groups(jobs, listen) {
+    // Logical messages are never folded: no need to look for repeats (hashing every payload).
+    let ranges = match bus {
+        SourceKind::Notify => groups(jobs, listen),
+        SourceKind::Wal => vec![0..jobs.len()],
+    };
+    for range in ranges {
         let group = &jobs[range];
         let result = if group.len() == 1 {
             let channel = group[0].pg_channel.as_deref().unwrap_or(listen);
