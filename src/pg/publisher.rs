@@ -342,7 +342,7 @@ async fn send_all(
     // Logical messages are never folded: no need to look for repeats (hashing every payload).
     let ranges = match bus {
         SourceKind::Notify => groups(jobs, listen),
-        SourceKind::Wal => vec![0..jobs.len()],
+        SourceKind::Wal => std::iter::once(0..jobs.len()).collect(),
     };
     for range in ranges {
         let group = &jobs[range];
