@@ -181,7 +181,17 @@ impl Server {
         } else {
             (None, None)
         };
+        let authz = config.authz.clone().map(|settings| {
+            crate::authz::Authorizer::start(
+                &config.db,
+                settings,
+                &config.listen_channel,
+                metrics.authz.clone(),
+                stop.clone(),
+            )
+        });
         let sink = Arc::new(Sink {
+            authz: authz.clone(),
             hub: hub.clone(),
             router: router.clone(),
             gap_events: config.gap_events,
@@ -263,6 +273,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             metrics,
             active: AtomicUsize::new(0),
+            authz,
             config,
         });
         if let Some(admin) = self.admin {
@@ -317,6 +328,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("pending NOTIFYs were not all sent in time");
+        }
+        if let Some(authz) = &state.authz {
+            authz.close().await;
         }
         if tokio::time::timeout(Duration::from_secs(5), state.publisher.close())
             .await

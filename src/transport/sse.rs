@@ -232,6 +232,12 @@ impl hyper::body::Body for Stream {
             return Poll::Pending;
         }
         let drained = client.outbox().drain_into(&mut this.batch);
+        if let Some((code, reason)) = drained.end {
+            // Access revoked (authorization by the database): nothing more is sent.
+            this.batch.clear();
+            let bye = this.close(code, reason, "revoked");
+            return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
+        }
         if !drained.healthy {
             this.batch.clear();
             let bye = this.close(

@@ -272,6 +272,10 @@ where
             }
             _ = client.outbox().wait() => {
                 let drained = client.outbox().drain_into(&mut batch);
+                if let Some((code, reason)) = drained.end {
+                    // Access revoked (authorization by the database): nothing more is sent.
+                    return End::Close(code, reason, "revoked");
+                }
                 if client.positions() {
                     for frame in batch.iter_mut() {
                         if let Some(position) = client.position_of(frame) {
