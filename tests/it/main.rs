@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod ops;
 
+mod authz;
 mod binary;
 mod direct;
 mod handshake;
