@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::revoke::Selector;
 use super::Subject;
+use super::revoke::Selector;
 use crate::auth::now_seconds;
 
 type Key = (Arc<str>, Box<str>, Box<str>);
@@ -141,7 +141,10 @@ mod tests {
         assert!(c.allowed(&alice, "chat", "r"));
         assert!(!c.allowed(&alice, "chat", "rw"));
         assert!(!c.allowed(&alice, "other", "r"));
-        assert!(!c.allowed(&bob, "chat", "r"), "another token's rights are never lent");
+        assert!(
+            !c.allowed(&bob, "chat", "r"),
+            "another token's rights are never lent"
+        );
         let expired = subject("{\"sub\":\"carol\"}", "carol", Some(1.0));
         c.insert(&expired, "chat", "r");
         assert!(!c.allowed(&expired, "chat", "r"));

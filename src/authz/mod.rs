@@ -527,7 +527,9 @@ mod tests {
             "\"api\".\"can_use\""
         );
         assert_eq!(
-            FunctionName::parse("x\"; DROP TABLE t; --").unwrap().quoted(),
+            FunctionName::parse("x\"; DROP TABLE t; --")
+                .unwrap()
+                .quoted(),
             "\"x\"\"; DROP TABLE t; --\""
         );
         assert!(FunctionName::parse("a.b.c").is_err());
@@ -548,13 +550,34 @@ mod tests {
         assert_eq!(&*subject.role, "web_user");
         assert_eq!(subject.sub.as_deref(), Some("alice"));
         assert_eq!(subject.jti.as_deref(), Some("t1"));
-        let forbidden = |r: Result<Subject, AuthzRefusal>| matches!(r, Err(AuthzRefusal::Forbidden(_)));
-        assert!(forbidden(Subject::from_claims(&claims(json!({})), None, &s)));
-        assert!(forbidden(Subject::from_claims(&claims(json!({"role":7})), None, &s)));
-        assert!(forbidden(Subject::from_claims(&claims(json!({"role":"a\u{0}b"})), None, &s)));
+        let forbidden =
+            |r: Result<Subject, AuthzRefusal>| matches!(r, Err(AuthzRefusal::Forbidden(_)));
+        assert!(forbidden(Subject::from_claims(
+            &claims(json!({})),
+            None,
+            &s
+        )));
+        assert!(forbidden(Subject::from_claims(
+            &claims(json!({"role":7})),
+            None,
+            &s
+        )));
+        assert!(forbidden(Subject::from_claims(
+            &claims(json!({"role":"a\u{0}b"})),
+            None,
+            &s
+        )));
         let long = "r".repeat(64);
-        assert!(forbidden(Subject::from_claims(&claims(json!({"role":long})), None, &s)));
-        assert!(forbidden(Subject::from_claims(&claims(json!({"role":""})), None, &s)));
+        assert!(forbidden(Subject::from_claims(
+            &claims(json!({"role":long})),
+            None,
+            &s
+        )));
+        assert!(forbidden(Subject::from_claims(
+            &claims(json!({"role":""})),
+            None,
+            &s
+        )));
         s.anon_role = Some("anon".into());
         let anon = Subject::from_claims(&claims(json!({"sub":"x"})), None, &s).unwrap();
         assert_eq!(&*anon.role, "anon");

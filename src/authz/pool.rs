@@ -118,7 +118,11 @@ impl Lease<'_> {
     /// The connection.
     pub fn client(&self) -> &tokio_postgres::Client {
         // `conn` is `Some` until `release` or drop, which both consume the lease.
-        &self.conn.as_ref().expect("a lease holds its connection").client
+        &self
+            .conn
+            .as_ref()
+            .expect("a lease holds its connection")
+            .client
     }
 
     /// Gives the connection back: only when its transaction ended as expected.

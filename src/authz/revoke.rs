@@ -29,7 +29,7 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{AuthzRefusal, Authorizer, CLOSE_REVOKED, REVOKED_REASON, Subject};
+use super::{Authorizer, AuthzRefusal, CLOSE_REVOKED, REVOKED_REASON, Subject};
 use crate::auth::Mode;
 use crate::channel::ChannelName;
 use crate::stream::Outbox;

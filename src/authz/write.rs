@@ -52,7 +52,10 @@ impl WriteError {
             TxError::Timeout(t) => (
                 "write_timeout",
                 Some("57014".into()),
-                format!("the write function did not answer within {} ms", t.as_millis()),
+                format!(
+                    "the write function did not answer within {} ms",
+                    t.as_millis()
+                ),
             ),
             TxError::Pool(e @ PoolError::Busy(_)) => ("write_busy", None, e.to_string()),
             TxError::Pool(e) => ("write_failed", None, e.to_string()),

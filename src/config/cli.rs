@@ -455,7 +455,11 @@ pub struct Cli {
 
     /// The role of tokens without a role claim (PostgREST's `db-anon-role`; unset: such tokens
     /// are refused with 403).
-    #[arg(long, env = "PGWS_AUTHZ_ANON_ROLE", value_name = "PGWS_AUTHZ_ANON_ROLE")]
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_ANON_ROLE",
+        value_name = "PGWS_AUTHZ_ANON_ROLE"
+    )]
     pub authz_anon_role: Option<String>,
 
     /// Connections of the check pool (separate from the NOTIFY pool).
@@ -485,14 +489,22 @@ pub struct Cli {
     pub authz_write_concurrency: u16,
 
     /// Most cached check results (0: every check asks the database).
-    #[arg(long, env = "PGWS_AUTHZ_CACHE_SIZE", value_name = "PGWS_AUTHZ_CACHE_SIZE",
-          default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_CACHE_SIZE",
+        value_name = "PGWS_AUTHZ_CACHE_SIZE",
+        default_value_t = 10_000
+    )]
     pub authz_cache_size: usize,
 
     /// Seconds between re-checks of every open client, with an emptied cache (0: only on
     /// revocation messages).
-    #[arg(long, env = "PGWS_AUTHZ_RECHECK_INTERVAL", value_name = "PGWS_AUTHZ_RECHECK_INTERVAL",
-          default_value_t = 0)]
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_RECHECK_INTERVAL",
+        value_name = "PGWS_AUTHZ_RECHECK_INTERVAL",
+        default_value_t = 0
+    )]
     pub authz_recheck_interval: u64,
 
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);

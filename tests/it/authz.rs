@@ -166,7 +166,9 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, Strin
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn close_code(frame: &Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> (u16, String) {
+fn close_code(
+    frame: &Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> (u16, String) {
     let f = frame.as_ref().expect("a close frame");
     (u16::from(f.code), f.reason.to_string())
 }
@@ -194,7 +196,12 @@ async fn a_postgrest_setup_authorizes_channels() {
     let alice = s.token("alice", "r");
     let mut ws = connect(&server.url(&format!("/chat/{alice}"))).await;
     let db = pg(&s.admin).await;
-    notify(&db, LISTEN, &json!({"channel":"chat","payload":"hi"}).to_string()).await;
+    notify(
+        &db,
+        LISTEN,
+        &json!({"channel":"chat","payload":"hi"}).to_string(),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["payload"], "hi");
     // A second socket of the same token is answered from the cache.
     let _again = connect(&server.url(&format!("/chat/{alice}"))).await;
@@ -203,7 +210,10 @@ async fn a_postgrest_setup_authorizes_channels() {
     // membership, a channel nobody may use.
     let (status, body) = refused(&server.url(&format!("/chat/{}", s.token("bob", "r")))).await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("does not allow channel 'chat' (mode r)"), "{body}");
+    assert!(
+        body.contains("does not allow channel 'chat' (mode r)"),
+        "{body}"
+    );
     let (status, body) = refused(&server.url(&format!("/chat/{}", s.token("alice", "rw")))).await;
     assert_eq!((status, body.contains("mode rw")), (403, true), "{body}");
     let (status, _) = refused(&server.url(&format!("/secret/{alice}"))).await;
@@ -225,10 +235,25 @@ async fn a_postgrest_setup_authorizes_channels() {
             .is_ok()
     );
     // HTTP publish is checked in mode w.
-    let (status, body) = post(server.addr, &format!("/chat/{}", s.token("alice", "w")), "x").await;
+    let (status, body) = post(
+        server.addr,
+        &format!("/chat/{}", s.token("alice", "w")),
+        "x",
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
-    assert!(server.metric("pgws_authz_checks_total{reason=\"refused\"}").await >= 4.0);
-    assert!(server.metric("pgws_handshakes_refused_total{reason=\"authz_refused\"}").await >= 3.0);
+    assert!(
+        server
+            .metric("pgws_authz_checks_total{reason=\"refused\"}")
+            .await
+            >= 4.0
+    );
+    assert!(
+        server
+            .metric("pgws_handshakes_refused_total{reason=\"authz_refused\"}")
+            .await
+            >= 3.0
+    );
     server.stop().await.unwrap();
 }
 
@@ -244,12 +269,18 @@ async fn hostile_roles_and_claims_are_refused_without_harm() {
     .await;
     let cases: Vec<(Value, &str)> = vec![
         (json!("nobody_at_all"), "cannot be used"),
-        (json!("x'; DROP TABLE api.channel_members; --"), "cannot be used"),
+        (
+            json!("x'; DROP TABLE api.channel_members; --"),
+            "cannot be used",
+        ),
         (json!("a\"b"), "cannot be used"),
         (json!("web\u{0}"), "NUL"),
         (json!("r".repeat(64 * 1024)), "63-byte"),
         // PostgreSQL would truncate 64 bytes to 63: a real role's name plus one byte.
-        (json!(format!("{}{}", s.web, "x".repeat(63 - s.web.len() + 1))), "63-byte"),
+        (
+            json!(format!("{}{}", s.web, "x".repeat(63 - s.web.len() + 1))),
+            "63-byte",
+        ),
         (json!(""), "empty"),
         (json!({"nested":"role"}), "not a string"),
         (json!(["a"]), "not a string"),
@@ -336,10 +367,23 @@ async fn no_role_or_setting_is_left_on_a_pooled_connection() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("P0001") && body.contains("cursed"), "{body}");
     // A write that sets a role and a setting for the session, then commits.
-    let (status, body) = post(server.addr, &format!("/whoami/{}", s.token("a", "w")), "leak").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"published":1,"results":["leaked?"]}"#));
+    let (status, body) = post(
+        server.addr,
+        &format!("/whoami/{}", s.token("a", "w")),
+        "leak",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"published":1,"results":["leaked?"]}"#)
+    );
     // A write that times out.
-    let (status, body) = post(server.addr, &format!("/whoami/{}", s.token("a", "w")), "sleep").await;
+    let (status, body) = post(
+        server.addr,
+        &format!("/whoami/{}", s.token("a", "w")),
+        "sleep",
+    )
+    .await;
     assert_eq!(status, 504, "{body}");
     // The next check on the same connection runs as its own role, on the authenticator's
     // session, with nothing left behind — for a web token, an anonymous one, and another web
@@ -348,11 +392,19 @@ async fn no_role_or_setting_is_left_on_a_pooled_connection() {
     let _anon = connect(&whoami(&token(json!({"sub":"c"})))).await;
     let _web2 = connect(&whoami(&s.token("d", "r"))).await;
     // And the write connection: `who` records current_user of the next write.
-    let (status, body) = post(server.addr, &format!("/whoami/{}", s.token("e", "w")), "after").await;
+    let (status, body) = post(
+        server.addr,
+        &format!("/whoami/{}", s.token("e", "w")),
+        "after",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let row = pg(&s.admin)
         .await
-        .query_one("SELECT who, author FROM api.messages WHERE body = 'after'", &[])
+        .query_one(
+            "SELECT who, author FROM api.messages WHERE body = 'after'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -362,7 +414,12 @@ async fn no_role_or_setting_is_left_on_a_pooled_connection() {
     // Every connection ended clean (RESET ROLE undid the leaking write's role, the time-outs
     // were the server's statement_timeout), so none was discarded: one connection each served
     // every call.
-    assert_eq!(server.metric("pgws_authz_connections_discarded_total").await, 0.0);
+    assert_eq!(
+        server
+            .metric("pgws_authz_connections_discarded_total")
+            .await,
+        0.0
+    );
     let backends: i64 = pg(&s.admin)
         .await
         .query_one(
@@ -372,7 +429,10 @@ async fn no_role_or_setting_is_left_on_a_pooled_connection() {
         .await
         .unwrap()
         .get(0);
-    assert!(backends <= 4, "checks, writes, NOTIFY pool: {backends} backends");
+    assert!(
+        backends <= 4,
+        "checks, writes, NOTIFY pool: {backends} backends"
+    );
     server.stop().await.unwrap();
 }
 
@@ -394,7 +454,10 @@ async fn a_function_that_raises_on_every_call_refuses_everyone_and_harms_nothing
     for i in 0..20 {
         let (status, body) = refused(&server.url(&format!("/c{i}/{}", s.token("a", "r")))).await;
         assert_eq!(status, 403, "{body}");
-        assert!(body.contains("42501") && body.contains("no, never"), "{body}");
+        assert!(
+            body.contains("42501") && body.contains("no, never"),
+            "{body}"
+        );
     }
     let (status, _) = server.admin_get("/health").await;
     assert_eq!(status, 200);
@@ -415,7 +478,10 @@ async fn a_revocation_closes_sockets_and_streams_on_every_node() {
         "--admin-address",
         "127.0.0.1:0",
     ];
-    let nodes = [start_on(&s.uri, &flags).await, start_on(&s.uri, &flags).await];
+    let nodes = [
+        start_on(&s.uri, &flags).await,
+        start_on(&s.uri, &flags).await,
+    ];
     let alice = s.token("alice", "r");
     let mut sockets = Vec::new();
     let mut streams = Vec::new();
@@ -443,13 +509,19 @@ async fn a_revocation_closes_sockets_and_streams_on_every_node() {
     for ws in &mut sockets {
         let (frame, texts) = closed(ws).await;
         assert_eq!(close_code(&frame), (4403, "access revoked".to_string()));
-        assert!(texts.is_empty(), "the control message is not delivered: {texts:?}");
+        assert!(
+            texts.is_empty(),
+            "the control message is not delivered: {texts:?}"
+        );
     }
     for sse in &mut streams {
         let ev = sse.next_event().await;
         assert_eq!(ev.event.as_deref(), Some("close"));
         let v: Value = serde_json::from_str(&ev.data.unwrap()).unwrap();
-        assert_eq!(v, json!({"event":"Close","code":4403,"reason":"access revoked"}));
+        assert_eq!(
+            v,
+            json!({"event":"Close","code":4403,"reason":"access revoked"})
+        );
         assert!(sse.next().await.is_none(), "the stream ends");
     }
     eprintln!(
@@ -457,7 +529,12 @@ async fn a_revocation_closes_sockets_and_streams_on_every_node() {
         sent.elapsed()
     );
     // Carol is still allowed: her socket stays open and receives what follows.
-    notify(&db, LISTEN, &json!({"channel":"chat","payload":"still here"}).to_string()).await;
+    notify(
+        &db,
+        LISTEN,
+        &json!({"channel":"chat","payload":"still here"}).to_string(),
+    )
+    .await;
     assert_eq!(next_json(&mut carol).await["payload"], "still here");
     // Alice is refused from now on, on both nodes.
     for node in &nodes {
@@ -533,7 +610,11 @@ async fn writes_go_through_the_function_as_the_clients_role() {
         .await
         .unwrap();
     assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2)),
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2)
+        ),
         (s.web.clone(), "alice".into(), "chat".into())
     );
     // Refused with an exception: an Error event with the SQLSTATE.
@@ -568,24 +649,59 @@ async fn writes_go_through_the_function_as_the_clients_role() {
     .expect("alice's call runs");
     send(&mut bob, "from bob").await;
     assert_eq!(next_json(&mut reader).await["payload"], "FROM BOB");
-    assert_eq!(sleeping().await, 1, "alice's call was still running when bob's was delivered");
+    assert_eq!(
+        sleeping().await,
+        1,
+        "alice's call was still running when bob's was delivered"
+    );
     // Timed out: the Error event says so, with the SQLSTATE of a cancelled statement.
     let e = next_json(&mut alice).await;
-    assert_eq!((e["code"].as_str(), e["sqlstate"].as_str()), (Some("write_timeout"), Some("57014")));
+    assert_eq!(
+        (e["code"].as_str(), e["sqlstate"].as_str()),
+        (Some("write_timeout"), Some("57014"))
+    );
     // HTTP publish: the function's result is the answer, an exception the error.
-    let (status, body) = post(server.addr, &format!("/chat/{}", s.token("alice", "w")), "by http").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"published":1,"results":["stored"]}"#));
+    let (status, body) = post(
+        server.addr,
+        &format!("/chat/{}", s.token("alice", "w")),
+        "by http",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"published":1,"results":["stored"]}"#)
+    );
     assert_eq!(next_json(&mut reader).await["payload"], "BY HTTP");
-    let (status, body) = post(server.addr, &format!("/chat/{}", s.token("alice", "w")), "raise").await;
+    let (status, body) = post(
+        server.addr,
+        &format!("/chat/{}", s.token("alice", "w")),
+        "raise",
+    )
+    .await;
     assert_eq!(status, 400);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["sqlstate"], "P0001");
     // A reader's message is refused by admission's mode (no write membership needed to read).
     send(&mut reader, "from a reader").await;
     assert_eq!(next_json(&mut reader).await["code"], "read_only");
-    assert_eq!(server.metric("pgws_authz_writes_total{reason=\"ok\"}").await, 3.0);
-    assert_eq!(server.metric("pgws_authz_writes_total{reason=\"refused\"}").await, 2.0);
-    assert_eq!(server.metric("pgws_authz_writes_total{reason=\"timeout\"}").await, 1.0);
+    assert_eq!(
+        server
+            .metric("pgws_authz_writes_total{reason=\"ok\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        server
+            .metric("pgws_authz_writes_total{reason=\"refused\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        server
+            .metric("pgws_authz_writes_total{reason=\"timeout\"}")
+            .await,
+        1.0
+    );
     server.stop().await.unwrap();
 }
 
@@ -596,6 +712,69 @@ async fn control_messages_pass_through_when_authorization_is_off() {
     let db = pg(&s.db).await;
     let text = json!({"pgws_control":"revoke","sub":"alice"}).to_string();
     notify(&db, LISTEN, &text).await;
-    assert_eq!(next_text(&mut ws).await, text, "an ordinary message without authorization");
+    assert_eq!(
+        next_text(&mut ws).await,
+        text,
+        "an ordinary message without authorization"
+    );
     s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revocation_through_the_wal_closes_sockets_on_every_node() {
+    let s = postgrest_setup().await;
+    s.admit("chat", "alice", false).await;
+    let db = pg(&s.admin).await;
+    let dbname = s
+        .admin
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap();
+    // The WAL source's own needs: a replication slot and a publication.
+    db.batch_execute(&format!(
+        "ALTER ROLE {} REPLICATION; GRANT CREATE ON DATABASE {dbname} TO {};",
+        s.authenticator, s.authenticator
+    ))
+    .await
+    .unwrap();
+    let flags = [
+        "--source",
+        "wal",
+        "--authz-function",
+        "api.can_use_channel",
+        "--default-mode",
+        "r",
+    ];
+    let nodes = [
+        start_on(&s.uri, &flags).await,
+        start_on(&s.uri, &flags).await,
+    ];
+    let alice = s.token("alice", "r");
+    let mut sockets = Vec::new();
+    for node in &nodes {
+        sockets.push(connect(&node.url(&format!("/chat/{alice}"))).await);
+    }
+    db.execute("DELETE FROM api.channel_members", &[])
+        .await
+        .unwrap();
+    db.execute(
+        "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+        &[
+            &LISTEN,
+            &json!({"pgws_control":"revoke","channel":"chat"}).to_string(),
+        ],
+    )
+    .await
+    .unwrap();
+    for ws in &mut sockets {
+        let (frame, texts) = closed(ws).await;
+        assert_eq!(close_code(&frame), (4403, "access revoked".to_string()));
+        assert!(
+            texts.is_empty(),
+            "the control message is not delivered: {texts:?}"
+        );
+    }
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
 }
