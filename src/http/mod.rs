@@ -19,6 +19,7 @@
 pub mod admission;
 pub mod assets;
 pub mod body;
+pub mod head;
 pub mod proxy;
 pub mod static_files;
 
@@ -35,7 +36,7 @@ use admission::{Purpose, Refusal, authorize, check_origin};
 use body::{Body, full, text};
 
 /// The `Server` header value.
-const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
+pub(crate) const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
 
 /// Handles one HTTP request.
 pub async fn handle(
@@ -136,7 +137,7 @@ fn check_grant<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
 }
 
 /// Renders a refusal as HTTP (status, reason as the body), logged and counted once.
-fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
+pub(crate) fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
     let body = refusal.to_string();
     tracing::info!(peer = %peer, reason = %body, "Rejecting Request");
     state
