@@ -25,7 +25,6 @@ use std::sync::RwLock;
 use crate::auth::KeySet;
 use crate::config::Config;
 use crate::http::head::{self, Head, Rewind};
-use crate::transport::sse;
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
 use crate::ops::limits::{AddressLimiter, ForwardedHeaders, SubjectCounter};
 use crate::ops::metrics::{Metrics, ReasonLabel};
@@ -36,6 +35,7 @@ use crate::source::wal::{self, WalError, WalSettings};
 use crate::source::{Sink, SourceHandle, SourceKind, SourceStatus};
 use crate::state::AppState;
 use crate::stream::{Hub, HubStats, Limits, ReplaySettings};
+use crate::transport::sse;
 use crate::transport::ws::ws_config;
 
 /// Why the server could not start or stopped with an error.
@@ -445,7 +445,7 @@ async fn serve_connection<I>(
                     // Nothing pipelined behind it: give the buffer back for the stream's life.
                     buf = BytesMut::new();
                 }
-                let after = Box::pin(sse::serve_raw(&mut io, req, peer, &state)).await;
+                let after = Box::pin(sse::serve_raw(&mut io, *req, peer, &state)).await;
                 if after == sse::After::Close {
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                     return;

@@ -32,7 +32,7 @@ pub enum Head {
     /// The peer closed the connection before sending a byte.
     Closed,
     /// A complete `GET` head: the request (no body) and the length of its head in the buffer.
-    Get(Request<()>, usize),
+    Get(Box<Request<()>>, usize),
     /// Anything else: hyper should serve the connection, starting with the buffer.
     Other,
 }
@@ -68,7 +68,7 @@ where
 }
 
 enum Parsed {
-    Complete(Request<()>, usize),
+    Complete(Box<Request<()>>, usize),
     Partial,
     /// Malformed, or not representable as an `http::Request`.
     Refused,
@@ -104,7 +104,7 @@ fn parse(buf: &[u8]) -> Parsed {
         };
         map.append(name, value);
     }
-    Parsed::Complete(req, len)
+    Parsed::Complete(Box::new(req), len)
 }
 
 /// A connection whose first bytes were already read: they are read again first. Writes go

@@ -4,7 +4,10 @@
 //!   checked before the handshake is accepted, a refusal is an HTTP status whose body is the
 //!   reason), then the websocket transport ([`crate::transport::ws`]).
 //! - `GET` with `Accept: text/event-stream` and no `Upgrade`: the same admission, then the
-//!   Server-Sent Events transport ([`crate::transport::sse`]).
+//!   Server-Sent Events transport ([`crate::transport::sse`]). Most such requests never get here:
+//!   the accept loop reads a connection's request heads itself ([`head`]) and serves event
+//!   streams on the raw connection; this branch serves those that arrive on a connection hyper
+//!   already serves.
 //! - `POST` with `Content-Type: text/plain`: admission without the connection rules, then an
 //!   HTTP publish ([`crate::transport::publish`]).
 //! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant

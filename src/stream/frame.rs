@@ -181,7 +181,8 @@ mod tests {
             assert!(header.is_final && !header.rsv1 && header.mask.is_none());
             assert_eq!(payload_len as usize, text.len());
             let start = cursor.position() as usize;
-            let ws = WsFrame::from_payload(header, bytes::Bytes::from(frame.wire()[start..].to_vec()));
+            let ws =
+                WsFrame::from_payload(header, bytes::Bytes::from(frame.wire()[start..].to_vec()));
             assert_eq!(ws.into_text().unwrap().as_str(), text);
         }
     }
@@ -200,14 +201,20 @@ mod tests {
         assert_eq!(frame.sse(&mut encode), b"7:hello");
         assert_eq!(clone.sse(&mut encode), b"7:hello");
         assert_eq!(calls, 1);
-        assert!(std::ptr::eq(frame.sse(|_| unreachable!()), clone.sse(|_| unreachable!())));
+        assert!(std::ptr::eq(
+            frame.sse(|_| unreachable!()),
+            clone.sse(|_| unreachable!())
+        ));
 
         // Renumbering a shared frame detaches it: the clone keeps its encoding, the renumbered
         // frame gets its own.
         let mut renumbered = clone.clone();
         renumbered.set_seq(Seq::counter(8));
         assert_eq!(renumbered.as_str(), "hello");
-        assert_eq!(renumbered.sse(|f| f.seq().minor.to_string().into_bytes()), b"8");
+        assert_eq!(
+            renumbered.sse(|f| f.seq().minor.to_string().into_bytes()),
+            b"8"
+        );
         assert_eq!(clone.sse(|_| unreachable!()), b"7:hello");
 
         let positioned = frame.positioned(|f| Frame::from(format!("[{}]", f.as_str())));

@@ -99,7 +99,9 @@ pub fn is_raw_request(req: &Request<()>) -> bool {
     is_request(req)
         && req.version() == Version::HTTP_11
         && !h.contains_key(TRANSFER_ENCODING)
-        && h.get_all(CONTENT_LENGTH).iter().all(|v| v.as_bytes() == b"0")
+        && h.get_all(CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0")
 }
 
 /// Accepts an admitted request as an event stream carried by hyper (see the module header).
@@ -601,7 +603,13 @@ where
         return After::Close;
     };
     let mut out = Vec::with_capacity(256 + body.len());
-    write_head(&mut out, parts.status, &parts.headers, Some(body.len()), close);
+    write_head(
+        &mut out,
+        parts.status,
+        &parts.headers,
+        Some(body.len()),
+        close,
+    );
     out.extend_from_slice(&body);
     let wrote = tokio::time::timeout(WRITE_TIMEOUT, async {
         io.write_all(&out).await?;
@@ -659,10 +667,19 @@ mod tests {
             b.body(()).unwrap()
         };
         assert!(is_raw_request(&req(Version::HTTP_11, None)));
-        assert!(is_raw_request(&req(Version::HTTP_11, Some(("content-length", "0")))));
+        assert!(is_raw_request(&req(
+            Version::HTTP_11,
+            Some(("content-length", "0"))
+        )));
         assert!(!is_raw_request(&req(Version::HTTP_10, None)));
-        assert!(!is_raw_request(&req(Version::HTTP_11, Some(("content-length", "3")))));
-        assert!(!is_raw_request(&req(Version::HTTP_11, Some(("transfer-encoding", "chunked")))));
+        assert!(!is_raw_request(&req(
+            Version::HTTP_11,
+            Some(("content-length", "3"))
+        )));
+        assert!(!is_raw_request(&req(
+            Version::HTTP_11,
+            Some(("transfer-encoding", "chunked"))
+        )));
     }
 
     #[test]
@@ -677,7 +694,13 @@ mod tests {
         assert!(text.contains("\r\nserver: pgws/"));
         assert!(text.contains("\r\ndate: ") && text.ends_with(" GMT\r\n\r\n"));
         let mut out = Vec::new();
-        write_head(&mut out, StatusCode::FORBIDDEN, &HeaderMap::new(), Some(5), true);
+        write_head(
+            &mut out,
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            Some(5),
+            true,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"));
         assert!(text.contains("\r\ncontent-length: 5\r\nconnection: close\r\n"));

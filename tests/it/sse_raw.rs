@@ -45,7 +45,10 @@ async fn read_response<S: AsyncRead + Unpin>(
 async fn read_until<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>, needle: &str) -> String {
     tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(at) = buf.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+            if let Some(at) = buf
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+            {
                 let upto: Vec<u8> = buf.drain(..at + needle.len()).collect();
                 return String::from_utf8(upto).unwrap();
             }
@@ -121,7 +124,10 @@ async fn other_requests_are_served_as_before_with_bodies_pipelining_and_keep_ali
         .unwrap();
     let head = read_until(&mut io, &mut buf, ": ok\n\n").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("content-type: text/event-stream\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
     let db = pg(&s.db).await;
     let text = json!({"channel":"chat","payload":"through hyper"}).to_string();
     notify(&db, LISTEN, &text).await;
@@ -179,7 +185,9 @@ async fn a_stream_connection_serves_the_next_request_and_refusals_match_hyper() 
     );
     let mut raw = tcp(&s).await;
     let mut raw_buf = Vec::new();
-    raw.write_all(stream_request(&bad).as_bytes()).await.unwrap();
+    raw.write_all(stream_request(&bad).as_bytes())
+        .await
+        .unwrap();
     let (raw_status, raw_headers, raw_body) = read_response(&mut raw, &mut raw_buf).await;
     // `io` is hyper's now (it served a plain request).
     io.write_all(stream_request(&bad).as_bytes()).await.unwrap();
@@ -207,7 +215,10 @@ async fn a_stream_connection_serves_the_next_request_and_refusals_match_hyper() 
     .await
     .unwrap();
     let (status, headers, _) = parse_response(&read_to_close(&mut raw).await);
-    assert_eq!((status, header(&headers, "connection")), (400, Some("close")));
+    assert_eq!(
+        (status, header(&headers, "connection")),
+        (400, Some("close"))
+    );
     s.stop().await.unwrap();
 }
 
@@ -304,7 +315,9 @@ async fn a_slow_reader_is_closed_with_4000_while_others_keep_receiving() {
     .await;
     let r = token(json!({"mode":"r"}));
     let path = format!("/chat/{r}");
-    let mut slow = open_on(small_socket(&s), &path, &[]).await.expect("slow stream opens");
+    let mut slow = open_on(small_socket(&s), &path, &[])
+        .await
+        .expect("slow stream opens");
     assert_eq!(slow.next().await.unwrap().comment.as_deref(), Some("ok"));
     let mut good = open(s.addr, &path, &[]).await.expect("stream opens");
     assert_eq!(good.next().await.unwrap().comment.as_deref(), Some("ok"));
@@ -326,7 +339,11 @@ async fn a_slow_reader_is_closed_with_4000_while_others_keep_receiving() {
         for i in 1..=50 {
             let ev = good.next_event().await;
             let v: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
-            assert_eq!(v["n"], batch * 50 + i, "the reading stream gets every message in order");
+            assert_eq!(
+                v["n"],
+                batch * 50 + i,
+                "the reading stream gets every message in order"
+            );
             ids.push(ev.id.unwrap());
         }
     }
@@ -340,13 +357,20 @@ async fn a_slow_reader_is_closed_with_4000_while_others_keep_receiving() {
         if ev.event.as_deref() == Some("close") {
             break ev;
         }
-        assert_eq!(ev.id.as_deref(), Some(ids[got].as_str()), "in order, none missing");
+        assert_eq!(
+            ev.id.as_deref(),
+            Some(ids[got].as_str()),
+            "in order, none missing"
+        );
         got += 1;
     };
     let v: Value = serde_json::from_str(close.data.as_deref().unwrap()).unwrap();
     assert_eq!(v["code"], 4000, "{v}");
     assert!(got < n as usize, "the slow reader fell behind");
-    assert!(slow.next().await.is_none(), "the stream ends after its close event");
+    assert!(
+        slow.next().await.is_none(),
+        "the stream ends after its close event"
+    );
     assert_eq!(
         s.metric("pgws_server_closes_total{reason=\"slow_consumer\"}")
             .await,
