@@ -279,7 +279,10 @@ where
                 if client.positions() {
                     for frame in batch.iter_mut() {
                         if let Some(position) = client.position_of(frame) {
-                            *frame = Frame::from(positioned_message(position, frame.as_str()));
+                            // Made once per message and shared by every opted-in socket.
+                            *frame = frame.positioned(|f| {
+                                Frame::from(positioned_message(position, f.as_str()))
+                            });
                         }
                     }
                 }

@@ -19,6 +19,7 @@ mod publish;
 mod resume;
 mod security;
 mod sse;
+mod sse_raw;
 mod static_http;
 mod tls;
 mod wal;
