@@ -336,7 +336,7 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(a.pgws_arg.iter().cloned());
+    override_args(&mut args, &a.pgws_arg);
     let mut pgws = Pgws {
         bin: a.pgws_bin.clone(),
         args,
@@ -708,6 +708,20 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
     Ok(report)
 }
 
+/// Appends `extra` flags to `args`, removing a default flag (and its value) that `extra` sets
+/// again (pgws refuses a flag given twice).
+fn override_args(args: &mut Vec<String>, extra: &[String]) {
+    let is_flag = |s: &str| s.starts_with("--");
+    for flag in extra.iter().filter(|s| is_flag(s)) {
+        let name = flag.split('=').next().unwrap_or(flag);
+        if let Some(i) = args.iter().position(|a| a == name) {
+            let with_value = args.get(i + 1).is_some_and(|v| !is_flag(v));
+            args.drain(i..i + 1 + usize::from(with_value));
+        }
+    }
+    args.extend(extra.iter().cloned());
+}
+
 fn fmt_map(m: &BTreeMap<String, u64>) -> String {
     if m.is_empty() {
         return "none".into();
@@ -716,4 +730,16 @@ fn fmt_map(m: &BTreeMap<String, u64>) -> String {
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_flags_replace_defaults() {
+        let mut args: Vec<String> = ["--a", "1", "--b", "--c", "3"].iter().map(|s| s.to_string()).collect();
+        override_args(&mut args, &["--a".into(), "9".into(), "--c=4".into()]);
+        assert_eq!(args, ["--b", "--a", "9", "--c=4"]);
+    }
 }
