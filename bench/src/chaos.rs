@@ -91,9 +91,11 @@ impl Pgws {
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let head = String::from_utf8_lossy(&buf);
@@ -165,7 +167,13 @@ async fn terminate(pg: &str, sql: &str) -> Result<i64> {
 }
 
 /// Injects one fault; `Ok(false)` when there was nothing to break (e.g. no walsender yet).
-async fn inject(b: &Breakables, f: Fault, rng: &mut Rng, max_outage: f64, log: &mut FaultLog) -> Result<bool> {
+async fn inject(
+    b: &Breakables,
+    f: Fault,
+    rng: &mut Rng,
+    max_outage: f64,
+    log: &mut FaultLog,
+) -> Result<bool> {
     let t0 = Instant::now();
     let detail = match f {
         Fault::ClientCut => {
@@ -203,12 +211,10 @@ async fn inject(b: &Breakables, f: Fault, rng: &mut Rng, max_outage: f64, log: &
         Fault::PgRestart => {
             let down = rng.secs(0.0, max_outage / 2.0);
             let c = b.cluster.clone();
-            tokio::task::spawn_blocking(move || c.lock().expect("cluster").pause())
-                .await??;
+            tokio::task::spawn_blocking(move || c.lock().expect("cluster").pause()).await??;
             tokio::time::sleep(down).await;
             let c = b.cluster.clone();
-            tokio::task::spawn_blocking(move || c.lock().expect("cluster").resume())
-                .await??;
+            tokio::task::spawn_blocking(move || c.lock().expect("cluster").resume()).await??;
             log.outage_s += t0.elapsed().as_secs_f64();
             format!("down {:.1} s", t0.elapsed().as_secs_f64())
         }
@@ -258,8 +264,18 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
             .unwrap_or(1)
     });
     let faults: Vec<Fault> = if a.faults.is_empty() {
-        let kill = if wal { Fault::WalsenderKill } else { Fault::ListenKill };
-        vec![Fault::ClientCut, kill, Fault::PgRestart, Fault::PgwsRestart, Fault::NetCut]
+        let kill = if wal {
+            Fault::WalsenderKill
+        } else {
+            Fault::ListenKill
+        };
+        vec![
+            Fault::ClientCut,
+            kill,
+            Fault::PgRestart,
+            Fault::PgwsRestart,
+            Fault::NetCut,
+        ]
     } else {
         a.faults.clone()
     };
@@ -315,23 +331,40 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
         proxy.addr().port()
     );
     let mut args: Vec<String> = [
-        "--host", "127.0.0.1",
-        "--port", &port.to_string(),
-        "--db-uri", &db_uri,
-        "--jwt-secret", &g.secret,
-        "--listen-channel", &g.listen_channel,
-        "--source", mode,
-        "--node-id", "chaos",
-        "--admin-address", &format!("127.0.0.1:{admin_port}"),
-        "--check-listener-interval", "1000",
-        "--pool-size", "4",
-        "--shutdown-timeout", "2",
-        "--rate-connections", "0",
-        "--replay-messages", "1000000",
-        "--replay-bytes", "268435456",
-        "--replay-age", "3600",
-        "--replay-memory", "1073741824",
-        "--log-level", "warn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--db-uri",
+        &db_uri,
+        "--jwt-secret",
+        &g.secret,
+        "--listen-channel",
+        &g.listen_channel,
+        "--source",
+        mode,
+        "--node-id",
+        "chaos",
+        "--admin-address",
+        &format!("127.0.0.1:{admin_port}"),
+        "--check-listener-interval",
+        "1000",
+        "--pool-size",
+        "4",
+        "--shutdown-timeout",
+        "2",
+        "--rate-connections",
+        "0",
+        "--replay-messages",
+        "1000000",
+        "--replay-bytes",
+        "268435456",
+        "--replay-age",
+        "3600",
+        "--replay-memory",
+        "1073741824",
+        "--log-level",
+        "warn",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -390,7 +423,10 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
         )));
     }
     let all_connected = async {
-        while !progress.iter().all(|(_, p)| p.connected.load(Ordering::Relaxed)) {
+        while !progress
+            .iter()
+            .all(|(_, p)| p.connected.load(Ordering::Relaxed))
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -487,8 +523,11 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
                     }
                     Err(e) => {
                         eprintln!("chaos: {at:7.1} s  {} failed: {e:#}", fault_name(f));
-                        *log.skipped.entry(format!("{} (failed)", fault_name(f))).or_default() += 1;
-                        log.lines.push(format!("{at:.1} s {} failed: {e:#}", fault_name(f)));
+                        *log.skipped
+                            .entry(format!("{} (failed)", fault_name(f)))
+                            .or_default() += 1;
+                        log.lines
+                            .push(format!("{at:.1} s {} failed: {e:#}", fault_name(f)));
                     }
                 }
             }
@@ -546,7 +585,10 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
             published.iter().map(|p| vec![false; p.len()]).collect();
         for row in rows {
             let (ch, seq): (i32, i64) = (row.get(0), row.get(1));
-            if let Some(v) = committed.get_mut(ch as usize).and_then(|v| v.get_mut(seq as usize)) {
+            if let Some(v) = committed
+                .get_mut(ch as usize)
+                .and_then(|v| v.get_mut(seq as usize))
+            {
                 *v = true;
             }
         }
@@ -555,13 +597,21 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
                 if *o == Outcome::Certain && !done {
                     acked_not_committed += 1;
                 }
-                *o = if done { Outcome::Certain } else { Outcome::Absent };
+                *o = if done {
+                    Outcome::Certain
+                } else {
+                    Outcome::Absent
+                };
             }
         }
     }
     let targets: Vec<i64> = published
         .iter()
-        .map(|p| p.iter().rposition(|o| *o == Outcome::Certain).map_or(-1, |i| i as i64))
+        .map(|p| {
+            p.iter()
+                .rposition(|o| *o == Outcome::Certain)
+                .map_or(-1, |i| i as i64)
+        })
         .collect();
     let caught_up = || {
         progress.iter().all(|(chs, p)| {
@@ -609,7 +659,7 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
         }
         logs.push(r.log);
     }
-    let tally: Tally = chaos_check::check(&published, &logs);
+    let tally: Tally = chaos_check::check(&published, &logs, wal);
     // Shut down: pgws first (its connections go through the proxy), then the cluster.
     let b = Arc::try_unwrap(breakables)
         .map_err(|_| anyhow::anyhow!("the fault task still holds the run"))?;
@@ -638,7 +688,10 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
         (tally.out_of_order, "out of order"),
         (tally.phantom, "phantom (never committed)"),
         (acked_not_committed, "acknowledged but not in the ledger"),
-        (strange.get("foreign_channel").copied().unwrap_or(0), "on a channel not subscribed"),
+        (
+            strange.get("foreign_channel").copied().unwrap_or(0),
+            "on a channel not subscribed",
+        ),
     ] {
         if n > 0 {
             violations.push(format!("{n} {what}"));
@@ -648,7 +701,9 @@ pub async fn run(g: &Global, a: &ChaosArgs, threads: usize) -> Result<Report> {
         violations.push("pgws not ready after the faults".into());
     }
     if unclosed > 0 {
-        violations.push(format!("{unclosed} publishers could not close their channels"));
+        violations.push(format!(
+            "{unclosed} publishers could not close their channels"
+        ));
     }
     let pass = violations.is_empty();
     report.set("verdict", if pass { "pass" } else { "fail" });
@@ -738,7 +793,10 @@ mod tests {
 
     #[test]
     fn extra_flags_replace_defaults() {
-        let mut args: Vec<String> = ["--a", "1", "--b", "--c", "3"].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = ["--a", "1", "--b", "--c", "3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         override_args(&mut args, &["--a".into(), "9".into(), "--c=4".into()]);
         assert_eq!(args, ["--b", "--a", "9", "--c=4"]);
     }

@@ -64,11 +64,14 @@ pub struct Tally {
     pub examples: Vec<String>,
 }
 
-/// Checks every log against `published` (per channel, the outcome of each number).
-pub fn check(published: &[Vec<Outcome>], subs: &[SubLog]) -> Tally {
+/// Checks every log against `published` (per channel, the outcome of each number);
+/// `losses_violate`: any loss is a violation (WAL), else only a silent one (NOTIFY) — which
+/// decides what goes into `examples`.
+pub fn check(published: &[Vec<Outcome>], subs: &[SubLog], losses_violate: bool) -> Tally {
     let mut t = Tally::default();
     // A number some subscriber received: committed.
-    let mut seen_anywhere: Vec<Vec<bool>> = published.iter().map(|p| vec![false; p.len()]).collect();
+    let mut seen_anywhere: Vec<Vec<bool>> =
+        published.iter().map(|p| vec![false; p.len()]).collect();
     for s in subs {
         for (&c, log) in s.channels.iter().zip(&s.logs) {
             for &n in log {
@@ -96,9 +99,20 @@ pub fn check(published: &[Vec<Outcome>], subs: &[SubLog]) -> Tally {
         for (&c, log) in s.channels.iter().zip(&s.logs) {
             let before = t.clone();
             one(&published[c], &expected[c], log, &mut t);
+            let lost = if losses_violate { t.lost } else { t.silent };
+            let lost_before = if losses_violate {
+                before.lost
+            } else {
+                before.silent
+            };
             if t.examples.len() < 10
-                && (t.silent, t.duplicated, t.out_of_order, t.phantom)
-                    != (before.silent, before.duplicated, before.out_of_order, before.phantom)
+                && (lost, t.duplicated, t.out_of_order, t.phantom)
+                    != (
+                        lost_before,
+                        before.duplicated,
+                        before.out_of_order,
+                        before.phantom,
+                    )
             {
                 t.examples.push(format!(
                     "subscriber {i} channel {c}: silent {} dup {} order {} phantom {} (lost {})",
@@ -183,26 +197,32 @@ mod tests {
     #[test]
     fn a_complete_log_passes() {
         let p = vec![vec![Certain; 4]];
-        let t = check(&p, &[sub(&[&[0, 1, 2, 3]])]);
+        let t = check(&p, &[sub(&[&[0, 1, 2, 3]])], false);
         assert_eq!((t.received, t.expected, t.lost), (4, 4, 0));
-        assert_eq!((t.duplicated, t.out_of_order, t.phantom, t.silent), (0, 0, 0, 0));
+        assert_eq!(
+            (t.duplicated, t.out_of_order, t.phantom, t.silent),
+            (0, 0, 0, 0)
+        );
     }
 
     #[test]
     fn duplicates_reorders_and_phantoms_are_counted() {
         let p = vec![vec![Certain, Certain, Certain, Absent]];
-        let t = check(&p, &[sub(&[&[0, 2, 1, 2, 3, 9]])]);
-        assert_eq!((t.duplicated, t.out_of_order, t.phantom, t.lost), (1, 1, 2, 0));
+        let t = check(&p, &[sub(&[&[0, 2, 1, 2, 3, 9]])], false);
+        assert_eq!(
+            (t.duplicated, t.out_of_order, t.phantom, t.lost),
+            (1, 1, 2, 0)
+        );
     }
 
     #[test]
     fn losses_are_announced_only_by_a_gap_where_they_are() {
         let p = vec![vec![Certain; 8]];
         // 1 lost after a Gap; 4 lost with the Gap elsewhere; 7 lost at the end without a Gap.
-        let t = check(&p, &[sub(&[&[0, GAP, 2, 3, 5, GAP, 6]])]);
+        let t = check(&p, &[sub(&[&[0, GAP, 2, 3, 5, GAP, 6]])], false);
         assert_eq!((t.lost, t.announced, t.silent, t.gaps), (3, 1, 2, 2));
         // A Gap before the first message covers a loss at the start; one at the end, the tail.
-        let t = check(&p, &[sub(&[&[GAP, 2, 3, 4, 5, 6, GAP]])]);
+        let t = check(&p, &[sub(&[&[GAP, 2, 3, 4, 5, 6, GAP]])], false);
         assert_eq!((t.lost, t.announced, t.silent), (3, 3, 0));
     }
 
@@ -210,7 +230,7 @@ mod tests {
     fn uncertain_numbers_are_expected_only_when_someone_got_them() {
         let p = vec![vec![Certain, Uncertain, Uncertain, Certain]];
         // Nobody got 2 (not committed); one subscriber got 1, so the other lost it.
-        let t = check(&p, &[sub(&[&[0, 1, 3]]), sub(&[&[0, 3]])]);
+        let t = check(&p, &[sub(&[&[0, 1, 3]]), sub(&[&[0, 3]])], false);
         assert_eq!((t.expected, t.lost, t.silent), (6, 1, 1));
         assert_eq!(t.examples.len(), 1);
     }

@@ -258,7 +258,8 @@ impl SubState {
 
 /// A numbered payload: a number (SQL publishers) or a string holding one (websocket writers).
 fn number(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// Runs a subscriber until the phase is `Stop`; `cut` ticks when the fault injector cuts it.
@@ -612,10 +613,7 @@ mod tests {
         assert_eq!(number(&json!(17)), Some(17));
         assert_eq!(number(&json!("17")), Some(17));
         assert_eq!(number(&json!("x")), None);
-        assert_eq!(
-            percent_encode("5d16-0/1500EE0.1"),
-            "5d16-0%2F1500EE0.1"
-        );
+        assert_eq!(percent_encode("5d16-0/1500EE0.1"), "5d16-0%2F1500EE0.1");
         let mut r = Rng::new(7);
         let d = r.secs(1.0, 2.0);
         assert!(d >= Duration::from_secs(1) && d < Duration::from_secs(2));

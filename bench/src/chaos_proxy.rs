@@ -69,12 +69,7 @@ impl Proxy {
             generation: 0,
         });
         let held = Arc::new(Mutex::new(Vec::new()));
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            upstream,
-            state.clone(),
-            held.clone(),
-        ));
+        let accept = tokio::spawn(accept_loop(listener, upstream, state.clone(), held.clone()));
         Ok(Self {
             addr,
             state,

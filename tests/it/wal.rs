@@ -599,10 +599,6 @@ async fn notify_mode_announces_what_a_network_cut_lost() {
     notify(&db, LISTEN, &message("cut", 2)).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["event"], "Gap", "the loss is announced first: {gap}");
-    assert_eq!(
-        number(&next_text(&mut ws).await),
-        2,
-        "then live; 1 is gone"
-    );
+    assert_eq!(number(&next_text(&mut ws).await), 2, "then live; 1 is gone");
     s.stop().await.unwrap();
 }
