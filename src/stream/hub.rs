@@ -643,6 +643,43 @@ mod tests {
         assert_eq!(hub.channel_count(), 0);
     }
 
+    /// A message is encoded once for every v2 socket of its channel (the same bytes, shared),
+    /// while compat sockets get the original frame.
+    #[test]
+    fn v2_sockets_share_one_encoding_per_message() {
+        let hub = Hub::new();
+        let limits = Limits {
+            messages: 16,
+            bytes: 1 << 16,
+        };
+        let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
+        let compat = outbox();
+        for o in [&a, &b, &compat] {
+            hub.subscribe("c", o);
+        }
+        hub.publish("c", "{\"x\":1}".into());
+        let take = |o: &Outbox| {
+            let mut v = Vec::new();
+            o.drain_into(&mut v);
+            v.pop().unwrap()
+        };
+        let (fa, fb, fc) = (take(&a), take(&b), take(&compat));
+        assert_eq!(fc.as_str(), "{\"x\":1}");
+        assert!(
+            fa.as_str()
+                .starts_with("{\"type\":\"message\",\"channel\":\"c\"")
+        );
+        assert_eq!(
+            fa.wire().as_ptr(),
+            fb.wire().as_ptr(),
+            "one allocation, shared"
+        );
+        assert_eq!(fa.seq(), fc.seq());
+        // A server-wide notice skips v2 sockets (they get their own, per channel).
+        assert_eq!(hub.broadcast("gap".into()), 1);
+        assert_eq!(hub.outage_v2(5), 2);
+    }
+
     #[test]
     fn broadcast_reaches_each_socket_once() {
         let hub = Hub::new();

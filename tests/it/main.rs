@@ -20,4 +20,5 @@ mod security;
 mod sse;
 mod static_http;
 mod tls;
+mod v2;
 mod wal;
