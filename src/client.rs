@@ -56,6 +56,7 @@ pub struct Client {
 impl Client {
     /// Counts the client and subscribes its channels (read mode).
     pub fn open(state: Arc<AppState>, id: u64, admitted: Admitted) -> Self {
+        let v2 = admitted.v2;
         let Admitted {
             grant,
             channels,
@@ -75,7 +76,11 @@ impl Client {
                 mode: grant.mode.as_str(),
             })
             .inc();
-        let outbox = Arc::new(Outbox::new(state.outbox_limits));
+        let outbox = Arc::new(if v2 {
+            Outbox::v2(state.outbox_limits)
+        } else {
+            Outbox::new(state.outbox_limits)
+        });
         if grant.mode.read {
             let resumed = state.hub.subscribe_all(&channels, &outbox, resume);
             if resume.is_some() {
@@ -270,6 +275,107 @@ impl Client {
     }
 }
 
+/// Protocol v2 ([`crate::v2`]): subscriptions at run time, publishing to one channel with an
+/// answer, and a token replaced in band. The v2 session decides what is allowed; these only do.
+impl Client {
+    /// The channels the client follows now.
+    pub fn channels(&self) -> &[ChannelName] {
+        &self.channels
+    }
+
+    /// The token's `exp`.
+    pub fn exp(&self) -> Option<f64> {
+        self.exp
+    }
+
+    /// The message and byte rates, for any request: `Err` says which was exceeded (counted).
+    pub fn check_rate(&mut self, len: usize) -> Result<(), String> {
+        self.rates.check(len, &self.state)
+    }
+
+    /// Follows `channel` (resuming after `from`), queuing the replay and then `answer` (see
+    /// [`crate::stream::Hub::subscribe_v2`]). The caller checked that it may, and that the
+    /// source follows the channel.
+    pub fn join(
+        &mut self,
+        channel: ChannelName,
+        from: Option<crate::stream::ResumeFrom>,
+        answer: impl FnOnce(Position, crate::stream::hub::Resumed) -> Frame,
+    ) -> crate::stream::hub::Resumed {
+        let resumed = self
+            .state
+            .hub
+            .subscribe_v2(&channel, &self.outbox, from, answer);
+        self.channels.push(channel);
+        resumed
+    }
+
+    /// Stops following `channel`; `false` when the client did not follow it.
+    pub fn part(&mut self, channel: &str) -> bool {
+        let Some(i) = self.channels.iter().position(|c| c.as_str() == channel) else {
+            return false;
+        };
+        let channel = self.channels.swap_remove(i);
+        if self.state.hub.unsubscribe(&channel, &self.outbox) {
+            self.state.source.unfollow(&channel);
+        }
+        true
+    }
+
+    /// A refreshed token: its mode, expiry and claims (for the envelopes of later messages).
+    pub fn regrant(
+        &mut self,
+        mode: Mode,
+        exp: Option<f64>,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        self.mode = mode;
+        self.exp = exp;
+        self.claims = ClaimsText::new(claims);
+    }
+
+    /// Publishes `text` to `channel` (the envelope, size and mode rules of [`Client::publish`]);
+    /// the receiver is told once PostgreSQL accepted or refused it. `Err((code, message))`:
+    /// not published.
+    pub async fn publish_to(
+        &self,
+        channel: &ChannelName,
+        text: &str,
+    ) -> Result<tokio::sync::watch::Receiver<Option<Result<(), String>>>, (&'static str, String)>
+    {
+        let state = &self.state;
+        state.metrics.messages_in.inc();
+        if !self.mode.write {
+            return Err((
+                "read_only",
+                "this socket's token does not allow writing (mode is not 'w' or 'rw')".into(),
+            ));
+        }
+        let prepared = prepare(state, std::slice::from_ref(channel), &self.claims, text).next();
+        match prepared {
+            None => Err(("bad_request", "no channel".into())),
+            Some(Err(refusal)) => Err(("too_large", refusal.message(text.len()))),
+            Some(Ok((channel, out))) => {
+                let (done, answer) = tokio::sync::watch::channel(None);
+                state
+                    .publisher
+                    .publish(
+                        self.id,
+                        Job {
+                            pg_channel: out.pg_channel,
+                            payload: out.payload,
+                            channel: Some(channel.to_string()),
+                            reply: None,
+                            done: Some(done),
+                        },
+                    )
+                    .await;
+                Ok(answer)
+            }
+        }
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Ordering::Relaxed);
@@ -346,11 +452,20 @@ impl Rates {
     /// Whether a message of `len` bytes may be published; tells the client (and the metrics)
     /// when not.
     fn allow(&mut self, len: usize, outbox: &Outbox, state: &AppState) -> bool {
+        let Err(message) = self.check(len, state) else {
+            return true;
+        };
+        outbox.push(Frame::from(error_event("rate_limited", &message, None)));
+        false
+    }
+
+    /// Takes `len` bytes and one message from the buckets; `Err` says which ran out (counted).
+    fn check(&mut self, len: usize, state: &AppState) -> Result<(), String> {
         let now = std::time::Instant::now();
         let messages_ok = self.messages.as_mut().is_none_or(|b| b.take(1.0, now));
         let bytes_ok = messages_ok && self.bytes.as_mut().is_none_or(|b| b.take(len as f64, now));
         if messages_ok && bytes_ok {
-            return true;
+            return Ok(());
         }
         let what = if messages_ok { "bytes" } else { "messages" };
         state
@@ -360,11 +475,8 @@ impl Rates {
                 reason: "rate_limited",
             })
             .inc();
-        outbox.push(Frame::from(error_event(
-            "rate_limited",
-            &format!("too many {what} per second from this socket; the message was not published"),
-            None,
-        )));
-        false
+        Err(format!(
+            "too many {what} per second from this socket; the message was not published"
+        ))
     }
 }

@@ -32,6 +32,7 @@ pub(crate) mod source;
 pub(crate) mod state;
 pub(crate) mod stream;
 pub(crate) mod transport;
+pub(crate) mod v2;
 
 pub use config::{Cli, Config, ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 pub use server::{Error, Server};

@@ -178,7 +178,7 @@ impl GapReason {
         }
     }
 
-    fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Self::WindowExceeded => {
                 "messages after your position are no longer kept; what follows is what the server still has"

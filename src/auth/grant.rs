@@ -158,6 +158,24 @@ pub fn resolve(
     token: &str,
     now: f64,
 ) -> Result<Grant, AuthError> {
+    let mut grant = verify(keys, rules, token, now)?;
+    let allowed = std::mem::take(&mut grant.channels);
+    grant.channels = match requested {
+        Some(r) if allowed.is_empty() => vec![r.to_string()],
+        Some(r) => allowed.into_iter().filter(|c| c == r).collect(),
+        None => allowed,
+    };
+    if grant.channels.is_empty() {
+        return Err(AuthError::NoAllowedChannels);
+    }
+    Ok(grant)
+}
+
+/// Verifies `token` (signature, times, audience, issuer, mode) without resolving it against a
+/// URL: the grant's `channels` are the ones its claims name (`channel`, then `channels`, without
+/// duplicates), empty when it names none, which protocol v2 reads as "any channel" (as a URL
+/// channel is allowed for such a token). Protocol v2 grants, and refreshes, with it.
+pub fn verify(keys: &KeySet, rules: &Rules, token: &str, now: f64) -> Result<Grant, AuthError> {
     // The original special-cases the empty token: an empty claim set, hence "Missing mode"
     // (also with a default mode: an absent token never grants anything).
     if token.is_empty() {
@@ -188,18 +206,9 @@ pub fn resolve(
     }
     let mut seen = std::collections::HashSet::new();
     allowed.retain(|c| seen.insert(c.clone()));
-
-    let channels = match requested {
-        Some(r) if allowed.is_empty() => vec![r.to_string()],
-        Some(r) => allowed.into_iter().filter(|c| c == r).collect(),
-        None => allowed,
-    };
-    if channels.is_empty() {
-        return Err(AuthError::NoAllowedChannels);
-    }
     Ok(Grant {
         mode,
-        channels,
+        channels: allowed,
         claims,
         exp,
     })

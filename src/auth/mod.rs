@@ -7,7 +7,7 @@
 pub mod grant;
 pub mod keys;
 
-pub use grant::{ClaimPath, Grant, Mode, Rules, parse_path, resolve};
+pub use grant::{ClaimPath, Grant, Mode, Rules, parse_path, resolve, verify};
 pub use keys::{KeyError, KeySet};
 
 /// Why a token was refused. `Display` is the exact text the original put in its HTTP 400 body.

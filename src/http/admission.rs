@@ -89,6 +89,9 @@ pub struct Admitted {
     /// Who the token is for the database (authorization by the database on), its channels
     /// checked.
     pub subject: Option<std::sync::Arc<crate::authz::Subject>>,
+    /// The websocket negotiated protocol v2 ([`crate::v2`]): `channels` is empty (it subscribes
+    /// in band) and the grant's channels are the token's alone (empty: any channel).
+    pub v2: bool,
 }
 
 /// Why a request may not become a client. `Display` is the reason a client is told.
@@ -199,13 +202,18 @@ pub async fn admit<B>(
     if !state.address_limiter.allow(ip) {
         return Err(Refusal::RateLimited(settings.rates.connections));
     }
-    let (grant, carrier) = authorize(req, state).map_err(Refusal::Token)?;
-    let channels = grant
-        .channels
-        .iter()
-        .map(|c| ChannelName::new(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Refusal::BadChannel)?;
+    let v2 = purpose == Purpose::Connect && crate::v2::negotiated(req);
+    let (grant, carrier) = authorize(req, state, v2).map_err(Refusal::Token)?;
+    let channels = if v2 {
+        Vec::new()
+    } else {
+        grant
+            .channels
+            .iter()
+            .map(|c| ChannelName::new(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Refusal::BadChannel)?
+    };
     if channels.len() > settings.max_channels {
         return Err(Refusal::TooManyChannels {
             count: channels.len(),
@@ -236,8 +244,8 @@ pub async fn admit<B>(
         Purpose::Publish => None,
     };
     let (resume, positions) = match purpose {
-        Purpose::Connect => resume_request(req),
-        Purpose::Publish => (None, false),
+        Purpose::Connect if !v2 => resume_request(req),
+        _ => (None, false),
     };
     if let Some(ResumeFrom::At(p)) = resume {
         // A position of this stream that this node has not read yet (it restarted and is
@@ -254,6 +262,7 @@ pub async fn admit<B>(
         resume,
         positions,
         subject,
+        v2,
     })
 }
 
@@ -340,13 +349,15 @@ fn token_and_channel<B>(
             .map(str::trim)
             .collect();
         let token = offered.iter().find_map(|p| p.strip_prefix("bearer."))?;
-        Some(if offered.contains(&SUBPROTOCOL) {
-            Ok((token.to_string(), Carrier::Subprotocol))
-        } else {
-            Err(AuthError::Invalid(format!(
-                "offer the subprotocol '{SUBPROTOCOL}' next to 'bearer.<token>'"
-            )))
-        })
+        Some(
+            if offered.contains(&SUBPROTOCOL) || offered.contains(&crate::v2::SUBPROTOCOL) {
+                Ok((token.to_string(), Carrier::Subprotocol))
+            } else {
+                Err(AuthError::Invalid(format!(
+                    "offer the subprotocol '{SUBPROTOCOL}' next to 'bearer.<token>'"
+                )))
+            },
+        )
     };
     let outside = match header_token {
         Some(t) => Some(t),
@@ -377,12 +388,23 @@ fn token_and_channel<B>(
     }
 }
 
-/// Verifies the token (spec §2.2, §3).
+/// Verifies the token (spec §2.2, §3). Protocol v2 (`v2`) ignores the path's channel: its
+/// grant is the token's channels (see [`auth::verify`]).
 pub(crate) fn authorize<B>(
     req: &Request<B>,
     state: &AppState,
+    v2: bool,
 ) -> Result<(Grant, Carrier), AuthError> {
     let (channel, token, carrier) = token_and_channel(req)?;
+    if v2 {
+        let grant = auth::verify(
+            &state.keys(),
+            &state.config.rules,
+            &token,
+            auth::now_seconds(),
+        )?;
+        return Ok((grant, carrier));
+    }
     let grant = auth::resolve(
         &state.keys(),
         &state.config.rules,

@@ -121,7 +121,7 @@ fn check_grant<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
             format!("Origin not allowed: {origin}"),
         );
     }
-    match authorize(req, state) {
+    match authorize(req, state, false) {
         Ok((grant, _)) => {
             let body = serde_json::json!({
                 "mode": grant.mode.as_str(),

@@ -218,6 +218,9 @@ impl Sink {
     pub async fn gap(&self, down: Duration) {
         // Resuming clients are told whatever `PGWS_GAP_EVENTS` says: they asked for positions.
         self.hub.mark_outage();
+        // Protocol v2 sockets are told whatever `PGWS_GAP_EVENTS` says: a v2 client never
+        // misses a message silently.
+        self.hub.outage_v2(down.as_millis() as u64);
         if !self.gap_events {
             return;
         }

@@ -85,6 +85,24 @@ pub struct Resumed {
     pub gap: bool,
 }
 
+/// What a resume replays, and why it is not exact (if so).
+struct Plan {
+    after: Seq,
+    lost_through: Seq,
+    reason: Option<GapReason>,
+    replay: Vec<Frame>,
+}
+
+impl Plan {
+    /// The `after` and `through` a `Gap` names for `reason`.
+    fn bounds(&self, reason: GapReason) -> (Option<Seq>, Option<Seq>) {
+        let known =
+            (!self.after.is_zero() || reason == GapReason::WindowExceeded).then_some(self.after);
+        let through = (reason == GapReason::WindowExceeded).then_some(self.lost_through);
+        (known, through)
+    }
+}
+
 /// Channel name → subscribed outboxes, plus each channel's replay window.
 pub struct Hub {
     channels: RwLock<HashMap<Box<str>, Entry>>,
@@ -243,8 +261,16 @@ impl Hub {
             return 0;
         }
         let mut n = 0;
+        // Protocol v2 sockets get their own encoding, made once for the run and shared by all
+        // of them (none made while no v2 socket follows the channel).
+        let mut v2: Option<Vec<Frame>> = None;
         for sub in &entry.subs {
-            let (queued, outcome) = sub.push_all(run);
+            let frames: &[Frame] = if sub.is_v2() {
+                v2.get_or_insert_with(|| self.v2_frames(channel, run))
+            } else {
+                run
+            };
+            let (queued, outcome) = sub.push_all(frames);
             n += queued;
             if outcome == Push::Overflow {
                 self.stats.overflowed.inc_by((run.len() - queued) as u64);
@@ -252,6 +278,114 @@ impl Hub {
         }
         self.stats.delivered.inc_by(n as u64);
         n
+    }
+
+    /// The protocol v2 encoding of numbered messages of `channel`.
+    fn v2_frames(&self, channel: &str, run: &[Frame]) -> Vec<Frame> {
+        let epoch = self.epoch();
+        run.iter()
+            .map(|f| {
+                crate::v2::wire::message(
+                    channel,
+                    Position {
+                        epoch,
+                        seq: f.seq(),
+                    },
+                    f,
+                )
+            })
+            .collect()
+    }
+
+    /// Adds a protocol v2 socket to one channel, resuming after `from` when given, and queues,
+    /// under the same write lock: a `gap` when the resume cannot be exact, the replay, then
+    /// `answer(position, resumed)` where `position` is the stream's position at the join.
+    /// So everything of the channel up to `position` came before the answer and everything
+    /// after it follows it: a client that keeps the answer's position (and then each message's)
+    /// resumes exactly.
+    pub fn subscribe_v2(
+        &self,
+        channel: &str,
+        outbox: &Arc<Outbox>,
+        from: Option<ResumeFrom>,
+        answer: impl FnOnce(Position, Resumed) -> Frame,
+    ) -> Resumed {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        self.join(&mut map, channel, outbox);
+        let epoch = self.epoch();
+        let now = Position {
+            epoch,
+            seq: self.last(),
+        };
+        let Some(from) = from else {
+            let resumed = Resumed::default();
+            outbox.push_replay(&[answer(now, resumed)]);
+            return resumed;
+        };
+        let plan = self.plan(&map, &[channel], from);
+        let position = |seq| Position { epoch, seq };
+        if let Some(reason) = plan.reason {
+            self.stats.resume_gaps.inc();
+            let (known, through) = plan.bounds(reason);
+            outbox.push_replay(&[crate::v2::wire::resume_gap(
+                channel,
+                reason,
+                known.map(position),
+                through.map(position),
+                plan.replay.first().map(|f| position(f.seq())),
+            )]);
+        }
+        let replay = self.v2_frames(channel, &plan.replay);
+        outbox.push_replay(&replay);
+        self.stats.replayed.inc_by(replay.len() as u64);
+        let resumed = Resumed {
+            replayed: replay.len(),
+            gap: plan.reason.is_some(),
+        };
+        outbox.push_replay(&[answer(now, resumed)]);
+        resumed
+    }
+
+    /// What a resume from `from` replays of `channels`, and why it cannot be exact (if so).
+    /// Called under the write lock.
+    fn plan<C: AsRef<str>>(
+        &self,
+        map: &HashMap<Box<str>, Entry>,
+        channels: &[C],
+        from: ResumeFrom,
+    ) -> Plan {
+        let now = self.last();
+        let epoch = self.epoch();
+        let zero = Seq::ZERO;
+        let (after, mut reason) = match from {
+            ResumeFrom::At(p) if p.epoch == epoch && p.seq <= now => (p.seq, None),
+            ResumeFrom::At(p) if p.epoch == epoch => (zero, Some(GapReason::FuturePosition)),
+            ResumeFrom::At(_) => (zero, Some(GapReason::OtherEpoch)),
+            ResumeFrom::Unknown => (zero, Some(GapReason::UnknownPosition)),
+        };
+        let mut lost_through = zero;
+        let mut replay: Vec<Frame> = Vec::new();
+        for channel in channels {
+            let Some(entry) = map.get(channel.as_ref()) else {
+                continue;
+            };
+            let window = lock(&entry.window);
+            lost_through = lost_through.max(window.lost_through());
+            replay.extend(window.after(after).cloned());
+        }
+        if reason.is_none() && lost_through > after {
+            reason = Some(GapReason::WindowExceeded);
+        }
+        if reason.is_none() && lock(&self.outages).iter().any(|(_, at)| *at >= after) {
+            reason = Some(GapReason::SourceOutage);
+        }
+        replay.sort_by_key(Frame::seq);
+        Plan {
+            after,
+            lost_through,
+            reason,
+            replay,
+        }
     }
 
     /// Adds a socket to a channel. Returns `true` when it is the channel's first subscriber.
@@ -292,48 +426,25 @@ impl Hub {
         let Some(from) = from else {
             return Resumed::default();
         };
-        let now = self.last();
         let epoch = self.epoch();
-        let zero = Seq::ZERO;
-        let (after, mut reason) = match from {
-            ResumeFrom::At(p) if p.epoch == epoch && p.seq <= now => (p.seq, None),
-            ResumeFrom::At(p) if p.epoch == epoch => (zero, Some(GapReason::FuturePosition)),
-            ResumeFrom::At(_) => (zero, Some(GapReason::OtherEpoch)),
-            ResumeFrom::Unknown => (zero, Some(GapReason::UnknownPosition)),
+        let Plan { reason, replay, .. } = {
+            let plan = self.plan(&map, channels, from);
+            if let Some(reason) = plan.reason {
+                self.stats.resume_gaps.inc();
+                let position = |seq| Position { epoch, seq };
+                let names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
+                let (known, through) = plan.bounds(reason);
+                let event = resume_gap_event(
+                    reason,
+                    &names,
+                    known.map(position),
+                    through.map(position),
+                    plan.replay.first().map(|f| position(f.seq())),
+                );
+                outbox.push_replay(&[Frame::from(event)]);
+            }
+            plan
         };
-        let mut lost_through = zero;
-        let mut replay: Vec<Frame> = Vec::new();
-        for channel in channels {
-            let Some(entry) = map.get(channel.as_ref()) else {
-                continue;
-            };
-            let window = lock(&entry.window);
-            lost_through = lost_through.max(window.lost_through());
-            replay.extend(window.after(after).cloned());
-        }
-        if reason.is_none() && lost_through > after {
-            reason = Some(GapReason::WindowExceeded);
-        }
-        if reason.is_none() && lock(&self.outages).iter().any(|(_, at)| *at >= after) {
-            reason = Some(GapReason::SourceOutage);
-        }
-        replay.sort_by_key(Frame::seq);
-        let position = |seq| Position { epoch, seq };
-        if let Some(reason) = reason {
-            self.stats.resume_gaps.inc();
-            let names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
-            let known =
-                (!after.is_zero() || reason == GapReason::WindowExceeded).then(|| position(after));
-            let through = (reason == GapReason::WindowExceeded).then(|| position(lost_through));
-            let event = resume_gap_event(
-                reason,
-                &names,
-                known,
-                through,
-                replay.first().map(|f| position(f.seq())),
-            );
-            outbox.push_replay(&[Frame::from(event)]);
-        }
         outbox.push_replay(&replay);
         self.stats.replayed.inc_by(replay.len() as u64);
         Resumed {
@@ -444,6 +555,9 @@ impl Hub {
         let mut seen: Vec<*const Outbox> = Vec::new();
         let mut n = 0;
         for sub in map.values().flat_map(|e| &e.subs) {
+            if sub.is_v2() {
+                continue;
+            }
             let p = Arc::as_ptr(sub);
             if seen.contains(&p) {
                 continue;
@@ -451,6 +565,23 @@ impl Hub {
             seen.push(p);
             if sub.push(text.clone()) == Push::Queued {
                 n += 1;
+            }
+        }
+        n
+    }
+
+    /// Tells every protocol v2 socket, once per channel it follows, that the source was down
+    /// for `down_ms` (v2 sockets are always told: they never miss a message silently).
+    pub fn outage_v2(&self, down_ms: u64) -> usize {
+        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for (name, entry) in map.iter() {
+            let mut frame = None;
+            for sub in entry.subs.iter().filter(|s| s.is_v2()) {
+                let f = frame.get_or_insert_with(|| crate::v2::wire::outage_gap(name, down_ms));
+                if sub.push(f.clone()) == Push::Queued {
+                    n += 1;
+                }
             }
         }
         n
@@ -510,6 +641,43 @@ mod tests {
         assert_eq!(hub.publish("c", "m".into()), 1);
         hub.unsubscribe("c", &b);
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    /// A message is encoded once for every v2 socket of its channel (the same bytes, shared),
+    /// while compat sockets get the original frame.
+    #[test]
+    fn v2_sockets_share_one_encoding_per_message() {
+        let hub = Hub::new();
+        let limits = Limits {
+            messages: 16,
+            bytes: 1 << 16,
+        };
+        let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
+        let compat = outbox();
+        for o in [&a, &b, &compat] {
+            hub.subscribe("c", o);
+        }
+        hub.publish("c", "{\"x\":1}".into());
+        let take = |o: &Outbox| {
+            let mut v = Vec::new();
+            o.drain_into(&mut v);
+            v.pop().unwrap()
+        };
+        let (fa, fb, fc) = (take(&a), take(&b), take(&compat));
+        assert_eq!(fc.as_str(), "{\"x\":1}");
+        assert!(
+            fa.as_str()
+                .starts_with("{\"type\":\"message\",\"channel\":\"c\"")
+        );
+        assert_eq!(
+            fa.wire().as_ptr(),
+            fb.wire().as_ptr(),
+            "one allocation, shared"
+        );
+        assert_eq!(fa.seq(), fc.seq());
+        // A server-wide notice skips v2 sockets (they get their own, per channel).
+        assert_eq!(hub.broadcast("gap".into()), 1);
+        assert_eq!(hub.outage_v2(5), 2);
     }
 
     #[test]

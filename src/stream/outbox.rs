@@ -69,6 +69,8 @@ pub struct Outbox {
     /// The session task, while it waits in [`Outbox::wait`] or [`Outbox::overflowed`].
     waker: AtomicWaker,
     limits: Limits,
+    /// The socket speaks protocol v2: the hub queues v2 encodings ([`crate::v2::wire`]) here.
+    v2: bool,
 }
 
 impl Outbox {
@@ -78,7 +80,21 @@ impl Outbox {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             limits,
+            v2: false,
         }
+    }
+
+    /// An empty outbox of a protocol v2 socket: the hub queues v2 frames into it.
+    pub fn v2(limits: Limits) -> Self {
+        Self {
+            v2: true,
+            ..Self::new(limits)
+        }
+    }
+
+    /// Whether this is a protocol v2 socket's outbox.
+    pub fn is_v2(&self) -> bool {
+        self.v2
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

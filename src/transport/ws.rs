@@ -110,7 +110,11 @@ pub async fn accept(
         "websocket open"
     );
     let carrier = admitted.carrier;
+    let v2 = admitted
+        .v2
+        .then(|| crate::v2::access::Access::new(&admitted.grant));
     let config = state.ws_config;
+    let v2_answer = v2.is_some();
     let tracker = state.sessions.clone();
     let client = Client::open(state, id, admitted);
     client.following().await;
@@ -123,7 +127,7 @@ pub async fn accept(
                     Some(config),
                 )
                 .await;
-                run(ws, client).await;
+                run(ws, client, v2).await;
             }
             Err(e) => tracing::info!(conn = id, error = %e, "websocket upgrade failed"),
         }
@@ -136,7 +140,12 @@ pub async fn accept(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
-    if carrier == Carrier::Subprotocol {
+    if v2_answer {
+        h.insert(
+            hyper::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(crate::v2::SUBPROTOCOL),
+        );
+    } else if carrier == Carrier::Subprotocol {
         h.insert(
             hyper::header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(SUBPROTOCOL),
@@ -169,7 +178,7 @@ where
 }
 
 /// Why the loop ended.
-enum End {
+pub(crate) enum End {
     /// The peer closed or vanished; nothing more to send.
     Peer,
     /// We close with this code and reason; the label names the reason in metrics.
@@ -178,14 +187,21 @@ enum End {
     Drop(&'static str),
 }
 
-async fn run<S>(mut ws: WebSocketStream<S>, mut client: Client)
-where
+async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    mut client: Client,
+    v2: Option<crate::v2::access::Access>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = client.id();
     Box::pin(client.start()).await;
 
-    let end = serve(&mut ws, &mut client).await;
+    let end = if let Some(access) = v2 {
+        Box::pin(crate::v2::session::serve(&mut ws, &mut client, access)).await
+    } else {
+        serve(&mut ws, &mut client).await
+    };
 
     let label = match end {
         End::Close(_, _, label) | End::Drop(label) => Some(label),
@@ -271,101 +287,152 @@ where
                 timer.as_mut().reset(deadline(next_ping));
             }
             _ = client.outbox().wait() => {
-                let drained = client.outbox().drain_into(&mut batch);
-                if let Some((code, reason)) = drained.end {
-                    // Access revoked (authorization by the database): nothing more is sent.
-                    return End::Close(code, reason, "revoked");
-                }
-                if client.positions() {
-                    for frame in batch.iter_mut() {
-                        if let Some(position) = client.position_of(frame) {
-                            // Made once per message and shared by every opted-in socket.
-                            *frame = frame.positioned(|f| {
-                                Frame::from(positioned_message(position, f.as_str()))
-                            });
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    // Boxed, like the other rare paths below: a future's size is the largest of
-                    // its states, and every idle socket would otherwise carry the write state.
-                    let write = Box::pin(async {
-                        // Anything tungstenite still holds (a pong) goes first, whole, so that
-                        // the raw frames below never interleave with one of its frames.
-                        ws.flush().await?;
-                        write_frames(ws.get_mut(), &batch).await.map_err(WsError::Io)
-                    });
-                    tokio::select! {
-                        r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)) => match r {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                tracing::debug!(conn = id, error = %e, "write failed");
-                                return End::Peer;
-                            }
-                            Err(_) => return End::Drop("write_timeout"),
-                        },
-                        // The peer stopped reading and its queue overflowed meanwhile.
-                        _ = client.outbox().overflowed() => return End::Drop("slow_consumer"),
-                    }
-                    if let Some(oldest) = drained.oldest {
-                        client.state().metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
-                    }
-                    batch.clear();
-                    if batch.capacity() > 256 {
-                        batch.shrink_to_fit();
-                    }
-                }
-                if !drained.healthy {
-                    return End::Close(
-                        CLOSE_SLOW_CONSUMER,
-                        "slow consumer: outbound queue limit reached",
-                        "slow_consumer",
-                    );
+                if let Err(end) = write_outbox(ws, client, &mut batch).await {
+                    return end;
                 }
             }
             frame = ws.next() => {
                 if let Some(Ok(_)) = &frame {
                     last_inbound = tokio::time::Instant::now();
                 }
-                match frame {
-                None => return End::Peer,
-                Some(Ok(Message::Text(text))) => {
-                    Box::pin(client.publish(text.as_str())).await;
-                }
-                Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => Box::pin(client.publish(text)).await,
-                    Err(_) => client.refuse("invalid_utf8",
-                        "binary message is not valid UTF-8 text; it was not published", None),
-                },
-                Some(Ok(Message::Ping(_))) => {
-                    // tungstenite queued the pong; push it out now.
-                    if ws.flush().await.is_err() {
-                        return End::Peer;
-                    }
-                }
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite answered the close; finish the closing handshake.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
-                    return End::Peer;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(WsError::Capacity(e))) => {
-                    tracing::warn!(conn = id, error = %e, "client message too large");
-                    return End::Close(1009, "message too big", "message_too_big");
-                }
-                Some(Err(WsError::Utf8(_))) => {
-                    return End::Close(1007, "invalid UTF-8 in text message", "invalid_utf8");
-                }
-                Some(Err(WsError::Protocol(e))) => {
-                    tracing::info!(conn = id, error = %e, "websocket protocol error");
-                    return End::Close(1002, "protocol error", "protocol_error");
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(conn = id, error = %e, "websocket read ended");
-                    return End::Peer;
-                }
+                match read(ws, frame, id).await {
+                    Inbound::Text(text) => Box::pin(client.publish(text.as_str())).await,
+                    Inbound::Binary(bytes) => match std::str::from_utf8(&bytes) {
+                        Ok(text) => Box::pin(client.publish(text)).await,
+                        Err(_) => client.refuse("invalid_utf8",
+                            "binary message is not valid UTF-8 text; it was not published", None),
+                    },
+                    Inbound::Handled => {}
+                    Inbound::End(end) => return end,
                 }
             }
+        }
+    }
+}
+
+/// Writes what the client's outbox holds (positions added for clients that asked for them);
+/// `Err` when the socket must end.
+pub(crate) async fn write_outbox<S>(
+    ws: &mut WebSocketStream<S>,
+    client: &Client,
+    batch: &mut Vec<Frame>,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = client.id();
+    let drained = client.outbox().drain_into(batch);
+    if let Some((code, reason)) = drained.end {
+        // Access revoked (authorization by the database): nothing more is sent.
+        batch.clear();
+        return Err(End::Close(code, reason, "revoked"));
+    }
+    if client.positions() {
+        for frame in batch.iter_mut() {
+            if let Some(position) = client.position_of(frame) {
+                // Made once per message and shared by every opted-in socket.
+                *frame =
+                    frame.positioned(|f| Frame::from(positioned_message(position, f.as_str())));
+            }
+        }
+    }
+    if !batch.is_empty() {
+        // Boxed, like the other rare paths: a future's size is the largest of its states, and
+        // every idle socket would otherwise carry the write state.
+        let write = Box::pin(async {
+            // Anything tungstenite still holds (a pong) goes first, whole, so that the raw
+            // frames below never interleave with one of its frames.
+            ws.flush().await?;
+            write_frames(ws.get_mut(), batch).await.map_err(WsError::Io)
+        });
+        tokio::select! {
+            r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(conn = id, error = %e, "write failed");
+                    return Err(End::Peer);
+                }
+                Err(_) => return Err(End::Drop("write_timeout")),
+            },
+            // The peer stopped reading and its queue overflowed meanwhile.
+            _ = client.outbox().overflowed() => return Err(End::Drop("slow_consumer")),
+        }
+        if let Some(oldest) = drained.oldest {
+            client
+                .state()
+                .metrics
+                .delivery_latency
+                .observe(oldest.elapsed().as_secs_f64());
+        }
+        batch.clear();
+        if batch.capacity() > 256 {
+            batch.shrink_to_fit();
+        }
+    }
+    if !drained.healthy {
+        return Err(End::Close(
+            CLOSE_SLOW_CONSUMER,
+            "slow consumer: outbound queue limit reached",
+            "slow_consumer",
+        ));
+    }
+    Ok(())
+}
+
+/// A frame the client sent, once the websocket's own business (pings, close) is done.
+pub(crate) enum Inbound {
+    /// A text message.
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
+    /// A binary message.
+    Binary(bytes::Bytes),
+    /// Nothing for the protocol (a ping answered, a pong).
+    Handled,
+    /// The socket ends.
+    End(End),
+}
+
+/// Handles what `ws.next()` gave: pings, close frames and errors here, messages to the caller.
+pub(crate) async fn read<S>(
+    ws: &mut WebSocketStream<S>,
+    frame: Option<Result<Message, WsError>>,
+    id: u64,
+) -> Inbound
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match frame {
+        None => Inbound::End(End::Peer),
+        Some(Ok(Message::Text(text))) => Inbound::Text(text),
+        Some(Ok(Message::Binary(bytes))) => Inbound::Binary(bytes),
+        Some(Ok(Message::Ping(_))) => {
+            // tungstenite queued the pong; push it out now.
+            if ws.flush().await.is_err() {
+                return Inbound::End(End::Peer);
+            }
+            Inbound::Handled
+        }
+        Some(Ok(Message::Close(_))) => {
+            // tungstenite answered the close; finish the closing handshake.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+            Inbound::End(End::Peer)
+        }
+        Some(Ok(_)) => Inbound::Handled,
+        Some(Err(WsError::Capacity(e))) => {
+            tracing::warn!(conn = id, error = %e, "client message too large");
+            Inbound::End(End::Close(1009, "message too big", "message_too_big"))
+        }
+        Some(Err(WsError::Utf8(_))) => Inbound::End(End::Close(
+            1007,
+            "invalid UTF-8 in text message",
+            "invalid_utf8",
+        )),
+        Some(Err(WsError::Protocol(e))) => {
+            tracing::info!(conn = id, error = %e, "websocket protocol error");
+            Inbound::End(End::Close(1002, "protocol error", "protocol_error"))
+        }
+        Some(Err(e)) => {
+            tracing::debug!(conn = id, error = %e, "websocket read ended");
+            Inbound::End(End::Peer)
         }
     }
 }

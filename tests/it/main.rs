@@ -22,4 +22,5 @@ mod sse;
 mod sse_raw;
 mod static_http;
 mod tls;
+mod v2;
 mod wal;

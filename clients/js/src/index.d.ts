@@ -1,0 +1,169 @@
+// Types of pgws-client (hand-written; the implementation is src/index.js).
+
+/** The websocket subprotocol of pgws protocol v2. */
+export declare const PROTOCOL: "pgws.v2";
+
+/** Server codes (docs/PROTOCOL.md §3) and the client's own. */
+export type ErrorCode =
+  | "bad_json" | "bad_request" | "unknown_type" | "rate_limited" | "bad_channel" | "not_granted"
+  | "write_only" | "already_subscribed" | "too_many_subscriptions" | "not_subscribed"
+  | "bad_token" | "token_expired" | "subject_changed" | "read_only" | "too_large"
+  | "database_unavailable" | "shutting_down"
+  | "connection_lost" | "timeout" | "closed" | "protocol" | "heartbeat" | "token_unavailable"
+  | "connect_failed" | "refresh_failed" | "bad_frame"
+  | (string & {});
+
+/** A failed request or a problem the application may want to show. */
+export declare class PgwsError extends Error {
+  readonly code: ErrorCode;
+  /** The channel of a nack. */
+  readonly channel?: string;
+  constructor(code: string, message?: string, details?: object);
+}
+
+/** A stream message of a subscribed channel. */
+export interface Message {
+  channel: string;
+  /** Opaque; the subscription keeps the last one to resume from. */
+  position: string;
+  /** Exactly the text an original-protocol client receives. */
+  data: string;
+  /** `JSON.parse(data)`. */
+  json<T = unknown>(): T;
+}
+
+/** Messages may be missing before what follows (docs/PROTOCOL.md §4). */
+export interface Gap {
+  type: "gap";
+  channel: string;
+  reason: "window_exceeded" | "other_epoch" | "unknown_position" | "future_position" | "source_outage" | (string & {});
+  message: string;
+  after?: string | null;
+  through?: string | null;
+  resumes_at?: string | null;
+  down_ms?: number;
+}
+
+export interface Subscribed {
+  type: "subscribed";
+  id: number;
+  channel: string;
+  position: string;
+  replayed: number;
+}
+
+export interface Left {
+  type: "left";
+  channel: string;
+  reason: string;
+  message: string;
+}
+
+/** Reserved: presence events (not sent by the server yet). */
+export interface Presence {
+  type: "presence";
+  channel: string;
+  [key: string]: unknown;
+}
+
+export interface Welcome {
+  type: "welcome";
+  protocol: "pgws.v2";
+  mode: "r" | "w" | "rw" | "";
+  /** `null`: every channel. */
+  channels: string[] | null;
+  /** Unix seconds; `null`: no expiry. */
+  exp: number | null;
+  max_subscriptions: number;
+  max_message_size: number;
+}
+
+export interface Refreshed {
+  type: "refreshed";
+  id: number;
+  mode: Welcome["mode"];
+  channels: string[] | null;
+  exp: number | null;
+}
+
+export interface Ack {
+  channel: string;
+  /** `null` until the server can tell it (NOTIFY gives none). */
+  position: string | null;
+}
+
+export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "offline" | "closed";
+
+interface SubscriptionEvents {
+  message: (m: Message) => void;
+  gap: (g: Gap) => void;
+  subscribed: (s: Subscribed) => void;
+  left: (l: Left) => void;
+  presence: (p: Presence) => void;
+  error: (e: PgwsError) => void;
+}
+
+interface ClientEvents {
+  state: (s: ClientState) => void;
+  welcome: (w: Welcome) => void;
+  refreshed: (r: Refreshed) => void;
+  error: (e: PgwsError) => void;
+  close: (c: { code: number; reason: string }) => void;
+}
+
+declare class Emitter<E extends { [K in keyof E]: (...args: any[]) => void }> {
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof E>(event: K, fn: E[K]): () => void;
+  off<K extends keyof E>(event: K, fn: E[K]): void;
+  once<K extends keyof E>(event: K, fn: E[K]): () => void;
+}
+
+/** One channel the client follows, across reconnections. */
+export declare class Subscription extends Emitter<SubscriptionEvents> {
+  readonly channel: string;
+  /** The last position received; `null` before the first. */
+  readonly position: string | null;
+  readonly state: "pending" | "subscribed" | "left" | "closed";
+  /** Resolves once the server confirmed the subscription on the current connection. */
+  ready(): Promise<Subscription>;
+  unsubscribe(): void;
+}
+
+/** A WebSocket constructor (the browser's, Node 22's, or the `ws` package's). */
+export interface WebSocketConstructor {
+  new (url: string, protocols?: string | string[]): any;
+}
+
+export interface ClientOptions {
+  /** The server's websocket URL, e.g. "wss://host/". */
+  url: string;
+  /** A token, or a function fetching one: called at each connection and before each `exp`. */
+  token: string | (() => string | Promise<string>);
+  /** Default: the global WebSocket. Node 20: `import WebSocket from "ws"`. */
+  WebSocket?: WebSocketConstructor;
+  /** First reconnection delay, ms (default 500); doubles per failed attempt, with jitter. */
+  minDelay?: number;
+  /** Longest reconnection delay, ms (default 30000). */
+  maxDelay?: number;
+  /** Client ping interval, ms (default 25000; 0: none); silence for two intervals reconnects. */
+  heartbeat?: number;
+  /** Refresh when this share of the token's remaining life has passed (default 0.8). */
+  refreshRatio?: number;
+  /** Refresh at least this long before `exp`, ms (default 5000). */
+  refreshMinLead?: number;
+  /** How long a request waits for its answer, ms (default 15000). */
+  publishTimeout?: number;
+}
+
+/** A pgws protocol v2 connection that reconnects, resumes and refreshes by itself. */
+export declare class PgwsClient extends Emitter<ClientEvents> {
+  constructor(opts: ClientOptions);
+  readonly state: ClientState;
+  readonly welcome: Welcome | null;
+  /** Connections opened so far (1 + reconnections). */
+  readonly connections: number;
+  connect(): this;
+  subscribe(channel: string, opts?: { since?: string }): Subscription;
+  publish(channel: string, data: string): Promise<Ack>;
+  close(): void;
+}

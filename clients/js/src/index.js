@@ -1,0 +1,539 @@
+// pgws-client: the client of pgws protocol v2 (docs/PROTOCOL.md in the pgws repository).
+//
+// One PgwsClient keeps one websocket open for as long as it is not closed: it reconnects with
+// exponential back-off and jitter, resumes every subscription from its last position, refreshes
+// the token in band before it expires (when given a token callback), and turns every possible
+// loss into a `gap` event. Zero dependencies: the global WebSocket (browsers, Node >= 22) or the
+// constructor given as the `WebSocket` option (Node 20: the `ws` package).
+
+export const PROTOCOL = "pgws.v2";
+
+/** A failed request: `code` is the server's (docs/PROTOCOL.md §3) or one of the client's. */
+export class PgwsError extends Error {
+  constructor(code, message, details = {}) {
+    super(message || code);
+    this.name = "PgwsError";
+    this.code = code;
+    Object.assign(this, details);
+  }
+}
+
+/** A minimal event emitter: `on` returns a function that removes the listener. */
+class Emitter {
+  #listeners = new Map();
+
+  on(event, fn) {
+    let set = this.#listeners.get(event);
+    if (!set) this.#listeners.set(event, (set = new Set()));
+    set.add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    this.#listeners.get(event)?.delete(fn);
+  }
+
+  once(event, fn) {
+    const off = this.on(event, (...args) => {
+      off();
+      fn(...args);
+    });
+    return off;
+  }
+
+  emit(event, ...args) {
+    for (const fn of [...(this.#listeners.get(event) ?? [])]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        // A listener's exception must not break the client's state machine.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+}
+
+/** One channel the client follows, across reconnections. */
+export class Subscription extends Emitter {
+  #client;
+
+  constructor(client, channel, since) {
+    super();
+    this.#client = client;
+    /** The channel's name. */
+    this.channel = channel;
+    /** The last position received (a message's, or the `subscribed` answer's); `null` before. */
+    this.position = since ?? null;
+    /** "pending" (not yet confirmed on the current connection), "subscribed", "left" or "closed". */
+    this.state = "pending";
+  }
+
+  /** Resolves once the server confirmed the subscription (on the current connection). */
+  ready() {
+    if (this.state === "subscribed") return Promise.resolve(this);
+    if (this.state !== "pending") return Promise.reject(new PgwsError("closed", "subscription closed"));
+    return new Promise((resolve, reject) => {
+      const offs = [
+        this.once("subscribed", () => (offs.forEach((f) => f()), resolve(this))),
+        this.once("error", (e) => (offs.forEach((f) => f()), reject(e))),
+        this.once("left", (e) => (offs.forEach((f) => f()), reject(new PgwsError(e.reason, e.message)))),
+      ];
+    });
+  }
+
+  /** Stops following the channel. */
+  unsubscribe() {
+    this.#client._unsubscribe(this);
+  }
+}
+
+const DEFAULTS = {
+  minDelay: 500,
+  maxDelay: 30_000,
+  heartbeat: 25_000,
+  refreshRatio: 0.8,
+  refreshMinLead: 5_000,
+  publishTimeout: 15_000,
+};
+
+/**
+ * A pgws protocol v2 connection.
+ *
+ * Events: `state` (one of "connecting", "open", "reconnecting", "offline", "closed"), `welcome`,
+ * `refreshed`, `error` (a PgwsError the application may want to show), `close` ({code, reason}
+ * of each closed socket).
+ */
+export class PgwsClient extends Emitter {
+  #opts;
+  #WebSocket;
+  #ws = null;
+  #subs = new Map(); // channel -> Subscription
+  #pending = new Map(); // id -> {resolve, reject, kind, timer}
+  #queue = []; // publishes waiting for a connection
+  #nextId = 1;
+  #attempt = 0;
+  #timers = new Set();
+  #reconnectTimer = null;
+  #refreshTimer = null;
+  #heartbeatTimer = null;
+  #lastFrame = 0;
+  #closed = false;
+  #started = false;
+  #offline = false;
+  #online = null;
+  #offlineFn = null;
+
+  /**
+   * @param {object} opts
+   * @param {string} opts.url  the server's websocket URL (e.g. "wss://host/")
+   * @param {string | (() => string | Promise<string>)} opts.token  a token, or a function that
+   *   fetches one (called at every connection and before each `exp` for an in-band refresh)
+   */
+  constructor(opts) {
+    super();
+    if (!opts || typeof opts.url !== "string") throw new TypeError("PgwsClient: opts.url is required");
+    if (typeof opts.token !== "string" && typeof opts.token !== "function") {
+      throw new TypeError("PgwsClient: opts.token must be a string or a function");
+    }
+    this.#opts = { ...DEFAULTS, ...opts };
+    this.#WebSocket = opts.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WebSocket !== "function") {
+      throw new TypeError("PgwsClient: no global WebSocket; pass the WebSocket option (e.g. the 'ws' package on Node 20)");
+    }
+    /** The current state (see the `state` event). */
+    this.state = "idle";
+    /** The last `welcome` frame (mode, channels, exp, limits), `null` before the first. */
+    this.welcome = null;
+    /** Connections opened so far (1 + reconnections). */
+    this.connections = 0;
+  }
+
+  /** Opens the connection (and keeps it open until `close()`). Idempotent. */
+  connect() {
+    if (this.#started || this.#closed) return this;
+    this.#started = true;
+    this.#watchNetwork();
+    this.#open();
+    return this;
+  }
+
+  /**
+   * Follows `channel`; the returned subscription emits `message` ({channel, position, data,
+   * json()}), `gap`, `subscribed`, `left` and `error`. `since`: a position to resume after.
+   */
+  subscribe(channel, { since } = {}) {
+    if (this.#closed) throw new PgwsError("closed", "client closed");
+    if (this.#subs.has(channel)) return this.#subs.get(channel);
+    const sub = new Subscription(this, channel, since);
+    this.#subs.set(channel, sub);
+    if (this.#isOpen()) this.#sendSubscribe(sub);
+    return sub;
+  }
+
+  /**
+   * Publishes `data` (a string) to `channel`. Resolves with the ack ({channel, position}) once
+   * PostgreSQL accepted it; rejects with a PgwsError: the nack's code, or "connection_lost"
+   * (sent, but the connection ended before the answer: it may or may not have been published),
+   * "timeout" or "closed".
+   */
+  publish(channel, data) {
+    if (this.#closed) return Promise.reject(new PgwsError("closed", "client closed"));
+    if (typeof data !== "string") return Promise.reject(new TypeError("publish: data must be a string"));
+    return new Promise((resolve, reject) => {
+      const job = { channel, data, resolve, reject };
+      if (this.#isOpen()) this.#sendPublish(job);
+      else this.#queue.push(job);
+    });
+  }
+
+  /** Closes the connection for good; pending publishes are rejected with "closed". */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#unwatchNetwork();
+    this.#clearTimers();
+    for (const job of this.#queue.splice(0)) job.reject(new PgwsError("closed", "client closed"));
+    this.#failPending("closed", "client closed");
+    for (const sub of this.#subs.values()) sub.state = "closed";
+    this.#subs.clear();
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      try {
+        ws.close(1000, "client closed");
+      } catch {
+        // already closed
+      }
+    }
+    this.#setState("closed");
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  _unsubscribe(sub) {
+    if (this.#subs.get(sub.channel) !== sub) return;
+    this.#subs.delete(sub.channel);
+    const wasConfirmed = sub.state === "subscribed" || sub.state === "pending";
+    sub.state = "closed";
+    if (wasConfirmed && this.#isOpen()) {
+      this.#request({ type: "unsubscribe", channel: sub.channel }, "unsubscribe").catch(() => {});
+    }
+  }
+
+  #isOpen() {
+    return this.#ws !== null && this.welcome !== null && this.state === "open";
+  }
+
+  #setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit("state", state);
+  }
+
+  #timer(fn, ms) {
+    const t = setTimeout(() => {
+      this.#timers.delete(t);
+      fn();
+    }, ms);
+    this.#timers.add(t);
+    return t;
+  }
+
+  #clearTimer(t) {
+    if (t) {
+      clearTimeout(t);
+      this.#timers.delete(t);
+    }
+  }
+
+  #clearTimers() {
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+    this.#reconnectTimer = this.#refreshTimer = this.#heartbeatTimer = null;
+  }
+
+  async #token() {
+    const t = this.#opts.token;
+    return typeof t === "function" ? await t() : t;
+  }
+
+  async #open() {
+    if (this.#closed || this.#offline) return;
+    this.#setState(this.connections === 0 ? "connecting" : "reconnecting");
+    let token;
+    try {
+      token = await this.#token();
+    } catch (err) {
+      this.emit("error", new PgwsError("token_unavailable", `the token callback failed: ${err?.message ?? err}`));
+      this.#scheduleReconnect();
+      return;
+    }
+    if (this.#closed || this.#offline) return;
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#opts.url, [PROTOCOL, `bearer.${token}`]);
+    } catch (err) {
+      this.emit("error", new PgwsError("connect_failed", String(err?.message ?? err)));
+      this.#scheduleReconnect();
+      return;
+    }
+    this.connections += 1;
+    this.#ws = ws;
+    this.welcome = null;
+    ws.onopen = () => {
+      if (ws !== this.#ws) return;
+      if (ws.protocol !== PROTOCOL) {
+        this.emit("error", new PgwsError("protocol", `the server did not accept ${PROTOCOL} (got '${ws.protocol}')`));
+        ws.close(1000, "protocol not supported");
+      }
+      this.#lastFrame = Date.now();
+      this.#armHeartbeat();
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== this.#ws) return;
+      this.#lastFrame = Date.now();
+      let frame;
+      try {
+        frame = JSON.parse(typeof ev.data === "string" ? ev.data : String(ev.data));
+      } catch {
+        this.emit("error", new PgwsError("bad_frame", "the server sent a frame that is not JSON"));
+        return;
+      }
+      this.#onFrame(frame);
+    };
+    ws.onerror = () => {
+      // Always followed by `close`, which reconnects.
+    };
+    ws.onclose = (ev) => {
+      if (ws !== this.#ws) return;
+      this.#ws = null;
+      this.welcome = null;
+      this.#clearTimer(this.#refreshTimer);
+      this.#clearTimer(this.#heartbeatTimer);
+      this.#refreshTimer = this.#heartbeatTimer = null;
+      this.#failPending("connection_lost", `the connection closed (${ev.code}) before the answer`);
+      for (const sub of this.#subs.values()) sub.state = "pending";
+      this.emit("close", { code: ev.code, reason: ev.reason });
+      if (!this.#closed) this.#scheduleReconnect();
+    };
+  }
+
+  #scheduleReconnect() {
+    if (this.#closed || this.#offline) return;
+    this.#setState("reconnecting");
+    const { minDelay, maxDelay } = this.#opts;
+    const base = Math.min(maxDelay, minDelay * 2 ** this.#attempt);
+    this.#attempt += 1;
+    // "Equal jitter": half fixed, half random, so reconnections of many clients spread out.
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.#clearTimer(this.#reconnectTimer);
+    this.#reconnectTimer = this.#timer(() => {
+      this.#reconnectTimer = null;
+      this.#open();
+    }, delay);
+  }
+
+  #armHeartbeat() {
+    const every = this.#opts.heartbeat;
+    if (!every) return;
+    this.#clearTimer(this.#heartbeatTimer);
+    this.#heartbeatTimer = this.#timer(() => {
+      this.#heartbeatTimer = null;
+      const ws = this.#ws;
+      if (!ws) return;
+      if (Date.now() - this.#lastFrame > 2 * every) {
+        // Nothing heard, not even our pongs: the connection is dead without a close.
+        this.emit("error", new PgwsError("heartbeat", "no answer from the server; reconnecting"));
+        this.#drop(ws);
+        return;
+      }
+      if (this.#isOpen()) this.#request({ type: "ping" }, "ping").catch(() => {});
+      this.#armHeartbeat();
+    }, every);
+  }
+
+  /** Abandons a socket at once (its close event may take long on a dead network). */
+  #drop(ws) {
+    try {
+      ws.close(4002, "client heartbeat");
+    } catch {
+      // ignore
+    }
+    if (ws === this.#ws) ws.onclose?.({ code: 1006, reason: "abandoned" });
+  }
+
+  #onFrame(f) {
+    switch (f.type) {
+      case "welcome":
+        this.welcome = f;
+        this.#attempt = 0;
+        this.#setState("open");
+        this.emit("welcome", f);
+        this.#scheduleRefresh(f.exp);
+        for (const sub of this.#subs.values()) this.#sendSubscribe(sub);
+        for (const job of this.#queue.splice(0)) this.#sendPublish(job);
+        return;
+      case "message": {
+        const sub = this.#subs.get(f.channel);
+        if (!sub) return; // unsubscribed meanwhile
+        sub.position = f.position;
+        sub.emit("message", {
+          channel: f.channel,
+          position: f.position,
+          data: f.data,
+          json: () => JSON.parse(f.data),
+        });
+        return;
+      }
+      case "gap": {
+        const sub = this.#subs.get(f.channel);
+        if (sub) sub.emit("gap", f);
+        return;
+      }
+      case "left": {
+        const sub = this.#subs.get(f.channel);
+        if (!sub) return;
+        this.#subs.delete(f.channel);
+        sub.state = "left";
+        sub.emit("left", f);
+        return;
+      }
+      case "presence": {
+        const sub = this.#subs.get(f.channel);
+        if (sub) sub.emit("presence", f);
+        return;
+      }
+      default:
+        break;
+    }
+    const waiter = f.id === undefined || f.id === null ? undefined : this.#pending.get(f.id);
+    if (!waiter) {
+      if (f.type === "error") this.emit("error", new PgwsError(f.code, f.message));
+      return;
+    }
+    this.#pending.delete(f.id);
+    this.#clearTimer(waiter.timer);
+    if (f.type === "error" || f.type === "nack") {
+      waiter.reject(new PgwsError(f.code, f.message, { channel: f.channel }));
+    } else {
+      waiter.resolve(f);
+    }
+  }
+
+  #request(body, kind, timeout = this.#opts.publishTimeout) {
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = this.#timer(() => {
+        if (this.#pending.delete(id)) reject(new PgwsError("timeout", `no answer to ${kind} within ${timeout} ms`));
+      }, timeout);
+      this.#pending.set(id, { resolve, reject, kind, timer });
+      try {
+        this.#ws.send(JSON.stringify({ ...body, id }));
+      } catch (err) {
+        this.#pending.delete(id);
+        this.#clearTimer(timer);
+        reject(new PgwsError("connection_lost", String(err?.message ?? err)));
+      }
+    });
+  }
+
+  #failPending(code, message) {
+    for (const [id, w] of this.#pending) {
+      this.#pending.delete(id);
+      this.#clearTimer(w.timer);
+      w.reject(new PgwsError(code, message));
+    }
+  }
+
+  #sendSubscribe(sub) {
+    sub.state = "pending";
+    const body = { type: "subscribe", channel: sub.channel };
+    if (sub.position) body.since = sub.position;
+    const ws = this.#ws;
+    this.#request(body, "subscribe").then(
+      (answer) => {
+        if (this.#subs.get(sub.channel) !== sub || ws !== this.#ws) return;
+        sub.position = answer.position;
+        sub.state = "subscribed";
+        sub.emit("subscribed", answer);
+      },
+      (err) => {
+        if (err.code === "connection_lost" || err.code === "closed") return; // resubscribed later
+        if (this.#subs.get(sub.channel) === sub) this.#subs.delete(sub.channel);
+        sub.state = "closed";
+        sub.emit("error", err);
+      },
+    );
+  }
+
+  #sendPublish(job) {
+    this.#request({ type: "publish", channel: job.channel, data: job.data }, "publish").then(
+      (ack) => job.resolve({ channel: ack.channel, position: ack.position ?? null }),
+      job.reject,
+    );
+  }
+
+  /** Fetches a new token before `exp` and sends it in band (only with a token callback). */
+  #scheduleRefresh(exp) {
+    this.#clearTimer(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (typeof this.#opts.token !== "function" || typeof exp !== "number") return;
+    const left = exp * 1000 - Date.now();
+    const lead = Math.max(this.#opts.refreshMinLead, left * (1 - this.#opts.refreshRatio));
+    const wait = Math.max(0, left - lead);
+    this.#refreshTimer = this.#timer(() => this.#refresh(exp), wait);
+  }
+
+  async #refresh(exp) {
+    this.#refreshTimer = null;
+    if (!this.#isOpen()) return;
+    try {
+      const token = await this.#token();
+      if (!this.#isOpen()) return;
+      const answer = await this.#request({ type: "refresh", token }, "refresh");
+      if (this.welcome) this.welcome = { ...this.welcome, mode: answer.mode, channels: answer.channels, exp: answer.exp };
+      this.emit("refreshed", answer);
+      this.#scheduleRefresh(answer.exp);
+    } catch (err) {
+      if (err.code === "connection_lost" || err.code === "closed") return;
+      this.emit("error", err instanceof PgwsError ? err : new PgwsError("refresh_failed", String(err?.message ?? err)));
+      // Try again soon while the old token lasts; past it the server closes with 3001 and the
+      // reconnection fetches a new token anyway.
+      const left = exp * 1000 - Date.now();
+      if (left > 1000) this.#refreshTimer = this.#timer(() => this.#refresh(exp), Math.min(2000, left / 2));
+    }
+  }
+
+  #watchNetwork() {
+    const w = globalThis.window ?? globalThis;
+    if (typeof w.addEventListener !== "function" || typeof globalThis.navigator?.onLine !== "boolean") return;
+    this.#online = () => {
+      if (!this.#offline) return;
+      this.#offline = false;
+      this.#attempt = 0;
+      this.#clearTimer(this.#reconnectTimer);
+      this.#reconnectTimer = null;
+      if (!this.#ws) this.#open();
+    };
+    this.#offlineFn = () => {
+      this.#offline = true;
+      this.#clearTimer(this.#reconnectTimer);
+      this.#reconnectTimer = null;
+      this.#setState("offline");
+      if (this.#ws) this.#drop(this.#ws);
+    };
+    w.addEventListener("online", this.#online);
+    w.addEventListener("offline", this.#offlineFn);
+    if (globalThis.navigator.onLine === false) this.#offline = true;
+  }
+
+  #unwatchNetwork() {
+    const w = globalThis.window ?? globalThis;
+    if (this.#online && typeof w.removeEventListener === "function") {
+      w.removeEventListener("online", this.#online);
+      w.removeEventListener("offline", this.#offlineFn);
+    }
+  }
+}

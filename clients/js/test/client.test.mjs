@@ -1,0 +1,210 @@
+// pgws-client against a real pgws (--embedded): publish and receive, a cut connection resumed
+// exactly, a server restart (gap, resubscribe, queued publish), and a token expiring mid-session
+// (refreshed in band; and, when the refresh fails, a 3001 close, a reconnection and an exact
+// resume). Every message is numbered and what each subscriber got is checked for loss,
+// duplicates and order.
+//
+//   PGWS_BIN=/path/to/pgws npm test
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+
+import { PgwsClient, PgwsError } from "../src/index.js";
+import { WAIT_MS, next, proxy, startServer, token, withTimeout } from "./harness.mjs";
+
+const hour = () => Math.floor(Date.now() / 1000) + 3600;
+const writerToken = () => token({ mode: "rw", sub: "writer", exp: hour() });
+const readerToken = () => token({ mode: "r", sub: "reader", exp: hour() });
+
+function client(url, tok, extra = {}) {
+  return new PgwsClient({ url, token: tok, WebSocket, minDelay: 100, maxDelay: 1000, ...extra }).connect();
+}
+
+/** Collects the numbered payloads a subscription receives, and its gaps. */
+function collect(sub) {
+  const got = { numbers: [], gaps: [] };
+  sub.on("message", (m) => got.numbers.push(Number(m.json().payload)));
+  sub.on("gap", (g) => got.gaps.push(g));
+  return got;
+}
+
+/** Waits until `got.numbers` holds `n` numbers. */
+async function until(got, n, what) {
+  const start = Date.now();
+  while (got.numbers.length < n) {
+    if (Date.now() - start > WAIT_MS) throw new Error(`timed out: ${what} (have ${got.numbers.length}/${n})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const range = (a, b) => Array.from({ length: b - a }, (_, i) => a + i);
+
+async function publishAll(writer, channel, from, to) {
+  for (const n of range(from, to)) {
+    const ack = await writer.publish(channel, String(n));
+    assert.equal(ack.channel, channel);
+  }
+}
+
+describe("pgws-client", () => {
+  let server;
+  before(async () => {
+    server = await startServer(0, "client-test");
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  it("publishes with acks and nacks, and receives in order", async () => {
+    const writer = client(server.url, writerToken);
+    const reader = client(server.url, readerToken());
+    try {
+      const sub = reader.subscribe("chat");
+      const got = collect(sub);
+      await sub.ready();
+      assert.equal(reader.welcome.mode, "r");
+      await publishAll(writer, "chat", 0, 20);
+      await until(got, 20, "20 messages");
+      assert.deepEqual(got.numbers, range(0, 20));
+      await assert.rejects(reader.publish("chat", "x"), (e) => e instanceof PgwsError && e.code === "read_only");
+      const narrow = client(server.url, token({ mode: "rw", channels: ["a"], exp: hour() }));
+      await assert.rejects(narrow.publish("b", "x"), (e) => e.code === "not_granted");
+      const refused = narrow.subscribe("b");
+      await assert.rejects(refused.ready(), (e) => e.code === "not_granted");
+      narrow.close();
+    } finally {
+      writer.close();
+      reader.close();
+    }
+  });
+
+  it("resumes exactly after the connection is cut", async () => {
+    const p = await proxy(server.port);
+    const writer = client(server.url, writerToken);
+    const reader = client(p.url, readerToken);
+    try {
+      const sub = reader.subscribe("cut");
+      const got = collect(sub);
+      await sub.ready();
+      await publishAll(writer, "cut", 0, 10);
+      await until(got, 10, "before the cut");
+      p.up = false;
+      const closed = next(reader, "close", "the reader's socket to close");
+      p.cut();
+      await closed;
+      assert.notEqual(reader.state, "open");
+      await publishAll(writer, "cut", 10, 30); // while the reader is away
+      p.up = true;
+      await next(sub, "subscribed", "the resubscription");
+      await publishAll(writer, "cut", 30, 40);
+      await until(got, 40, "replayed and live");
+      assert.deepEqual(got.numbers, range(0, 40), "none lost, none twice, in order");
+      assert.deepEqual(got.gaps, [], "an exact resume has no gap");
+      assert.ok(reader.connections >= 2);
+    } finally {
+      writer.close();
+      reader.close();
+      await p.close();
+    }
+  });
+
+  it("survives a server restart: reconnects, reports the gap, sends queued publishes", async () => {
+    const port = server.port;
+    const writer = client(server.url, writerToken);
+    const reader = client(server.url, readerToken);
+    try {
+      const sub = reader.subscribe("restart");
+      const got = collect(sub);
+      await sub.ready();
+      await publishAll(writer, "restart", 0, 3);
+      await until(got, 3, "before the restart");
+      const down = next(writer, "close", "the writer's socket to close");
+      await server.stop();
+      await down;
+      const queued = writer.publish("restart-queue", "x"); // waits for the connection
+      server = await startServer(port, "client-test");
+      const gap = await next(sub, "gap", "a gap after the restart");
+      assert.equal(gap.reason, "other_epoch", "positions of the old process are another epoch");
+      await next(sub, "subscribed", "the resubscription", () => true).catch(() => {});
+      await sub.ready();
+      const ack = await withTimeout(queued, WAIT_MS, "the queued publish");
+      assert.equal(ack.channel, "restart-queue");
+      await publishAll(writer, "restart", 3, 6);
+      await until(got, 6, "after the restart");
+      assert.deepEqual(got.numbers, range(0, 6));
+    } finally {
+      writer.close();
+      reader.close();
+    }
+  });
+
+  it("refreshes an expiring token in band: one connection, no 3001", async () => {
+    let issued = 0;
+    const shortToken = () => {
+      issued += 1;
+      return token({ mode: "r", sub: "short", exp: Math.floor(Date.now() / 1000) + 3 });
+    };
+    const writer = client(server.url, writerToken);
+    const reader = client(server.url, shortToken, { refreshRatio: 0.5, refreshMinLead: 1000 });
+    const closes = [];
+    reader.on("close", (c) => closes.push(c));
+    try {
+      const sub = reader.subscribe("fresh");
+      const got = collect(sub);
+      await sub.ready();
+      const firstExp = reader.welcome.exp;
+      let refreshed = 0;
+      reader.on("refreshed", () => (refreshed += 1));
+      // Past the first token's exp, and two refreshes.
+      await next(reader, "refreshed", "a first refresh", () => true, 10_000);
+      await next(reader, "refreshed", "a second refresh", (r) => r.exp > firstExp, 10_000);
+      while (Date.now() / 1000 < firstExp + 0.5) await new Promise((r) => setTimeout(r, 100));
+      await publishAll(writer, "fresh", 0, 5);
+      await until(got, 5, "messages after the first exp");
+      assert.deepEqual(got.numbers, range(0, 5));
+      assert.deepEqual(closes, [], "never closed");
+      assert.equal(reader.connections, 1);
+      assert.ok(refreshed >= 2 && issued >= 3);
+    } finally {
+      writer.close();
+      reader.close();
+    }
+  });
+
+  it("when a refresh fails, the server closes at exp and the client resumes on a new connection", async () => {
+    let calls = 0;
+    let closedOnce = false;
+    const flaky = () => {
+      calls += 1;
+      // Refreshes on the first connection get a bad token; the reconnection gets a good one.
+      if (calls > 1 && !closedOnce) return "not-a-token";
+      return token({ mode: "r", sub: "flaky", exp: Math.floor(Date.now() / 1000) + (calls === 1 ? 3 : 3600) });
+    };
+    const writer = client(server.url, writerToken);
+    const reader = client(server.url, flaky, { refreshRatio: 0.3, refreshMinLead: 1000 });
+    reader.on("close", () => (closedOnce = true));
+    try {
+      const sub = reader.subscribe("flaky");
+      const got = collect(sub);
+      await sub.ready();
+      await publishAll(writer, "flaky", 0, 3);
+      await until(got, 3, "before the expiry");
+      const err = await next(reader, "error", "the refused refresh", (e) => e.code === "bad_token", 10_000);
+      assert.equal(err.code, "bad_token");
+      const closed = await next(reader, "close", "the 3001 close", () => true, 10_000);
+      assert.equal(closed.code, 3001);
+      await publishAll(writer, "flaky", 3, 8); // while it reconnects, or just after
+      await next(sub, "subscribed", "the resubscription", () => true, 10_000).catch(() => {});
+      await sub.ready();
+      await publishAll(writer, "flaky", 8, 10);
+      await until(got, 10, "all ten");
+      assert.deepEqual(got.numbers, range(0, 10), "exact across the reconnection");
+      assert.deepEqual(got.gaps, []);
+      assert.equal(reader.connections, 2);
+    } finally {
+      writer.close();
+      reader.close();
+    }
+  });
+});

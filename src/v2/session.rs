@@ -1,0 +1,382 @@
+//! One protocol v2 socket's loop: the websocket transport's shape (one task, one `select!` over
+//! shutdown, one timer for the token's expiry and pings, the outbox, the client's frames) plus
+//! the answers to publishes in flight, which arrive in the order the publishes were sent.
+//!
+//! Every request is answered exactly once: by its success frame, or by `nack` (publish) or
+//! `error` (the others and frames that are not requests). A bad frame costs only its own
+//! answer: nothing in it can end the socket except what ends any websocket (a frame over
+//! `PGWS_MAX_MESSAGE_SIZE`: 1009; invalid UTF-8: 1007).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::access::{self, Access, Action};
+use super::wire::{self, Id, Request};
+use crate::auth::{self, AuthError};
+use crate::channel::ChannelName;
+use crate::client::Client;
+use crate::stream::{Frame, ResumeFrom};
+use crate::transport::ws::{
+    CLOSE_JWT_EXPIRED, CLOSE_PING_TIMEOUT, End, Inbound, read, write_outbox,
+};
+
+/// How long a publish waits for PostgreSQL before it is answered `database_unavailable`.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Publishes awaiting PostgreSQL on one socket; more are answered `rate_limited`.
+const MAX_PENDING: usize = 1024;
+/// How long a subscribe from a position this node has not read yet waits for it (WAL source).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+/// Longest `since` read (longer is not a position: a `gap` with `unknown_position`).
+const MAX_SINCE: usize = 256;
+
+type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+/// What one v2 socket holds beyond its [`Client`].
+struct Session {
+    access: Access,
+    pending: FuturesOrdered<Answer>,
+}
+
+/// Serves a socket that negotiated `pgws.v2` until it ends.
+pub(crate) async fn serve<S>(
+    ws: &mut WebSocketStream<S>,
+    client: &mut Client,
+    access: Access,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = client.id();
+    let shutdown = client.state().shutdown.clone();
+    let ping_interval = client.state().config.ping_interval;
+    let mut session = Session {
+        access,
+        pending: FuturesOrdered::new(),
+    };
+    client.outbox().push(wire::welcome(
+        session.access.mode.as_str(),
+        session.access.channels.as_deref(),
+        session.access.exp,
+        client.state().config.max_channels,
+        client.state().config.max_message_size,
+    ));
+    let mut expiry = client.expiry();
+    let mut exp = client.exp();
+    let mut next_ping = ping_interval.map(|p| tokio::time::Instant::now() + p);
+    let deadline = |expiry: Option<tokio::time::Instant>,
+                    next_ping: Option<tokio::time::Instant>| {
+        [expiry, next_ping]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365))
+    };
+    let timer = tokio::time::sleep_until(deadline(expiry, next_ping));
+    tokio::pin!(timer);
+    let mut ping_count: u64 = 0;
+    let mut last_inbound = tokio::time::Instant::now();
+    let mut batch: Vec<Frame> = Vec::new();
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return End::Close(1001, "server shutting down", "shutdown"),
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if expiry.is_some_and(|at| now >= at) {
+                    return End::Close(CLOSE_JWT_EXPIRED, "JWT expired", "expired");
+                }
+                if let (Some(at), Some(interval)) = (next_ping, ping_interval)
+                    && now >= at
+                {
+                    if last_inbound.elapsed() > interval * 2 {
+                        return End::Close(CLOSE_PING_TIMEOUT, "no answer to pings", "ping_timeout");
+                    }
+                    ping_count += 1;
+                    let payload = ping_count.to_string().into_bytes();
+                    if ws.send(Message::Ping(payload.into())).await.is_err() {
+                        return End::Peer;
+                    }
+                    next_ping = Some(now + interval);
+                }
+                timer.as_mut().reset(deadline(expiry, next_ping));
+            }
+            Some(answer) = session.pending.next(), if !session.pending.is_empty() => {
+                client.outbox().push(answer);
+            }
+            _ = client.outbox().wait() => {
+                if let Err(end) = write_outbox(ws, client, &mut batch).await {
+                    return end;
+                }
+            }
+            frame = ws.next() => {
+                if let Some(Ok(_)) = &frame {
+                    last_inbound = tokio::time::Instant::now();
+                }
+                match read(ws, frame, id).await {
+                    Inbound::Text(text) => {
+                        Box::pin(session.handle(client, text.as_str())).await;
+                        if client.exp() != exp {
+                            exp = client.exp();
+                            expiry = client.expiry();
+                            timer.as_mut().reset(deadline(expiry, next_ping));
+                        }
+                    }
+                    Inbound::Binary(_) => {
+                        tracing::info!(conn = id, "v2: binary frame refused");
+                        client.outbox().push(wire::error(
+                            &Id::none(),
+                            "bad_request",
+                            "pgws.v2 requests are text frames; a binary frame is not read",
+                        ));
+                    }
+                    Inbound::Handled => {}
+                    Inbound::End(end) => return end,
+                }
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Answers one text frame.
+    async fn handle(&mut self, client: &mut Client, text: &str) {
+        let (id, request) = match wire::parse(text) {
+            Ok(r) => r,
+            Err(bad) => {
+                tracing::info!(conn = client.id(), code = bad.code, error = %bad.message, "v2: malformed frame");
+                client
+                    .outbox()
+                    .push(wire::error(&bad.id, bad.code, &bad.message));
+                return;
+            }
+        };
+        if let Err(message) = client.check_rate(text.len()) {
+            let frame = match &request {
+                Request::Publish { channel, .. } => {
+                    wire::nack(&id, channel, "rate_limited", &message)
+                }
+                _ => wire::error(&id, "rate_limited", &message),
+            };
+            client.outbox().push(frame);
+            return;
+        }
+        match request {
+            Request::Subscribe { channel, since } => {
+                if let Err((code, message)) = self.subscribe(client, &id, &channel, since).await {
+                    client.outbox().push(wire::error(&id, code, &message));
+                }
+            }
+            Request::Unsubscribe { channel } => {
+                let frame = if client.part(&channel) {
+                    wire::unsubscribed(&id, &channel)
+                } else {
+                    wire::error(
+                        &id,
+                        "not_subscribed",
+                        &format!(
+                            "this socket does not follow the channel {}",
+                            Value::String(channel.clone())
+                        ),
+                    )
+                };
+                client.outbox().push(frame);
+            }
+            Request::Publish { channel, data } => {
+                if let Err((code, message)) = self.publish(client, &id, &channel, &data).await {
+                    client
+                        .outbox()
+                        .push(wire::nack(&id, &channel, code, &message));
+                }
+            }
+            Request::Refresh { token } => {
+                let frame = self.refresh(client, &id, &token).await;
+                client.outbox().push(frame);
+            }
+            Request::Ping => {
+                client.outbox().push(wire::pong(&id));
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        client: &mut Client,
+        id: &Id,
+        channel: &str,
+        since: Option<String>,
+    ) -> Result<(), (&'static str, String)> {
+        let name = ChannelName::new(channel).map_err(|e| ("bad_channel", e.client_text()))?;
+        if client.channels().contains(&name) {
+            return Err((
+                "already_subscribed",
+                "this socket already follows that channel".into(),
+            ));
+        }
+        let max = client.state().config.max_channels;
+        if client.channels().len() >= max {
+            return Err((
+                "too_many_subscriptions",
+                format!("a socket follows at most {max} channels (PGWS_MAX_CHANNELS)"),
+            ));
+        }
+        access::check(client.state(), &self.access, &name, Action::Subscribe)
+            .await
+            .map_err(|d| (d.code, d.message))?;
+        let from = since.filter(|s| !s.trim().is_empty()).map(|s| {
+            if s.len() > MAX_SINCE {
+                ResumeFrom::Unknown
+            } else {
+                ResumeFrom::parse(&s)
+            }
+        });
+        if let Some(ResumeFrom::At(p)) = from {
+            client.state().hub.wait_for(p, CATCH_UP_WAIT).await;
+        }
+        // In direct mode the source LISTENs first, so that "subscribed" means everything sent
+        // from then on arrives.
+        if !client
+            .state()
+            .source
+            .follow(std::slice::from_ref(&name))
+            .await
+        {
+            tracing::warn!(
+                conn = client.id(),
+                "LISTEN not confirmed within 5 s; subscribed anyway"
+            );
+        }
+        let resumed = client.join(name, from, |position, resumed| {
+            wire::subscribed(id, channel, position, resumed.replayed)
+        });
+        if from.is_some() {
+            tracing::info!(
+                conn = client.id(),
+                channel,
+                replayed = resumed.replayed,
+                gap = resumed.gap,
+                "v2: resumed"
+            );
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        client: &mut Client,
+        id: &Id,
+        channel: &str,
+        data: &str,
+    ) -> Result<(), (&'static str, String)> {
+        let name = ChannelName::new(channel).map_err(|e| ("bad_channel", e.client_text()))?;
+        access::check(client.state(), &self.access, &name, Action::Publish)
+            .await
+            .map_err(|d| (d.code, d.message))?;
+        if self.pending.len() >= MAX_PENDING {
+            return Err((
+                "rate_limited",
+                format!("{MAX_PENDING} publishes of this socket already await PostgreSQL"),
+            ));
+        }
+        let mut answer = client.publish_to(&name, data).await?;
+        let (id, channel) = (id.clone(), channel.to_string());
+        self.pending.push_back(Box::pin(async move {
+            let outcome =
+                tokio::time::timeout(ANSWER_TIMEOUT, answer.wait_for(Option::is_some)).await;
+            let failure = match outcome {
+                Ok(Ok(r)) => match r.as_ref() {
+                    Some(Ok(())) => None,
+                    Some(Err(reason)) => Some(reason.clone()),
+                    None => Some("no answer".to_string()),
+                },
+                Ok(Err(_)) => Some("the server is shutting down".to_string()),
+                Err(_) => Some(format!(
+                    "no answer from PostgreSQL within {ANSWER_TIMEOUT:?}"
+                )),
+            };
+            match failure {
+                None => wire::ack(&id, &channel, None),
+                Some(reason) => {
+                    let code = if reason.contains("payload string too long") {
+                        "too_large"
+                    } else if reason.contains("shutting down") {
+                        "shutting_down"
+                    } else {
+                        "database_unavailable"
+                    };
+                    wire::nack(&id, &channel, code, &reason)
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// Replaces the token: re-checks every subscription under the new grant (leaving, with a
+    /// `left` event, those it no longer allows), then answers `refreshed`. A token that does not
+    /// verify is answered with an error and changes nothing.
+    async fn refresh(&mut self, client: &mut Client, id: &Id, token: &str) -> Frame {
+        let state = client.state();
+        let grant = match auth::verify(
+            &state.keys(),
+            &state.config.rules,
+            token,
+            auth::now_seconds(),
+        ) {
+            Ok(g) => g,
+            Err(AuthError::Expired) => {
+                return wire::error(
+                    id,
+                    "token_expired",
+                    "the new token has expired already; the current one stays until its exp",
+                );
+            }
+            Err(e) => {
+                tracing::info!(conn = client.id(), error = %e, "v2: refresh refused");
+                return wire::error(
+                    id,
+                    "bad_token",
+                    &format!("{e}; the current token stays until its exp"),
+                );
+            }
+        };
+        let access = Access::new(&grant);
+        if access.sub() != self.access.sub() {
+            return wire::error(
+                id,
+                "subject_changed",
+                "the new token's sub differs from the current one's; open a new socket for another subject",
+            );
+        }
+        let mut gone = Vec::new();
+        for channel in client.channels().to_vec() {
+            if let Err(denied) =
+                access::check(client.state(), &access, &channel, Action::Subscribe).await
+            {
+                gone.push((channel, denied));
+            }
+        }
+        for (channel, denied) in gone {
+            client.part(&channel);
+            client
+                .outbox()
+                .push(wire::left(&channel, denied.code, &denied.message));
+        }
+        client.regrant(access.mode, access.exp, &access.claims);
+        self.access = access;
+        wire::refreshed(
+            id,
+            self.access.mode.as_str(),
+            self.access.channels.as_deref(),
+            self.access.exp,
+        )
+    }
+}
