@@ -3,12 +3,12 @@
 //! A v2 grant comes from the token alone ([`crate::auth::verify`]): its mode, and the channels
 //! its claims name, or any channel when they name none (as the original lets such a token open
 //! any URL channel). [`check`] is the only function a subscribe or publish goes through; it is
-//! where database authorization (the `src/authz/` hook: an asynchronous per-channel check) is to
-//! be called, after the token's own rules.
+//! where database authorization (`src/authz/`, when on) is asked, after the token's own rules.
 
 use serde_json::{Map, Value};
 
 use crate::auth::{Grant, Mode};
+use crate::authz::{AuthzRefusal, Subject};
 use crate::channel::ChannelName;
 use crate::state::AppState;
 
@@ -70,7 +70,7 @@ pub struct Denied {
 /// May the socket do `action` with `channel`? The token's mode and channels first, then (when
 /// it is wired) the database's answer for this token and channel.
 pub async fn check(
-    _state: &AppState,
+    state: &AppState,
     access: &Access,
     channel: &ChannelName,
     action: Action,
@@ -99,8 +99,30 @@ pub async fn check(
             ),
         });
     }
-    // Database authorization (src/authz/) is called here, once it lands:
-    // `authz::check(state, &access.claims, channel, action).await` mapped to `Denied`
-    // (`not_authorized`, or `database_unavailable` when the check cannot run).
+    // Then the database, when authorization by the database is on (src/authz/): the same
+    // check, cache and settings as a handshake's channels, in `r` for a subscribe and `w` for a
+    // publish.
+    if let Some(authz) = &state.authz {
+        let refused = |e: AuthzRefusal| match e {
+            AuthzRefusal::Forbidden(why) => Denied {
+                code: "not_authorized",
+                message: why,
+            },
+            AuthzRefusal::Unavailable(why) => Denied {
+                code: "database_unavailable",
+                message: why,
+            },
+        };
+        let subject = Subject::from_claims(&access.claims, access.exp, authz.settings())
+            .map_err(refused)?;
+        let mode = match action {
+            Action::Subscribe => "r",
+            Action::Publish => "w",
+        };
+        authz
+            .check(&std::sync::Arc::new(subject), channel.as_str(), mode)
+            .await
+            .map_err(refused)?;
+    }
     Ok(())
 }
