@@ -778,3 +778,72 @@ async fn a_revocation_through_the_wal_closes_sockets_on_every_node() {
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn protocol_v2_subscribes_and_publishes_ask_the_database() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = postgrest_setup().await;
+    s.admit("chat", "alice", false).await;
+    let server = start_on(
+        &s.uri,
+        &[
+            "--authz-function",
+            "api.can_use_channel",
+            "--default-mode",
+            "r",
+        ],
+    )
+    .await;
+    let mut req = server
+        .url(&format!("/{}", s.token("alice", "rw")))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "pgws.v2".parse().unwrap());
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake in time")
+        .expect("a v2 socket opens: its channels are asked for in band");
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let mut ask = async |request: serde_json::Value| {
+        send(&mut ws, &request.to_string()).await;
+        next_json(&mut ws).await
+    };
+    // Allowed by the policy (read), refused for another channel, and a publish refused because
+    // alice's membership does not allow writing.
+    let ok = ask(json!({"type":"subscribe","id":1,"channel":"chat"})).await;
+    assert_eq!(ok["type"], "subscribed", "{ok}");
+    let no = ask(json!({"type":"subscribe","id":2,"channel":"secret"})).await;
+    assert_eq!(
+        (no["type"].as_str(), no["code"].as_str()),
+        (Some("error"), Some("not_authorized")),
+        "{no}"
+    );
+    assert_eq!(no["id"], 2);
+    let nack = ask(json!({"type":"publish","id":3,"channel":"chat","data":"hi"})).await;
+    assert_eq!(
+        (nack["type"].as_str(), nack["code"].as_str()),
+        (Some("nack"), Some("not_authorized")),
+        "{nack}"
+    );
+    // After the membership allows writing (a new answer, not cached: only allowed answers are),
+    // the publish is acked.
+    pg(&s.admin)
+        .await
+        .execute(
+            "UPDATE api.channel_members SET can_write = true WHERE sub = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut answer = ask(json!({"type":"publish","id":4,"channel":"chat","data":"hi"})).await;
+    // The socket follows chat: its own message may arrive before the ack.
+    for _ in 0..3 {
+        if answer["id"] == 4 {
+            break;
+        }
+        answer = next_json(&mut ws).await;
+    }
+    assert_eq!(answer["type"], "ack", "{answer}");
+    server.stop().await.unwrap();
+}
