@@ -48,6 +48,9 @@ pub struct Client {
     positions: bool,
     /// Held while the client is connected (per-subject limit).
     _slot: Option<SubjectSlot>,
+    /// Authorization by the database: the client's subject and registration (re-checks,
+    /// revocations, writes through the write function). `None` when off.
+    authz: Option<crate::authz::Attached>,
 }
 
 impl Client {
@@ -60,6 +63,7 @@ impl Client {
             slot,
             resume,
             positions,
+            subject,
             ..
         } = admitted;
         let claims = ClaimsText::new(&grant.claims);
@@ -89,7 +93,13 @@ impl Client {
             }
         }
         let rates = Rates::new(&state);
+        let authz = state
+            .authz
+            .as_ref()
+            .zip(subject)
+            .map(|(a, s)| a.attach(id, s, &channels, grant.mode, &outbox));
         Self {
+            authz,
             state,
             id,
             mode: grant.mode,
@@ -140,6 +150,12 @@ impl Client {
         &self.outbox
     }
 
+    /// Authorization by the database (the subject for run-time checks: protocol v2).
+    #[allow(dead_code)] // The protocol-v2 run-time subscribe's API.
+    pub fn authz(&self) -> Option<&crate::authz::Attached> {
+        self.authz.as_ref()
+    }
+
     /// The server state (settings the transport needs: pings, shutdown, metrics).
     pub fn state(&self) -> &AppState {
         &self.state
@@ -184,6 +200,13 @@ impl Client {
                 "this socket's token does not allow writing (mode is not 'w' or 'rw'); the message was not published",
                 None,
             );
+            return;
+        }
+        if let Some(authz) = &self.authz
+            && authz.authorizer().writes()
+        {
+            // The database answers instead of a NOTIFY (`PGWS_AUTHZ_WRITE_FUNCTION`).
+            authz.write(&self.channels, text, &self.outbox).await;
             return;
         }
         for prepared in prepare(state, &self.channels, &self.claims, text) {

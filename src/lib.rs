@@ -16,6 +16,7 @@
 
 pub(crate) mod address;
 pub mod auth;
+pub(crate) mod authz;
 pub(crate) mod channel;
 pub(crate) mod client;
 pub mod config;

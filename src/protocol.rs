@@ -111,6 +111,25 @@ pub fn error_event(code: &str, message: &str, channel: Option<&str>) -> String {
     .to_string()
 }
 
+/// The `Error` event of a write the database answered (`PGWS_AUTHZ_WRITE_FUNCTION`): the
+/// [`error_event`] shape plus the `sqlstate` PostgreSQL gave (`null` when it gave none). Also the
+/// JSON body of an HTTP publish that failed so.
+pub fn write_error_event(
+    code: &str,
+    message: &str,
+    channel: Option<&str>,
+    sqlstate: Option<&str>,
+) -> String {
+    serde_json::json!({
+        "event": "Error",
+        "code": code,
+        "message": message,
+        "channel": channel,
+        "sqlstate": sqlstate,
+    })
+    .to_string()
+}
+
 /// Text sent to every subscribed socket after the LISTEN connection came back.
 pub fn gap_event(down_for: Duration) -> String {
     serde_json::json!({

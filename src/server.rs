@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,6 +24,7 @@ use std::sync::RwLock;
 
 use crate::auth::KeySet;
 use crate::config::Config;
+use crate::http::head::{self, Head, Rewind};
 use crate::net::{self, PLAIN_ON_TLS_RESPONSE, TlsError};
 use crate::ops::limits::{AddressLimiter, ForwardedHeaders, SubjectCounter};
 use crate::ops::metrics::{Metrics, ReasonLabel};
@@ -33,6 +35,7 @@ use crate::source::wal::{self, WalError, WalSettings};
 use crate::source::{Sink, SourceHandle, SourceKind, SourceStatus};
 use crate::state::AppState;
 use crate::stream::{Hub, HubStats, Limits, ReplaySettings};
+use crate::transport::sse;
 use crate::transport::ws::ws_config;
 
 /// Why the server could not start or stopped with an error.
@@ -181,7 +184,17 @@ impl Server {
         } else {
             (None, None)
         };
+        let authz = config.authz.clone().map(|settings| {
+            crate::authz::Authorizer::start(
+                &config.db,
+                settings,
+                &config.listen_channel,
+                metrics.authz.clone(),
+                stop.clone(),
+            )
+        });
         let sink = Arc::new(Sink {
+            authz: authz.clone(),
             hub: hub.clone(),
             router: router.clone(),
             gap_events: config.gap_events,
@@ -263,6 +276,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             metrics,
             active: AtomicUsize::new(0),
+            authz,
             config,
         });
         if let Some(admin) = self.admin {
@@ -318,6 +332,9 @@ impl Server {
         {
             tracing::warn!("pending NOTIFYs were not all sent in time");
         }
+        if let Some(authz) = &state.authz {
+            authz.close().await;
+        }
         if tokio::time::timeout(Duration::from_secs(5), state.publisher.close())
             .await
             .is_err()
@@ -366,8 +383,8 @@ async fn accept_loop(
         let stop = stop.clone();
         connections.spawn(async move {
             match tls {
-                None => serve_http(TokioIo::new(stream), peer, state, stop).await,
-                Some(acceptor) => serve_tls(stream, acceptor, peer, state, stop).await,
+                None => serve_connection(stream, peer, state, stop).await,
+                Some(acceptor) => Box::pin(serve_tls(stream, acceptor, peer, state, stop)).await,
             }
         });
     }
@@ -394,9 +411,66 @@ async fn serve_tls(
         _ => return,
     }
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, state, stop).await,
+        Ok(Ok(tls)) => serve_connection(tls, peer, state, stop).await,
         Ok(Err(e)) => tracing::info!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::info!(peer = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves one connection (plain TCP, or TLS once its handshake is done). Its request heads are
+/// read here first ([`head`]): an event-stream request is served on the raw connection
+/// ([`sse::serve_raw`], no HTTP connection state kept while the stream lasts), and the connection
+/// comes back here for its next request when that response is complete; anything else goes to
+/// hyper, with the bytes already read, which then serves the connection to its end exactly as
+/// if it had read them itself.
+///
+/// Timing is hyper's: each head must arrive within the handshake timeout (hyper's header read
+/// timeout; on a kept-alive connection it runs from the end of the previous response), and a
+/// connection that misses it is closed without an answer; at shutdown a connection waiting for a
+/// head is closed.
+async fn serve_connection<I>(
+    mut io: I,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = state.config.handshake_timeout;
+    let mut buf = BytesMut::new();
+    loop {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(limit, head::read(&mut io, &mut buf)) => r,
+        };
+        match read {
+            Err(_) => {
+                tracing::debug!(peer = %peer, "request head timed out");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "reading a request head failed");
+                return;
+            }
+            Ok(Ok(Head::Closed)) => return,
+            Ok(Ok(Head::Get(req, len))) if sse::is_raw_request(&req) => {
+                let _ = buf.split_to(len);
+                if buf.is_empty() {
+                    // Nothing pipelined behind it: give the buffer back for the stream's life.
+                    buf = BytesMut::new();
+                }
+                let after = Box::pin(sse::serve_raw(&mut io, *req, peer, &state)).await;
+                if after == sse::After::Close {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                    return;
+                }
+            }
+            Ok(Ok(_)) => {
+                let io = Rewind::new(std::mem::take(&mut buf).freeze(), io);
+                Box::pin(serve_http(TokioIo::new(io), peer, state, stop)).await;
+                return;
+            }
+        }
     }
 }
 

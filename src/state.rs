@@ -53,6 +53,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Clients connected now.
     pub active: AtomicUsize,
+    /// Authorization by the database (`PGWS_AUTHZ_*`); `None` when off.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 impl AppState {

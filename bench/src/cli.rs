@@ -1,6 +1,6 @@
 //! Command-line interface: global options shared by every scenario and one
 //! sub-command per scenario (`fanout`, `ingest`, `idle`, and the event-stream
-//! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`).
+//! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`), and `chaos`.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -114,6 +114,81 @@ pub enum Scenario {
     SseStorm(StormArgs),
     /// K busy channels fill their replay windows: pgws_window_* and server RSS.
     Windows(WindowsArgs),
+    /// Minutes of traffic while faults are injected at random (its own PostgreSQL and pgws),
+    /// then a per-channel continuity check of what every subscriber received; exits non-zero
+    /// on a violation (WAL: any loss, duplicate or reordering; NOTIFY: a loss without a Gap).
+    Chaos(ChaosArgs),
+}
+
+/// A fault the `chaos` scenario injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// A quarter of the subscribers drop their connection and resume from their position.
+    ClientCut,
+    /// `pg_terminate_backend` on the walsender of pgws's slot (WAL source).
+    WalsenderKill,
+    /// `pg_terminate_backend` on pgws's LISTEN connection (NOTIFY source).
+    ListenKill,
+    /// PostgreSQL stopped (fast shutdown) and started again.
+    PgRestart,
+    /// pgws stopped (SIGTERM or SIGKILL) and started again, same port and settings.
+    PgwsRestart,
+    /// The network between pgws and PostgreSQL cut for a while (connections reset, new ones
+    /// refused or blackholed), then healed.
+    NetCut,
+}
+
+/// Options of the `chaos` scenario (the source is the global `--source`).
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// The pgws binary to run (it is started, killed and restarted by the run).
+    #[arg(long)]
+    pub pgws_bin: std::path::PathBuf,
+    /// More pgws flags (repeat: `--pgws-arg=--pool-size --pgws-arg=8`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pgws_arg: Vec<String>,
+    /// Seconds of traffic with faults.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Number of channels.
+    #[arg(long, default_value_t = 8)]
+    pub channels: usize,
+    /// Channels published by websocket writers (one `rw` socket each); the others by SQL.
+    #[arg(long, default_value_t = 2)]
+    pub writer_channels: usize,
+    /// PostgreSQL connections publishing with SQL (`pg_logical_emit_message` or `pg_notify`).
+    #[arg(long, default_value_t = 2)]
+    pub sql_publishers: usize,
+    /// Subscribers (even: websocket with `?last-event-id=`, odd: Server-Sent Events).
+    #[arg(long, default_value_t = 16)]
+    pub subscribers: usize,
+    /// Channels each subscriber follows (one `/<token>` with a `channels` claim).
+    #[arg(long, default_value_t = 2)]
+    pub channels_per_subscriber: usize,
+    /// Messages per second over all channels.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Padding bytes in every message.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Mean seconds between faults (each pause is uniform in 0.5..1.5 times this).
+    #[arg(long, default_value_t = 4.0)]
+    pub fault_every: f64,
+    /// Longest outage (network cut, PostgreSQL down), seconds.
+    #[arg(long, default_value_t = 6.0)]
+    pub max_outage: f64,
+    /// Faults to inject (comma-separated); default: all that apply to the source.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<Fault>,
+    /// Seed of the random choices (default: from the clock; printed in the report).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// After the faults: seconds to wait for every subscriber to catch up.
+    #[arg(long, default_value_t = 90.0)]
+    pub settle_timeout: f64,
+    /// pgws's log file (default: a file in the temporary directory, named in the report).
+    #[arg(long)]
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// Options of the `sse-catchup` scenario.

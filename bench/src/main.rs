@@ -1,8 +1,13 @@
 //! `pgws-bench`: load generator for servers that speak the
 //! postgres-websockets protocol (fanout, ingest and idle scenarios), and for
-//! pgws's Server-Sent Events streams, resume and replay windows.
+//! pgws's Server-Sent Events streams, resume and replay windows, and a chaos run that checks
+//! delivery guarantees under injected faults.
 
 mod catchup;
+mod chaos;
+mod chaos_check;
+mod chaos_clients;
+mod chaos_proxy;
 mod cli;
 mod connect;
 mod fanout;
@@ -62,6 +67,7 @@ fn main() -> Result<()> {
                 Scenario::SseCatchup(a) => catchup::run(&g, a, threads).await,
                 Scenario::SseStorm(a) => storm::run(&g, a, threads).await,
                 Scenario::Windows(a) => windows::run(&g, a, threads).await,
+                Scenario::Chaos(a) => chaos::run(&g, a, threads).await,
             }
         };
         tokio::time::timeout(cap, run)
@@ -69,6 +75,10 @@ fn main() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("run exceeded --max-duration; aborted"))?
     });
     rt.shutdown_timeout(Duration::from_secs(2));
-    result?.print();
+    let report = result?;
+    report.print();
+    if report.failed() {
+        std::process::exit(1);
+    }
     Ok(())
 }

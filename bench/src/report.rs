@@ -207,6 +207,11 @@ impl Report {
         self.set("usage", u);
     }
 
+    /// Whether the run found a violation (`"verdict": "fail"`).
+    pub fn failed(&self) -> bool {
+        self.json.get("verdict").and_then(Value::as_str) == Some("fail")
+    }
+
     /// The JSON line.
     pub fn json_line(&self) -> String {
         Value::Object(self.json.clone()).to_string()

@@ -428,6 +428,85 @@ pub struct Cli {
     #[arg(long, value_name = "SLOT")]
     pub drop_wal_slot: Option<String>,
 
+    /// Authorization by the database: a SQL function (`name` or `schema.name`, taken as quoted
+    /// identifiers) returning boolean, called for every channel a client asks for, as the token's
+    /// role with its claims in `request.jwt.claims` and the channel and mode in `pgws.channel`
+    /// and `pgws.mode` (unset: no checks). See docs/AUTHORIZATION.md.
+    #[arg(long, env = "PGWS_AUTHZ_FUNCTION", value_name = "PGWS_AUTHZ_FUNCTION")]
+    pub authz_function: Option<String>,
+
+    /// Client messages and HTTP publishes call this SQL function `(channel text, message text)`
+    /// as the token's role instead of NOTIFY (unset: NOTIFY as before).
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_WRITE_FUNCTION",
+        value_name = "PGWS_AUTHZ_WRITE_FUNCTION"
+    )]
+    pub authz_write_function: Option<String>,
+
+    /// Where the role is in the claims (a top-level key, or a JSON Pointer starting with `/`).
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_ROLE_CLAIM",
+        value_name = "PGWS_AUTHZ_ROLE_CLAIM",
+        default_value = "role"
+    )]
+    pub authz_role_claim: String,
+
+    /// The role of tokens without a role claim (PostgREST's `db-anon-role`; unset: such tokens
+    /// are refused with 403).
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_ANON_ROLE",
+        value_name = "PGWS_AUTHZ_ANON_ROLE"
+    )]
+    pub authz_anon_role: Option<String>,
+
+    /// Connections of the check pool (separate from the NOTIFY pool).
+    #[arg(long, env = "PGWS_AUTHZ_POOL_SIZE", value_name = "PGWS_AUTHZ_POOL_SIZE",
+          default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub authz_pool_size: u16,
+
+    /// Connections of the write pool.
+    #[arg(long, env = "PGWS_AUTHZ_WRITE_POOL_SIZE", value_name = "PGWS_AUTHZ_WRITE_POOL_SIZE",
+          default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub authz_write_pool_size: u16,
+
+    /// Milliseconds a check may take (its statement_timeout; also the longest wait for a free
+    /// pool connection).
+    #[arg(long, env = "PGWS_AUTHZ_TIMEOUT", value_name = "PGWS_AUTHZ_TIMEOUT",
+          default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub authz_timeout: u64,
+
+    /// Milliseconds a write function call may take (its statement_timeout).
+    #[arg(long, env = "PGWS_AUTHZ_WRITE_TIMEOUT", value_name = "PGWS_AUTHZ_WRITE_TIMEOUT",
+          default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub authz_write_timeout: u64,
+
+    /// Write function calls one socket may have in flight (1: in order).
+    #[arg(long, env = "PGWS_AUTHZ_WRITE_CONCURRENCY", value_name = "PGWS_AUTHZ_WRITE_CONCURRENCY",
+          default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub authz_write_concurrency: u16,
+
+    /// Most cached check results (0: every check asks the database).
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_CACHE_SIZE",
+        value_name = "PGWS_AUTHZ_CACHE_SIZE",
+        default_value_t = 10_000
+    )]
+    pub authz_cache_size: usize,
+
+    /// Seconds between re-checks of every open client, with an emptied cache (0: only on
+    /// revocation messages).
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_RECHECK_INTERVAL",
+        value_name = "PGWS_AUTHZ_RECHECK_INTERVAL",
+        default_value_t = 0
+    )]
+    pub authz_recheck_interval: u64,
+
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a RUST_LOG-style filter);
     /// RUST_LOG wins when set.
     #[arg(

@@ -115,6 +115,8 @@ pub struct Config {
     pub wal_slot: Option<String>,
     /// The WAL source's publication.
     pub wal_publication: String,
+    /// Authorization by the database (`None`: off, the default).
+    pub authz: Option<crate::authz::AuthzSettings>,
 }
 
 /// Why the configuration was refused. Each message names the variable and, where it has one,
@@ -316,7 +318,9 @@ impl Cli {
                 })
             })
             .transpose()?;
+        let authz = self.authz_settings()?;
         Ok(Config {
+            authz,
             db,
             keys,
             host: HostPreference::parse(&self.host),
@@ -384,6 +388,52 @@ impl Cli {
             wal_slot: self.wal_slot.clone(),
             wal_publication: self.wal_publication.clone(),
         })
+    }
+}
+
+impl Cli {
+    /// `PGWS_AUTHZ_*`: `None` unless a check or write function is named.
+    fn authz_settings(&self) -> Result<Option<crate::authz::AuthzSettings>, ConfigError> {
+        let function = |var: &'static str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| {
+                    crate::authz::FunctionName::parse(v).map_err(|reason| ConfigError::Value {
+                        var,
+                        value: v.to_string(),
+                        reason,
+                    })
+                })
+                .transpose()
+        };
+        let check_function = function("PGWS_AUTHZ_FUNCTION", &self.authz_function)?;
+        let write_function = function("PGWS_AUTHZ_WRITE_FUNCTION", &self.authz_write_function)?;
+        if check_function.is_none() && write_function.is_none() {
+            return Ok(None);
+        }
+        if let Some(anon) = &self.authz_anon_role
+            && (anon.is_empty() || anon.len() > 63 || anon.contains('\0'))
+        {
+            return Err(ConfigError::Value {
+                var: "PGWS_AUTHZ_ANON_ROLE",
+                value: anon.clone(),
+                reason: "a role name is 1 to 63 bytes".into(),
+            });
+        }
+        Ok(Some(crate::authz::AuthzSettings {
+            check_function,
+            write_function,
+            role_claim: ClaimPath::new(&self.authz_role_claim),
+            anon_role: self.authz_anon_role.clone(),
+            pool_size: usize::from(self.authz_pool_size),
+            write_pool_size: usize::from(self.authz_write_pool_size),
+            check_timeout: Duration::from_millis(self.authz_timeout),
+            write_timeout: Duration::from_millis(self.authz_write_timeout),
+            write_concurrency: usize::from(self.authz_write_concurrency),
+            cache_size: self.authz_cache_size,
+            recheck_interval: (self.authz_recheck_interval > 0)
+                .then(|| Duration::from_secs(self.authz_recheck_interval)),
+        }))
     }
 }
 

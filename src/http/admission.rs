@@ -13,7 +13,11 @@
 //!    request during the first connection attempt waits for its outcome (at most
 //!    [`START_UP_WAIT`]), so that a restart does not refuse the clients that reconnect at once;
 //! 6. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
-//! 7. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
+//! 7. authorization by the database, when on (`PGWS_AUTHZ_FUNCTION`, [`crate::authz`]): the
+//!    token's role, then a check of every channel in the client's mode → 403 with the reason, or
+//!    503 with `Retry-After` when the check cannot run. After the server's rules, so that a
+//!    server that refuses anyway spends no database round trip; before the subject's slot;
+//! 8. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
 //!
 //! Why this order: the cheap rules that stop abuse come first (the rate before the token's
 //! signature is checked), then the permanent answers about the request itself (a bad token or
@@ -35,6 +39,7 @@ use hyper::{Request, StatusCode};
 
 use crate::address::AddressSet;
 use crate::auth::{self, AuthError, Grant};
+use crate::authz::AuthzRefusal;
 use crate::channel::{ChannelName, ChannelNameError};
 use crate::ops::limits::SubjectSlot;
 use crate::state::AppState;
@@ -48,6 +53,9 @@ pub const START_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// The `Retry-After` of a refusal while no source is connected, in seconds.
 pub const SOURCE_DOWN_RETRY_AFTER: u32 = 5;
+
+/// The `Retry-After` of a refusal because the authorization check could not run, in seconds.
+pub const AUTHZ_RETRY_AFTER: u32 = 1;
 
 /// Where the token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +89,9 @@ pub struct Admitted {
     /// The websocket negotiated protocol v2 ([`crate::v2`]): `channels` is empty (it subscribes
     /// in band) and the grant's channels are the token's alone (empty: any channel).
     pub v2: bool,
+    /// Who the token is for the database (authorization by the database on), its channels
+    /// checked.
+    pub subject: Option<std::sync::Arc<crate::authz::Subject>>,
 }
 
 /// Why a request may not become a client. `Display` is the reason a client is told.
@@ -117,6 +128,9 @@ pub enum Refusal {
     /// `PGWS_MAX_CONNECTIONS_PER_SUBJECT` reached for the token's `sub`.
     #[error("Too many connections for this token subject: at most {0}")]
     SubjectFull(usize),
+    /// Authorization by the database refused a channel (403) or could not run (503).
+    #[error("{0}")]
+    Authz(AuthzRefusal),
 }
 
 impl Refusal {
@@ -129,6 +143,8 @@ impl Refusal {
                 StatusCode::BAD_REQUEST
             }
             Self::SourceDown(_) | Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Authz(AuthzRefusal::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::Authz(AuthzRefusal::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -136,6 +152,7 @@ impl Refusal {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Self::SourceDown(seconds) => Some(*seconds),
+            Self::Authz(AuthzRefusal::Unavailable(_)) => Some(AUTHZ_RETRY_AFTER),
             _ => None,
         }
     }
@@ -154,6 +171,8 @@ impl Refusal {
             Self::SourceDown(_) => "source_down",
             Self::ServerFull(_) => "too_many_connections",
             Self::SubjectFull(_) => "too_many_for_subject",
+            Self::Authz(AuthzRefusal::Forbidden(_)) => "authz_refused",
+            Self::Authz(AuthzRefusal::Unavailable(_)) => "authz_unavailable",
         }
     }
 }
@@ -204,6 +223,22 @@ pub async fn admit<B>(
     if purpose == Purpose::Connect {
         connect_rules(state).await?;
     }
+    let subject = match &state.authz {
+        Some(authz) => {
+            // What the client will do: a publish writes; a connection does what its token says.
+            let mode = match purpose {
+                Purpose::Connect => grant.mode.as_str(),
+                Purpose::Publish => "w",
+            };
+            Some(
+                authz
+                    .admit(&grant, &channels, mode)
+                    .await
+                    .map_err(Refusal::Authz)?,
+            )
+        }
+        None => None,
+    };
     let slot = match purpose {
         Purpose::Connect => subject_slot(state, &grant)?,
         Purpose::Publish => None,
@@ -227,6 +262,7 @@ pub async fn admit<B>(
         resume,
         positions,
         v2,
+        subject,
     })
 }
 

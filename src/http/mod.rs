@@ -4,7 +4,10 @@
 //!   checked before the handshake is accepted, a refusal is an HTTP status whose body is the
 //!   reason), then the websocket transport ([`crate::transport::ws`]).
 //! - `GET` with `Accept: text/event-stream` and no `Upgrade`: the same admission, then the
-//!   Server-Sent Events transport ([`crate::transport::sse`]).
+//!   Server-Sent Events transport ([`crate::transport::sse`]). Most such requests never get here:
+//!   the accept loop reads a connection's request heads itself ([`head`]) and serves event
+//!   streams on the raw connection; this branch serves those that arrive on a connection hyper
+//!   already serves.
 //! - `POST` with `Content-Type: text/plain`: admission without the connection rules, then an
 //!   HTTP publish ([`crate::transport::publish`]).
 //! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant
@@ -19,6 +22,7 @@
 pub mod admission;
 pub mod assets;
 pub mod body;
+pub mod head;
 pub mod proxy;
 pub mod static_files;
 
@@ -35,7 +39,7 @@ use admission::{Purpose, Refusal, authorize, check_origin};
 use body::{Body, full, text};
 
 /// The `Server` header value.
-const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
+pub(crate) const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
 
 /// Handles one HTTP request.
 pub async fn handle(
@@ -136,7 +140,7 @@ fn check_grant<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
 }
 
 /// Renders a refusal as HTTP (status, reason as the body), logged and counted once.
-fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
+pub(crate) fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
     let body = refusal.to_string();
     tracing::info!(peer = %peer, reason = %body, "Rejecting Request");
     state

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub forwarded_ignored: Counter,
     /// The WAL source's (`PGWS_SOURCE=wal`).
     pub wal: crate::source::wal::WalMetrics,
+    /// Authorization by the database (`PGWS_AUTHZ_*`).
+    pub authz: crate::authz::AuthzMetrics,
 }
 
 impl Default for Metrics {
@@ -116,6 +118,7 @@ impl Metrics {
             window_bytes: Gauge::default(),
             forwarded_ignored: Counter::default(),
             wal: Default::default(),
+            authz: crate::authz::AuthzMetrics::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -222,6 +225,7 @@ impl Metrics {
             m.forwarded_ignored.clone(),
         );
         m.wal.register(&mut registry);
+        m.authz.register(&mut registry);
         Self { registry, ..m }
     }
 

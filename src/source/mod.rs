@@ -154,6 +154,9 @@ pub struct Sink {
     pub gaps: Counter,
     /// Messages received from the source.
     pub received: Counter,
+    /// Authorization by the database: control messages (revocations) are handed to it and not
+    /// delivered. `None` when off.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 impl Sink {
@@ -175,6 +178,11 @@ impl Sink {
         let mut run_channel: Option<std::borrow::Cow<'a, str>> = None;
         for (seq, pg_channel, payload) in batch {
             self.received.inc();
+            if let Some(authz) = &self.authz
+                && authz.intercept(pg_channel, payload)
+            {
+                continue;
+            }
             let target = self.router.target(pg_channel, payload);
             if run_channel.as_ref() != Some(&target) {
                 if let Some(channel) = run_channel.take() {

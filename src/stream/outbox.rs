@@ -48,6 +48,8 @@ struct State {
     signalled: bool,
     overflowed: bool,
     closed: bool,
+    /// The server ends the client ([`Outbox::end`]): close code and reason.
+    ended: Option<(u16, &'static str)>,
 }
 
 /// What [`Outbox::drain_into`] found.
@@ -57,6 +59,8 @@ pub struct Drained {
     pub healthy: bool,
     /// When the oldest drained frame was queued.
     pub oldest: Option<Instant>,
+    /// The server ends the client with this close code and reason ([`Outbox::end`]).
+    pub end: Option<(u16, &'static str)>,
 }
 
 /// One socket's queue of text frames to send.
@@ -180,6 +184,7 @@ impl Outbox {
         Drained {
             healthy: !s.overflowed,
             oldest: s.oldest.take(),
+            end: s.ended,
         }
     }
 
@@ -213,6 +218,24 @@ impl Outbox {
             }
         })
         .await
+    }
+
+    /// Asks the transport to close the client with `code` and `reason` (access revoked): what is
+    /// queued is dropped, later pushes are refused, and the session wakes. Returns `false` when
+    /// the client was already ending or gone.
+    pub fn end(&self, code: u16, reason: &'static str) -> bool {
+        let mut s = self.lock();
+        if s.closed || s.ended.is_some() {
+            return false;
+        }
+        s.ended = Some((code, reason));
+        s.closed = true;
+        s.queue = VecDeque::new();
+        s.bytes = 0;
+        s.signalled = true;
+        drop(s);
+        self.waker.wake();
+        true
     }
 
     /// Refuses further pushes and frees the queue; called when the socket ends.
@@ -277,6 +300,22 @@ mod tests {
         o.drain_into(&mut out);
         let texts: Vec<&str> = out.iter().map(Frame::as_str).collect();
         assert_eq!(texts, ["a", "b", "c", "d", "e"]);
+    }
+
+    #[tokio::test]
+    async fn an_end_wakes_the_session_and_says_why() {
+        let o = std::sync::Arc::new(outbox(10, 100));
+        o.push("x".into());
+        assert!(o.end(4403, "access revoked"));
+        assert!(!o.end(4403, "again"), "once");
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.wait())
+            .await
+            .expect("woken");
+        let mut out = Vec::new();
+        let d = o.drain_into(&mut out);
+        assert_eq!(d.end, Some((4403, "access revoked")));
+        assert!(out.is_empty(), "nothing more is sent to a revoked client");
+        assert_eq!(o.push("y".into()), Push::Closed);
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub async fn handle(
         );
     };
     state.metrics.messages_in.inc();
+    if let (Some(authz), Some(subject)) = (&state.authz, &admitted.subject)
+        && authz.writes()
+    {
+        return write_through_function(authz, subject, &admitted, message).await;
+    }
     let claims = ClaimsText::new(&admitted.grant.claims);
     let mut jobs = Vec::new();
     for prepared in prepare(&state, &admitted.channels, &claims, message) {
@@ -166,6 +171,42 @@ pub async fn handle(
         serde_json::json!({"published": published}).to_string(),
     ));
     *r.status_mut() = StatusCode::ACCEPTED;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `PGWS_AUTHZ_WRITE_FUNCTION`: the function is called for each channel in turn, as the token's
+/// role; `200` with `{"published": n, "results": [text or null, …]}` once every call committed,
+/// else the first failure as the `Error` event's JSON (`sqlstate` included) with its status
+/// (`400` raised, `403` role or privilege, `504` time-out, `503` unavailable).
+async fn write_through_function(
+    authz: &crate::authz::Authorizer,
+    subject: &crate::authz::Subject,
+    admitted: &Admitted,
+    message: &str,
+) -> Response<Body> {
+    let mut results = Vec::with_capacity(admitted.channels.len());
+    for channel in &admitted.channels {
+        match authz.call(subject, channel.as_str(), message).await {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                let mut r = Response::new(full(e.event(channel.as_str())));
+                *r.status_mut() = e.status();
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    r.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                return r;
+            }
+        }
+    }
+    let mut r = Response::new(full(
+        serde_json::json!({"published": results.len(), "results": results}).to_string(),
+    ));
+    *r.status_mut() = StatusCode::OK;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

@@ -14,11 +14,25 @@
 //! 250 ms: the browser reconnects with `Last-Event-ID` and misses nothing) or the client falls
 //! too far behind (4000).
 //!
-//! The response body *is* the client's loop: hyper polls it, it polls the outbox, the timer and
-//! shutdown, so an SSE stream costs no task of its own. When hyper drops the body (the peer went
-//! away, or the stream ended) the client finishes in a task of its own (`ConnectionClose`).
+//! A message's event (`id:`, `data:` lines, blank line) is the same for every stream, so it is
+//! encoded once, by the first stream that sends it, and shared by all ([`Frame::sse`]): a stream
+//! only hands shared bytes to the socket.
+//!
+//! Two ways to carry a stream, one loop ([`Events`]):
+//! - [`serve_raw`]: the first request of a connection (and every request after a stream or a
+//!   refusal served this way) is read by the accept loop itself ([`crate::http::head`]); an
+//!   event-stream request (HTTP/1.1, no body) is answered on the raw connection: admission, the
+//!   response head, then chunks written with vectored writes straight from the shared events.
+//!   Nothing is buffered per stream besides its outbox, so a reader too slow for its queue limits
+//!   is closed as a slow consumer (4000) rather than piling bytes up, and an idle stream costs a
+//!   small state struct, a timer and its outbox (no HTTP connection state: see `http::head`).
+//! - [`accept`]: an event-stream request that arrives on a connection hyper already serves (a
+//!   keep-alive connection that carried other requests first) is a hyper response whose body is
+//!   the same loop; the same bytes, with hyper's per-connection buffers.
 
-use std::fmt::Write as _;
+use std::future::poll_fn;
+use std::io::{self, IoSlice, Write as _};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,14 +42,18 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::body::Frame as BodyFrame;
-use hyper::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, UPGRADE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{
+    ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue,
+    SERVER, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::ws::{CLOSE_JWT_EXPIRED, CLOSE_SLOW_CONSUMER};
 use crate::client::Client;
-use crate::http::admission::Admitted;
+use crate::http::admission::{self, Admitted, Purpose};
 use crate::http::body::Body;
 use crate::ops::metrics::ReasonLabel;
 use crate::protocol::close_event;
@@ -49,6 +67,10 @@ const RETRY_AFTER_ROTATION_MS: u64 = 250;
 /// The `close` event's code when a stream reached `PGWS_SSE_MAX_AGE` (the client should simply
 /// reconnect, with its `Last-Event-ID`).
 pub const CLOSE_ROTATED: u16 = 4002;
+/// How long a blocked write may take before the peer is considered gone (as for websockets).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most slices handed to one `writev` (Linux's `IOV_MAX` is 1024).
+const IOV_BATCH: usize = 1024;
 
 /// Whether a request asks for an event stream: `GET`, `Accept: text/event-stream`, no `Upgrade`.
 /// Nothing else is taken from static files or the upstream: browsers never send that `Accept`
@@ -69,8 +91,36 @@ pub fn is_request<B>(req: &Request<B>) -> bool {
             })
 }
 
-/// Accepts an admitted request as an event stream.
+/// Whether [`serve_raw`] serves this request (read by [`crate::http::head`]): an event-stream
+/// request over HTTP/1.1 without a body. Anything else goes to hyper, which serves it exactly as
+/// before (an HTTP/1.0 stream, or a `GET` with a body, is rare enough to keep hyper's framing).
+pub fn is_raw_request(req: &Request<()>) -> bool {
+    let h = req.headers();
+    is_request(req)
+        && req.version() == Version::HTTP_11
+        && !h.contains_key(TRANSFER_ENCODING)
+        && h.get_all(CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0")
+}
+
+/// Accepts an admitted request as an event stream carried by hyper (see the module header).
 pub async fn accept(state: Arc<AppState>, admitted: Admitted) -> Response<Body> {
+    let client = open(&state, admitted).await;
+    let body = Stream {
+        events: Some(Events::new(client, &state)),
+        opened: false,
+        batch: Vec::new(),
+    };
+    let mut r = Response::new(body.boxed());
+    *r.status_mut() = StatusCode::OK;
+    stream_headers(r.headers_mut());
+    r
+}
+
+/// Opens the client of an admitted stream: subscribed (and its replay queued) before the response
+/// head goes out, `ConnectionOpen` published.
+async fn open(state: &Arc<AppState>, admitted: Admitted) -> Client {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         conn = id,
@@ -83,36 +133,57 @@ pub async fn accept(state: Arc<AppState>, admitted: Admitted) -> Response<Body> 
     let client = Client::open(state.clone(), id, admitted);
     client.following().await;
     client.start().await;
-    let body = Stream::new(client, &state);
-    let mut r = Response::new(body.boxed());
-    *r.status_mut() = StatusCode::OK;
-    let h = r.headers_mut();
+    client
+}
+
+fn stream_headers(h: &mut HeaderMap) {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx buffers proxied responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
 }
 
 /// Encodes one message as an event: a `data:` line per line of its text.
-fn encode_message(out: &mut BytesMut, text: &str) {
+fn encode_message(out: &mut Vec<u8>, text: &str) {
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         // A lone `\r` is also a line end for the browser; keep the text's lines intact.
         for part in line.split('\r') {
-            out.put_slice(b"data: ");
-            out.put_slice(part.as_bytes());
-            out.put_u8(b'\n');
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(part.as_bytes());
+            out.push(b'\n');
         }
     }
-    out.put_u8(b'\n');
+    out.push(b'\n');
 }
 
-/// The stream's body and loop.
-struct Stream {
-    /// `None` once finished (the body was dropped, or ended).
-    client: Option<Client>,
-    /// Expiry and pings, as in the websocket transport: one timer.
+/// A message's event, `id:` line included when it has a position: made once, shared by every
+/// stream (the position is the stream's, the same for all of them).
+fn event_of<'f>(client: &Client, frame: &'f Frame) -> &'f [u8] {
+    frame.sse(|f| {
+        let mut out = Vec::with_capacity(f.len() + 64);
+        if let Some(position) = client.position_of(f) {
+            let _ = writeln!(out, "id: {position}");
+        }
+        encode_message(&mut out, f.as_str());
+        out
+    })
+}
+
+/// What a stream sends next.
+enum Next {
+    /// Bytes of its own (a heartbeat comment).
+    Data(Bytes),
+    /// The messages now in the caller's batch (at least one).
+    Frames,
+    /// The goodbye event; the stream ends after it. The code is the websocket close code.
+    End(Bytes, u16),
+}
+
+/// One stream's loop, whoever carries it: the client, its timers and the server's shutdown.
+struct Events {
+    client: Client,
+    /// Expiry, rotation and pings, as in the websocket transport: one timer.
     timer: Pin<Box<Sleep>>,
     expiry: Option<Instant>,
     /// When the stream ends by itself (`PGWS_SSE_MAX_AGE`).
@@ -120,33 +191,25 @@ struct Stream {
     ping: Option<Duration>,
     next_ping: Option<Instant>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// First frame not sent yet (a comment, so that headers and a first byte go out at once).
-    opened: bool,
-    /// The stream has said goodbye; the next poll ends it.
-    done: bool,
-    batch: Vec<Frame>,
 }
 
-impl Stream {
+impl Events {
     fn new(client: Client, state: &AppState) -> Self {
         let expiry = client.expiry();
         let rotate = state.config.sse_max_age.map(|age| Instant::now() + age);
         let ping = state.config.ping_interval;
         let next_ping = ping.map(|p| Instant::now() + p);
-        let mut stream = Self {
-            client: Some(client),
+        let mut events = Self {
+            client,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             expiry,
             rotate,
             ping,
             next_ping,
             shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
-            opened: false,
-            done: false,
-            batch: Vec::new(),
         };
-        stream.rearm();
-        stream
+        events.rearm();
+        events
     }
 
     fn rearm(&mut self) {
@@ -159,27 +222,100 @@ impl Stream {
     }
 
     /// The goodbye event, counted like a websocket close.
-    fn close(&mut self, code: u16, reason: &'static str, label: &'static str) -> Bytes {
-        self.done = true;
-        if let Some(client) = &self.client {
-            tracing::info!(conn = client.id(), code, reason, "closing event stream");
-            client
-                .state()
-                .metrics
-                .server_closes
-                .get_or_create(&ReasonLabel { reason: label })
-                .inc();
-        }
-        let mut out = BytesMut::new();
+    fn close(&self, code: u16, reason: &'static str, label: &'static str) -> Next {
+        tracing::info!(
+            conn = self.client.id(),
+            code,
+            reason,
+            "closing event stream"
+        );
+        count_close(&self.client, label);
+        let mut out = Vec::new();
         if code == 1001 {
-            out.put_slice(format!("retry: {RETRY_AFTER_SHUTDOWN_MS}\n").as_bytes());
+            let _ = writeln!(out, "retry: {RETRY_AFTER_SHUTDOWN_MS}");
         } else if code == CLOSE_ROTATED {
-            out.put_slice(format!("retry: {RETRY_AFTER_ROTATION_MS}\n").as_bytes());
+            let _ = writeln!(out, "retry: {RETRY_AFTER_ROTATION_MS}");
         }
-        out.put_slice(b"event: close\n");
+        out.extend_from_slice(b"event: close\n");
         encode_message(&mut out, &close_event(code, reason));
-        out.freeze()
+        Next::End(out.into(), code)
     }
+
+    /// Polls shutdown, the timer and the outbox, in that order; drains the outbox into `batch`.
+    fn poll_next(&mut self, cx: &mut Context<'_>, batch: &mut Vec<Frame>) -> Poll<Next> {
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(self.close(1001, "server shutting down", "shutdown"));
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if self.expiry.is_some_and(|at| now >= at) {
+                return Poll::Ready(self.close(CLOSE_JWT_EXPIRED, "JWT expired", "expired"));
+            }
+            if self.rotate.is_some_and(|at| now >= at) {
+                return Poll::Ready(self.close(
+                    CLOSE_ROTATED,
+                    "stream lifetime reached; reconnect",
+                    "rotated",
+                ));
+            }
+            if let (Some(at), Some(interval)) = (self.next_ping, self.ping)
+                && now >= at
+            {
+                self.next_ping = Some(now + interval);
+                self.rearm();
+                return Poll::Ready(Next::Data(Bytes::from_static(b": ping\n\n")));
+            }
+            self.rearm();
+        }
+        loop {
+            if self.client.outbox().poll_wait(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let drained = self.client.outbox().drain_into(batch);
+            if let Some((code, reason)) = drained.end {
+                // Access revoked (authorization by the database): nothing more is sent.
+                batch.clear();
+                return Poll::Ready(self.close(code, reason, "revoked"));
+            }
+            if !drained.healthy {
+                batch.clear();
+                return Poll::Ready(self.close(
+                    CLOSE_SLOW_CONSUMER,
+                    "slow consumer: outbound queue limit reached",
+                    "slow_consumer",
+                ));
+            }
+            if let Some(oldest) = drained.oldest {
+                self.client
+                    .state()
+                    .metrics
+                    .delivery_latency
+                    .observe(oldest.elapsed().as_secs_f64());
+            }
+            if !batch.is_empty() {
+                return Poll::Ready(Next::Frames);
+            }
+            // Woken without messages (a spurious signal): look again, which registers the waker.
+        }
+    }
+}
+
+fn count_close(client: &Client, label: &'static str) {
+    client
+        .state()
+        .metrics
+        .server_closes
+        .get_or_create(&ReasonLabel { reason: label })
+        .inc();
+}
+
+/// The stream as a hyper response body.
+struct Stream {
+    /// `None` once finished (the body ended).
+    events: Option<Events>,
+    /// First frame not sent yet (a comment, so that headers and a first byte go out at once).
+    opened: bool,
+    batch: Vec<Frame>,
 }
 
 impl hyper::body::Body for Stream {
@@ -191,96 +327,303 @@ impl hyper::body::Body for Stream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<BodyFrame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if this.done || this.client.is_none() {
+        let Some(events) = &mut this.events else {
             return Poll::Ready(None);
-        }
+        };
         if !this.opened {
             this.opened = true;
             return Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(b": ok\n\n")))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            let bye = this.close(1001, "server shutting down", "shutdown");
-            return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
-        }
-        if this.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if this.expiry.is_some_and(|at| now >= at) {
-                let bye = this.close(CLOSE_JWT_EXPIRED, "JWT expired", "expired");
-                return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
+        let data = match std::task::ready!(events.poll_next(cx, &mut this.batch)) {
+            Next::Data(bytes) => bytes,
+            Next::Frames => {
+                let client = &events.client;
+                let size = this.batch.iter().map(|f| event_of(client, f).len()).sum();
+                let mut out = BytesMut::with_capacity(size);
+                for frame in this.batch.drain(..) {
+                    out.put_slice(event_of(client, &frame));
+                }
+                if this.batch.capacity() > 256 {
+                    this.batch.shrink_to_fit();
+                }
+                out.freeze()
             }
-            if this.rotate.is_some_and(|at| now >= at) {
-                let bye = this.close(
-                    CLOSE_ROTATED,
-                    "stream lifetime reached; reconnect",
-                    "rotated",
-                );
-                return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
+            Next::End(bye, _) => {
+                // The client finishes when the body is dropped (below).
+                finish_later(this.events.take());
+                bye
             }
-            if let (Some(at), Some(interval)) = (this.next_ping, this.ping)
-                && now >= at
-            {
-                this.next_ping = Some(now + interval);
-                this.rearm();
-                return Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(b": ping\n\n")))));
-            }
-            this.rearm();
-        }
-        let Some(client) = &this.client else {
-            return Poll::Ready(None);
         };
-        if client.outbox().poll_wait(cx).is_pending() {
-            return Poll::Pending;
-        }
-        let drained = client.outbox().drain_into(&mut this.batch);
-        if !drained.healthy {
-            this.batch.clear();
-            let bye = this.close(
-                CLOSE_SLOW_CONSUMER,
-                "slow consumer: outbound queue limit reached",
-                "slow_consumer",
-            );
-            return Poll::Ready(Some(Ok(BodyFrame::data(bye))));
-        }
-        if let Some(oldest) = drained.oldest {
-            client
-                .state()
-                .metrics
-                .delivery_latency
-                .observe(oldest.elapsed().as_secs_f64());
-        }
-        // `id: <position>\n` (≤ 42 bytes) and `data: `/`\n` around the text.
-        let size: usize = this.batch.iter().map(|f| f.len() + 64).sum();
-        let mut out = BytesMut::with_capacity(size);
-        for frame in this.batch.drain(..) {
-            if let Some(position) = client.position_of(&frame) {
-                // Formatted straight into the buffer: no String per message and stream.
-                let _ = writeln!(out, "id: {position}");
-            }
-            encode_message(&mut out, frame.as_str());
-        }
-        if this.batch.capacity() > 256 {
-            this.batch.shrink_to_fit();
-        }
-        if out.is_empty() {
-            // Woken without messages (a spurious signal): wait again.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(Some(Ok(BodyFrame::data(out.freeze()))))
+        Poll::Ready(Some(Ok(BodyFrame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.client.is_none()
+        self.events.is_none() && self.opened
+    }
+}
+
+/// Finishes a stream's client (unsubscribe, `ConnectionClose`) in a task of its own: a body is
+/// dropped, not awaited.
+fn finish_later(events: Option<Events>) {
+    if let Some(events) = events {
+        let client = events.client;
+        tracing::info!(conn = client.id(), "event stream closed");
+        let tracker = client.state().sessions.clone();
+        tracker.spawn(async move { client.finish().await });
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            tracing::info!(conn = client.id(), "event stream closed");
-            let tracker = client.state().sessions.clone();
-            tracker.spawn(async move { client.finish().await });
+        finish_later(self.events.take());
+    }
+}
+
+/// What the connection does after [`serve_raw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Read the next request (the response was complete and the connection stays open).
+    NextRequest,
+    /// Close the connection.
+    Close,
+}
+
+/// Serves an event-stream request read by the accept loop ([`is_raw_request`]) on the raw
+/// connection: the same admission and refusals as through hyper, then the stream.
+pub async fn serve_raw<S>(
+    io: &mut S,
+    req: Request<()>,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+) -> After
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // What the client said about the connection (hyper honours `Connection: close` the same way).
+    let close = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"));
+    let admitted = match admission::admit(&req, state, peer, Purpose::Connect).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let response = crate::http::refuse(state, peer, refusal);
+            return Box::pin(write_response(io, response, close)).await;
         }
+    };
+    drop(req);
+    let client = Box::pin(open(state, admitted)).await;
+    let mut events = Events::new(client, state);
+    let mut head = Vec::with_capacity(256);
+    let mut headers = HeaderMap::new();
+    stream_headers(&mut headers);
+    write_head(&mut head, StatusCode::OK, &headers, None, close);
+    chunk_header(&mut head, 6);
+    head.extend_from_slice(b": ok\n\n\r\n");
+    drop(headers);
+    let wrote = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, async {
+        io.write_all(&head).await?;
+        io.flush().await
+    }))
+    .await;
+    drop(head);
+    let after = match wrote {
+        Ok(Ok(())) => stream(io, &mut events).await,
+        _ => After::Close,
+    };
+    let client = events.client;
+    tracing::info!(conn = client.id(), "event stream closed");
+    Box::pin(client.finish()).await;
+    if close { After::Close } else { after }
+}
+
+/// The stream's loop on the raw connection, until it ends (goodbye event written, or the peer is
+/// gone).
+async fn stream<S>(io: &mut S, events: &mut Events) -> After
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch: Vec<Frame> = Vec::new();
+    loop {
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(next) = events.poll_next(cx, &mut batch) {
+                return Poll::Ready(Some(next));
+            }
+            // The peer sends nothing on an event stream; reading tells when it went away.
+            match poll_peer(io, cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let written = match &next {
+            None => return After::Close,
+            Some(Next::Data(bytes)) => write_chunks(io, &[bytes], false).await,
+            Some(Next::End(bye, _)) => write_chunks(io, &[bye], true).await,
+            Some(Next::Frames) => {
+                let client = &events.client;
+                let mut result = Ok(());
+                for part in batch.chunks(IOV_BATCH - 2) {
+                    let slices: Vec<&[u8]> = part.iter().map(|f| event_of(client, f)).collect();
+                    result = write_chunks(io, &slices, false).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                batch.clear();
+                if batch.capacity() > 256 {
+                    batch.shrink_to_fit();
+                }
+                result
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                tracing::warn!(
+                    conn = events.client.id(),
+                    "dropping event stream: write timed out"
+                );
+                count_close(&events.client, "write_timeout");
+                return After::Close;
+            }
+            Err(e) => {
+                tracing::debug!(conn = events.client.id(), error = %e, "write failed");
+                return After::Close;
+            }
+        }
+        if let Some(Next::End(_, code)) = next {
+            return if code == 1001 {
+                After::Close
+            } else {
+                After::NextRequest
+            };
+        }
+    }
+}
+
+/// Reads and discards what the peer sends; ready when it closed (or the connection failed).
+fn poll_peer<S: AsyncRead + Unpin>(io: &mut S, cx: &mut Context<'_>) -> Poll<()> {
+    let mut scratch = [0u8; 64];
+    for _ in 0..16 {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    // A peer that keeps sending: let others run, come back.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Writes `parts` as one chunk of the chunked body (and the last chunk after it when `last`),
+/// with vectored writes straight from the shared bytes, within [`WRITE_TIMEOUT`].
+async fn write_chunks<S, B>(io: &mut S, parts: &[B], last: bool) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+    B: AsRef<[u8]>,
+{
+    let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    let mut header = Vec::with_capacity(20);
+    chunk_header(&mut header, len);
+    let trailer: &[u8] = if last { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 2);
+    slices.push(IoSlice::new(&header));
+    slices.extend(parts.iter().map(|p| IoSlice::new(p.as_ref())));
+    slices.push(IoSlice::new(trailer));
+    let write = async {
+        let mut bufs = &mut slices[..];
+        while !bufs.is_empty() {
+            let n = io.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        io.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+fn chunk_header(out: &mut Vec<u8>, len: usize) {
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// An HTTP/1.1 response head as hyper writes it: the status line, the headers, the framing
+/// (`content-length`, or chunked), `date`, and the `server` header every pgws answer carries.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    length: Option<usize>,
+    close: bool,
+) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(SERVER) {
+        let _ = write!(out, "server: {}\r\n", crate::http::SERVER_NAME);
+    }
+    match length {
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let _ = write!(
+        out,
+        "date: {}\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    );
+}
+
+/// Writes a whole (in-memory) response, such as a refusal.
+async fn write_response<S>(io: &mut S, response: Response<Body>, close: bool) -> After
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, body) = response.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return After::Close;
+    };
+    let mut out = Vec::with_capacity(256 + body.len());
+    write_head(
+        &mut out,
+        parts.status,
+        &parts.headers,
+        Some(body.len()),
+        close,
+    );
+    out.extend_from_slice(&body);
+    let wrote = tokio::time::timeout(WRITE_TIMEOUT, async {
+        io.write_all(&out).await?;
+        io.flush().await
+    })
+    .await;
+    match wrote {
+        Ok(Ok(())) if !close => After::NextRequest,
+        _ => After::Close,
     }
 }
 
@@ -290,10 +633,10 @@ mod tests {
 
     #[test]
     fn one_data_line_per_line() {
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         encode_message(&mut out, "a\nb\r\nc\rd");
         assert_eq!(&out[..], b"data: a\ndata: b\ndata: c\ndata: d\n\n");
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         encode_message(&mut out, "");
         assert_eq!(&out[..], b"data: \n\n");
     }
@@ -315,5 +658,56 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!is_request(&upgrade));
+    }
+
+    #[test]
+    fn raw_requests_are_http_1_1_without_a_body() {
+        let req = |version, header: Option<(&str, &str)>| {
+            let mut b = Request::get("/chat/t")
+                .version(version)
+                .header(ACCEPT, "text/event-stream");
+            if let Some((k, v)) = header {
+                b = b.header(k, v);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(is_raw_request(&req(Version::HTTP_11, None)));
+        assert!(is_raw_request(&req(
+            Version::HTTP_11,
+            Some(("content-length", "0"))
+        )));
+        assert!(!is_raw_request(&req(Version::HTTP_10, None)));
+        assert!(!is_raw_request(&req(
+            Version::HTTP_11,
+            Some(("content-length", "3"))
+        )));
+        assert!(!is_raw_request(&req(
+            Version::HTTP_11,
+            Some(("transfer-encoding", "chunked"))
+        )));
+    }
+
+    #[test]
+    fn response_heads_are_complete() {
+        let mut out = Vec::new();
+        let mut h = HeaderMap::new();
+        stream_headers(&mut h);
+        write_head(&mut out, StatusCode::OK, &h, None, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"));
+        assert!(text.contains("\r\ntransfer-encoding: chunked\r\n"));
+        assert!(text.contains("\r\nserver: pgws/"));
+        assert!(text.contains("\r\ndate: ") && text.ends_with(" GMT\r\n\r\n"));
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            Some(5),
+            true,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        assert!(text.contains("\r\ncontent-length: 5\r\nconnection: close\r\n"));
     }
 }

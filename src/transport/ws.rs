@@ -322,10 +322,16 @@ where
 {
     let id = client.id();
     let drained = client.outbox().drain_into(batch);
+    if let Some((code, reason)) = drained.end {
+        // Access revoked (authorization by the database): nothing more is sent.
+        return Err(End::Close(code, reason, "revoked"));
+    }
     if client.positions() {
         for frame in batch.iter_mut() {
             if let Some(position) = client.position_of(frame) {
-                *frame = Frame::from(positioned_message(position, frame.as_str()));
+                // Made once per message and shared by every opted-in socket.
+                *frame =
+                    frame.positioned(|f| Frame::from(positioned_message(position, f.as_str())));
             }
         }
     }

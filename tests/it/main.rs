@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod ops;
 
+mod authz;
 mod binary;
 mod direct;
 mod handshake;
@@ -18,6 +19,7 @@ mod publish;
 mod resume;
 mod security;
 mod sse;
+mod sse_raw;
 mod static_http;
 mod tls;
 mod v2;

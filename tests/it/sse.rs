@@ -35,6 +35,18 @@ pub(crate) async fn open(
         .await
         .expect("connect in time")
         .expect("connect");
+    open_on(stream, path, headers).await
+}
+
+/// [`open`] over a connection of the caller's (TLS, a socket with small buffers).
+pub(crate) async fn open_on<I>(
+    stream: I,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Sse, (u16, String)>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("http handshake");

@@ -11,8 +11,8 @@ use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::ServerNam
 
 use crate::common::*;
 
-const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-cert.pem");
-const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-key.pem");
+pub(crate) const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-cert.pem");
+pub(crate) const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-key.pem");
 
 fn connector() -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -28,7 +28,7 @@ fn connector() -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-async fn tls_stream(s: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+pub(crate) async fn tls_stream(s: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(s.addr).await.unwrap();
     connector()
         .connect(ServerName::try_from("localhost").unwrap(), tcp)

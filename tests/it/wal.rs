@@ -1,13 +1,14 @@
 //! The WAL source (`--source wal`) on a real PostgreSQL with `wal_level=logical`: delivery from
 //! `pg_logical_emit_message` to websocket and SSE clients, large messages both ways, and no loss,
 //! no duplicate, no reordering across a node restart, a client moving between nodes, a killed
-//! walsender and a PostgreSQL restart. Every message is numbered in its payload and what each
+//! walsender, a PostgreSQL restart and the network to the database cut (through a proxy). Every message is numbered in its payload and what each
 //! client received is compared with what was committed.
 
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::common::proxy::{CutMode, Proxy, Upstream};
 use crate::common::*;
 use crate::faults::{own_cluster, pause, resume};
 use crate::resume::{gap, message, number, percent_encode, stream};
@@ -517,5 +518,87 @@ async fn the_documented_sql_helpers_work() {
     assert_eq!(first["channel"], "messages");
     assert_eq!(first["payload"], json!({"id": 2, "body": "hi"}));
     assert_eq!(next_json(&mut rows).await["payload"]["body"], "edited");
+    s.stop().await.unwrap();
+}
+
+/// A proxy in front of the shared cluster, and `db_uri`'s database through it (TCP).
+async fn through_proxy(db_uri: &str) -> (Proxy, String) {
+    let c = cluster();
+    let socket = c.socket_dir().join(format!(".s.PGSQL.{}", c.port()));
+    let proxy = Proxy::start(Upstream::Unix(socket)).await.expect("proxy");
+    let dbname = db_uri.rsplit("dbname=").next().unwrap();
+    let uri = format!(
+        "host=127.0.0.1 port={} user={} dbname={dbname} sslmode=disable",
+        proxy.addr().port(),
+        c.user
+    );
+    (proxy, uri)
+}
+
+#[tokio::test]
+async fn a_network_cut_to_the_database_loses_and_repeats_nothing() {
+    const TOTAL: usize = 400;
+    let db_uri = fresh_db().await;
+    let (proxy, via_proxy) = through_proxy(&db_uri).await;
+    let mut s = wal_server(&via_proxy, &["--check-listener-interval", "200"]).await;
+    let reader = collect(
+        connect(&s.url(&format!("/cut/{}", token(json!({"mode":"r"}))))).await,
+        TOTAL,
+    );
+    let mut sse = stream(&s, "cut", None).await;
+    // The publisher reaches PostgreSQL directly: it keeps committing while pgws is cut off.
+    let db = pg(&db_uri).await;
+    let mut sent = 0;
+    for (generation, mode) in [(2, CutMode::Refuse), (3, CutMode::Blackhole)] {
+        for _ in 0..100 {
+            emit(&db, LISTEN, &message("cut", sent)).await;
+            sent += 1;
+        }
+        proxy.cut(mode);
+        s.wait_down().await;
+        for _ in 0..100 {
+            emit(&db, LISTEN, &message("cut", sent)).await;
+            sent += 1;
+        }
+        // The length of the outage (a fault, not a synchronisation).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.heal();
+        s.wait_listening(generation).await;
+    }
+    assert_eq!(sent, TOTAL);
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("reader done in time")
+        .unwrap();
+    assert_eq!(
+        got,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "none lost, none twice, in order"
+    );
+    for n in 0..TOTAL {
+        let data = sse.next_event().await.data.unwrap();
+        assert_eq!(number(&data), n, "{data}");
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn notify_mode_announces_what_a_network_cut_lost() {
+    let db_uri = fresh_db().await;
+    let (proxy, via_proxy) = through_proxy(&db_uri).await;
+    let mut s = start_on(&via_proxy, &["--check-listener-interval", "200"]).await;
+    let mut ws = connect(&s.url(&format!("/cut/{}", token(json!({"mode":"r"}))))).await;
+    let db = pg(&db_uri).await;
+    notify(&db, LISTEN, &message("cut", 0)).await;
+    assert_eq!(number(&next_text(&mut ws).await), 0);
+    proxy.cut(CutMode::Refuse);
+    s.wait_down().await;
+    notify(&db, LISTEN, &message("cut", 1)).await;
+    proxy.heal();
+    s.wait_listening(2).await;
+    notify(&db, LISTEN, &message("cut", 2)).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["event"], "Gap", "the loss is announced first: {gap}");
+    assert_eq!(number(&next_text(&mut ws).await), 2, "then live; 1 is gone");
     s.stop().await.unwrap();
 }

@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+/// The TCP proxy that cuts the network to the database (shared with the chaos run in bench/).
+#[path = "../../../bench/src/chaos_proxy.rs"]
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
