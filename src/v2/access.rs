@@ -2,9 +2,9 @@
 //!
 //! A v2 grant comes from the token alone ([`crate::auth::verify`]): its mode, and the channels
 //! its claims name, or any channel when they name none (as the original lets such a token open
-//! any URL channel). [`check`] is the only function a subscribe or publish goes through; it is
-//! where database authorization (the `src/authz/` hook: an asynchronous per-channel check) is to
-//! be called, after the token's own rules.
+//! any URL channel). [`check`] is the only function a subscribe or publish goes through: the
+//! token's own rules, then database authorization (`src/authz/`, when it is on) for the subject
+//! admitted at connection time.
 
 use serde_json::{Map, Value};
 
@@ -71,6 +71,7 @@ pub struct Denied {
 /// it is wired) the database's answer for this token and channel.
 pub async fn check(
     _state: &AppState,
+    authz: Option<&crate::authz::Attached>,
     access: &Access,
     channel: &ChannelName,
     action: Action,
@@ -99,8 +100,26 @@ pub async fn check(
             ),
         });
     }
-    // Database authorization (src/authz/) is called here, once it lands:
-    // `authz::check(state, &access.claims, channel, action).await` mapped to `Denied`
-    // (`not_authorized`, or `database_unavailable` when the check cannot run).
+    // Database authorization (src/authz/), when it is on: the subject is the one admitted at
+    // connection time (a refresh does not change it: `sub` must stay the same).
+    if let Some(a) = authz {
+        let mode = match action {
+            Action::Subscribe => "r",
+            Action::Publish => "w",
+        };
+        a.authorizer()
+            .check(a.subject(), channel, mode)
+            .await
+            .map_err(|e| match e {
+                crate::authz::AuthzRefusal::Forbidden(reason) => Denied {
+                    code: "not_authorized",
+                    message: reason,
+                },
+                other => Denied {
+                    code: "database_unavailable",
+                    message: other.to_string(),
+                },
+            })?;
+    }
     Ok(())
 }
