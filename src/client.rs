@@ -307,6 +307,9 @@ impl Client {
             .hub
             .subscribe_v2(&channel, &self.outbox, from, answer);
         self.channels.push(channel);
+        if let Some(a) = self.authz() {
+            a.set_channels(&self.channels);
+        }
         resumed
     }
 
@@ -318,6 +321,9 @@ impl Client {
         let channel = self.channels.swap_remove(i);
         if self.state.hub.unsubscribe(&channel, &self.outbox) {
             self.state.source.unfollow(&channel);
+        }
+        if let Some(a) = self.authz() {
+            a.set_channels(&self.channels);
         }
         true
     }

@@ -86,12 +86,12 @@ pub struct Admitted {
     /// The client asked for positions (`last-event-id` in the query, even empty). Event streams
     /// always carry them.
     pub positions: bool,
-    /// Who the token is for the database (authorization by the database on), its channels
-    /// checked.
-    pub subject: Option<std::sync::Arc<crate::authz::Subject>>,
     /// The websocket negotiated protocol v2 ([`crate::v2`]): `channels` is empty (it subscribes
     /// in band) and the grant's channels are the token's alone (empty: any channel).
     pub v2: bool,
+    /// Who the token is for the database (authorization by the database on), its channels
+    /// checked.
+    pub subject: Option<std::sync::Arc<crate::authz::Subject>>,
 }
 
 /// Why a request may not become a client. `Display` is the reason a client is told.
@@ -261,8 +261,8 @@ pub async fn admit<B>(
         slot,
         resume,
         positions,
-        subject,
         v2,
+        subject,
     })
 }
 

@@ -324,7 +324,6 @@ where
     let drained = client.outbox().drain_into(batch);
     if let Some((code, reason)) = drained.end {
         // Access revoked (authorization by the database): nothing more is sent.
-        batch.clear();
         return Err(End::Close(code, reason, "revoked"));
     }
     if client.positions() {

@@ -2,13 +2,13 @@
 //!
 //! A v2 grant comes from the token alone ([`crate::auth::verify`]): its mode, and the channels
 //! its claims name, or any channel when they name none (as the original lets such a token open
-//! any URL channel). [`check`] is the only function a subscribe or publish goes through; it is
-//! where database authorization (`src/authz/`, when on) is asked, after the token's own rules.
+//! any URL channel). [`check`] is the only function a subscribe or publish goes through: the
+//! token's own rules, then database authorization (`src/authz/`, when it is on) for the subject
+//! admitted at connection time.
 
 use serde_json::{Map, Value};
 
 use crate::auth::{Grant, Mode};
-use crate::authz::{AuthzRefusal, Subject};
 use crate::channel::ChannelName;
 use crate::state::AppState;
 
@@ -70,7 +70,8 @@ pub struct Denied {
 /// May the socket do `action` with `channel`? The token's mode and channels first, then (when
 /// it is wired) the database's answer for this token and channel.
 pub async fn check(
-    state: &AppState,
+    _state: &AppState,
+    authz: Option<&crate::authz::Attached>,
     access: &Access,
     channel: &ChannelName,
     action: Action,
@@ -99,30 +100,26 @@ pub async fn check(
             ),
         });
     }
-    // Then the database, when authorization by the database is on (src/authz/): the same
-    // check, cache and settings as a handshake's channels, in `r` for a subscribe and `w` for a
-    // publish.
-    if let Some(authz) = &state.authz {
-        let refused = |e: AuthzRefusal| match e {
-            AuthzRefusal::Forbidden(why) => Denied {
-                code: "not_authorized",
-                message: why,
-            },
-            AuthzRefusal::Unavailable(why) => Denied {
-                code: "database_unavailable",
-                message: why,
-            },
-        };
-        let subject = Subject::from_claims(&access.claims, access.exp, authz.settings())
-            .map_err(refused)?;
+    // Database authorization (src/authz/), when it is on: the subject is the one admitted at
+    // connection time (a refresh does not change it: `sub` must stay the same).
+    if let Some(a) = authz {
         let mode = match action {
             Action::Subscribe => "r",
             Action::Publish => "w",
         };
-        authz
-            .check(&std::sync::Arc::new(subject), channel.as_str(), mode)
+        a.authorizer()
+            .check(a.subject(), channel, mode)
             .await
-            .map_err(refused)?;
+            .map_err(|e| match e {
+                crate::authz::AuthzRefusal::Forbidden(reason) => Denied {
+                    code: "not_authorized",
+                    message: reason,
+                },
+                other => Denied {
+                    code: "database_unavailable",
+                    message: other.to_string(),
+                },
+            })?;
     }
     Ok(())
 }

@@ -229,9 +229,15 @@ impl Session {
                 format!("a socket follows at most {max} channels (PGWS_MAX_CHANNELS)"),
             ));
         }
-        access::check(client.state(), &self.access, &name, Action::Subscribe)
-            .await
-            .map_err(|d| (d.code, d.message))?;
+        access::check(
+            client.state(),
+            client.authz(),
+            &self.access,
+            &name,
+            Action::Subscribe,
+        )
+        .await
+        .map_err(|d| (d.code, d.message))?;
         let from = since.filter(|s| !s.trim().is_empty()).map(|s| {
             if s.len() > MAX_SINCE {
                 ResumeFrom::Unknown
@@ -278,9 +284,15 @@ impl Session {
         data: &str,
     ) -> Result<(), (&'static str, String)> {
         let name = ChannelName::new(channel).map_err(|e| ("bad_channel", e.client_text()))?;
-        access::check(client.state(), &self.access, &name, Action::Publish)
-            .await
-            .map_err(|d| (d.code, d.message))?;
+        access::check(
+            client.state(),
+            client.authz(),
+            &self.access,
+            &name,
+            Action::Publish,
+        )
+        .await
+        .map_err(|d| (d.code, d.message))?;
         if self.pending.len() >= MAX_PENDING {
             return Err((
                 "rate_limited",
@@ -358,8 +370,14 @@ impl Session {
         }
         let mut gone = Vec::new();
         for channel in client.channels().to_vec() {
-            if let Err(denied) =
-                access::check(client.state(), &access, &channel, Action::Subscribe).await
+            if let Err(denied) = access::check(
+                client.state(),
+                client.authz(),
+                &access,
+                &channel,
+                Action::Subscribe,
+            )
+            .await
             {
                 gone.push((channel, denied));
             }
