@@ -154,14 +154,50 @@ impl Authorizer {
 }
 
 impl Attached {
+    /// The socket's write slots (`PGWS_AUTHZ_WRITE_CONCURRENCY`), shared by its compat messages
+    /// and its v2 publishes.
+    fn slots(&self) -> Arc<Semaphore> {
+        self.write_slots
+            .get_or_init(|| {
+                Arc::new(Semaphore::new(
+                    self.authorizer().settings.write_concurrency.max(1),
+                ))
+            })
+            .clone()
+    }
+
+    /// A v2 publish: the write function called once a write slot is free, as a future the
+    /// session answers (`ack` or `nack`) when it completes. `None` when no write function is set.
+    pub fn publish(
+        &self,
+        channel: &ChannelName,
+        text: &str,
+    ) -> Option<impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static> {
+        if !self.authorizer().writes() {
+            return None;
+        }
+        let slots = self.slots();
+        let authorizer = self.authorizer().clone();
+        let subject = self.subject().clone();
+        let channel = channel.clone();
+        let text = text.to_string();
+        Some(async move {
+            let _permit = slots.acquire_owned().await.map_err(|_| WriteError {
+                code: "write_failed",
+                sqlstate: None,
+                message: "the socket is closing".into(),
+            })?;
+            authorizer
+                .call(&subject, channel.as_str(), &text)
+                .await
+                .map(|_| ())
+        })
+    }
+
     /// A socket's message: one call per channel, each in a task of its own once the socket has
     /// a free write slot; a failure is answered to the socket as an `Error` event.
     pub async fn write(&self, channels: &[ChannelName], text: &str, outbox: &Arc<Outbox>) {
-        let slots = self.write_slots.get_or_init(|| {
-            Arc::new(Semaphore::new(
-                self.authorizer().settings.write_concurrency.max(1),
-            ))
-        });
+        let slots = self.slots();
         for channel in channels {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;

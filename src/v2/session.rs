@@ -299,6 +299,20 @@ impl Session {
                 format!("{MAX_PENDING} publishes of this socket already await PostgreSQL"),
             ));
         }
+        // With a write function (authorization by the database), the database answers instead
+        // of a NOTIFY: the function's refusal is the nack, with its SQLSTATE.
+        if let Some(write) = client.authz().and_then(|a| a.publish(&name, data)) {
+            let (id, channel) = (id.clone(), channel.to_string());
+            self.pending.push_back(Box::pin(async move {
+                match write.await {
+                    Ok(()) => wire::ack(&id, &channel, None),
+                    Err(e) => {
+                        wire::nack_sql(&id, &channel, e.code, &e.message, e.sqlstate.as_deref())
+                    }
+                }
+            }));
+            return Ok(());
+        }
         let mut answer = client.publish_to(&name, data).await?;
         let (id, channel) = (id.clone(), channel.to_string());
         self.pending.push_back(Box::pin(async move {

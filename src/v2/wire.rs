@@ -316,6 +316,29 @@ pub fn nack(id: &Id, channel: &str, code: &str, message: &str) -> Frame {
     frame("nack", &body)
 }
 
+/// A publish the database's write function refused (`PGWS_AUTHZ_WRITE_FUNCTION`): a `nack`
+/// that also carries the SQLSTATE PostgreSQL gave, when it gave one.
+pub fn nack_sql(
+    id: &Id,
+    channel: &str,
+    code: &str,
+    message: &str,
+    sqlstate: Option<&str>,
+) -> Frame {
+    let mut body = format!(",\"id\":{},\"channel\":", id.as_json());
+    push_str(&mut body, channel);
+    body.push_str(",\"code\":");
+    push_str(&mut body, code);
+    body.push_str(",\"message\":");
+    push_str(&mut body, message);
+    body.push_str(",\"sqlstate\":");
+    match sqlstate {
+        Some(state) => push_str(&mut body, state),
+        None => body.push_str("null"),
+    }
+    frame("nack", &body)
+}
+
 /// A request (other than publish) that failed, or a frame that is not a request.
 pub fn error(id: &Id, code: &str, message: &str) -> Frame {
     let mut body = format!(",\"id\":{},\"code\":", id.as_json());

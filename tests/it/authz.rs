@@ -847,3 +847,73 @@ async fn protocol_v2_subscribes_and_publishes_ask_the_database() {
     assert_eq!(answer["type"], "ack", "{answer}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn protocol_v2_publishes_go_through_the_write_function() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = postgrest_setup().await;
+    let server = start_on(&s.uri, &["--authz-write-function", "api.post"]).await;
+    let mut req = server
+        .url(&format!("/{}", s.token("alice", "rw")))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "pgws.v2".parse().unwrap());
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake in time")
+        .expect("a v2 socket opens");
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    send(
+        &mut ws,
+        &json!({"type":"subscribe","id":0,"channel":"chat"}).to_string(),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    // Refused by the function: a nack with its SQLSTATE, and nothing published.
+    send(
+        &mut ws,
+        &json!({"type":"publish","id":1,"channel":"chat","data":"raise"}).to_string(),
+    )
+    .await;
+    let nack = next_json(&mut ws).await;
+    assert_eq!(
+        (
+            nack["type"].as_str(),
+            nack["code"].as_str(),
+            nack["sqlstate"].as_str()
+        ),
+        (Some("nack"), Some("write_refused"), Some("P0001")),
+        "{nack}"
+    );
+    assert_eq!(nack["id"], 1);
+    // Accepted: the function stores the row as the client's role and publishes its own
+    // transformed message (upper case), which the socket receives besides the ack.
+    send(
+        &mut ws,
+        &json!({"type":"publish","id":2,"channel":"chat","data":"hello"}).to_string(),
+    )
+    .await;
+    let (mut acked, mut message) = (None, None);
+    for _ in 0..2 {
+        let v = next_json(&mut ws).await;
+        match v["type"].as_str() {
+            Some("ack") => acked = Some(v),
+            Some("message") => message = Some(v),
+            _ => panic!("unexpected frame {v}"),
+        }
+    }
+    assert_eq!(acked.expect("an ack")["id"], 2);
+    let message = message.expect("the function's message");
+    let text: Value = serde_json::from_str(message["data"].as_str().unwrap()).unwrap();
+    assert_eq!(text["payload"], "HELLO", "{message}");
+    assert_eq!(text["by"], s.web.as_str());
+    let who: String = pg(&s.admin)
+        .await
+        .query_one("SELECT who FROM api.messages WHERE body = 'hello'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, s.web);
+    server.stop().await.unwrap();
+}
