@@ -6,6 +6,12 @@
 //! detects a dead or half-open connection; whenever the connection is lost the actor logs it,
 //! tells every subscribed socket that messages may have been lost, reconnects with back-off and
 //! LISTENs again. It never goes deaf silently.
+//!
+//! After a reconnection the `Gap` must reach every subscriber before the first notification of
+//! the new connection (a message delivered ahead of it would make the loss look like it happened
+//! later, which a client cannot tell from a silent loss). The driver task therefore starts with
+//! its deliveries held behind a gate: it keeps polling the connection (the `LISTEN`s need it) and
+//! buffers what arrives until the actor, having sent the `Gap`, opens the gate.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -100,7 +106,7 @@ pub async fn run(
             }
         };
         match connected {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 attempts = 0;
                 generation += 1;
                 let mut listened = HashSet::new();
@@ -128,6 +134,8 @@ pub async fn run(
                 } else {
                     tracing::info!(channel = %settings.channel, "listening for notifications");
                 }
+                // Only now may notifications of this connection reach subscribers.
+                conn.open_gate();
                 let _ = status.send(SourceStatus::Listening { generation });
                 let watch = Supervision {
                     check_interval: settings.check_interval,
@@ -195,6 +203,17 @@ struct Live {
     client: tokio_postgres::Client,
     ended: oneshot::Receiver<String>,
     driver: tokio::task::JoinHandle<()>,
+    /// Opens the driver's deliveries (see the module header); `None` once opened.
+    gate: Option<oneshot::Sender<()>>,
+}
+
+impl Live {
+    /// Lets the driver deliver: what it buffered first, in order, then as it arrives.
+    fn open_gate(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.send(());
+        }
+    }
 }
 
 async fn connect(
@@ -204,14 +223,27 @@ async fn connect(
 ) -> Result<Live, tokio_postgres::Error> {
     let (client, mut connection) = db.connect().await?;
     let (end_tx, ended) = oneshot::channel();
+    let (gate_tx, mut gate) = oneshot::channel::<()>();
     let driver = tokio::spawn(async move {
         // Everything the connection has ready is taken at once, so that a burst of
         // notifications reaches each client as one run (one wake-up), not one by one.
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx))
             .ready_chunks(BATCH);
-        let mut notifications = Vec::with_capacity(BATCH);
+        let mut notifications: Vec<tokio_postgres::Notification> = Vec::with_capacity(BATCH);
+        let mut closed = true;
         let reason = 'read: loop {
-            let Some(chunk) = messages.next().await else {
+            let chunk = tokio::select! {
+                biased;
+                // The gate opens (or the actor let go of it: nobody will send the Gap then).
+                _ = &mut gate, if closed => {
+                    closed = false;
+                    sink.deliver_all(notifications.iter().map(|n| (n.channel(), n.payload())));
+                    notifications.clear();
+                    continue;
+                }
+                chunk = messages.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
                 break "the server closed the connection".to_string();
             };
             let mut ended = None;
@@ -228,10 +260,12 @@ async fn connect(
                     }
                 }
             }
-            sink.deliver_all(notifications.iter().map(|n| (n.channel(), n.payload())));
-            notifications.clear();
-            if notifications.capacity() > BATCH {
-                notifications.shrink_to(BATCH);
+            if !closed {
+                sink.deliver_all(notifications.iter().map(|n| (n.channel(), n.payload())));
+                notifications.clear();
+                if notifications.capacity() > BATCH {
+                    notifications.shrink_to(BATCH);
+                }
             }
             if let Some(reason) = ended {
                 break 'read reason;
@@ -251,6 +285,7 @@ async fn connect(
         client,
         ended,
         driver,
+        gate: Some(gate_tx),
     })
 }
 

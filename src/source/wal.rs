@@ -772,18 +772,47 @@ async fn lag(
     Ok(())
 }
 
+/// How long [`drop_slot`] waits for a slot still held by a walsender that is going away.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
 /// Drops a replication slot (`pgws --drop-wal-slot NAME`): for a node that is gone for good,
-/// whose slot would otherwise keep PostgreSQL's WAL. Refuses a slot in use.
+/// whose slot would otherwise keep PostgreSQL's WAL. Refuses a slot in use (after waiting a
+/// moment for a walsender that is going away).
 pub async fn drop_slot(db: &Database, slot: &str) -> Result<(), String> {
     let (client, connection) = step(with_defaults(db).connect())
         .await?
         .map_err(|e| describe(&e))?;
     let driver = tokio::spawn(connection);
-    let result = client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .map(|_| ())
-        .map_err(|e| describe(&e));
+    let result = async {
+        // A node that has just stopped leaves its walsender behind for a moment: wait for the
+        // slot to be released rather than fail with "is active" (a running node is named).
+        let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .map_err(|e| describe(&e))?;
+            let Some(pid) = row.and_then(|r| r.get::<_, Option<i32>>(0)) else {
+                break;
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "replication slot \"{slot}\" is in use by PostgreSQL process {pid} \
+                     (a pgws node still reading it?): stop that node first"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+    .await;
     drop(client);
     let _ = driver.await;
     result
