@@ -280,7 +280,7 @@ async fn compat_sockets_never_see_positions() {
 async fn a_listen_outage_under_traffic_announces_the_gap_before_any_later_message() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let mut s = start(&["--check-listener-interval", "200"]).await;
+    let s = start(&["--check-listener-interval", "200"]).await;
     let db = pg(&s.db).await;
     let mut live = stream(&s, "chat", None).await;
     let stop = Arc::new(AtomicBool::new(false));
