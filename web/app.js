@@ -9,7 +9,7 @@ import { PgwsClient } from "./pgws-client.js";
 
 const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
 const MAX_ITEMS = 200; // per list; older entries are dropped
-const MAX_OUTBOX = 5; // answered publishes kept in view (pending ones always stay)
+const MAX_OUTBOX = 3; // answered publishes kept in view (pending ones always stay)
 const MAX_PREVIEW = 120; // characters of a sent text shown in the outbox
 const CHECK_TIMEOUT_MS = 5000;
 
@@ -532,7 +532,8 @@ function renderMeta(raw, msg, position, replayed) {
       c.dataset.field = "payload";
       head.appendChild(c);
     } else {
-      const c = h("span", "on", "(v2: channels joined later)");
+      const c = h("span", "on", "v2 socket");
+      c.title = "A protocol v2 socket opens without channels and joins them afterwards";
       c.dataset.field = "payload";
       head.appendChild(c);
     }
@@ -768,8 +769,8 @@ function metaState(state, text) {
 
 function openText(s) {
   const mode = (s.welcome && s.welcome.mode) || s.mode;
-  const who = s.name ? "as " + s.name : "anonymous (no sub claim)";
-  return "Connected " + who + (mode ? " (mode " + mode + ")" : "") +
+  const details = [mode ? "mode " + mode : null, s.name ? null : "no sub claim"].filter(Boolean).join(", ");
+  return "Connected " + (s.name ? "as " + s.name : "anonymously") + (details ? " (" + details + ")" : "") +
     (s.client.connections > 1 ? ", connection " + s.client.connections + " since Connect" : "");
 }
 
