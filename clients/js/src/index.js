@@ -304,7 +304,11 @@ export class PgwsClient extends Emitter {
   }
 
   async #open() {
-    if (this.#closed || this.#offline) return;
+    if (this.#closed) return;
+    if (this.#offline) {
+      this.#setState("offline"); // e.g. connect() while the browser is offline: wait for "online"
+      return;
+    }
     this.#setState(this.connections === 0 ? "connecting" : "reconnecting");
     let token;
     try {
