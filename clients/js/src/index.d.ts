@@ -8,7 +8,7 @@ export type ErrorCode =
   | "bad_json" | "bad_request" | "unknown_type" | "rate_limited" | "bad_channel" | "not_granted"
   | "write_only" | "already_subscribed" | "too_many_subscriptions" | "not_subscribed"
   | "bad_token" | "token_expired" | "subject_changed" | "read_only" | "too_large"
-  | "database_unavailable" | "shutting_down"
+  | "database_unavailable" | "shutting_down" | "not_authorized" | "presence_disabled"
   | "connection_lost" | "timeout" | "closed" | "protocol" | "heartbeat" | "token_unavailable"
   | "connect_failed" | "refresh_failed" | "bad_frame"
   | (string & {});
