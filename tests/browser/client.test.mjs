@@ -10,6 +10,8 @@
 //     reconnects at "online" and resumes exactly;
 //   - the token expiring mid-session with a token callback: refreshed in band, one connection, no
 //     3001;
+//   - presence: another tab joins and leaves, and a new snapshot after offline/online replaces
+//     the state (needs the server side of presence);
 //   - the server restarted on the same port (NOTIFY mode): an `other_epoch` gap is surfaced, the
 //     publish queued while it was down is acknowledged, nothing before or after is lost.
 //
@@ -102,6 +104,20 @@ window.T = {
     } catch (e) {
       return e.code;
     }
+  },
+  /** Subscribes with presence and records every state, join and leave. */
+  async watch(name, channel) {
+    const { c, rec } = clients.get(name);
+    const sub = c.subscribe(channel, { presence: true });
+    const got = (rec.subs[channel] = { numbers: [], gaps: [], subscribed: 0, states: [], joins: [], leaves: [], now: null });
+    sub.on("subscribed", () => (got.subscribed += 1));
+    sub.on("presence", (p) => {
+      got.states.push(p);
+      got.now = sub.presence();
+    });
+    sub.on("join", (j) => got.joins.push({ member: j.member, connections: j.connections, count: j.count }));
+    sub.on("leave", (l) => got.leaves.push({ member: l.member, connections: l.connections, count: l.count, reason: l.reason }));
+    await sub.ready();
   },
   info(name) {
     const { c, rec } = clients.get(name);
@@ -337,6 +353,54 @@ describe("pgws-client in Chromium", () => {
       assert.ok(issued >= 3, `the callback was called at connection and per refresh (${issued})`);
     } finally {
       await reader.context.close();
+    }
+  });
+
+  it("shows presence: another tab joins and leaves; after offline/online a new snapshot replaces the state", async () => {
+    const a = await openPage();
+    const b = await openPage();
+    try {
+      const open = (page, sub) =>
+        page.evaluate(([url, tok]) => window.T.open("r", url, tok), [server.url, token({ mode: "r", sub, exp: hour() })]);
+      await open(a.page, "alice");
+      await a.page.evaluate(() => window.T.watch("r", "b-room"));
+      await until(a.page, "r", (i) => i.subs["b-room"].now !== null, "alice's first snapshot");
+      assert.deepEqual((await info(a.page, "r")).subs["b-room"].now, { members: { alice: 1 }, anonymous: 0, count: 1 });
+
+      await open(b.page, "bob");
+      await b.page.evaluate(() => window.T.watch("r", "b-room"));
+      await until(a.page, "r", (i) => i.subs["b-room"].now.members.bob === 1, "bob to join in alice's tab");
+      await until(b.page, "r", (i) => i.subs["b-room"].now?.count === 2, "bob's snapshot with both");
+      assert.deepEqual((await info(b.page, "r")).subs["b-room"].now, { members: { alice: 1, bob: 1 }, anonymous: 0, count: 2 });
+      let room = (await info(a.page, "r")).subs["b-room"];
+      assert.deepEqual(room.joins, [{ member: "bob", connections: 1, count: 2 }]);
+
+      // Bob's tab goes away: alice sees him leave.
+      await b.context.close();
+      await until(a.page, "r", (i) => i.subs["b-room"].leaves.length === 1, "bob to leave in alice's tab");
+      room = (await info(a.page, "r")).subs["b-room"];
+      assert.deepEqual(room.leaves, [{ member: "bob", connections: 1, count: 1, reason: "left" }]);
+      assert.deepEqual(room.now, { members: { alice: 1 }, anonymous: 0, count: 1 });
+
+      // Alice goes offline; carol joins meanwhile; back online, the new snapshot has her.
+      await a.context.setOffline(true);
+      await until(a.page, "r", (i) => i.state === "offline", "alice offline");
+      const c = await openPage();
+      try {
+        await open(c.page, "carol");
+        await c.page.evaluate(() => window.T.watch("r", "b-room"));
+        await until(c.page, "r", (i) => i.subs["b-room"].now?.members.carol === 1 && !i.subs["b-room"].now.members.alice, "carol alone");
+        await a.context.setOffline(false);
+        await until(a.page, "r", (i) => i.subs["b-room"].subscribed === 2 && i.subs["b-room"].now.members.carol === 1, "alice's new snapshot");
+        room = (await info(a.page, "r")).subs["b-room"];
+        assert.deepEqual(room.now, { members: { alice: 1, carol: 1 }, anonymous: 0, count: 2 });
+        assert.equal(room.joins.length, 1, "carol came in a snapshot, not a join alice missed");
+      } finally {
+        await c.context.close();
+      }
+    } finally {
+      await a.context.close();
+      await b.context.close().catch(() => {});
     }
   });
 
