@@ -55,6 +55,11 @@ class Emitter {
   }
 }
 
+/** Sets an own property, even one named "__proto__" (member names are the server's). */
+function setOwn(obj, key, value) {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
 /** One channel the client follows, across reconnections. */
 export class Subscription extends Emitter {
   #client;
@@ -87,7 +92,7 @@ export class Subscription extends Emitter {
   _presenceFrame(f) {
     if (f.type === "presence") {
       const members = {};
-      for (const [name, n] of Object.entries(f.members ?? {})) if (n > 0) members[name] = n;
+      for (const [name, n] of Object.entries(f.members ?? {})) if (n > 0) setOwn(members, name, n);
       this.#presence = { members, anonymous: f.anonymous ?? 0, count: f.count ?? 0 };
       this.emit("presence", this.#presence);
       return;
@@ -103,8 +108,8 @@ export class Subscription extends Emitter {
     const sign = f.type === "join" ? 1 : -1;
     if (f.member === null || f.member === undefined) anonymous = Math.max(0, anonymous + sign * n);
     else {
-      const left = (members[f.member] ?? 0) + sign * n;
-      if (left > 0) members[f.member] = left;
+      const left = (Object.hasOwn(members, f.member) ? members[f.member] : 0) + sign * n;
+      if (left > 0) setOwn(members, f.member, left);
       else delete members[f.member];
     }
     this.#presence = { members, anonymous, count: typeof f.count === "number" ? f.count : prev.count + sign * n };

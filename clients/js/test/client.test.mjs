@@ -286,4 +286,26 @@ describe("pgws-client", () => {
       await p.close();
     }
   });
+  it("keeps presence members with any name, __proto__ included", async () => {
+    const named = (sub) => client(server.url, token({ mode: "r", sub, exp: hour() }));
+    const watcher = named("constructor");
+    const odd = named("__proto__");
+    try {
+      const room = watcher.subscribe("odd-room", { presence: true });
+      await next(room, "presence", "the first snapshot");
+      const joined = next(room, "join", "__proto__ to join");
+      await odd.subscribe("odd-room", { presence: true }).ready();
+      await joined;
+      const state = room.presence();
+      assert.deepEqual(Object.entries(state.members).sort(), [["__proto__", 1], ["constructor", 1]]);
+      assert.equal(Object.getPrototypeOf(state.members), Object.prototype, "the prototype is untouched");
+      const left = next(room, "leave", "__proto__ to leave");
+      odd.close();
+      await left;
+      assert.deepEqual(Object.entries(room.presence().members), [["constructor", 1]]);
+    } finally {
+      odd.close();
+      watcher.close();
+    }
+  });
 });
