@@ -335,7 +335,8 @@ impl Presence {
             let frame = snapshot(&inner.table, channel);
             for w in list.iter() {
                 if let Some(o) = w.outbox.upgrade() {
-                    o.push(frame.clone());
+                    // Bounded (MAX_NAMED names), and a catch-up: like the first snapshot.
+                    o.push_replay(std::slice::from_ref(&frame));
                 }
             }
         }
@@ -428,7 +429,7 @@ impl Presence {
                         resync_at = None;
                         self.resend_snapshots();
                     }
-                    if ticks % 4 == 0 {
+                    if ticks.is_multiple_of(4) {
                         send(self.outgoing(true)).await;
                     }
                 }
@@ -564,23 +565,33 @@ mod tests {
             bytes: 1 << 16,
         };
         let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
-        let ma = p.join("chat", &claims(serde_json::json!({"sub":"alice"})), Some((1, &a)));
+        let ma = p.join(
+            "chat",
+            &claims(serde_json::json!({"sub":"alice"})),
+            Some((1, &a)),
+        );
         let snap = frames(&a);
         assert_eq!(
             snap,
-            [serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})]
+            [
+                serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
+            ]
         );
         let mb = p.join("chat", &claims(serde_json::json!({"sub":7})), Some((2, &b)));
         assert_eq!(
             frames(&a),
-            [serde_json::json!({"type":"join","channel":"chat","member":null,"connections":1,"count":2})]
+            [
+                serde_json::json!({"type":"join","channel":"chat","member":null,"connections":1,"count":2})
+            ]
         );
         assert_eq!(frames(&b)[0]["count"], 2);
         drop(ma);
         assert!(frames(&a).is_empty(), "no event of its own leave");
         assert_eq!(
             frames(&b),
-            [serde_json::json!({"type":"leave","channel":"chat","member":"alice","connections":1,"count":1,"reason":"left"})]
+            [
+                serde_json::json!({"type":"leave","channel":"chat","member":"alice","connections":1,"count":1,"reason":"left"})
+            ]
         );
         // Another node's state, then its loss.
         let other = bus::encode_state(
@@ -605,7 +616,9 @@ mod tests {
         p.expire(now + Duration::from_millis(301));
         assert_eq!(
             frames(&b),
-            [serde_json::json!({"type":"leave","channel":"chat","member":"bob","connections":2,"count":1,"reason":"node_lost"})]
+            [
+                serde_json::json!({"type":"leave","channel":"chat","member":"bob","connections":2,"count":1,"reason":"node_lost"})
+            ]
         );
         drop(mb);
         let out = p.outgoing(true);

@@ -73,8 +73,11 @@ pub struct Counts {
 impl Counts {
     /// All connections.
     pub fn total(&self) -> u32 {
-        self.anonymous
-            .saturating_add(self.members.values().fold(0u32, |a, b| a.saturating_add(*b)))
+        self.anonymous.saturating_add(
+            self.members
+                .values()
+                .fold(0u32, |a, b| a.saturating_add(*b)),
+        )
     }
 
     fn get(&self, member: &Member) -> u32 {
@@ -164,9 +167,10 @@ impl Table {
     /// the channel names [`MAX_NAMED`] others already (then anonymous).
     pub fn admit(&self, channel: &str, name: Option<&str>) -> Member {
         let name = name.filter(|n| n.len() <= MAX_NAME && !n.is_empty())?;
-        let full = self.total.get(channel).is_some_and(|c| {
-            c.members.len() >= MAX_NAMED && !c.members.contains_key(name)
-        });
+        let full = self
+            .total
+            .get(channel)
+            .is_some_and(|c| c.members.len() >= MAX_NAMED && !c.members.contains_key(name));
         (!full).then(|| name.into())
     }
 

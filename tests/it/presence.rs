@@ -52,7 +52,10 @@ async fn join(ws: &mut Ws, channel: &str, presence: bool) -> Option<Value> {
         return None;
     }
     let snap = next_json(ws).await;
-    assert_eq!(snap["type"], "presence", "the snapshot follows subscribed: {snap}");
+    assert_eq!(
+        snap["type"], "presence",
+        "the snapshot follows subscribed: {snap}"
+    );
     assert_eq!(snap["channel"], channel);
     assert!(snap.get("position").is_none());
     Some(snap)
@@ -225,7 +228,11 @@ async fn presence_member_type_and_presence_disabled() {
         )
         .await;
         let v = next_json(&mut ws).await;
-        assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("bad_request")), "{v}");
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{v}"
+        );
         assert_eq!(v["id"], "b");
     }
     // Nothing was subscribed by the refusals.
@@ -265,13 +272,19 @@ async fn two_nodes(extra: &[&str]) {
     join(&mut alice, "room", false).await;
     let mut anon = v2(&base(&a), json!({"mode":"r"})).await;
     join(&mut anon, "room", false).await;
-    until(&mut watcher, &mut view, |v| v.named("alice") == 1 && v.anonymous == 1).await;
+    until(&mut watcher, &mut view, |v| {
+        v.named("alice") == 1 && v.anonymous == 1
+    })
+    .await;
     assert_eq!(view.named("watcher"), 1);
     assert_eq!(view.count, 3);
     // A watcher on A sees B's member in its snapshot.
     let mut on_a = v2(&base(&a), json!({"mode":"r","sub":"carol"})).await;
     let mut view_a = View::of(&join(&mut on_a, "room", true).await.unwrap());
-    until(&mut on_a, &mut view_a, |v| v.named("watcher") == 1 && v.count == 4).await;
+    until(&mut on_a, &mut view_a, |v| {
+        v.named("watcher") == 1 && v.count == 4
+    })
+    .await;
     until(&mut watcher, &mut view, |v| v.named("carol") == 1).await;
     // A leave on A is a leave on B.
     send(
@@ -386,7 +399,10 @@ async fn killed_node(extra_server: &[&str], extra_child: &[(&str, &str)]) {
         join(&mut ws, "room", true).await;
         held.push(ws);
     }
-    until(&mut watcher, &mut view, |v| v.named("alice") == 2 && v.anonymous == 1).await;
+    until(&mut watcher, &mut view, |v| {
+        v.named("alice") == 2 && v.anonymous == 1
+    })
+    .await;
     let pid = doomed.id().expect("running").to_string();
     let killed = Instant::now();
     let status = Command::new("kill")
