@@ -207,4 +207,105 @@ describe("pgws-client", () => {
       reader.close();
     }
   });
+  it("follows presence: snapshot, named and anonymous joins and leaves, a new snapshot after a reconnection", async () => {
+    const p = await proxy(server.port);
+    const named = (sub) => client(server.url, token({ mode: "r", sub, exp: hour() }));
+    const watcher = client(p.url, token({ mode: "r", sub: "watcher", exp: hour() }));
+    const others = [];
+    try {
+      const room = watcher.subscribe("room", { presence: true });
+      assert.equal(room.presence(), null, "no state before the snapshot");
+      const first = await next(room, "presence", "the first snapshot");
+      await room.ready();
+      assert.deepEqual(first, room.presence());
+      assert.deepEqual(first.members, { watcher: 1 }, "the watcher sees itself");
+      assert.equal(first.anonymous, 0);
+      assert.equal(first.count, 1);
+      const joins = [];
+      const leaves = [];
+      room.on("join", (j) => joins.push(j));
+      room.on("leave", (l) => leaves.push(l));
+      const states = [];
+      room.on("presence", (s) => states.push(s));
+
+      /** Opens a client that joins the room, and waits until the watcher saw it. */
+      const join = async (c, member) => {
+        others.push(c);
+        const seen = next(room, "join", `${member ?? "anonymous"} to join`, (j) => j.member === member);
+        await c.subscribe("room", { presence: true }).ready();
+        return seen;
+      };
+      const alice1 = named("alice");
+      let j = await join(alice1, "alice");
+      assert.deepEqual([j.type, j.channel, j.connections, j.count], ["join", "room", 1, 2]);
+      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      const alice2 = named("alice");
+      await join(alice2, "alice");
+      assert.deepEqual(room.presence().members, { watcher: 1, alice: 2 });
+      const anon = client(server.url, token({ mode: "r", exp: hour() }));
+      j = await join(anon, null);
+      assert.equal(j.member, null);
+      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 2 }, anonymous: 1, count: 4 });
+
+      // A leave by unsubscribing, and one by closing the socket.
+      let seen = next(room, "leave", "alice's first connection to leave", (l) => l.member === "alice");
+      alice1.subscribe("room").unsubscribe();
+      let l = await seen;
+      assert.deepEqual([l.type, l.connections, l.count, l.reason], ["leave", 1, 3, "left"]);
+      assert.deepEqual(room.presence().members, { watcher: 1, alice: 1 });
+      seen = next(room, "leave", "the anonymous connection to leave", (l) => l.member === null);
+      anon.close();
+      l = await seen;
+      assert.equal(l.reason, "left");
+      const before = room.presence();
+      assert.deepEqual(before, { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      // Every change gave a new object; older ones were never modified.
+      assert.equal(new Set(states).size, states.length);
+      assert.deepEqual(states[0], { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      assert.deepEqual(joins.map((x) => x.member), ["alice", "alice", null]);
+      assert.deepEqual(leaves.map((x) => x.member), ["alice", null]);
+
+      // Cut the watcher; bob joins while it is away: the new snapshot replaces the state.
+      p.up = false;
+      const closed = next(watcher, "close", "the watcher's socket to close");
+      p.cut();
+      await closed;
+      assert.deepEqual(room.presence(), before, "the last known state stays until the snapshot");
+      const bob = named("bob");
+      others.push(bob);
+      await bob.subscribe("room", { presence: true }).ready();
+      const snapshot = next(room, "presence", "the snapshot after the reconnection", (s) => s.members.bob === 1);
+      p.up = true;
+      const after = await snapshot;
+      assert.deepEqual(after, { members: { watcher: 1, alice: 1, bob: 1 }, anonymous: 0, count: 3 });
+      assert.equal(room.presence(), after);
+      assert.ok(watcher.connections >= 2);
+    } finally {
+      for (const c of others) c.close();
+      watcher.close();
+      await p.close();
+    }
+  });
+  it("keeps presence members with any name, __proto__ included", async () => {
+    const named = (sub) => client(server.url, token({ mode: "r", sub, exp: hour() }));
+    const watcher = named("constructor");
+    const odd = named("__proto__");
+    try {
+      const room = watcher.subscribe("odd-room", { presence: true });
+      await next(room, "presence", "the first snapshot");
+      const joined = next(room, "join", "__proto__ to join");
+      await odd.subscribe("odd-room", { presence: true }).ready();
+      await joined;
+      const state = room.presence();
+      assert.deepEqual(Object.entries(state.members).sort(), [["__proto__", 1], ["constructor", 1]]);
+      assert.equal(Object.getPrototypeOf(state.members), Object.prototype, "the prototype is untouched");
+      const left = next(room, "leave", "__proto__ to leave");
+      odd.close();
+      await left;
+      assert.deepEqual(Object.entries(room.presence().members), [["constructor", 1]]);
+    } finally {
+      odd.close();
+      watcher.close();
+    }
+  });
 });
