@@ -802,6 +802,10 @@ function connect() {
     }
     claims = decodeClaims(token);
   }
+  // Positions of channels no longer followed are forgotten (joining one again starts fresh).
+  for (const channel of Array.from(positions.keys())) {
+    if (!channels.includes(channel) && channel !== metaChannel) positions.delete(channel);
+  }
   const secs = signed ? expiresInSeconds() : null;
   const secret = el.secret.value;
   const claimChannels = signed && el.claimChannel.checked;
@@ -1128,18 +1132,23 @@ async function explainFailedHandshake(s) {
       response.ok
         ? "The server accepts this token (" + body + "), but the WebSocket did not open."
         : "The server did not say why (its token check answered HTTP " + response.status + ").",
-      "The server may be full or limiting connections (it answers 429 or 503 then), or a proxy does not pass WebSocket upgrades. The library keeps trying.");
+      "The server may be full or limiting connections (it answers 429 or 503 then), a proxy may not pass WebSocket upgrades, or the server does not speak protocol v2 (pgws.v2). The library keeps trying.");
   }
   if (s.client.state === "reconnecting") connState("reconnecting", "Reconnecting (" + s.lastClose + ")…");
 }
 
 // --------------------------------------------------------------- channels
 
-/** Follows a channel on the session's client: role "chat" (messages list) or "meta". */
-function follow(s, channel, role) {
+/**
+ * Follows a channel on the session's client: role "chat" (messages list, presence asked for)
+ * or "meta" (the Connections list).
+ */
+function follow(s, channel, role, presence = role === "chat") {
   const entry = {
     channel,
     role,
+    wantsPresence: presence,
+    presenceOff: false, // the server has presence turned off (PGWS_PRESENCE=false)
     sub: null,
     state: "pending", // pending | subscribed | refused | left | write-only
     code: null,
@@ -1160,7 +1169,7 @@ function follow(s, channel, role) {
   }
   let sub;
   try {
-    sub = s.client.subscribe(channel, { since: entry.since || undefined, presence: role === "chat" });
+    sub = s.client.subscribe(channel, { since: entry.since || undefined, presence });
   } catch (err) {
     entry.state = "refused";
     entry.code = err.code || "error";
@@ -1237,6 +1246,14 @@ function onGap(s, entry, g) {
 
 function onSubscribeError(s, entry, e) {
   if (s !== session) return;
+  if (e.code === "presence_disabled" && entry.wantsPresence) {
+    // Presence is off on this server: follow the channel without it.
+    s.entries.delete(entry.channel);
+    follow(s, entry.channel, entry.role, false).presenceOff = true;
+    renderChips();
+    renderPresence();
+    return;
+  }
   entry.state = "refused";
   entry.code = e.code;
   entry.presence = null;
@@ -1373,39 +1390,23 @@ function updateSendChannels() {
 
 // --------------------------------------------------------------- presence
 
-/** A presence state ({members: {name: connections}, anonymous, count}) made safe to render. */
+/**
+ * A presence state from the library ({members: {name: connections}, anonymous, count}) as a
+ * Map of members: names are the server's (any text, "__proto__" included), never object keys.
+ */
 function normalizePresence(p) {
   if (!p || typeof p !== "object") return null;
-  const members = {};
-  if (Array.isArray(p.members)) {
-    for (const m of p.members) {
-      const name = m && (m.member ?? m.name);
-      if (typeof name === "string") members[name] = Number(m.connections) || 1;
-    }
-  } else if (p.members && typeof p.members === "object") {
+  const members = new Map();
+  if (p.members && typeof p.members === "object") {
     for (const [name, n] of Object.entries(p.members)) {
-      if (Number(n) > 0) members[name] = Number(n);
+      if (Number(n) > 0) members.set(name, Number(n));
     }
   }
   const anonymous = Number.isFinite(p.anonymous) ? p.anonymous : 0;
-  const named = Object.values(members).reduce((a, b) => a + b, 0);
-  const count = Number.isFinite(p.count) ? p.count : named + anonymous;
+  let count = anonymous;
+  for (const n of members.values()) count += n;
+  if (Number.isFinite(p.count)) count = p.count;
   return { members, anonymous, count };
-}
-
-/** Applies a join/leave frame to a state (when the library keeps none). */
-function applyPresence(state, kind, f) {
-  const p = state ? { members: Object.assign({}, state.members), anonymous: state.anonymous, count: state.count } : { members: {}, anonymous: 0, count: 0 };
-  const n = Number.isFinite(f.connections) ? f.connections : null;
-  if (typeof f.member === "string") {
-    const now = n !== null ? n : (p.members[f.member] || 0) + (kind === "join" ? 1 : -1);
-    if (now > 0) p.members[f.member] = now;
-    else delete p.members[f.member];
-  } else {
-    p.anonymous = Math.max(0, p.anonymous + (kind === "join" ? 1 : -1));
-  }
-  p.count = Number.isFinite(f.count) ? f.count : p.count + (kind === "join" ? 1 : -1);
-  return p;
 }
 
 function onPresence(s, entry, p) {
@@ -1414,10 +1415,9 @@ function onPresence(s, entry, p) {
   renderPresence();
 }
 
+/** A join or leave (the library has applied it: its `presence` event follows): a line in the list. */
 function onPresenceChange(s, entry, kind, f) {
   if (s !== session || !f || typeof f !== "object") return;
-  const state = entry.sub && typeof entry.sub.presence === "function" ? entry.sub.presence() : null;
-  entry.presence = state ? normalizePresence(state) : applyPresence(entry.presence, kind, f);
   const li = h("li", "item presence-event presence-" + kind);
   li.dataset.testid = "presence-event";
   li.dataset.event = kind;
@@ -1427,17 +1427,17 @@ function onPresenceChange(s, entry, kind, f) {
   const who = h("strong", "member-name", typeof f.member === "string" ? f.member : "someone anonymous");
   who.dataset.field = "member";
   head.appendChild(who);
+  const n = Number.isFinite(f.connections) ? f.connections : 1;
   let text = kind === "join" ? "joined" : "left";
-  if (kind === "leave" && f.reason === "node_lost") text = "left (their pgws node stopped)";
-  head.appendChild(h("span", "event " + (kind === "join" ? "event-open" : "event-close"), text));
+  if (kind === "leave" && f.reason === "node_lost") text = "left: their pgws node stopped answering";
+  const ev = h("span", "event " + (kind === "join" ? "event-open" : "event-close"), text);
+  ev.dataset.field = "event";
+  head.appendChild(ev);
   head.appendChild(h("span", "chan", entry.channel));
+  if (n > 1) head.appendChild(h("span", "member-count", n + " connections"));
   head.appendChild(timeElement(new Date(), "At"));
   li.appendChild(head);
-  if (Number.isFinite(f.connections) && typeof f.member === "string" && (kind === "join" ? f.connections > 1 : f.connections > 0)) {
-    li.appendChild(h("div", "claims", plural(f.connections, "connection") + " of " + f.member + " open now"));
-  }
   append(el.presenceEvents, null, li);
-  renderPresence();
 }
 
 /** The panel: who follows each chat channel (members with their connections, anonymous ones). */
@@ -1454,7 +1454,8 @@ function renderPresence() {
     head.appendChild(h("span", "chan", entry.channel));
     const p = entry.presence;
     let summary;
-    if (p) summary = p.count === 1 ? "1 connection" : plural(p.count, "connection");
+    if (p) summary = plural(p.count, "connection");
+    else if (entry.presenceOff) summary = "presence is off on this server";
     else if (entry.state === "refused" || entry.state === "left") summary = "not followed";
     else if (s.done) summary = "not connected";
     else if (entry.state === "subscribed") summary = "no presence from the server";
@@ -1466,9 +1467,9 @@ function renderPresence() {
     sec.appendChild(head);
     if (p) {
       const ul = h("ul", "members");
-      const names = Object.keys(p.members).sort((a, b) => a.localeCompare(b));
+      const names = Array.from(p.members.keys()).sort((a, b) => a.localeCompare(b));
       for (const name of names) {
-        const n = p.members[name];
+        const n = p.members.get(name);
         const li = h("li", "member");
         li.dataset.testid = "member";
         li.dataset.member = name;
