@@ -530,7 +530,7 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
     await see(pageA, member(pageA, "chat", carol, "1"), "carol in tab A's presence panel");
     await see(pageA, presenceLine(pageA, "join", carol), "carol's join line in tab A");
     await see(pageC, member(pageC, "chat", ALICE), "alice in carol's presence panel");
-    await pageC.close();
+    await withTimeout(pageC.close(), UI_MS, "tab C to close");
     const line = await see(pageA, presenceLine(pageA, "leave", carol), "carol's leave line in tab A");
     assert.equal(await line.locator(".event").textContent(), "left");
     await gone(pageA, member(pageA, "chat", carol), "carol in tab A's presence panel");
@@ -747,9 +747,12 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
   });
 
   it("resumes by itself when the network drops: offline, a queued message, then online and caught up", async () => {
-    const cdp = await context.newCDPSession(pageA);
-    await cdp.send("Network.enable");
-    const network = (offline) => cdp.send("Network.emulateNetworkConditions", { offline, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    const cdp = await withTimeout(context.newCDPSession(pageA), UI_MS, "a DevTools session for tab A");
+    await withTimeout(cdp.send("Network.enable"), UI_MS, "Network.enable");
+    // The browser's own offline mode (as DevTools sets it): navigator.onLine and the online/offline events.
+    const network = (offline) => withTimeout(
+      cdp.send("Network.emulateNetworkConditions", { offline, latency: 0, downloadThroughput: -1, uploadThroughput: -1 }),
+      UI_MS, `tab A ${offline ? "offline" : "online"}`);
     const notes = await catchUpNote(pageA).count();
     const connections = Number(await pageA.getAttribute("#status", "data-connections"));
     await network(true);
@@ -777,7 +780,7 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
       assert.equal(await problem(pageA, "lost").count(), 0, "going offline is not a lost connection");
     } finally {
       await network(false).catch(() => {});
-      await cdp.detach().catch(() => {});
+      await withTimeout(cdp.detach(), UI_MS, "detaching DevTools").catch(() => {});
     }
   });
 
