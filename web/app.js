@@ -1459,7 +1459,7 @@ function renderPresence() {
     else if (entry.state === "refused" || entry.state === "left") summary = "not followed";
     else if (s.done) summary = "not connected";
     else if (entry.state === "subscribed") summary = "no presence from the server";
-    else summary = "joining…";
+    else summary = s.client.state === "open" ? "joining…" : "waiting for the connection";
     const count = h("span", "presence-count", summary);
     count.dataset.field = "count";
     if (p) sec.dataset.count = String(p.count);
