@@ -466,3 +466,29 @@ async fn presence_is_sent_again_after_an_outage() {
     );
     s.stop().await.unwrap();
 }
+
+/// The presence metrics count what the nodes said and lost.
+#[tokio::test]
+async fn presence_metrics() {
+    let db = fresh_db().await;
+    let flags = [
+        "--presence-interval",
+        INTERVAL,
+        "--admin-address",
+        "127.0.0.1:0",
+    ];
+    let a = start_on(&db, &flags).await;
+    let b = start_on(&db, &flags).await;
+    let mut watcher = v2(&base(&b), json!({"mode":"r","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    let mut alice = v2(&base(&a), json!({"mode":"r","sub":"alice"})).await;
+    join(&mut alice, "room", false).await;
+    until(&mut watcher, &mut view, |v| v.named("alice") == 1).await;
+    assert_eq!(b.metric("pgws_presence_nodes ").await, 1.0);
+    assert!(b.metric("pgws_presence_received_total").await >= 1.0);
+    assert!(a.metric("pgws_presence_sent_total").await >= 2.0);
+    assert_eq!(b.metric("pgws_presence_nodes_lost_total").await, 0.0);
+    drop(alice);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
