@@ -425,7 +425,8 @@ pub struct Cli {
 
     /// Presence in protocol v2 (who follows each channel, shared by the nodes of one database
     /// through control messages on the bus). False: no presence traffic at all, and a
-    /// `subscribe` asking for presence is answered `presence_disabled`.
+    /// `subscribe` asking for presence is answered `presence_disabled`. True or False (also
+    /// true/false, yes/no, on/off, 1/0, in any case).
     #[arg(long, env = "PGWS_PRESENCE", value_name = "PGWS_PRESENCE", default_value = "True",
           value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub presence: bool,

@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::table::{Channels, Counts, MAX_NAME, Member};
+use super::table::{Channels, MAX_NAME, Member};
 use crate::channel::ChannelName;
 
 /// How every presence control message starts.
@@ -103,7 +103,11 @@ pub fn encode_plain(h: &Header, op: &Op) -> String {
     head(
         &mut out,
         h,
-        if matches!(op, Op::Bye) { "bye" } else { "hello" },
+        if matches!(op, Op::Bye) {
+            "bye"
+        } else {
+            "hello"
+        },
     );
     out.push('}');
     out
@@ -273,7 +277,7 @@ pub fn decode(payload: &str) -> Result<(Header, Op), String> {
                     Some([c, Value::Array(m)]) => (channel_of(c)?, m),
                     _ => return Err("a state entry is [channel, [[member, n], …]]".into()),
                 };
-                let counts = channels.entry(channel).or_insert_with(Counts::default);
+                let counts = channels.entry(channel).or_default();
                 for pair in members {
                     let (member, n) = match pair.as_array().map(Vec::as_slice) {
                         Some([m, n]) => (member_of(m)?, n),
@@ -327,6 +331,7 @@ fn member_of(v: &Value) -> Result<Member, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::table::Counts;
     use super::*;
 
     fn header() -> impl FnMut() -> Header {
@@ -420,8 +425,13 @@ mod tests {
         ] {
             assert!(decode(&format!("{base}{body}")).is_err(), "{body}");
         }
-        let long = format!("{base}\"op\":\"hello\",\"x\":\"{}\"}}", "x".repeat(MAX_READ));
+        let long = format!(
+            "{base}\"op\":\"hello\",\"x\":\"{}\"}}",
+            "x".repeat(MAX_READ)
+        );
         assert!(decode(&long).is_err());
-        assert!(decode(r#"{"pgws_control":"presence","node":"a","ts":1,"i":1,"op":"hello"}"#).is_err());
+        assert!(
+            decode(r#"{"pgws_control":"presence","node":"a","ts":1,"i":1,"op":"hello"}"#).is_err()
+        );
     }
 }

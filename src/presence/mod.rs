@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +45,45 @@ pub struct PresenceSettings {
     pub claim: String,
     /// Between heartbeats.
     pub interval: Duration,
+}
+
+/// Presence metrics (prefix `pgws_presence_`).
+#[derive(Debug, Clone, Default)]
+pub struct PresenceMetrics {
+    /// Other nodes known now.
+    pub nodes: Gauge,
+    /// Nodes dropped for silence (their members left with `node_lost`).
+    pub nodes_lost: Counter,
+    /// Control messages received from other nodes.
+    pub received: Counter,
+    /// Control messages dropped (unreadable, or the inbox was full).
+    pub dropped: Counter,
+    /// Control messages sent.
+    pub sent: Counter,
+}
+
+impl PresenceMetrics {
+    /// Registers every metric.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("presence");
+        r.register("nodes", "Other pgws nodes heard from", self.nodes.clone());
+        r.register(
+            "nodes_lost",
+            "Nodes dropped after 3 silent intervals",
+            self.nodes_lost.clone(),
+        );
+        r.register(
+            "received",
+            "Presence control messages received from other nodes",
+            self.received.clone(),
+        );
+        r.register(
+            "dropped",
+            "Presence control messages dropped (unreadable or inbox full)",
+            self.dropped.clone(),
+        );
+        r.register("sent", "Presence control messages sent", self.sent.clone());
+    }
 }
 
 /// Deltas waiting for the task; more are dropped and the next heartbeat is sent at once.
@@ -89,6 +131,7 @@ pub struct Presence {
     inbox_rx: Mutex<Option<mpsc::Receiver<String>>>,
     counter: AtomicU64,
     seq: AtomicU64,
+    metrics: PresenceMetrics,
 }
 
 /// A v2 subscription's place in its channel's presence; leaving is dropping it.
@@ -112,7 +155,12 @@ fn now_ms() -> u64 {
 impl Presence {
     /// A node's presence; `base` names it in logs (its `PGWS_NODE_ID`, if any), `wal`: the bus
     /// replays the past after restarts.
-    pub fn new(settings: PresenceSettings, base: Option<&str>, wal: bool) -> Arc<Self> {
+    pub fn new(
+        settings: PresenceSettings,
+        base: Option<&str>,
+        wal: bool,
+        metrics: PresenceMetrics,
+    ) -> Arc<Self> {
         let random = crate::stream::position::new_epoch();
         let node = match base {
             Some(b) => format!("{}-{random:016x}", b.chars().take(80).collect::<String>()),
@@ -129,6 +177,7 @@ impl Presence {
             inbox_rx: Mutex::new(Some(rx)),
             counter: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -205,6 +254,7 @@ impl Presence {
     /// full inbox drops it, and the sender's next heartbeat corrects what it said).
     pub fn receive(&self, payload: &str) {
         if self.inbox.try_send(payload.to_string()).is_err() {
+            self.metrics.dropped.inc();
             tracing::warn!("presence: inbox full; a control message is dropped");
         }
     }
@@ -223,6 +273,7 @@ impl Presence {
         let (header, op) = match bus::decode(payload) {
             Ok(m) => m,
             Err(e) => {
+                self.metrics.dropped.inc();
                 tracing::warn!(error = %e, "presence: control message ignored");
                 return;
             }
@@ -230,6 +281,7 @@ impl Presence {
         if header.node == self.node {
             return;
         }
+        self.metrics.received.inc();
         let interval = Duration::from_millis(header.interval_ms);
         if self.drop_stale && header.ts + 3 * header.interval_ms < now_ms() {
             return;
@@ -239,9 +291,10 @@ impl Presence {
         let changes = match op {
             Op::Hello => {
                 tracing::info!(node, "presence: a node said hello");
-                inner.table.touch(node, interval, now);
-                inner.state_now = true;
-                self.wake.notify_one();
+                if inner.table.touch(node, interval, now) {
+                    inner.state_now = true;
+                    self.wake.notify_one();
+                }
                 Vec::new()
             }
             Op::Bye => {
@@ -263,7 +316,9 @@ impl Presence {
                 parts,
                 channels,
             } => {
-                inner.table.touch(node, interval, now);
+                if !inner.table.touch(node, interval, now) {
+                    return;
+                }
                 let a = inner
                     .assembling
                     .entry(node.into())
@@ -302,6 +357,7 @@ impl Presence {
                 }
             }
         };
+        self.metrics.nodes.set(inner.table.nodes() as i64);
         emit(&mut inner, &changes);
     }
 
@@ -311,11 +367,13 @@ impl Presence {
         let (changes, lost) = inner.table.expire(now);
         for node in &lost {
             inner.assembling.remove(node);
+            self.metrics.nodes_lost.inc();
             tracing::warn!(
                 node = %node,
                 "presence: node lost (silent for 3 intervals); its members left"
             );
         }
+        self.metrics.nodes.set(inner.table.nodes() as i64);
         emit(&mut inner, &changes);
     }
 
@@ -335,7 +393,8 @@ impl Presence {
             let frame = snapshot(&inner.table, channel);
             for w in list.iter() {
                 if let Some(o) = w.outbox.upgrade() {
-                    o.push(frame.clone());
+                    // Bounded (MAX_NAMED names), and a catch-up: like the first snapshot.
+                    o.push_replay(std::slice::from_ref(&frame));
                 }
             }
         }
@@ -377,8 +436,10 @@ impl Presence {
         };
         let send = |payloads: Vec<String>| {
             let publisher = publisher.clone();
+            let sent = self.metrics.sent.clone();
             async move {
                 for payload in payloads {
+                    sent.inc();
                     publisher
                         .publish(
                             PUBLISH_KEY,
@@ -428,7 +489,7 @@ impl Presence {
                         resync_at = None;
                         self.resend_snapshots();
                     }
-                    if ticks % 4 == 0 {
+                    if ticks.is_multiple_of(4) {
                         send(self.outgoing(true)).await;
                     }
                 }
@@ -558,29 +619,40 @@ mod tests {
             },
             None,
             false,
+            PresenceMetrics::default(),
         );
         let limits = Limits {
             messages: 64,
             bytes: 1 << 16,
         };
         let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
-        let ma = p.join("chat", &claims(serde_json::json!({"sub":"alice"})), Some((1, &a)));
+        let ma = p.join(
+            "chat",
+            &claims(serde_json::json!({"sub":"alice"})),
+            Some((1, &a)),
+        );
         let snap = frames(&a);
         assert_eq!(
             snap,
-            [serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})]
+            [
+                serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
+            ]
         );
         let mb = p.join("chat", &claims(serde_json::json!({"sub":7})), Some((2, &b)));
         assert_eq!(
             frames(&a),
-            [serde_json::json!({"type":"join","channel":"chat","member":null,"connections":1,"count":2})]
+            [
+                serde_json::json!({"type":"join","channel":"chat","member":null,"connections":1,"count":2})
+            ]
         );
         assert_eq!(frames(&b)[0]["count"], 2);
         drop(ma);
         assert!(frames(&a).is_empty(), "no event of its own leave");
         assert_eq!(
             frames(&b),
-            [serde_json::json!({"type":"leave","channel":"chat","member":"alice","connections":1,"count":1,"reason":"left"})]
+            [
+                serde_json::json!({"type":"leave","channel":"chat","member":"alice","connections":1,"count":1,"reason":"left"})
+            ]
         );
         // Another node's state, then its loss.
         let other = bus::encode_state(
@@ -605,7 +677,9 @@ mod tests {
         p.expire(now + Duration::from_millis(301));
         assert_eq!(
             frames(&b),
-            [serde_json::json!({"type":"leave","channel":"chat","member":"bob","connections":2,"count":1,"reason":"node_lost"})]
+            [
+                serde_json::json!({"type":"leave","channel":"chat","member":"bob","connections":2,"count":1,"reason":"node_lost"})
+            ]
         );
         drop(mb);
         let out = p.outgoing(true);

@@ -73,8 +73,11 @@ pub struct Counts {
 impl Counts {
     /// All connections.
     pub fn total(&self) -> u32 {
-        self.anonymous
-            .saturating_add(self.members.values().fold(0u32, |a, b| a.saturating_add(*b)))
+        self.anonymous.saturating_add(
+            self.members
+                .values()
+                .fold(0u32, |a, b| a.saturating_add(*b)),
+        )
     }
 
     fn get(&self, member: &Member) -> u32 {
@@ -164,9 +167,10 @@ impl Table {
     /// the channel names [`MAX_NAMED`] others already (then anonymous).
     pub fn admit(&self, channel: &str, name: Option<&str>) -> Member {
         let name = name.filter(|n| n.len() <= MAX_NAME && !n.is_empty())?;
-        let full = self.total.get(channel).is_some_and(|c| {
-            c.members.len() >= MAX_NAMED && !c.members.contains_key(name)
-        });
+        let full = self
+            .total
+            .get(channel)
+            .is_some_and(|c| c.members.len() >= MAX_NAMED && !c.members.contains_key(name));
         (!full).then(|| name.into())
     }
 
@@ -284,9 +288,14 @@ impl Table {
         changes
     }
 
-    /// A node was heard from (any message).
-    pub fn touch(&mut self, node: &str, interval: Duration, now: Instant) {
-        self.ensure(node, interval, now);
+    /// A node was heard from (any message); `false` when it cannot be held (too many nodes).
+    pub fn touch(&mut self, node: &str, interval: Duration, now: Instant) -> bool {
+        self.ensure(node, interval, now)
+    }
+
+    /// Other nodes known now.
+    pub fn nodes(&self) -> usize {
+        self.remote.len()
     }
 
     /// Treats every node as heard from now (after this node's own outage, when nothing could be

@@ -181,9 +181,8 @@ impl Session {
                 since,
                 presence,
             } => {
-                if let Err((code, message)) = self
-                    .subscribe(client, &id, &channel, since, presence)
-                    .await
+                if let Err((code, message)) =
+                    self.subscribe(client, &id, &channel, since, presence).await
                 {
                     client.outbox().push(wire::error(&id, code, &message));
                 }

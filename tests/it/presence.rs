@@ -52,7 +52,10 @@ async fn join(ws: &mut Ws, channel: &str, presence: bool) -> Option<Value> {
         return None;
     }
     let snap = next_json(ws).await;
-    assert_eq!(snap["type"], "presence", "the snapshot follows subscribed: {snap}");
+    assert_eq!(
+        snap["type"], "presence",
+        "the snapshot follows subscribed: {snap}"
+    );
     assert_eq!(snap["channel"], channel);
     assert!(snap.get("position").is_none());
     Some(snap)
@@ -225,7 +228,11 @@ async fn presence_member_type_and_presence_disabled() {
         )
         .await;
         let v = next_json(&mut ws).await;
-        assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("bad_request")), "{v}");
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{v}"
+        );
         assert_eq!(v["id"], "b");
     }
     // Nothing was subscribed by the refusals.
@@ -265,13 +272,19 @@ async fn two_nodes(extra: &[&str]) {
     join(&mut alice, "room", false).await;
     let mut anon = v2(&base(&a), json!({"mode":"r"})).await;
     join(&mut anon, "room", false).await;
-    until(&mut watcher, &mut view, |v| v.named("alice") == 1 && v.anonymous == 1).await;
+    until(&mut watcher, &mut view, |v| {
+        v.named("alice") == 1 && v.anonymous == 1
+    })
+    .await;
     assert_eq!(view.named("watcher"), 1);
     assert_eq!(view.count, 3);
     // A watcher on A sees B's member in its snapshot.
     let mut on_a = v2(&base(&a), json!({"mode":"r","sub":"carol"})).await;
     let mut view_a = View::of(&join(&mut on_a, "room", true).await.unwrap());
-    until(&mut on_a, &mut view_a, |v| v.named("watcher") == 1 && v.count == 4).await;
+    until(&mut on_a, &mut view_a, |v| {
+        v.named("watcher") == 1 && v.count == 4
+    })
+    .await;
     until(&mut watcher, &mut view, |v| v.named("carol") == 1).await;
     // A leave on A is a leave on B.
     send(
@@ -386,7 +399,10 @@ async fn killed_node(extra_server: &[&str], extra_child: &[(&str, &str)]) {
         join(&mut ws, "room", true).await;
         held.push(ws);
     }
-    until(&mut watcher, &mut view, |v| v.named("alice") == 2 && v.anonymous == 1).await;
+    until(&mut watcher, &mut view, |v| {
+        v.named("alice") == 2 && v.anonymous == 1
+    })
+    .await;
     let pid = doomed.id().expect("running").to_string();
     let killed = Instant::now();
     let status = Command::new("kill")
@@ -448,5 +464,97 @@ async fn presence_is_sent_again_after_an_outage() {
         snap,
         json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
     );
+    s.stop().await.unwrap();
+}
+
+/// The presence metrics count what the nodes said and lost.
+#[tokio::test]
+async fn presence_metrics() {
+    let db = fresh_db().await;
+    let flags = [
+        "--presence-interval",
+        INTERVAL,
+        "--admin-address",
+        "127.0.0.1:0",
+    ];
+    let a = start_on(&db, &flags).await;
+    let b = start_on(&db, &flags).await;
+    let mut watcher = v2(&base(&b), json!({"mode":"r","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    let mut alice = v2(&base(&a), json!({"mode":"r","sub":"alice"})).await;
+    join(&mut alice, "room", false).await;
+    until(&mut watcher, &mut view, |v| v.named("alice") == 1).await;
+    assert_eq!(b.metric("pgws_presence_nodes ").await, 1.0);
+    assert!(b.metric("pgws_presence_received_total").await >= 1.0);
+    assert!(a.metric("pgws_presence_sent_total").await >= 2.0);
+    assert_eq!(b.metric("pgws_presence_nodes_lost_total").await, 0.0);
+    drop(alice);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// What another node says on the bus (here: written by hand with `pg_notify`): its state is
+/// authoritative (a member missing from it leaves), deltas move counts, its silence drops it,
+/// and no control message ever reaches a client, compat or v2.
+#[tokio::test]
+async fn a_nodes_heartbeat_is_authoritative_and_control_messages_are_never_delivered() {
+    let db_uri = fresh_db().await;
+    let s = start_on(&db_uri, &["--presence-interval", INTERVAL]).await;
+    let db = pg(&db_uri).await;
+    // A compat socket on the listen channel's own name: where an unrouted control message
+    // would go.
+    let mut compat = connect(&s.url(&format!("/{LISTEN}/{}", token(json!({"mode":"r"}))))).await;
+    let mut watcher = v2(&base(&s), json!({"mode":"r","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    let say = |op: String| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        format!(
+            r#"{{"pgws_control":"presence","node":"forged","n":1,"ts":{ts},"i":{INTERVAL},{op}}}"#
+        )
+    };
+    let state = say(
+        r#""op":"state","seq":1,"part":0,"parts":1,"s":[["room",[["x",2],["y",1],[null,1]]]]"#
+            .into(),
+    );
+    notify(&db, LISTEN, &state).await;
+    until(&mut watcher, &mut view, |v| v.count == 5).await;
+    assert_eq!(
+        (view.named("x"), view.named("y"), view.anonymous),
+        (2, 1, 1)
+    );
+    notify(
+        &db,
+        LISTEN,
+        &say(r#""op":"delta","d":[["room","z",1]]"#.into()),
+    )
+    .await;
+    until(&mut watcher, &mut view, |v| v.named("z") == 1).await;
+    // The next state does not name y nor z: they leave (reason left), x's count follows it.
+    let state =
+        say(r#""op":"state","seq":2,"part":0,"parts":1,"s":[["room",[["x",1],[null,1]]]]"#.into());
+    notify(&db, LISTEN, &state).await;
+    let seen = until(&mut watcher, &mut view, |v| v.count == 3).await;
+    assert!(
+        seen.iter()
+            .all(|e| e["type"] == "leave" && e["reason"] == "left"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        (view.named("x"), view.named("y"), view.named("z")),
+        (1, 0, 0)
+    );
+    // Garbage with the prefix is dropped too, and does not disturb anything.
+    notify(&db, LISTEN, r#"{"pgws_control":"presence","node":7}"#).await;
+    // Silence: the forged node is lost, its members leave with node_lost.
+    let seen = until(&mut watcher, &mut view, |v| v.count == 1).await;
+    assert!(seen.iter().all(|e| e["reason"] == "node_lost"), "{seen:?}");
+    // An ordinary message on the listen channel still reaches the compat socket, and is the
+    // first thing it receives.
+    notify(&db, LISTEN, "plain").await;
+    assert_eq!(next_text(&mut compat).await, "plain");
+    quiet(&mut watcher).await;
     s.stop().await.unwrap();
 }
