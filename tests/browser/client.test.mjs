@@ -41,6 +41,14 @@ const PAGE = `<!doctype html>
 import { PgwsClient, PgwsError } from "./pgws-client.js";
 const clients = new Map();
 const later = new Map();
+/** Every wait in the page has a time-out (the test's own waits are bounded too). */
+const within = (promise, what) => {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error("timed out in the page: " + what)), ${WAIT_MS});
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+};
 window.T = {
   /** Opens a client; token: a string, or {kind} to ask window.issueToken(kind) each time. */
   open(name, url, tok, opts = {}) {
@@ -62,28 +70,29 @@ window.T = {
     sub.on("message", (m) => got.numbers.push(Number(m.json().payload)));
     sub.on("gap", (g) => got.gaps.push({ reason: g.reason, message: g.message }));
     sub.on("subscribed", () => (got.subscribed += 1));
-    await sub.ready();
+    await within(sub.ready(), "the subscription to " + channel);
   },
   /** Publishes from..to-1 one after the other, each awaiting its ack; returns the acks' channels. */
   async publishRange(name, channel, from, to) {
     const { c } = clients.get(name);
     const acks = [];
-    for (let n = from; n < to; n++) acks.push((await c.publish(channel, String(n))).channel);
+    for (let n = from; n < to; n++) acks.push((await within(c.publish(channel, String(n)), "an ack")).channel);
     return acks;
   },
   /** Publishes all at once and awaits every ack (in the order they settle). */
   async publishBurst(name, channel, from, to) {
     const { c } = clients.get(name);
     const order = [];
-    await Promise.all(
-      Array.from({ length: to - from }, (_, i) => c.publish(channel, String(from + i)).then(() => order.push(from + i))),
+    await within(
+      Promise.all(Array.from({ length: to - from }, (_, i) => c.publish(channel, String(from + i)).then(() => order.push(from + i)))),
+      "the acks of a burst",
     );
     return order;
   },
   /** One publish: {ack} or {nack: code, isPgwsError}. */
   async publishOne(name, channel, data) {
     try {
-      return { ack: await clients.get(name).c.publish(channel, data) };
+      return { ack: await within(clients.get(name).c.publish(channel, data), "an answer to a publish") };
     } catch (e) {
       return { nack: e.code, isPgwsError: e instanceof PgwsError };
     }
@@ -94,12 +103,12 @@ window.T = {
     later.set(key, p.then((ack) => ({ ack }), (e) => ({ nack: e.code })));
   },
   settled(key) {
-    return later.get(key);
+    return within(later.get(key), "the answer to " + key);
   },
   /** A subscription's confirmation error code (refused subscribe), or null. */
   async subscribeError(name, channel) {
     try {
-      await clients.get(name).c.subscribe(channel).ready();
+      await within(clients.get(name).c.subscribe(channel).ready(), "the answer to a subscription");
       return null;
     } catch (e) {
       return e.code;
@@ -117,7 +126,7 @@ window.T = {
     });
     sub.on("join", (j) => got.joins.push({ member: j.member, connections: j.connections, count: j.count }));
     sub.on("leave", (l) => got.leaves.push({ member: l.member, connections: l.connections, count: l.count, reason: l.reason }));
-    await sub.ready();
+    await within(sub.ready(), "the subscription to " + channel);
   },
   info(name) {
     const { c, rec } = clients.get(name);
