@@ -309,4 +309,23 @@ describe("pgws-client", () => {
       watcher.close();
     }
   });
+  it("a server with presence off refuses a presence subscription with presence_disabled", async () => {
+    const off = await startServer(0, "client-test-presence-off", { PGWS_PRESENCE: "false" });
+    const c = client(off.url, readerToken);
+    try {
+      const room = c.subscribe("room", { presence: true });
+      const errors = [];
+      room.on("error", (e) => errors.push(e.code));
+      await assert.rejects(ready(room), (e) => e instanceof PgwsError && e.code === "presence_disabled");
+      assert.deepEqual(errors, ["presence_disabled"]);
+      assert.equal(room.state, "closed");
+      assert.equal(room.presence(), null);
+      const plain = c.subscribe("room");
+      assert.notEqual(plain, room, "a refused subscription is forgotten: subscribing again makes a new one");
+      await ready(plain);
+    } finally {
+      c.close();
+      await off.stop();
+    }
+  });
 });
