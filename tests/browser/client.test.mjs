@@ -13,7 +13,8 @@
 //   - presence: another tab joins and leaves, and a new snapshot after offline/online replaces
 //     the state (needs the server side of presence);
 //   - the server restarted on the same port (NOTIFY mode): an `other_epoch` gap is surfaced, the
-//     publish queued while it was down is acknowledged, nothing before or after is lost.
+//     publish queued while it was down is acknowledged, nothing before or after is lost, and the
+//     new server's presence snapshot replaces the state.
 //
 //   cd tests/browser && npm ci && npm test      (PGWS_BIN: the pgws binary; CHROMIUM_PATH)
 
@@ -420,12 +421,19 @@ describe("pgws-client in Chromium", () => {
       const { page } = reader;
       await page.evaluate(([url, tok]) => window.T.open("r", url, tok), [server.url, token({ mode: "r", sub: "reader", exp: hour() })]);
       await page.evaluate(() => window.T.subscribe("r", "b-restart"));
+      // Presence too: a "ghost" in the writer's page is in the room, and is closed for good while
+      // the server is down, so only the new server's snapshot can tell the reader it is gone.
+      await page.evaluate(() => window.T.watch("r", "b-restart-room"));
+      await writer.page.evaluate(([url, tok]) => window.T.open("ghost", url, tok), [server.url, token({ mode: "r", sub: "ghost", exp: hour() })]);
+      await writer.page.evaluate(() => window.T.watch("ghost", "b-restart-room"));
+      await until(page, "r", (i) => i.subs["b-restart-room"].now.members.ghost === 1, "the ghost in the reader's presence");
       await publish(0, 5, "b-restart");
       await receive(page, "r", "b-restart", 5, "before the restart");
       const port = server.port;
       await server.stop();
       await until(page, "r", (i) => i.closes.length >= 1 && i.state !== "open", "the reader to see the server go");
       await until(writer.page, "w", (i) => i.state !== "open", "the writer to see the server go");
+      await writer.page.evaluate(() => window.T.close("ghost"));
       // Made while the server is down: waits in the client for the connection. (Another channel:
       // it may reach the new server before the reader resubscribed, when the window of the
       // channel may not exist yet.)
@@ -434,6 +442,16 @@ describe("pgws-client in Chromium", () => {
       const queued = await writer.page.evaluate(() => window.T.settled("queued"));
       assert.equal(queued.ack?.channel, "b-restart-queue", `the queued publish is acknowledged (${JSON.stringify(queued)})`);
       await until(page, "r", (i) => i.subs["b-restart"].subscribed === 2, "the resubscription");
+      // The snapshot follows `subscribed` at once; the state must become exactly the new one.
+      await until(
+        page,
+        "r",
+        (i) => {
+          const room = i.subs["b-restart-room"];
+          return room.subscribed === 2 && JSON.stringify(room.now) === JSON.stringify({ members: { reader: 1 }, anonymous: 0, count: 1 });
+        },
+        "the new server's snapshot to replace the presence state (no ghost)",
+      );
       await publish(5, 10, "b-restart");
       await receive(page, "r", "b-restart", 10, "after the restart");
       const i = await info(page, "r");
