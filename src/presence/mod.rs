@@ -9,9 +9,10 @@
 //! How nodes share it (docs/ARCHITECTURE.md, "Presence"): each node sends its own changes as
 //! deltas as they happen, and its whole state every `PGWS_PRESENCE_INTERVAL` (a heartbeat,
 //! authoritative for that node: it corrects any delta lost). A node silent for 3 of its
-//! intervals is dropped: its members leave with `node_lost`. A starting (or reconnected) node
-//! says `hello`, and every other node answers with its state at once. A node that stops
-//! cleanly says `bye` (its members leave with `left`).
+//! intervals is dropped: its members leave with `node_lost`. Only a node with members talks:
+//! its first member (and its source's return after an outage) makes it say `hello`, and every
+//! node with members answers with its state at once; when its last member leaves, or it stops
+//! cleanly, it says `bye` (what the others still held of it leaves with `left`).
 //!
 //! Cost: the work is per join and leave (and per heartbeat), never per message: the source pays
 //! one prefix comparison per message ([`bus::is_control`]), and sockets that do not watch
@@ -132,6 +133,15 @@ pub struct Presence {
     counter: AtomicU64,
     seq: AtomicU64,
     metrics: PresenceMetrics,
+}
+
+/// What this node told the others (the task's state).
+#[derive(Debug, Default)]
+struct Talk {
+    /// It said `hello` since it started (or since its source came back).
+    greeted: bool,
+    /// The others may hold members of it (it sent deltas or a state, and no `bye` since).
+    announced: bool,
 }
 
 /// A v2 subscription's place in its channel's presence; leaving is dropping it.
@@ -291,7 +301,7 @@ impl Presence {
         let changes = match op {
             Op::Hello => {
                 tracing::info!(node, "presence: a node said hello");
-                if inner.table.touch(node, interval, now) {
+                if inner.table.touch(node, interval, now) && !inner.table.local().is_empty() {
                     inner.state_now = true;
                     self.wake.notify_one();
                 }
@@ -401,25 +411,41 @@ impl Presence {
         inner.watchers.retain(|_, l| !l.is_empty());
     }
 
-    /// What to send now: the deltas queued, and (when `state` or asked for) the full state,
-    /// taken together so that the state includes exactly the deltas sent before it.
-    fn outgoing(&self, state: bool) -> Vec<String> {
+    /// What to send now: the deltas queued, and (on a heartbeat, or when asked for) the full
+    /// state, taken together so that the state includes exactly the deltas sent before it.
+    ///
+    /// Only a node with members of its own talks: the first time it has one (and again after an
+    /// outage) it says `hello` first; once it has none left it says `bye` after its last deltas
+    /// and falls silent. So a node without v2 presence members puts nothing on the bus.
+    fn outgoing(&self, heartbeat: bool, talk: &mut Talk) -> Vec<String> {
         let mut inner = self.lock();
+        let active = !inner.table.local().is_empty();
         let deltas = coalesce(std::mem::take(&mut inner.pending));
-        let state = state || std::mem::take(&mut inner.state_now);
-        let mut out = bus::encode_deltas(&deltas, || self.header());
-        if state {
+        let asked = std::mem::take(&mut inner.state_now);
+        let mut out = Vec::new();
+        if active && !talk.greeted {
+            talk.greeted = true;
+            out.push(bus::encode_plain(&self.header(), &Op::Hello));
+        }
+        out.extend(bus::encode_deltas(&deltas, || self.header()));
+        if active && (heartbeat || asked || !talk.announced) {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             out.extend(bus::encode_state(inner.table.local(), seq, || {
                 self.header()
             }));
         }
+        if active {
+            talk.announced = true;
+        } else if talk.announced {
+            talk.announced = false;
+            out.push(bus::encode_plain(&self.header(), &Op::Bye));
+        }
         out
     }
 
-    /// Talks to the bus until `stop`: says hello once the source receives, sends deltas as they
-    /// come and the state every interval, reads what other nodes say, drops silent nodes, and
-    /// says goodbye at the end.
+    /// Talks to the bus until `stop` (once the source receives, and while this node has
+    /// members: [`Presence::outgoing`]): deltas as they come and the state every interval; reads
+    /// what other nodes say, drops silent nodes, and says goodbye at the end.
     pub async fn run(
         self: Arc<Self>,
         publisher: Publisher,
@@ -455,7 +481,8 @@ impl Presence {
                 }
             }
         };
-        // Nothing is heard before the source receives: hello then, so the answers arrive.
+        // Nothing is heard before the source receives: talk from then on, so that answers to
+        // `hello` arrive.
         let up = |s: &SourceStatus| match s {
             SourceStatus::Listening { generation } => Some(*generation),
             _ => None,
@@ -467,9 +494,8 @@ impl Presence {
                 Err(_) => return,
             },
         };
-        tracing::info!(node = %self.node, "presence: hello");
-        send(vec![bus::encode_plain(&self.header(), &Op::Hello)]).await;
-        send(self.outgoing(true)).await;
+        let mut talk = Talk::default();
+        send(self.outgoing(false, &mut talk)).await;
         let quarter = (self.settings.interval / 4).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(quarter);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -490,10 +516,10 @@ impl Presence {
                         self.resend_snapshots();
                     }
                     if ticks.is_multiple_of(4) {
-                        send(self.outgoing(true)).await;
+                        send(self.outgoing(true, &mut talk)).await;
                     }
                 }
-                _ = self.wake.notified() => send(self.outgoing(false)).await,
+                _ = self.wake.notified() => send(self.outgoing(false, &mut talk)).await,
                 Some(payload) = inbox.recv() => {
                     let now = Instant::now();
                     self.apply(&payload, now);
@@ -516,14 +542,16 @@ impl Presence {
                         // once they had an interval to answer.
                         tracing::info!(node = %self.node, "presence: source back; asking the others again");
                         self.touch_all(Instant::now());
-                        send(vec![bus::encode_plain(&self.header(), &Op::Hello)]).await;
-                        send(self.outgoing(true)).await;
+                        talk.greeted = false;
+                        send(self.outgoing(true, &mut talk)).await;
                         resync_at = Some(tokio::time::Instant::now() + self.settings.interval);
                     }
                 }
             }
         }
-        send(vec![bus::encode_plain(&self.header(), &Op::Bye)]).await;
+        if talk.announced {
+            send(vec![bus::encode_plain(&self.header(), &Op::Bye)]).await;
+        }
     }
 }
 
@@ -682,9 +710,27 @@ mod tests {
             ]
         );
         drop(mb);
-        let out = p.outgoing(true);
-        // The deltas cancelled out (alice +1 -1, anonymous +1 -1): only the (empty) state.
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].contains("\"op\":\"state\""));
+        let mut talk = Talk::default();
+        // The deltas cancelled out (alice +1 -1, anonymous +1 -1) and nobody is here: a node
+        // without members says nothing.
+        assert!(p.outgoing(true, &mut talk).is_empty());
+        let mc = p.join("chat", &claims(serde_json::json!({"sub":"carol"})), None);
+        let out = p.outgoing(false, &mut talk);
+        let ops: Vec<_> = out
+            .iter()
+            .map(|m| bus::decode(m).unwrap().1)
+            .map(|op| match op {
+                Op::Hello => "hello",
+                Op::Bye => "bye",
+                Op::Delta(_) => "delta",
+                Op::State { .. } => "state",
+            })
+            .collect();
+        assert_eq!(ops, ["hello", "delta", "state"]);
+        assert_eq!(p.outgoing(false, &mut talk), Vec::<String>::new());
+        drop(mc);
+        let out = p.outgoing(false, &mut talk);
+        assert_eq!(out.len(), 2);
+        assert!(out[1].contains("\"op\":\"bye\""));
     }
 }
