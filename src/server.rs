@@ -198,6 +198,7 @@ impl Server {
                 settings,
                 config.node_id.as_deref(),
                 config.source == SourceKind::Wal,
+                metrics.presence.clone(),
             )
         });
         let presence_task = presence.clone().map(|p| {

@@ -9,9 +9,10 @@
 //! How nodes share it (docs/ARCHITECTURE.md, "Presence"): each node sends its own changes as
 //! deltas as they happen, and its whole state every `PGWS_PRESENCE_INTERVAL` (a heartbeat,
 //! authoritative for that node: it corrects any delta lost). A node silent for 3 of its
-//! intervals is dropped: its members leave with `node_lost`. A starting (or reconnected) node
-//! says `hello`, and every other node answers with its state at once. A node that stops
-//! cleanly says `bye` (its members leave with `left`).
+//! intervals is dropped: its members leave with `node_lost`. Only a node with members talks:
+//! its first member (and its source's return after an outage) makes it say `hello`, and every
+//! node with members answers with its state at once; when its last member leaves, or it stops
+//! cleanly, it says `bye` (what the others still held of it leaves with `left`).
 //!
 //! Cost: the work is per join and leave (and per heartbeat), never per message: the source pays
 //! one prefix comparison per message ([`bus::is_control`]), and sockets that do not watch
@@ -25,6 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +46,45 @@ pub struct PresenceSettings {
     pub claim: String,
     /// Between heartbeats.
     pub interval: Duration,
+}
+
+/// Presence metrics (prefix `pgws_presence_`).
+#[derive(Debug, Clone, Default)]
+pub struct PresenceMetrics {
+    /// Other nodes known now.
+    pub nodes: Gauge,
+    /// Nodes dropped for silence (their members left with `node_lost`).
+    pub nodes_lost: Counter,
+    /// Control messages received from other nodes.
+    pub received: Counter,
+    /// Control messages dropped (unreadable, or the inbox was full).
+    pub dropped: Counter,
+    /// Control messages sent.
+    pub sent: Counter,
+}
+
+impl PresenceMetrics {
+    /// Registers every metric.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("presence");
+        r.register("nodes", "Other pgws nodes heard from", self.nodes.clone());
+        r.register(
+            "nodes_lost",
+            "Nodes dropped after 3 silent intervals",
+            self.nodes_lost.clone(),
+        );
+        r.register(
+            "received",
+            "Presence control messages received from other nodes",
+            self.received.clone(),
+        );
+        r.register(
+            "dropped",
+            "Presence control messages dropped (unreadable or inbox full)",
+            self.dropped.clone(),
+        );
+        r.register("sent", "Presence control messages sent", self.sent.clone());
+    }
 }
 
 /// Deltas waiting for the task; more are dropped and the next heartbeat is sent at once.
@@ -89,6 +132,16 @@ pub struct Presence {
     inbox_rx: Mutex<Option<mpsc::Receiver<String>>>,
     counter: AtomicU64,
     seq: AtomicU64,
+    metrics: PresenceMetrics,
+}
+
+/// What this node told the others (the task's state).
+#[derive(Debug, Default)]
+struct Talk {
+    /// It said `hello` since it started (or since its source came back).
+    greeted: bool,
+    /// The others may hold members of it (it sent deltas or a state, and no `bye` since).
+    announced: bool,
 }
 
 /// A v2 subscription's place in its channel's presence; leaving is dropping it.
@@ -112,7 +165,12 @@ fn now_ms() -> u64 {
 impl Presence {
     /// A node's presence; `base` names it in logs (its `PGWS_NODE_ID`, if any), `wal`: the bus
     /// replays the past after restarts.
-    pub fn new(settings: PresenceSettings, base: Option<&str>, wal: bool) -> Arc<Self> {
+    pub fn new(
+        settings: PresenceSettings,
+        base: Option<&str>,
+        wal: bool,
+        metrics: PresenceMetrics,
+    ) -> Arc<Self> {
         let random = crate::stream::position::new_epoch();
         let node = match base {
             Some(b) => format!("{}-{random:016x}", b.chars().take(80).collect::<String>()),
@@ -129,6 +187,7 @@ impl Presence {
             inbox_rx: Mutex::new(Some(rx)),
             counter: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -205,6 +264,7 @@ impl Presence {
     /// full inbox drops it, and the sender's next heartbeat corrects what it said).
     pub fn receive(&self, payload: &str) {
         if self.inbox.try_send(payload.to_string()).is_err() {
+            self.metrics.dropped.inc();
             tracing::warn!("presence: inbox full; a control message is dropped");
         }
     }
@@ -223,6 +283,7 @@ impl Presence {
         let (header, op) = match bus::decode(payload) {
             Ok(m) => m,
             Err(e) => {
+                self.metrics.dropped.inc();
                 tracing::warn!(error = %e, "presence: control message ignored");
                 return;
             }
@@ -230,6 +291,7 @@ impl Presence {
         if header.node == self.node {
             return;
         }
+        self.metrics.received.inc();
         let interval = Duration::from_millis(header.interval_ms);
         if self.drop_stale && header.ts + 3 * header.interval_ms < now_ms() {
             return;
@@ -239,9 +301,10 @@ impl Presence {
         let changes = match op {
             Op::Hello => {
                 tracing::info!(node, "presence: a node said hello");
-                inner.table.touch(node, interval, now);
-                inner.state_now = true;
-                self.wake.notify_one();
+                if inner.table.touch(node, interval, now) && !inner.table.local().is_empty() {
+                    inner.state_now = true;
+                    self.wake.notify_one();
+                }
                 Vec::new()
             }
             Op::Bye => {
@@ -263,7 +326,9 @@ impl Presence {
                 parts,
                 channels,
             } => {
-                inner.table.touch(node, interval, now);
+                if !inner.table.touch(node, interval, now) {
+                    return;
+                }
                 let a = inner
                     .assembling
                     .entry(node.into())
@@ -302,6 +367,7 @@ impl Presence {
                 }
             }
         };
+        self.metrics.nodes.set(inner.table.nodes() as i64);
         emit(&mut inner, &changes);
     }
 
@@ -311,11 +377,13 @@ impl Presence {
         let (changes, lost) = inner.table.expire(now);
         for node in &lost {
             inner.assembling.remove(node);
+            self.metrics.nodes_lost.inc();
             tracing::warn!(
                 node = %node,
                 "presence: node lost (silent for 3 intervals); its members left"
             );
         }
+        self.metrics.nodes.set(inner.table.nodes() as i64);
         emit(&mut inner, &changes);
     }
 
@@ -343,25 +411,41 @@ impl Presence {
         inner.watchers.retain(|_, l| !l.is_empty());
     }
 
-    /// What to send now: the deltas queued, and (when `state` or asked for) the full state,
-    /// taken together so that the state includes exactly the deltas sent before it.
-    fn outgoing(&self, state: bool) -> Vec<String> {
+    /// What to send now: the deltas queued, and (on a heartbeat, or when asked for) the full
+    /// state, taken together so that the state includes exactly the deltas sent before it.
+    ///
+    /// Only a node with members of its own talks: the first time it has one (and again after an
+    /// outage) it says `hello` first; once it has none left it says `bye` after its last deltas
+    /// and falls silent. So a node without v2 presence members puts nothing on the bus.
+    fn outgoing(&self, heartbeat: bool, talk: &mut Talk) -> Vec<String> {
         let mut inner = self.lock();
+        let active = !inner.table.local().is_empty();
         let deltas = coalesce(std::mem::take(&mut inner.pending));
-        let state = state || std::mem::take(&mut inner.state_now);
-        let mut out = bus::encode_deltas(&deltas, || self.header());
-        if state {
+        let asked = std::mem::take(&mut inner.state_now);
+        let mut out = Vec::new();
+        if active && !talk.greeted {
+            talk.greeted = true;
+            out.push(bus::encode_plain(&self.header(), &Op::Hello));
+        }
+        out.extend(bus::encode_deltas(&deltas, || self.header()));
+        if active && (heartbeat || asked || !talk.announced) {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             out.extend(bus::encode_state(inner.table.local(), seq, || {
                 self.header()
             }));
         }
+        if active {
+            talk.announced = true;
+        } else if talk.announced {
+            talk.announced = false;
+            out.push(bus::encode_plain(&self.header(), &Op::Bye));
+        }
         out
     }
 
-    /// Talks to the bus until `stop`: says hello once the source receives, sends deltas as they
-    /// come and the state every interval, reads what other nodes say, drops silent nodes, and
-    /// says goodbye at the end.
+    /// Talks to the bus until `stop` (once the source receives, and while this node has
+    /// members: [`Presence::outgoing`]): deltas as they come and the state every interval; reads
+    /// what other nodes say, drops silent nodes, and says goodbye at the end.
     pub async fn run(
         self: Arc<Self>,
         publisher: Publisher,
@@ -378,8 +462,10 @@ impl Presence {
         };
         let send = |payloads: Vec<String>| {
             let publisher = publisher.clone();
+            let sent = self.metrics.sent.clone();
             async move {
                 for payload in payloads {
+                    sent.inc();
                     publisher
                         .publish(
                             PUBLISH_KEY,
@@ -395,7 +481,8 @@ impl Presence {
                 }
             }
         };
-        // Nothing is heard before the source receives: hello then, so the answers arrive.
+        // Nothing is heard before the source receives: talk from then on, so that answers to
+        // `hello` arrive.
         let up = |s: &SourceStatus| match s {
             SourceStatus::Listening { generation } => Some(*generation),
             _ => None,
@@ -407,9 +494,8 @@ impl Presence {
                 Err(_) => return,
             },
         };
-        tracing::info!(node = %self.node, "presence: hello");
-        send(vec![bus::encode_plain(&self.header(), &Op::Hello)]).await;
-        send(self.outgoing(true)).await;
+        let mut talk = Talk::default();
+        send(self.outgoing(false, &mut talk)).await;
         let quarter = (self.settings.interval / 4).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(quarter);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -430,10 +516,10 @@ impl Presence {
                         self.resend_snapshots();
                     }
                     if ticks.is_multiple_of(4) {
-                        send(self.outgoing(true)).await;
+                        send(self.outgoing(true, &mut talk)).await;
                     }
                 }
-                _ = self.wake.notified() => send(self.outgoing(false)).await,
+                _ = self.wake.notified() => send(self.outgoing(false, &mut talk)).await,
                 Some(payload) = inbox.recv() => {
                     let now = Instant::now();
                     self.apply(&payload, now);
@@ -456,14 +542,16 @@ impl Presence {
                         // once they had an interval to answer.
                         tracing::info!(node = %self.node, "presence: source back; asking the others again");
                         self.touch_all(Instant::now());
-                        send(vec![bus::encode_plain(&self.header(), &Op::Hello)]).await;
-                        send(self.outgoing(true)).await;
+                        talk.greeted = false;
+                        send(self.outgoing(true, &mut talk)).await;
                         resync_at = Some(tokio::time::Instant::now() + self.settings.interval);
                     }
                 }
             }
         }
-        send(vec![bus::encode_plain(&self.header(), &Op::Bye)]).await;
+        if talk.announced {
+            send(vec![bus::encode_plain(&self.header(), &Op::Bye)]).await;
+        }
     }
 }
 
@@ -559,6 +647,7 @@ mod tests {
             },
             None,
             false,
+            PresenceMetrics::default(),
         );
         let limits = Limits {
             messages: 64,
@@ -621,9 +710,27 @@ mod tests {
             ]
         );
         drop(mb);
-        let out = p.outgoing(true);
-        // The deltas cancelled out (alice +1 -1, anonymous +1 -1): only the (empty) state.
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].contains("\"op\":\"state\""));
+        let mut talk = Talk::default();
+        // The deltas cancelled out (alice +1 -1, anonymous +1 -1) and nobody is here: a node
+        // without members says nothing.
+        assert!(p.outgoing(true, &mut talk).is_empty());
+        let mc = p.join("chat", &claims(serde_json::json!({"sub":"carol"})), None);
+        let out = p.outgoing(false, &mut talk);
+        let ops: Vec<_> = out
+            .iter()
+            .map(|m| bus::decode(m).unwrap().1)
+            .map(|op| match op {
+                Op::Hello => "hello",
+                Op::Bye => "bye",
+                Op::Delta(_) => "delta",
+                Op::State { .. } => "state",
+            })
+            .collect();
+        assert_eq!(ops, ["hello", "delta", "state"]);
+        assert_eq!(p.outgoing(false, &mut talk), Vec::<String>::new());
+        drop(mc);
+        let out = p.outgoing(false, &mut talk);
+        assert_eq!(out.len(), 2);
+        assert!(out[1].contains("\"op\":\"bye\""));
     }
 }

@@ -288,9 +288,14 @@ impl Table {
         changes
     }
 
-    /// A node was heard from (any message).
-    pub fn touch(&mut self, node: &str, interval: Duration, now: Instant) {
-        self.ensure(node, interval, now);
+    /// A node was heard from (any message); `false` when it cannot be held (too many nodes).
+    pub fn touch(&mut self, node: &str, interval: Duration, now: Instant) -> bool {
+        self.ensure(node, interval, now)
+    }
+
+    /// Other nodes known now.
+    pub fn nodes(&self) -> usize {
+        self.remote.len()
     }
 
     /// Treats every node as heard from now (after this node's own outage, when nothing could be

@@ -13,7 +13,8 @@
 //   - presence: another tab joins and leaves, and a new snapshot after offline/online replaces
 //     the state (needs the server side of presence);
 //   - the server restarted on the same port (NOTIFY mode): an `other_epoch` gap is surfaced, the
-//     publish queued while it was down is acknowledged, nothing before or after is lost.
+//     publish queued while it was down is acknowledged, nothing before or after is lost, and the
+//     new server's presence snapshot replaces the state.
 //
 //   cd tests/browser && npm ci && npm test      (PGWS_BIN: the pgws binary; CHROMIUM_PATH)
 
@@ -41,6 +42,14 @@ const PAGE = `<!doctype html>
 import { PgwsClient, PgwsError } from "./pgws-client.js";
 const clients = new Map();
 const later = new Map();
+/** Every wait in the page has a time-out (the test's own waits are bounded too). */
+const within = (promise, what) => {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error("timed out in the page: " + what)), ${WAIT_MS});
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+};
 window.T = {
   /** Opens a client; token: a string, or {kind} to ask window.issueToken(kind) each time. */
   open(name, url, tok, opts = {}) {
@@ -62,28 +71,29 @@ window.T = {
     sub.on("message", (m) => got.numbers.push(Number(m.json().payload)));
     sub.on("gap", (g) => got.gaps.push({ reason: g.reason, message: g.message }));
     sub.on("subscribed", () => (got.subscribed += 1));
-    await sub.ready();
+    await within(sub.ready(), "the subscription to " + channel);
   },
   /** Publishes from..to-1 one after the other, each awaiting its ack; returns the acks' channels. */
   async publishRange(name, channel, from, to) {
     const { c } = clients.get(name);
     const acks = [];
-    for (let n = from; n < to; n++) acks.push((await c.publish(channel, String(n))).channel);
+    for (let n = from; n < to; n++) acks.push((await within(c.publish(channel, String(n)), "an ack")).channel);
     return acks;
   },
   /** Publishes all at once and awaits every ack (in the order they settle). */
   async publishBurst(name, channel, from, to) {
     const { c } = clients.get(name);
     const order = [];
-    await Promise.all(
-      Array.from({ length: to - from }, (_, i) => c.publish(channel, String(from + i)).then(() => order.push(from + i))),
+    await within(
+      Promise.all(Array.from({ length: to - from }, (_, i) => c.publish(channel, String(from + i)).then(() => order.push(from + i)))),
+      "the acks of a burst",
     );
     return order;
   },
   /** One publish: {ack} or {nack: code, isPgwsError}. */
   async publishOne(name, channel, data) {
     try {
-      return { ack: await clients.get(name).c.publish(channel, data) };
+      return { ack: await within(clients.get(name).c.publish(channel, data), "an answer to a publish") };
     } catch (e) {
       return { nack: e.code, isPgwsError: e instanceof PgwsError };
     }
@@ -94,12 +104,12 @@ window.T = {
     later.set(key, p.then((ack) => ({ ack }), (e) => ({ nack: e.code })));
   },
   settled(key) {
-    return later.get(key);
+    return within(later.get(key), "the answer to " + key);
   },
   /** A subscription's confirmation error code (refused subscribe), or null. */
   async subscribeError(name, channel) {
     try {
-      await clients.get(name).c.subscribe(channel).ready();
+      await within(clients.get(name).c.subscribe(channel).ready(), "the answer to a subscription");
       return null;
     } catch (e) {
       return e.code;
@@ -117,7 +127,7 @@ window.T = {
     });
     sub.on("join", (j) => got.joins.push({ member: j.member, connections: j.connections, count: j.count }));
     sub.on("leave", (l) => got.leaves.push({ member: l.member, connections: l.connections, count: l.count, reason: l.reason }));
-    await sub.ready();
+    await within(sub.ready(), "the subscription to " + channel);
   },
   info(name) {
     const { c, rec } = clients.get(name);
@@ -411,12 +421,19 @@ describe("pgws-client in Chromium", () => {
       const { page } = reader;
       await page.evaluate(([url, tok]) => window.T.open("r", url, tok), [server.url, token({ mode: "r", sub: "reader", exp: hour() })]);
       await page.evaluate(() => window.T.subscribe("r", "b-restart"));
+      // Presence too: a "ghost" in the writer's page is in the room, and is closed for good while
+      // the server is down, so only the new server's snapshot can tell the reader it is gone.
+      await page.evaluate(() => window.T.watch("r", "b-restart-room"));
+      await writer.page.evaluate(([url, tok]) => window.T.open("ghost", url, tok), [server.url, token({ mode: "r", sub: "ghost", exp: hour() })]);
+      await writer.page.evaluate(() => window.T.watch("ghost", "b-restart-room"));
+      await until(page, "r", (i) => i.subs["b-restart-room"].now.members.ghost === 1, "the ghost in the reader's presence");
       await publish(0, 5, "b-restart");
       await receive(page, "r", "b-restart", 5, "before the restart");
       const port = server.port;
       await server.stop();
       await until(page, "r", (i) => i.closes.length >= 1 && i.state !== "open", "the reader to see the server go");
       await until(writer.page, "w", (i) => i.state !== "open", "the writer to see the server go");
+      await writer.page.evaluate(() => window.T.close("ghost"));
       // Made while the server is down: waits in the client for the connection. (Another channel:
       // it may reach the new server before the reader resubscribed, when the window of the
       // channel may not exist yet.)
@@ -425,6 +442,16 @@ describe("pgws-client in Chromium", () => {
       const queued = await writer.page.evaluate(() => window.T.settled("queued"));
       assert.equal(queued.ack?.channel, "b-restart-queue", `the queued publish is acknowledged (${JSON.stringify(queued)})`);
       await until(page, "r", (i) => i.subs["b-restart"].subscribed === 2, "the resubscription");
+      // The snapshot follows `subscribed` at once; the state must become exactly the new one.
+      await until(
+        page,
+        "r",
+        (i) => {
+          const room = i.subs["b-restart-room"];
+          return room.subscribed === 2 && JSON.stringify(room.now) === JSON.stringify({ members: { reader: 1 }, anonymous: 0, count: 1 });
+        },
+        "the new server's snapshot to replace the presence state (no ghost)",
+      );
       await publish(5, 10, "b-restart");
       await receive(page, "r", "b-restart", 10, "after the restart");
       const i = await info(page, "r");

@@ -466,3 +466,95 @@ async fn presence_is_sent_again_after_an_outage() {
     );
     s.stop().await.unwrap();
 }
+
+/// The presence metrics count what the nodes said and lost.
+#[tokio::test]
+async fn presence_metrics() {
+    let db = fresh_db().await;
+    let flags = [
+        "--presence-interval",
+        INTERVAL,
+        "--admin-address",
+        "127.0.0.1:0",
+    ];
+    let a = start_on(&db, &flags).await;
+    let b = start_on(&db, &flags).await;
+    let mut watcher = v2(&base(&b), json!({"mode":"r","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    let mut alice = v2(&base(&a), json!({"mode":"r","sub":"alice"})).await;
+    join(&mut alice, "room", false).await;
+    until(&mut watcher, &mut view, |v| v.named("alice") == 1).await;
+    assert_eq!(b.metric("pgws_presence_nodes ").await, 1.0);
+    assert!(b.metric("pgws_presence_received_total").await >= 1.0);
+    assert!(a.metric("pgws_presence_sent_total").await >= 2.0);
+    assert_eq!(b.metric("pgws_presence_nodes_lost_total").await, 0.0);
+    drop(alice);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// What another node says on the bus (here: written by hand with `pg_notify`): its state is
+/// authoritative (a member missing from it leaves), deltas move counts, its silence drops it,
+/// and no control message ever reaches a client, compat or v2.
+#[tokio::test]
+async fn a_nodes_heartbeat_is_authoritative_and_control_messages_are_never_delivered() {
+    let db_uri = fresh_db().await;
+    let s = start_on(&db_uri, &["--presence-interval", INTERVAL]).await;
+    let db = pg(&db_uri).await;
+    // A compat socket on the listen channel's own name: where an unrouted control message
+    // would go.
+    let mut compat = connect(&s.url(&format!("/{LISTEN}/{}", token(json!({"mode":"r"}))))).await;
+    let mut watcher = v2(&base(&s), json!({"mode":"r","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    let say = |op: String| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        format!(
+            r#"{{"pgws_control":"presence","node":"forged","n":1,"ts":{ts},"i":{INTERVAL},{op}}}"#
+        )
+    };
+    let state = say(
+        r#""op":"state","seq":1,"part":0,"parts":1,"s":[["room",[["x",2],["y",1],[null,1]]]]"#
+            .into(),
+    );
+    notify(&db, LISTEN, &state).await;
+    until(&mut watcher, &mut view, |v| v.count == 5).await;
+    assert_eq!(
+        (view.named("x"), view.named("y"), view.anonymous),
+        (2, 1, 1)
+    );
+    notify(
+        &db,
+        LISTEN,
+        &say(r#""op":"delta","d":[["room","z",1]]"#.into()),
+    )
+    .await;
+    until(&mut watcher, &mut view, |v| v.named("z") == 1).await;
+    // The next state does not name y nor z: they leave (reason left), x's count follows it.
+    let state =
+        say(r#""op":"state","seq":2,"part":0,"parts":1,"s":[["room",[["x",1],[null,1]]]]"#.into());
+    notify(&db, LISTEN, &state).await;
+    let seen = until(&mut watcher, &mut view, |v| v.count == 3).await;
+    assert!(
+        seen.iter()
+            .all(|e| e["type"] == "leave" && e["reason"] == "left"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        (view.named("x"), view.named("y"), view.named("z")),
+        (1, 0, 0)
+    );
+    // Garbage with the prefix is dropped too, and does not disturb anything.
+    notify(&db, LISTEN, r#"{"pgws_control":"presence","node":7}"#).await;
+    // Silence: the forged node is lost, its members leave with node_lost.
+    let seen = until(&mut watcher, &mut view, |v| v.count == 1).await;
+    assert!(seen.iter().all(|e| e["reason"] == "node_lost"), "{seen:?}");
+    // An ordinary message on the listen channel still reaches the compat socket, and is the
+    // first thing it receives.
+    notify(&db, LISTEN, "plain").await;
+    assert_eq!(next_text(&mut compat).await, "plain");
+    quiet(&mut watcher).await;
+    s.stop().await.unwrap();
+}

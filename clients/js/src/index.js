@@ -2,9 +2,10 @@
 //
 // One PgwsClient keeps one websocket open for as long as it is not closed: it reconnects with
 // exponential back-off and jitter, resumes every subscription from its last position, refreshes
-// the token in band before it expires (when given a token callback), and turns every possible
-// loss into a `gap` event. Zero dependencies: the global WebSocket (browsers, Node >= 22) or the
-// constructor given as the `WebSocket` option (Node 20: the `ws` package).
+// the token in band before it expires (when given a token callback), turns every possible loss
+// into a `gap` event, and keeps each presence subscription's state (who is on the channel).
+// Zero dependencies: the global WebSocket (browsers, Node >= 22) or the constructor given as the
+// `WebSocket` option (Node 20: the `ws` package).
 
 export const PROTOCOL = "pgws.v2";
 
