@@ -150,6 +150,11 @@ impl Client {
         &self.outbox
     }
 
+    /// The queue, shared (presence events reach it from other sockets' tasks).
+    pub fn outbox_handle(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
     /// Authorization by the database (the subject for run-time checks: protocol v2).
     #[allow(dead_code)] // The protocol-v2 run-time subscribe's API.
     pub fn authz(&self) -> Option<&crate::authz::Attached> {

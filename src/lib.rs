@@ -25,6 +25,7 @@ pub(crate) mod http;
 pub(crate) mod net;
 pub(crate) mod ops;
 pub(crate) mod pg;
+pub(crate) mod presence;
 pub(crate) mod protocol;
 pub(crate) mod routing;
 pub(crate) mod server;

@@ -193,7 +193,20 @@ impl Server {
                 stop.clone(),
             )
         });
+        let presence = config.presence.clone().map(|settings| {
+            crate::presence::Presence::new(
+                settings,
+                config.node_id.as_deref(),
+                config.source == SourceKind::Wal,
+                metrics.presence.clone(),
+            )
+        });
+        let presence_task = presence.clone().map(|p| {
+            tracing::info!(node = p.node(), "presence on");
+            tokio::spawn(p.run(publisher.clone(), status_rx.clone(), stop.clone()))
+        });
         let sink = Arc::new(Sink {
+            presence: presence.clone(),
             authz: authz.clone(),
             hub: hub.clone(),
             router: router.clone(),
@@ -277,6 +290,7 @@ impl Server {
             metrics,
             active: AtomicUsize::new(0),
             authz,
+            presence,
             config,
         });
         if let Some(admin) = self.admin {
@@ -324,6 +338,10 @@ impl Server {
         .is_err()
         {
             tracing::warn!("some connections did not close within {drain:?}");
+        }
+        // Presence says goodbye (its members leave the other nodes' presence at once).
+        if let Some(task) = presence_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         // The sessions' last events (ConnectionClose) are queued; send them before returning.
         if tokio::time::timeout(drain.max(Duration::from_secs(1)), state.publisher.flush())

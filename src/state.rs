@@ -55,6 +55,8 @@ pub struct AppState {
     pub active: AtomicUsize,
     /// Authorization by the database (`PGWS_AUTHZ_*`); `None` when off.
     pub authz: Option<Arc<crate::authz::Authorizer>>,
+    /// Presence of protocol v2 subscriptions (`PGWS_PRESENCE`); `None` when off.
+    pub presence: Option<Arc<crate::presence::Presence>>,
 }
 
 impl AppState {

@@ -423,6 +423,34 @@ pub struct Cli {
     )]
     pub wal_publication: String,
 
+    /// Presence in protocol v2 (who follows each channel, shared by the nodes of one database
+    /// through control messages on the bus). False: no presence traffic at all, and a
+    /// `subscribe` asking for presence is answered `presence_disabled`. True or False (also
+    /// true/false, yes/no, on/off, 1/0, in any case).
+    #[arg(long, env = "PGWS_PRESENCE", value_name = "PGWS_PRESENCE", default_value = "True",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub presence: bool,
+
+    /// The token claim that names a presence member (a string; without it, or with another
+    /// type, the connection is counted as anonymous).
+    #[arg(
+        long,
+        env = "PGWS_PRESENCE_CLAIM",
+        value_name = "PGWS_PRESENCE_CLAIM",
+        default_value = "sub"
+    )]
+    pub presence_claim: String,
+
+    /// Milliseconds between presence heartbeats (each node's full presence state); a node
+    /// silent for 3 intervals is dropped from the others' presence.
+    #[arg(
+        long,
+        env = "PGWS_PRESENCE_INTERVAL",
+        value_name = "PGWS_PRESENCE_INTERVAL",
+        default_value_t = 5000
+    )]
+    pub presence_interval: u64,
+
     /// Drops this replication slot of PGWS_DB_URI's database and exits: for a WAL node that is
     /// gone for good, whose slot would otherwise make PostgreSQL keep WAL.
     #[arg(long, value_name = "SLOT")]

@@ -117,6 +117,8 @@ pub struct Config {
     pub wal_publication: String,
     /// Authorization by the database (`None`: off, the default).
     pub authz: Option<crate::authz::AuthzSettings>,
+    /// Presence (`PGWS_PRESENCE*`); `None` when off.
+    pub presence: Option<crate::presence::PresenceSettings>,
 }
 
 /// Why the configuration was refused. Each message names the variable and, where it has one,
@@ -387,6 +389,10 @@ impl Cli {
             node_id: self.node_id.clone(),
             wal_slot: self.wal_slot.clone(),
             wal_publication: self.wal_publication.clone(),
+            presence: self.presence.then(|| crate::presence::PresenceSettings {
+                claim: self.presence_claim.clone(),
+                interval: Duration::from_millis(self.presence_interval.max(50)),
+            }),
         })
     }
 }

@@ -35,7 +35,7 @@ fn every_boolean_documents_the_accepted_values() {
                 .any(|d| d == "True" || d == "False")
         })
         .collect();
-    assert_eq!(booleans.len(), 3, "the boolean settings");
+    assert_eq!(booleans.len(), 4, "the boolean settings");
     for a in booleans {
         let help = a.get_long_help().or(a.get_help()).unwrap().to_string();
         assert!(help.contains(cli::BOOL_VALUES), "{:?}: {help}", a.get_id());

@@ -4,7 +4,9 @@
 //! `index.htm` for directories, `Last-Modified` and `304`.
 //!
 //! Differences from the original, on purpose: no HTML directory listings (a directory without an
-//! index is `404`), and a path that leaves the root through a symbolic link is `404`.
+//! index is `404`), a path that leaves the root through a symbolic link is `404`, and
+//! `/pgws-client.js` is the built-in JavaScript client when the directory has no such file
+//! ([`assets::library`]).
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +51,15 @@ pub async fn serve<B>(site: &Site, req: &Request<B>) -> Response<Body> {
             Some(a) => file_response(Bytes::from_static(a.body), a.content_type, None),
             None => refusal(StatusCode::NOT_FOUND),
         },
-        Site::Directory(root) => from_directory(root, &segments, req).await,
+        Site::Directory(root) => {
+            let r = from_directory(root, &segments, req).await;
+            match assets::library(path) {
+                Some(a) if r.status() == StatusCode::NOT_FOUND => {
+                    file_response(Bytes::from_static(a.body), a.content_type, None)
+                }
+                _ => r,
+            }
+        }
     };
     if head {
         let (parts, _) = response.into_parts();

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub wal: crate::source::wal::WalMetrics,
     /// Authorization by the database (`PGWS_AUTHZ_*`).
     pub authz: crate::authz::AuthzMetrics,
+    /// Presence (`PGWS_PRESENCE`).
+    pub presence: crate::presence::PresenceMetrics,
 }
 
 impl Default for Metrics {
@@ -119,6 +121,7 @@ impl Metrics {
             forwarded_ignored: Counter::default(),
             wal: Default::default(),
             authz: crate::authz::AuthzMetrics::new(),
+            presence: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,6 +229,7 @@ impl Metrics {
         );
         m.wal.register(&mut registry);
         m.authz.register(&mut registry);
+        m.presence.register(&mut registry);
         Self { registry, ..m }
     }
 

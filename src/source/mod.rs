@@ -157,6 +157,9 @@ pub struct Sink {
     /// Authorization by the database: control messages (revocations) are handed to it and not
     /// delivered. `None` when off.
     pub authz: Option<Arc<crate::authz::Authorizer>>,
+    /// Presence: its control messages (on the listen channel) are handed to it and never
+    /// delivered, also when presence is off here (then they are dropped).
+    pub presence: Option<Arc<crate::presence::Presence>>,
 }
 
 impl Sink {
@@ -178,6 +181,15 @@ impl Sink {
         let mut run_channel: Option<std::borrow::Cow<'a, str>> = None;
         for (seq, pg_channel, payload) in batch {
             self.received.inc();
+            // One prefix comparison per message (pgws writes these itself, always so).
+            if crate::presence::bus::is_control(payload)
+                && pg_channel == self.router.listen_channel()
+            {
+                if let Some(presence) = &self.presence {
+                    presence.receive(payload);
+                }
+                continue;
+            }
             if let Some(authz) = &self.authz
                 && authz.intercept(pg_channel, payload)
             {

@@ -83,10 +83,8 @@ pub async fn run(
 ) -> Result<(), ListenerError> {
     let db = with_defaults(&settings.db);
     let mut commands = settings.interest.take();
-    let listen_channel = sink
-        .router()
-        .mode()
-        .uses_listen_channel()
+    // Presence shares the listen channel as its bus, in direct mode too.
+    let listen_channel = (sink.router().mode().uses_listen_channel() || sink.presence.is_some())
         .then(|| settings.channel.clone());
     let mut attempts: u32 = 0;
     let mut generation: u64 = 0;
@@ -142,6 +140,7 @@ pub async fn run(
                     metrics: &settings.metrics,
                     shutdown: &shutdown,
                     hub: sink.hub(),
+                    keep: listen_channel.as_ref(),
                 };
                 let reason = watch.run(conn, &mut commands, &mut listened).await;
                 settings.metrics.up.set(0);
@@ -295,6 +294,8 @@ struct Supervision<'a> {
     metrics: &'a ListenerMetrics,
     shutdown: &'a CancellationToken,
     hub: &'a crate::stream::Hub,
+    /// The listen channel, when it is LISTENed for itself: never UNLISTENed.
+    keep: Option<&'a ChannelName>,
 }
 
 impl Supervision<'_> {
@@ -365,7 +366,10 @@ impl Supervision<'_> {
                 let _ = done.send(());
             }
             Interest::Drop(channel) => {
-                if listened.contains(channel.as_str()) && !self.hub.has_subscribers(&channel) {
+                if listened.contains(channel.as_str())
+                    && !self.hub.has_subscribers(&channel)
+                    && self.keep != Some(&channel)
+                {
                     client
                         .batch_execute(&format!("UNLISTEN {}", channel.quoted()))
                         .await?;

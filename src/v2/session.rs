@@ -7,6 +7,7 @@
 //! answer: nothing in it can end the socket except what ends any websocket (a frame over
 //! `PGWS_MAX_MESSAGE_SIZE`: 1009; invalid UTF-8: 1007).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use super::wire::{self, Id, Request};
 use crate::auth::{self, AuthError};
 use crate::channel::ChannelName;
 use crate::client::Client;
+use crate::presence::Membership;
 use crate::stream::{Frame, ResumeFrom};
 use crate::transport::ws::{
     CLOSE_JWT_EXPIRED, CLOSE_PING_TIMEOUT, End, Inbound, read, write_outbox,
@@ -43,6 +45,8 @@ type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
 struct Session {
     access: Access,
     pending: FuturesOrdered<Answer>,
+    /// Each subscription's place in its channel's presence (dropped: it leaves).
+    presence: HashMap<ChannelName, Membership>,
 }
 
 /// Serves a socket that negotiated `pgws.v2` until it ends.
@@ -60,6 +64,7 @@ where
     let mut session = Session {
         access,
         pending: FuturesOrdered::new(),
+        presence: HashMap::new(),
     };
     client.outbox().push(wire::welcome(
         session.access.mode.as_str(),
@@ -171,13 +176,20 @@ impl Session {
             return;
         }
         match request {
-            Request::Subscribe { channel, since } => {
-                if let Err((code, message)) = self.subscribe(client, &id, &channel, since).await {
+            Request::Subscribe {
+                channel,
+                since,
+                presence,
+            } => {
+                if let Err((code, message)) =
+                    self.subscribe(client, &id, &channel, since, presence).await
+                {
                     client.outbox().push(wire::error(&id, code, &message));
                 }
             }
             Request::Unsubscribe { channel } => {
                 let frame = if client.part(&channel) {
+                    self.presence.retain(|c, _| c.as_str() != channel);
                     wire::unsubscribed(&id, &channel)
                 } else {
                     wire::error(
@@ -214,7 +226,14 @@ impl Session {
         id: &Id,
         channel: &str,
         since: Option<String>,
+        presence: bool,
     ) -> Result<(), (&'static str, String)> {
+        if presence && client.state().presence.is_none() {
+            return Err((
+                "presence_disabled",
+                "presence is off on this server (PGWS_PRESENCE=false)".into(),
+            ));
+        }
         let name = ChannelName::new(channel).map_err(|e| ("bad_channel", e.client_text()))?;
         if client.channels().contains(&name) {
             return Err((
@@ -261,9 +280,15 @@ impl Session {
                 "LISTEN not confirmed within 5 s; subscribed anyway"
             );
         }
-        let resumed = client.join(name, from, |position, resumed| {
+        let resumed = client.join(name.clone(), from, |position, resumed| {
             wire::subscribed(id, channel, position, resumed.replayed)
         });
+        // Presence after the answer: the snapshot (if asked for) follows `subscribed`.
+        if let Some(p) = &client.state().presence {
+            let watch = presence.then(|| (client.id(), client.outbox_handle()));
+            let membership = p.join(channel, &self.access.claims, watch);
+            self.presence.insert(name, membership);
+        }
         if from.is_some() {
             tracing::info!(
                 conn = client.id(),
@@ -398,6 +423,7 @@ impl Session {
         }
         for (channel, denied) in gone {
             client.part(&channel);
+            self.presence.remove(&channel);
             client
                 .outbox()
                 .push(wire::left(&channel, denied.code, &denied.message));

@@ -42,6 +42,8 @@ pub enum Request {
         channel: String,
         /// `since`: the position to resume after, as sent.
         since: Option<String>,
+        /// `presence`: send this socket the channel's presence and its changes.
+        presence: bool,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -90,6 +92,8 @@ struct Raw {
     data: Option<Value>,
     #[serde(default)]
     token: Option<Value>,
+    #[serde(default)]
+    presence: Option<Value>,
 }
 
 /// Reads one text frame as a request.
@@ -143,6 +147,11 @@ pub fn parse(text: &str) -> Result<(Id, Request), Malformed> {
                 None => None,
                 Some(Value::String(s)) => Some(s),
                 Some(_) => return Err(bad("\"since\" must be a string (a position)".into())),
+            },
+            presence: match raw.presence {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(_) => return Err(bad("\"presence\" must be true or false".into())),
             },
         },
         "unsubscribe" => Request::Unsubscribe {
@@ -358,6 +367,63 @@ pub fn refreshed(id: &Id, mode: &str, channels: Option<&[String]>, exp: Option<f
     )
 }
 
+/// A channel's presence now (after `subscribed` with `presence: true`, and again after this
+/// node's source came back from an outage): named members → connections, anonymous
+/// connections, and the total, over every node.
+pub fn presence_snapshot(
+    channel: &str,
+    members: &std::collections::BTreeMap<&str, u32>,
+    anonymous: u32,
+    count: u32,
+) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"members\":{");
+    for (i, (name, n)) in members.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        push_str(&mut body, name);
+        let _ = write!(body, ":{n}");
+    }
+    let _ = write!(body, "}},\"anonymous\":{anonymous},\"count\":{count}");
+    frame("presence", &body)
+}
+
+fn presence_change(channel: &str, member: Option<&str>, connections: u32, count: u32) -> String {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"member\":");
+    match member {
+        Some(m) => push_str(&mut body, m),
+        None => body.push_str("null"),
+    }
+    let _ = write!(body, ",\"connections\":{connections},\"count\":{count}");
+    body
+}
+
+/// `connections` of `member` (`None`: anonymous) joined `channel`, whose total is now `count`.
+pub fn presence_join(channel: &str, member: Option<&str>, connections: u32, count: u32) -> Frame {
+    frame(
+        "join",
+        &presence_change(channel, member, connections, count),
+    )
+}
+
+/// `connections` of `member` left `channel` (`reason`: `left` or `node_lost`).
+pub fn presence_leave(
+    channel: &str,
+    member: Option<&str>,
+    connections: u32,
+    count: u32,
+    reason: &str,
+) -> Frame {
+    let mut body = presence_change(channel, member, connections, count);
+    body.push_str(",\"reason\":");
+    push_str(&mut body, reason);
+    frame("leave", &body)
+}
+
 /// The answer to `ping`.
 pub fn pong(id: &Id) -> Frame {
     frame("pong", &format!(",\"id\":{}", id.as_json()))
@@ -380,9 +446,12 @@ mod tests {
             r,
             Request::Subscribe {
                 channel: "c".into(),
-                since: Some("x".into())
+                since: Some("x".into()),
+                presence: false,
             }
         );
+        let (_, r) = parse(r#"{"type":"subscribe","channel":"c","presence":true}"#).unwrap();
+        assert!(matches!(r, Request::Subscribe { presence: true, .. }));
         let (id, _) = parse(r#"{"type":"ping","id":"a\"b"}"#).unwrap();
         assert_eq!(id.as_json(), r#""a\"b""#);
         assert_eq!(parse(r#"{"type":"ping","id":null}"#).unwrap().0, Id::none());
@@ -399,6 +468,14 @@ mod tests {
             (r#"{"type":"subscribe","channel":1}"#, "bad_request"),
             (
                 r#"{"type":"subscribe","channel":"c","since":1}"#,
+                "bad_request",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","presence":"yes"}"#,
+                "bad_request",
+            ),
+            (
+                r#"{"type":"subscribe","channel":"c","presence":1}"#,
                 "bad_request",
             ),
             (r#"{"type":"publish","channel":"c"}"#, "bad_request"),

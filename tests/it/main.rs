@@ -15,6 +15,7 @@ mod listener;
 mod messages;
 mod meta;
 mod pg_tls;
+mod presence;
 mod publish;
 mod resume;
 mod security;

@@ -2,6 +2,9 @@
 
 use crate::common::*;
 
+/// The JavaScript client the example page imports, served as `/pgws-client.js`.
+const CLIENT_JS: &str = include_str!("../../clients/js/src/index.js");
+
 #[tokio::test]
 async fn hello_web_without_root() {
     let s = start(&[]).await;
@@ -83,6 +86,21 @@ async fn static_files_with_the_originals_statuses() {
     assert_eq!(get(s.addr, "GET", "/sub/../.hidden", "").await.0, 403);
     assert_eq!(get(s.addr, "GET", "/%2e%2e/etc/passwd", "").await.0, 403);
     assert_eq!(get(s.addr, "GET", "/link", "").await.0, 404);
+    // A directory without the JavaScript client gets the built-in one (the page in web/ imports it).
+    let (status, headers, body) = get(s.addr, "GET", "/pgws-client.js", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .contains("javascript")
+    );
+    assert_eq!(body, CLIENT_JS);
+    s.stop().await.unwrap();
+    // One with a file of that name serves its own.
+    std::fs::write(root.join("pgws-client.js"), "export const mine = 1;").unwrap();
+    let s = start(&["--root-path", root.to_str().unwrap()]).await;
+    let (status, _, body) = get(s.addr, "GET", "/pgws-client.js", "").await;
+    assert_eq!((status, body.as_str()), (200, "export const mine = 1;"));
     s.stop().await.unwrap();
     std::fs::remove_dir_all(&root).ok();
     std::fs::remove_file(&outside).ok();
@@ -101,6 +119,17 @@ async fn embedded_mode_serves_the_builtin_page() {
     assert!(body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"));
     assert_eq!(get(s.addr, "GET", "/app.js", "").await.0, 200);
     assert_eq!(get(s.addr, "GET", "/style.css", "").await.0, 200);
+    let (status, headers, body) = get(s.addr, "GET", "/pgws-client.js", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_eq!(
+        body, CLIENT_JS,
+        "the library is compiled in from clients/js/src/index.js"
+    );
     assert_eq!(get(s.addr, "GET", "/missing", "").await.0, 404);
     s.stop().await.unwrap();
 }

@@ -8,7 +8,7 @@ export type ErrorCode =
   | "bad_json" | "bad_request" | "unknown_type" | "rate_limited" | "bad_channel" | "not_granted"
   | "write_only" | "already_subscribed" | "too_many_subscriptions" | "not_subscribed"
   | "bad_token" | "token_expired" | "subject_changed" | "read_only" | "too_large"
-  | "database_unavailable" | "shutting_down"
+  | "database_unavailable" | "shutting_down" | "not_authorized" | "presence_disabled"
   | "connection_lost" | "timeout" | "closed" | "protocol" | "heartbeat" | "token_unavailable"
   | "connect_failed" | "refresh_failed" | "bad_frame"
   | (string & {});
@@ -59,11 +59,47 @@ export interface Left {
   message: string;
 }
 
-/** Reserved: presence events (not sent by the server yet). */
-export interface Presence {
+/** Who is on a channel (`Subscription.presence()`, the `presence` event). Never modified: each change is a new object. */
+export interface PresenceState {
+  /** Member name (the token's `sub`, or the claim the server is configured with) → its connections. */
+  members: Record<string, number>;
+  /** Connections without a member name. */
+  anonymous: number;
+  /** All connections: the sum of `members` and `anonymous`. */
+  count: number;
+}
+
+/** The server's presence snapshot frame (docs/PROTOCOL.md). */
+export interface PresenceSnapshot {
   type: "presence";
   channel: string;
-  [key: string]: unknown;
+  members: Record<string, number>;
+  anonymous: number;
+  count: number;
+}
+
+/** Connections of a member (or anonymous ones: `member` null) joined the channel. */
+export interface Join {
+  type: "join";
+  channel: string;
+  member: string | null;
+  /** How many of the member's connections joined. */
+  connections: number;
+  /** The channel's total after the change. */
+  count: number;
+}
+
+/** Connections of a member (or anonymous ones: `member` null) left the channel. */
+export interface Leave {
+  type: "leave";
+  channel: string;
+  member: string | null;
+  /** How many of the member's connections left. */
+  connections: number;
+  /** The channel's total after the change. */
+  count: number;
+  /** `left`: they unsubscribed or disconnected; `node_lost`: their pgws node stopped answering. */
+  reason: "left" | "node_lost" | (string & {});
 }
 
 export interface Welcome {
@@ -99,7 +135,10 @@ interface SubscriptionEvents {
   gap: (g: Gap) => void;
   subscribed: (s: Subscribed) => void;
   left: (l: Left) => void;
-  presence: (p: Presence) => void;
+  /** The whole presence state, after every snapshot, join and leave (with `presence: true`). */
+  presence: (p: PresenceState) => void;
+  join: (j: Join) => void;
+  leave: (l: Leave) => void;
   error: (e: PgwsError) => void;
 }
 
@@ -124,6 +163,10 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
   /** The last position received; `null` before the first. */
   readonly position: string | null;
   readonly state: "pending" | "subscribed" | "left" | "closed";
+  /** Whether it was created with `presence: true`. */
+  readonly wantsPresence: boolean;
+  /** The channel's presence; `null` before the first snapshot (or without `presence: true`). */
+  presence(): PresenceState | null;
   /** Resolves once the server confirmed the subscription on the current connection. */
   ready(): Promise<Subscription>;
   unsubscribe(): void;
@@ -163,7 +206,11 @@ export declare class PgwsClient extends Emitter<ClientEvents> {
   /** Connections opened so far (1 + reconnections). */
   readonly connections: number;
   connect(): this;
-  subscribe(channel: string, opts?: { since?: string }): Subscription;
+  /**
+   * Follows `channel` (the subscription of a channel already followed is returned as it is).
+   * `since`: a position to resume after; `presence`: also follow who is on the channel.
+   */
+  subscribe(channel: string, opts?: { since?: string; presence?: boolean }): Subscription;
   publish(channel: string, data: string): Promise<Ack>;
   close(): void;
 }

@@ -2,9 +2,10 @@
 //
 // One PgwsClient keeps one websocket open for as long as it is not closed: it reconnects with
 // exponential back-off and jitter, resumes every subscription from its last position, refreshes
-// the token in band before it expires (when given a token callback), and turns every possible
-// loss into a `gap` event. Zero dependencies: the global WebSocket (browsers, Node >= 22) or the
-// constructor given as the `WebSocket` option (Node 20: the `ws` package).
+// the token in band before it expires (when given a token callback), turns every possible loss
+// into a `gap` event, and keeps each presence subscription's state (who is on the channel).
+// Zero dependencies: the global WebSocket (browsers, Node >= 22) or the constructor given as the
+// `WebSocket` option (Node 20: the `ws` package).
 
 export const PROTOCOL = "pgws.v2";
 
@@ -55,11 +56,18 @@ class Emitter {
   }
 }
 
+/** Sets an own property, even one named "__proto__" (member names are the server's). */
+function setOwn(obj, key, value) {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
 /** One channel the client follows, across reconnections. */
 export class Subscription extends Emitter {
   #client;
 
-  constructor(client, channel, since) {
+  #presence = null;
+
+  constructor(client, channel, since, presence) {
     super();
     this.#client = client;
     /** The channel's name. */
@@ -68,6 +76,46 @@ export class Subscription extends Emitter {
     this.position = since ?? null;
     /** "pending" (not yet confirmed on the current connection), "subscribed", "left" or "closed". */
     this.state = "pending";
+    /** Whether the subscription asks the server for the channel's presence. */
+    this.wantsPresence = presence === true;
+  }
+
+  /**
+   * Who is on the channel: `{members: {name: connections}, anonymous, count}`, from the last
+   * snapshot and the joins and leaves since; `null` before the first snapshot (or without
+   * `presence: true`). Each change makes a new object: the returned one is never modified.
+   */
+  presence() {
+    return this.#presence;
+  }
+
+  /** Applies a `presence`, `join` or `leave` frame of this channel (called by the client). */
+  _presenceFrame(f) {
+    if (f.type === "presence") {
+      const members = {};
+      for (const [name, n] of Object.entries(f.members ?? {})) if (n > 0) setOwn(members, name, n);
+      this.#presence = { members, anonymous: f.anonymous ?? 0, count: f.count ?? 0 };
+      this.emit("presence", this.#presence);
+      return;
+    }
+    const prev = this.#presence;
+    if (!prev) {
+      this.emit(f.type, f); // no snapshot yet: the next snapshot holds this change
+      return;
+    }
+    const members = { ...prev.members };
+    let anonymous = prev.anonymous;
+    const n = f.connections ?? 1;
+    const sign = f.type === "join" ? 1 : -1;
+    if (f.member === null || f.member === undefined) anonymous = Math.max(0, anonymous + sign * n);
+    else {
+      const left = (Object.hasOwn(members, f.member) ? members[f.member] : 0) + sign * n;
+      if (left > 0) setOwn(members, f.member, left);
+      else delete members[f.member];
+    }
+    this.#presence = { members, anonymous, count: typeof f.count === "number" ? f.count : prev.count + sign * n };
+    this.emit(f.type, f);
+    this.emit("presence", this.#presence);
   }
 
   /** Resolves once the server confirmed the subscription (on the current connection). */
@@ -161,12 +209,14 @@ export class PgwsClient extends Emitter {
 
   /**
    * Follows `channel`; the returned subscription emits `message` ({channel, position, data,
-   * json()}), `gap`, `subscribed`, `left` and `error`. `since`: a position to resume after.
+   * json()}), `gap`, `subscribed`, `left` and `error`; with `presence: true` also `presence`
+   * (the whole state, see `Subscription.presence()`), `join` and `leave`. `since`: a position to
+   * resume after.
    */
-  subscribe(channel, { since } = {}) {
+  subscribe(channel, { since, presence } = {}) {
     if (this.#closed) throw new PgwsError("closed", "client closed");
     if (this.#subs.has(channel)) return this.#subs.get(channel);
-    const sub = new Subscription(this, channel, since);
+    const sub = new Subscription(this, channel, since, presence);
     this.#subs.set(channel, sub);
     if (this.#isOpen()) this.#sendSubscribe(sub);
     return sub;
@@ -260,7 +310,11 @@ export class PgwsClient extends Emitter {
   }
 
   async #open() {
-    if (this.#closed || this.#offline) return;
+    if (this.#closed) return;
+    if (this.#offline) {
+      this.#setState("offline"); // e.g. connect() while the browser is offline: wait for "online"
+      return;
+    }
     this.#setState(this.connections === 0 ? "connecting" : "reconnecting");
     let token;
     try {
@@ -400,9 +454,11 @@ export class PgwsClient extends Emitter {
         sub.emit("left", f);
         return;
       }
-      case "presence": {
+      case "presence":
+      case "join":
+      case "leave": {
         const sub = this.#subs.get(f.channel);
-        if (sub) sub.emit("presence", f);
+        if (sub?.wantsPresence) sub._presenceFrame(f);
         return;
       }
       default:
@@ -451,6 +507,7 @@ export class PgwsClient extends Emitter {
     sub.state = "pending";
     const body = { type: "subscribe", channel: sub.channel };
     if (sub.position) body.since = sub.position;
+    if (sub.wantsPresence) body.presence = true;
     const ws = this.#ws;
     this.#request(body, "subscribe").then(
       (answer) => {

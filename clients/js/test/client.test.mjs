@@ -38,6 +38,9 @@ async function until(got, n, what) {
   }
 }
 
+/** The subscription's confirmation, within WAIT_MS. */
+const ready = (sub) => withTimeout(sub.ready(), WAIT_MS, `the subscription to ${sub.channel}`);
+
 const range = (a, b) => Array.from({ length: b - a }, (_, i) => a + i);
 
 async function publishAll(writer, channel, from, to) {
@@ -62,7 +65,7 @@ describe("pgws-client", () => {
     try {
       const sub = reader.subscribe("chat");
       const got = collect(sub);
-      await sub.ready();
+      await ready(sub);
       assert.equal(reader.welcome.mode, "r");
       await publishAll(writer, "chat", 0, 20);
       await until(got, 20, "20 messages");
@@ -71,7 +74,7 @@ describe("pgws-client", () => {
       const narrow = client(server.url, token({ mode: "rw", channels: ["a"], exp: hour() }));
       await assert.rejects(narrow.publish("b", "x"), (e) => e.code === "not_granted");
       const refused = narrow.subscribe("b");
-      await assert.rejects(refused.ready(), (e) => e.code === "not_granted");
+      await assert.rejects(ready(refused), (e) => e.code === "not_granted");
       narrow.close();
     } finally {
       writer.close();
@@ -86,7 +89,7 @@ describe("pgws-client", () => {
     try {
       const sub = reader.subscribe("cut");
       const got = collect(sub);
-      await sub.ready();
+      await ready(sub);
       await publishAll(writer, "cut", 0, 10);
       await until(got, 10, "before the cut");
       p.up = false;
@@ -116,7 +119,7 @@ describe("pgws-client", () => {
     try {
       const sub = reader.subscribe("restart");
       const got = collect(sub);
-      await sub.ready();
+      await ready(sub);
       await publishAll(writer, "restart", 0, 3);
       await until(got, 3, "before the restart");
       const down = next(writer, "close", "the writer's socket to close");
@@ -126,8 +129,7 @@ describe("pgws-client", () => {
       server = await startServer(port, "client-test");
       const gap = await next(sub, "gap", "a gap after the restart");
       assert.equal(gap.reason, "other_epoch", "positions of the old process are another epoch");
-      await next(sub, "subscribed", "the resubscription", () => true).catch(() => {});
-      await sub.ready();
+      await ready(sub);
       const ack = await withTimeout(queued, WAIT_MS, "the queued publish");
       assert.equal(ack.channel, "restart-queue");
       await publishAll(writer, "restart", 3, 6);
@@ -152,7 +154,7 @@ describe("pgws-client", () => {
     try {
       const sub = reader.subscribe("fresh");
       const got = collect(sub);
-      await sub.ready();
+      await ready(sub);
       const firstExp = reader.welcome.exp;
       let refreshed = 0;
       reader.on("refreshed", () => (refreshed += 1));
@@ -187,7 +189,7 @@ describe("pgws-client", () => {
     try {
       const sub = reader.subscribe("flaky");
       const got = collect(sub);
-      await sub.ready();
+      await ready(sub);
       await publishAll(writer, "flaky", 0, 3);
       await until(got, 3, "before the expiry");
       const err = await next(reader, "error", "the refused refresh", (e) => e.code === "bad_token", 10_000);
@@ -195,8 +197,7 @@ describe("pgws-client", () => {
       const closed = await next(reader, "close", "the 3001 close", () => true, 10_000);
       assert.equal(closed.code, 3001);
       await publishAll(writer, "flaky", 3, 8); // while it reconnects, or just after
-      await next(sub, "subscribed", "the resubscription", () => true, 10_000).catch(() => {});
-      await sub.ready();
+      await ready(sub);
       await publishAll(writer, "flaky", 8, 10);
       await until(got, 10, "all ten");
       assert.deepEqual(got.numbers, range(0, 10), "exact across the reconnection");
@@ -205,6 +206,126 @@ describe("pgws-client", () => {
     } finally {
       writer.close();
       reader.close();
+    }
+  });
+  it("follows presence: snapshot, named and anonymous joins and leaves, a new snapshot after a reconnection", async () => {
+    const p = await proxy(server.port);
+    const named = (sub) => client(server.url, token({ mode: "r", sub, exp: hour() }));
+    const watcher = client(p.url, token({ mode: "r", sub: "watcher", exp: hour() }));
+    const others = [];
+    try {
+      const room = watcher.subscribe("room", { presence: true });
+      assert.equal(room.presence(), null, "no state before the snapshot");
+      const first = await next(room, "presence", "the first snapshot");
+      await ready(room);
+      assert.deepEqual(first, room.presence());
+      assert.deepEqual(first.members, { watcher: 1 }, "the watcher sees itself");
+      assert.equal(first.anonymous, 0);
+      assert.equal(first.count, 1);
+      const joins = [];
+      const leaves = [];
+      room.on("join", (j) => joins.push(j));
+      room.on("leave", (l) => leaves.push(l));
+      const states = [];
+      room.on("presence", (s) => states.push(s));
+
+      /** Opens a client that joins the room, and waits until the watcher saw it. */
+      const join = async (c, member) => {
+        others.push(c);
+        const seen = next(room, "join", `${member ?? "anonymous"} to join`, (j) => j.member === member);
+        await ready(c.subscribe("room", { presence: true }));
+        return seen;
+      };
+      const alice1 = named("alice");
+      let j = await join(alice1, "alice");
+      assert.deepEqual([j.type, j.channel, j.connections, j.count], ["join", "room", 1, 2]);
+      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      const alice2 = named("alice");
+      await join(alice2, "alice");
+      assert.deepEqual(room.presence().members, { watcher: 1, alice: 2 });
+      const anon = client(server.url, token({ mode: "r", exp: hour() }));
+      j = await join(anon, null);
+      assert.equal(j.member, null);
+      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 2 }, anonymous: 1, count: 4 });
+
+      // A leave by unsubscribing, and one by closing the socket.
+      let seen = next(room, "leave", "alice's first connection to leave", (l) => l.member === "alice");
+      alice1.subscribe("room").unsubscribe();
+      let l = await seen;
+      assert.deepEqual([l.type, l.connections, l.count, l.reason], ["leave", 1, 3, "left"]);
+      assert.deepEqual(room.presence().members, { watcher: 1, alice: 1 });
+      seen = next(room, "leave", "the anonymous connection to leave", (l) => l.member === null);
+      anon.close();
+      l = await seen;
+      assert.equal(l.reason, "left");
+      const before = room.presence();
+      assert.deepEqual(before, { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      // Every change gave a new object; older ones were never modified.
+      assert.equal(new Set(states).size, states.length);
+      assert.deepEqual(states[0], { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      assert.deepEqual(joins.map((x) => x.member), ["alice", "alice", null]);
+      assert.deepEqual(leaves.map((x) => x.member), ["alice", null]);
+
+      // Cut the watcher; bob joins while it is away: the new snapshot replaces the state.
+      p.up = false;
+      const closed = next(watcher, "close", "the watcher's socket to close");
+      p.cut();
+      await closed;
+      assert.deepEqual(room.presence(), before, "the last known state stays until the snapshot");
+      const bob = named("bob");
+      others.push(bob);
+      await ready(bob.subscribe("room", { presence: true }));
+      const snapshot = next(room, "presence", "the snapshot after the reconnection", (s) => s.members.bob === 1);
+      p.up = true;
+      const after = await snapshot;
+      assert.deepEqual(after, { members: { watcher: 1, alice: 1, bob: 1 }, anonymous: 0, count: 3 });
+      assert.equal(room.presence(), after);
+      assert.ok(watcher.connections >= 2);
+    } finally {
+      for (const c of others) c.close();
+      watcher.close();
+      await p.close();
+    }
+  });
+  it("keeps presence members with any name, __proto__ included", async () => {
+    const named = (sub) => client(server.url, token({ mode: "r", sub, exp: hour() }));
+    const watcher = named("constructor");
+    const odd = named("__proto__");
+    try {
+      const room = watcher.subscribe("odd-room", { presence: true });
+      await next(room, "presence", "the first snapshot");
+      const joined = next(room, "join", "__proto__ to join");
+      await ready(odd.subscribe("odd-room", { presence: true }));
+      await joined;
+      const state = room.presence();
+      assert.deepEqual(Object.entries(state.members).sort(), [["__proto__", 1], ["constructor", 1]]);
+      assert.equal(Object.getPrototypeOf(state.members), Object.prototype, "the prototype is untouched");
+      const left = next(room, "leave", "__proto__ to leave");
+      odd.close();
+      await left;
+      assert.deepEqual(Object.entries(room.presence().members), [["constructor", 1]]);
+    } finally {
+      odd.close();
+      watcher.close();
+    }
+  });
+  it("a server with presence off refuses a presence subscription with presence_disabled", async () => {
+    const off = await startServer(0, "client-test-presence-off", { PGWS_PRESENCE: "false" });
+    const c = client(off.url, readerToken);
+    try {
+      const room = c.subscribe("room", { presence: true });
+      const errors = [];
+      room.on("error", (e) => errors.push(e.code));
+      await assert.rejects(ready(room), (e) => e instanceof PgwsError && e.code === "presence_disabled");
+      assert.deepEqual(errors, ["presence_disabled"]);
+      assert.equal(room.state, "closed");
+      assert.equal(room.presence(), null);
+      const plain = c.subscribe("room");
+      assert.notEqual(plain, room, "a refused subscription is forgotten: subscribing again makes a new one");
+      await ready(plain);
+    } finally {
+      c.close();
+      await off.stop();
     }
   });
 });

@@ -58,11 +58,15 @@ export function token(claims, secret = SECRET) {
   return input + "." + crypto.createHmac("sha256", secret).update(input).digest("base64url");
 }
 
-/** Starts pgws --embedded on `port` (0: any); resolves with {port, url, stop(), kill()}. */
-export async function startServer(port = 0, logName = "server") {
+/**
+ * Starts pgws --embedded on `port` (0: any); resolves with {port, url, stop()}. `extraEnv`: more
+ * settings (e.g. PGWS_ROOT_PATH, for the browser tests that load the client from pgws itself).
+ */
+export async function startServer(port = 0, logName = "server", extraEnv = {}) {
   if (!fs.existsSync(PGWS_BIN)) throw new Error(`pgws binary not found at ${PGWS_BIN}; build it or set PGWS_BIN`);
   const env = { ...process.env, PGWS_JWT_SECRET: SECRET };
   for (const k of ["PGWS_JWT_SECRET_BASE64", "PGWS_PORT", "PGWS_LISTEN_CHANNEL", "PGWS_META_CHANNEL"]) delete env[k];
+  Object.assign(env, extraEnv);
   fs.mkdirSync(path.join(HERE, "artifacts"), { recursive: true });
   const log = fs.createWriteStream(path.join(HERE, "artifacts", `${logName}.log`), { flags: "a" });
   const child = spawn(PGWS_BIN, ["--embedded", "--port", String(port), "--host", "127.0.0.1"], {

@@ -8,4 +8,12 @@ sub.on("gap", (g: Gap) => g.reason);
 off();
 client.on("state", (s) => s === "open");
 client.publish("chat", "hi").then((ack) => ack.position, (e: PgwsError) => e.code);
+
+
+const room = client.subscribe("room", { presence: true });
+room.on("presence", (p) => p.count + p.anonymous + (p.members["alice"] ?? 0));
+room.on("join", (j) => (j.member ?? "anonymous") + j.connections + j.count);
+room.on("leave", (l) => l.reason === "node_lost");
+const state = room.presence();
+if (state !== null) Object.entries(state.members).map(([name, n]) => name.length + n);
 client.close();
