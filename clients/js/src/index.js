@@ -539,7 +539,9 @@ export class PgwsClient extends Emitter {
     if (typeof this.#opts.token !== "function" || typeof exp !== "number") return;
     const left = exp * 1000 - Date.now();
     const lead = Math.max(this.#opts.refreshMinLead, left * (1 - this.#opts.refreshRatio));
-    const wait = Math.max(0, left - lead);
+    // A token that lives less than the lead would otherwise be refreshed at once, again and
+    // again: wait at least a second (half the life of a shorter token) between refreshes.
+    const wait = Math.max(Math.min(1000, left / 2), left - lead);
     this.#refreshTimer = this.#timer(() => this.#refresh(exp), wait);
   }
 

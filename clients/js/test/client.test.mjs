@@ -174,6 +174,30 @@ describe("pgws-client", () => {
     }
   });
 
+  it("does not refresh in a loop when every token lives less than refreshMinLead", async () => {
+    let issued = 0;
+    // 3 s tokens against the default 5 s lead: without a floor the client would refresh back to
+    // back, as fast as the round trip.
+    const shortToken = () => {
+      issued += 1;
+      return token({ mode: "r", sub: "short", exp: Math.floor(Date.now() / 1000) + 3 });
+    };
+    const reader = client(server.url, shortToken);
+    try {
+      const sub = reader.subscribe("loop");
+      await ready(sub);
+      await next(reader, "refreshed", "a first refresh", () => true, 10_000);
+      const from = issued;
+      const started = Date.now();
+      await new Promise((r) => setTimeout(r, 2000));
+      const rate = (issued - from) / ((Date.now() - started) / 1000);
+      assert.ok(rate <= 2, `at most about one refresh a second, got ${issued - from} in 2 s`);
+      assert.equal(reader.connections, 1);
+    } finally {
+      reader.close();
+    }
+  });
+
   it("when a refresh fails, the server closes at exp and the client resumes on a new connection", async () => {
     let calls = 0;
     let closedOnce = false;
