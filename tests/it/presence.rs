@@ -582,3 +582,46 @@ async fn a_nodes_heartbeat_is_authoritative_and_control_messages_are_never_deliv
     quiet(&mut watcher).await;
     s.stop().await.unwrap();
 }
+
+/// `PGWS_PRESENCE_CLAIM` names members; names too long are anonymous; a subscription a refresh
+/// removes leaves the channel's presence (reason `left`).
+#[tokio::test]
+async fn the_claim_long_names_and_refresh() {
+    let s = start(&["--presence-claim", "name"]).await;
+    let url = base(&s);
+    let mut watcher = v2(&url, json!({"mode":"r","name":"w","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    assert_eq!(view.named("w"), 1);
+    let claims = |channels: Value| json!({"mode":"r","sub":"s1","name":"ann","channels":channels});
+    let mut ann = v2(&url, claims(json!(["room", "other"]))).await;
+    join(&mut ann, "room", false).await;
+    let e = event(&mut watcher).await;
+    assert_eq!(e["member"], "ann", "the claim, not sub: {e}");
+    view.apply(&e);
+    let mut long = v2(&url, json!({"mode":"r","name":"x".repeat(129)})).await;
+    join(&mut long, "room", false).await;
+    let e = event(&mut watcher).await;
+    assert_eq!(
+        e,
+        json!({"type":"join","channel":"room","member":null,"connections":1,"count":3})
+    );
+    view.apply(&e);
+    // A refresh whose grant no longer names the channel: `left` for ann, a leave for the others.
+    send(
+        &mut ann,
+        &json!({"type":"refresh","id":"r","token":token(claims(json!(["other"])))}).to_string(),
+    )
+    .await;
+    let left = next_json(&mut ann).await;
+    assert_eq!(
+        (left["type"].as_str(), left["channel"].as_str()),
+        (Some("left"), Some("room"))
+    );
+    assert_eq!(next_json(&mut ann).await["type"], "refreshed");
+    assert_eq!(
+        event(&mut watcher).await,
+        json!({"type":"leave","channel":"room","member":"ann","connections":1,"count":2,"reason":"left"})
+    );
+    quiet(&mut watcher).await;
+    s.stop().await.unwrap();
+}
