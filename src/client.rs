@@ -299,18 +299,19 @@ impl Client {
     }
 
     /// Follows `channel` (resuming after `from`), queuing the replay and then `answer` (see
-    /// [`crate::stream::Hub::subscribe_v2`]). The caller checked that it may, and that the
-    /// source follows the channel.
+    /// [`crate::stream::Hub::subscribe_v2`]; `then` runs right after the answer is queued).
+    /// The caller checked that it may, and that the source follows the channel.
     pub fn join(
         &mut self,
         channel: ChannelName,
         from: Option<crate::stream::ResumeFrom>,
         answer: impl FnOnce(Position, crate::stream::hub::Resumed) -> Frame,
+        then: impl FnOnce(),
     ) -> crate::stream::hub::Resumed {
         let resumed = self
             .state
             .hub
-            .subscribe_v2(&channel, &self.outbox, from, answer);
+            .subscribe_v2(&channel, &self.outbox, from, answer, then);
         self.channels.push(channel);
         if let Some(a) = self.authz() {
             a.set_channels(&self.channels);

@@ -441,8 +441,8 @@ pub struct Cli {
     )]
     pub presence_claim: String,
 
-    /// Milliseconds between presence heartbeats (each node's full presence state); a node
-    /// silent for 3 intervals is dropped from the others' presence.
+    /// Milliseconds (50 to 3600000) between presence heartbeats (each node's full presence
+    /// state); a node silent for 3 intervals is dropped from the others' presence.
     #[arg(
         long,
         env = "PGWS_PRESENCE_INTERVAL",

@@ -320,6 +320,20 @@ impl Cli {
                 })
             })
             .transpose()?;
+        if !(50..=3_600_000).contains(&self.presence_interval) {
+            return Err(ConfigError::Value {
+                var: "PGWS_PRESENCE_INTERVAL",
+                value: self.presence_interval.to_string(),
+                reason: "milliseconds from 50 to 3600000".into(),
+            });
+        }
+        if self.presence_claim.is_empty() {
+            return Err(ConfigError::Value {
+                var: "PGWS_PRESENCE_CLAIM",
+                value: String::new(),
+                reason: "a claim name is not empty".into(),
+            });
+        }
         let authz = self.authz_settings()?;
         Ok(Config {
             authz,
@@ -391,7 +405,7 @@ impl Cli {
             wal_publication: self.wal_publication.clone(),
             presence: self.presence.then(|| crate::presence::PresenceSettings {
                 claim: self.presence_claim.clone(),
-                interval: Duration::from_millis(self.presence_interval.max(50)),
+                interval: Duration::from_millis(self.presence_interval),
             }),
         })
     }

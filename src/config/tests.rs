@@ -334,3 +334,31 @@ fn channel_names_are_checked() {
     .to_string();
     assert!(err.contains("PGWS_LISTEN_CHANNEL"), "{err}");
 }
+
+#[test]
+fn presence_settings() {
+    let base = ["--db-uri", "postgres://x", "--jwt-secret", DEV_SECRET];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        cli(&args).resolve(None, None)
+    };
+    let on = with(&[]).unwrap().presence.expect("on by default");
+    assert_eq!(on.claim, "sub");
+    assert_eq!(on.interval, Duration::from_secs(5));
+    let custom = with(&["--presence-claim", "user", "--presence-interval", "250"])
+        .unwrap()
+        .presence
+        .unwrap();
+    assert_eq!(
+        (custom.claim.as_str(), custom.interval),
+        ("user", Duration::from_millis(250))
+    );
+    assert!(with(&["--presence", "off"]).unwrap().presence.is_none());
+    for bad in ["0", "49", "3600001"] {
+        let err = with(&["--presence-interval", bad]).unwrap_err().to_string();
+        assert!(err.contains("PGWS_PRESENCE_INTERVAL"), "{err}");
+    }
+    let err = with(&["--presence-claim", ""]).unwrap_err().to_string();
+    assert!(err.contains("PGWS_PRESENCE_CLAIM"), "{err}");
+}

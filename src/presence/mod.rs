@@ -57,7 +57,7 @@ pub struct PresenceMetrics {
     pub nodes_lost: Counter,
     /// Control messages received from other nodes.
     pub received: Counter,
-    /// Control messages dropped (unreadable, or the inbox was full).
+    /// Control messages dropped (unreadable, stale, or the inbox was full).
     pub dropped: Counter,
     /// Control messages sent.
     pub sent: Counter,
@@ -80,7 +80,7 @@ impl PresenceMetrics {
         );
         r.register(
             "dropped",
-            "Presence control messages dropped (unreadable or inbox full)",
+            "Presence control messages dropped (unreadable, stale replays, or inbox full)",
             self.dropped.clone(),
         );
         r.register("sent", "Presence control messages sent", self.sent.clone());
@@ -291,11 +291,12 @@ impl Presence {
         if header.node == self.node {
             return;
         }
-        self.metrics.received.inc();
         let interval = Duration::from_millis(header.interval_ms);
-        if self.drop_stale && header.ts + 3 * header.interval_ms < now_ms() {
+        if self.drop_stale && header.ts.saturating_add(3 * header.interval_ms) < now_ms() {
+            self.metrics.dropped.inc();
             return;
         }
+        self.metrics.received.inc();
         let node = &*header.node;
         let mut inner = self.lock();
         let changes = match op {
@@ -636,6 +637,41 @@ mod tests {
 
     fn claims(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// Hostile numbers and stale replays (WAL) neither panic nor count.
+    #[test]
+    fn odd_messages_are_harmless() {
+        let p = Presence::new(
+            PresenceSettings {
+                claim: "sub".into(),
+                interval: Duration::from_millis(100),
+            },
+            Some("n"),
+            true,
+            PresenceMetrics::default(),
+        );
+        let now = Instant::now();
+        let msg = |ts: u64, n: u64| {
+            format!(
+                r#"{{"pgws_control":"presence","node":"x","n":{n},"ts":{ts},"i":3600000,"op":"delta","d":[["c","m",1000000]]}}"#
+            )
+        };
+        p.apply(&msg(u64::MAX, u64::MAX), now);
+        assert_eq!(p.lock().table.snapshot("c").2, 1_000_000);
+        // Older than 3 of its intervals: a replay of the past, ignored.
+        let old = now_ms() - 3 * 3_600_000 - 1;
+        p.apply(&msg(old, 1), now);
+        assert_eq!(p.lock().table.snapshot("c").2, 1_000_000);
+        p.apply(&msg(now_ms(), 2), now);
+        assert_eq!(p.lock().table.snapshot("c").2, 2_000_000);
+        assert_eq!(p.metrics.received.get(), 2);
+        p.apply("{\"pgws_control\":\"presence\",", now);
+        assert_eq!(
+            p.metrics.dropped.get(),
+            2,
+            "the stale one and the unreadable one"
+        );
     }
 
     #[test]

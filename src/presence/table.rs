@@ -208,7 +208,7 @@ impl Table {
         let applied = counts.add(member, delta);
         let after = counts.entries();
         prune(&mut n.channels, channel);
-        self.remote_entries = self.remote_entries + after - before;
+        self.remote_entries = (self.remote_entries + after).saturating_sub(before);
         self.apply_total(channel, member, applied, Reason::Left)
     }
 
@@ -229,7 +229,7 @@ impl Table {
         };
         let old = std::mem::take(&mut n.channels);
         let old_entries: usize = old.values().map(Counts::entries).sum();
-        self.remote_entries -= old_entries;
+        self.remote_entries = self.remote_entries.saturating_sub(old_entries);
         let mut changes = Vec::new();
         // Removals first, then the new state entry by entry (bounded like deltas).
         for (channel, counts) in &old {
@@ -329,7 +329,7 @@ impl Table {
         };
         let mut changes = Vec::new();
         for (channel, counts) in &n.channels {
-            self.remote_entries -= counts.entries();
+            self.remote_entries = self.remote_entries.saturating_sub(counts.entries());
             for (member, k) in counts.iter() {
                 changes.extend(self.apply_total(channel, &member, -i64::from(k), reason));
             }

@@ -302,13 +302,15 @@ impl Hub {
     /// `answer(position, resumed)` where `position` is the stream's position at the join.
     /// So everything of the channel up to `position` came before the answer and everything
     /// after it follows it: a client that keeps the answer's position (and then each message's)
-    /// resumes exactly.
+    /// resumes exactly. `then` runs after the answer is queued, still under the lock (presence
+    /// queues its snapshot there: nothing of the channel comes between the two).
     pub fn subscribe_v2(
         &self,
         channel: &str,
         outbox: &Arc<Outbox>,
         from: Option<ResumeFrom>,
         answer: impl FnOnce(Position, Resumed) -> Frame,
+        then: impl FnOnce(),
     ) -> Resumed {
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
         self.join(&mut map, channel, outbox);
@@ -320,6 +322,7 @@ impl Hub {
         let Some(from) = from else {
             let resumed = Resumed::default();
             outbox.push_replay(&[answer(now, resumed)]);
+            then();
             return resumed;
         };
         let plan = self.plan(&map, &[channel], from);
@@ -343,6 +346,7 @@ impl Hub {
             gap: plan.reason.is_some(),
         };
         outbox.push_replay(&[answer(now, resumed)]);
+        then();
         resumed
     }
 

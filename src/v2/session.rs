@@ -280,14 +280,24 @@ impl Session {
                 "LISTEN not confirmed within 5 s; subscribed anyway"
             );
         }
-        let resumed = client.join(name.clone(), from, |position, resumed| {
-            wire::subscribed(id, channel, position, resumed.replayed)
-        });
-        // Presence after the answer: the snapshot (if asked for) follows `subscribed`.
-        if let Some(p) = &client.state().presence {
-            let watch = presence.then(|| (client.id(), client.outbox_handle()));
-            let membership = p.join(channel, &self.access.claims, watch);
-            self.presence.insert(name, membership);
+        // Presence joins right after the answer is queued, under the hub's lock: the snapshot
+        // (if asked for) is the frame after `subscribed`.
+        let hub_presence = client.state().presence.clone();
+        let outbox = client.outbox_handle().clone();
+        let conn = client.id();
+        let claims = &self.access.claims;
+        let mut membership = None;
+        let resumed = client.join(
+            name.clone(),
+            from,
+            |position, resumed| wire::subscribed(id, channel, position, resumed.replayed),
+            || {
+                membership = hub_presence
+                    .map(|p| p.join(channel, claims, presence.then_some((conn, &outbox))));
+            },
+        );
+        if let Some(m) = membership {
+            self.presence.insert(name, m);
         }
         if from.is_some() {
             tracing::info!(

@@ -449,12 +449,21 @@ async fn a_killed_wal_node_is_lost_within_the_bound() {
 #[tokio::test]
 async fn presence_is_sent_again_after_an_outage() {
     let db_uri = fresh_db().await;
-    let mut s = start_on(&db_uri, &["--presence-interval", INTERVAL]).await;
+    let mut s = start_on(
+        &db_uri,
+        &[
+            "--presence-interval",
+            INTERVAL,
+            "--check-listener-interval",
+            "200",
+        ],
+    )
+    .await;
     let db = pg(&db_uri).await;
     let mut ws = v2(&base(&s), json!({"mode":"r","sub":"alice"})).await;
     join(&mut ws, "chat", true).await;
     kill_listener(&db).await;
-    s.wait_down().await;
+    // (The reconnection may be quicker than a look at the status: wait for its result.)
     s.wait_listening(2).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["type"], "gap", "{gap}");
@@ -479,6 +488,12 @@ async fn presence_metrics() {
     ];
     let a = start_on(&db, &flags).await;
     let b = start_on(&db, &flags).await;
+    // A node without v2 subscriptions says nothing (compat sockets are not members).
+    let pg_client = pg(&db).await;
+    let mut compat = connect(&a.url(&format!("/lobby/{}", token(json!({"mode":"r"}))))).await;
+    notify(&pg_client, LISTEN, r#"{"channel":"lobby","n":1}"#).await;
+    next_text(&mut compat).await;
+    assert_eq!(a.metric("pgws_presence_sent_total").await, 0.0);
     let mut watcher = v2(&base(&b), json!({"mode":"r","sub":"w"})).await;
     let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
     let mut alice = v2(&base(&a), json!({"mode":"r","sub":"alice"})).await;
@@ -486,9 +501,18 @@ async fn presence_metrics() {
     until(&mut watcher, &mut view, |v| v.named("alice") == 1).await;
     assert_eq!(b.metric("pgws_presence_nodes ").await, 1.0);
     assert!(b.metric("pgws_presence_received_total").await >= 1.0);
-    assert!(a.metric("pgws_presence_sent_total").await >= 2.0);
-    assert_eq!(b.metric("pgws_presence_nodes_lost_total").await, 0.0);
+    // hello, the delta, the state.
+    assert!(a.metric("pgws_presence_sent_total").await >= 3.0);
+    // Its last member gone, A says goodbye: B forgets it without counting a loss.
     drop(alice);
+    until(&mut watcher, &mut view, |v| v.named("alice") == 0).await;
+    let deadline = Instant::now() + WAIT;
+    while b.metric("pgws_presence_nodes ").await != 0.0 {
+        assert!(Instant::now() < deadline, "B forgets A after its bye");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.metric("pgws_presence_nodes_lost_total").await, 0.0);
+    drop(compat);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
@@ -555,6 +579,49 @@ async fn a_nodes_heartbeat_is_authoritative_and_control_messages_are_never_deliv
     // first thing it receives.
     notify(&db, LISTEN, "plain").await;
     assert_eq!(next_text(&mut compat).await, "plain");
+    quiet(&mut watcher).await;
+    s.stop().await.unwrap();
+}
+
+/// `PGWS_PRESENCE_CLAIM` names members; names too long are anonymous; a subscription a refresh
+/// removes leaves the channel's presence (reason `left`).
+#[tokio::test]
+async fn the_claim_long_names_and_refresh() {
+    let s = start(&["--presence-claim", "name"]).await;
+    let url = base(&s);
+    let mut watcher = v2(&url, json!({"mode":"r","name":"w","sub":"w"})).await;
+    let mut view = View::of(&join(&mut watcher, "room", true).await.unwrap());
+    assert_eq!(view.named("w"), 1);
+    let claims = |channels: Value| json!({"mode":"r","sub":"s1","name":"ann","channels":channels});
+    let mut ann = v2(&url, claims(json!(["room", "other"]))).await;
+    join(&mut ann, "room", false).await;
+    let e = event(&mut watcher).await;
+    assert_eq!(e["member"], "ann", "the claim, not sub: {e}");
+    view.apply(&e);
+    let mut long = v2(&url, json!({"mode":"r","name":"x".repeat(129)})).await;
+    join(&mut long, "room", false).await;
+    let e = event(&mut watcher).await;
+    assert_eq!(
+        e,
+        json!({"type":"join","channel":"room","member":null,"connections":1,"count":3})
+    );
+    view.apply(&e);
+    // A refresh whose grant no longer names the channel: `left` for ann, a leave for the others.
+    send(
+        &mut ann,
+        &json!({"type":"refresh","id":"r","token":token(claims(json!(["other"])))}).to_string(),
+    )
+    .await;
+    let left = next_json(&mut ann).await;
+    assert_eq!(
+        (left["type"].as_str(), left["channel"].as_str()),
+        (Some("left"), Some("room"))
+    );
+    assert_eq!(next_json(&mut ann).await["type"], "refreshed");
+    assert_eq!(
+        event(&mut watcher).await,
+        json!({"type":"leave","channel":"room","member":"ann","connections":1,"count":2,"reason":"left"})
+    );
     quiet(&mut watcher).await;
     s.stop().await.unwrap();
 }
