@@ -136,6 +136,8 @@ pub struct TestServer {
     pub status: watch::Receiver<ListenerStatus>,
     /// The admin listener, when `--admin-address` was given.
     pub admin: Option<SocketAddr>,
+    /// The last LISTEN generation [`TestServer::wait_listening`] saw.
+    listened: u64,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), pgws::Error>>,
 }
@@ -200,6 +202,7 @@ pub async fn spawn_on(db: &str, extra: &[&str]) -> TestServer {
         db: db.to_string(),
         status,
         admin,
+        listened: 0,
         shutdown,
         handle,
     }
@@ -249,11 +252,17 @@ impl TestServer {
             .unwrap_or(0.0)
     }
 
-    /// Waits until the LISTEN connection is down.
+    /// Waits until the LISTEN connection is down, or was lost and is already back (a reconnection
+    /// faster than this wait: a generation after the last one [`Self::wait_listening`] saw).
     pub async fn wait_down(&mut self) {
+        let seen = self.listened;
         tokio::time::timeout(
             Duration::from_secs(30),
-            self.status.wait_for(|s| *s == ListenerStatus::Down),
+            self.status.wait_for(|s| match s {
+                ListenerStatus::Down => true,
+                ListenerStatus::Listening { generation } => *generation > seen,
+                _ => false,
+            }),
         )
         .await
         .expect("listener noticed the loss in time")
@@ -262,7 +271,7 @@ impl TestServer {
 
     /// Waits until the LISTEN connection has been (re)established `generation` times.
     pub async fn wait_listening(&mut self, generation: u64) {
-        tokio::time::timeout(
+        let now = tokio::time::timeout(
             Duration::from_secs(30),
             self.status.wait_for(
                 |s| matches!(s, ListenerStatus::Listening { generation: g } if *g >= generation),
@@ -271,6 +280,9 @@ impl TestServer {
         .await
         .expect("listening again in time")
         .expect("status channel open");
+        if let ListenerStatus::Listening { generation } = *now {
+            self.listened = generation;
+        }
     }
 }
 
