@@ -1060,25 +1060,18 @@ function onClose(s, ev) {
   if (!s.done && s.client.state === "reconnecting") connState("reconnecting", "Reconnecting (" + s.lastClose + ")…");
 }
 
-/** The channel a check of the token asks for: one the token names (else any would do). */
-function checkChannel(s) {
-  const c = s.claims;
-  if (c && typeof c.channel === "string") return c.channel;
-  if (c && Array.isArray(c.channels) && typeof c.channels[0] === "string") return c.channels[0];
-  return chatChannels(s)[0] || "chat";
-}
-
 /**
  * A browser cannot read why a handshake failed, so ask the server about the token over plain
- * HTTP with the `pgws-check: 1` header: 400 and its reason for a token it refuses (then
- * retrying is pointless: the page stops the library), 200 if the token is fine (the server was
- * full, rate limiting, or a proxy is in the way: the library keeps trying).
+ * HTTP with the `pgws-check: v2` header (judged as the v2 handshake is: the token alone): 400
+ * and its reason for a token it refuses (then retrying is pointless: the page stops the
+ * library), 200 if the token is fine (the server was full, rate limiting, or a proxy is in the
+ * way: the library keeps trying).
  */
 async function explainFailedHandshake(s) {
   if (s.explaining) return;
   s.explaining = true;
   const token = s.token;
-  const checkUrl = httpUrlFor(s.base) + "/" + encodeURIComponent(checkChannel(s)) + "/" + token;
+  const checkUrl = httpUrlFor(s.base) + "/" + token;
   let response = null;
   let body = "";
   const abort = new AbortController();
@@ -1086,7 +1079,7 @@ async function explainFailedHandshake(s) {
   try {
     response = await fetch(checkUrl, {
       method: "GET",
-      headers: { "pgws-check": "1" },
+      headers: { "pgws-check": "v2" },
       cache: "no-store",
       credentials: "omit",
       signal: abort.signal,

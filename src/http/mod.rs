@@ -12,7 +12,7 @@
 //!   HTTP publish ([`crate::transport::publish`]).
 //! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant
 //!   as JSON or `400` with the reason, because browsers cannot read the body of a refused
-//!   websocket handshake.
+//!   websocket handshake; `pgws-check: v2` judges the token as a protocol v2 handshake would.
 //! - anything else: the PostgREST upstream ([`proxy`]) when `PGWS_UPSTREAM` is set, else
 //!   [`static_files`].
 //!
@@ -47,10 +47,16 @@ pub async fn handle(
     state: Arc<AppState>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    // `1`: judged as an original-protocol handshake on this path; `v2`: as a protocol v2
+    // handshake (the grant is the token's alone, a channel in the path does not matter).
     let check = req
         .headers()
         .get("pgws-check")
-        .is_some_and(|v| v.as_bytes() == b"1");
+        .and_then(|v| match v.as_bytes() {
+            b"1" => Some(false),
+            b"v2" => Some(true),
+            _ => None,
+        });
     let mut response = if ws::is_upgrade(&req) {
         match admission::admit(&req, &state, peer, Purpose::Connect).await {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
@@ -66,12 +72,12 @@ pub async fn handle(
             Ok(admitted) => publish::handle(req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
         }
-    } else if check {
+    } else if let Some(v2) = check {
         if state
             .address_limiter
             .allow(admission::client_address(&req, &state, peer))
         {
-            check_grant(&req, &state)
+            check_grant(&req, &state, v2)
         } else {
             text(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -114,14 +120,14 @@ pub fn redact(path: &str) -> String {
         .join("/")
 }
 
-fn check_grant<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+fn check_grant<B>(req: &Request<B>, state: &AppState, v2: bool) -> Response<Body> {
     if let Err(origin) = check_origin(req, state.config.allowed_origins.as_deref()) {
         return text(
             StatusCode::FORBIDDEN,
             format!("Origin not allowed: {origin}"),
         );
     }
-    match authorize(req, state, false) {
+    match authorize(req, state, v2) {
         Ok((grant, _)) => {
             let body = serde_json::json!({
                 "mode": grant.mode.as_str(),

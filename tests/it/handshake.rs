@@ -108,6 +108,14 @@ async fn check_header_explains_a_handshake_to_browsers() {
     assert_eq!(v["channels"], json!(["a", "b"]));
     let (status, _, body) = get(s.addr, "GET", &format!("/zzz/{t}"), "pgws-check: 1\r\n").await;
     assert_eq!((status, body.as_str()), (400, "No allowed channels"));
+    // As a v2 handshake: the grant is the token's, whatever channel the path names.
+    let (status, _, body) = get(s.addr, "GET", &format!("/zzz/{t}"), "pgws-check: v2\r\n").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["channels"], json!(["a", "b"]));
+    let (status, _, body) = get(s.addr, "GET", "/not.a.token", "pgws-check: v2\r\n").await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with("Error: "), "{body}");
     s.stop().await.unwrap();
 }
 
