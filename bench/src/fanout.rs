@@ -71,6 +71,7 @@ pub async fn run_over(
         concurrency: g.connect_concurrency,
         timeout,
         read_buf: 4096,
+        subprotocol: None,
     };
     let path_of = |i: usize| paths[i % a.channels].clone();
     let conn_stats = match transport {

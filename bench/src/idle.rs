@@ -55,6 +55,7 @@ pub async fn run_over(
         concurrency: g.connect_concurrency,
         timeout: Duration::from_millis(g.connect_timeout_ms),
         read_buf: 256,
+        subprotocol: None,
     };
     let path_of = |i: usize| paths[i % a.channels].clone();
     let stats = match transport {
