@@ -97,10 +97,16 @@ if ic or any(iv.values()):
     rows.append((f"Idle RSS per v2 connection, no subscription ({env['IDLE_N']} connections)",
                  "<= 4 KiB (4,096 B)", fmt(m0, ",.0f", " B"),
                  verdict(None if m0 is None else m0 <= 4096)))
-    per_sub = None if m0 is None or m10 is None else (m10 - m0) / 10
-    rows.append(("Idle: cost of one subscription ((10 subscriptions - 0) / 10)", "stated",
-                 fmt(per_sub, ",.0f", " B") + f" (1 subscription: {fmt(None if m1 is None or m0 is None else m1 - m0, ',.0f', ' B')}"
-                 f"; compat socket: {fmt(med(ic, 'rss_per_conn_bytes'), ',.0f', ' B')})", "stated"))
+    per_sub = None if m1 is None or m10 is None else (m10 - m1) / 9
+    first = None if m1 is None or m0 is None else m1 - m0
+    rows.append(("Idle: cost of each further subscription ((10 subscriptions - 1) / 9)", "stated",
+                 fmt(per_sub, ",.0f", " B"), "stated"))
+    rows.append(("Idle: the first subscription (1 - 0; includes the send queue and batch storage "
+                 "a socket keeps once it has been sent a frame)", "stated", fmt(first, ",.0f", " B"),
+                 "stated"))
+    rows.append((f"Idle RSS per compat connection, same run ({env['IDLE_N']} connections)",
+                 "<= 4 KiB (4,096 B)", fmt(med(ic, "rss_per_conn_bytes"), ",.0f", " B"),
+                 verdict(None if med(ic, "rss_per_conn_bytes") is None else med(ic, "rss_per_conn_bytes") <= 4096)))
 for label, what in (("v2-sub-1", "one socket, 1 request in flight"),
                     ("v2-sub-1w32", "one socket, 32 requests in flight"),
                     ("v2-sub-many", f"{env['SOCKETS']} sockets, 1 request in flight each")):

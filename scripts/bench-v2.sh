@@ -14,7 +14,8 @@
 #
 # Knobs (all optional):
 #   BENCH_REPS=3               repetitions (medians reported)
-#   BENCH_ONLY=fanout,idle,subscribe,publish,size
+#   BENCH_ONLY=fanout,idle,subscribe,publish,size   (each phase keeps its own results file in
+#                              BENCH_WORK, so re-running one phase replaces only its figures)
 #   BENCH_V2_IDLE=10000        idle connections per run
 #   BENCH_V2_SOCKETS=5000      sockets of the fan-out and the many-sockets subscribe runs
 #   BENCH_OUT=docs/BENCHMARKS-v2.md, BENCH_WORK=target/bench-v2
@@ -38,15 +39,10 @@ SERVER=$TARGET/release/pgws
 GEN=$TARGET/release/pgws-bench
 
 mkdir -p "$WORK" "$(dirname "$OUT")"
-RESULTS="$WORK/results.jsonl"
-COMMANDS="$WORK/commands.txt"
 SIZES="$WORK/sizes.jsonl"
 if [ -n "${BENCH_REPORT_ONLY:-}" ]; then
     ONLY=none
     BENCH_SKIP_BUILD=1
-else
-    : >"$RESULTS"
-    : >"$COMMANDS"
 fi
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
     nice -n 10 cargo build --release -p pgws -p pgws-bench
@@ -59,7 +55,15 @@ PGCONN=""
 # shellcheck source=scripts/bench-lib.sh
 . "$ROOT/scripts/bench-lib.sh"
 trap stop_server EXIT INT TERM
-wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+# wants PHASE: whether to run it; if so, its results and commands files start empty (run_bench
+# appends to $RESULTS and $COMMANDS).
+wants() {
+    [[ ",$ONLY," == *",$1,"* ]] || return 1
+    RESULTS="$WORK/results-$1.jsonl"
+    COMMANDS="$WORK/commands-$1.txt"
+    : >"$RESULTS"
+    : >"$COMMANDS"
+}
 
 FANOUT=(fanout --subscribers "$SOCKETS" --channels 1 --payload 100 --messages 2000 --burst 100
     --burst-interval-ms 250 --drain-timeout 60)
@@ -118,5 +122,14 @@ else
     DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
     printf '%s\n%s\n' "$COMMIT" "$DIRTY" >"$WORK/commit.txt"
 fi
+PHASES="fanout idle subscribe publish"
+RESULTS="$WORK/results.jsonl"
+COMMANDS="$WORK/commands.txt"
+: >"$RESULTS"
+: >"$COMMANDS"
+for p in $PHASES; do
+    [ ! -f "$WORK/results-$p.jsonl" ] || cat "$WORK/results-$p.jsonl" >>"$RESULTS"
+    [ ! -f "$WORK/commands-$p.txt" ] || cat "$WORK/commands-$p.txt" >>"$COMMANDS"
+done
 export COMMIT DIRTY REPS RESULTS COMMANDS OUT SIZES IDLE_N SOCKETS SERVER
 python3 "$ROOT/scripts/bench-v2-report.py"

@@ -163,6 +163,7 @@ async fn run(
         }
     }
     let first_failure = outcomes.iter().find_map(|o| o.first_failure.clone());
+    let max_lag_ms = outcomes.iter().map(|o| o.max_lag_us).fold(0.0, f64::max) / 1000.0;
     let last = outcomes.iter().filter_map(|o| o.last_answer).max();
     let span_s = last.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
     let ops_per_s = if span_s > 0.0 {
@@ -199,6 +200,11 @@ async fn run(
         load.window
     ));
     rep.line(format!("round trip request -> answer: {}", lat.human()));
+    if load.rate > 0.0 {
+        rep.line(format!(
+            "requests went out at most {max_lag_ms:.2} ms behind schedule"
+        ));
+    }
     if let Some(c) = server_us {
         rep.line(format!(
             "server CPU per answered request: {c:.2} us (PostgreSQL: {:.2} us)",
@@ -222,6 +228,7 @@ async fn run(
     rep.set("ops_per_s", ops_per_s);
     rep.set("span_s", span_s);
     rep.set("latency", lat);
+    rep.set("max_lag_ms", max_lag_ms);
     rep.set("server_cpu_per_op_us", server_us);
     rep.set("pg_cpu_per_op_us", pg_us);
     rep.set("ended_early", ended);

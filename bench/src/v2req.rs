@@ -44,12 +44,15 @@ pub struct Outcome {
     pub unmatched: u64,
     /// When the last answer arrived.
     pub last_answer: Option<Instant>,
+    /// Open loop: the latest a request went out after it was due, microseconds.
+    pub max_lag_us: f64,
     /// Why the socket stopped early (or answers were missing at the end).
     pub ended: Option<String>,
 }
 
-/// Runs `request(seq)` requests on `conn` according to `plan` from `start`; round trips go into
-/// `latency` (open loop: from when each request was due, so that a late send counts).
+/// Runs `request(seq)` requests on `conn` according to `plan` from `start`; round trips (from
+/// the moment each request is written) go into `latency`. Open loop: how late requests went
+/// out behind their schedule is [`Outcome::max_lag_us`] (timer granularity is about 1 ms).
 pub async fn run(
     key: usize,
     conn: Conn,
@@ -79,7 +82,10 @@ pub async fn run(
                     break;
                 }
                 wr.push_text(request(next).as_bytes());
-                inflight.push_back((next, due));
+                out.max_lag_us = out
+                    .max_lag_us
+                    .max(now.saturating_duration_since(due).as_secs_f64() * 1e6);
+                inflight.push_back((next, now));
                 next += 1;
             }
         }
