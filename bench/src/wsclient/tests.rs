@@ -104,6 +104,8 @@ async fn reassembles_fragments_and_reads_close() {
 }
 
 /// Accepts one websocket, answering `Sec-WebSocket-Protocol: answer` when given.
+// The callback's `Result` (with a whole HTTP response as its error) is tungstenite's signature.
+#[allow(clippy::result_large_err)]
 async fn accept_with_protocol(l: TcpListener, answer: Option<&'static str>) -> Option<String> {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let (s, _) = l.accept().await.unwrap();
