@@ -66,59 +66,8 @@ PGCONN=""
 # shellcheck source=scripts/bench-lib.sh
 . "$ROOT/scripts/bench-lib.sh"
 
-stop_server() {
-    stop_pid "$SERVER_PID"
-    SERVER_PID=""
-}
+# stop_server, start_server NAME [VAR=value ...], run_bench LABEL SCENARIO-ARGS...: bench-lib.sh
 trap stop_server EXIT INT TERM
-
-# start_server NAME [VAR=value ...]: starts pgws --embedded on a free port.
-start_server() {
-    local name=$1
-    shift
-    local log="$WORK/server-$name.log"
-    # The abuse limits would throttle the load generator itself: off for benchmarks.
-    env PGWS_RATE_CONNECTIONS=0 PGWS_RATE_MESSAGES=0 PGWS_RATE_BYTES=0 "$@" \
-        "$SERVER" --embedded --port 0 >"$log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 300); do
-        if grep -q '^Listening on port' "$log" && grep -q '^Embedded PostgreSQL:' "$log"; then
-            break
-        fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server exited during start-up:" >&2
-            cat "$log" >&2
-            SERVER_PID=""
-            return 1
-        fi
-        sleep 0.2
-    done
-    PORT=$(sed -n 's/^Listening on port \([0-9]*\).*/\1/p' "$log" | head -n1)
-    PGCONN=$(sed -n 's/^Embedded PostgreSQL: //p' "$log" | head -n1)
-    if [ -z "$PORT" ] || [ -z "$PGCONN" ]; then
-        echo "server did not report its port and database within 60 s" >&2
-        cat "$log" >&2
-        return 1
-    fi
-    echo "server $name: pid $SERVER_PID port $PORT ($*)" >&2
-    sleep 1
-}
-
-
-# run_bench LABEL SCENARIO-ARGS...: one generator run; keeps its JSON line.
-run_bench() {
-    local label=$1
-    shift
-    wait_quiet
-    echo "pgws-bench --port \$PORT --pg \"\$PGCONN\" --server-pid \$PID --label $label $*" >>"$COMMANDS"
-    "$GEN" --port "$PORT" --pg "$PGCONN" --server-pid "$SERVER_PID" --label "$label" "$@" \
-        >"$WORK/$label.out" 2>"$WORK/$label.err" || {
-        echo "generator failed for $label:" >&2
-        cat "$WORK/$label.err" >&2
-    }
-    grep -v '^{' "$WORK/$label.out" >&2 || true
-    grep '^{' "$WORK/$label.out" >>"$RESULTS" || true
-}
 
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 

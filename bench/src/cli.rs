@@ -1,6 +1,8 @@
 //! Command-line interface: global options shared by every scenario and one
 //! sub-command per scenario (`fanout`, `ingest`, `idle`, and the event-stream
-//! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`), and `chaos`.
+//! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`), `chaos`, and the
+//! protocol v2 request scenarios `v2-subscribe` and `v2-publish` (`fanout` and `idle` take
+//! `--v2`).
 
 use clap::{Args, Parser, Subcommand};
 
@@ -114,6 +116,12 @@ pub enum Scenario {
     SseStorm(StormArgs),
     /// K busy channels fill their replay windows: pgws_window_* and server RSS.
     Windows(WindowsArgs),
+    /// Protocol v2: S sockets subscribe and unsubscribe (alternately, one channel each) with up
+    /// to W requests in flight: operations/s, round trip, server CPU per operation.
+    V2Subscribe(V2SubscribeArgs),
+    /// Protocol v2: S sockets publish, acknowledged after PostgreSQL accepted each message, in a
+    /// closed loop of W outstanding publishes or at a rate: round trip publish → ack.
+    V2Publish(V2PublishArgs),
     /// Minutes of traffic while faults are injected at random (its own PostgreSQL and pgws),
     /// then a per-channel continuity check of what every subscriber received; exits non-zero
     /// on a violation (WAL: any loss, duplicate or reordering; NOTIFY: a loss without a Gap).
@@ -189,6 +197,55 @@ pub struct ChaosArgs {
     /// pgws's log file (default: a file in the temporary directory, named in the report).
     #[arg(long)]
     pub log: Option<std::path::PathBuf>,
+}
+
+/// How the protocol v2 request scenarios send (shared by `v2-subscribe` and `v2-publish`).
+#[derive(Debug, Clone, Args)]
+pub struct RequestLoad {
+    /// Sockets (protocol v2), each running its own request loop.
+    #[arg(long, default_value_t = 1)]
+    pub sockets: usize,
+    /// Requests in flight per socket at most (closed loop: the next goes when an answer came).
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// Requests per second over all sockets (0 = closed loop, as fast as answers allow).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds to wait for outstanding answers after sending stopped.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain_timeout: f64,
+}
+
+/// Options of the `v2-subscribe` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct V2SubscribeArgs {
+    #[command(flatten)]
+    pub load: RequestLoad,
+    /// Channels; socket i subscribes to and unsubscribes from channel i mod K.
+    #[arg(long, default_value_t = 100)]
+    pub channels: usize,
+    /// Channel name prefix.
+    #[arg(long, default_value = "sub")]
+    pub channel_prefix: String,
+}
+
+/// Options of the `v2-publish` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct V2PublishArgs {
+    #[command(flatten)]
+    pub load: RequestLoad,
+    /// Channels; socket i publishes on channel i mod K.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Channel name prefix.
+    #[arg(long, default_value = "pub")]
+    pub channel_prefix: String,
+    /// Bytes of each published text (padded JSON).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
 }
 
 /// Options of the `sse-catchup` scenario.
@@ -349,6 +406,10 @@ pub struct FanoutArgs {
     /// it is off in the standard runs.
     #[arg(long)]
     pub kernel_timestamps: bool,
+    /// Subscribers speak protocol v2 (`pgws.v2`): one `/<token>` path for all, each subscribes
+    /// to its channel with a `subscribe` request, deliveries are v2 `message` frames.
+    #[arg(long)]
+    pub v2: bool,
 }
 
 /// Options of the `ingest` scenario.
@@ -403,6 +464,14 @@ pub struct IdleArgs {
     /// (needs --pg) and count the sockets that receive it.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub verify: bool,
+    /// Connections speak protocol v2 (`pgws.v2`) and subscribe with requests
+    /// (`--subscriptions` each).
+    #[arg(long)]
+    pub v2: bool,
+    /// With `--v2`: channels each connection subscribes to (connection i: channels i..i+S mod
+    /// K, K = max(--channels, S)); 0 = none (then the liveness check is skipped).
+    #[arg(long, default_value_t = 1)]
+    pub subscriptions: usize,
 }
 
 /// When to stop waiting for outstanding deliveries.

@@ -60,6 +60,8 @@ pub struct OpenOpts {
     pub timeout: Duration,
     /// Initial read buffer per connection.
     pub read_buf: usize,
+    /// Websocket subprotocol to offer (and require in the answer), e.g. `pgws.v2`.
+    pub subprotocol: Option<&'static str>,
 }
 
 /// Opens `n` websocket connections; `path_of(i)` gives the URL path of connection `i`
@@ -76,7 +78,10 @@ pub async fn open_all(
         opts.concurrency,
         |i| {
             let path = path_of(i);
-            async move { wsclient::connect(target, i, &path, opts.timeout, opts.read_buf).await }
+            async move {
+                let (timeout, buf, proto) = (opts.timeout, opts.read_buf, opts.subprotocol);
+                wsclient::connect_as(target, i, &path, timeout, buf, proto).await
+            }
         },
         on_open,
     )

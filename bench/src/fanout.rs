@@ -2,7 +2,8 @@
 //! that P publisher connections send with `pg_notify` on the listen channel;
 //! measures deliveries/s, loss, duplicates, order, latency, and the server's
 //! CPU per delivery. `sse-fanout` is the same scenario with event streams
-//! instead of websockets, measured the same way.
+//! instead of websockets, measured the same way; `fanout --v2` has protocol v2
+//! subscribers (each subscribes to its channel with a request).
 
 use crate::cli::{FanoutArgs, Global};
 use crate::connect::{self, OpenOpts, Transport};
@@ -15,8 +16,8 @@ use crate::rss::RssSummary;
 use crate::ssesub;
 use crate::subscriber::{self, Pong, Shared};
 use crate::target::{self, Target};
-use crate::token;
 use crate::tracker::Tally;
+use crate::v2;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -37,8 +38,8 @@ pub async fn run_over(
     threads: usize,
     transport: Transport,
 ) -> Result<Report> {
-    if transport == Transport::Sse && a.kernel_timestamps {
-        bail!("--kernel-timestamps is for websocket subscribers only");
+    if transport == Transport::Sse && (a.kernel_timestamps || a.v2) {
+        bail!("--kernel-timestamps and --v2 are for websocket subscribers only");
     }
     let conninfo = g.pg.as_deref().context("fanout needs --pg")?;
     target::check_pg_conninfo(conninfo)?;
@@ -55,7 +56,7 @@ pub async fn run_over(
             .map(|k| format!("{}{k}", a.channel_prefix))
             .collect(),
     );
-    let paths = token::channel_paths(&g.secret, "r", &channels, g.token_url)?;
+    let (paths, subprotocol) = v2::paths(a.v2, g, "r", &channels)?;
     let timeout = Duration::from_millis(g.connect_timeout_ms);
     let mut clients = Vec::new();
     for _ in 0..a.publishers {
@@ -71,27 +72,37 @@ pub async fn run_over(
         concurrency: g.connect_concurrency,
         timeout,
         read_buf: 4096,
+        subprotocol,
     };
     let path_of = |i: usize| paths[i % a.channels].clone();
     let conn_stats = match transport {
         Transport::Websocket => {
-            connect::open_all(&target, a.subscribers, opts, path_of, |i, (mut rd, wr)| {
-                let ch = channels[i % a.channels].clone();
-                if a.kernel_timestamps
-                    && let Err(e) = rd.enable_rx_timestamps()
-                {
-                    eprintln!("  kernel receive timestamps unavailable: {e}");
-                }
-                let t = tokio::spawn(subscriber::run(
-                    i,
-                    ch,
-                    rd,
-                    Pong::Direct(wr),
-                    shared.clone(),
-                    stop_rx.clone(),
-                ));
-                tasks.push((i, t));
-            })
+            connect::open_all(
+                &target,
+                a.subscribers,
+                opts,
+                path_of,
+                |i, (mut rd, mut wr)| {
+                    let ch = channels[i % a.channels].clone();
+                    if a.v2 {
+                        v2::queue_subscriptions(&mut wr, [&ch]);
+                    }
+                    if a.kernel_timestamps
+                        && let Err(e) = rd.enable_rx_timestamps()
+                    {
+                        eprintln!("  kernel receive timestamps unavailable: {e}");
+                    }
+                    let t = tokio::spawn(subscriber::run(
+                        i,
+                        ch,
+                        rd,
+                        Pong::Direct(wr),
+                        shared.clone(),
+                        stop_rx.clone(),
+                    ));
+                    tasks.push((i, t));
+                },
+            )
             .await
         }
         Transport::Sse => {
@@ -221,7 +232,7 @@ pub async fn run_over(
         "subscribers": a.subscribers, "channels": a.channels, "publishers": a.publishers,
         "batch": a.batch, "window": a.window, "rate": plan.rate, "messages": plan.total,
         "burst": plan.burst, "burst_interval_ms": a.pacing.burst_interval_ms,
-        "payload": a.pacing.payload, "threads": threads,
+        "payload": a.pacing.payload, "threads": threads, "v2": a.v2,
     });
     let mut rep = Report::new(&transport.scenario("fanout"), &g.label, params);
     rep.line(conn_stats.human("subscribers"));
@@ -293,6 +304,7 @@ pub async fn run_over(
     rep.set("error_frames", errors);
     rep.set("gap_events", gaps);
     rep.set("transport", transport.name());
+    rep.set("protocol", if a.v2 { "v2" } else { "compat" });
     rep.set("first_error_frame", first_error);
     rep.set("ended_early", ended);
     rep.set("server_cpu_per_delivery_us", server_cpu_per_delivery_us);

@@ -2,7 +2,9 @@
 //! source addresses; measures connections/s, failures and the server's RSS
 //! per connection (RSS delta from before connecting to after all connected
 //! and settled, divided by C), then holds them and optionally checks they
-//! are still alive. `sse-idle` does the same with idle event streams.
+//! are still alive. `sse-idle` does the same with idle event streams; `idle --v2`
+//! with protocol v2 sockets that each subscribe to `--subscriptions` channels
+//! (waited for before settling), for the cost of a subscription.
 
 use crate::cli::{Global, IdleArgs};
 use crate::connect::{self, OpenOpts, Transport};
@@ -12,11 +14,12 @@ use crate::report::{Report, Window};
 use crate::ssesub;
 use crate::subscriber::{self, Pong, Shared};
 use crate::target::{self, Target};
-use crate::token;
+use crate::v2;
 use anyhow::{Result, bail};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -36,13 +39,17 @@ pub async fn run_over(
     if a.connections == 0 || a.connections > 1_000_000 || a.channels == 0 {
         bail!("--connections and --channels must be positive");
     }
+    if a.v2 && transport == Transport::Sse {
+        bail!("--v2 is for websockets");
+    }
+    // Subscriptions per connection, and channels (enough for that many each).
+    let subs = if a.v2 { a.subscriptions } else { 1 };
+    let k = a.channels.max(subs);
     if let Some(pg) = &g.pg {
         target::check_pg_conninfo(pg)?;
     }
-    let channels: Vec<String> = (0..a.channels)
-        .map(|k| format!("{}{k}", a.channel_prefix))
-        .collect();
-    let paths = token::channel_paths(&g.secret, "r", &channels, g.token_url)?;
+    let channels: Vec<String> = (0..k).map(|k| format!("{}{k}", a.channel_prefix)).collect();
+    let (paths, subprotocol) = v2::paths(a.v2, g, "r", &channels)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::new(0, 1));
     let sample = || g.server_pid.and_then(|p| procstat::sample(p).ok());
@@ -55,14 +62,18 @@ pub async fn run_over(
         concurrency: g.connect_concurrency,
         timeout: Duration::from_millis(g.connect_timeout_ms),
         read_buf: 256,
+        subprotocol,
     };
-    let path_of = |i: usize| paths[i % a.channels].clone();
+    let path_of = |i: usize| paths[i % k].clone();
     let stats = match transport {
         Transport::Websocket => {
-            connect::open_all(&target, a.connections, opts, path_of, |i, (rd, wr)| {
+            connect::open_all(&target, a.connections, opts, path_of, |i, (rd, mut wr)| {
+                if a.v2 {
+                    v2::queue_subscriptions(&mut wr, (0..subs).map(|j| &channels[(i + j) % k]));
+                }
                 let t = tokio::spawn(subscriber::run(
                     i,
-                    channels[i % a.channels].clone(),
+                    channels[i % k].clone(),
                     rd,
                     Pong::Direct(wr),
                     shared.clone(),
@@ -76,7 +87,7 @@ pub async fn run_over(
             connect::open_all_sse(&target, a.connections, opts, path_of, |i, (rd, wr)| {
                 let t = tokio::spawn(ssesub::run(
                     i,
-                    channels[i % a.channels].clone(),
+                    channels[i % k].clone(),
                     rd,
                     wr,
                     shared.clone(),
@@ -87,6 +98,16 @@ pub async fn run_over(
             .await
         }
     };
+    let subscribed = if a.v2 {
+        let want = stats.ok * subs;
+        let t0 = std::time::Instant::now();
+        while shared.subscribed.load(Ordering::Relaxed) < want && t0.elapsed() < secs(30.0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(shared.subscribed.load(Ordering::Relaxed))
+    } else {
+        None
+    };
     let connect_usage = window.finish(threads);
     eprintln!("  {}", stats.human("idle"));
     tokio::time::sleep(secs(a.settle)).await;
@@ -96,7 +117,7 @@ pub async fn run_over(
     tokio::time::sleep(secs(a.hold)).await;
     let held = sample();
     let alive = match (&g.pg, a.verify) {
-        (Some(pg), true) => {
+        (Some(pg), true) if subs > 0 => {
             let client = crate::pg::connect(pg, opts.timeout).await?;
             Some(
                 phases::warm_up(
@@ -136,6 +157,7 @@ pub async fn run_over(
     let params = json!({
         "connections": a.connections, "channels": a.channels, "settle_s": a.settle,
         "hold_s": a.hold, "source_addrs": g.source_addrs, "threads": threads,
+        "v2": a.v2, "subscriptions": subs,
     });
     let mut rep = Report::new(&transport.scenario("idle"), &g.label, params);
     rep.line(stats.human("idle connections"));
@@ -158,6 +180,11 @@ pub async fn run_over(
             rss_per_conn_held.unwrap_or(0.0)
         ));
     }
+    if let Some(n) = subscribed {
+        rep.line(format!(
+            "v2 subscriptions confirmed: {n} ({subs} per connection)"
+        ));
+    }
     if let Some(n) = alive {
         rep.line(format!(
             "alive at the end (received a notification): {n}/{}",
@@ -175,6 +202,8 @@ pub async fn run_over(
     }
     rep.set("connect", &stats);
     rep.set("transport", transport.name());
+    rep.set("protocol", if a.v2 { "v2" } else { "compat" });
+    rep.set("subscribed", subscribed);
     rep.set("server_before", before);
     rep.set("server_settled", settled);
     rep.set("server_held", held);

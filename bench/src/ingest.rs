@@ -156,6 +156,7 @@ pub async fn run(g: &Global, a: &IngestArgs, threads: usize) -> Result<Report> {
         concurrency: g.connect_concurrency,
         timeout,
         read_buf: 4096,
+        subprotocol: None,
     };
 
     // optional subscribers

@@ -1,7 +1,7 @@
 //! `pgws-bench`: load generator for servers that speak the
 //! postgres-websockets protocol (fanout, ingest and idle scenarios), and for
-//! pgws's Server-Sent Events streams, resume and replay windows, and a chaos run that checks
-//! delivery guarantees under injected faults.
+//! pgws's Server-Sent Events streams, resume and replay windows, a chaos run that checks
+//! delivery guarantees under injected faults, and protocol v2 (`pgws.v2`) requests.
 
 mod catchup;
 mod chaos;
@@ -32,6 +32,9 @@ mod subscriber;
 mod target;
 mod token;
 mod tracker;
+mod v2;
+mod v2ops;
+mod v2req;
 mod windows;
 mod writer;
 mod wsclient;
@@ -67,6 +70,8 @@ fn main() -> Result<()> {
                 Scenario::SseCatchup(a) => catchup::run(&g, a, threads).await,
                 Scenario::SseStorm(a) => storm::run(&g, a, threads).await,
                 Scenario::Windows(a) => windows::run(&g, a, threads).await,
+                Scenario::V2Subscribe(a) => v2ops::subscribe(&g, a, threads).await,
+                Scenario::V2Publish(a) => v2ops::publish(&g, a, threads).await,
                 Scenario::Chaos(a) => chaos::run(&g, a, threads).await,
             }
         };

@@ -97,7 +97,8 @@ impl Receiver {
                 }
             }
             Kind::Unparsed if is_gap(data) => self.res.gaps += 1,
-            Kind::Unparsed => self.res.unparsed += 1,
+            Kind::Unparsed | Kind::Subscribed | Kind::Control => self.res.unparsed += 1,
+            Kind::Gap => self.res.gaps += 1,
         }
         None
     }

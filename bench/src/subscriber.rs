@@ -1,11 +1,14 @@
 //! Receiving side of a socket: reads frames in batches, answers pings,
 //! recognises warm-up probes, error frames and data messages (fanout
 //! notifications or ingest envelopes), and tracks sequence numbers and
-//! latency per sender.
+//! latency per sender. Protocol v2 sockets are read the same way: a v2 `message`
+//! carries the compat text, which is classified as above; `error`/`nack` count
+//! as error frames, `gap` as gaps, `subscribed` in [`Shared::subscribed`].
 
 use crate::latency::Latency;
 use crate::message::{IngestMsg, now_ns};
 use crate::tracker::SeqTracker;
+use crate::v2;
 use crate::wsclient::{Msg, WsReader, WsWriter};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -27,6 +30,8 @@ pub struct Shared {
     pub frames: AtomicU64,
     /// Sockets that saw at least one warm-up probe.
     pub ready: AtomicUsize,
+    /// Protocol v2 `subscribed` answers received (all sockets).
+    pub subscribed: AtomicUsize,
     /// Wall-clock ns of the latest receipt.
     pub last_rx_ns: AtomicU64,
     /// Number of senders (publishers or writers); sender ids are below it.
@@ -106,8 +111,14 @@ pub enum Kind {
     },
     /// A warm-up probe.
     Probe,
-    /// An `Error` event.
+    /// An `Error` event (compat), or a v2 `error` or `nack`.
     Error,
+    /// A v2 `gap` event.
+    Gap,
+    /// A v2 `subscribed` answer.
+    Subscribed,
+    /// Another v2 frame (`welcome`, other answers).
+    Control,
     /// Anything else.
     Unparsed,
 }
@@ -148,6 +159,9 @@ pub fn classify(text: &[u8], own_channel: &str) -> (Kind, bool) {
     if let Some(r) = fast_fanout(text, own_channel) {
         return r;
     }
+    if v2::is_v2(text) {
+        return classify_v2(text, own_channel);
+    }
     let Ok(m) = serde_json::from_slice::<Incoming<'_>>(text) else {
         return (Kind::Unparsed, false);
     };
@@ -173,6 +187,24 @@ pub fn classify(text: &[u8], own_channel: &str) -> (Kind, bool) {
     (kind, misrouted)
 }
 
+/// [`classify`] for a protocol v2 frame: a `message` is its compat text.
+fn classify_v2(text: &[u8], own_channel: &str) -> (Kind, bool) {
+    let Some(r) = v2::read(text) else {
+        return (Kind::Unparsed, false);
+    };
+    let kind = match r.kind {
+        v2::Kind::Message => match &r.data {
+            Some(data) if !v2::is_v2(data) => return classify(data, own_channel),
+            _ => Kind::Unparsed,
+        },
+        v2::Kind::Error | v2::Kind::Nack => Kind::Error,
+        v2::Kind::Gap => Kind::Gap,
+        v2::Kind::Subscribed => Kind::Subscribed,
+        _ => Kind::Control,
+    };
+    (kind, false)
+}
+
 /// Runs one receiving socket until `stop` changes or the socket ends.
 pub async fn run(
     id: usize,
@@ -193,6 +225,14 @@ pub async fn run(
     // which all sockets share, once per frame (measurable at 50,000 frames/s).
     let stopped = stop.changed();
     tokio::pin!(stopped);
+    // Requests queued before the task started (v2 subscriptions) go out first.
+    if let Pong::Direct(w) = &mut pong
+        && w.pending() > 0
+        && w.flush().await.is_err()
+    {
+        res.ended = Some("request write failed".into());
+        return res;
+    }
     'outer: loop {
         tokio::select! {
             biased;
@@ -245,6 +285,11 @@ pub async fn run(
                                 res.first_error = Some(String::from_utf8_lossy(t).into_owned());
                             }
                         }
+                        Kind::Gap => res.gaps += 1,
+                        Kind::Subscribed => {
+                            shared.subscribed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Kind::Control => {}
                         Kind::Unparsed => res.unparsed += 1,
                     }
                 }
@@ -344,5 +389,55 @@ mod tests {
         let err = br#"{"event":"Error","code":413,"message":"too big"}"#;
         assert!(matches!(classify(err, "c1"), (Kind::Error, false)));
         assert!(matches!(classify(b"hello", "c1"), (Kind::Unparsed, false)));
+        // protocol v2: the compat text inside a message, answers and events
+        // (as the server writes it: `type` first)
+        let v2_message = |data: &str| {
+            format!(
+                r#"{{"type":"message","channel":"c1","position":"e-5","data":{}}}"#,
+                serde_json::Value::from(data)
+            )
+        };
+        let m = v2_message(&f);
+        assert!(matches!(
+            classify(m.as_bytes(), "c1"),
+            (
+                Kind::Data {
+                    sender: 2,
+                    seq: 5,
+                    t: 77
+                },
+                false
+            )
+        ));
+        let m = v2_message(&p);
+        assert!(matches!(classify(m.as_bytes(), "c1"), (Kind::Probe, false)));
+        for (frame, kind) in [
+            (
+                r#"{"type":"subscribed","id":1,"channel":"c1","position":"e-1","replayed":0}"#,
+                "s",
+            ),
+            (
+                r#"{"type":"nack","id":1,"channel":"c1","code":"read_only","message":"m"}"#,
+                "e",
+            ),
+            (
+                r#"{"type":"error","id":null,"code":"bad_json","message":"m"}"#,
+                "e",
+            ),
+            (
+                r#"{"type":"gap","channel":"c1","reason":"source_outage","down_ms":3}"#,
+                "g",
+            ),
+            (r#"{"type":"welcome","protocol":"pgws.v2"}"#, "c"),
+        ] {
+            let got = match classify(frame.as_bytes(), "c1").0 {
+                Kind::Subscribed => "s",
+                Kind::Error => "e",
+                Kind::Gap => "g",
+                Kind::Control => "c",
+                _ => "?",
+            };
+            assert_eq!(got, kind, "{frame}");
+        }
     }
 }

@@ -19,6 +19,12 @@ pub fn for_mode(secret: &str, mode: &str) -> Result<String> {
     sign(secret, &json!({ "mode": mode }))
 }
 
+/// Path of a protocol v2 socket: `/<jwt {"mode":m}>` (no channel claim: every channel is
+/// granted, nothing subscribed at open).
+pub fn v2_path(secret: &str, mode: &str) -> Result<String> {
+    Ok(crate::target::token_path(&for_mode(secret, mode)?))
+}
+
 /// URL path for each channel: `/<channel>/<jwt {"mode":m}>`, or with
 /// `token_url` the `/<jwt {"mode":m,"channels":[channel]}>` form.
 pub fn channel_paths(

@@ -67,6 +67,7 @@ pub async fn run(g: &Global, a: &WindowsArgs, threads: usize) -> Result<Report> 
         concurrency: g.connect_concurrency,
         timeout,
         read_buf: 4096,
+        subprotocol: None,
     };
     let mut tasks = Vec::with_capacity(n);
     let conn_stats = connect::open_all_sse(

@@ -295,7 +295,21 @@ pub async fn connect(
     timeout: Duration,
     read_buf: usize,
 ) -> Result<Conn, ConnectError> {
-    match tokio::time::timeout(timeout, connect_inner(target, idx, path, read_buf)).await {
+    connect_as(target, idx, path, timeout, read_buf, None).await
+}
+
+/// [`connect`] offering the websocket subprotocol `subprotocol` (e.g. `pgws.v2`); the server
+/// must answer with it, or the attempt fails (a server without it would speak another protocol).
+pub async fn connect_as(
+    target: &Target,
+    idx: usize,
+    path: &str,
+    timeout: Duration,
+    read_buf: usize,
+    subprotocol: Option<&str>,
+) -> Result<Conn, ConnectError> {
+    let attempt = connect_inner(target, idx, path, read_buf, subprotocol);
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout),
     }
@@ -306,15 +320,19 @@ async fn connect_inner(
     idx: usize,
     path: &str,
     read_buf: usize,
+    subprotocol: Option<&str>,
 ) -> Result<Conn, ConnectError> {
     let socket = TcpSocket::new_v4()?;
     socket.bind((target.source(idx), 0).into())?;
     let mut stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
     let key = generate_key();
+    let offer = subprotocol.map_or(String::new(), |p| {
+        format!("Sec-WebSocket-Protocol: {p}\r\n")
+    });
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
         target.host_header
     );
     stream.write_all(request.as_bytes()).await?;
@@ -354,6 +372,13 @@ async fn connect_inner(
     let expected = derive_accept_key(key.as_bytes());
     if header(&head, "sec-websocket-accept") != Some(expected.as_str()) {
         return Err(ConnectError::Protocol("bad Sec-WebSocket-Accept".into()));
+    }
+    if let Some(p) = subprotocol
+        && header(&head, "sec-websocket-protocol") != Some(p)
+    {
+        return Err(ConnectError::Protocol(format!(
+            "subprotocol {p} not accepted"
+        )));
     }
     let (rd, wr) = stream.into_split();
     let reader = WsReader::new(rd, &buf[head_end..], read_buf);

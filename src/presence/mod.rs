@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -201,9 +200,10 @@ impl Presence {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The member a token is counted as: the claim's string value, else anonymous.
-    pub fn member_of<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a str> {
-        claims.get(&self.settings.claim).and_then(Value::as_str)
+    /// The claim that names a member (`PGWS_PRESENCE_CLAIM`): its string value, else anonymous
+    /// (read once per token, by [`crate::v2::access::Access`]).
+    pub fn claim(&self) -> &str {
+        &self.settings.claim
     }
 
     /// A v2 subscription joins `channel`'s presence (its own connection counts). When
@@ -212,11 +212,11 @@ impl Presence {
     pub fn join(
         self: &Arc<Self>,
         channel: &str,
-        claims: &Map<String, Value>,
+        member: Option<&str>,
         watch: Option<(u64, &Arc<Outbox>)>,
     ) -> Membership {
         let mut inner = self.lock();
-        let member = inner.table.admit(channel, self.member_of(claims));
+        let member = inner.table.admit(channel, member);
         if let Some(change) = inner.table.local_add(channel, &member, 1) {
             emit(&mut inner, &[change]);
         }
@@ -626,6 +626,7 @@ fn snapshot(table: &Table, channel: &str) -> Frame {
 mod tests {
     use super::*;
     use crate::stream::outbox::Limits;
+    use serde_json::Value;
 
     fn frames(o: &Outbox) -> Vec<Value> {
         let mut v = Vec::new();
@@ -633,10 +634,6 @@ mod tests {
         v.iter()
             .map(|f| serde_json::from_str(f.as_str()).unwrap())
             .collect()
-    }
-
-    fn claims(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
     }
 
     /// Hostile numbers and stale replays (WAL) neither panic nor count.
@@ -690,11 +687,7 @@ mod tests {
             bytes: 1 << 16,
         };
         let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
-        let ma = p.join(
-            "chat",
-            &claims(serde_json::json!({"sub":"alice"})),
-            Some((1, &a)),
-        );
+        let ma = p.join("chat", Some("alice"), Some((1, &a)));
         let snap = frames(&a);
         assert_eq!(
             snap,
@@ -702,7 +695,7 @@ mod tests {
                 serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
             ]
         );
-        let mb = p.join("chat", &claims(serde_json::json!({"sub":7})), Some((2, &b)));
+        let mb = p.join("chat", None, Some((2, &b)));
         assert_eq!(
             frames(&a),
             [
@@ -750,7 +743,7 @@ mod tests {
         // The deltas cancelled out (alice +1 -1, anonymous +1 -1) and nobody is here: a node
         // without members says nothing.
         assert!(p.outgoing(true, &mut talk).is_empty());
-        let mc = p.join("chat", &claims(serde_json::json!({"sub":"carol"})), None);
+        let mc = p.join("chat", Some("carol"), None);
         let out = p.outgoing(false, &mut talk);
         let ops: Vec<_> = out
             .iter()

@@ -188,6 +188,16 @@ impl Outbox {
         }
     }
 
+    /// Gives the queue's storage back when it is empty (a protocol v2 socket after its
+    /// `welcome`: an idle socket then holds no queue storage, as a compat socket that never
+    /// received anything).
+    pub fn release(&self) {
+        let mut s = self.lock();
+        if s.queue.is_empty() {
+            s.queue = VecDeque::new();
+        }
+    }
+
     /// Waits until something was pushed (or the outbox overflowed) since the last wait.
     /// Only the socket's own session task may wait (one waker slot).
     pub async fn wait(&self) {
@@ -265,6 +275,24 @@ mod tests {
         assert!(d.healthy && d.oldest.is_some());
         assert_eq!(out, vec![Frame::from("a"), Frame::from("b")]);
         assert!(o.drain_into(&mut out).oldest.is_none());
+    }
+
+    #[test]
+    fn release_gives_back_only_an_empty_queue() {
+        let o = outbox(10, 1000);
+        o.push("welcome".into());
+        o.release();
+        assert!(o.lock().queue.capacity() > 0, "a queued frame is kept");
+        let mut out = Vec::new();
+        o.drain_into(&mut out);
+        assert!(
+            o.lock().queue.capacity() > 0,
+            "draining keeps small storage"
+        );
+        o.release();
+        assert_eq!(o.lock().queue.capacity(), 0);
+        assert_eq!(out, vec![Frame::from("welcome")]);
+        assert_eq!(o.push("next".into()), Push::Queued);
     }
 
     #[test]

@@ -110,9 +110,10 @@ pub async fn accept(
         "websocket open"
     );
     let carrier = admitted.carrier;
-    let v2 = admitted
-        .v2
-        .then(|| crate::v2::access::Access::new(&admitted.grant));
+    let v2 = admitted.v2.then(|| {
+        let claim = state.presence.as_ref().map(|p| p.claim());
+        crate::v2::access::Access::new(&admitted.grant, claim)
+    });
     let config = state.ws_config;
     let v2_answer = v2.is_some();
     let tracker = state.sessions.clone();

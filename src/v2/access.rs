@@ -6,7 +6,7 @@
 //! token's own rules, then database authorization (`src/authz/`, when it is on) for the subject
 //! admitted at connection time.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::auth::{Grant, Mode};
 use crate::channel::ChannelName;
@@ -21,18 +21,28 @@ pub struct Access {
     pub channels: Option<Vec<String>>,
     /// `exp` (Unix seconds).
     pub exp: Option<f64>,
-    /// The claims (for database authorization and the message envelopes).
-    pub claims: Map<String, Value>,
+    /// The token's `sub` claim. Only it is kept: the claims for envelopes live in the
+    /// [`crate::client::Client`] (as text), and a copy of the whole map here cost every idle v2
+    /// socket ≈600 B (a B-tree leaf).
+    sub: Option<Value>,
+    /// The name presence knows the socket by (the `PGWS_PRESENCE_CLAIM` claim, when presence is
+    /// on and the claim is a string): kept alone for the same reason.
+    member: Option<Box<str>>,
 }
 
 impl Access {
-    /// The grant of a v2 token.
-    pub fn new(grant: &Grant) -> Self {
+    /// The grant of a v2 token; `presence_claim` names the claim presence reads (`None`:
+    /// presence is off).
+    pub fn new(grant: &Grant, presence_claim: Option<&str>) -> Self {
         Self {
             mode: grant.mode,
             channels: (!grant.channels.is_empty()).then(|| grant.channels.clone()),
             exp: grant.exp,
-            claims: grant.claims.clone(),
+            sub: grant.claims.get("sub").cloned(),
+            member: presence_claim
+                .and_then(|claim| grant.claims.get(claim))
+                .and_then(Value::as_str)
+                .map(Into::into),
         }
     }
 
@@ -45,7 +55,12 @@ impl Access {
 
     /// The token's subject (refreshes must keep it: the per-subject slot is held for it).
     pub fn sub(&self) -> Option<&Value> {
-        self.claims.get("sub")
+        self.sub.as_ref()
+    }
+
+    /// The socket's name in presence (`None`: anonymous).
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
     }
 }
 

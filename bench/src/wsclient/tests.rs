@@ -102,3 +102,45 @@ async fn reassembles_fragments_and_reads_close() {
         ]
     );
 }
+
+/// Accepts one websocket, answering `Sec-WebSocket-Protocol: answer` when given.
+// The callback's `Result` (with a whole HTTP response as its error) is tungstenite's signature.
+#[allow(clippy::result_large_err)]
+async fn accept_with_protocol(l: TcpListener, answer: Option<&'static str>) -> Option<String> {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let (s, _) = l.accept().await.unwrap();
+    let mut offered = None;
+    let callback = |req: &Request, mut resp: Response| {
+        offered = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_string());
+        if let Some(a) = answer {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", a.parse().unwrap());
+        }
+        Ok(resp)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async(s, callback).await;
+    drop(ws);
+    offered
+}
+
+#[tokio::test]
+async fn offers_and_requires_a_subprotocol() {
+    let (l, target) = listener().await;
+    let server = tokio::spawn(accept_with_protocol(l, Some("pgws.v2")));
+    let t = Duration::from_secs(5);
+    connect_as(&target, 0, "/tok", t, 128, Some("pgws.v2"))
+        .await
+        .unwrap();
+    assert_eq!(server.await.unwrap().as_deref(), Some("pgws.v2"));
+    // A server that does not answer with it speaks another protocol: the attempt fails.
+    let (l, target) = listener().await;
+    let server = tokio::spawn(accept_with_protocol(l, None));
+    let err = connect_as(&target, 0, "/tok", t, 128, Some("pgws.v2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "protocol: subprotocol pgws.v2 not accepted");
+    assert_eq!(server.await.unwrap().as_deref(), Some("pgws.v2"));
+}
