@@ -119,20 +119,21 @@ pub async fn accept(
     let tracker = state.sessions.clone();
     let client = Client::open(state, id, admitted);
     client.following().await;
-    tracker.spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                run(ws, client, v2).await;
+    // One task type per protocol: a task holds the state of the session it runs inline, so a
+    // shared task would make every socket pay for the larger of the two sessions (or, boxing
+    // one, for a second allocation).
+    match v2 {
+        Some(access) => tracker.spawn(async move {
+            if let Some(ws) = websocket(upgrade, config, id).await {
+                run_v2(ws, client, access).await;
             }
-            Err(e) => tracing::info!(conn = id, error = %e, "websocket upgrade failed"),
-        }
-    });
+        }),
+        None => tracker.spawn(async move {
+            if let Some(ws) = websocket(upgrade, config, id).await {
+                run(ws, client).await;
+            }
+        }),
+    };
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -188,22 +189,54 @@ pub(crate) enum End {
     Drop(&'static str),
 }
 
-async fn run<S>(
+/// The websocket once the HTTP upgrade is done (`None`: it failed, logged).
+async fn websocket(
+    upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+    id: u64,
+) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    match upgrade.await {
+        Ok(upgraded) => Some(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        ),
+        Err(e) => {
+            tracing::info!(conn = id, error = %e, "websocket upgrade failed");
+            None
+        }
+    }
+}
+
+/// A socket of the original protocol, from its start to its end.
+async fn run<S>(mut ws: WebSocketStream<S>, mut client: Client)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Box::pin(client.start()).await;
+    let end = serve(&mut ws, &mut client).await;
+    Box::pin(conclude(ws, client, end)).await;
+}
+
+/// A protocol v2 socket, from its start to its end.
+async fn run_v2<S>(
     mut ws: WebSocketStream<S>,
     mut client: Client,
-    v2: Option<crate::v2::access::Access>,
+    access: crate::v2::access::Access,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = client.id();
     Box::pin(client.start()).await;
+    let end = crate::v2::session::serve(&mut ws, &mut client, access).await;
+    Box::pin(conclude(ws, client, end)).await;
+}
 
-    let end = if let Some(access) = v2 {
-        Box::pin(crate::v2::session::serve(&mut ws, &mut client, access)).await
-    } else {
-        serve(&mut ws, &mut client).await
-    };
-
+/// Counts and logs how a socket ended, sends the close frame when it is ours to send, and
+/// lets the client go.
+async fn conclude<S>(mut ws: WebSocketStream<S>, client: Client, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = client.id();
     let label = match end {
         End::Close(_, _, label) | End::Drop(label) => Some(label),
         End::Peer => None,

@@ -24,7 +24,7 @@ pub struct Access {
     /// The token's `sub` claim. Only it is kept: the claims for envelopes live in the
     /// [`crate::client::Client`] (as text), and a copy of the whole map here cost every idle v2
     /// socket ≈600 B (a B-tree leaf).
-    sub: Option<Value>,
+    sub: Option<Box<Value>>,
     /// The name presence knows the socket by (the `PGWS_PRESENCE_CLAIM` claim, when presence is
     /// on and the claim is a string): kept alone for the same reason.
     member: Option<Box<str>>,
@@ -38,7 +38,7 @@ impl Access {
             mode: grant.mode,
             channels: (!grant.channels.is_empty()).then(|| grant.channels.clone()),
             exp: grant.exp,
-            sub: grant.claims.get("sub").cloned(),
+            sub: grant.claims.get("sub").cloned().map(Box::new),
             member: presence_claim
                 .and_then(|claim| grant.claims.get(claim))
                 .and_then(Value::as_str)
@@ -55,7 +55,7 @@ impl Access {
 
     /// The token's subject (refreshes must keep it: the per-subject slot is held for it).
     pub fn sub(&self) -> Option<&Value> {
-        self.sub.as_ref()
+        self.sub.as_deref()
     }
 
     /// The socket's name in presence (`None`: anonymous).
