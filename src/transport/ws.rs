@@ -112,7 +112,7 @@ pub async fn accept(
     let carrier = admitted.carrier;
     let v2 = admitted.v2.then(|| {
         let claim = state.presence.as_ref().map(|p| p.claim());
-        crate::v2::access::Access::new(&admitted.grant, claim)
+        Box::new(crate::v2::access::Access::new(&admitted.grant, claim))
     });
     let config = state.ws_config;
     let v2_answer = v2.is_some();
@@ -221,7 +221,7 @@ where
 async fn run_v2<S>(
     mut ws: WebSocketStream<S>,
     mut client: Client,
-    access: crate::v2::access::Access,
+    access: Box<crate::v2::access::Access>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -43,7 +43,9 @@ type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
 
 /// What one v2 socket holds beyond its [`Client`].
 struct Session {
-    access: Access,
+    /// Boxed: moved from the accept path through two async fns, an inline `Access` would sit in
+    /// each of their states (every idle v2 socket holds them).
+    access: Box<Access>,
     /// Publishes awaiting PostgreSQL, in the order sent; made at the first publish and dropped
     /// once all are answered (an empty `FuturesOrdered` still holds ≈150 B of heap, on every
     /// idle socket).
@@ -59,7 +61,7 @@ struct Session {
 pub(crate) async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     client: &mut Client,
-    access: Access,
+    access: Box<Access>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -471,7 +473,7 @@ impl Session {
                 .push(wire::left(&channel, denied.code, &denied.message));
         }
         client.regrant(access.mode, access.exp, &grant.claims);
-        self.access = access;
+        *self.access = access;
         wire::refreshed(
             id,
             self.access.mode.as_str(),
