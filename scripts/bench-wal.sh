@@ -17,7 +17,9 @@
 #
 # Environment knobs: BENCH_REPS=3, BENCH_ONLY=ingest,ingest64k,latency,catchup,restart,retained,
 # BENCH_STEADY=600, BENCH_OUT=docs/BENCHMARKS-wal.md, BENCH_WORK=target/bench-wal,
-# BENCH_SKIP_BUILD=1, BENCH_REPORT_ONLY=1, BENCH_QUIET_WAIT=300 (see scripts/bench-streams.sh).
+# BENCH_SKIP_BUILD=1, BENCH_REPORT_ONLY=1, BENCH_QUIET_WAIT=300 (see scripts/bench-streams.sh),
+# BENCH_SYNC_COMMIT=on|off (the embedded cluster runs synchronous_commit=off; set this to give
+# every session of the cluster's user that value, e.g. `on` as in production).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -154,6 +156,16 @@ for l in sys.stdin:
 
 if [ "$ONLY" != none ]; then
     start_holder
+    if [ -n "${BENCH_SYNC_COMMIT:-}" ]; then
+        # psql variables are interpolated in scripts read from stdin, not in -c commands.
+        psql "$PGCONN" -X -q -v ON_ERROR_STOP=1 -v v="$BENCH_SYNC_COMMIT" -f - <<'SQL'
+SELECT set_config('bench.v', :'v', false) \gset
+DO $$ BEGIN
+  EXECUTE format('ALTER ROLE CURRENT_USER SET synchronous_commit = %L', current_setting('bench.v'));
+END $$;
+SQL
+        echo "synchronous_commit=$BENCH_SYNC_COMMIT for every new session of the cluster's user" >&2
+    fi
     echo "database: $PGCONN" >&2
 fi
 
