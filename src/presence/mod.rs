@@ -151,6 +151,13 @@ pub struct Membership {
     watcher: Option<u64>,
 }
 
+impl Membership {
+    /// The channel whose presence this is.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.presence.leave(self);
