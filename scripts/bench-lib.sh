@@ -53,6 +53,12 @@ stop_server() {
 }
 # start_server NAME [VAR=value ...]: starts pgws --embedded on a free port.
 start_server() {
+    launch_embedded "$@"
+}
+
+# launch_embedded NAME [VAR=value ...]: what start_server does (scripts that override
+# start_server call it with more variables).
+launch_embedded() {
     local name=$1
     shift
     local log="$WORK/server-$name.log"
@@ -61,7 +67,7 @@ start_server() {
         "$SERVER" --embedded --port 0 >"$log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 300); do
-        if grep -q '^Listening on port' "$log" && grep -q '^Embedded PostgreSQL:' "$log"; then
+        if grep -qs '^Listening on port' "$log" && grep -qs '^Embedded PostgreSQL:' "$log"; then
             break
         fi
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -97,4 +103,16 @@ run_bench() {
     }
     grep -v '^{' "$WORK/$label.out" >&2 || true
     grep '^{' "$WORK/$label.out" >>"$RESULTS" || true
+}
+
+# record_commit: sets COMMIT and DIRTY to what the runs measure, kept in $WORK/commit.txt so that
+# a report-only pass (BENCH_REPORT_ONLY) names the commit that was measured, not today's tree.
+record_commit() {
+    if [ -n "${BENCH_REPORT_ONLY:-}" ] && [ -f "$WORK/commit.txt" ]; then
+        { read -r COMMIT; read -r DIRTY || DIRTY=""; } <"$WORK/commit.txt"
+    else
+        COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+        DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
+        printf '%s\n%s\n' "$COMMIT" "$DIRTY" >"$WORK/commit.txt"
+    fi
 }

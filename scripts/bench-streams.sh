@@ -77,40 +77,14 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_server NAME [VAR=value ...]: starts pgws --embedded on a free port, with the admin
-# listener on another free loopback port.
+# start_server NAME [VAR=value ...]: bench-lib's, with the admin listener on another free
+# loopback port ($ADMIN).
 start_server() {
     local name=$1
     shift
-    local log="$WORK/server-$name.log"
     ADMIN="127.0.0.1:$(free_port)"
     SERVER_ENV="$*"
-    # The abuse limits would throttle the load generator itself: off for benchmarks.
-    env PGWS_RATE_CONNECTIONS=0 PGWS_RATE_MESSAGES=0 PGWS_RATE_BYTES=0 \
-        PGWS_ADMIN_ADDRESS="$ADMIN" "$@" \
-        "$SERVER" --embedded --port 0 >"$log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 300); do
-        if grep -qs '^Listening on port' "$log" && grep -qs '^Embedded PostgreSQL:' "$log"; then
-            break
-        fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server exited during start-up:" >&2
-            cat "$log" >&2
-            SERVER_PID=""
-            return 1
-        fi
-        sleep 0.2
-    done
-    PORT=$(sed -n 's/^Listening on port \([0-9]*\).*/\1/p' "$log" | head -n1)
-    PGCONN=$(sed -n 's/^Embedded PostgreSQL: //p' "$log" | head -n1)
-    if [ -z "$PORT" ] || [ -z "$PGCONN" ]; then
-        echo "server did not report its port and database within 60 s" >&2
-        cat "$log" >&2
-        return 1
-    fi
-    echo "server $name: pid $SERVER_PID port $PORT admin $ADMIN ($*)" >&2
-    sleep 1
+    launch_embedded "$name" PGWS_ADMIN_ADDRESS="$ADMIN" "$@"
 }
 
 # run_bench LABEL SCENARIO-ARGS...: one generator run; keeps its JSON line (with the server's

@@ -114,14 +114,8 @@ if wants size; then
     scripts/client-size.sh >"$SIZES" || echo "client size measurement failed" >&2
 fi
 
-# The commit the runs measured (a report-only pass reuses it).
-if [ -n "${BENCH_REPORT_ONLY:-}" ] && [ -f "$WORK/commit.txt" ]; then
-    { read -r COMMIT; read -r DIRTY || DIRTY=""; } <"$WORK/commit.txt"
-else
-    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
-    DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
-    printf '%s\n%s\n' "$COMMIT" "$DIRTY" >"$WORK/commit.txt"
-fi
+# The commit the runs measured (a report-only pass reuses it: the tree may have changed since).
+record_commit
 PHASES="fanout idle subscribe publish"
 RESULTS="$WORK/results.jsonl"
 COMMANDS="$WORK/commands.txt"

@@ -151,13 +151,7 @@ if wants bridge; then
 fi
 
 # The commit the runs measured (a report-only pass reuses it: the tree may have changed since).
-if [ -n "${BENCH_REPORT_ONLY:-}" ] && [ -f "$WORK/commit.txt" ]; then
-    { read -r COMMIT; read -r DIRTY || DIRTY=""; } <"$WORK/commit.txt"
-else
-    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
-    DIRTY=$(git status --porcelain 2>/dev/null | head -n1)
-    printf '%s\n%s\n' "$COMMIT" "$DIRTY" >"$WORK/commit.txt"
-fi
+record_commit
 PEERS_RESULTS="$WORK/peers/results.jsonl"
 [ -f "$PEERS_RESULTS" ] || PEERS_RESULTS=""
 BRIDGE_RESULTS="$WORK/bridge/results.jsonl"

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::*;
 
@@ -19,19 +18,9 @@ use crate::common::*;
 const INTERVAL_MS: u64 = 1000;
 const INTERVAL: &str = "1000";
 
-/// Opens a v2 socket with `claims` and reads its `welcome`.
+/// Opens a v2 socket with `claims` at the server `s_url` and reads its `welcome`.
 async fn v2(s_url: &str, claims: Value) -> Ws {
-    let mut req = format!("{s_url}/{}", token(claims))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "pgws.v2".parse().unwrap());
-    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake accepted");
-    assert_eq!(next_json(&mut ws).await["type"], "welcome");
-    ws
+    open_v2_url(&format!("{s_url}/{}", token(claims))).await.0
 }
 
 fn base(s: &TestServer) -> String {

@@ -15,23 +15,7 @@ use crate::resume::{message, number};
 
 /// Opens a v2 socket at `path` and reads its `welcome`.
 async fn open_v2(s: &TestServer, path: &str) -> (Ws, Value) {
-    let mut req = s.url(path).into_client_request().unwrap();
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "pgws.v2".parse().unwrap());
-    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake accepted");
-    assert_eq!(resp.status(), 101);
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok()),
-        Some("pgws.v2")
-    );
-    let welcome = next_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    (ws, welcome)
+    open_v2_url(&s.url(path)).await
 }
 
 /// A v2 socket with `claims` (path `/<token>`).

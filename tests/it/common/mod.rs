@@ -459,3 +459,25 @@ pub async fn kill_listener(db: &tokio_postgres::Client) {
         .get(0);
     assert_eq!(killed, 1);
 }
+
+/// Opens a protocol v2 socket at `url` (the answer must name `pgws.v2`) and reads its `welcome`.
+pub async fn open_v2_url(url: &str) -> (Ws, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "pgws.v2".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake in time")
+        .expect("handshake accepted");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("pgws.v2")
+    );
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
