@@ -27,10 +27,10 @@ use crate::ops::limits::{Bucket, SubjectSlot};
 use crate::ops::metrics::{ModeLabel, ReasonLabel};
 use crate::pg::MAX_NOTIFY_PAYLOAD;
 use crate::pg::publisher::Job;
-use crate::protocol::{ClaimsText, error_event, meta_event};
 use crate::routing::Outgoing;
 use crate::state::AppState;
-use crate::stream::{Frame, Outbox, Position};
+use crate::stream::{Encoding, Frame, Outbox, Position, ResumeGap, Resumed};
+use crate::wire::compat::{ClaimsText, error_event, meta_event, resume_gap_event};
 
 /// One connected client.
 pub struct Client {
@@ -44,8 +44,6 @@ pub struct Client {
     claims: ClaimsText,
     outbox: Arc<Outbox>,
     rates: Rates,
-    /// Messages carry their positions (websocket opt-in).
-    positions: bool,
     /// Held while the client is connected (per-subject limit).
     _slot: Option<SubjectSlot>,
     /// Authorization by the database: the client's subject and registration (re-checks,
@@ -54,15 +52,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Counts the client and subscribes its channels (read mode).
-    pub fn open(state: Arc<AppState>, id: u64, admitted: Admitted) -> Self {
-        let v2 = admitted.v2;
+    /// Counts the client and subscribes its channels (read mode); its transport sends frames in
+    /// `encoding`.
+    pub fn open(state: Arc<AppState>, id: u64, admitted: Admitted, encoding: Encoding) -> Self {
         let Admitted {
             grant,
             channels,
             slot,
             resume,
-            positions,
             subject,
             ..
         } = admitted;
@@ -76,13 +73,16 @@ impl Client {
                 mode: grant.mode.as_str(),
             })
             .inc();
-        let outbox = Arc::new(if v2 {
-            Outbox::v2(state.outbox_limits)
-        } else {
-            Outbox::new(state.outbox_limits)
-        });
+        let outbox = Arc::new(Outbox::new(state.outbox_limits, encoding));
         if grant.mode.read {
-            let resumed = state.hub.subscribe_all(&channels, &outbox, resume);
+            let resumed = state.hub.subscribe_with(
+                &channels,
+                &outbox,
+                resume,
+                |gap| Frame::from(resume_gap_event(gap)),
+                |_, _| None,
+                || {},
+            );
             if resume.is_some() {
                 tracing::info!(
                     conn = id,
@@ -108,22 +108,8 @@ impl Client {
             claims,
             outbox,
             rates,
-            positions,
             _slot: slot,
         }
-    }
-
-    /// Whether the client asked for positions with its messages.
-    pub fn positions(&self) -> bool {
-        self.positions
-    }
-
-    /// The position of a message the client receives (`None`: not a stream message).
-    pub fn position_of(&self, frame: &Frame) -> Option<Position> {
-        (!frame.seq().is_zero()).then(|| Position {
-            epoch: self.state.hub.epoch(),
-            seq: frame.seq(),
-        })
     }
 
     /// In direct mode, waits (at most 5 s) until the source receives the client's channels, so
@@ -299,19 +285,24 @@ impl Client {
     }
 
     /// Follows `channel` (resuming after `from`), queuing the replay and then `answer` (see
-    /// [`crate::stream::Hub::subscribe_v2`]; `then` runs right after the answer is queued).
+    /// [`crate::stream::Hub::subscribe_with`]; `then` runs right after the answer is queued).
     /// The caller checked that it may, and that the source follows the channel.
     pub fn join(
         &mut self,
         channel: ChannelName,
         from: Option<crate::stream::ResumeFrom>,
-        answer: impl FnOnce(Position, crate::stream::hub::Resumed) -> Frame,
+        gap: impl FnOnce(&ResumeGap<'_>) -> Frame,
+        answer: impl FnOnce(Position, Resumed) -> Frame,
         then: impl FnOnce(),
-    ) -> crate::stream::hub::Resumed {
-        let resumed = self
-            .state
-            .hub
-            .subscribe_v2(&channel, &self.outbox, from, answer, then);
+    ) -> Resumed {
+        let resumed = self.state.hub.subscribe_with(
+            std::slice::from_ref(&channel),
+            &self.outbox,
+            from,
+            gap,
+            |position, resumed| Some(answer(position, resumed)),
+            then,
+        );
         self.channels.push(channel);
         if let Some(a) = self.authz() {
             a.set_channels(&self.channels);

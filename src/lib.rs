@@ -26,7 +26,6 @@ pub(crate) mod net;
 pub(crate) mod ops;
 pub(crate) mod pg;
 pub(crate) mod presence;
-pub(crate) mod protocol;
 pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod source;
@@ -34,6 +33,7 @@ pub(crate) mod state;
 pub(crate) mod stream;
 pub(crate) mod transport;
 pub(crate) mod v2;
+pub(crate) mod wire;
 
 pub use config::{Cli, Config, ConfigError, DEV_META_CHANNEL, DEV_SECRET};
 pub use server::{Error, Server};
@@ -51,6 +51,6 @@ pub async fn drop_wal_slot(config: &Config, slot: &str) -> Result<(), String> {
 pub mod internals {
     pub use crate::channel::quote_ident;
     pub use crate::http::redact;
-    pub use crate::protocol::{ClaimsText, envelope, error_event, postgrest_envelope};
     pub use crate::routing::route;
+    pub use crate::wire::compat::{ClaimsText, envelope, error_event, postgrest_envelope};
 }

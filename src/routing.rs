@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::protocol::{ClaimsText, envelope, postgrest_envelope};
+use crate::wire::compat::{ClaimsText, envelope, postgrest_envelope};
 
 /// Which PostgreSQL channels reach sockets (`PGWS_CHANNEL_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

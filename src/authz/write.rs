@@ -22,8 +22,8 @@ use super::check::{End, Session, TxError, transaction};
 use super::pool::PoolError;
 use super::{Attached, Authorizer, AuthzMetrics, Subject};
 use crate::channel::ChannelName;
-use crate::protocol::write_error_event;
 use crate::stream::{Frame, Outbox};
+use crate::wire::compat::write_error_event;
 
 /// Why a write was not done, as the client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]

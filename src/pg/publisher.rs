@@ -21,9 +21,9 @@ use tokio_postgres::types::Type;
 
 use super::{describe, with_defaults};
 use crate::ops::metrics::ReasonLabel;
-use crate::protocol::error_event;
 use crate::source::SourceKind;
 use crate::stream::{Frame, Outbox};
+use crate::wire::compat::error_event;
 
 /// Jobs a worker queues before a sender waits (backpressure on the sending socket).
 const QUEUE: usize = 1024;

@@ -597,13 +597,13 @@ fn emit(inner: &mut Inner, changes: &[Change]) {
             continue;
         };
         let frame = match change.left {
-            None => crate::v2::wire::presence_join(
+            None => crate::wire::v2::presence_join(
                 &change.channel,
                 change.member.as_deref(),
                 change.connections,
                 change.count,
             ),
-            Some(reason) => crate::v2::wire::presence_leave(
+            Some(reason) => crate::wire::v2::presence_leave(
                 &change.channel,
                 change.member.as_deref(),
                 change.connections,
@@ -626,7 +626,7 @@ fn emit(inner: &mut Inner, changes: &[Change]) {
 
 fn snapshot(table: &Table, channel: &str) -> Frame {
     let (members, anonymous, count) = table.snapshot(channel);
-    crate::v2::wire::presence_snapshot(channel, &members, anonymous, count)
+    crate::wire::v2::presence_snapshot(channel, &members, anonymous, count)
 }
 
 #[cfg(test)]
@@ -693,7 +693,10 @@ mod tests {
             messages: 64,
             bytes: 1 << 16,
         };
-        let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
+        let (a, b) = (
+            Arc::new(Outbox::new(limits, crate::wire::V2)),
+            Arc::new(Outbox::new(limits, crate::wire::V2)),
+        );
         let ma = p.join("chat", Some("alice"), Some((1, &a)));
         let snap = frames(&a);
         assert_eq!(

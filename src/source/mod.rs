@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::ChannelName;
 use crate::pg::publisher::{Job, Publisher};
-use crate::protocol::{gap_event, meta_gap_event};
 use crate::routing::Router;
 use crate::stream::{Frame, Hub, Seq};
+use crate::wire::{self, compat::meta_gap_event};
 
 /// Which source feeds the server (`PGWS_SOURCE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -232,13 +232,16 @@ impl Sink {
         self.hub.mark_outage();
         // Protocol v2 sockets are told whatever `PGWS_GAP_EVENTS` says: a v2 client never
         // misses a message silently.
-        self.hub.outage_v2(down.as_millis() as u64);
+        let gap_events = self.gap_events;
+        let n = self.hub.notify_subscribers(
+            |encoding| wire::outage_per_socket(encoding, down, gap_events),
+            |encoding, channel| wire::outage_per_channel(encoding, channel, down),
+        );
         if !self.gap_events {
             return;
         }
         self.gaps.inc();
-        let n = self.hub.broadcast(Frame::from(gap_event(down)));
-        tracing::info!(sockets = n, "told subscribed sockets about the gap");
+        tracing::info!(notices = n, "told subscribed sockets about the gap");
         if let Some((publisher, meta)) = &self.meta {
             publisher
                 .publish(

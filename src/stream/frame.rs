@@ -1,74 +1,86 @@
-//! `Frame`: one message on its way to clients, encoded once and shared by reference count with
-//! every client it goes to.
+//! `Frame`: one message on its way to clients, shared by reference count with every client it
+//! goes to, with one cache of its encodings.
 //!
-//! The bytes are the complete websocket text frame as a server sends it (RFC 6455 §5.2: FIN +
-//! text opcode, the length, no mask, the payload), so the websocket transport writes the same
-//! bytes to every socket without copying or re-encoding them per socket; the text is the tail
-//! of the same allocation, for transports that encode differently and for queue limits, which
-//! count text bytes.
+//! What it owns: the message's text, and, once the hub routed it, the channel and position it
+//! has in the stream. What it must never do: know a wire format. A transport asks for the bytes
+//! of an [`Encoding`] (its own: a compat websocket, a v2 websocket, an event stream) and hands
+//! the encoder (`crate::wire::encode`); the first client that needs an encoding makes it, every
+//! other client of that encoding shares the same bytes. So a message is encoded once per
+//! encoding, never once per client, and a frame nobody reads in some encoding pays one empty
+//! slot for it.
 //!
-//! The other encodings a message goes out in are the same for every client too (a Server-Sent
-//! Events event carries the message's position, which is the stream's, not the client's; so does
-//! the positioned websocket form `{"id","data"}`): each is made by the first client that needs it
-//! and kept beside the websocket frame, in the same shared allocation, for every other client
-//! ([`Frame::sse`], [`Frame::positioned`]). A frame nobody reads that way pays one empty slot.
+//! Two kinds of frames travel the same queues:
+//! - *stream messages*: routed by the hub, numbered (`seq`), stamped with their channel and the
+//!   stream's epoch; their encodings differ by protocol (a v2 socket wraps the text in a
+//!   `message` frame with its position, a compat socket sends the text as it is);
+//! - *direct frames*: texts the server writes to one socket (answers, errors, notices), already
+//!   in their protocol's words; their encodings differ only by carrier (websocket framing,
+//!   `data:` lines).
 
 use std::sync::{Arc, OnceLock};
 
-use super::Seq;
+use super::{Position, Seq};
+
+/// Which bytes a transport sends for a frame: a slot in every frame's encoding cache. The
+/// values are defined by the wire formats (`crate::wire`), not here: the stream core only keeps
+/// the slots apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Encoding(u8);
+
+impl Encoding {
+    /// How many encodings a frame can cache.
+    pub const SLOTS: usize = 4;
+
+    /// The encoding in cache slot `slot` (below [`Encoding::SLOTS`]; checked at compile time
+    /// where it is a constant).
+    pub const fn slot(slot: u8) -> Self {
+        assert!((slot as usize) < Self::SLOTS, "no such encoding slot");
+        Self(slot)
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
 
 /// A message, cheap to clone (a reference count and the position).
 #[derive(Clone)]
 pub struct Frame {
     inner: Arc<Inner>,
-    /// The message's stream position (`Position::seq`); zero for texts outside the stream
-    /// (events to one client, server notices).
+    /// The message's stream position (`Position::seq`); zero for direct frames.
     seq: Seq,
 }
 
 /// What every clone of a frame shares.
 struct Inner {
-    /// The websocket frame: header, then the UTF-8 text. Never changed after `Frame::text`.
-    wire: Box<[u8]>,
-    /// Length of the header in `wire`.
-    header: u8,
-    /// The event-stream encoding, made once by the first event stream that sends the frame.
-    sse: OnceLock<Box<[u8]>>,
-    /// The positioned websocket form, made once by the first opted-in websocket that sends it.
-    positioned: OnceLock<Frame>,
+    /// The text, never changed after the frame is made.
+    text: Box<str>,
+    /// Where the hub routed it (stream messages only).
+    route: Option<Route>,
+    /// The encodings made so far, one slot per [`Encoding`].
+    encoded: [OnceLock<Box<[u8]>>; Encoding::SLOTS],
+}
+
+/// A stream message's channel and the epoch of its numbering.
+struct Route {
+    channel: Arc<str>,
+    epoch: u64,
 }
 
 impl Frame {
-    /// Encodes `text` as one unmasked, final websocket text frame.
+    /// A frame of `text`: a direct frame until the hub routes it.
     pub fn text(text: &str) -> Self {
-        let len = text.len();
-        let header: usize = match len {
-            0..=125 => 2,
-            126..=65535 => 4,
-            _ => 10,
-        };
-        let mut wire = Vec::with_capacity(header + len);
-        wire.push(0x81); // FIN, opcode 1 (text)
-        match header {
-            2 => wire.push(len as u8),
-            4 => {
-                wire.push(126);
-                wire.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                wire.push(127);
-                wire.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        wire.extend_from_slice(text.as_bytes());
+        Self::make(text.into(), None, Seq::ZERO)
+    }
+
+    fn make(text: Box<str>, route: Option<Route>, seq: Seq) -> Self {
         Self {
             inner: Arc::new(Inner {
-                wire: wire.into_boxed_slice(),
-                header: header as u8,
-                sse: OnceLock::new(),
-                positioned: OnceLock::new(),
+                text,
+                route,
+                encoded: Default::default(),
             }),
-            seq: Seq::ZERO,
+            seq,
         }
     }
 
@@ -77,66 +89,98 @@ impl Frame {
         self.seq
     }
 
-    /// Numbers the message (the hub does, as it routes it, before any client has it). The shared
-    /// encodings carry the position, so a frame whose allocation is already shared is detached
-    /// first: clones numbered differently never share an encoding.
+    /// Numbers the message (the hub does, as it routes it, or a source that numbers its own
+    /// messages, before any client has it). The encodings carry the position, so a frame whose
+    /// allocation is already shared is detached first: clones numbered differently never share
+    /// an encoding.
     pub(crate) fn set_seq(&mut self, seq: Seq) {
         if seq == self.seq {
             return;
         }
         self.seq = seq;
+        self.detach();
+    }
+
+    /// Stamps a routed message with its channel and the stream's epoch (the hub, before any
+    /// client has it). Same rule as [`Frame::set_seq`] for shared frames.
+    pub(crate) fn set_route(&mut self, channel: &Arc<str>, epoch: u64) {
+        if self
+            .inner
+            .route
+            .as_ref()
+            .is_some_and(|r| r.epoch == epoch && Arc::ptr_eq(&r.channel, channel))
+        {
+            return;
+        }
+        let route = Route {
+            channel: channel.clone(),
+            epoch,
+        };
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => {
-                inner.sse = OnceLock::new();
-                inner.positioned = OnceLock::new();
+                inner.route = Some(route);
+                inner.encoded = Default::default();
             }
-            None => *self = Self::text(self.as_str()).with_seq(seq),
+            None => *self = Self::make(self.inner.text.clone(), Some(route), self.seq),
         }
     }
 
-    fn with_seq(mut self, seq: Seq) -> Self {
-        self.seq = seq;
-        self
+    /// Forgets the encodings (they depend on the position); copies a shared frame first.
+    fn detach(&mut self) {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.encoded = Default::default(),
+            None => {
+                let route = self.inner.route.as_ref().map(|r| Route {
+                    channel: r.channel.clone(),
+                    epoch: r.epoch,
+                });
+                *self = Self::make(self.inner.text.clone(), route, self.seq);
+            }
+        }
     }
 
-    /// The text (transports that encode it differently read it here, once per message).
+    /// The text.
     pub fn as_str(&self) -> &str {
-        // Built from a `&str` in `Frame::text` and never changed, so the check cannot fail. It
-        // scans the text, but only the first client to encode a frame differently reads it
-        // (the encodings are shared, see `sse`/`positioned`): once per message, not per client.
-        std::str::from_utf8(&self.inner.wire[usize::from(self.inner.header)..]).unwrap_or_default()
+        &self.inner.text
     }
 
     /// Length of the text in bytes (what queue limits count).
     pub fn len(&self) -> usize {
-        self.inner.wire.len() - usize::from(self.inner.header)
+        self.inner.text.len()
     }
 
-    /// The encoded websocket frame, shared.
-    pub fn wire(&self) -> &[u8] {
-        &self.inner.wire
+    /// The channel the hub routed the message to (`None`: a direct frame).
+    pub fn channel(&self) -> Option<&str> {
+        self.inner.route.as_ref().map(|r| &*r.channel)
     }
 
-    /// The frame's event-stream encoding, made by `encode` the first time any client asks and
-    /// shared by every later one. `encode` must not depend on the client (only on the frame and
-    /// on what is the same for every client: the stream's epoch).
-    pub fn sse(&self, encode: impl FnOnce(&Frame) -> Vec<u8>) -> &[u8] {
-        self.inner
-            .sse
-            .get_or_init(|| encode(self).into_boxed_slice())
+    /// The message's position (`None`: a direct frame, or not numbered).
+    pub fn position(&self) -> Option<Position> {
+        let route = self.inner.route.as_ref()?;
+        (!self.seq.is_zero()).then_some(Position {
+            epoch: route.epoch,
+            seq: self.seq,
+        })
     }
 
-    /// The frame's positioned websocket form, made by `make` the first time an opted-in client
-    /// asks and shared by every later one; the same rule as [`Frame::sse`] for `make`.
-    pub fn positioned(&self, make: impl FnOnce(&Frame) -> Frame) -> Frame {
-        self.inner.positioned.get_or_init(|| make(self)).clone()
+    /// The frame's bytes in `encoding`, made by `encode` the first time any client asks and
+    /// shared by every later one. `encode` must depend on the frame and the encoding only
+    /// (never on the client asking).
+    pub fn encoded(&self, encoding: Encoding, encode: fn(Encoding, &Frame) -> Vec<u8>) -> &[u8] {
+        self.inner.encoded[encoding.index()].get_or_init(|| encode(encoding, self).into())
+    }
+
+    /// Whether two frames share one allocation (tests of "encoded once").
+    #[cfg(test)]
+    pub fn shares_with(&self, other: &Frame) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
 impl PartialEq for Frame {
     fn eq(&self, other: &Self) -> bool {
         self.seq == other.seq
-            && (Arc::ptr_eq(&self.inner, &other.inner) || self.inner.wire == other.inner.wire)
+            && (Arc::ptr_eq(&self.inner, &other.inner) || self.inner.text == other.inner.text)
     }
 }
 
@@ -146,6 +190,7 @@ impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
             .field("text", &self.as_str())
+            .field("channel", &self.channel())
             .field("seq", &self.seq)
             .finish()
     }
@@ -153,7 +198,7 @@ impl std::fmt::Debug for Frame {
 
 impl From<String> for Frame {
     fn from(text: String) -> Self {
-        Self::text(&text)
+        Self::make(text.into_boxed_str(), None, Seq::ZERO)
     }
 }
 
@@ -166,44 +211,26 @@ impl From<&str> for Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::protocol::frame::{Frame as WsFrame, FrameHeader};
 
-    /// tungstenite's own parser reads our frames back as the same text, at every length form.
-    #[test]
-    fn frames_parse_as_websocket_text_frames() {
-        for len in [0, 1, 125, 126, 127, 65535, 65536, 70000] {
-            let text: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
-            let frame = Frame::text(&text);
-            assert_eq!(frame.len(), text.len());
-            assert_eq!(frame.as_str(), text);
-            let mut cursor = std::io::Cursor::new(frame.wire().to_vec());
-            let (header, payload_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
-            assert!(header.is_final && !header.rsv1 && header.mask.is_none());
-            assert_eq!(payload_len as usize, text.len());
-            let start = cursor.position() as usize;
-            let ws =
-                WsFrame::from_payload(header, bytes::Bytes::from(frame.wire()[start..].to_vec()));
-            assert_eq!(ws.into_text().unwrap().as_str(), text);
-        }
+    const A: Encoding = Encoding::slot(0);
+    const B: Encoding = Encoding::slot(1);
+
+    fn tagged(e: Encoding, f: &Frame) -> Vec<u8> {
+        format!("{}:{}:{}", e.0, f.seq().minor, f.as_str()).into_bytes()
     }
 
-    /// The shared encodings are made once for all clones, and never shared across positions.
+    /// The encodings are made once for all clones, kept apart per encoding, and never shared
+    /// across positions.
     #[test]
     fn encodings_are_made_once_and_follow_the_position() {
         let mut frame = Frame::text("hello");
         frame.set_seq(Seq::counter(7));
         let clone = frame.clone();
-        let mut calls = 0;
-        let mut encode = |f: &Frame| {
-            calls += 1;
-            format!("{}:{}", f.seq().minor, f.as_str()).into_bytes()
-        };
-        assert_eq!(frame.sse(&mut encode), b"7:hello");
-        assert_eq!(clone.sse(&mut encode), b"7:hello");
-        assert_eq!(calls, 1);
+        assert_eq!(frame.encoded(A, tagged), b"0:7:hello");
+        assert_eq!(frame.encoded(B, tagged), b"1:7:hello");
         assert!(std::ptr::eq(
-            frame.sse(|_| unreachable!()),
-            clone.sse(|_| unreachable!())
+            frame.encoded(A, |_, _| unreachable!()),
+            clone.encoded(A, |_, _| unreachable!())
         ));
 
         // Renumbering a shared frame detaches it: the clone keeps its encoding, the renumbered
@@ -211,15 +238,28 @@ mod tests {
         let mut renumbered = clone.clone();
         renumbered.set_seq(Seq::counter(8));
         assert_eq!(renumbered.as_str(), "hello");
-        assert_eq!(
-            renumbered.sse(|f| f.seq().minor.to_string().into_bytes()),
-            b"8"
-        );
-        assert_eq!(clone.sse(|_| unreachable!()), b"7:hello");
+        assert_eq!(renumbered.encoded(A, tagged), b"0:8:hello");
+        assert_eq!(clone.encoded(A, |_, _| unreachable!()), b"0:7:hello");
+    }
 
-        let positioned = frame.positioned(|f| Frame::from(format!("[{}]", f.as_str())));
-        let again = clone.positioned(|_| unreachable!());
-        assert_eq!(again.as_str(), "[hello]");
-        assert_eq!(positioned, again);
+    /// A routed frame knows its channel and position; a direct one has neither.
+    #[test]
+    fn routes_give_positions() {
+        let direct = Frame::text("x");
+        assert_eq!((direct.channel(), direct.position()), (None, None));
+        let mut routed = Frame::text("x");
+        routed.set_seq(Seq::counter(3));
+        let shared = routed.clone();
+        routed.set_route(&Arc::from("chat"), 42);
+        assert_eq!(routed.channel(), Some("chat"));
+        assert_eq!(
+            routed.position(),
+            Some(Position {
+                epoch: 42,
+                seq: Seq::counter(3)
+            })
+        );
+        // The clone made before the route is untouched.
+        assert_eq!(shared.channel(), None);
     }
 }

@@ -24,11 +24,11 @@ use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::Frame;
+use super::frame::{Encoding, Frame};
+use super::gap::GapReason;
 use super::outbox::{Outbox, Push};
 use super::position::{Position, ResumeFrom, Seq};
 use super::window::{Held, Window, WindowLimits};
-use crate::protocol::{GapReason, resume_gap_event};
 
 /// Counters of what the hub did (shared with the metrics registry).
 #[derive(Debug, Default, Clone)]
@@ -85,6 +85,39 @@ pub struct Resumed {
     pub gap: bool,
 }
 
+/// A resume that cannot be exact, for the caller to word in its protocol: why, which channels,
+/// the client's position when the server knows it (`after`), the last position that may be lost
+/// when known (`through`), and the first position replayed next (`resumes_at`; `None`: nothing
+/// to replay).
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeGap<'a> {
+    /// Why.
+    pub reason: GapReason,
+    /// The channels joined.
+    pub channels: &'a [&'a str],
+    /// The client's position, when known.
+    pub after: Option<Position>,
+    /// The last position that may be lost, when known.
+    pub through: Option<Position>,
+    /// The first position replayed next.
+    pub resumes_at: Option<Position>,
+}
+
+/// The notice made for `encoding` so far in one round of [`Hub::notify_subscribers`], made by
+/// `make` the first time.
+fn memo(
+    made: &mut Vec<(Encoding, Option<Frame>)>,
+    encoding: Encoding,
+    make: impl FnOnce() -> Option<Frame>,
+) -> Option<Frame> {
+    if let Some((_, frame)) = made.iter().find(|(e, _)| *e == encoding) {
+        return frame.clone();
+    }
+    let frame = make();
+    made.push((encoding, frame.clone()));
+    frame
+}
+
 /// What a resume replays, and why it is not exact (if so).
 struct Plan {
     after: Seq,
@@ -105,7 +138,7 @@ impl Plan {
 
 /// Channel name → subscribed outboxes, plus each channel's replay window.
 pub struct Hub {
-    channels: RwLock<HashMap<Box<str>, Entry>>,
+    channels: RwLock<HashMap<Arc<str>, Entry>>,
     /// The numbering's epoch: this process's (NOTIFY), or the WAL stream's, set by the source
     /// once it knows the database ([`Hub::set_origin`]).
     epoch: AtomicU64,
@@ -233,7 +266,7 @@ impl Hub {
             }
             map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         }
-        let Some(entry) = map.get(channel) else {
+        let Some((name, entry)) = map.get_key_value(channel) else {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         };
@@ -249,6 +282,10 @@ impl Hub {
                 }
             }
         }
+        let epoch = self.epoch();
+        for frame in run.iter_mut() {
+            frame.set_route(name, epoch);
+        }
         {
             let now = Instant::now();
             let mut window = lock(&entry.window);
@@ -260,17 +297,11 @@ impl Hub {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         }
+        // Every socket gets the same frames, whatever it speaks: each transport encodes them
+        // for its wire through the frames' shared cache (once per encoding, not per socket).
         let mut n = 0;
-        // Protocol v2 sockets get their own encoding, made once for the run and shared by all
-        // of them (none made while no v2 socket follows the channel).
-        let mut v2: Option<Vec<Frame>> = None;
         for sub in &entry.subs {
-            let frames: &[Frame] = if sub.is_v2() {
-                v2.get_or_insert_with(|| self.v2_frames(channel, run))
-            } else {
-                run
-            };
-            let (queued, outcome) = sub.push_all(frames);
+            let (queued, outcome) = sub.push_all(run);
             n += queued;
             if outcome == Push::Overflow {
                 self.stats.overflowed.inc_by((run.len() - queued) as u64);
@@ -280,72 +311,59 @@ impl Hub {
         n
     }
 
-    /// The protocol v2 encoding of numbered messages of `channel`.
-    fn v2_frames(&self, channel: &str, run: &[Frame]) -> Vec<Frame> {
-        let epoch = self.epoch();
-        run.iter()
-            .map(|f| {
-                crate::v2::wire::message(
-                    channel,
-                    Position {
-                        epoch,
-                        seq: f.seq(),
-                    },
-                    f,
-                )
-            })
-            .collect()
-    }
-
-    /// Adds a protocol v2 socket to one channel, resuming after `from` when given, and queues,
-    /// under the same write lock: a `gap` when the resume cannot be exact, the replay, then
-    /// `answer(position, resumed)` where `position` is the stream's position at the join.
-    /// So everything of the channel up to `position` came before the answer and everything
-    /// after it follows it: a client that keeps the answer's position (and then each message's)
-    /// resumes exactly. `then` runs after the answer is queued, still under the lock (presence
-    /// queues its snapshot there: nothing of the channel comes between the two).
-    pub fn subscribe_v2(
+    /// Adds a socket to `channels` at once, resuming after `from` when given, and queues, under
+    /// the same write lock: `gap(..)` when the resume cannot be exact, the replay (every message
+    /// of those channels after `from` still in their windows, in stream order), then
+    /// `answer(position, resumed)` where `position` is the stream's position at the join (when
+    /// it returns a frame). So everything of the channels up to `position` came before the
+    /// answer and everything after it follows it: a client that keeps the answer's position
+    /// (and then each message's) resumes exactly. `then` runs after the answer is queued, still
+    /// under the lock (presence queues its snapshot there: nothing of the channel comes
+    /// between the two). The caller words the gap and the answer: the hub has no protocol.
+    pub fn subscribe_with<C: AsRef<str>>(
         &self,
-        channel: &str,
+        channels: &[C],
         outbox: &Arc<Outbox>,
         from: Option<ResumeFrom>,
-        answer: impl FnOnce(Position, Resumed) -> Frame,
+        gap: impl FnOnce(&ResumeGap<'_>) -> Frame,
+        answer: impl FnOnce(Position, Resumed) -> Option<Frame>,
         then: impl FnOnce(),
     ) -> Resumed {
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        self.join(&mut map, channel, outbox);
+        for channel in channels {
+            self.join(&mut map, channel.as_ref(), outbox);
+        }
         let epoch = self.epoch();
         let now = Position {
             epoch,
             seq: self.last(),
         };
-        let Some(from) = from else {
-            let resumed = Resumed::default();
-            outbox.push_replay(&[answer(now, resumed)]);
-            then();
-            return resumed;
-        };
-        let plan = self.plan(&map, &[channel], from);
-        let position = |seq| Position { epoch, seq };
-        if let Some(reason) = plan.reason {
-            self.stats.resume_gaps.inc();
-            let (known, through) = plan.bounds(reason);
-            outbox.push_replay(&[crate::v2::wire::resume_gap(
-                channel,
-                reason,
-                known.map(position),
-                through.map(position),
-                plan.replay.first().map(|f| position(f.seq())),
-            )]);
+        let mut resumed = Resumed::default();
+        if let Some(from) = from {
+            let plan = self.plan(&map, channels, from);
+            let position = |seq| Position { epoch, seq };
+            if let Some(reason) = plan.reason {
+                self.stats.resume_gaps.inc();
+                let names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
+                let (known, through) = plan.bounds(reason);
+                outbox.push_replay(&[gap(&ResumeGap {
+                    reason,
+                    channels: &names,
+                    after: known.map(position),
+                    through: through.map(position),
+                    resumes_at: plan.replay.first().map(|f| position(f.seq())),
+                })]);
+            }
+            outbox.push_replay(&plan.replay);
+            self.stats.replayed.inc_by(plan.replay.len() as u64);
+            resumed = Resumed {
+                replayed: plan.replay.len(),
+                gap: plan.reason.is_some(),
+            };
         }
-        let replay = self.v2_frames(channel, &plan.replay);
-        outbox.push_replay(&replay);
-        self.stats.replayed.inc_by(replay.len() as u64);
-        let resumed = Resumed {
-            replayed: replay.len(),
-            gap: plan.reason.is_some(),
-        };
-        outbox.push_replay(&[answer(now, resumed)]);
+        if let Some(frame) = answer(now, resumed) {
+            outbox.push_replay(&[frame]);
+        }
         then();
         resumed
     }
@@ -354,7 +372,7 @@ impl Hub {
     /// Called under the write lock.
     fn plan<C: AsRef<str>>(
         &self,
-        map: &HashMap<Box<str>, Entry>,
+        map: &HashMap<Arc<str>, Entry>,
         channels: &[C],
         from: ResumeFrom,
     ) -> Plan {
@@ -401,7 +419,7 @@ impl Hub {
 
     fn join(
         &self,
-        map: &mut HashMap<Box<str>, Entry>,
+        map: &mut HashMap<Arc<str>, Entry>,
         channel: &str,
         outbox: &Arc<Outbox>,
     ) -> bool {
@@ -412,49 +430,6 @@ impl Hub {
         });
         entry.subs.push(outbox.clone());
         entry.subs.len() == 1
-    }
-
-    /// Adds a socket to its channels at once, first replaying what it missed since `from` (when
-    /// it resumes): a `Gap` event first when that cannot be exact, then every message of those
-    /// channels after `from` still in their windows, in stream order, then live messages.
-    pub fn subscribe_all<C: AsRef<str>>(
-        &self,
-        channels: &[C],
-        outbox: &Arc<Outbox>,
-        from: Option<ResumeFrom>,
-    ) -> Resumed {
-        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        for channel in channels {
-            self.join(&mut map, channel.as_ref(), outbox);
-        }
-        let Some(from) = from else {
-            return Resumed::default();
-        };
-        let epoch = self.epoch();
-        let Plan { reason, replay, .. } = {
-            let plan = self.plan(&map, channels, from);
-            if let Some(reason) = plan.reason {
-                self.stats.resume_gaps.inc();
-                let position = |seq| Position { epoch, seq };
-                let names: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
-                let (known, through) = plan.bounds(reason);
-                let event = resume_gap_event(
-                    reason,
-                    &names,
-                    known.map(position),
-                    through.map(position),
-                    plan.replay.first().map(|f| position(f.seq())),
-                );
-                outbox.push_replay(&[Frame::from(event)]);
-            }
-            plan
-        };
-        outbox.push_replay(&replay);
-        self.stats.replayed.inc_by(replay.len() as u64);
-        Resumed {
-            replayed: replay.len(),
-            gap: reason.is_some(),
-        }
     }
 
     /// Removes a socket from a channel. Returns `true` when that was the last subscriber. The
@@ -553,37 +528,39 @@ impl Hub {
             .collect()
     }
 
-    /// Sends `text` once to every subscribed socket (for server-wide notices).
-    pub fn broadcast(&self, text: Frame) -> usize {
+    /// Queues a notice on every subscribed socket: `per_socket(encoding)` once per socket and
+    /// `per_channel(encoding, channel)` once per channel it follows (`None`: nothing for that
+    /// kind of socket). Each notice is made once per encoding (and channel) and shared. For
+    /// server-wide news such as a source outage, which each protocol words its own way.
+    pub fn notify_subscribers(
+        &self,
+        per_socket: impl Fn(Encoding) -> Option<Frame>,
+        per_channel: impl Fn(Encoding, &str) -> Option<Frame>,
+    ) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         let mut seen: Vec<*const Outbox> = Vec::new();
-        let mut n = 0;
-        for sub in map.values().flat_map(|e| &e.subs) {
-            if sub.is_v2() {
-                continue;
-            }
-            let p = Arc::as_ptr(sub);
-            if seen.contains(&p) {
-                continue;
-            }
-            seen.push(p);
-            if sub.push(text.clone()) == Push::Queued {
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Tells every protocol v2 socket, once per channel it follows, that the source was down
-    /// for `down_ms` (v2 sockets are always told: they never miss a message silently).
-    pub fn outage_v2(&self, down_ms: u64) -> usize {
-        let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        let mut socket_notices: Vec<(Encoding, Option<Frame>)> = Vec::new();
         let mut n = 0;
         for (name, entry) in map.iter() {
-            let mut frame = None;
-            for sub in entry.subs.iter().filter(|s| s.is_v2()) {
-                let f = frame.get_or_insert_with(|| crate::v2::wire::outage_gap(name, down_ms));
-                if sub.push(f.clone()) == Push::Queued {
+            let mut channel_notices: Vec<(Encoding, Option<Frame>)> = Vec::new();
+            for sub in &entry.subs {
+                let encoding = sub.encoding();
+                let notice = memo(&mut channel_notices, encoding, || {
+                    per_channel(encoding, name)
+                });
+                if let Some(frame) = notice
+                    && sub.push(frame) == Push::Queued
+                {
+                    n += 1;
+                }
+                let p = Arc::as_ptr(sub);
+                if seen.contains(&p) {
+                    continue;
+                }
+                seen.push(p);
+                if let Some(frame) = memo(&mut socket_notices, encoding, || per_socket(encoding))
+                    && sub.push(frame) == Push::Queued
+                {
                     n += 1;
                 }
             }
@@ -608,10 +585,13 @@ mod tests {
     use crate::stream::outbox::Limits;
 
     fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(Limits {
-            messages: 16,
-            bytes: 1 << 16,
-        }))
+        Arc::new(Outbox::new(
+            Limits {
+                messages: 16,
+                bytes: 1 << 16,
+            },
+            Encoding::slot(0),
+        ))
     }
 
     fn drained(o: &Outbox) -> Vec<String> {
@@ -647,18 +627,22 @@ mod tests {
         assert_eq!(hub.channel_count(), 0);
     }
 
-    /// A message is encoded once for every v2 socket of its channel (the same bytes, shared),
-    /// while compat sockets get the original frame.
+    /// Every socket of a channel gets the same frame, stamped with its channel and position;
+    /// each encoding of it is made once and shared by every socket of that encoding.
     #[test]
-    fn v2_sockets_share_one_encoding_per_message() {
+    fn sockets_share_one_frame_and_its_encodings() {
         let hub = Hub::new();
         let limits = Limits {
             messages: 16,
             bytes: 1 << 16,
         };
-        let (a, b) = (Arc::new(Outbox::v2(limits)), Arc::new(Outbox::v2(limits)));
-        let compat = outbox();
-        for o in [&a, &b, &compat] {
+        let (x, y) = (Encoding::slot(1), Encoding::slot(2));
+        let (a, b, c) = (
+            Arc::new(Outbox::new(limits, x)),
+            Arc::new(Outbox::new(limits, x)),
+            Arc::new(Outbox::new(limits, y)),
+        );
+        for o in [&a, &b, &c] {
             hub.subscribe("c", o);
         }
         hub.publish("c", "{\"x\":1}".into());
@@ -667,30 +651,41 @@ mod tests {
             o.drain_into(&mut v);
             v.pop().unwrap()
         };
-        let (fa, fb, fc) = (take(&a), take(&b), take(&compat));
-        assert_eq!(fc.as_str(), "{\"x\":1}");
-        assert!(
-            fa.as_str()
-                .starts_with("{\"type\":\"message\",\"channel\":\"c\"")
-        );
-        assert_eq!(
-            fa.wire().as_ptr(),
-            fb.wire().as_ptr(),
-            "one allocation, shared"
-        );
-        assert_eq!(fa.seq(), fc.seq());
-        // A server-wide notice skips v2 sockets (they get their own, per channel).
-        assert_eq!(hub.broadcast("gap".into()), 1);
-        assert_eq!(hub.outage_v2(5), 2);
+        let (fa, fb, fc) = (take(&a), take(&b), take(&c));
+        assert!(fa.shares_with(&fb) && fa.shares_with(&fc));
+        assert_eq!(fa.channel(), Some("c"));
+        assert_eq!(fa.position().map(|p| p.epoch), Some(hub.epoch()));
+        let encode = |e: Encoding, f: &Frame| format!("{e:?}{}", f.as_str()).into_bytes();
+        assert!(std::ptr::eq(fa.encoded(x, encode), fb.encoded(x, encode)));
+        assert_ne!(fa.encoded(x, encode), fc.encoded(y, encode));
     }
 
+    /// A notice per socket reaches each socket once; a notice per channel once per channel it
+    /// follows; each kind only the encodings that word one.
     #[test]
-    fn broadcast_reaches_each_socket_once() {
+    fn notices_per_socket_and_per_channel() {
         let hub = Hub::new();
-        let a = outbox();
-        hub.subscribe("x", &a);
-        hub.subscribe("y", &a);
-        assert_eq!(hub.broadcast("gap".into()), 1);
+        let limits = Limits {
+            messages: 16,
+            bytes: 1 << 16,
+        };
+        let (x, y) = (Encoding::slot(1), Encoding::slot(2));
+        let (a, b) = (
+            Arc::new(Outbox::new(limits, x)),
+            Arc::new(Outbox::new(limits, y)),
+        );
+        for o in [&a, &b] {
+            hub.subscribe("p", o);
+            hub.subscribe("q", o);
+        }
+        let n = hub.notify_subscribers(
+            |e| (e == x).then(|| Frame::from("gap")),
+            |e, ch| (e == y).then(|| Frame::from(format!("gap {ch}"))),
+        );
+        assert_eq!(n, 3);
         assert_eq!(drained(&a), ["gap"]);
+        let mut on_b = drained(&b);
+        on_b.sort();
+        assert_eq!(on_b, ["gap p", "gap q"]);
     }
 }

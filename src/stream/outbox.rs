@@ -16,6 +16,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use super::Frame;
+use super::frame::Encoding;
 use futures_util::task::AtomicWaker;
 
 /// Limits of one outbox.
@@ -69,32 +70,26 @@ pub struct Outbox {
     /// The session task, while it waits in [`Outbox::wait`] or [`Outbox::overflowed`].
     waker: AtomicWaker,
     limits: Limits,
-    /// The socket speaks protocol v2: the hub queues v2 encodings ([`crate::v2::wire`]) here.
-    v2: bool,
+    /// What the socket's transport sends for each frame (a slot of [`Frame::encoded`]); the
+    /// outbox only carries it, for whoever renders frames per socket kind.
+    encoding: Encoding,
 }
 
 impl Outbox {
-    /// An empty outbox; allocates no queue storage until the first push.
-    pub fn new(limits: Limits) -> Self {
+    /// An empty outbox of a socket that sends frames in `encoding`; allocates no queue storage
+    /// until the first push.
+    pub fn new(limits: Limits, encoding: Encoding) -> Self {
         Self {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             limits,
-            v2: false,
+            encoding,
         }
     }
 
-    /// An empty outbox of a protocol v2 socket: the hub queues v2 frames into it.
-    pub fn v2(limits: Limits) -> Self {
-        Self {
-            v2: true,
-            ..Self::new(limits)
-        }
-    }
-
-    /// Whether this is a protocol v2 socket's outbox.
-    pub fn is_v2(&self) -> bool {
-        self.v2
+    /// The encoding the socket's transport sends.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -188,9 +183,8 @@ impl Outbox {
         }
     }
 
-    /// Gives the queue's storage back when it is empty (a protocol v2 socket after its
-    /// `welcome`: an idle socket then holds no queue storage, as a compat socket that never
-    /// received anything).
+    /// Gives the queue's storage back when it is empty (a session after its greeting: an idle
+    /// socket then holds no queue storage, as one that never received anything).
     pub fn release(&self) {
         let mut s = self.lock();
         if s.queue.is_empty() {
@@ -262,7 +256,7 @@ mod tests {
     use super::*;
 
     fn outbox(messages: usize, bytes: usize) -> Outbox {
-        Outbox::new(Limits { messages, bytes })
+        Outbox::new(Limits { messages, bytes }, Encoding::slot(0))
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::client::prepare;
 use crate::http::admission::Admitted;
 use crate::http::body::{Body, full, text};
 use crate::pg::publisher::Job;
-use crate::protocol::ClaimsText;
 use crate::state::AppState;
+use crate::wire::compat::ClaimsText;
 
 /// How long a publish waits for PostgreSQL before answering `503`.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);

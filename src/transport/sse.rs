@@ -56,9 +56,9 @@ use crate::client::Client;
 use crate::http::admission::{self, Admitted, Purpose};
 use crate::http::body::Body;
 use crate::ops::metrics::ReasonLabel;
-use crate::protocol::close_event;
 use crate::state::AppState;
 use crate::stream::Frame;
+use crate::wire::{self, compat::close_event};
 
 /// How long a browser should wait before reconnecting after the server shut down.
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 3000;
@@ -130,7 +130,7 @@ async fn open(state: &Arc<AppState>, admitted: Admitted) -> Client {
         sub = admitted.grant.claims.get("sub").and_then(|s| s.as_str()).unwrap_or(""),
         "event stream open"
     );
-    let client = Client::open(state.clone(), id, admitted);
+    let client = Client::open(state.clone(), id, admitted, wire::SSE);
     client.following().await;
     client.start().await;
     client
@@ -141,33 +141,6 @@ fn stream_headers(h: &mut HeaderMap) {
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx buffers proxied responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-}
-
-/// Encodes one message as an event: a `data:` line per line of its text.
-fn encode_message(out: &mut Vec<u8>, text: &str) {
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        // A lone `\r` is also a line end for the browser; keep the text's lines intact.
-        for part in line.split('\r') {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(part.as_bytes());
-            out.push(b'\n');
-        }
-    }
-    out.push(b'\n');
-}
-
-/// A message's event, `id:` line included when it has a position: made once, shared by every
-/// stream (the position is the stream's, the same for all of them).
-fn event_of<'f>(client: &Client, frame: &'f Frame) -> &'f [u8] {
-    frame.sse(|f| {
-        let mut out = Vec::with_capacity(f.len() + 64);
-        if let Some(position) = client.position_of(f) {
-            let _ = writeln!(out, "id: {position}");
-        }
-        encode_message(&mut out, f.as_str());
-        out
-    })
 }
 
 /// What a stream sends next.
@@ -230,15 +203,15 @@ impl Events {
             "closing event stream"
         );
         count_close(&self.client, label);
-        let mut out = Vec::new();
-        if code == 1001 {
-            let _ = writeln!(out, "retry: {RETRY_AFTER_SHUTDOWN_MS}");
-        } else if code == CLOSE_ROTATED {
-            let _ = writeln!(out, "retry: {RETRY_AFTER_ROTATION_MS}");
-        }
-        out.extend_from_slice(b"event: close\n");
-        encode_message(&mut out, &close_event(code, reason));
-        Next::End(out.into(), code)
+        let retry = match code {
+            1001 => Some(RETRY_AFTER_SHUTDOWN_MS),
+            CLOSE_ROTATED => Some(RETRY_AFTER_ROTATION_MS),
+            _ => None,
+        };
+        Next::End(
+            wire::sse::close(retry, &close_event(code, reason)).into(),
+            code,
+        )
     }
 
     /// Polls shutdown, the timer and the outbox, in that order; drains the outbox into `batch`.
@@ -337,11 +310,14 @@ impl hyper::body::Body for Stream {
         let data = match std::task::ready!(events.poll_next(cx, &mut this.batch)) {
             Next::Data(bytes) => bytes,
             Next::Frames => {
-                let client = &events.client;
-                let size = this.batch.iter().map(|f| event_of(client, f).len()).sum();
+                let size = this
+                    .batch
+                    .iter()
+                    .map(|f| f.encoded(wire::SSE, wire::encode).len())
+                    .sum();
                 let mut out = BytesMut::with_capacity(size);
                 for frame in this.batch.drain(..) {
-                    out.put_slice(event_of(client, &frame));
+                    out.put_slice(frame.encoded(wire::SSE, wire::encode));
                 }
                 if this.batch.capacity() > 256 {
                     this.batch.shrink_to_fit();
@@ -464,10 +440,12 @@ where
             Some(Next::Data(bytes)) => write_chunks(io, &[bytes], false).await,
             Some(Next::End(bye, _)) => write_chunks(io, &[bye], true).await,
             Some(Next::Frames) => {
-                let client = &events.client;
                 let mut result = Ok(());
                 for part in batch.chunks(IOV_BATCH - 2) {
-                    let slices: Vec<&[u8]> = part.iter().map(|f| event_of(client, f)).collect();
+                    let slices: Vec<&[u8]> = part
+                        .iter()
+                        .map(|f| f.encoded(wire::SSE, wire::encode))
+                        .collect();
                     result = write_chunks(io, &slices, false).await;
                     if result.is_err() {
                         break;
@@ -630,16 +608,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_data_line_per_line() {
-        let mut out = Vec::new();
-        encode_message(&mut out, "a\nb\r\nc\rd");
-        assert_eq!(&out[..], b"data: a\ndata: b\ndata: c\ndata: d\n\n");
-        let mut out = Vec::new();
-        encode_message(&mut out, "");
-        assert_eq!(&out[..], b"data: \n\n");
-    }
 
     #[test]
     fn accept_header_forms() {

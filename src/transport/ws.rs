@@ -33,9 +33,9 @@ use crate::client::Client;
 use crate::http::admission::{Admitted, Carrier, SUBPROTOCOL};
 use crate::http::body::{Body, full, text};
 use crate::ops::metrics::ReasonLabel;
-use crate::protocol::positioned_message;
 use crate::state::AppState;
-use crate::stream::Frame;
+use crate::stream::{Encoding, Frame};
+use crate::wire;
 
 /// Close code when the token's `exp` passes (the original's).
 pub const CLOSE_JWT_EXPIRED: u16 = 3001;
@@ -117,7 +117,14 @@ pub async fn accept(
     let config = state.ws_config;
     let v2_answer = v2.is_some();
     let tracker = state.sessions.clone();
-    let client = Client::open(state, id, admitted);
+    let encoding = if v2.is_some() {
+        wire::V2
+    } else if admitted.positions {
+        wire::COMPAT_POSITIONED
+    } else {
+        wire::COMPAT
+    };
+    let client = Client::open(state, id, admitted, encoding);
     client.following().await;
     // One task type per protocol: a task holds the state of the session it runs inline, so a
     // shared task would make every socket pay for the larger of the two sessions (or, boxing
@@ -159,14 +166,18 @@ pub async fn accept(
 /// Most frames handed to one `writev` (Linux's `IOV_MAX` is 1024).
 const IOV_BATCH: usize = 1024;
 
-/// Writes already-encoded frames ([`Frame::wire`], shared by every socket) straight to the
-/// socket with vectored writes: no per-socket copy or re-encoding, one system call for a batch.
-async fn write_frames<S>(io: &mut S, frames: &[Frame]) -> std::io::Result<()>
+/// Writes frames in the socket's encoding (made once per message by [`wire::encode`] and shared
+/// by every socket of that encoding) straight to the socket with vectored writes: no per-socket
+/// copy or re-encoding, one system call for a batch.
+async fn write_frames<S>(io: &mut S, frames: &[Frame], encoding: Encoding) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     for chunk in frames.chunks(IOV_BATCH) {
-        let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|f| IoSlice::new(f.wire())).collect();
+        let mut slices: Vec<IoSlice<'_>> = chunk
+            .iter()
+            .map(|f| IoSlice::new(f.encoded(encoding, wire::encode)))
+            .collect();
         let mut bufs = &mut slices[..];
         while !bufs.is_empty() {
             let n = io.write_vectored(bufs).await?;
@@ -344,8 +355,7 @@ where
     }
 }
 
-/// Writes what the client's outbox holds (positions added for clients that asked for them);
-/// `Err` when the socket must end.
+/// Writes what the client's outbox holds, in its encoding; `Err` when the socket must end.
 pub(crate) async fn write_outbox<S>(
     ws: &mut WebSocketStream<S>,
     client: &Client,
@@ -360,15 +370,6 @@ where
         // Access revoked (authorization by the database): nothing more is sent.
         return Err(End::Close(code, reason, "revoked"));
     }
-    if client.positions() {
-        for frame in batch.iter_mut() {
-            if let Some(position) = client.position_of(frame) {
-                // Made once per message and shared by every opted-in socket.
-                *frame =
-                    frame.positioned(|f| Frame::from(positioned_message(position, f.as_str())));
-            }
-        }
-    }
     if !batch.is_empty() {
         // Boxed, like the other rare paths: a future's size is the largest of its states, and
         // every idle socket would otherwise carry the write state.
@@ -376,7 +377,9 @@ where
             // Anything tungstenite still holds (a pong) goes first, whole, so that the raw
             // frames below never interleave with one of its frames.
             ws.flush().await?;
-            write_frames(ws.get_mut(), batch).await.map_err(WsError::Io)
+            write_frames(ws.get_mut(), batch, client.outbox().encoding())
+                .await
+                .map_err(WsError::Io)
         });
         tokio::select! {
             r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)) => match r {

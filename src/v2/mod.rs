@@ -16,12 +16,10 @@
 
 pub mod access;
 pub mod session;
-pub mod wire;
 
 use hyper::Request;
 
-/// The websocket subprotocol that selects protocol v2 (answered as such).
-pub const SUBPROTOCOL: &str = "pgws.v2";
+pub use crate::wire::v2::SUBPROTOCOL;
 
 /// Whether a websocket request offers protocol v2 (`Sec-WebSocket-Protocol: pgws.v2`, possibly
 /// next to `bearer.<token>`). It wins over `pgws` when both are offered.

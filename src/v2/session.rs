@@ -19,7 +19,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::access::{self, Access, Action};
-use super::wire::{self, Id, Request};
 use crate::auth::{self, AuthError};
 use crate::channel::ChannelName;
 use crate::client::Client;
@@ -28,6 +27,7 @@ use crate::stream::{Frame, ResumeFrom};
 use crate::transport::ws::{
     CLOSE_JWT_EXPIRED, CLOSE_PING_TIMEOUT, End, Inbound, read, write_outbox,
 };
+use crate::wire::v2::{self as wire, Id, Request};
 
 /// How long a publish waits for PostgreSQL before it is answered `database_unavailable`.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -326,6 +326,7 @@ impl Session {
         let resumed = client.join(
             name.clone(),
             from,
+            wire::resume_gap,
             |position, resumed| wire::subscribed(id, channel, position, resumed.replayed),
             || {
                 membership = hub_presence

@@ -11,8 +11,10 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::protocol::GapReason;
-use crate::stream::{Frame, Position};
+use crate::stream::{Frame, GapReason, Position, ResumeGap};
+
+/// The websocket subprotocol that selects protocol v2 (answered as such).
+pub const SUBPROTOCOL: &str = "pgws.v2";
 
 /// Longest string id echoed back.
 pub const MAX_ID_LEN: usize = 256;
@@ -208,18 +210,16 @@ fn frame(kind: &str, body: &str) -> Frame {
 }
 
 /// A stream message of `channel` for v2 sockets: its position and the exact text a compat
-/// socket receives, as a JSON string. Made once per message and shared by every v2 socket.
-pub fn message(channel: &str, position: Position, compat: &Frame) -> Frame {
-    let text = compat.as_str();
+/// socket receives, as a JSON string (the [`super::V2`] encoding of a routed frame: made once
+/// per message and shared by every v2 socket).
+pub fn message(channel: &str, position: Position, text: &str) -> String {
     let mut out = String::with_capacity(text.len() + channel.len() + 80);
     out.push_str("{\"type\":\"message\",\"channel\":");
     push_json_str(&mut out, channel);
     let _ = write!(out, ",\"position\":\"{position}\",\"data\":");
     push_json_str(&mut out, text);
     out.push('}');
-    let mut f = Frame::from(out);
-    f.set_seq(compat.seq());
-    f
+    out
 }
 
 /// The first frame: what the socket may do.
@@ -231,7 +231,7 @@ pub fn welcome(
     max_message_size: usize,
 ) -> Frame {
     let v = serde_json::json!({
-        "protocol": super::SUBPROTOCOL,
+        "protocol": SUBPROTOCOL,
         "mode": mode,
         "channels": channels,
         "exp": exp,
@@ -242,21 +242,15 @@ pub fn welcome(
     frame("welcome", &format!(",{}", &inner[1..inner.len() - 1]))
 }
 
-/// A resume of `channel` that cannot be exact (see [`crate::protocol::resume_gap_event`]).
-pub fn resume_gap(
-    channel: &str,
-    reason: GapReason,
-    after: Option<Position>,
-    through: Option<Position>,
-    resumes_at: Option<Position>,
-) -> Frame {
+/// A resume of one channel that cannot be exact (see [`super::compat::resume_gap_event`]).
+pub fn resume_gap(gap: &ResumeGap<'_>) -> Frame {
     let v = serde_json::json!({
-        "channel": channel,
-        "reason": reason.as_str(),
-        "message": reason.message(),
-        "after": after.map(|p| p.to_string()),
-        "through": through.map(|p| p.to_string()),
-        "resumes_at": resumes_at.map(|p| p.to_string()),
+        "channel": gap.channels.first(),
+        "reason": gap.reason.as_str(),
+        "message": gap.reason.message(),
+        "after": gap.after.map(|p| p.to_string()),
+        "through": gap.through.map(|p| p.to_string()),
+        "resumes_at": gap.resumes_at.map(|p| p.to_string()),
     });
     let inner = v.to_string();
     frame("gap", &format!(",{}", &inner[1..inner.len() - 1]))
@@ -514,13 +508,11 @@ mod tests {
             epoch: 1,
             seq: Seq::counter(5),
         };
-        let mut compat = Frame::from("{\"a\":\"é\\n\"}");
-        compat.set_seq(Seq::counter(5));
-        let m = message("ch\"", p, &compat);
+        let compat = "{\"a\":\"é\\n\"}";
+        let m = Frame::from(message("ch\"", p, compat));
         assert!(m.as_str().starts_with("{\"type\":\"message\""));
-        assert_eq!(m.seq(), Seq::counter(5));
         let v = json(&m);
-        assert_eq!(v["data"], compat.as_str());
+        assert_eq!(v["data"], compat);
         assert_eq!(v["channel"], "ch\"");
         assert_eq!(v["position"], p.to_string());
         let id = parse(r#"{"type":"ping","id":"q"}"#).unwrap().0;
@@ -545,7 +537,13 @@ mod tests {
         );
         assert_eq!(json(&left("c", "not_granted", "m"))["type"], "left");
         assert_eq!(json(&outage_gap("c", 12))["down_ms"], 12);
-        let g = json(&resume_gap("c", GapReason::OtherEpoch, None, None, Some(p)));
+        let g = json(&resume_gap(&ResumeGap {
+            reason: GapReason::OtherEpoch,
+            channels: &["c"],
+            after: None,
+            through: None,
+            resumes_at: Some(p),
+        }));
         assert_eq!(g["reason"], "other_epoch");
         assert_eq!(g["resumes_at"], p.to_string());
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::stream::position::Position;
+use crate::stream::{Position, ResumeGap};
 
 /// The claims of one socket, serialised once: every message of the socket reuses the text.
 #[derive(Debug, Clone)]
@@ -151,72 +151,18 @@ pub fn meta_gap_event(meta_channel: &str, down_for: Duration) -> String {
     .to_string()
 }
 
-/// Why a resume could not be exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GapReason {
-    /// Messages after the position left the window (count, bytes or age limits).
-    WindowExceeded,
-    /// The position is not one (malformed, too long).
-    UnknownPosition,
-    /// The position is from another server process (another node, or before a restart).
-    OtherEpoch,
-    /// The position is ahead of this server's stream.
-    FuturePosition,
-    /// The source lost messages after the position (the LISTEN connection was down).
-    SourceOutage,
-}
-
-impl GapReason {
-    /// The `reason` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WindowExceeded => "window_exceeded",
-            Self::UnknownPosition => "unknown_position",
-            Self::OtherEpoch => "other_epoch",
-            Self::FuturePosition => "future_position",
-            Self::SourceOutage => "source_outage",
-        }
-    }
-
-    pub(crate) fn message(self) -> &'static str {
-        match self {
-            Self::WindowExceeded => {
-                "messages after your position are no longer kept; what follows is what the server still has"
-            }
-            Self::UnknownPosition => {
-                "that is not a position of this server; what follows is everything the server still has"
-            }
-            Self::OtherEpoch => {
-                "that position is from another server process (another node, or before a restart); what follows is everything this one still has"
-            }
-            Self::FuturePosition => {
-                "that position is ahead of this server's stream; what follows is everything the server still has"
-            }
-            Self::SourceOutage => {
-                "the server's database connection was lost after your position; messages sent meanwhile may be lost; what follows is what the server has"
-            }
-        }
-    }
-}
-
 /// The first event of a resume that cannot be exact: what could not be replayed. `after` is the
 /// client's position when the server knows it, `through` the last position that may be lost
 /// (when known), `resumes_at` the first position replayed next (`null`: nothing to replay).
-pub fn resume_gap_event(
-    reason: GapReason,
-    channels: &[&str],
-    after: Option<Position>,
-    through: Option<Position>,
-    resumes_at: Option<Position>,
-) -> String {
+pub fn resume_gap_event(gap: &ResumeGap<'_>) -> String {
     serde_json::json!({
         "event": "Gap",
-        "reason": reason.as_str(),
-        "message": reason.message(),
-        "channels": channels,
-        "after": after.map(|p| p.to_string()),
-        "through": through.map(|p| p.to_string()),
-        "resumes_at": resumes_at.map(|p| p.to_string()),
+        "reason": gap.reason.as_str(),
+        "message": gap.reason.message(),
+        "channels": gap.channels,
+        "after": gap.after.map(|p| p.to_string()),
+        "through": gap.through.map(|p| p.to_string()),
+        "resumes_at": gap.resumes_at.map(|p| p.to_string()),
     })
     .to_string()
 }
