@@ -20,6 +20,7 @@ pub(crate) mod authz;
 pub(crate) mod channel;
 pub(crate) mod client;
 pub mod config;
+pub(crate) mod control;
 pub mod embedded;
 pub(crate) mod http;
 pub(crate) mod net;

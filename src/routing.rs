@@ -123,11 +123,6 @@ impl Router {
         (!self.mode.uses_listen_channel()).then(|| channel.to_string())
     }
 
-    /// The PostgreSQL channel used as the bus (`PGWS_LISTEN_CHANNEL`).
-    pub fn listen_channel(&self) -> &str {
-        &self.listen_channel
-    }
-
     /// The pgws channel a notification received on `pg_channel` goes to.
     pub fn target<'a>(&self, pg_channel: &'a str, payload: &'a str) -> Cow<'a, str> {
         if self.mode.uses_listen_channel() && pg_channel == self.listen_channel {

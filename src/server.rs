@@ -140,7 +140,9 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let config = self.config;
         let stop = shutdown.child_token();
-        let metrics = Arc::new(Metrics::new());
+        let authz_metrics = crate::authz::AuthzMetrics::new();
+        let presence_metrics = crate::presence::PresenceMetrics::default();
+        let metrics = Arc::new(Metrics::new(&[&authz_metrics, &presence_metrics]));
         let hub = Arc::new(Hub::with_stats(
             HubStats {
                 delivered: metrics.deliveries.clone(),
@@ -185,29 +187,31 @@ impl Server {
             (None, None)
         };
         let authz = config.authz.clone().map(|settings| {
-            crate::authz::Authorizer::start(
-                &config.db,
-                settings,
-                &config.listen_channel,
-                metrics.authz.clone(),
-                stop.clone(),
-            )
+            crate::authz::Authorizer::start(&config.db, settings, authz_metrics, stop.clone())
         });
         let presence = config.presence.clone().map(|settings| {
             crate::presence::Presence::new(
                 settings,
                 config.node_id.as_deref(),
                 config.source == SourceKind::Wal,
-                metrics.presence.clone(),
+                presence_metrics,
             )
         });
         let presence_task = presence.clone().map(|p| {
             tracing::info!(node = p.node(), "presence on");
             tokio::spawn(p.run(publisher.clone(), status_rx.clone(), stop.clone()))
         });
+        let mut control = crate::control::Plane::new(&config.listen_channel);
+        if let Some(p) = &presence {
+            let p = p.clone();
+            control.on_presence(move |payload| p.receive(payload));
+        }
+        if let Some(a) = &authz {
+            let a = a.clone();
+            control.on_revoke(move |revocation| a.revoked(revocation));
+        }
         let sink = Arc::new(Sink {
-            presence: presence.clone(),
-            authz: authz.clone(),
+            control,
             hub: hub.clone(),
             router: router.clone(),
             gap_events: config.gap_events,

@@ -15,7 +15,7 @@
 //!
 //! The rest of the server sees [`Authorizer`] (on `AppState`, `None` when off): admission calls
 //! [`Authorizer::admit`], a client attaches with [`Authorizer::attach`], the sink hands control
-//! messages to [`Authorizer::intercept`]. The protocol-v2 run-time subscribe calls
+//! messages to [`Authorizer::revoked`] (through the control plane). The protocol-v2 run-time subscribe calls
 //! [`Authorizer::check`] per channel. See docs/AUTHORIZATION.md.
 
 pub mod cache;
@@ -253,9 +253,11 @@ impl AuthzMetrics {
             discarded: Counter::default(),
         }
     }
+}
 
+impl crate::ops::metrics::Register for AuthzMetrics {
     /// Registers every metric under `authz_`.
-    pub fn register(&self, registry: &mut Registry) {
+    fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("authz");
         r.register(
             "cache_hits",
@@ -308,7 +310,9 @@ impl AuthzMetrics {
             self.discarded.clone(),
         );
     }
+}
 
+impl AuthzMetrics {
     fn outcome(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
         family.get_or_create(&ReasonLabel { reason }).inc();
     }
@@ -321,8 +325,6 @@ pub struct Authorizer {
     writes: pool::Pool,
     cache: cache::Cache,
     registry: revoke::Registry,
-    /// The listen channel: control messages arrive on it (NOTIFY) or with it as prefix (WAL).
-    listen_channel: String,
     metrics: AuthzMetrics,
 }
 
@@ -331,7 +333,6 @@ impl Authorizer {
     pub fn start(
         db: &crate::pg::Database,
         settings: AuthzSettings,
-        listen_channel: &str,
         metrics: AuthzMetrics,
         stop: tokio_util::sync::CancellationToken,
     ) -> Arc<Self> {
@@ -340,7 +341,6 @@ impl Authorizer {
         let authorizer = Arc::new(Self {
             cache: cache::Cache::new(settings.cache_size, metrics.cache_entries.clone()),
             registry: revoke::Registry::default(),
-            listen_channel: listen_channel.to_string(),
             settings,
             checks,
             writes,
@@ -463,25 +463,13 @@ impl Authorizer {
         revoke::attach(self, id, subject, channels, mode, outbox)
     }
 
-    /// Whether a message received on `pg_channel` is a control message (then it is handled
-    /// here and not delivered). See [`revoke::parse`] for the shape.
-    pub fn intercept(self: &Arc<Self>, pg_channel: &str, payload: &str) -> bool {
-        if pg_channel != self.listen_channel {
-            return false;
-        }
-        match revoke::parse(payload) {
-            None => false,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "control message ignored");
-                true
-            }
-            Some(Ok(selector)) => {
-                self.metrics.revocations.inc();
-                tracing::info!(?selector, "revocation received");
-                self.revoke(selector);
-                true
-            }
-        }
+    /// A revocation from the control plane (the handler [`crate::control::Plane::on_revoke`]
+    /// calls): counted, logged, applied.
+    pub fn revoked(self: &Arc<Self>, revocation: crate::control::Revocation) {
+        let selector = Selector::from(revocation);
+        self.metrics.revocations.inc();
+        tracing::info!(?selector, "revocation received");
+        self.revoke(selector);
     }
 
     /// Drops the cached results `selector` matches and re-checks the open clients it matches,

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::{Authorizer, AuthzRefusal, CLOSE_REVOKED, REVOKED_REASON, Subject};
@@ -60,34 +59,15 @@ impl Selector {
     }
 }
 
-/// Reads a control message: `None` for an ordinary message, `Some(Err)` for a control message
-/// pgws cannot use (it is not delivered either).
-pub fn parse(payload: &str) -> Option<Result<Selector, String>> {
-    // Cheap test first: almost every message is not a control message.
-    if !payload.contains("\"pgws_control\"") {
-        return None;
-    }
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(payload) else {
-        return None;
-    };
-    let kind = map.get("pgws_control")?;
-    if kind != "revoke" {
-        return Some(Err(format!("unknown pgws_control {kind}")));
-    }
-    let mut selector = Selector::default();
-    for (field, slot) in [
-        ("sub", &mut selector.sub),
-        ("jti", &mut selector.jti),
-        ("channel", &mut selector.channel),
-        ("role", &mut selector.role),
-    ] {
-        match map.get(field) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => *slot = Some(s.clone()),
-            Some(other) => return Some(Err(format!("{field} must be a string, got {other}"))),
+impl From<crate::control::Revocation> for Selector {
+    fn from(r: crate::control::Revocation) -> Self {
+        Self {
+            sub: r.sub,
+            jti: r.jti,
+            channel: r.channel,
+            role: r.role,
         }
     }
-    Some(Ok(selector))
 }
 
 /// One open client, as re-checks need it.
@@ -287,32 +267,6 @@ pub(super) async fn periodic(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_messages_and_ordinary_ones() {
-        assert_eq!(parse("{\"channel\":\"chat\",\"payload\":\"hi\"}"), None);
-        assert_eq!(parse("pgws_control"), None);
-        // A client's text inside an envelope is a string, not a member.
-        let envelope = r#"{"channel":"c","event":"WebsocketMessage","payload":"{\"pgws_control\":\"revoke\"}","claims":{}}"#;
-        assert_eq!(parse(envelope), None);
-        assert_eq!(
-            parse(r#"{"pgws_control" : "revoke", "sub": "alice", "role": "web"}"#),
-            Some(Ok(Selector {
-                sub: Some("alice".into()),
-                role: Some("web".into()),
-                ..Selector::default()
-            }))
-        );
-        assert_eq!(
-            parse(r#"{"pgws_control":"revoke"}"#),
-            Some(Ok(Selector::default()))
-        );
-        assert!(matches!(parse(r#"{"pgws_control":"grant"}"#), Some(Err(_))));
-        assert!(matches!(
-            parse(r#"{"pgws_control":"revoke","sub":7}"#),
-            Some(Err(_))
-        ));
-    }
 
     #[test]
     fn selectors_match_every_field_given() {

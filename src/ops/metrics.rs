@@ -76,21 +76,24 @@ pub struct Metrics {
     pub forwarded_ignored: Counter,
     /// The WAL source's (`PGWS_SOURCE=wal`).
     pub wal: crate::source::wal::WalMetrics,
-    /// Authorization by the database (`PGWS_AUTHZ_*`).
-    pub authz: crate::authz::AuthzMetrics,
-    /// Presence (`PGWS_PRESENCE`).
-    pub presence: crate::presence::PresenceMetrics,
+}
+
+/// A feature's own metrics, registered under its prefix when the server builds the registry
+/// ([`Metrics::new`]). Features implement it, so that this module imports none of them.
+pub trait Register {
+    /// Registers every metric of the feature.
+    fn register(&self, registry: &mut Registry);
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(&[])
     }
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
+    /// Creates and registers every metric, and those of `features` (authorization, presence).
+    pub fn new(features: &[&dyn Register]) -> Self {
         let mut registry = Registry::with_prefix("pgws");
         let m = Self {
             connections: Family::default(),
@@ -120,8 +123,6 @@ impl Metrics {
             window_bytes: Gauge::default(),
             forwarded_ignored: Counter::default(),
             wal: Default::default(),
-            authz: crate::authz::AuthzMetrics::new(),
-            presence: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -228,8 +229,9 @@ impl Metrics {
             m.forwarded_ignored.clone(),
         );
         m.wal.register(&mut registry);
-        m.authz.register(&mut registry);
-        m.presence.register(&mut registry);
+        for feature in features {
+            feature.register(&mut registry);
+        }
         Self { registry, ..m }
     }
 

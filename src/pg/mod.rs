@@ -10,6 +10,27 @@ pub mod tls;
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 pub const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
+/// Which PostgreSQL mechanism carries messages (`PGWS_SOURCE`): what the sources read
+/// ([`crate::source`]) and what the publisher writes ([`publisher`]) alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// LISTEN/NOTIFY: payloads up to 8000 bytes, positions per process.
+    Notify,
+    /// Logical decoding of `pg_logical_emit_message`: any size, positions from the WAL.
+    Wal,
+}
+
+impl SourceKind {
+    /// The largest envelope PostgreSQL takes from a client message (`None`: no limit but
+    /// `PGWS_MAX_MESSAGE_SIZE` on the text).
+    pub fn payload_limit(self) -> Option<usize> {
+        match self {
+            Self::Notify => Some(MAX_NOTIFY_PAYLOAD),
+            Self::Wal => None,
+        }
+    }
+}
+
 use std::time::Duration;
 
 use tokio_postgres::config::Host;

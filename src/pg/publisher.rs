@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
 
+use super::SourceKind;
 use super::{describe, with_defaults};
 use crate::ops::metrics::ReasonLabel;
-use crate::source::SourceKind;
 use crate::stream::{Frame, Outbox};
 use crate::wire::compat::error_event;
 

@@ -25,7 +25,7 @@ use super::table::{Channels, MAX_NAME, Member};
 use crate::channel::ChannelName;
 
 /// How every presence control message starts.
-pub const PREFIX: &str = "{\"pgws_control\":\"presence\",";
+pub use crate::control::PRESENCE_PREFIX as PREFIX;
 /// Largest encoded message (NOTIFY refuses 8000 bytes and more).
 pub const MAX_PAYLOAD: usize = 7000;
 /// Largest message read (a WAL message may be longer than NOTIFY's; pgws never sends one).
@@ -71,7 +71,8 @@ pub enum Op {
 }
 
 /// Whether a bus message is a presence control message (never delivered to clients).
-pub fn is_control(payload: &str) -> bool {
+#[cfg(test)]
+fn is_control(payload: &str) -> bool {
     payload.starts_with(PREFIX)
 }
 

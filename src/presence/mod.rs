@@ -62,9 +62,9 @@ pub struct PresenceMetrics {
     pub sent: Counter,
 }
 
-impl PresenceMetrics {
-    /// Registers every metric.
-    pub fn register(&self, registry: &mut Registry) {
+impl crate::ops::metrics::Register for PresenceMetrics {
+    /// Registers every metric under `presence_`.
+    fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("presence");
         r.register("nodes", "Other pgws nodes heard from", self.nodes.clone());
         r.register(

@@ -25,30 +25,13 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::ChannelName;
+use crate::control::Plane;
 use crate::pg::publisher::{Job, Publisher};
 use crate::routing::Router;
 use crate::stream::{Frame, Hub, Seq};
 use crate::wire::{self, compat::meta_gap_event};
 
-/// Which source feeds the server (`PGWS_SOURCE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceKind {
-    /// LISTEN/NOTIFY: payloads up to 8000 bytes, positions per process.
-    Notify,
-    /// Logical decoding of `pg_logical_emit_message`: any size, positions from the WAL.
-    Wal,
-}
-
-impl SourceKind {
-    /// The largest envelope PostgreSQL takes from a client message (`None`: no limit but
-    /// `PGWS_MAX_MESSAGE_SIZE` on the text).
-    pub fn payload_limit(self) -> Option<usize> {
-        match self {
-            Self::Notify => Some(crate::pg::MAX_NOTIFY_PAYLOAD),
-            Self::Wal => None,
-        }
-    }
-}
+pub use crate::pg::SourceKind;
 
 /// Where a source stands; published on a watch channel for readiness, admission and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,12 +137,9 @@ pub struct Sink {
     pub gaps: Counter,
     /// Messages received from the source.
     pub received: Counter,
-    /// Authorization by the database: control messages (revocations) are handed to it and not
-    /// delivered. `None` when off.
-    pub authz: Option<Arc<crate::authz::Authorizer>>,
-    /// Presence: its control messages (on the listen channel) are handed to it and never
-    /// delivered, also when presence is off here (then they are dropped).
-    pub presence: Option<Arc<crate::presence::Presence>>,
+    /// The control plane: control messages on the listen channel go to their handlers
+    /// (presence, revocations) and are never delivered.
+    pub control: Plane,
 }
 
 impl Sink {
@@ -181,18 +161,7 @@ impl Sink {
         let mut run_channel: Option<std::borrow::Cow<'a, str>> = None;
         for (seq, pg_channel, payload) in batch {
             self.received.inc();
-            // One prefix comparison per message (pgws writes these itself, always so).
-            if crate::presence::bus::is_control(payload)
-                && pg_channel == self.router.listen_channel()
-            {
-                if let Some(presence) = &self.presence {
-                    presence.receive(payload);
-                }
-                continue;
-            }
-            if let Some(authz) = &self.authz
-                && authz.intercept(pg_channel, payload)
-            {
+            if self.control.intercept(pg_channel, payload) {
                 continue;
             }
             let target = self.router.target(pg_channel, payload);

@@ -84,8 +84,9 @@ pub async fn run(
     let db = with_defaults(&settings.db);
     let mut commands = settings.interest.take();
     // Presence shares the listen channel as its bus, in direct mode too.
-    let listen_channel = (sink.router().mode().uses_listen_channel() || sink.presence.is_some())
-        .then(|| settings.channel.clone());
+    let listen_channel = (sink.router().mode().uses_listen_channel()
+        || sink.control.needs_listen_channel())
+    .then(|| settings.channel.clone());
     let mut attempts: u32 = 0;
     let mut generation: u64 = 0;
     let mut lost_at: Option<tokio::time::Instant> = None;
