@@ -439,7 +439,7 @@ export class PgwsClient extends Emitter {
     this.#setState("reconnecting");
     const fetch = this.#opts.fetch === undefined ? globalThis.fetch : this.#opts.fetch;
     let code = "unreachable";
-    let text = "the websocket handshake failed and the server did not answer its token check";
+    let text = "no answer from the server";
     let status;
     if (typeof fetch === "function") {
       try {
@@ -453,7 +453,7 @@ export class PgwsClient extends Emitter {
         const body = (await r.text()).trim();
         code = status === 403 ? "forbidden" : status !== 400 ? "unavailable" : /expired/i.test(body) ? "expired" : "refused";
         text = r.ok
-          ? "the server accepts the token, but the websocket did not open (server full, rate limit, or a proxy without websockets)"
+          ? "the token is valid, but the websocket did not open (server full or busy, or a proxy)"
           : body || `HTTP ${status}`;
       } catch {
         // no answer: unreachable
