@@ -655,7 +655,7 @@ export class PgwsClient extends Emitter {
     this.#refreshTimer = this.#timer(() => this.#refresh(exp), wait);
   }
 
-  async #refresh(exp) {
+  async #refresh(exp, tries = 0) {
     this.#refreshTimer = null;
     if (!this.#isOpen()) return;
     try {
@@ -663,15 +663,20 @@ export class PgwsClient extends Emitter {
       if (!this.#isOpen()) return;
       const answer = await this.#request({ type: "refresh", token }, "refresh");
       if (this.welcome) this.welcome = { ...this.welcome, mode: answer.mode, channels: answer.channels, exp: answer.exp };
+      this.#reported.delete("refresh_failed");
       this.emit("refreshed", answer);
       this.#scheduleRefresh(answer.exp);
     } catch (err) {
       if (err.code === "connection_lost" || err.code === "closed") return;
-      this.emit("error", err instanceof PgwsError ? err : new PgwsError("refresh_failed", String(err?.message ?? err)));
-      // Try again soon while the old token lasts; past it the server closes with 3001 and the
-      // reconnection fetches a new token anyway.
+      // The server's refusal (bad_token, …) each time; a token function that throws (its
+      // endpoint down) once until a refresh succeeds.
+      if (err instanceof PgwsError) this.emit("error", err);
+      else this.#report(new PgwsError("refresh_failed", String(err?.message ?? err)));
+      // Try again, backing off, while the old token lasts; past it the server closes with 3001
+      // and the reconnection fetches a new token anyway.
       const left = exp * 1000 - Date.now();
-      if (left > 1000) this.#refreshTimer = this.#timer(() => this.#refresh(exp), Math.min(2000, left / 2));
+      const wait = Math.min(left / 2, 1000 * 2 ** tries, this.#opts.maxDelay);
+      if (left > 1000) this.#refreshTimer = this.#timer(() => this.#refresh(exp, tries + 1), wait);
     }
   }
 

@@ -548,4 +548,27 @@ describe("pgws-client", () => {
       c.close();
     }
   });
+  it("a token endpoint down during in-band refreshes is reported once; the refresh succeeds when it is back", async () => {
+    let calls = 0;
+    // The first token lives 3-4 s; refreshes start after 25 % of it; calls 2 and 3 fail.
+    const endpoint = async () => {
+      calls += 1;
+      if (calls === 2 || calls === 3) throw new Error("token endpoint: 503");
+      return token({ mode: "r", sub: "endpoint", exp: Math.floor(Date.now() / 1000) + (calls === 1 ? 4 : 3600) });
+    };
+    const c = client(server.url, endpoint, { refreshRatio: 0.25, refreshMinLead: 1000 });
+    const errors = [];
+    const closes = [];
+    c.on("error", (e) => errors.push(e.code));
+    c.on("close", (x) => closes.push(x));
+    try {
+      await next(c, "refreshed", "the refresh once the endpoint is back", () => true, 10_000);
+      assert.ok(calls >= 4, `two failed calls, then a good one (${calls} calls)`);
+      assert.deepEqual(errors, ["refresh_failed"], "one report for the endpoint's outage");
+      assert.deepEqual(closes, []);
+      assert.equal(c.connections, 1);
+    } finally {
+      c.close();
+    }
+  });
 });
