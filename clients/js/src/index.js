@@ -463,8 +463,8 @@ export class PgwsClient extends Emitter {
     const fatal = code === "forbidden" || (typeof this.#opts.token !== "function" && (code === "refused" || code === "expired"));
     const err = new PgwsError(code, text, { status, fatal });
     if (fatal) {
+      this.#shut(err); // first: what waits is failed with this reason even if a listener closes
       this.emit("error", err);
-      this.#shut(err);
     } else {
       this.#report(err);
       this.#scheduleReconnect();

@@ -445,10 +445,13 @@ describe("pgws-client", () => {
   it("an expired token: fatal `expired` when given as a string, retried with a new one from a token function", async () => {
     const old = token({ mode: "rw", exp: Math.floor(Date.now() / 1000) - 10 });
     const fixed = client(server.url, old);
+    fixed.on("error", () => fixed.close()); // an application giving up at the first error
+    const queued = fixed.publish("chat", "x");
     try {
       const err = await next(fixed, "error", "the refusal");
       assert.deepEqual([err.code, err.fatal, err.message], ["expired", true, "Token expired"]);
       assert.equal(fixed.state, "closed");
+      await assert.rejects(queued, (e) => e.code === "expired", "the publish fails with the refusal's reason");
     } finally {
       fixed.close();
     }
