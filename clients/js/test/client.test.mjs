@@ -574,4 +574,39 @@ describe("pgws-client", () => {
       c.close();
     }
   });
+  it("uses the welcome's max_message_size, or the maxMessageSize option when a server does not send it", async () => {
+    const small = await startServer(0, "client-test-small-frames", { PGWS_MAX_MESSAGE_SIZE: "2048" });
+    // An older server: the same pgws, its welcome without max_message_size.
+    class NoLimitInWelcome extends WebSocket {
+      set onmessage(fn) {
+        super.onmessage = (ev) => {
+          const f = JSON.parse(String(ev.data));
+          if (f.type === "welcome") delete f.max_message_size;
+          fn({ data: JSON.stringify(f) });
+        };
+      }
+    }
+    const told = client(small.url, writerToken);
+    const option = client(small.url, writerToken, { WebSocket: NoLimitInWelcome, maxMessageSize: 2048 });
+    const unknown = client(small.url, writerToken, { WebSocket: NoLimitInWelcome });
+    const closes = { told: [], option: [], unknown: [] };
+    for (const [k, c] of Object.entries({ told, option, unknown })) c.on("close", (x) => closes[k].push(x.code));
+    try {
+      const text = "z".repeat(3000);
+      await waitFor(() => [told, option, unknown].every((c) => c.welcome !== null), "three welcomes");
+      assert.equal(told.welcome.max_message_size, 2048);
+      assert.equal(option.welcome.max_message_size, undefined);
+      await assert.rejects(told.publish("small", text), (e) => e.code === "too_large");
+      await assert.rejects(option.publish("small", text), (e) => e.code === "too_large");
+      assert.equal((await told.publish("small", "fits")).channel, "small");
+      assert.equal((await option.publish("small", "fits")).channel, "small");
+      assert.deepEqual([closes.told, closes.option], [[], []], "both stay open");
+      // Without either, the frame is sent and the server closes the socket.
+      await assert.rejects(unknown.publish("small", text), (e) => e.code === "connection_lost");
+      assert.ok([1009, 1006].includes(closes.unknown[0]), `closed by the server (${closes.unknown})`);
+    } finally {
+      for (const c of [told, option, unknown]) c.close();
+      await small.stop();
+    }
+  });
 });
