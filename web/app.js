@@ -11,7 +11,6 @@ const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluw
 const MAX_ITEMS = 200; // per list; older entries are dropped
 const MAX_OUTBOX = 3; // answered publishes kept in view (pending ones always stay)
 const MAX_PREVIEW = 120; // characters of a sent text shown in the outbox
-const CHECK_TIMEOUT_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -1002,6 +1001,13 @@ function onClientError(s, e) {
       addError("handshake", null, "The server does not speak protocol v2", e.message, "This page needs a pgws with protocol pgws.v2.");
       stopSession(s, "refused", "No protocol v2");
       break;
+    case "refused":
+    case "expired":
+    case "forbidden":
+    case "unreachable":
+    case "unavailable":
+      onHandshakeError(s, e);
+      break;
     case "heartbeat":
       s.lastClose = "no answer from the server";
       addError("lost", null, "No answer from the server", e.message, "The library reconnects and resumes every channel.");
@@ -1022,10 +1028,7 @@ function onClose(s, ev) {
     }
   }
   renderPresence();
-  if (!s.welcome) {
-    explainFailedHandshake(s);
-    return;
-  }
+  if (!s.welcome) return; // a failed handshake: the library explains it with an `error` (onHandshakeError)
   s.welcome = null;
   const detail = describeClose(ev);
   if (s.client.state === "offline") {
@@ -1061,41 +1064,25 @@ function onClose(s, ev) {
 }
 
 /**
- * A browser cannot read why a handshake failed, so ask the server about the token over plain
- * HTTP with the `pgws-check: v2` header (judged as the v2 handshake is: the token alone): 400
- * and its reason for a token it refuses (then retrying is pointless: the page stops the
- * library), 200 if the token is fine (the server was full, rate limiting, or a proxy is in the
- * way: the library keeps trying).
+ * A refused or failed handshake, as the library explains it (it asks the server about the
+ * token with `pgws-check: v2`): `refused`, `expired` and `forbidden` stop the session (the same
+ * token would be refused again; a signed one too, the page would sign it alike);
+ * `unreachable` and `unavailable` are said once per outage while the library keeps trying.
  */
-async function explainFailedHandshake(s) {
-  if (s.explaining) return;
-  s.explaining = true;
-  const token = s.token;
-  const checkUrl = httpUrlFor(s.base) + "/" + token;
-  let response = null;
-  let body = "";
-  const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), CHECK_TIMEOUT_MS);
-  try {
-    response = await fetch(checkUrl, {
-      method: "GET",
-      headers: { "pgws-check": "v2" },
-      cache: "no-store",
-      credentials: "omit",
-      signal: abort.signal,
-    });
-    body = (await response.text()).trim();
-  } catch (_) {
-    response = null;
-  } finally {
-    clearTimeout(timer);
-    s.explaining = false;
+function onHandshakeError(s, e) {
+  if (e.code === "refused" || e.code === "expired" || e.code === "forbidden") {
+    const reason = e.message || "(no reason given)";
+    addError("handshake", null, "The server refused the connection", reason, refusalHint(reason));
+    stopSession(s, "refused", "Refused: " + reason);
+    for (const entry of s.entries.values()) {
+      if (entry.role === "meta") metaState("refused", "Not connected: the token was refused");
+    }
+    return;
   }
-  if (s !== session || s.done || s.welcome) return; // moved on, or connected meanwhile
-  if (!response) {
+  if (e.code === "unreachable") {
     let sameOrigin = false;
     try {
-      sameOrigin = new URL(checkUrl).origin === window.location.origin;
+      sameOrigin = new URL(httpUrlFor(s.base)).origin === window.location.origin;
     } catch (_) { /* keep false */ }
     s.lastClose = sameOrigin ? "cannot reach the server" : "connection failed";
     if (s.outage !== "unreachable") {
@@ -1106,26 +1093,16 @@ async function explainFailedHandshake(s) {
           ? "Is the server running, and is the Server URL right? The library keeps trying, with back-off."
           : "The server is down, the Server URL is wrong, or it refused the token; the reason cannot be read from another origin.");
     }
-    if (s.client.state === "reconnecting") connState("reconnecting", "Reconnecting (" + s.lastClose + ")…");
-    return;
-  }
-  if (response.status === 400 || response.status === 403) {
-    const reason = body || "(no reason given)";
-    addError("handshake", null, "The server refused the connection", reason, refusalHint(reason));
-    stopSession(s, "refused", "Refused: " + reason);
-    for (const entry of s.entries.values()) {
-      if (entry.role === "meta") metaState("refused", "Not connected: the token was refused");
+  } else {
+    s.lastClose = "the WebSocket did not open";
+    if (s.outage !== "other") {
+      s.outage = "other";
+      addError("lost", null, "The WebSocket connection failed",
+        e.status === 200
+          ? "The server accepts this token, but the WebSocket did not open."
+          : "The server did not say why (its token check answered HTTP " + e.status + ").",
+        "The server may be full or limiting connections (it answers 429 or 503 then), a proxy may not pass WebSocket upgrades, or the server does not speak protocol v2 (pgws.v2). The library keeps trying.");
     }
-    return;
-  }
-  s.lastClose = "the WebSocket did not open";
-  if (s.outage !== "other") {
-    s.outage = "other";
-    addError("lost", null, "The WebSocket connection failed",
-      response.ok
-        ? "The server accepts this token (" + body + "), but the WebSocket did not open."
-        : "The server did not say why (its token check answered HTTP " + response.status + ").",
-      "The server may be full or limiting connections (it answers 429 or 503 then), a proxy may not pass WebSocket upgrades, or the server does not speak protocol v2 (pgws.v2). The library keeps trying.");
   }
   if (s.client.state === "reconnecting") connState("reconnecting", "Reconnecting (" + s.lastClose + ")…");
 }
@@ -1238,7 +1215,7 @@ function onGap(s, entry, g) {
 }
 
 function onSubscribeError(s, entry, e) {
-  if (s !== session) return;
+  if (s !== session || e.fatal) return; // a refused connection: said once, by onHandshakeError
   if (e.code === "presence_disabled" && entry.wantsPresence) {
     // Presence is off on this server: follow the channel without it.
     s.entries.delete(entry.channel);
@@ -1644,13 +1621,14 @@ function updateSnippet() {
     "}).connect();",
     "",
     "const chat = client.subscribe(" + ch + ", { presence: true });",
-    "chat.on(\"message\", (m) => console.log(m.position, m.json())); // {channel, event, payload, claims}",
+    "chat.on(\"message\", (m) => console.log(m.position, m.payload())); // m.json(): {channel, event, payload, claims}",
     "chat.on(\"gap\", (g) => console.warn(\"messages may be missing:\", g.reason));",
     "chat.on(\"presence\", (p) => console.log(p.count, \"connections:\", p.members));",
     "client.on(\"state\", (s) => console.log(s)); // connecting, open, reconnecting, offline, closed",
+    "client.on(\"error\", (e) => console.warn(e.code, e.message)); // e.fatal: refused, expired, forbidden",
     "",
     "// Resolves once PostgreSQL took it; rejects with the nack (err.code: too_large, read_only, …).",
-    "await client.publish(" + ch + ", \"hi\");",
+    "await client.publish(" + ch + ", { text: \"hi\" }); // a string, or any JSON value",
   ].join("\n");
   el.snippetSql.textContent =
     "SELECT pg_notify('postgres-websockets-listener',\n" +

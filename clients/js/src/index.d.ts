@@ -11,13 +11,24 @@ export type ErrorCode =
   | "database_unavailable" | "shutting_down" | "not_authorized" | "presence_disabled"
   | "connection_lost" | "timeout" | "closed" | "protocol" | "heartbeat" | "token_unavailable"
   | "connect_failed" | "refresh_failed" | "bad_frame"
+  | "refused" | "expired" | "forbidden" | "unavailable" | "unreachable"
   | (string & {});
+
+/** A JSON value (what `publish` takes besides a string: sent as its JSON text). */
+export type JsonValue = string | number | boolean | null | readonly JsonValue[] | object;
 
 /** A failed request or a problem the application may want to show. */
 export declare class PgwsError extends Error {
   readonly code: ErrorCode;
   /** The channel of a nack. */
   readonly channel?: string;
+  /**
+   * The client stopped because of this error (state "closed"): a refused handshake that retrying
+   * cannot fix (`refused` or `expired` without a token function, `forbidden`).
+   */
+  readonly fatal?: boolean;
+  /** The HTTP status of the server's token check (`refused`, `expired`, `forbidden`, `unavailable`). */
+  readonly status?: number;
   constructor(code: string, message?: string, details?: object);
 }
 
@@ -28,8 +39,13 @@ export interface Message {
   position: string;
   /** Exactly the text an original-protocol client receives. */
   data: string;
-  /** `JSON.parse(data)`. */
+  /** `JSON.parse(data)`: the envelope (`{channel, event, payload, claims}` by default). */
   json<T = unknown>(): T;
+  /**
+   * The published payload: the envelope's `payload` (or `data` itself when it is no envelope),
+   * parsed where it is JSON text (a string that is not JSON comes back as it is).
+   */
+  payload<T = unknown>(): T;
 }
 
 /** Messages may be missing before what follows (docs/PROTOCOL.md §4). */
@@ -147,6 +163,10 @@ interface ClientEvents {
   welcome: (w: Welcome) => void;
   refreshed: (r: Refreshed) => void;
   error: (e: PgwsError) => void;
+  /**
+   * Each closed socket: the close code (1006 when there was no close frame) and the server's
+   * reason, or the client's description when the close carried none.
+   */
   close: (c: { code: number; reason: string }) => void;
 }
 
@@ -196,6 +216,18 @@ export interface ClientOptions {
   refreshMinLead?: number;
   /** How long a request waits for its answer, ms (default 15000). */
   publishTimeout?: number;
+  /**
+   * The frame size limit, bytes, for servers whose `welcome` does not say it (the welcome's
+   * `max_message_size` wins). Larger requests are refused locally with `too_large`.
+   */
+  maxMessageSize?: number;
+  /**
+   * The `fetch` used to ask the server why a handshake failed (`pgws-check: v2`); default the
+   * global one; `null`: never ask (every failed handshake is then retried as `unreachable`).
+   */
+  fetch?: ((url: string, init: any) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>) | null;
+  /** How long that check may take, ms (default 5000). */
+  checkTimeout?: number;
 }
 
 /** A pgws protocol v2 connection that reconnects, resumes and refreshes by itself. */
@@ -211,6 +243,10 @@ export declare class PgwsClient extends Emitter<ClientEvents> {
    * `since`: a position to resume after; `presence`: also follow who is on the channel.
    */
   subscribe(channel: string, opts?: { since?: string; presence?: boolean }): Subscription;
-  publish(channel: string, data: string): Promise<Ack>;
+  /**
+   * Publishes `data`: a string as it is, any other JSON value as its JSON text. Rejects with a
+   * PgwsError (`too_large` over the frame limit, not sent; a nack's code; `connection_lost`, …).
+   */
+  publish(channel: string, data: JsonValue): Promise<Ack>;
   close(): void;
 }

@@ -56,6 +56,26 @@ class Emitter {
   }
 }
 
+/** `JSON.parse(text)`, or the text itself when it is not JSON. */
+function parsed(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** What a close without a reason of its own means (docs/PROTOCOL.md §3.3). */
+const CLOSE_TEXT = {
+  1000: "closed normally",
+  1001: "server shutting down",
+  1006: "connection lost without a close frame",
+  1009: "message too big",
+  3001: "JWT expired",
+  4000: "slow consumer",
+  4001: "no answer to pings",
+};
+
 /** Sets an own property, even one named "__proto__" (member names are the server's). */
 function setOwn(obj, key, value) {
   Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
@@ -144,14 +164,16 @@ const DEFAULTS = {
   refreshRatio: 0.8,
   refreshMinLead: 5_000,
   publishTimeout: 15_000,
+  checkTimeout: 5_000,
 };
 
 /**
  * A pgws protocol v2 connection.
  *
  * Events: `state` (one of "connecting", "open", "reconnecting", "offline", "closed"), `welcome`,
- * `refreshed`, `error` (a PgwsError the application may want to show), `close` ({code, reason}
- * of each closed socket).
+ * `refreshed`, `error` (a PgwsError the application may want to show; `fatal` when the client
+ * stopped because of it), `close` ({code, reason} of each closed socket: the server's reason, or
+ * the client's description when the close carried none).
  */
 export class PgwsClient extends Emitter {
   #opts;
@@ -172,6 +194,7 @@ export class PgwsClient extends Emitter {
   #offline = false;
   #online = null;
   #offlineFn = null;
+  #reported = new Set(); // codes of temporary problems reported since the last welcome
 
   /**
    * @param {object} opts
@@ -209,7 +232,7 @@ export class PgwsClient extends Emitter {
 
   /**
    * Follows `channel`; the returned subscription emits `message` ({channel, position, data,
-   * json()}), `gap`, `subscribed`, `left` and `error`; with `presence: true` also `presence`
+   * json(), payload()}), `gap`, `subscribed`, `left` and `error`; with `presence: true` also `presence`
    * (the whole state, see `Subscription.presence()`), `join` and `leave`. `since`: a position to
    * resume after.
    */
@@ -223,14 +246,22 @@ export class PgwsClient extends Emitter {
   }
 
   /**
-   * Publishes `data` (a string) to `channel`. Resolves with the ack ({channel, position}) once
-   * PostgreSQL accepted it; rejects with a PgwsError: the nack's code, or "connection_lost"
-   * (sent, but the connection ended before the answer: it may or may not have been published),
-   * "timeout" or "closed".
+   * Publishes `data` to `channel`: a string is sent as it is, any other JSON value as its JSON
+   * text. Resolves with the ack ({channel, position}) once PostgreSQL accepted it; rejects with
+   * a PgwsError: the nack's code, "too_large" (over the server's frame limit: not sent),
+   * "connection_lost" (sent, but the connection ended before the answer: it may or may not have
+   * been published), "timeout", "closed", or the code of a refusal that stopped the client.
    */
   publish(channel, data) {
     if (this.#closed) return Promise.reject(new PgwsError("closed", "client closed"));
-    if (typeof data !== "string") return Promise.reject(new TypeError("publish: data must be a string"));
+    if (typeof data !== "string") {
+      try {
+        data = JSON.stringify(data);
+      } catch {
+        data = undefined;
+      }
+      if (typeof data !== "string") return Promise.reject(new TypeError("publish: data must be a JSON value"));
+    }
     return new Promise((resolve, reject) => {
       const job = { channel, data, resolve, reject };
       if (this.#isOpen()) this.#sendPublish(job);
@@ -240,13 +271,26 @@ export class PgwsClient extends Emitter {
 
   /** Closes the connection for good; pending publishes are rejected with "closed". */
   close() {
+    this.#shut(new PgwsError("closed", "client closed"));
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  /**
+   * Stops for good: pending and queued publishes are rejected with `err`; a fatal `err` (a
+   * refusal) is also each subscription's `error`, so that waiting `ready()`s end.
+   */
+  #shut(err) {
     if (this.#closed) return;
     this.#closed = true;
     this.#unwatchNetwork();
     this.#clearTimers();
-    for (const job of this.#queue.splice(0)) job.reject(new PgwsError("closed", "client closed"));
-    this.#failPending("closed", "client closed");
-    for (const sub of this.#subs.values()) sub.state = "closed";
+    for (const job of this.#queue.splice(0)) job.reject(err);
+    this.#failPending(err.code, err.message);
+    for (const sub of this.#subs.values()) {
+      sub.state = "closed";
+      if (err.fatal) sub.emit("error", err);
+    }
     this.#subs.clear();
     const ws = this.#ws;
     this.#ws = null;
@@ -260,7 +304,12 @@ export class PgwsClient extends Emitter {
     this.#setState("closed");
   }
 
-  // ------------------------------------------------------------------ internals
+  /** Emits a temporary problem once until the next welcome (an outage is one report, not one per attempt). */
+  #report(err) {
+    if (this.#reported.has(err.code)) return;
+    this.#reported.add(err.code);
+    this.emit("error", err);
+  }
 
   _unsubscribe(sub) {
     if (this.#subs.get(sub.channel) !== sub) return;
@@ -320,7 +369,7 @@ export class PgwsClient extends Emitter {
     try {
       token = await this.#token();
     } catch (err) {
-      this.emit("error", new PgwsError("token_unavailable", `the token callback failed: ${err?.message ?? err}`));
+      this.#report(new PgwsError("token_unavailable", `the token callback failed: ${err?.message ?? err}`));
       this.#scheduleReconnect();
       return;
     }
@@ -336,8 +385,10 @@ export class PgwsClient extends Emitter {
     this.connections += 1;
     this.#ws = ws;
     this.welcome = null;
+    let opened = false;
     ws.onopen = () => {
       if (ws !== this.#ws) return;
+      opened = true;
       if (ws.protocol !== PROTOCOL) {
         this.emit("error", new PgwsError("protocol", `the server did not accept ${PROTOCOL} (got '${ws.protocol}')`));
         ws.close(1000, "protocol not supported");
@@ -369,9 +420,55 @@ export class PgwsClient extends Emitter {
       this.#refreshTimer = this.#heartbeatTimer = null;
       this.#failPending("connection_lost", `the connection closed (${ev.code}) before the answer`);
       for (const sub of this.#subs.values()) sub.state = "pending";
-      this.emit("close", { code: ev.code, reason: ev.reason });
-      if (!this.#closed) this.#scheduleReconnect();
+      const reason = ev.reason || (opened ? CLOSE_TEXT[ev.code] ?? `closed (${ev.code})` : "the websocket handshake failed");
+      this.emit("close", { code: ev.code, reason });
+      if (this.#closed) return;
+      if (opened || this.#offline) this.#scheduleReconnect();
+      else this.#explain(token);
     };
+  }
+
+  /**
+   * A handshake failed (browsers do not show why): asks the server about the token over HTTP
+   * (`pgws-check: v2`, judged as the handshake is). A refused token without a token function to
+   * get another, or a refused origin, stops the client with a fatal `error` (`refused`,
+   * `expired`, `forbidden`); anything else (the server full or rate limiting, the database down,
+   * no answer) is reported once and retried with back-off.
+   */
+  async #explain(token) {
+    this.#setState("reconnecting");
+    const fetch = this.#opts.fetch === undefined ? globalThis.fetch : this.#opts.fetch;
+    let code = "unreachable";
+    let text = "no answer from the server";
+    let status;
+    if (typeof fetch === "function") {
+      try {
+        const r = await fetch(this.#opts.url.replace(/^ws/i, "http"), {
+          headers: { "pgws-check": "v2", authorization: `Bearer ${token}` },
+          cache: "no-store",
+          credentials: "omit",
+          signal: AbortSignal.timeout?.(this.#opts.checkTimeout),
+        });
+        status = r.status;
+        const body = (await r.text()).trim();
+        code = status === 403 ? "forbidden" : status !== 400 ? "unavailable" : /expired/i.test(body) ? "expired" : "refused";
+        text = r.ok
+          ? "the token is valid, but the websocket did not open (server full or busy, or a proxy)"
+          : body || `HTTP ${status}`;
+      } catch {
+        // no answer: unreachable
+      }
+    }
+    if (this.#closed || this.#ws) return; // closed, or reconnected meanwhile (back online)
+    const fatal = code === "forbidden" || (typeof this.#opts.token !== "function" && (code === "refused" || code === "expired"));
+    const err = new PgwsError(code, text, { status, fatal });
+    if (fatal) {
+      this.#shut(err); // first: what waits is failed with this reason even if a listener closes
+      this.emit("error", err);
+    } else {
+      this.#report(err);
+      this.#scheduleReconnect();
+    }
   }
 
   #scheduleReconnect() {
@@ -423,6 +520,7 @@ export class PgwsClient extends Emitter {
       case "welcome":
         this.welcome = f;
         this.#attempt = 0;
+        this.#reported.clear();
         this.#setState("open");
         this.emit("welcome", f);
         this.#scheduleRefresh(f.exp);
@@ -438,6 +536,11 @@ export class PgwsClient extends Emitter {
           position: f.position,
           data: f.data,
           json: () => JSON.parse(f.data),
+          payload: () => {
+            const env = parsed(f.data);
+            const p = env !== null && typeof env === "object" && Object.hasOwn(env, "payload") ? env.payload : env;
+            return typeof p === "string" ? parsed(p) : p;
+          },
         });
         return;
       }
@@ -480,13 +583,20 @@ export class PgwsClient extends Emitter {
 
   #request(body, kind, timeout = this.#opts.publishTimeout) {
     const id = this.#nextId++;
+    const frame = JSON.stringify({ ...body, id });
+    // A frame over the server's limit would close the socket (1009), failing every request on it.
+    const max = this.welcome?.max_message_size ?? this.#opts.maxMessageSize;
+    const size = max ? new TextEncoder().encode(frame).length : 0;
+    if (size > max) {
+      return Promise.reject(new PgwsError("too_large", `the ${kind} is ${size} bytes; the server accepts at most ${max} (not sent)`));
+    }
     return new Promise((resolve, reject) => {
       const timer = this.#timer(() => {
         if (this.#pending.delete(id)) reject(new PgwsError("timeout", `no answer to ${kind} within ${timeout} ms`));
       }, timeout);
       this.#pending.set(id, { resolve, reject, kind, timer });
       try {
-        this.#ws.send(JSON.stringify({ ...body, id }));
+        this.#ws.send(frame);
       } catch (err) {
         this.#pending.delete(id);
         this.#clearTimer(timer);
@@ -545,7 +655,7 @@ export class PgwsClient extends Emitter {
     this.#refreshTimer = this.#timer(() => this.#refresh(exp), wait);
   }
 
-  async #refresh(exp) {
+  async #refresh(exp, tries = 0) {
     this.#refreshTimer = null;
     if (!this.#isOpen()) return;
     try {
@@ -553,15 +663,20 @@ export class PgwsClient extends Emitter {
       if (!this.#isOpen()) return;
       const answer = await this.#request({ type: "refresh", token }, "refresh");
       if (this.welcome) this.welcome = { ...this.welcome, mode: answer.mode, channels: answer.channels, exp: answer.exp };
+      this.#reported.delete("refresh_failed");
       this.emit("refreshed", answer);
       this.#scheduleRefresh(answer.exp);
     } catch (err) {
       if (err.code === "connection_lost" || err.code === "closed") return;
-      this.emit("error", err instanceof PgwsError ? err : new PgwsError("refresh_failed", String(err?.message ?? err)));
-      // Try again soon while the old token lasts; past it the server closes with 3001 and the
-      // reconnection fetches a new token anyway.
+      // The server's refusal (bad_token, …) each time; a token function that throws (its
+      // endpoint down) once until a refresh succeeds.
+      if (err instanceof PgwsError) this.emit("error", err);
+      else this.#report(new PgwsError("refresh_failed", String(err?.message ?? err)));
+      // Try again, backing off, while the old token lasts; past it the server closes with 3001
+      // and the reconnection fetches a new token anyway.
       const left = exp * 1000 - Date.now();
-      if (left > 1000) this.#refreshTimer = this.#timer(() => this.#refresh(exp), Math.min(2000, left / 2));
+      const wait = Math.min(left / 2, 1000 * 2 ** tries, this.#opts.maxDelay);
+      if (left > 1000) this.#refreshTimer = this.#timer(() => this.#refresh(exp, tries + 1), wait);
     }
   }
 

@@ -38,6 +38,15 @@ async function until(got, n, what) {
   }
 }
 
+/** Waits until `cond()` holds, within WAIT_MS. */
+async function waitFor(cond, what) {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > WAIT_MS) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** The subscription's confirmation, within WAIT_MS. */
 const ready = (sub) => withTimeout(sub.ready(), WAIT_MS, `the subscription to ${sub.channel}`);
 
@@ -95,7 +104,8 @@ describe("pgws-client", () => {
       p.up = false;
       const closed = next(reader, "close", "the reader's socket to close");
       p.cut();
-      await closed;
+      const c = await closed;
+      assert.deepEqual(c, { code: 1006, reason: "connection lost without a close frame" }, "a close without a frame is described");
       assert.notEqual(reader.state, "open");
       await publishAll(writer, "cut", 10, 30); // while the reader is away
       p.up = true;
@@ -124,7 +134,9 @@ describe("pgws-client", () => {
       await until(got, 3, "before the restart");
       const down = next(writer, "close", "the writer's socket to close");
       await server.stop();
-      await down;
+      const c = await down;
+      assert.equal(c.code, 1001);
+      assert.ok(c.reason.length > 0, "the close has a text");
       const queued = writer.publish("restart-queue", "x"); // waits for the connection
       server = await startServer(port, "client-test");
       const gap = await next(sub, "gap", "a gap after the restart");
@@ -350,6 +362,251 @@ describe("pgws-client", () => {
     } finally {
       c.close();
       await off.stop();
+    }
+  });
+  it("refuses a publish over the server's max_message_size locally, keeping the socket open", async () => {
+    const writer = client(server.url, writerToken);
+    const closes = [];
+    writer.on("close", (c) => closes.push(c));
+    try {
+      // Queued before the welcome, and sent once open: both are checked against its limit.
+      const early = writer.publish("big", "x".repeat(70_000));
+      await next(writer, "welcome", "the welcome");
+      const max = writer.welcome.max_message_size;
+      assert.equal(max, 65536);
+      await assert.rejects(early, (e) => e instanceof PgwsError && e.code === "too_large");
+      await assert.rejects(writer.publish("big", "y".repeat(max)), (e) => e.code === "too_large" && /not sent/.test(e.message));
+      await assert.rejects(writer.publish("big", { text: "é".repeat(max / 2) }), (e) => e.code === "too_large", "bytes, not characters");
+      const ack = await writer.publish("big", "small");
+      assert.equal(ack.channel, "big");
+      assert.deepEqual(closes, [], "the socket stayed open");
+      assert.equal(writer.connections, 1);
+    } finally {
+      writer.close();
+    }
+  });
+
+  it("publishes any JSON value; m.payload() gives it back parsed, strings as before", async () => {
+    const writer = client(server.url, writerToken);
+    const reader = client(server.url, readerToken);
+    try {
+      const sub = reader.subscribe("json");
+      const got = [];
+      sub.on("message", (m) => got.push(m));
+      await ready(sub);
+      const values = [{ text: "hi", n: [1, 2.5, null], nested: { ok: true } }, [1, "two"], 42, true, null, "plain text", '{"a":1}'];
+      for (const v of values) await writer.publish("json", v);
+      await waitFor(() => got.length >= values.length, "every value");
+      assert.deepEqual(got.map((m) => m.payload()), [values[0], values[1], 42, true, null, "plain text", { a: 1 }]);
+      // Strings are sent as they are: the envelope's payload is the text, as before.
+      assert.equal(got[5].json().payload, "plain text");
+      assert.equal(got[6].json().payload, '{"a":1}');
+      assert.equal(got[0].json().payload, JSON.stringify(values[0]));
+      await assert.rejects(writer.publish("json", undefined), TypeError);
+      await assert.rejects(writer.publish("json", 10n), TypeError);
+    } finally {
+      writer.close();
+      reader.close();
+    }
+  });
+
+  /** Waits `ms` (to show that nothing more happens). */
+  const quiet = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  it("stops on a refused token: a fatal `refused` error, failed publishes and subscriptions, no retry", async () => {
+    const bad = token({ mode: "rw", exp: hour() }, "another-secret-0123456789abcdef-0123456789");
+    const c = client(server.url, bad);
+    const errors = [];
+    const closes = [];
+    c.on("error", (e) => errors.push(e));
+    c.on("close", (x) => closes.push(x));
+    const queued = c.publish("chat", "x");
+    const sub = c.subscribe("chat");
+    const subReady = sub.ready();
+    try {
+      const err = await next(c, "error", "the refusal", (e) => e.fatal);
+      assert.equal(err.code, "refused");
+      assert.equal(err.status, 400);
+      assert.match(err.message, /Error: /, "the server's reason");
+      await assert.rejects(queued, (e) => e.code === "refused");
+      await assert.rejects(subReady, (e) => e.code === "refused");
+      assert.equal(c.state, "closed");
+      await quiet(800); // minDelay is 100 ms: a retry would have happened by now
+      assert.equal(c.connections, 1, "not retried");
+      assert.deepEqual(errors.map((e) => e.code), ["refused"]);
+      assert.equal(closes.length, 1);
+      assert.equal(closes[0].code, 1006);
+      assert.equal(closes[0].reason, "the websocket handshake failed");
+    } finally {
+      c.close();
+    }
+  });
+
+  it("an expired token: fatal `expired` when given as a string, retried with a new one from a token function", async () => {
+    const old = token({ mode: "rw", exp: Math.floor(Date.now() / 1000) - 10 });
+    const fixed = client(server.url, old);
+    fixed.on("error", () => fixed.close()); // an application giving up at the first error
+    const queued = fixed.publish("chat", "x");
+    try {
+      const err = await next(fixed, "error", "the refusal");
+      assert.deepEqual([err.code, err.fatal, err.message], ["expired", true, "Token expired"]);
+      assert.equal(fixed.state, "closed");
+      await assert.rejects(queued, (e) => e.code === "expired", "the publish fails with the refusal's reason");
+    } finally {
+      fixed.close();
+    }
+    let calls = 0;
+    const renewing = client(server.url, () => (++calls === 1 ? old : writerToken()));
+    const errors = [];
+    renewing.on("error", (e) => errors.push(e));
+    try {
+      await next(renewing, "welcome", "the welcome with the new token");
+      assert.deepEqual(errors.map((e) => [e.code, e.fatal]), [["expired", false]]);
+      assert.equal(renewing.connections, 2);
+      assert.equal((await renewing.publish("chat", "after renewal")).channel, "chat");
+    } finally {
+      renewing.close();
+    }
+  });
+
+  it("a refused origin is a fatal `forbidden`", async () => {
+    const strict = await startServer(0, "client-test-origins", { PGWS_ALLOWED_ORIGINS: "https://good.example" });
+    const origin = "https://evil.example";
+    // A browser sends its Origin with the handshake and with a cross-origin check; so do these.
+    class BrowserLike extends WebSocket {
+      constructor(url, protocols) {
+        super(url, protocols, { origin });
+      }
+    }
+    const fetchWithOrigin = (url, init) => fetch(url, { ...init, headers: { ...init.headers, origin } });
+    const c = client(strict.url, writerToken, { WebSocket: BrowserLike, fetch: fetchWithOrigin });
+    try {
+      const err = await next(c, "error", "the refusal");
+      assert.deepEqual([err.code, err.status, err.fatal], ["forbidden", 403, true]);
+      assert.match(err.message, /Origin not allowed/);
+      assert.equal(c.state, "closed");
+    } finally {
+      c.close();
+      await strict.stop();
+    }
+  });
+
+  it("keeps retrying while the server cannot be reached, reporting it once", async () => {
+    const p = await proxy(server.port);
+    p.up = false;
+    const c = client(p.url, writerToken, { maxDelay: 200 });
+    const errors = [];
+    c.on("error", (e) => errors.push(e));
+    try {
+      while (c.connections < 4) await next(c, "close", "a failed attempt");
+      assert.deepEqual(errors.map((e) => [e.code, e.fatal]), [["unreachable", false]], "one report for the outage");
+      const queued = c.publish("chat", "queued while unreachable");
+      p.up = true;
+      await next(c, "welcome", "the connection once reachable");
+      assert.equal((await withTimeout(queued, WAIT_MS, "the queued publish")).channel, "chat");
+    } finally {
+      c.close();
+      await p.close();
+    }
+  });
+
+  it("keeps retrying a full server (503): `unavailable`, reported once", async () => {
+    const small = await startServer(0, "client-test-full", { PGWS_MAX_CONNECTIONS: "1" });
+    const first = client(small.url, writerToken);
+    let second;
+    try {
+      await next(first, "welcome", "the first connection");
+      second = client(small.url, writerToken, { maxDelay: 200 });
+      const errors = [];
+      second.on("error", (e) => errors.push(e));
+      while (second.connections < 3) await next(second, "close", "a refused attempt");
+      assert.deepEqual(errors.map((e) => [e.code, e.fatal]), [["unavailable", false]]);
+      first.close();
+      await next(second, "welcome", "the connection once a slot is free");
+    } finally {
+      first.close();
+      second?.close();
+      await small.stop();
+    }
+  });
+
+  it("a token endpoint that is down is reported once, then the client connects quietly", async () => {
+    let calls = 0;
+    let down = true;
+    const endpoint = async () => {
+      calls += 1;
+      if (down) throw new Error("token endpoint: 502");
+      return writerToken();
+    };
+    const c = client(server.url, endpoint, { maxDelay: 200 });
+    const errors = [];
+    c.on("error", (e) => errors.push(e));
+    try {
+      await waitFor(() => calls >= 5, "five calls of the token endpoint");
+      assert.deepEqual(errors.map((e) => e.code), ["token_unavailable"], "one report, not one per attempt");
+      down = false;
+      await next(c, "welcome", "the welcome once the endpoint answers");
+      assert.equal(errors.length, 1);
+    } finally {
+      c.close();
+    }
+  });
+  it("a token endpoint down during in-band refreshes is reported once; the refresh succeeds when it is back", async () => {
+    let calls = 0;
+    // The first token lives 3-4 s; refreshes start after 25 % of it; calls 2 and 3 fail.
+    const endpoint = async () => {
+      calls += 1;
+      if (calls === 2 || calls === 3) throw new Error("token endpoint: 503");
+      return token({ mode: "r", sub: "endpoint", exp: Math.floor(Date.now() / 1000) + (calls === 1 ? 4 : 3600) });
+    };
+    const c = client(server.url, endpoint, { refreshRatio: 0.25, refreshMinLead: 1000 });
+    const errors = [];
+    const closes = [];
+    c.on("error", (e) => errors.push(e.code));
+    c.on("close", (x) => closes.push(x));
+    try {
+      await next(c, "refreshed", "the refresh once the endpoint is back", () => true, 10_000);
+      assert.ok(calls >= 4, `two failed calls, then a good one (${calls} calls)`);
+      assert.deepEqual(errors, ["refresh_failed"], "one report for the endpoint's outage");
+      assert.deepEqual(closes, []);
+      assert.equal(c.connections, 1);
+    } finally {
+      c.close();
+    }
+  });
+  it("uses the welcome's max_message_size, or the maxMessageSize option when a server does not send it", async () => {
+    const small = await startServer(0, "client-test-small-frames", { PGWS_MAX_MESSAGE_SIZE: "2048" });
+    // An older server: the same pgws, its welcome without max_message_size.
+    class NoLimitInWelcome extends WebSocket {
+      set onmessage(fn) {
+        super.onmessage = (ev) => {
+          const f = JSON.parse(String(ev.data));
+          if (f.type === "welcome") delete f.max_message_size;
+          fn({ data: JSON.stringify(f) });
+        };
+      }
+    }
+    const told = client(small.url, writerToken);
+    const option = client(small.url, writerToken, { WebSocket: NoLimitInWelcome, maxMessageSize: 2048 });
+    const unknown = client(small.url, writerToken, { WebSocket: NoLimitInWelcome });
+    const closes = { told: [], option: [], unknown: [] };
+    for (const [k, c] of Object.entries({ told, option, unknown })) c.on("close", (x) => closes[k].push(x.code));
+    try {
+      const text = "z".repeat(3000);
+      await waitFor(() => [told, option, unknown].every((c) => c.welcome !== null), "three welcomes");
+      assert.equal(told.welcome.max_message_size, 2048);
+      assert.equal(option.welcome.max_message_size, undefined);
+      await assert.rejects(told.publish("small", text), (e) => e.code === "too_large");
+      await assert.rejects(option.publish("small", text), (e) => e.code === "too_large");
+      assert.equal((await told.publish("small", "fits")).channel, "small");
+      assert.equal((await option.publish("small", "fits")).channel, "small");
+      assert.deepEqual([closes.told, closes.option], [[], []], "both stay open");
+      // Without either, the frame is sent and the server closes the socket.
+      await assert.rejects(unknown.publish("small", text), (e) => e.code === "connection_lost");
+      assert.ok([1009, 1006].includes(closes.unknown[0]), `closed by the server (${closes.unknown})`);
+    } finally {
+      for (const c of [told, option, unknown]) c.close();
+      await small.stop();
     }
   });
 });

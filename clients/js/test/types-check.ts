@@ -8,6 +8,18 @@ sub.on("gap", (g: Gap) => g.reason);
 off();
 client.on("state", (s) => s === "open");
 client.publish("chat", "hi").then((ack) => ack.position, (e: PgwsError) => e.code);
+interface Note { text: string; at?: number }
+const note: Note = { text: "hi" };
+client.publish("chat", note);
+client.publish("chat", [1, "two", null]);
+client.publish("chat", 42);
+sub.on("message", (m) => m.payload<Note>().text.length);
+client.on("error", (e) => (e.fatal ? e.code === "refused" || e.code === "forbidden" : e.status));
+client.on("close", (c) => c.code + c.reason.length);
+new PgwsClient({ url: "ws://x/", token: "t", maxMessageSize: 1024, fetch: null, checkTimeout: 1000 });
+new PgwsClient({ url: "ws://x/", token: "t", fetch: (url, init) => fetch(url, init) });
+// @ts-expect-error: undefined is not JSON
+client.publish("chat", undefined);
 
 
 const room = client.subscribe("room", { presence: true });
