@@ -29,11 +29,11 @@ pub(crate) mod pg;
 pub(crate) mod presence;
 pub(crate) mod routing;
 pub(crate) mod server;
+pub(crate) mod session;
 pub(crate) mod source;
 pub(crate) mod state;
 pub(crate) mod stream;
 pub(crate) mod transport;
-pub(crate) mod v2;
 pub(crate) mod wire;
 
 pub use config::{Cli, Config, ConfigError, DEV_META_CHANNEL, DEV_SECRET};

@@ -202,7 +202,7 @@ pub async fn admit<B>(
     if !state.address_limiter.allow(ip) {
         return Err(Refusal::RateLimited(settings.rates.connections));
     }
-    let v2 = purpose == Purpose::Connect && crate::v2::negotiated(req);
+    let v2 = purpose == Purpose::Connect && negotiated_v2(req);
     let (grant, carrier) = authorize(req, state, v2).map_err(Refusal::Token)?;
     let channels = if v2 {
         Vec::new()
@@ -350,7 +350,7 @@ fn token_and_channel<B>(
             .collect();
         let token = offered.iter().find_map(|p| p.strip_prefix("bearer."))?;
         Some(
-            if offered.contains(&SUBPROTOCOL) || offered.contains(&crate::v2::SUBPROTOCOL) {
+            if offered.contains(&SUBPROTOCOL) || offered.contains(&crate::wire::v2::SUBPROTOCOL) {
                 Ok((token.to_string(), Carrier::Subprotocol))
             } else {
                 Err(AuthError::Invalid(format!(
@@ -467,6 +467,26 @@ pub(crate) fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> R
     } else {
         Err(origin.to_string())
     }
+}
+
+/// Whether a websocket request offers protocol v2 (`Sec-WebSocket-Protocol: pgws.v2`, possibly
+/// next to `bearer.<token>`). It wins over `pgws` when both are offered.
+fn negotiated_v2<B>(req: &Request<B>) -> bool {
+    is_upgrade(req)
+        && req
+            .headers()
+            .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == crate::wire::v2::SUBPROTOCOL)
+}
+
+/// Whether a request asks for a websocket (any path, spec §2.1).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 #[cfg(test)]

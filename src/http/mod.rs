@@ -57,7 +57,7 @@ pub async fn handle(
             b"v2" => Some(true),
             _ => None,
         });
-    let mut response = if ws::is_upgrade(&req) {
+    let mut response = if admission::is_upgrade(&req) {
         match admission::admit(&req, &state, peer, Purpose::Connect).await {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),

@@ -51,11 +51,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::ws::{CLOSE_JWT_EXPIRED, CLOSE_SLOW_CONSUMER};
 use crate::client::Client;
 use crate::http::admission::{self, Admitted, Purpose};
 use crate::http::body::Body;
 use crate::ops::metrics::ReasonLabel;
+use crate::session::{CLOSE_JWT_EXPIRED, CLOSE_SLOW_CONSUMER};
 use crate::state::AppState;
 use crate::stream::Frame;
 use crate::wire::{self, compat::close_event};

@@ -1,7 +1,9 @@
-//! The websocket transport: the RFC 6455 handshake (after [`crate::http::admission`] admitted
-//! the request) and one task per socket that `select!`s between the client's frames, the
-//! client's outbox, the token's expiry, server pings and shutdown. Everything that is not about
-//! websocket framing (subscriptions, publishing, meta events, limits) is the [`Client`]'s.
+//! The websocket carrier: the RFC 6455 handshake (after [`crate::http::admission`] admitted
+//! the request), then a session ([`crate::session::run`]) in the protocol the socket negotiated,
+//! over [`Ws`], this module's [`Carrier`]: frames written as shared pre-framed bytes with
+//! vectored writes, pings, pongs and the close handshake. Everything that is not about
+//! websocket framing (subscriptions, publishing, meta events, limits) is the [`Client`]'s, and
+//! the loop (shutdown, timers, draining, close reasons) is the session's.
 //!
 //! Lifecycle (spec §2.5, with the original's gaps closed): the client is subscribed before the
 //! 101 is sent, `ConnectionOpen` is published, the loop runs, then the client finishes
@@ -30,21 +32,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::client::Client;
-use crate::http::admission::{Admitted, Carrier, SUBPROTOCOL};
+use crate::http::admission::{self, Admitted, SUBPROTOCOL};
 use crate::http::body::{Body, full, text};
-use crate::ops::metrics::ReasonLabel;
+use crate::session::{self, Carrier, End, Inbound};
 use crate::state::AppState;
 use crate::stream::{Encoding, Frame};
 use crate::wire;
 
-/// Close code when the token's `exp` passes (the original's).
-pub const CLOSE_JWT_EXPIRED: u16 = 3001;
-/// Close code for a socket that fell too far behind its outbound queue limits.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
-/// Close code for a peer that answered no ping for two ping intervals.
-pub const CLOSE_PING_TIMEOUT: u16 = 4001;
-/// How long a blocked write may take before the peer is considered gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,13 +52,6 @@ pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
-}
-
-/// Whether a request asks for a websocket (any path, spec §2.1).
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Accepts an admitted websocket request: checks the RFC 6455 headers, opens the client
@@ -112,7 +99,10 @@ pub async fn accept(
     let carrier = admitted.carrier;
     let v2 = admitted.v2.then(|| {
         let claim = state.presence.as_ref().map(|p| p.claim());
-        Box::new(crate::v2::access::Access::new(&admitted.grant, claim))
+        Box::new(crate::session::v2::access::Access::new(
+            &admitted.grant,
+            claim,
+        ))
     });
     let config = state.ws_config;
     let v2_answer = v2.is_some();
@@ -126,18 +116,18 @@ pub async fn accept(
     };
     let client = Client::open(state, id, admitted, encoding);
     client.following().await;
-    // One task type per protocol: a task holds the state of the session it runs inline, so a
-    // shared task would make every socket pay for the larger of the two sessions (or, boxing
-    // one, for a second allocation).
+    // One task type per protocol: a task holds the state of the handler it runs inline, so a
+    // shared task would make every socket pay for the larger of the two (or, boxing one, for a
+    // second allocation).
     match v2 {
         Some(access) => tracker.spawn(async move {
             if let Some(ws) = websocket(upgrade, config, id).await {
-                run_v2(ws, client, access).await;
+                session::run(Ws::new(ws), client, session::v2::Session::new(access)).await;
             }
         }),
         None => tracker.spawn(async move {
             if let Some(ws) = websocket(upgrade, config, id).await {
-                run(ws, client).await;
+                session::run(Ws::new(ws), client, session::compat::Compat).await;
             }
         }),
     };
@@ -152,9 +142,9 @@ pub async fn accept(
     if v2_answer {
         h.insert(
             hyper::header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(crate::v2::SUBPROTOCOL),
+            HeaderValue::from_static(wire::v2::SUBPROTOCOL),
         );
-    } else if carrier == Carrier::Subprotocol {
+    } else if carrier == admission::Carrier::Subprotocol {
         h.insert(
             hyper::header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(SUBPROTOCOL),
@@ -190,16 +180,6 @@ where
     io.flush().await
 }
 
-/// Why the loop ended.
-pub(crate) enum End {
-    /// The peer closed or vanished; nothing more to send.
-    Peer,
-    /// We close with this code and reason; the label names the reason in metrics.
-    Close(u16, &'static str, &'static str),
-    /// We drop the connection without a close frame (it accepts no data); label for metrics.
-    Drop(&'static str),
-}
-
 /// The websocket once the HTTP upgrade is done (`None`: it failed, logged).
 async fn websocket(
     upgrade: hyper::upgrade::OnUpgrade,
@@ -218,217 +198,68 @@ async fn websocket(
     }
 }
 
-/// A socket of the original protocol, from its start to its end.
-async fn run<S>(mut ws: WebSocketStream<S>, mut client: Client)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    Box::pin(client.start()).await;
-    let end = serve(&mut ws, &mut client).await;
-    Box::pin(conclude(ws, client, end)).await;
+/// A websocket as a session's [`Carrier`]: frames written as shared, pre-framed bytes; pings,
+/// pongs and the close handshake handled here.
+struct Ws<S> {
+    ws: WebSocketStream<S>,
+    /// Pings sent (each ping carries its number).
+    pings: u64,
 }
 
-/// A protocol v2 socket, from its start to its end.
-async fn run_v2<S>(
-    mut ws: WebSocketStream<S>,
-    mut client: Client,
-    access: Box<crate::v2::access::Access>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    Box::pin(client.start()).await;
-    let end = crate::v2::session::serve(&mut ws, &mut client, access).await;
-    Box::pin(conclude(ws, client, end)).await;
-}
-
-/// Counts and logs how a socket ended, sends the close frame when it is ours to send, and
-/// lets the client go.
-async fn conclude<S>(mut ws: WebSocketStream<S>, client: Client, end: End)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let id = client.id();
-    let label = match end {
-        End::Close(_, _, label) | End::Drop(label) => Some(label),
-        End::Peer => None,
-    };
-    if let Some(reason) = label {
-        client
-            .state()
-            .metrics
-            .server_closes
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+impl<S> Ws<S> {
+    fn new(ws: WebSocketStream<S>) -> Self {
+        Self { ws, pings: 0 }
     }
-    if let End::Drop(reason) = end {
-        tracing::warn!(conn = id, reason, "dropping websocket");
-    } else if let End::Close(code, reason, _) = end {
-        tracing::info!(conn = id, code, reason, "closing websocket");
+}
+
+impl<S> Carrier for Ws<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    type Raw = Option<Result<Message, WsError>>;
+    const NAME: &'static str = "websocket";
+
+    fn next(&mut self) -> impl std::future::Future<Output = Self::Raw> + Send {
+        self.ws.next()
+    }
+
+    async fn inbound(&mut self, raw: Self::Raw, conn: u64) -> Inbound {
+        read(&mut self.ws, raw, conn).await
+    }
+
+    async fn write(&mut self, frames: &[Frame], encoding: Encoding) -> std::io::Result<()> {
+        // Anything tungstenite still holds (a pong) goes first, whole, so that the raw frames
+        // below never interleave with one of its frames.
+        self.ws.flush().await.map_err(std::io::Error::other)?;
+        write_frames(self.ws.get_mut(), frames, encoding).await
+    }
+
+    async fn keepalive(&mut self) -> Result<(), ()> {
+        self.pings += 1;
+        let payload = self.pings.to_string().into_bytes();
+        self.ws
+            .send(Message::Ping(payload.into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
+        let ws = &mut self.ws;
         let closed = async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
             }
         };
-        let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, closed)).await;
-    } else {
-        tracing::info!(conn = id, "websocket closed by peer");
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
     }
-    Box::pin(client.finish()).await;
-}
-
-async fn serve<S>(ws: &mut WebSocketStream<S>, client: &mut Client) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let id = client.id();
-    let state = client.state();
-    let shutdown = state.shutdown.clone();
-    let ping_interval = state.config.ping_interval;
-    let expiry = client.expiry();
-    // One timer for both the token's expiry and the next ping (one timer per idle socket).
-    let mut next_ping = ping_interval.map(|p| tokio::time::Instant::now() + p);
-    let deadline = |next_ping: Option<tokio::time::Instant>| {
-        [expiry, next_ping]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365))
-    };
-    let timer = tokio::time::sleep_until(deadline(next_ping));
-    tokio::pin!(timer);
-    let mut ping_count: u64 = 0;
-    let mut last_inbound = tokio::time::Instant::now();
-    let mut batch: Vec<Frame> = Vec::new();
-    // Made once: re-made on every turn of the loop it would join and leave the token's waiter
-    // list, which every socket shares, on every delivery.
-    let shutdown = shutdown.cancelled();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => return End::Close(1001, "server shutting down", "shutdown"),
-            _ = &mut timer => {
-                let now = tokio::time::Instant::now();
-                if expiry.is_some_and(|at| now >= at) {
-                    return End::Close(CLOSE_JWT_EXPIRED, "JWT expired", "expired");
-                }
-                if let (Some(at), Some(interval)) = (next_ping, ping_interval)
-                    && now >= at
-                {
-                    if last_inbound.elapsed() > interval * 2 {
-                        return End::Close(CLOSE_PING_TIMEOUT, "no answer to pings", "ping_timeout");
-                    }
-                    ping_count += 1;
-                    let payload = ping_count.to_string().into_bytes();
-                    if ws.send(Message::Ping(payload.into())).await.is_err() {
-                        return End::Peer;
-                    }
-                    next_ping = Some(now + interval);
-                }
-                timer.as_mut().reset(deadline(next_ping));
-            }
-            _ = client.outbox().wait() => {
-                if let Err(end) = write_outbox(ws, client, &mut batch).await {
-                    return end;
-                }
-            }
-            frame = ws.next() => {
-                if let Some(Ok(_)) = &frame {
-                    last_inbound = tokio::time::Instant::now();
-                }
-                match read(ws, frame, id).await {
-                    Inbound::Text(text) => Box::pin(client.publish(text.as_str())).await,
-                    Inbound::Binary(bytes) => match std::str::from_utf8(&bytes) {
-                        Ok(text) => Box::pin(client.publish(text)).await,
-                        Err(_) => client.refuse("invalid_utf8",
-                            "binary message is not valid UTF-8 text; it was not published", None),
-                    },
-                    Inbound::Handled => {}
-                    Inbound::End(end) => return end,
-                }
-            }
-        }
-    }
-}
-
-/// Writes what the client's outbox holds, in its encoding; `Err` when the socket must end.
-pub(crate) async fn write_outbox<S>(
-    ws: &mut WebSocketStream<S>,
-    client: &Client,
-    batch: &mut Vec<Frame>,
-) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let id = client.id();
-    let drained = client.outbox().drain_into(batch);
-    if let Some((code, reason)) = drained.end {
-        // Access revoked (authorization by the database): nothing more is sent.
-        return Err(End::Close(code, reason, "revoked"));
-    }
-    if !batch.is_empty() {
-        // Boxed, like the other rare paths: a future's size is the largest of its states, and
-        // every idle socket would otherwise carry the write state.
-        let write = Box::pin(async {
-            // Anything tungstenite still holds (a pong) goes first, whole, so that the raw
-            // frames below never interleave with one of its frames.
-            ws.flush().await?;
-            write_frames(ws.get_mut(), batch, client.outbox().encoding())
-                .await
-                .map_err(WsError::Io)
-        });
-        tokio::select! {
-            r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)) => match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(conn = id, error = %e, "write failed");
-                    return Err(End::Peer);
-                }
-                Err(_) => return Err(End::Drop("write_timeout")),
-            },
-            // The peer stopped reading and its queue overflowed meanwhile.
-            _ = client.outbox().overflowed() => return Err(End::Drop("slow_consumer")),
-        }
-        if let Some(oldest) = drained.oldest {
-            client
-                .state()
-                .metrics
-                .delivery_latency
-                .observe(oldest.elapsed().as_secs_f64());
-        }
-        batch.clear();
-        if batch.capacity() > 256 {
-            batch.shrink_to_fit();
-        }
-    }
-    if !drained.healthy {
-        return Err(End::Close(
-            CLOSE_SLOW_CONSUMER,
-            "slow consumer: outbound queue limit reached",
-            "slow_consumer",
-        ));
-    }
-    Ok(())
-}
-
-/// A frame the client sent, once the websocket's own business (pings, close) is done.
-pub(crate) enum Inbound {
-    /// A text message.
-    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
-    /// A binary message.
-    Binary(bytes::Bytes),
-    /// Nothing for the protocol (a ping answered, a pong).
-    Handled,
-    /// The socket ends.
-    End(End),
 }
 
 /// Handles what `ws.next()` gave: pings, close frames and errors here, messages to the caller.
-pub(crate) async fn read<S>(
+async fn read<S>(
     ws: &mut WebSocketStream<S>,
     frame: Option<Result<Message, WsError>>,
     id: u64,
@@ -445,14 +276,14 @@ where
             if ws.flush().await.is_err() {
                 return Inbound::End(End::Peer);
             }
-            Inbound::Handled
+            Inbound::Alive
         }
         Some(Ok(Message::Close(_))) => {
             // tungstenite answered the close; finish the closing handshake.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
             Inbound::End(End::Peer)
         }
-        Some(Ok(_)) => Inbound::Handled,
+        Some(Ok(_)) => Inbound::Alive,
         Some(Err(WsError::Capacity(e))) => {
             tracing::warn!(conn = id, error = %e, "client message too large");
             Inbound::End(End::Close(1009, "message too big", "message_too_big"))

@@ -1,6 +1,9 @@
-//! One protocol v2 socket's loop: the websocket transport's shape (one task, one `select!` over
-//! shutdown, one timer for the token's expiry and pings, the outbox, the client's frames) plus
-//! the answers to publishes in flight, which arrive in the order the publishes were sent.
+//! Protocol v2's handler (`pgws.v2`, docs/PROTOCOL.md): a socket that negotiated it speaks JSON
+//! requests and events instead of the original's bare texts. It subscribes and unsubscribes at
+//! run time (each checked against its token's grant by [`access::check`]), resumes each channel
+//! from a position, publishes with an acknowledgement, and replaces its token in band before
+//! `exp`. The session loop ([`super::serve`]) carries it; answers to publishes in flight arrive
+//! through [`Handler::next_answer`], in the order the publishes were sent.
 //!
 //! Every request is answered exactly once: by its success frame, or by `nack` (publish) or
 //! `error` (the others and frames that are not requests). A bad frame costs only its own
@@ -11,23 +14,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::access::{self, Access, Action};
+pub mod access;
+
+use super::Handler;
 use crate::auth::{self, AuthError};
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::presence::Membership;
 use crate::stream::{Frame, ResumeFrom};
-use crate::transport::ws::{
-    CLOSE_JWT_EXPIRED, CLOSE_PING_TIMEOUT, End, Inbound, read, write_outbox,
-};
 use crate::wire::v2::{self as wire, Id, Request};
+use access::{Access, Action};
 
 /// How long a publish waits for PostgreSQL before it is answered `database_unavailable`.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +41,7 @@ const MAX_SINCE: usize = 256;
 type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
 
 /// What one v2 socket holds beyond its [`Client`].
-struct Session {
+pub struct Session {
     /// Boxed: moved from the accept path through two async fns, an inline `Access` would sit in
     /// each of their states (every idle v2 socket holds them).
     access: Box<Access>,
@@ -58,118 +58,54 @@ struct Session {
     presence: Option<Box<Vec<Membership>>>,
 }
 
-/// Serves a socket that negotiated `pgws.v2` until it ends.
-pub(crate) async fn serve<S>(
-    ws: &mut WebSocketStream<S>,
-    client: &mut Client,
-    access: Box<Access>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let id = client.id();
-    let shutdown = client.state().shutdown.clone();
-    let ping_interval = client.state().config.ping_interval;
-    let mut session = Session {
-        access,
-        pending: None,
-        presence: None,
-    };
-    client.outbox().push(wire::welcome(
-        session.access.mode.as_str(),
-        session.access.channels.as_deref(),
-        session.access.exp,
-        client.state().config.max_channels,
-        client.state().config.max_message_size,
-    ));
-    // The welcome goes out now, and the storage it made the outbox and the batch allocate is
-    // given back: a socket that then stays idle holds none (≈360 B otherwise).
-    let mut batch: Vec<Frame> = Vec::new();
-    // Boxed, like the other rare paths below: an async fn's state is as large as its largest
-    // await, and every idle v2 socket holds that state (≈950 B before these were boxed).
-    if let Err(end) = Box::pin(write_outbox(ws, client, &mut batch)).await {
-        return end;
-    }
-    batch = Vec::new();
-    client.outbox().release();
-    let mut expiry = client.expiry();
-    let mut exp = client.exp();
-    let mut next_ping = ping_interval.map(|p| tokio::time::Instant::now() + p);
-    let deadline = |expiry: Option<tokio::time::Instant>,
-                    next_ping: Option<tokio::time::Instant>| {
-        [expiry, next_ping]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365))
-    };
-    let timer = tokio::time::sleep_until(deadline(expiry, next_ping));
-    tokio::pin!(timer);
-    let mut ping_count: u64 = 0;
-    let mut last_inbound = tokio::time::Instant::now();
-    let shutdown = shutdown.cancelled();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => return End::Close(1001, "server shutting down", "shutdown"),
-            _ = &mut timer => {
-                let now = tokio::time::Instant::now();
-                if expiry.is_some_and(|at| now >= at) {
-                    return End::Close(CLOSE_JWT_EXPIRED, "JWT expired", "expired");
-                }
-                if let (Some(at), Some(interval)) = (next_ping, ping_interval)
-                    && now >= at
-                {
-                    if last_inbound.elapsed() > interval * 2 {
-                        return End::Close(CLOSE_PING_TIMEOUT, "no answer to pings", "ping_timeout");
-                    }
-                    ping_count += 1;
-                    let payload = ping_count.to_string().into_bytes();
-                    if Box::pin(ws.send(Message::Ping(payload.into()))).await.is_err() {
-                        return End::Peer;
-                    }
-                    next_ping = Some(now + interval);
-                }
-                timer.as_mut().reset(deadline(expiry, next_ping));
-            }
-            Some(answer) = session.next_answer(), if session.pending.is_some() => {
-                client.outbox().push(answer);
-                if session.pending.as_ref().is_some_and(|p| p.is_empty()) {
-                    session.pending = None;
-                }
-            }
-            _ = client.outbox().wait() => {
-                if let Err(end) = write_outbox(ws, client, &mut batch).await {
-                    return end;
-                }
-            }
-            frame = ws.next() => {
-                if let Some(Ok(_)) = &frame {
-                    last_inbound = tokio::time::Instant::now();
-                }
-                match Box::pin(read(ws, frame, id)).await {
-                    Inbound::Text(text) => {
-                        Box::pin(session.handle(client, text.as_str())).await;
-                        if client.exp() != exp {
-                            exp = client.exp();
-                            expiry = client.expiry();
-                            timer.as_mut().reset(deadline(expiry, next_ping));
-                        }
-                    }
-                    Inbound::Binary(_) => {
-                        tracing::info!(conn = id, "v2: binary frame refused");
-                        client.outbox().push(wire::error(
-                            &Id::none(),
-                            "bad_request",
-                            "pgws.v2 requests are text frames; a binary frame is not read",
-                        ));
-                    }
-                    Inbound::Handled => {}
-                    Inbound::End(end) => return end,
-                }
-            }
+impl Session {
+    /// The handler of a socket that negotiated `pgws.v2`, with what its token grants.
+    pub fn new(access: Box<Access>) -> Self {
+        Self {
+            access,
+            pending: None,
+            presence: None,
         }
+    }
+}
+
+impl Handler for Session {
+    fn greet(&mut self, client: &Client) {
+        client.outbox().push(wire::welcome(
+            self.access.mode.as_str(),
+            self.access.channels.as_deref(),
+            self.access.exp,
+            client.state().config.max_channels,
+            client.state().config.max_message_size,
+        ));
+    }
+
+    async fn text(&mut self, client: &mut Client, text: &str) {
+        self.handle(client, text).await;
+    }
+
+    async fn binary(&mut self, client: &mut Client, _bytes: &[u8]) {
+        tracing::info!(conn = client.id(), "v2: binary frame refused");
+        client.outbox().push(wire::error(
+            &Id::none(),
+            "bad_request",
+            "pgws.v2 requests are text frames; a binary frame is not read",
+        ));
+    }
+
+    fn awaiting(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    async fn next_answer(&mut self) -> Option<Frame> {
+        let answer = match &mut self.pending {
+            Some(p) => p.next().await,
+            None => None,
+        };
+        if self.pending.as_ref().is_some_and(|p| p.is_empty()) {
+            self.pending = None;
+        }
+        answer
     }
 }
 
@@ -178,14 +114,6 @@ impl Session {
     fn leave_presence(&mut self, channel: &str) {
         if let Some(presence) = &mut self.presence {
             presence.retain(|m| m.channel() != channel);
-        }
-    }
-
-    /// The answer to the oldest publish awaiting PostgreSQL (`None`: none awaits).
-    async fn next_answer(&mut self) -> Option<Frame> {
-        match &mut self.pending {
-            Some(p) => p.next().await,
-            None => None,
         }
     }
 
