@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::admission::Admitted;
 use crate::auth::{Mode, now_seconds};
 use crate::channel::ChannelName;
-use crate::http::admission::Admitted;
 use crate::ops::limits::{Bucket, SubjectSlot};
 use crate::ops::metrics::{ModeLabel, ReasonLabel};
 use crate::pg::MAX_NOTIFY_PAYLOAD;

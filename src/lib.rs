@@ -15,6 +15,7 @@
 //! throwaway cluster). Everything else is internal and may change.
 
 pub(crate) mod address;
+pub(crate) mod admission;
 pub mod auth;
 pub(crate) mod authz;
 pub(crate) mod channel;
@@ -27,6 +28,7 @@ pub(crate) mod net;
 pub(crate) mod ops;
 pub(crate) mod pg;
 pub(crate) mod presence;
+pub(crate) mod respond;
 pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod session;

@@ -19,9 +19,7 @@
 //! A new transport (Server-Sent Events) adds one branch here that calls [`admission::admit`] and
 //! renders its refusal with [`refuse`], exactly as the websocket branch does.
 
-pub mod admission;
 pub mod assets;
-pub mod body;
 pub mod head;
 pub mod proxy;
 pub mod static_files;
@@ -32,15 +30,12 @@ use std::sync::Arc;
 use hyper::header::{HeaderValue, SERVER};
 use hyper::{Request, Response, StatusCode};
 
-use crate::ops::metrics::ReasonLabel;
+use crate::admission::{self, Purpose, authorize, check_origin, refuse};
+use crate::respond::{Body, SERVER_NAME, full, text};
 use crate::state::AppState;
 use crate::transport::{publish, sse, ws};
-use admission::{Purpose, Refusal, authorize, check_origin};
-use body::{Body, full, text};
 
 /// The `Server` header value.
-pub(crate) const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
-
 /// Handles one HTTP request.
 pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
@@ -143,26 +138,6 @@ fn check_grant<B>(req: &Request<B>, state: &AppState, v2: bool) -> Response<Body
         }
         Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
     }
-}
-
-/// Renders a refusal as HTTP (status, reason as the body), logged and counted once.
-pub(crate) fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
-    let body = refusal.to_string();
-    tracing::info!(peer = %peer, reason = %body, "Rejecting Request");
-    state
-        .metrics
-        .refused
-        .get_or_create(&ReasonLabel {
-            reason: refusal.label(),
-        })
-        .inc();
-    let mut response = text(refusal.status(), body);
-    if let Some(seconds) = refusal.retry_after() {
-        response
-            .headers_mut()
-            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_MODIFIED_SINCE, LAST_MODIFI
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::assets;
-use super::body::{Body, full, text};
+use crate::respond::{Body, full, text};
 
 /// What the server answers to plain HTTP requests.
 #[derive(Debug, Clone, PartialEq, Eq)]

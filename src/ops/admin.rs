@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::body::{Body, full, text};
+use crate::respond::{Body, full, text};
 use crate::state::AppState;
 
 /// Answers one admin request.

@@ -1,5 +1,5 @@
 //! Transports: how a [`crate::client::Client`] reaches its peer. Each one accepts an admitted
-//! request ([`crate::http::admission`]), opens a client, and moves the client's outbox onto its
+//! request ([`crate::admission`]), opens a client, and moves the client's outbox onto its
 //! wire in its own encoding, and the peer's messages into [`crate::client::Client::publish`].
 //!
 //! Today: [`ws`] (RFC 6455), [`sse`] (Server-Sent Events, read-only) and [`publish`] (one

@@ -19,10 +19,10 @@ use http_body_util::BodyExt as _;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::admission::Admitted;
 use crate::client::prepare;
-use crate::http::admission::Admitted;
-use crate::http::body::{Body, full, text};
 use crate::pg::publisher::Job;
+use crate::respond::{Body, full, text};
 use crate::state::AppState;
 use crate::wire::compat::ClaimsText;
 

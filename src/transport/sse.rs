@@ -51,10 +51,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::admission::{self, Admitted, Purpose};
 use crate::client::Client;
-use crate::http::admission::{self, Admitted, Purpose};
-use crate::http::body::Body;
 use crate::ops::metrics::ReasonLabel;
+use crate::respond::Body;
 use crate::session::{CLOSE_JWT_EXPIRED, CLOSE_SLOW_CONSUMER};
 use crate::state::AppState;
 use crate::stream::Frame;
@@ -386,7 +386,7 @@ where
     let admitted = match admission::admit(&req, state, peer, Purpose::Connect).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            let response = crate::http::refuse(state, peer, refusal);
+            let response = crate::admission::refuse(state, peer, refusal);
             return Box::pin(write_response(io, response, close)).await;
         }
     };
@@ -558,7 +558,7 @@ fn write_head(
         out.extend_from_slice(b"\r\n");
     }
     if !headers.contains_key(SERVER) {
-        let _ = write!(out, "server: {}\r\n", crate::http::SERVER_NAME);
+        let _ = write!(out, "server: {}\r\n", crate::respond::SERVER_NAME);
     }
     match length {
         Some(n) => {

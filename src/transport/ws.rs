@@ -1,4 +1,4 @@
-//! The websocket carrier: the RFC 6455 handshake (after [`crate::http::admission`] admitted
+//! The websocket carrier: the RFC 6455 handshake (after [`crate::admission`] admitted
 //! the request), then a session ([`crate::session::run`]) in the protocol the socket negotiated,
 //! over [`Ws`], this module's [`Carrier`]: frames written as shared pre-framed bytes with
 //! vectored writes, pings, pongs and the close handshake. Everything that is not about
@@ -31,9 +31,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::admission::{self, Admitted, SUBPROTOCOL};
 use crate::client::Client;
-use crate::http::admission::{self, Admitted, SUBPROTOCOL};
-use crate::http::body::{Body, full, text};
+use crate::respond::{Body, full, text};
 use crate::session::{self, Carrier, End, Inbound};
 use crate::state::AppState;
 use crate::stream::{Encoding, Frame};

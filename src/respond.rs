@@ -1,11 +1,15 @@
-//! The response body type of every answer pgws writes, and the helpers that build them. Kept apart
-//! so that static files, the proxy and the handshake share it without importing each other.
+//! The response body type of every HTTP answer pgws writes, the helpers that build them, and the
+//! `Server` header's value. A leaf: admission, the transports, the HTTP dispatcher and the admin
+//! listener share it without importing each other.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Response, StatusCode};
+
+/// The `Server` header of every answer.
+pub const SERVER_NAME: &str = concat!("pgws/", env!("CARGO_PKG_VERSION"));
 
 /// The response body type used everywhere: whole bodies for pgws's own answers, streamed ones
 /// for the reverse proxy.

@@ -35,13 +35,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper::{Request, StatusCode};
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
 
 use crate::address::AddressSet;
 use crate::auth::{self, AuthError, Grant};
 use crate::authz::AuthzRefusal;
 use crate::channel::{ChannelName, ChannelNameError};
 use crate::ops::limits::SubjectSlot;
+use crate::ops::metrics::ReasonLabel;
+use crate::respond::{Body, text};
 use crate::state::AppState;
 use crate::stream::ResumeFrom;
 
@@ -467,6 +470,26 @@ pub(crate) fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> R
     } else {
         Err(origin.to_string())
     }
+}
+
+/// Renders a refusal as HTTP (status, reason as the body), logged and counted once.
+pub(crate) fn refuse(state: &AppState, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
+    let body = refusal.to_string();
+    tracing::info!(peer = %peer, reason = %body, "Rejecting Request");
+    state
+        .metrics
+        .refused
+        .get_or_create(&ReasonLabel {
+            reason: refusal.label(),
+        })
+        .inc();
+    let mut response = text(refusal.status(), body);
+    if let Some(seconds) = refusal.retry_after() {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Whether a websocket request offers protocol v2 (`Sec-WebSocket-Protocol: pgws.v2`, possibly
