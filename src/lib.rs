@@ -27,6 +27,7 @@ pub(crate) mod ops;
 pub(crate) mod pg;
 pub(crate) mod presence;
 pub(crate) mod protocol;
+pub(crate) mod publish;
 pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod source;

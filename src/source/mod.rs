@@ -25,8 +25,9 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::ChannelName;
-use crate::pg::publisher::{Job, Publisher};
+use crate::pg::publisher::Publisher;
 use crate::protocol::{gap_event, meta_gap_event};
+use crate::publish::Publish;
 use crate::routing::Router;
 use crate::stream::{Frame, Hub, Seq};
 
@@ -240,18 +241,19 @@ impl Sink {
         let n = self.hub.broadcast(Frame::from(gap_event(down)));
         tracing::info!(sockets = n, "told subscribed sockets about the gap");
         if let Some((publisher, meta)) = &self.meta {
-            publisher
-                .publish(
-                    0,
-                    Job {
-                        pg_channel: self.router.server_event(meta),
-                        payload: meta_gap_event(meta, down),
-                        channel: Some(meta.to_string()),
-                        reply: None,
-                        done: None,
-                    },
-                )
-                .await;
+            // Fire and forget: the pool logs and counts a failure.
+            drop(
+                publisher
+                    .publish(
+                        0,
+                        Publish::Notify {
+                            pg_channel: self.router.server_event(meta),
+                            payload: meta_gap_event(meta, down),
+                            channel: Some(meta.to_string()),
+                        },
+                    )
+                    .await,
+            );
         }
     }
 }
