@@ -139,15 +139,7 @@ impl Publisher {
                 let permit = match slots {
                     Some(slots) => match slots.acquire_owned().await {
                         Ok(p) => Some(p),
-                        Err(_) => {
-                            return Pending::ready(Err(PublishError::Refused(
-                                crate::authz::write::WriteError {
-                                    code: crate::authz::write::WriteCode::Failed,
-                                    sqlstate: None,
-                                    message: "the socket is closing".into(),
-                                },
-                            )));
-                        }
+                        Err(_) => return Pending::ready(Err(PublishError::socket_closing())),
                     },
                     None => None,
                 };

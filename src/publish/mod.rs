@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::authz::write::WriteError;
+use crate::authz::write::{WriteCode, WriteError};
 
 /// What PostgreSQL did with a published message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +68,18 @@ pub enum PublishError {
     /// code, SQLSTATE and message are what the client is told.
     #[error("{}", .0.message)]
     Refused(#[from] WriteError),
+}
+
+impl PublishError {
+    /// A write whose socket closed its write slots before it could start (`write_failed`, as
+    /// the write function's own failures are told).
+    pub fn socket_closing() -> Self {
+        Self::Refused(WriteError {
+            code: WriteCode::Failed,
+            sqlstate: None,
+            message: "the socket is closing".into(),
+        })
+    }
 }
 
 /// The outcome of one publish.
