@@ -26,7 +26,7 @@ use crate::channel::ChannelName;
 use crate::ops::limits::{Bucket, SubjectSlot};
 use crate::ops::metrics::{ModeLabel, ReasonLabel};
 use crate::pg::MAX_NOTIFY_PAYLOAD;
-use crate::pg::publisher::Job;
+use crate::publish::{Pending, Publish, PublishError};
 use crate::routing::Outgoing;
 use crate::state::AppState;
 use crate::stream::{Encoding, Frame, Outbox, Position, ResumeGap, Resumed};
@@ -49,6 +49,9 @@ pub struct Client {
     /// Authorization by the database: the client's subject and registration (re-checks,
     /// revocations, writes through the write function). `None` when off.
     authz: Option<crate::authz::Attached>,
+    /// The compat socket's publishes in flight, whose failures become `Error` events in the
+    /// order the messages were sent (see [`Client::answer`]). Made at the first publish.
+    answers: Option<tokio::sync::mpsc::UnboundedSender<(Pending, ChannelName)>>,
 }
 
 impl Client {
@@ -100,6 +103,7 @@ impl Client {
             .map(|(a, s)| a.attach(id, s, &channels, grant.mode, &outbox));
         Self {
             authz,
+            answers: None,
             state,
             id,
             mode: grant.mode,
@@ -193,13 +197,18 @@ impl Client {
             );
             return;
         }
-        if let Some(authz) = &self.authz
-            && authz.authorizer().writes()
-        {
+        if self.writes() {
             // The database answers instead of a NOTIFY (`PGWS_AUTHZ_WRITE_FUNCTION`).
-            authz.write(&self.channels, text, &self.outbox).await;
+            for i in 0..self.channels.len() {
+                let channel = self.channels[i].clone();
+                if let Some(request) = self.write_request(&channel, text) {
+                    let pending = self.state.publisher.publish(self.id, request).await;
+                    self.answer(pending, channel);
+                }
+            }
             return;
         }
+        let mut sent = Vec::new();
         for prepared in prepare(state, &self.channels, &self.claims, text) {
             match prepared {
                 Err(refusal) => {
@@ -211,45 +220,84 @@ impl Client {
                     );
                 }
                 Ok((channel, out)) => {
-                    state
+                    let pending = state
                         .publisher
                         .publish(
                             self.id,
-                            Job {
+                            Publish::Notify {
                                 pg_channel: out.pg_channel,
                                 payload: out.payload,
                                 channel: Some(channel.to_string()),
-                                reply: Some(self.outbox.clone()),
-                                done: None,
                             },
                         )
                         .await;
+                    sent.push((pending, channel.clone()));
                 }
             }
         }
+        for (pending, channel) in sent {
+            self.answer(pending, channel);
+        }
     }
 
-    /// Publishes a meta-channel event. Its failure is logged and counted, not sent to the
-    /// client: the client did not send it.
+    /// Whether client messages go to the write function instead of the NOTIFY pool.
+    fn writes(&self) -> bool {
+        self.authz.as_ref().is_some_and(|a| a.authorizer().writes())
+    }
+
+    /// The write function's request for `text` on `channel`, with the socket's write slots;
+    /// `None` when no write function is set.
+    fn write_request(&self, channel: &ChannelName, text: &str) -> Option<Publish> {
+        let authz = self.authz.as_ref()?;
+        let call = authz.write_call(channel, text)?;
+        Some(Publish::Write {
+            slots: Some(authz.write_slots()),
+            call: Box::pin(call),
+        })
+    }
+
+    /// Renders a compat publish's outcome into the outbox: nothing when it was published, the
+    /// `Error` event when not. The answers go through one task per socket (made at the first
+    /// publish, ended with the client), which awaits them in the order they were queued, so
+    /// that they reach the client in the order its messages were sent; the socket does not wait.
+    fn answer(&mut self, pending: Pending, channel: ChannelName) {
+        let answers = self.answers.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Pending, ChannelName)>();
+            let outbox = self.outbox.clone();
+            tokio::spawn(async move {
+                while let Some((pending, channel)) = rx.recv().await {
+                    if let Err(e) = pending.await {
+                        outbox.push(Frame::from(compat_error(&e, channel.as_str())));
+                    }
+                }
+            });
+            tx
+        });
+        // The task ends only once this sender is dropped, with the client.
+        let _ = answers.send((pending, channel));
+    }
+
+    /// Publishes a meta-channel event. Its failure is logged and counted (by the pool), not
+    /// sent to the client: the client did not send it.
     async fn meta(&self, event: &str) {
         let Some(meta) = &self.state.config.meta_channel else {
             return;
         };
         let names: Vec<String> = self.channels.iter().map(|c| c.to_string()).collect();
         let payload = meta_event(event, meta, &names, &self.claims, now_seconds());
-        self.state
+        let pending = self
+            .state
             .publisher
             .publish(
                 self.id,
-                Job {
+                Publish::Notify {
                     pg_channel: self.state.router.server_event(meta),
                     payload,
                     channel: Some(meta.to_string()),
-                    reply: None,
-                    done: None,
                 },
             )
             .await;
+        drop(pending);
     }
 
     /// Removes the client from its channels; tells the source about channels it was the last
@@ -337,45 +385,41 @@ impl Client {
         self.claims = ClaimsText::new(claims);
     }
 
-    /// Publishes `text` to `channel` (the envelope, size and mode rules of [`Client::publish`]);
-    /// the receiver is told once PostgreSQL accepted or refused it. `Err((code, message))`:
-    /// not published.
-    pub async fn publish_to(
-        &self,
-        channel: &ChannelName,
-        text: &str,
-    ) -> Result<tokio::sync::watch::Receiver<Option<Result<(), String>>>, (&'static str, String)>
-    {
-        let state = &self.state;
-        state.metrics.messages_in.inc();
-        if !self.mode.write {
-            return Err((
-                "read_only",
-                "this socket's token does not allow writing (mode is not 'w' or 'rw')".into(),
-            ));
+    /// What `text` published to `channel` becomes (the envelope and size rules of
+    /// [`Client::publish`], or the write function's call when one is set), for the one publish
+    /// call; `Err`: too large for NOTIFY. The caller checked that the socket may write.
+    pub fn publish_request(&self, channel: &ChannelName, text: &str) -> Result<Publish, TooLarge> {
+        self.state.metrics.messages_in.inc();
+        if let Some(request) = self.write_request(channel, text) {
+            return Ok(request);
         }
-        let prepared = prepare(state, std::slice::from_ref(channel), &self.claims, text).next();
-        match prepared {
-            None => Err(("bad_request", "no channel".into())),
-            Some(Err(refusal)) => Err(("too_large", refusal.message(text.len()))),
-            Some(Ok((channel, out))) => {
-                let (done, answer) = tokio::sync::watch::channel(None);
-                state
-                    .publisher
-                    .publish(
-                        self.id,
-                        Job {
-                            pg_channel: out.pg_channel,
-                            payload: out.payload,
-                            channel: Some(channel.to_string()),
-                            reply: None,
-                            done: Some(done),
-                        },
-                    )
-                    .await;
-                Ok(answer)
-            }
+        let prepared = prepare(
+            &self.state,
+            std::slice::from_ref(channel),
+            &self.claims,
+            text,
+        )
+        .next()
+        .expect("one channel, one envelope");
+        let (channel, out) = prepared?;
+        Ok(Publish::Notify {
+            pg_channel: out.pg_channel,
+            payload: out.payload,
+            channel: Some(channel.to_string()),
+        })
+    }
+}
+
+/// A compat socket's `Error` event for a message that was not published: the write function's
+/// refusal with its SQLSTATE, or the pool's failure (`payload_too_large` when PostgreSQL found
+/// the notification too long, `notify_failed` otherwise), with the outcome's text.
+fn compat_error(e: &PublishError, channel: &str) -> String {
+    match e {
+        PublishError::Refused(write) => write.event(channel),
+        PublishError::TooLarge(_) => {
+            error_event("payload_too_large", &e.to_string(), Some(channel))
         }
+        _ => error_event("notify_failed", &e.to_string(), Some(channel)),
     }
 }
 

@@ -28,6 +28,7 @@ pub(crate) mod net;
 pub(crate) mod ops;
 pub(crate) mod pg;
 pub(crate) mod presence;
+pub(crate) mod publish;
 pub(crate) mod respond;
 pub(crate) mod routing;
 pub(crate) mod server;

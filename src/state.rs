@@ -69,8 +69,8 @@ impl AppState {
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !self.source.is_up() {
             return Err(match self.config.source {
-                crate::source::SourceKind::Notify => "the LISTEN connection is down",
-                crate::source::SourceKind::Wal => "the replication stream is down",
+                crate::pg::SourceKind::Notify => "the LISTEN connection is down",
+                crate::pg::SourceKind::Wal => "the replication stream is down",
             });
         }
         let failed = self

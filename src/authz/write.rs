@@ -5,9 +5,11 @@
 //! publish (`pg_notify`, `pg_logical_emit_message`) itself; its result, cast to text, is the HTTP
 //! publish's answer.
 //!
-//! A socket's writes run in tasks of their own, at most `PGWS_AUTHZ_WRITE_CONCURRENCY` at a time
-//! (the socket waits for a slot, so only a socket that keeps its slots busy slows down, and
-//! only itself); with the default of 1 a socket's writes run one after another, in order. The
+//! The calls are made here, but sent through the one publish call (`crate::publish`), which runs
+//! each in a task of its own and answers its outcome like a NOTIFY's. A socket's writes run at
+//! most `PGWS_AUTHZ_WRITE_CONCURRENCY` at a time (the publish call waits for a slot, so only a
+//! socket that keeps its slots busy slows down, and only itself); with the default of 1 a
+//! socket's writes run one after another, in order. The
 //! pool (`PGWS_AUTHZ_WRITE_POOL_SIZE`) is shared by every socket: when it stays busy for the
 //! whole time limit, the write fails with `write_busy` rather than waiting for ever.
 
@@ -22,15 +24,39 @@ use super::check::{End, Session, TxError, transaction};
 use super::pool::PoolError;
 use super::{Attached, Authorizer, AuthzMetrics, Subject};
 use crate::channel::ChannelName;
-use crate::stream::{Frame, Outbox};
 use crate::wire::compat::write_error_event;
 
+/// What kind of failure a write was, as the client's `code` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCode {
+    /// `write_refused`: the function raised, or the token's role may not be used.
+    Refused,
+    /// `write_timeout`: no answer within `PGWS_AUTHZ_WRITE_TIMEOUT`.
+    Timeout,
+    /// `write_busy`: no pool connection in time.
+    Busy,
+    /// `write_failed`: the database failed (or the socket is closing).
+    Failed,
+}
+
+impl WriteCode {
+    /// The code clients read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "write_refused",
+            Self::Timeout => "write_timeout",
+            Self::Busy => "write_busy",
+            Self::Failed => "write_failed",
+        }
+    }
+}
+
 /// Why a write was not done, as the client is told.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct WriteError {
-    /// `write_refused` (the function raised, or the role may not be used), `write_timeout`,
-    /// `write_busy` (no pool connection in time), `write_failed` (the database failed).
-    pub code: &'static str,
+    /// What kind of failure.
+    pub code: WriteCode,
     /// The SQLSTATE, when PostgreSQL gave one.
     pub sqlstate: Option<String>,
     /// The message.
@@ -41,25 +67,25 @@ impl WriteError {
     fn from_tx(e: TxError) -> Self {
         let (code, sqlstate, message) = match e {
             TxError::Call(db) if db.is_server_side() => {
-                ("write_failed", Some(db.sqlstate), db.message)
+                (WriteCode::Failed, Some(db.sqlstate), db.message)
             }
-            TxError::Call(db) => ("write_refused", Some(db.sqlstate), db.message),
+            TxError::Call(db) => (WriteCode::Refused, Some(db.sqlstate), db.message),
             TxError::Role(db) => (
-                "write_refused",
+                WriteCode::Refused,
                 Some(db.sqlstate),
                 format!("the token's role cannot be used: {}", db.message),
             ),
             TxError::Timeout(t) => (
-                "write_timeout",
+                WriteCode::Timeout,
                 Some("57014".into()),
                 format!(
                     "the write function did not answer within {} ms",
                     t.as_millis()
                 ),
             ),
-            TxError::Pool(e @ PoolError::Busy(_)) => ("write_busy", None, e.to_string()),
-            TxError::Pool(e) => ("write_failed", None, e.to_string()),
-            TxError::Connection(e) => ("write_failed", None, e),
+            TxError::Pool(e @ PoolError::Busy(_)) => (WriteCode::Busy, None, e.to_string()),
+            TxError::Pool(e) => (WriteCode::Failed, None, e.to_string()),
+            TxError::Connection(e) => (WriteCode::Failed, None, e),
         };
         Self {
             code,
@@ -71,10 +97,10 @@ impl WriteError {
     /// The HTTP status of an HTTP publish that failed so.
     pub fn status(&self) -> StatusCode {
         match (self.code, self.sqlstate.as_deref()) {
-            ("write_refused", Some("42501")) => StatusCode::FORBIDDEN,
-            ("write_refused", Some("22023")) => StatusCode::FORBIDDEN,
-            ("write_refused", _) => StatusCode::BAD_REQUEST,
-            ("write_timeout", _) => StatusCode::GATEWAY_TIMEOUT,
+            (WriteCode::Refused, Some("42501")) => StatusCode::FORBIDDEN,
+            (WriteCode::Refused, Some("22023")) => StatusCode::FORBIDDEN,
+            (WriteCode::Refused, _) => StatusCode::BAD_REQUEST,
+            (WriteCode::Timeout, _) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -82,7 +108,7 @@ impl WriteError {
     /// The `Error` event (websocket) or JSON body (HTTP publish) that says it.
     pub fn event(&self, channel: &str) -> String {
         write_error_event(
-            self.code,
+            self.code.as_str(),
             &self.message,
             Some(channel),
             self.sqlstate.as_deref(),
@@ -91,10 +117,10 @@ impl WriteError {
 
     fn label(&self) -> &'static str {
         match self.code {
-            "write_refused" => "refused",
-            "write_timeout" => "timeout",
-            "write_busy" => "busy",
-            _ => "error",
+            WriteCode::Refused => "refused",
+            WriteCode::Timeout => "timeout",
+            WriteCode::Busy => "busy",
+            WriteCode::Failed => "error",
         }
     }
 }
@@ -142,7 +168,7 @@ impl Authorizer {
                 tracing::info!(
                     role = %subject.role,
                     channel,
-                    code = e.code,
+                    code = e.code.as_str(),
                     sqlstate = e.sqlstate.as_deref().unwrap_or(""),
                     error = %e.message,
                     "write refused"
@@ -155,8 +181,8 @@ impl Authorizer {
 
 impl Attached {
     /// The socket's write slots (`PGWS_AUTHZ_WRITE_CONCURRENCY`), shared by its compat messages
-    /// and its v2 publishes.
-    fn slots(&self) -> Arc<Semaphore> {
+    /// and its v2 publishes; the publish call waits for one before it calls.
+    pub fn write_slots(&self) -> Arc<Semaphore> {
         self.write_slots
             .get_or_init(|| {
                 Arc::new(Semaphore::new(
@@ -166,53 +192,37 @@ impl Attached {
             .clone()
     }
 
-    /// A v2 publish: the write function called once a write slot is free, as a future the
-    /// session answers (`ack` or `nack`) when it completes. `None` when no write function is set.
-    pub fn publish(
+    /// The write function's call for `text` on `channel` as this socket's subject, to hand to
+    /// the publish call (`crate::publish::Publish::Write`). `None` when no write function is set:
+    /// the message goes to the NOTIFY pool.
+    pub fn write_call(
         &self,
         channel: &ChannelName,
         text: &str,
-    ) -> Option<impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static> {
-        if !self.authorizer().writes() {
+    ) -> Option<
+        impl std::future::Future<Output = Result<Option<String>, WriteError>> + Send + 'static,
+    > {
+        self.authorizer()
+            .write_call(self.subject().clone(), channel.as_str(), text)
+    }
+}
+
+impl Authorizer {
+    /// The write function's call for `text` on `channel` as `subject`, owning what it needs (it
+    /// runs in a task of its own). `None` when no write function is set.
+    pub fn write_call(
+        self: &Arc<Self>,
+        subject: Arc<Subject>,
+        channel: &str,
+        text: &str,
+    ) -> Option<
+        impl std::future::Future<Output = Result<Option<String>, WriteError>> + Send + 'static,
+    > {
+        if !self.writes() {
             return None;
         }
-        let slots = self.slots();
-        let authorizer = self.authorizer().clone();
-        let subject = self.subject().clone();
-        let channel = channel.clone();
-        let text = text.to_string();
-        Some(async move {
-            let _permit = slots.acquire_owned().await.map_err(|_| WriteError {
-                code: "write_failed",
-                sqlstate: None,
-                message: "the socket is closing".into(),
-            })?;
-            authorizer
-                .call(&subject, channel.as_str(), &text)
-                .await
-                .map(|_| ())
-        })
-    }
-
-    /// A socket's message: one call per channel, each in a task of its own once the socket has
-    /// a free write slot; a failure is answered to the socket as an `Error` event.
-    pub async fn write(&self, channels: &[ChannelName], text: &str, outbox: &Arc<Outbox>) {
-        let slots = self.slots();
-        for channel in channels {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let authorizer = self.authorizer().clone();
-            let subject = self.subject().clone();
-            let outbox = outbox.clone();
-            let channel = channel.clone();
-            let text = text.to_string();
-            tokio::spawn(async move {
-                if let Err(e) = authorizer.call(&subject, channel.as_str(), &text).await {
-                    outbox.push(Frame::from(e.event(channel.as_str())));
-                }
-                drop(permit);
-            });
-        }
+        let authorizer = self.clone();
+        let (channel, text) = (channel.to_string(), text.to_string());
+        Some(async move { authorizer.call(&subject, &channel, &text).await })
     }
 }

@@ -34,7 +34,7 @@ pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
         }
         "/health" => text(StatusCode::OK, "ok"),
         "/ready" => match state.readiness() {
-            Ok(()) if state.config.source == crate::source::SourceKind::Wal => {
+            Ok(()) if state.config.source == crate::pg::SourceKind::Wal => {
                 let wal = &state.metrics.wal;
                 text(
                     StatusCode::OK,

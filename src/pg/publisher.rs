@@ -3,11 +3,16 @@
 //! `SELECT pg_logical_emit_message(true, $1, $2)`: the same arguments, the listen channel as the
 //! prefix, so that client messages reach every node through the WAL in one order).
 //!
+//! [`Publisher::publish`] is the one publish call (see [`crate::publish`]): it also runs the write
+//! function's calls, so that every publish answers the same typed outcome on one oneshot.
+//!
 //! A socket always uses the same worker, and a worker sends its jobs in order on one connection,
-//! so one socket's messages reach PostgreSQL in the order they were sent. A worker takes every job
-//! waiting in its queue and pipelines them on its connection (one round trip for many NOTIFYs).
-//! A NOTIFY that fails (database down, payload too long) is reported to the socket that sent it
-//! as an `Error` event and logged; nothing is dropped silently.
+//! so one socket's messages reach PostgreSQL in the order they were sent, and their outcomes are
+//! answered in that order. A worker takes every job waiting in its queue and pipelines them on
+//! its connection (one round trip for many NOTIFYs). A NOTIFY that fails (database down, payload
+//! too long) is answered as a [`PublishError`], classified by SQLSTATE or the kind of failure,
+//! and logged and counted here; nothing is dropped silently. The pool never writes to a client:
+//! whoever waits renders the outcome.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +27,7 @@ use tokio_postgres::types::Type;
 use super::SourceKind;
 use super::{describe, with_defaults};
 use crate::ops::metrics::ReasonLabel;
-use crate::stream::{Frame, Outbox};
-use crate::wire::compat::error_event;
+use crate::publish::{Ack, Outcome, Pending, Publish, PublishError};
 
 /// Jobs a worker queues before a sender waits (backpressure on the sending socket).
 const QUEUE: usize = 1024;
@@ -32,24 +36,18 @@ const BATCH: usize = 256;
 /// After a failed connection attempt, jobs fail at once for this long instead of each waiting.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// One NOTIFY to send.
-pub struct Job {
+/// One NOTIFY to send, and where its outcome goes.
+struct Job {
     /// The PostgreSQL channel to NOTIFY; `None`: the listen channel.
-    pub pg_channel: Option<String>,
+    pg_channel: Option<String>,
     /// The notification text (an envelope).
-    pub payload: String,
-    /// The socket's channel this copy is for (for the error report).
-    pub channel: Option<String>,
-    /// Where to report a failure; `None` for events of sockets that are gone.
-    pub reply: Option<Arc<Outbox>>,
-    /// Told the outcome once PostgreSQL accepted or refused the NOTIFY (HTTP publish waits on
-    /// it); `None` when nobody waits.
-    pub done: Option<Answer>,
+    payload: String,
+    /// The pgws channel it is for (log lines).
+    channel: Option<String>,
+    /// Told the outcome (taken when answered); a caller that dropped its [`Pending`] is simply
+    /// not told.
+    answer: Option<tokio::sync::oneshot::Sender<Outcome>>,
 }
-
-/// Where a job's outcome goes: `Ok` once PostgreSQL accepted it, `Err(reason)` otherwise. A job
-/// dropped unanswered closes the channel, which the waiter reads as a failure.
-pub type Answer = tokio::sync::watch::Sender<Option<Result<(), String>>>;
 
 /// Counters of the pool (shared with the metrics registry), and its health for readiness.
 #[derive(Debug, Default, Clone)]
@@ -110,16 +108,49 @@ impl Publisher {
         Self { workers, stats }
     }
 
-    /// Queues a NOTIFY on the worker that serves `key` (a socket id), waiting for room.
-    pub async fn publish(&self, key: u64, job: Job) {
-        let worker = &self.workers[(key % self.workers.len() as u64) as usize];
-        if let Err(mpsc::error::SendError(Cmd::Notify(job))) = worker.send(Cmd::Notify(job)).await {
-            fail(
-                &job,
-                "notify_failed",
-                "the server is shutting down",
-                &self.stats,
-            );
+    /// The one publish call. Waits until the message is queued (for room in the queue of the
+    /// worker that serves `key`, a socket's id, or for one of the socket's write slots), then
+    /// returns its outcome to come. Messages of one `key` are sent, and answered, in the order
+    /// of the calls; a write function's calls run in tasks of their own (at most the slots'
+    /// number at a time).
+    pub async fn publish(&self, key: u64, publish: Publish) -> Pending {
+        match publish {
+            Publish::Notify {
+                pg_channel,
+                payload,
+                channel,
+            } => {
+                let (answer, pending) = Pending::channel();
+                let job = Job {
+                    pg_channel,
+                    payload,
+                    channel,
+                    answer: Some(answer),
+                };
+                let worker = &self.workers[(key % self.workers.len() as u64) as usize];
+                if let Err(mpsc::error::SendError(Cmd::Notify(mut job))) =
+                    worker.send(Cmd::Notify(job)).await
+                {
+                    fail(&mut job, PublishError::ShuttingDown, &self.stats);
+                }
+                pending
+            }
+            Publish::Write { slots, call } => {
+                let permit = match slots {
+                    Some(slots) => match slots.acquire_owned().await {
+                        Ok(p) => Some(p),
+                        Err(_) => return Pending::ready(Err(PublishError::socket_closing())),
+                    },
+                    None => None,
+                };
+                let (answer, pending) = Pending::channel();
+                tokio::spawn(async move {
+                    let outcome = call.await.map(|result| Ack { result });
+                    drop(permit);
+                    let _ = answer.send(outcome.map_err(PublishError::from));
+                });
+                pending
+            }
         }
     }
 
@@ -141,7 +172,8 @@ impl Publisher {
     /// Sends every job queued so far, then closes the connections and waits until they are
     /// closed; later jobs fail with "the server is shutting down". At shutdown, so that the
     /// connections end at our request (quietly) instead of being ended by the server, as when
-    /// the embedded cluster is stopped next.
+    /// the embedded cluster is stopped next. (Write function calls are not the pool's: they
+    /// end with their sockets.)
     pub async fn close(&self) {
         let mut waits = Vec::new();
         for worker in self.workers.iter() {
@@ -156,21 +188,19 @@ impl Publisher {
     }
 }
 
-fn fail(job: &Job, code: &'static str, message: &str, stats: &PublisherStats) {
+/// Answers a job's failure, and logs and counts it (whether or not anyone waits).
+fn fail(job: &mut Job, error: PublishError, stats: &PublisherStats) {
+    let code = match error {
+        PublishError::TooLarge(_) => "payload_too_large",
+        _ => "notify_failed",
+    };
     stats
         .errors
         .get_or_create(&ReasonLabel { reason: code })
         .inc();
-    tracing::warn!(code, error = message, channel = ?job.channel, "NOTIFY failed");
-    if let Some(done) = &job.done {
-        done.send_replace(Some(Err(message.to_string())));
-    }
-    if let Some(reply) = &job.reply {
-        reply.push(Frame::from(error_event(
-            code,
-            message,
-            job.channel.as_deref(),
-        )));
+    tracing::warn!(code, error = %error, channel = ?job.channel, "NOTIFY failed");
+    if let Some(answer) = job.answer.take() {
+        let _ = answer.send(Err(error));
     }
 }
 
@@ -276,8 +306,8 @@ async fn worker(
             // What was queued after the close is answered, not dropped silently.
             rx.close();
             while let Ok(cmd) = rx.try_recv() {
-                if let Cmd::Notify(job) = cmd {
-                    fail(&job, "notify_failed", "the server is shutting down", &stats);
+                if let Cmd::Notify(mut job) = cmd {
+                    fail(&mut job, PublishError::ShuttingDown, &stats);
                 }
             }
             return;
@@ -304,9 +334,12 @@ async fn send_all(
     if conn.is_none() {
         match &*failed_at {
             Some((at, err)) if at.elapsed() < RETRY_AFTER => {
-                let msg = format!("database unavailable: {err}");
-                for job in jobs.drain(..) {
-                    fail(&job, "notify_failed", &msg, stats);
+                for mut job in jobs.drain(..) {
+                    fail(
+                        &mut job,
+                        PublishError::DatabaseUnavailable(err.clone()),
+                        stats,
+                    );
                 }
                 return;
             }
@@ -322,9 +355,12 @@ async fn send_all(
             Err(e) => {
                 let e = describe(&e);
                 tracing::error!(worker = id, error = %e, "cannot open a NOTIFY connection");
-                let msg = format!("database unavailable: {e}");
-                for job in jobs.drain(..) {
-                    fail(&job, "notify_failed", &msg, stats);
+                for mut job in jobs.drain(..) {
+                    fail(
+                        &mut job,
+                        PublishError::DatabaseUnavailable(e.clone()),
+                        stats,
+                    );
                 }
                 *failed_at = Some((Instant::now(), e));
                 stats
@@ -345,9 +381,10 @@ async fn send_all(
         SourceKind::Wal => std::iter::once(0..jobs.len()).collect(),
     };
     for range in ranges {
-        let group = &jobs[range];
+        let group = &mut jobs[range];
         let result = if group.len() == 1 {
             let channel = group[0].pg_channel.as_deref().unwrap_or(listen);
+            // (A single job: the batch statement would cost a plan for nothing.)
             c.client
                 .execute(&c.stmt, &[&channel, &group[0].payload])
                 .await
@@ -369,7 +406,7 @@ async fn send_all(
             Err(e) if group.len() > 1 && !c.client.is_closed() => {
                 // Something in the group was refused: send one by one to tell each its fate.
                 tracing::debug!(error = %describe(&e), "batched NOTIFY failed; retrying one by one");
-                for job in group {
+                for job in group.iter_mut() {
                     let channel = job.pg_channel.as_deref().unwrap_or(listen);
                     match c.client.execute(&c.stmt, &[&channel, &job.payload]).await {
                         Ok(_) => {
@@ -381,7 +418,7 @@ async fn send_all(
                 }
             }
             Err(e) => {
-                for job in group {
+                for job in group.iter_mut() {
                     report(job, &e, stats);
                 }
             }
@@ -414,25 +451,36 @@ fn groups(jobs: &[Job], listen: &str) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Tells the socket (and the log) why its NOTIFY failed.
 /// Tells a waiting publisher that PostgreSQL accepted its NOTIFY.
-fn accepted(job: &Job) {
-    if let Some(done) = &job.done {
-        done.send_replace(Some(Ok(())));
+fn accepted(job: &mut Job) {
+    if let Some(answer) = job.answer.take() {
+        let _ = answer.send(Ok(Ack::default()));
     }
 }
 
-fn report(job: &Job, e: &tokio_postgres::Error, stats: &PublisherStats) {
-    let text = e
-        .as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| describe(e));
-    let code = if text.contains("payload string too long") {
-        "payload_too_large"
-    } else {
-        "notify_failed"
-    };
-    fail(job, code, &format!("NOTIFY failed: {text}"), stats);
+/// Answers (and logs) why PostgreSQL did not take a NOTIFY.
+fn report(job: &mut Job, e: &tokio_postgres::Error, stats: &PublisherStats) {
+    fail(job, classify(e), stats);
+}
+
+/// A statement's failure as a [`PublishError`], by SQLSTATE: `pg_notify` raises 22023
+/// (`invalid_parameter_value`) for a payload over 8000 bytes, and for an empty or too long
+/// channel name, which [`crate::channel::ChannelName`] rules out before. Anything else is a
+/// failure with PostgreSQL's message (or the connection's error when PostgreSQL sent none).
+fn classify(e: &tokio_postgres::Error) -> PublishError {
+    match e.as_db_error() {
+        Some(db) if *db.code() == tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE => {
+            PublishError::TooLarge(db.message().to_string())
+        }
+        Some(db) => PublishError::Failed {
+            sqlstate: Some(db.code().code().to_string()),
+            message: db.message().to_string(),
+        },
+        None => PublishError::Failed {
+            sqlstate: None,
+            message: describe(e),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -444,8 +492,7 @@ mod tests {
             pg_channel: channel.map(str::to_string),
             payload: payload.into(),
             channel: None,
-            reply: None,
-            done: None,
+            answer: None,
         }
     }
 

@@ -32,7 +32,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::pg::publisher::{Job, Publisher};
+use crate::pg::publisher::Publisher;
+use crate::publish::Publish;
 use crate::source::SourceStatus;
 use crate::stream::{Frame, Outbox};
 use bus::{Header, Op};
@@ -474,18 +475,19 @@ impl Presence {
             async move {
                 for payload in payloads {
                     sent.inc();
-                    publisher
-                        .publish(
-                            PUBLISH_KEY,
-                            Job {
-                                pg_channel: None,
-                                payload,
-                                channel: None,
-                                reply: None,
-                                done: None,
-                            },
-                        )
-                        .await;
+                    // Fire and forget: the pool logs and counts a failure.
+                    drop(
+                        publisher
+                            .publish(
+                                PUBLISH_KEY,
+                                Publish::Notify {
+                                    pg_channel: None,
+                                    payload,
+                                    channel: None,
+                                },
+                            )
+                            .await,
+                    );
                 }
             }
         };

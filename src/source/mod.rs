@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::ChannelName;
 use crate::control::Plane;
-use crate::pg::publisher::{Job, Publisher};
+use crate::pg::publisher::Publisher;
+use crate::publish::Publish;
 use crate::routing::Router;
 use crate::stream::{Frame, Hub, Seq};
 use crate::wire::{self, compat::meta_gap_event};
@@ -212,18 +213,19 @@ impl Sink {
         self.gaps.inc();
         tracing::info!(notices = n, "told subscribed sockets about the gap");
         if let Some((publisher, meta)) = &self.meta {
-            publisher
-                .publish(
-                    0,
-                    Job {
-                        pg_channel: self.router.server_event(meta),
-                        payload: meta_gap_event(meta, down),
-                        channel: Some(meta.to_string()),
-                        reply: None,
-                        done: None,
-                    },
-                )
-                .await;
+            // Fire and forget: the pool logs and counts a failure.
+            drop(
+                publisher
+                    .publish(
+                        0,
+                        Publish::Notify {
+                            pg_channel: self.router.server_event(meta),
+                            payload: meta_gap_event(meta, down),
+                            channel: Some(meta.to_string()),
+                        },
+                    )
+                    .await,
+            );
         }
     }
 }

@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::admission::Admitted;
 use crate::client::prepare;
-use crate::pg::publisher::Job;
+use crate::publish::{Publish, PublishError};
 use crate::respond::{Body, full, text};
 use crate::state::AppState;
 use crate::wire::compat::ClaimsText;
@@ -108,7 +108,7 @@ pub async fn handle(
     if let (Some(authz), Some(subject)) = (&state.authz, &admitted.subject)
         && authz.writes()
     {
-        return write_through_function(authz, subject, &admitted, message).await;
+        return write_through_function(&state, id, authz, subject, &admitted, message).await;
     }
     let claims = ClaimsText::new(&admitted.grant.claims);
     let mut jobs = Vec::new();
@@ -127,44 +127,23 @@ pub async fn handle(
     }
     let mut answers = Vec::with_capacity(jobs.len());
     for (channel, out) in jobs {
-        let (done, answer) = tokio::sync::watch::channel(None);
-        state
+        let pending = state
             .publisher
             .publish(
                 id,
-                Job {
+                Publish::Notify {
                     pg_channel: out.pg_channel,
                     payload: out.payload,
                     channel: Some(channel.to_string()),
-                    reply: None,
-                    done: Some(done),
                 },
             )
             .await;
-        answers.push(answer);
+        answers.push(pending);
     }
     let published = answers.len();
-    for mut answer in answers {
-        let outcome = tokio::time::timeout(ANSWER_TIMEOUT, answer.wait_for(Option::is_some)).await;
-        let failure = match outcome {
-            Ok(Ok(r)) => match r.as_ref() {
-                Some(Ok(())) => None,
-                Some(Err(reason)) => Some(reason.clone()),
-                None => Some("no answer".to_string()),
-            },
-            Ok(Err(_)) => Some("the server is shutting down".to_string()),
-            Err(_) => Some(format!(
-                "no answer from PostgreSQL within {ANSWER_TIMEOUT:?}"
-            )),
-        };
-        if let Some(reason) = failure {
-            let mut r = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("Error: not published: {reason}"),
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+    for pending in answers {
+        if let Err(e) = pending.within(ANSWER_TIMEOUT).await {
+            return unavailable(&e);
         }
     }
     let mut r = Response::new(full(
@@ -181,16 +160,26 @@ pub async fn handle(
 /// else the first failure as the `Error` event's JSON (`sqlstate` included) with its status
 /// (`400` raised, `403` role or privilege, `504` time-out, `503` unavailable).
 async fn write_through_function(
-    authz: &crate::authz::Authorizer,
-    subject: &crate::authz::Subject,
+    state: &AppState,
+    id: u64,
+    authz: &Arc<crate::authz::Authorizer>,
+    subject: &Arc<crate::authz::Subject>,
     admitted: &Admitted,
     message: &str,
 ) -> Response<Body> {
     let mut results = Vec::with_capacity(admitted.channels.len());
     for channel in &admitted.channels {
-        match authz.call(subject, channel.as_str(), message).await {
-            Ok(result) => results.push(result),
-            Err(e) => {
+        let Some(call) = authz.write_call(subject.clone(), channel.as_str(), message) else {
+            break;
+        };
+        // No write slots: the request waits for each answer in turn anyway.
+        let request = Publish::Write {
+            slots: None,
+            call: Box::pin(call),
+        };
+        match state.publisher.publish(id, request).await.await {
+            Ok(ack) => results.push(ack.result),
+            Err(PublishError::Refused(e)) => {
                 let mut r = Response::new(full(e.event(channel.as_str())));
                 *r.status_mut() = e.status();
                 r.headers_mut()
@@ -201,6 +190,7 @@ async fn write_through_function(
                 }
                 return r;
             }
+            Err(e) => return unavailable(&e),
         }
     }
     let mut r = Response::new(full(
@@ -209,5 +199,17 @@ async fn write_through_function(
     *r.status_mut() = StatusCode::OK;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `503` for a message PostgreSQL did not take (or did not answer for in time), with the
+/// outcome's text: the client may retry.
+fn unavailable(e: &PublishError) -> Response<Body> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Error: not published: {e}"),
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }

@@ -269,3 +269,53 @@ async fn a_failed_notify_is_reported_to_the_sender() {
     }
     s.stop().await.unwrap();
 }
+
+/// While the database refuses the pool, every message is answered, per channel, by an `Error`
+/// event, in the order the messages (and, within one, its channels) were sent.
+#[tokio::test]
+async fn failed_publishes_are_answered_in_the_order_sent() {
+    let s = start(&[]).await;
+    let t = token(json!({"mode":"w","channels":["first","second"]}));
+    let mut ws = connect(&s.url(&format!("/{t}"))).await;
+    let name: String = pg(&s.db)
+        .await
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin = pg(&cluster().connection_string("postgres")).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'pgws' AND query NOT ILIKE 'LISTEN%'",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    for text in ["one", "two", "three"] {
+        send(&mut ws, text).await;
+    }
+    let mut channels = Vec::new();
+    for _ in 0..6 {
+        let v = next_json(&mut ws).await;
+        assert_eq!(
+            (v["event"].as_str(), v["code"].as_str()),
+            (Some("Error"), Some("notify_failed")),
+            "{v}"
+        );
+        channels.push(v["channel"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        channels,
+        ["first", "second", "first", "second", "first", "second"]
+    );
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    s.stop().await.unwrap();
+}

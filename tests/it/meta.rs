@@ -32,3 +32,29 @@ async fn connection_open_and_close_events() {
     assert_eq!(close["claims"]["sub"], "u1");
     s.stop().await.unwrap();
 }
+
+/// A meta event PostgreSQL refuses (its claims make the notification longer than NOTIFY takes)
+/// is classified by its SQLSTATE (22023) as too large, and counted: nobody waits for it, and the
+/// socket opens anyway.
+#[tokio::test]
+async fn a_meta_event_too_long_for_notify_is_counted_as_too_large() {
+    let s = start(&["--admin-address", "127.0.0.1:0", "--meta-channel", "meta"]).await;
+    let big = "x".repeat(7_900);
+    let mut ws = connect(&s.url(&format!("/chat/{}", token(json!({"mode":"r","big":big}))))).await;
+    let wanted = "pgws_notify_errors_total{reason=\"payload_too_large\"} 1";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = s.admin_get("/metrics").await;
+        if body.contains(wanted) {
+            assert!(!body.contains("reason=\"notify_failed\""), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/metrics lacks {wanted}:\n{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ws.close(None).await.unwrap();
+    s.stop().await.unwrap();
+}

@@ -25,6 +25,7 @@ use crate::auth::{self, AuthError};
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::presence::Membership;
+use crate::publish::{Outcome, Publish, PublishError};
 use crate::stream::{Frame, ResumeFrom};
 use crate::wire::v2::{self as wire, Id, Request};
 use access::{Access, Action};
@@ -39,6 +40,31 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 const MAX_SINCE: usize = 256;
 
 type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+/// A publish's outcome as its `ack` or `nack`: the write function's refusal with its code and
+/// SQLSTATE; `too_large` when PostgreSQL found the notification too long, `shutting_down` when
+/// the pool is closed, `database_unavailable` for any other failure (no connection, the
+/// statement failed, no answer in time).
+fn render(id: &Id, channel: &str, outcome: Outcome) -> Frame {
+    match outcome {
+        Ok(_) => wire::ack(id, channel, None),
+        Err(PublishError::Refused(e)) => wire::nack_sql(
+            id,
+            channel,
+            e.code.as_str(),
+            &e.message,
+            e.sqlstate.as_deref(),
+        ),
+        Err(e) => {
+            let code = match e {
+                PublishError::TooLarge(_) => "too_large",
+                PublishError::ShuttingDown => "shutting_down",
+                _ => "database_unavailable",
+            };
+            wire::nack(id, channel, code, &e.to_string())
+        }
+    }
+}
 
 /// What one v2 socket holds beyond its [`Client`].
 pub struct Session {
@@ -299,52 +325,27 @@ impl Session {
                 format!("{MAX_PENDING} publishes of this socket already await PostgreSQL"),
             ));
         }
-        // With a write function (authorization by the database), the database answers instead
-        // of a NOTIFY: the function's refusal is the nack, with its SQLSTATE.
-        if let Some(write) = client.authz().and_then(|a| a.publish(&name, data)) {
-            let (id, channel) = (id.clone(), channel.to_string());
-            let pending = self.pending.get_or_insert_default();
-            pending.push_back(Box::pin(async move {
-                match write.await {
-                    Ok(()) => wire::ack(&id, &channel, None),
-                    Err(e) => {
-                        wire::nack_sql(&id, &channel, e.code, &e.message, e.sqlstate.as_deref())
-                    }
-                }
-            }));
-            return Ok(());
-        }
-        let mut answer = client.publish_to(&name, data).await?;
+        // The write permission was checked above (`access::check`), once. With a write function
+        // (authorization by the database), the database answers instead of a NOTIFY: its
+        // refusal is the nack, with its SQLSTATE.
+        let request = client
+            .publish_request(&name, data)
+            .map_err(|too_large| ("too_large", too_large.message(data.len())))?;
         let (id, channel) = (id.clone(), channel.to_string());
-        let pending = self.pending.get_or_insert_default();
-        pending.push_back(Box::pin(async move {
-            let outcome =
-                tokio::time::timeout(ANSWER_TIMEOUT, answer.wait_for(Option::is_some)).await;
-            let failure = match outcome {
-                Ok(Ok(r)) => match r.as_ref() {
-                    Some(Ok(())) => None,
-                    Some(Err(reason)) => Some(reason.clone()),
-                    None => Some("no answer".to_string()),
-                },
-                Ok(Err(_)) => Some("the server is shutting down".to_string()),
-                Err(_) => Some(format!(
-                    "no answer from PostgreSQL within {ANSWER_TIMEOUT:?}"
-                )),
-            };
-            match failure {
-                None => wire::ack(&id, &channel, None),
-                Some(reason) => {
-                    let code = if reason.contains("payload string too long") {
-                        "too_large"
-                    } else if reason.contains("shutting down") {
-                        "shutting_down"
-                    } else {
-                        "database_unavailable"
-                    };
-                    wire::nack(&id, &channel, code, &reason)
-                }
-            }
-        }));
+        let answer: Answer = if matches!(request, Publish::Write { .. }) {
+            // Waiting for a write slot happens in the answer, not here: the socket keeps
+            // serving its other requests meanwhile.
+            let publisher = client.state().publisher.clone();
+            let key = client.id();
+            Box::pin(async move {
+                let outcome = publisher.publish(key, request).await.await;
+                render(&id, &channel, outcome)
+            })
+        } else {
+            let pending = client.state().publisher.publish(client.id(), request).await;
+            Box::pin(async move { render(&id, &channel, pending.within(ANSWER_TIMEOUT).await) })
+        };
+        self.pending.get_or_insert_default().push_back(answer);
         Ok(())
     }
 
