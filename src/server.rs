@@ -330,6 +330,15 @@ impl Server {
         state.sessions.close();
         connections.close();
         let drain = shutdown_timeout;
+        let (clients, open) = (state.sessions.len(), connections.len());
+        if clients + open > 0 {
+            // Say what the wait is for: a drain of several seconds otherwise looks like a hang.
+            tracing::info!(
+                clients,
+                connections = open,
+                "waiting up to {drain:?} (PGWS_SHUTDOWN_TIMEOUT) for {clients} clients to close (websockets with 1001, event streams end) and {open} connections to finish"
+            );
+        }
         if tokio::time::timeout(drain, async {
             state.sessions.wait().await;
             connections.wait().await;
@@ -337,13 +346,18 @@ impl Server {
         .await
         .is_err()
         {
-            tracing::warn!("some connections did not close within {drain:?}");
+            tracing::warn!(
+                clients = state.sessions.len(),
+                connections = connections.len(),
+                "some connections did not close within {drain:?} (PGWS_SHUTDOWN_TIMEOUT); closing them"
+            );
         }
         // Presence says goodbye (its members leave the other nodes' presence at once).
         if let Some(task) = presence_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         // The sessions' last events (ConnectionClose) are queued; send them before returning.
+        tracing::debug!("sending the queued NOTIFYs");
         if tokio::time::timeout(drain.max(Duration::from_secs(1)), state.publisher.flush())
             .await
             .is_err()
@@ -358,6 +372,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("the NOTIFY connections did not close in time");
+        }
+        // The last line: the drain is over and no connection of ours is open any more.
+        match &result {
+            Ok(()) => tracing::info!("Shutdown complete"),
+            Err(_) => tracing::info!("Stopped"),
         }
         result
     }
