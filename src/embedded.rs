@@ -148,6 +148,26 @@ impl Cluster {
             }
             c
         };
+        // A kept directory under a home closed to others (/root) cannot be reached by the
+        // postgres user; say so, rather than with initdb's page of output.
+        if let (true, Some(u)) = (keep, &run_as) {
+            let reachable = command(Path::new("/bin/sh"))
+                .args(["-c", r#"test -w "$1" && test -x "$1""#, "sh"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .status()
+                .map_err(step("checking the embedded directory"))?;
+            if !reachable.success() {
+                return Err(EmbeddedError::Step {
+                    step: "using the embedded directory (PGWS_EMBEDDED_DIR)",
+                    detail: format!(
+                        "PostgreSQL runs as the OS user {} (pgws runs as root), which cannot reach {}: a parent directory is closed to it; choose one it can reach, e.g. /var/tmp/pgws-demo",
+                        u.name,
+                        dir.display()
+                    ),
+                });
+            }
+        }
         if !existing {
             let out = command(&bindir.join("initdb"))
                 .arg("-D")

@@ -881,4 +881,18 @@ async fn embedded_dir_keeps_the_cluster_and_positions_across_restarts() {
     );
     std::fs::remove_dir_all(&other).ok();
     std::fs::remove_dir_all(&dir).ok();
+
+    // As root, PostgreSQL runs as `postgres`: a directory it cannot reach is named as such.
+    use std::os::unix::fs::MetadataExt as _;
+    let root_home = std::fs::metadata("/root");
+    let am_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if am_root && root_home.is_ok_and(|m| m.mode() & 0o001 == 0) {
+        let closed = format!("/root/pgws-kept-{}", std::process::id());
+        let mut c = pgws();
+        c.args(["--embedded-dir", &closed]);
+        let (code, _, err) = output(c).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("cannot reach /root/pgws-kept-"), "{err}");
+        std::fs::remove_dir_all(&closed).ok();
+    }
 }
