@@ -333,10 +333,13 @@ impl Server {
         let (clients, open) = (state.sessions.len(), connections.len());
         if clients + open > 0 {
             // Say what the wait is for: a drain of several seconds otherwise looks like a hang.
+            // Websockets are sessions once upgraded; event streams and HTTP requests are
+            // connections: the two counts do not overlap.
+            let total = clients + open;
             tracing::info!(
-                clients,
-                connections = open,
-                "waiting up to {drain:?} (PGWS_SHUTDOWN_TIMEOUT) for {clients} clients to close (websockets with 1001, event streams end) and {open} connections to finish"
+                websockets = clients,
+                other = open,
+                "waiting up to {drain:?} (PGWS_SHUTDOWN_TIMEOUT) for {total} connections to close (websockets get 1001, event streams end, requests finish)"
             );
         }
         if tokio::time::timeout(drain, async {

@@ -286,9 +286,11 @@ async fn sigterm_during_traffic_closes_sockets_with_1001_exits_0_and_logs_no_tok
     assert!(logs.contains("SIGTERM"), "{logs}");
     // The drain says what it waits for, and the shutdown ends with a line of its own.
     assert!(
-        logs.lines().any(|l| l.contains("waiting up to 10s")
-            && l.contains("clients to close")
-            && l.contains("PGWS_SHUTDOWN_TIMEOUT")),
+        logs.lines().any(
+            |l| l.contains("waiting up to 10s (PGWS_SHUTDOWN_TIMEOUT) for ")
+                && l.contains("connections to close (websockets get 1001")
+                && l.contains("websockets=2")
+        ),
         "{logs}"
     );
     let last_info = logs.lines().rfind(|l| l.contains(" INFO "));
