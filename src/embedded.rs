@@ -1,11 +1,13 @@
-//! Embedded mode: a private, throwaway PostgreSQL cluster started from the installed server
-//! binaries, for trying pgws (and for the test harness).
+//! Embedded mode: a private PostgreSQL cluster started from the installed server binaries, for
+//! trying pgws (and for the test harness).
 //!
-//! The cluster lives in a fresh temporary directory and listens only on a Unix socket inside it.
-//! When pgws runs as root, PostgreSQL (which refuses root) runs as the `postgres` OS user. The
-//! server is started by a small `sh` wrapper that holds the read end of a pipe whose write end
-//! only this process has: when this process ends, however it ends (Ctrl-C, SIGTERM, a crash, a
-//! kill), the pipe closes, and the wrapper stops PostgreSQL and removes the directory.
+//! The cluster lives in a fresh temporary directory (throwaway, [`Cluster::start`]) or in a
+//! directory the user names and keeps across restarts ([`Cluster::start_in`],
+//! `--embedded-dir`), and listens only on a Unix socket inside it. When pgws runs as root,
+//! PostgreSQL (which refuses root) runs as the `postgres` OS user. The server is started by a
+//! small `sh` wrapper that holds the read end of a pipe whose write end only this process has:
+//! when this process ends, however it ends (Ctrl-C, SIGTERM, a crash, a kill), the pipe closes,
+//! and the wrapper stops PostgreSQL and removes a throwaway directory (a kept one stays).
 
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -46,9 +48,12 @@ fn step(step: &'static str) -> impl Fn(std::io::Error) -> EmbeddedError {
     }
 }
 
-/// A running throwaway cluster. Dropping it (or ending the process) stops and removes it.
+/// A running cluster. Dropping it (or ending the process) stops it, and removes it unless it is
+/// kept ([`Cluster::start_in`]).
 pub struct Cluster {
     dir: PathBuf,
+    /// Whether the directory stays when the cluster stops (`--embedded-dir`).
+    keep: bool,
     port: u16,
     wrapper: Child,
     stdin: Option<ChildStdin>,
@@ -69,6 +74,20 @@ impl Cluster {
         Self::start_with(None, &[])
     }
 
+    /// A cluster kept in `dir` across restarts: `initdb` runs only when the directory is empty
+    /// (or missing); otherwise the cluster found there (`dir/data`) is started again, with its
+    /// tables, slots and WAL. Stopping it (or the end of this process, however it ends) stops
+    /// PostgreSQL and leaves the directory in place. A directory that is neither empty nor a
+    /// cluster made this way is refused rather than touched.
+    pub fn start_in(dir: &Path) -> Result<Self, EmbeddedError> {
+        Self::launch(Location::Kept(dir.to_path_buf()), None, &[])
+    }
+
+    /// Whether the directory stays when the cluster stops.
+    pub fn is_kept(&self) -> bool {
+        self.keep
+    }
+
     /// Like [`Cluster::start`], with more server settings (`("wal_level", "replica")`), given
     /// after (so winning over) the defaults.
     pub fn start_with_settings(settings: &[(&str, &str)]) -> Result<Self, EmbeddedError> {
@@ -82,6 +101,14 @@ impl Cluster {
     }
 
     fn start_with(tcp_port: Option<u16>, settings: &[(&str, &str)]) -> Result<Self, EmbeddedError> {
+        Self::launch(Location::Throwaway, tcp_port, settings)
+    }
+
+    fn launch(
+        location: Location,
+        tcp_port: Option<u16>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, EmbeddedError> {
         let (port, listen) = match tcp_port {
             Some(p) => (p, "127.0.0.1"),
             None => (PORT, ""),
@@ -92,21 +119,28 @@ impl Cluster {
             Some(u) => u.name.clone(),
             None => current_user_name(),
         };
-        let unique = format!(
-            "pgws-embedded-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-        );
-        let dir = std::env::temp_dir().join(unique);
-        std::fs::create_dir(&dir).map_err(step("creating the cluster directory"))?;
+        let (dir, keep) = match location {
+            Location::Throwaway => {
+                let unique = format!(
+                    "pgws-embedded-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos())
+                        .unwrap_or(0)
+                );
+                let dir = std::env::temp_dir().join(unique);
+                std::fs::create_dir(&dir).map_err(step("creating the cluster directory"))?;
+                (dir, false)
+            }
+            Location::Kept(dir) => (kept_directory(&dir)?, true),
+        };
         if let Some(u) = &run_as {
             std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid))
                 .map_err(step("giving the cluster directory to the postgres user"))?;
         }
         let data = dir.join("data");
+        let existing = data.join("PG_VERSION").is_file();
         let command = |program: &Path| {
             let mut c = Command::new(program);
             if let Some(u) = &run_as {
@@ -114,35 +148,62 @@ impl Cluster {
             }
             c
         };
-        let out = command(&bindir.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", &user, "-A", "trust", "-E", "UTF8", "--no-sync"])
-            .args(["--locale", "C"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(step("running initdb"))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(EmbeddedError::Step {
-                step: "initdb",
-                detail: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
+        // A kept directory under a home closed to others (/root) cannot be reached by the
+        // postgres user; say so, rather than with initdb's page of output.
+        if let (true, Some(u)) = (keep, &run_as) {
+            let reachable = command(Path::new("/bin/sh"))
+                .args(["-c", r#"test -w "$1" && test -x "$1""#, "sh"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .status()
+                .map_err(step("checking the embedded directory"))?;
+            if !reachable.success() {
+                return Err(EmbeddedError::Step {
+                    step: "using the embedded directory (PGWS_EMBEDDED_DIR)",
+                    detail: format!(
+                        "PostgreSQL runs as the OS user {} (pgws runs as root), which cannot reach {}: a parent directory is closed to it; choose one it can reach, e.g. /var/tmp/pgws-demo",
+                        u.name,
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        if !existing {
+            let out = command(&bindir.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", &user, "-A", "trust", "-E", "UTF8", "--no-sync"])
+                .args(["--locale", "C"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(step("running initdb"))?;
+            if !out.status.success() {
+                if keep {
+                    // Leave the user's directory as it was: empty.
+                    let _ = std::fs::remove_dir_all(&data);
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                return Err(EmbeddedError::Step {
+                    step: "initdb",
+                    detail: format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                });
+            }
         }
         let version = std::fs::read_to_string(data.join("PG_VERSION"))
             .map(|v| v.trim().to_string())
             .unwrap_or_default();
         let postgres = bindir.join("postgres");
         // $1 = postgres binary, $2 = cluster directory, $3 = port, $4 = TCP listen addresses,
-        // then more `-c name=value` settings. wal_level=logical: `--source wal` works out of the
-        // box.
+        // $5 = `keep` (leave the directory) or `remove`, then more `-c name=value` settings.
+        // wal_level=logical: `--source wal` works out of the box.
         let script = r#"
 start() {
-  bin=$1; dir=$2; port=$3; listen=$4; shift 4
+  bin=$1; dir=$2; port=$3; listen=$4; shift 5
   "$bin" -D "$dir/data" -k "$dir" -p "$port" -c listen_addresses="$listen" -c fsync=off \
        -c synchronous_commit=off -c full_page_writes=off -c max_connections=500 \
        -c wal_level=logical -c max_replication_slots=100 -c max_wal_senders=100 \
@@ -159,7 +220,7 @@ while read -r cmd; do
 done
 kill -INT "$pid" 2>/dev/null
 wait "$pid"
-rm -rf "$2"
+[ "$5" = keep ] || rm -rf "$2"
 "#;
         let mut wrapper = command(Path::new("/bin/sh"))
             .arg("-c")
@@ -169,6 +230,7 @@ rm -rf "$2"
             .arg(&dir)
             .arg(port.to_string())
             .arg(listen)
+            .arg(if keep { "keep" } else { "remove" })
             .args(
                 settings
                     .iter()
@@ -186,6 +248,7 @@ rm -rf "$2"
         let mut cluster = Cluster {
             port,
             dir,
+            keep,
             wrapper,
             stdin,
             user,
@@ -277,8 +340,8 @@ rm -rf "$2"
             .map_err(step("controlling postgres"))
     }
 
-    /// Stops the server and removes the directory; waits up to 15 s. `Ok` once the directory is
-    /// gone.
+    /// Stops the server and removes the directory (a kept one stays); waits up to 15 s. `Ok`
+    /// once PostgreSQL has stopped and a throwaway directory is gone.
     pub fn stop(mut self) -> Result<(), EmbeddedError> {
         if !self.shutdown() {
             return Err(EmbeddedError::Step {
@@ -286,7 +349,15 @@ rm -rf "$2"
                 detail: "still running after 15 s".into(),
             });
         }
-        if self.dir.exists() {
+        if self.keep {
+            let pid_file = self.dir.join("data").join("postmaster.pid");
+            if pid_file.exists() {
+                return Err(EmbeddedError::Step {
+                    step: "stopping postgres",
+                    detail: format!("{} is still there", pid_file.display()),
+                });
+            }
+        } else if self.dir.exists() {
             return Err(EmbeddedError::Step {
                 step: "removing the cluster",
                 detail: format!("{} is still there", self.dir.display()),
@@ -314,6 +385,46 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// Where the cluster lives.
+enum Location {
+    /// A fresh temporary directory, removed when the cluster stops.
+    Throwaway,
+    /// A directory kept across restarts.
+    Kept(PathBuf),
+}
+
+/// The kept directory, created when missing and made absolute (it names the socket directory
+/// in connection strings). Refused when it holds something other than a cluster made here.
+fn kept_directory(dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let refuse = |detail: String| EmbeddedError::Step {
+        step: "using the embedded directory (PGWS_EMBEDDED_DIR)",
+        detail,
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| refuse(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| refuse(format!("cannot resolve {}: {e}", dir.display())))?;
+    let is_cluster = dir.join("data").join("PG_VERSION").is_file();
+    let empty = std::fs::read_dir(&dir)
+        .map_err(|e| refuse(format!("cannot read {}: {e}", dir.display())))?
+        .next()
+        .is_none();
+    if !is_cluster && !empty {
+        return Err(refuse(format!(
+            "{} is neither empty nor a cluster made by pgws (no data/PG_VERSION); name an empty or new directory",
+            dir.display()
+        )));
+    }
+    // PostgreSQL's socket path (`<dir>/.s.PGSQL.5432`) must fit a Unix socket address.
+    if dir.as_os_str().len() > 90 {
+        return Err(refuse(format!(
+            "{} is too long for PostgreSQL's socket path (at most 90 bytes)",
+            dir.display()
+        )));
+    }
+    Ok(dir)
 }
 
 /// An OS user to run PostgreSQL as.

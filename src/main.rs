@@ -98,19 +98,33 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
+    // `--embedded-dir DIR` is embedded mode with a cluster kept in DIR.
+    cli.embedded |= cli.embedded_dir.is_some();
     let cluster = if cli.embedded {
         if cli.db_uri.is_some() {
             tracing::warn!("embedded mode: PGWS_DB_URI is ignored");
         }
         cli.meta_channel
             .get_or_insert_with(|| DEV_META_CHANNEL.to_string());
-        let cluster = tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .context("embedded PostgreSQL")??;
-        say!(
-            "Embedded mode: a throwaway PostgreSQL {} cluster, removed when pgws exits. Not for production.",
-            cluster.version
-        );
+        let kept = cli.embedded_dir.clone();
+        let cluster = tokio::task::spawn_blocking(move || match kept {
+            Some(dir) => Cluster::start_in(&dir),
+            None => Cluster::start(),
+        })
+        .await
+        .context("embedded PostgreSQL")??;
+        if cluster.is_kept() {
+            say!(
+                "Embedded mode: a PostgreSQL {} cluster kept in {} (stopped when pgws exits, reused at the next start). Not for production.",
+                cluster.version,
+                cluster.socket_dir().display()
+            );
+        } else {
+            say!(
+                "Embedded mode: a throwaway PostgreSQL {} cluster, removed when pgws exits. Not for production.",
+                cluster.version
+            );
+        }
         say!(
             "Embedded PostgreSQL: {}",
             cluster.connection_string("postgres")
@@ -120,13 +134,17 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
         None
     };
     let dev_secret = cli.embedded && cli.jwt_secret.is_none();
-    let config = cli.resolve(
-        cluster
-            .as_ref()
-            .map(|c| c.connection_string("postgres"))
-            .as_deref(),
-        dev_secret.then_some(DEV_SECRET),
-    );
+    let db_override = cluster.as_ref().map(|c| c.connection_string("postgres"));
+    let config = if cli.drop_wal_slot.is_some() {
+        // Dropping a slot needs the database only: no secret is asked for, nor read.
+        let mut database_only = cli.clone();
+        database_only.jwt_secret = None;
+        database_only.jwt_secret_base64 = false;
+        database_only.jwt_algorithms = None;
+        database_only.resolve(db_override.as_deref(), Some(DEV_SECRET))
+    } else {
+        cli.resolve(db_override.as_deref(), dev_secret.then_some(DEV_SECRET))
+    };
     let config = match config {
         Ok(c) => c,
         Err(ConfigError::Missing(help)) => {
@@ -197,7 +215,9 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
     // The server has closed its connections; stopping the cluster now ends none of them.
     if let Some(cluster) = cluster {
         let dir = cluster.socket_dir().display().to_string();
+        let kept = cluster.is_kept();
         match tokio::task::spawn_blocking(move || cluster.stop()).await {
+            Ok(Ok(())) if kept => say!("Embedded PostgreSQL stopped; cluster kept in {dir}."),
             Ok(Ok(())) => say!("Embedded PostgreSQL stopped; cluster {dir} removed."),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "embedded PostgreSQL: {dir} may be left behind")

@@ -334,6 +334,18 @@ impl Server {
         state.sessions.close();
         connections.close();
         let drain = shutdown_timeout;
+        let (clients, open) = (state.sessions.len(), connections.len());
+        if clients + open > 0 {
+            // Say what the wait is for: a drain of several seconds otherwise looks like a hang.
+            // Websockets are sessions once upgraded; event streams and HTTP requests are
+            // connections: the two counts do not overlap.
+            let total = clients + open;
+            tracing::info!(
+                websockets = clients,
+                other = open,
+                "waiting up to {drain:?} (PGWS_SHUTDOWN_TIMEOUT) for {total} connections to close (websockets get 1001, event streams end, requests finish)"
+            );
+        }
         if tokio::time::timeout(drain, async {
             state.sessions.wait().await;
             connections.wait().await;
@@ -341,13 +353,18 @@ impl Server {
         .await
         .is_err()
         {
-            tracing::warn!("some connections did not close within {drain:?}");
+            tracing::warn!(
+                clients = state.sessions.len(),
+                connections = connections.len(),
+                "some connections did not close within {drain:?} (PGWS_SHUTDOWN_TIMEOUT); closing them"
+            );
         }
         // Presence says goodbye (its members leave the other nodes' presence at once).
         if let Some(task) = presence_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         // The sessions' last events (ConnectionClose) are queued; send them before returning.
+        tracing::debug!("sending the queued NOTIFYs");
         if tokio::time::timeout(drain.max(Duration::from_secs(1)), state.publisher.flush())
             .await
             .is_err()
@@ -362,6 +379,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("the NOTIFY connections did not close in time");
+        }
+        // The last line: the drain is over and no connection of ours is open any more.
+        match &result {
+            Ok(()) => tracing::info!("Shutdown complete"),
+            Err(_) => tracing::info!("Stopped"),
         }
         result
     }

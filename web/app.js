@@ -15,6 +15,9 @@ const MAX_PREVIEW = 120; // characters of a sent text shown in the outbox
 const $ = (id) => document.getElementById(id);
 const el = {
   form: $("connect-form"),
+  connectionCard: $("connection-card"),
+  settings: $("connection-settings"),
+  toggleSettings: $("toggle-settings"),
   baseUrl: $("base-url"),
   channel: $("channel"),
   metaChannel: $("meta-channel"),
@@ -1576,13 +1579,37 @@ function trimOutbox() {
   while (settled.length > MAX_OUTBOX) settled.shift().remove();
 }
 
+/** A phone: the connection settings take more than a screen, so they fold away once connected. */
+const narrowScreen = window.matchMedia("(max-width: 720px)");
+
+/** Folds (or unfolds) the connection settings; the status lines and Disconnect stay in view. */
+function setSettingsFolded(folded) {
+  el.settings.hidden = folded;
+  el.connectionCard.dataset.folded = String(folded);
+  el.toggleSettings.textContent = folded ? "Show settings" : "Hide settings";
+  el.toggleSettings.setAttribute("aria-expanded", String(!folded));
+}
+
 function updateControls() {
   const live = isLive();
   const s = session;
   el.disconnect.disabled = !live;
-  // "Reconnect" while the library keeps a connection (open or being re-opened); after a
-  // refusal, an expiry or Disconnect there is nothing to re-open: the button says Connect.
-  el.connect.textContent = live ? "Reconnect" : "Connect";
+  // While the library keeps a connection (open or being re-opened) the button applies the
+  // form's settings with a new connection: a secondary action, so it neither says "Reconnect"
+  // (the library does that by itself) nor takes the accent colour from Send. After a refusal,
+  // an expiry or Disconnect there is nothing live: the button is the primary Connect again.
+  el.connect.textContent = live ? "Apply changes" : "Connect";
+  el.connect.title = live ? "Close this connection and connect again with the settings above" : "";
+  el.connect.classList.toggle("primary", !live);
+  // The settings fold once per connection, when it first opens, on a phone; the toggle unfolds
+  // them. Nothing live: they are unfolded, to fix what went wrong.
+  el.toggleSettings.hidden = !live;
+  if (!live) {
+    if (el.settings.hidden) setSettingsFolded(false);
+  } else if (s.client.state === "open" && !s.foldedOnce) {
+    s.foldedOnce = true;
+    if (narrowScreen.matches) setSettingsFolded(true);
+  }
   el.join.disabled = !live;
   const mode = s && ((s.welcome && s.welcome.mode) || s.mode);
   el.send.disabled = !live || mode === "r" || el.sendChannel.options.length === 0;
@@ -1651,6 +1678,11 @@ el.form.addEventListener("submit", (ev) => {
   connect();
 });
 el.disconnect.addEventListener("click", closeSession);
+el.toggleSettings.addEventListener("click", () => setSettingsFolded(!el.settings.hidden));
+// A window that widens (a phone turned, a window enlarged) has room for the settings again.
+narrowScreen.addEventListener("change", () => {
+  if (!narrowScreen.matches && el.settings.hidden) setSettingsFolded(false);
+});
 el.resume.addEventListener("change", updateResumeHint);
 el.messageForm.addEventListener("submit", (ev) => {
   ev.preventDefault();

@@ -15,14 +15,22 @@ use crate::source::SourceKind;
     name = "pgws",
     version,
     about = "Connects websockets to PostgreSQL asynchronous notifications (a drop-in postgres-websockets).",
-    after_help = "Every option is also read from the environment variable shown in brackets; a flag wins over the variable.\nTry it without any setup: pgws --embedded"
+    after_help = "Every option is also read from the environment variable shown in brackets; a flag wins over the variable.\nTry it without any setup: pgws --embedded",
+    disable_help_flag = true
 )]
 pub struct Cli {
+    // `-h` and `--help` print the same text: the settings grouped by topic, one paragraph each
+    // (clap's long form added a blank line and three more lines per setting, 470 lines in all).
+    /// Print help
+    #[arg(short = 'h', long, action = clap::ArgAction::HelpShort)]
+    pub help: Option<bool>,
+
     /// PostgreSQL connection string (URI or key=value), or @file to read it from a file.
     // The value is hidden because it may hold a password; `from_env_and_args` shows it redacted.
     #[arg(
         long,
         env = "PGWS_DB_URI",
+        help_heading = "Database",
         value_name = "PGWS_DB_URI",
         hide_env_values = true
     )]
@@ -32,6 +40,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_JWT_SECRET",
+        help_heading = "Tokens",
         value_name = "PGWS_JWT_SECRET",
         hide_env_values = true,
         allow_hyphen_values = true
@@ -40,7 +49,7 @@ pub struct Cli {
 
     /// The secret is base64 (or base64url) encoded. True or False (also true/false, yes/no,
     /// on/off, 1/0, in any case).
-    #[arg(long, env = "PGWS_JWT_SECRET_BASE64", value_name = "PGWS_JWT_SECRET_BASE64",
+    #[arg(long, env = "PGWS_JWT_SECRET_BASE64", help_heading = "Tokens", value_name = "PGWS_JWT_SECRET_BASE64",
           default_value = "False", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub jwt_secret_base64: bool,
 
@@ -49,6 +58,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_HOST",
+        help_heading = "HTTP and TLS",
         value_name = "PGWS_HOST",
         default_value = "*4"
     )]
@@ -58,6 +68,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_PORT",
+        help_heading = "HTTP and TLS",
         value_name = "PGWS_PORT",
         default_value_t = 3000
     )]
@@ -67,28 +78,44 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_LISTEN_CHANNEL",
+        help_heading = "Channels and messages",
         value_name = "PGWS_LISTEN_CHANNEL",
         default_value = "postgres-websockets-listener"
     )]
     pub listen_channel: String,
 
     /// Channel that receives ConnectionOpen / ConnectionClose events (unset: no events).
-    #[arg(long, env = "PGWS_META_CHANNEL", value_name = "PGWS_META_CHANNEL")]
+    #[arg(
+        long,
+        env = "PGWS_META_CHANNEL",
+        help_heading = "Channels and messages",
+        value_name = "PGWS_META_CHANNEL"
+    )]
     pub meta_channel: Option<String>,
 
     /// Directory served as static files to non-websocket requests (unset: "Hello, Web!").
-    #[arg(long, env = "PGWS_ROOT_PATH", value_name = "PGWS_ROOT_PATH")]
+    #[arg(
+        long,
+        env = "PGWS_ROOT_PATH",
+        help_heading = "HTTP and TLS",
+        value_name = "PGWS_ROOT_PATH"
+    )]
     pub root_path: Option<PathBuf>,
 
     /// Number of connections used to send NOTIFY (the LISTEN connection is separate).
-    #[arg(long, env = "PGWS_POOL_SIZE", value_name = "PGWS_POOL_SIZE", default_value_t = 10,
+    #[arg(long, env = "PGWS_POOL_SIZE", help_heading = "Database", value_name = "PGWS_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub pool_size: u16,
 
     /// Attempts to open the LISTEN connection at start-up before giving up (exit 1). Unset: pgws
     /// retries for ever and refuses handshakes with 503 meanwhile; unused when
     /// PGWS_CHECK_LISTENER_INTERVAL is set (then pgws retries for ever).
-    #[arg(long, env = "PGWS_RETRIES", value_name = "PGWS_RETRIES")]
+    #[arg(
+        long,
+        env = "PGWS_RETRIES",
+        help_heading = "Database",
+        value_name = "PGWS_RETRIES"
+    )]
     pub retries: Option<u32>,
 
     /// Milliseconds between health checks of the LISTEN connection (unset: 10000). A failed
@@ -96,6 +123,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_CHECK_LISTENER_INTERVAL",
+        help_heading = "Database",
         value_name = "PGWS_CHECK_LISTENER_INTERVAL"
     )]
     pub check_listener_interval: Option<u64>,
@@ -104,39 +132,58 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_CERTIFICATE_FILE",
+        help_heading = "HTTP and TLS",
         value_name = "PGWS_CERTIFICATE_FILE"
     )]
     pub certificate_file: Option<PathBuf>,
 
     /// PEM private key for PGWS_CERTIFICATE_FILE.
-    #[arg(long, env = "PGWS_KEY_FILE", value_name = "PGWS_KEY_FILE")]
+    #[arg(
+        long,
+        env = "PGWS_KEY_FILE",
+        help_heading = "HTTP and TLS",
+        value_name = "PGWS_KEY_FILE"
+    )]
     pub key_file: Option<PathBuf>,
 
     /// Start a private, throwaway PostgreSQL from the installed server binaries and use it. True
     /// or False (also true/false, yes/no, on/off, 1/0, in any case); `--embedded` alone is True.
-    #[arg(long, env = "PGWS_EMBEDDED", value_name = "PGWS_EMBEDDED", default_value = "False",
+    #[arg(long, env = "PGWS_EMBEDDED", help_heading = "Database", value_name = "PGWS_EMBEDDED", default_value = "False",
           value_parser = parse_bool, num_args = 0..=1, default_missing_value = "True",
           action = clap::ArgAction::Set)]
     pub embedded: bool,
+
+    /// Keep the embedded cluster in this directory across restarts (implies --embedded):
+    /// `initdb` runs only when it is empty or missing, later starts reuse its tables, slots and
+    /// WAL, so that positions survive a restart (`--source wal`). pgws stops the cluster when it
+    /// exits and never removes the directory.
+    #[arg(
+        long,
+        env = "PGWS_EMBEDDED_DIR",
+        help_heading = "Database",
+        value_name = "PGWS_EMBEDDED_DIR"
+    )]
+    pub embedded_dir: Option<PathBuf>,
 
     /// Most messages waiting to be written to one socket; a socket that falls further behind is
     /// closed with code 4000.
     #[arg(
         long,
         env = "PGWS_MAX_QUEUE_MESSAGES",
+        help_heading = "Limits",
         value_name = "PGWS_MAX_QUEUE_MESSAGES",
         default_value_t = 4096
     )]
     pub max_queue_messages: usize,
 
     /// Most bytes waiting to be written to one socket (see PGWS_MAX_QUEUE_MESSAGES).
-    #[arg(long, env = "PGWS_MAX_QUEUE_BYTES", value_name = "PGWS_MAX_QUEUE_BYTES",
+    #[arg(long, env = "PGWS_MAX_QUEUE_BYTES", help_heading = "Limits", value_name = "PGWS_MAX_QUEUE_BYTES",
           default_value_t = 4 * 1024 * 1024)]
     pub max_queue_bytes: usize,
 
     /// Largest websocket message accepted from a client, in bytes; larger ones close the socket
     /// with 1009. Messages that cannot fit PostgreSQL's 8000-byte NOTIFY get an error event.
-    #[arg(long, env = "PGWS_MAX_MESSAGE_SIZE", value_name = "PGWS_MAX_MESSAGE_SIZE",
+    #[arg(long, env = "PGWS_MAX_MESSAGE_SIZE", help_heading = "Limits", value_name = "PGWS_MAX_MESSAGE_SIZE",
           default_value_t = 64 * 1024)]
     pub max_message_size: usize,
 
@@ -145,6 +192,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_PING_INTERVAL",
+        help_heading = "Operations",
         value_name = "PGWS_PING_INTERVAL",
         default_value_t = 30
     )]
@@ -152,13 +200,19 @@ pub struct Cli {
 
     /// Address (host:port) of the admin listener serving /metrics, /health and /ready; unset:
     /// no admin listener. Keep it on loopback or a private network.
-    #[arg(long, env = "PGWS_ADMIN_ADDRESS", value_name = "PGWS_ADMIN_ADDRESS")]
+    #[arg(
+        long,
+        env = "PGWS_ADMIN_ADDRESS",
+        help_heading = "Operations",
+        value_name = "PGWS_ADMIN_ADDRESS"
+    )]
     pub admin_address: Option<String>,
 
     /// Most websockets open at once; further handshakes get 503.
     #[arg(
         long,
         env = "PGWS_MAX_CONNECTIONS",
+        help_heading = "Limits",
         value_name = "PGWS_MAX_CONNECTIONS",
         default_value_t = 100_000
     )]
@@ -168,6 +222,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_MAX_CHANNELS",
+        help_heading = "Limits",
         value_name = "PGWS_MAX_CHANNELS",
         default_value_t = 1000
     )]
@@ -177,6 +232,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_HANDSHAKE_TIMEOUT",
+        help_heading = "Limits",
         value_name = "PGWS_HANDSHAKE_TIMEOUT",
         default_value_t = 30
     )]
@@ -186,6 +242,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_SHUTDOWN_TIMEOUT",
+        help_heading = "Operations",
         value_name = "PGWS_SHUTDOWN_TIMEOUT",
         default_value_t = 10
     )]
@@ -194,7 +251,7 @@ pub struct Cli {
     /// Tell sockets (and the meta channel) when notifications may have been lost while the LISTEN
     /// connection was down. False: strict compatibility, no extra frames. True or False (also
     /// true/false, yes/no, on/off, 1/0, in any case).
-    #[arg(long, env = "PGWS_GAP_EVENTS", value_name = "PGWS_GAP_EVENTS", default_value = "True",
+    #[arg(long, env = "PGWS_GAP_EVENTS", help_heading = "Channels and messages", value_name = "PGWS_GAP_EVENTS", default_value = "True",
           value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub gap_events: bool,
 
@@ -202,6 +259,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_LOG_FORMAT",
+        help_heading = "Operations",
         value_name = "PGWS_LOG_FORMAT",
         default_value = "text"
     )]
@@ -209,21 +267,37 @@ pub struct Cli {
 
     /// Comma-separated JWT algorithms to accept (e.g. `RS256,ES256`); unset: every algorithm the
     /// configured keys support.
-    #[arg(long, env = "PGWS_JWT_ALGORITHMS", value_name = "PGWS_JWT_ALGORITHMS")]
+    #[arg(
+        long,
+        env = "PGWS_JWT_ALGORITHMS",
+        help_heading = "Tokens",
+        value_name = "PGWS_JWT_ALGORITHMS"
+    )]
     pub jwt_algorithms: Option<String>,
 
     /// Comma-separated accepted `aud` values; unset: `aud` is not checked.
-    #[arg(long, env = "PGWS_JWT_AUDIENCE", value_name = "PGWS_JWT_AUDIENCE")]
+    #[arg(
+        long,
+        env = "PGWS_JWT_AUDIENCE",
+        help_heading = "Tokens",
+        value_name = "PGWS_JWT_AUDIENCE"
+    )]
     pub jwt_audience: Option<String>,
 
     /// Comma-separated accepted `iss` values; unset: `iss` is not checked.
-    #[arg(long, env = "PGWS_JWT_ISSUER", value_name = "PGWS_JWT_ISSUER")]
+    #[arg(
+        long,
+        env = "PGWS_JWT_ISSUER",
+        help_heading = "Tokens",
+        value_name = "PGWS_JWT_ISSUER"
+    )]
     pub jwt_issuer: Option<String>,
 
     /// Seconds of clock skew allowed for `exp`, `nbf` and `iat` (the original: 0).
     #[arg(
         long,
         env = "PGWS_JWT_LEEWAY",
+        help_heading = "Tokens",
         value_name = "PGWS_JWT_LEEWAY",
         default_value_t = 0
     )]
@@ -234,6 +308,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_CLAIM_MODE",
+        help_heading = "Tokens",
         value_name = "PGWS_CLAIM_MODE",
         default_value = "mode"
     )]
@@ -243,6 +318,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_CLAIM_CHANNEL",
+        help_heading = "Tokens",
         value_name = "PGWS_CLAIM_CHANNEL",
         default_value = "channel"
     )]
@@ -252,6 +328,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_CLAIM_CHANNELS",
+        help_heading = "Tokens",
         value_name = "PGWS_CLAIM_CHANNELS",
         default_value = "channels"
     )]
@@ -259,7 +336,12 @@ pub struct Cli {
 
     /// Mode (`r`, `w` or `rw`) for tokens without a mode claim; unset: such tokens are refused
     /// with "Missing mode".
-    #[arg(long, env = "PGWS_DEFAULT_MODE", value_name = "PGWS_DEFAULT_MODE")]
+    #[arg(
+        long,
+        env = "PGWS_DEFAULT_MODE",
+        help_heading = "Tokens",
+        value_name = "PGWS_DEFAULT_MODE"
+    )]
     pub default_mode: Option<DefaultMode>,
 
     /// Comma-separated browser origins allowed to open websockets (e.g.
@@ -267,6 +349,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_ALLOWED_ORIGINS",
+        help_heading = "HTTP and TLS",
         value_name = "PGWS_ALLOWED_ORIGINS"
     )]
     pub allowed_origins: Option<String>,
@@ -275,6 +358,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_RATE_CONNECTIONS",
+        help_heading = "Limits",
         value_name = "PGWS_RATE_CONNECTIONS",
         default_value_t = 200
     )]
@@ -286,6 +370,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_RATE_CONNECTIONS_EXEMPT",
+        help_heading = "Limits",
         value_name = "PGWS_RATE_CONNECTIONS_EXEMPT",
         default_value = "private"
     )]
@@ -295,13 +380,14 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_RATE_MESSAGES",
+        help_heading = "Limits",
         value_name = "PGWS_RATE_MESSAGES",
         default_value_t = 1000
     )]
     pub rate_messages: u32,
 
     /// Bytes per second one socket may send (burst: twice as many); 0: no limit.
-    #[arg(long, env = "PGWS_RATE_BYTES", value_name = "PGWS_RATE_BYTES",
+    #[arg(long, env = "PGWS_RATE_BYTES", help_heading = "Limits", value_name = "PGWS_RATE_BYTES",
           default_value_t = 1024 * 1024)]
     pub rate_bytes: u32,
 
@@ -309,6 +395,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_MAX_CONNECTIONS_PER_SUBJECT",
+        help_heading = "Limits",
         value_name = "PGWS_MAX_CONNECTIONS_PER_SUBJECT",
         default_value_t = 0
     )]
@@ -319,6 +406,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_TRUSTED_PROXIES",
+        help_heading = "HTTP and TLS",
         value_name = "PGWS_TRUSTED_PROXIES"
     )]
     pub trusted_proxies: Option<String>,
@@ -329,6 +417,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_CHANNEL_MODE",
+        help_heading = "Channels and messages",
         value_name = "PGWS_CHANNEL_MODE",
         default_value = "listen-channel"
     )]
@@ -340,6 +429,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_MESSAGE_FORMAT",
+        help_heading = "Channels and messages",
         value_name = "PGWS_MESSAGE_FORMAT",
         default_value = "postgres-websockets"
     )]
@@ -347,7 +437,12 @@ pub struct Cli {
 
     /// URL of an HTTP server (PostgREST) that receives every non-websocket request, so that one
     /// port serves the REST API and the websockets.
-    #[arg(long, env = "PGWS_UPSTREAM", value_name = "PGWS_UPSTREAM")]
+    #[arg(
+        long,
+        env = "PGWS_UPSTREAM",
+        help_heading = "HTTP and TLS",
+        value_name = "PGWS_UPSTREAM"
+    )]
     pub upstream: Option<String>,
 
     /// Seconds after which the server ends an event stream (browsers reconnect by themselves,
@@ -356,6 +451,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_SSE_MAX_AGE",
+        help_heading = "Channels and messages",
         value_name = "PGWS_SSE_MAX_AGE",
         default_value_t = 0
     )]
@@ -366,13 +462,14 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_REPLAY_MESSAGES",
+        help_heading = "Resume",
         value_name = "PGWS_REPLAY_MESSAGES",
         default_value_t = 1000
     )]
     pub replay_messages: usize,
 
     /// Bytes of message text kept per channel for resuming clients.
-    #[arg(long, env = "PGWS_REPLAY_BYTES", value_name = "PGWS_REPLAY_BYTES",
+    #[arg(long, env = "PGWS_REPLAY_BYTES", help_heading = "Resume", value_name = "PGWS_REPLAY_BYTES",
           default_value_t = 1024 * 1024)]
     pub replay_bytes: usize,
 
@@ -380,13 +477,14 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_REPLAY_AGE",
+        help_heading = "Resume",
         value_name = "PGWS_REPLAY_AGE",
         default_value_t = 300
     )]
     pub replay_age: u64,
 
     /// Bytes of message text kept by all channels together for resuming clients.
-    #[arg(long, env = "PGWS_REPLAY_MEMORY", value_name = "PGWS_REPLAY_MEMORY",
+    #[arg(long, env = "PGWS_REPLAY_MEMORY", help_heading = "Resume", value_name = "PGWS_REPLAY_MEMORY",
           default_value_t = 256 * 1024 * 1024)]
     pub replay_memory: usize,
 
@@ -397,6 +495,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_SOURCE",
+        help_heading = "Reading from the WAL",
         value_name = "PGWS_SOURCE",
         default_value = "notify"
     )]
@@ -405,12 +504,22 @@ pub struct Cli {
     /// This node's name among the pgws nodes of one database (WAL source: names its slot);
     /// default `<host name>_<port>`, which cannot collide on one host. Set it where host names
     /// change at every restart (containers), or a restarted node starts a new slot.
-    #[arg(long, env = "PGWS_NODE_ID", value_name = "PGWS_NODE_ID")]
+    #[arg(
+        long,
+        env = "PGWS_NODE_ID",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_NODE_ID"
+    )]
     pub node_id: Option<String>,
 
     /// The replication slot of the WAL source (default `pgws_<PGWS_NODE_ID>`, made safe); created
     /// when missing. Letters, digits and `_`, at most 63.
-    #[arg(long, env = "PGWS_WAL_SLOT", value_name = "PGWS_WAL_SLOT")]
+    #[arg(
+        long,
+        env = "PGWS_WAL_SLOT",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_WAL_SLOT"
+    )]
     pub wal_slot: Option<String>,
 
     /// The publication the WAL source reads its slot with; created (empty: no table changes) when
@@ -418,6 +527,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_WAL_PUBLICATION",
+        help_heading = "Reading from the WAL",
         value_name = "PGWS_WAL_PUBLICATION",
         default_value = "pgws"
     )]
@@ -427,7 +537,7 @@ pub struct Cli {
     /// through control messages on the bus). False: no presence traffic at all, and a
     /// `subscribe` asking for presence is answered `presence_disabled`. True or False (also
     /// true/false, yes/no, on/off, 1/0, in any case).
-    #[arg(long, env = "PGWS_PRESENCE", value_name = "PGWS_PRESENCE", default_value = "True",
+    #[arg(long, env = "PGWS_PRESENCE", help_heading = "Presence", value_name = "PGWS_PRESENCE", default_value = "True",
           value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub presence: bool,
 
@@ -436,6 +546,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_PRESENCE_CLAIM",
+        help_heading = "Presence",
         value_name = "PGWS_PRESENCE_CLAIM",
         default_value = "sub"
     )]
@@ -446,6 +557,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_PRESENCE_INTERVAL",
+        help_heading = "Presence",
         value_name = "PGWS_PRESENCE_INTERVAL",
         default_value_t = 5000
     )]
@@ -453,14 +565,19 @@ pub struct Cli {
 
     /// Drops this replication slot of PGWS_DB_URI's database and exits: for a WAL node that is
     /// gone for good, whose slot would otherwise make PostgreSQL keep WAL.
-    #[arg(long, value_name = "SLOT")]
+    #[arg(long, value_name = "SLOT", help_heading = "Reading from the WAL")]
     pub drop_wal_slot: Option<String>,
 
-    /// Authorization by the database: a SQL function (`name` or `schema.name`, taken as quoted
-    /// identifiers) returning boolean, called for every channel a client asks for, as the token's
-    /// role with its claims in `request.jwt.claims` and the channel and mode in `pgws.channel`
-    /// and `pgws.mode` (unset: no checks). See docs/AUTHORIZATION.md.
-    #[arg(long, env = "PGWS_AUTHZ_FUNCTION", value_name = "PGWS_AUTHZ_FUNCTION")]
+    /// SQL function returning boolean that authorizes every channel a client asks for (`name` or
+    /// `schema.name`, taken as quoted identifiers; unset: no checks): called as the token's role
+    /// with its claims in `request.jwt.claims` and the channel and mode in `pgws.channel` and
+    /// `pgws.mode`. See docs/AUTHORIZATION.md.
+    #[arg(
+        long,
+        env = "PGWS_AUTHZ_FUNCTION",
+        help_heading = "Authorization by the database",
+        value_name = "PGWS_AUTHZ_FUNCTION"
+    )]
     pub authz_function: Option<String>,
 
     /// Client messages and HTTP publishes call this SQL function `(channel text, message text)`
@@ -468,6 +585,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_AUTHZ_WRITE_FUNCTION",
+        help_heading = "Authorization by the database",
         value_name = "PGWS_AUTHZ_WRITE_FUNCTION"
     )]
     pub authz_write_function: Option<String>,
@@ -476,6 +594,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_AUTHZ_ROLE_CLAIM",
+        help_heading = "Authorization by the database",
         value_name = "PGWS_AUTHZ_ROLE_CLAIM",
         default_value = "role"
     )]
@@ -486,33 +605,34 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_AUTHZ_ANON_ROLE",
+        help_heading = "Authorization by the database",
         value_name = "PGWS_AUTHZ_ANON_ROLE"
     )]
     pub authz_anon_role: Option<String>,
 
     /// Connections of the check pool (separate from the NOTIFY pool).
-    #[arg(long, env = "PGWS_AUTHZ_POOL_SIZE", value_name = "PGWS_AUTHZ_POOL_SIZE",
+    #[arg(long, env = "PGWS_AUTHZ_POOL_SIZE", help_heading = "Authorization by the database", value_name = "PGWS_AUTHZ_POOL_SIZE",
           default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub authz_pool_size: u16,
 
     /// Connections of the write pool.
-    #[arg(long, env = "PGWS_AUTHZ_WRITE_POOL_SIZE", value_name = "PGWS_AUTHZ_WRITE_POOL_SIZE",
+    #[arg(long, env = "PGWS_AUTHZ_WRITE_POOL_SIZE", help_heading = "Authorization by the database", value_name = "PGWS_AUTHZ_WRITE_POOL_SIZE",
           default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub authz_write_pool_size: u16,
 
     /// Milliseconds a check may take (its statement_timeout; also the longest wait for a free
     /// pool connection).
-    #[arg(long, env = "PGWS_AUTHZ_TIMEOUT", value_name = "PGWS_AUTHZ_TIMEOUT",
+    #[arg(long, env = "PGWS_AUTHZ_TIMEOUT", help_heading = "Authorization by the database", value_name = "PGWS_AUTHZ_TIMEOUT",
           default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub authz_timeout: u64,
 
     /// Milliseconds a write function call may take (its statement_timeout).
-    #[arg(long, env = "PGWS_AUTHZ_WRITE_TIMEOUT", value_name = "PGWS_AUTHZ_WRITE_TIMEOUT",
+    #[arg(long, env = "PGWS_AUTHZ_WRITE_TIMEOUT", help_heading = "Authorization by the database", value_name = "PGWS_AUTHZ_WRITE_TIMEOUT",
           default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub authz_write_timeout: u64,
 
     /// Write function calls one socket may have in flight (1: in order).
-    #[arg(long, env = "PGWS_AUTHZ_WRITE_CONCURRENCY", value_name = "PGWS_AUTHZ_WRITE_CONCURRENCY",
+    #[arg(long, env = "PGWS_AUTHZ_WRITE_CONCURRENCY", help_heading = "Authorization by the database", value_name = "PGWS_AUTHZ_WRITE_CONCURRENCY",
           default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub authz_write_concurrency: u16,
 
@@ -520,6 +640,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_AUTHZ_CACHE_SIZE",
+        help_heading = "Authorization by the database",
         value_name = "PGWS_AUTHZ_CACHE_SIZE",
         default_value_t = 10_000
     )]
@@ -530,6 +651,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_AUTHZ_RECHECK_INTERVAL",
+        help_heading = "Authorization by the database",
         value_name = "PGWS_AUTHZ_RECHECK_INTERVAL",
         default_value_t = 0
     )]
@@ -540,6 +662,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "PGWS_LOG_LEVEL",
+        help_heading = "Operations",
         value_name = "PGWS_LOG_LEVEL",
         default_value = "info"
     )]
@@ -554,30 +677,39 @@ impl Cli {
     /// line under the flag's. `--help` shows `PGWS_DB_URI` with its password replaced by `***`.
     pub fn from_env_and_args() -> Result<Self, clap::Error> {
         use clap::{CommandFactory as _, FromArgMatches as _};
-        let mut cmd = Self::command();
-        let empty: Vec<clap::Id> = cmd
-            .get_arguments()
-            .filter(|a| {
-                a.get_env().is_some_and(|name| {
-                    name != "PGWS_DB_URI"
-                        && name != "PGWS_JWT_SECRET"
-                        && std::env::var_os(name).is_some_and(|v| v.is_empty())
-                })
-            })
-            .map(|a| a.get_id().clone())
-            .collect();
-        for id in empty {
-            cmd = cmd.mut_arg(id, |a| a.env(None));
-        }
-        if let Some(uri) = std::env::var_os("PGWS_DB_URI").filter(|v| !v.is_empty()) {
-            cmd = cmd.mut_arg("db_uri", |a| show_redacted(a, &uri.to_string_lossy()));
-        }
+        let mut cmd = shown_with_the_environment(Self::command(), |name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        });
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
         let matches = cmd.try_get_matches_from_mut(&args).map_err(|e| {
             name_the_variable(e, &cmd, &args, |var| std::env::var_os(var).is_some())
         })?;
         Self::from_arg_matches(&matches)
     }
+}
+
+/// The command as the environment `var` makes it, each argument changed in place (so that
+/// `--help` keeps its order and headings): an optional variable set to the empty string is not
+/// read at all; `--help` shows `[env: PGWS_PORT=3001]` for a variable that is set and
+/// `[env: PGWS_PORT]` (not clap's `[env: PGWS_PORT=]`, which reads as "set to the empty
+/// string") for one that is not; `PGWS_DB_URI` is shown with its password replaced by `***`.
+pub(super) fn shown_with_the_environment(
+    cmd: clap::Command,
+    var: impl Fn(&std::ffi::OsStr) -> Option<String>,
+) -> clap::Command {
+    cmd.mut_args(|a| {
+        let Some(name) = a.get_env().map(ToOwned::to_owned) else {
+            return a;
+        };
+        match var(&name) {
+            None => a.hide_env_values(true),
+            Some(uri) if name == "PGWS_DB_URI" && !uri.is_empty() => show_redacted(a, &uri),
+            Some(v) if v.is_empty() && name != "PGWS_DB_URI" && name != "PGWS_JWT_SECRET" => {
+                a.env(None)
+            }
+            Some(_) => a,
+        }
+    })
 }
 
 /// `PGWS_DB_URI`'s help with the value clap would show, its password replaced by `***`.

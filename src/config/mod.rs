@@ -169,8 +169,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: crate::channel::ChannelNameError,
     },
-    /// A value that does not make sense.
-    #[error("{var}: '{value}' {reason}")]
+    /// A value that does not make sense. The reason reads after "invalid value '…': ", as
+    /// clap's own value errors do (`expected …`, or why the value cannot work).
+    #[error("{var}: invalid value '{value}': {reason}")]
     Value {
         /// The variable.
         var: &'static str,
@@ -269,6 +270,7 @@ impl Cli {
                 Site::Directory(root.clone())
             }
             (None, true) => Site::Builtin,
+            (None, false) if self.embedded_dir.is_some() => Site::Builtin,
             (None, false) => Site::Hello,
         };
 
@@ -277,7 +279,7 @@ impl Cli {
             return Err(ConfigError::Value {
                 var: "PGWS_MESSAGE_FORMAT",
                 value: message_format.as_str().to_string(),
-                reason: "NOTIFYs on the channel itself, which sockets only hear with PGWS_CHANNEL_MODE=direct or both".into(),
+                reason: "this format NOTIFYs on the channel itself, which sockets only hear with PGWS_CHANNEL_MODE=direct or both".into(),
             });
         }
         if self.source == crate::source::SourceKind::Wal
@@ -286,7 +288,7 @@ impl Cli {
             return Err(ConfigError::Value {
                 var: "PGWS_CHANNEL_MODE",
                 value: format!("{channel_mode:?}").to_lowercase(),
-                reason: "PGWS_SOURCE=wal reads every message through PGWS_LISTEN_CHANNEL (the logical message prefix): use listen-channel".into(),
+                reason: "PGWS_SOURCE=wal reads every message through PGWS_LISTEN_CHANNEL (the logical message prefix), so it needs listen-channel".into(),
             });
         }
         if let Some(slot) = &self.wal_slot
@@ -299,24 +301,25 @@ impl Cli {
             return Err(ConfigError::Value {
                 var: "PGWS_WAL_SLOT",
                 value: slot.clone(),
-                reason: "a slot name is 1 to 63 lower-case letters, digits or _".into(),
+                reason: "expected 1 to 63 lower-case letters, digits or _".into(),
             });
         }
         if self.wal_publication.is_empty() || self.wal_publication.contains('\0') {
             return Err(ConfigError::Value {
                 var: "PGWS_WAL_PUBLICATION",
                 value: self.wal_publication.clone(),
-                reason: "a publication name is not empty".into(),
+                reason: "expected a publication name (not empty)".into(),
             });
         }
         let upstream = self
             .upstream
             .as_deref()
             .map(|url| {
-                Upstream::new(url).map_err(|e| ConfigError::Value {
+                // The error names the variable and the value itself.
+                Upstream::new(url).map_err(|_| ConfigError::Value {
                     var: "PGWS_UPSTREAM",
                     value: url.to_string(),
-                    reason: e.to_string(),
+                    reason: "expected an http:// URL with a host".into(),
                 })
             })
             .transpose()?;
@@ -324,14 +327,14 @@ impl Cli {
             return Err(ConfigError::Value {
                 var: "PGWS_PRESENCE_INTERVAL",
                 value: self.presence_interval.to_string(),
-                reason: "milliseconds from 50 to 3600000".into(),
+                reason: "expected milliseconds from 50 to 3600000".into(),
             });
         }
         if self.presence_claim.is_empty() {
             return Err(ConfigError::Value {
                 var: "PGWS_PRESENCE_CLAIM",
                 value: String::new(),
-                reason: "a claim name is not empty".into(),
+                reason: "expected a claim name (not empty)".into(),
             });
         }
         let authz = self.authz_settings()?;
@@ -437,7 +440,7 @@ impl Cli {
             return Err(ConfigError::Value {
                 var: "PGWS_AUTHZ_ANON_ROLE",
                 value: anon.clone(),
-                reason: "a role name is 1 to 63 bytes".into(),
+                reason: "expected a role name of 1 to 63 bytes".into(),
             });
         }
         Ok(Some(crate::authz::AuthzSettings {

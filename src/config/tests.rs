@@ -362,3 +362,241 @@ fn presence_settings() {
     let err = with(&["--presence-claim", ""]).unwrap_err().to_string();
     assert!(err.contains("PGWS_PRESENCE_CLAIM"), "{err}");
 }
+
+/// Every `PGWS_*` variable clap reads, in declaration order.
+fn clap_variables() -> Vec<String> {
+    use clap::CommandFactory as _;
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The `PGWS_*` names a text mentions (a name is `PGWS_` and upper-case letters, digits, `_`),
+/// but for patterns (`PGWS_AUTHZ_*`) and `PGWS_BIN`, the test scripts' path to the binary.
+fn mentioned(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("PGWS_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        if !rest.starts_with('*') && name != "PGWS_BIN" {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+// Issue 25 item 11: the README's table and the env example list every setting, and only real
+// ones, so that they cannot drift from the code again.
+#[test]
+fn readme_table_and_env_example_list_every_setting() {
+    let known: std::collections::BTreeSet<String> = clap_variables().into_iter().collect();
+    assert!(known.len() > 60, "{known:?}");
+
+    let readme = include_str!("../../README.md");
+    let table: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `PGWS_"))
+        .map(|rest| {
+            format!(
+                "PGWS_{}",
+                &rest[..rest.find('`').expect("closing backtick")]
+            )
+        })
+        .collect();
+    let missing: Vec<_> = known.difference(&table).collect();
+    assert!(
+        missing.is_empty(),
+        "README's configuration table lacks {missing:?}"
+    );
+    let unknown: Vec<_> = table.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "README's table lists unknown {unknown:?}"
+    );
+    // Each row's flag is the setting's flag.
+    use clap::CommandFactory as _;
+    for arg in Cli::command().get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let row = format!("| `{}` | `--{long}` |", var.to_string_lossy());
+        assert!(readme.contains(&row), "README lacks the row start {row}");
+    }
+    // Names mentioned anywhere in the README are real settings too.
+    let unknown: Vec<_> = mentioned(readme)
+        .into_iter()
+        .filter(|n| !known.contains(n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README mentions unknown settings {unknown:?}"
+    );
+
+    let example = include_str!("../../deploy/pgws.env.example");
+    let assigned: std::collections::BTreeSet<String> = example
+        .lines()
+        .map(|l| l.trim_start_matches('#'))
+        .filter(|l| l.starts_with("PGWS_"))
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name.to_string()))
+        .collect();
+    let missing: Vec<_> = known.difference(&assigned).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/pgws.env.example lacks {missing:?}"
+    );
+    let unknown: Vec<_> = mentioned(example)
+        .into_iter()
+        .filter(|n| !known.contains(n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/pgws.env.example names unknown {unknown:?}"
+    );
+}
+
+// Issue 25 item 11: the missing-settings text names every setting with its true default.
+#[test]
+fn missing_settings_text_lists_every_setting_with_its_true_default() {
+    let err = cli(&[]).resolve(None, None).unwrap_err().to_string();
+    for var in clap_variables() {
+        assert!(err.contains(&format!("  {var} ")), "lacks {var}:\n{err}");
+    }
+    let line = |var: &str| {
+        err.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{var} ")))
+            .unwrap()
+            .to_string()
+    };
+    // PGWS_RETRIES has no default: unset, pgws retries for ever.
+    assert!(
+        !line("PGWS_RETRIES").contains("default"),
+        "{}",
+        line("PGWS_RETRIES")
+    );
+    assert!(
+        line("PGWS_PORT").ends_with("(default: 3000)"),
+        "{}",
+        line("PGWS_PORT")
+    );
+    assert!(line("PGWS_DB_URI").ends_with("(required)"));
+    assert!(line("PGWS_JWT_SECRET").ends_with("(required)"));
+    assert!(err.contains("\n Database:\n"), "{err}");
+    assert_eq!(
+        help::summary("Address to bind: `*` (any). More"),
+        "Address to bind"
+    );
+    assert_eq!(
+        help::summary("Bytes (burst: twice as many); 0: none"),
+        "Bytes (burst: twice as many)"
+    );
+    assert_eq!(help::summary("Reads @file. Then"), "Reads @file");
+}
+
+// Issue 25 item 12: a refused value reads as one sentence.
+#[test]
+fn refused_values_read_as_sentences() {
+    let base = ["--db-uri", "postgres://x", "--jwt-secret", DEV_SECRET];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        cli(&args).resolve(None, None).unwrap_err().to_string()
+    };
+    assert_eq!(
+        with(&["--presence-interval", "10"]),
+        "PGWS_PRESENCE_INTERVAL: invalid value '10': expected milliseconds from 50 to 3600000"
+    );
+    assert_eq!(
+        with(&["--source", "wal", "--channel-mode", "direct"]),
+        "PGWS_CHANNEL_MODE: invalid value 'direct': PGWS_SOURCE=wal reads every message through \
+         PGWS_LISTEN_CHANNEL (the logical message prefix), so it needs listen-channel"
+    );
+    assert_eq!(
+        with(&["--upstream", "ftp://x"]),
+        "PGWS_UPSTREAM: invalid value 'ftp://x': expected an http:// URL with a host"
+    );
+    assert_eq!(
+        with(&["--wal-slot", "Bad"]),
+        "PGWS_WAL_SLOT: invalid value 'Bad': expected 1 to 63 lower-case letters, digits or _"
+    );
+}
+
+// Issue 25 item 12: `--help` is grouped by topic, in the same order whatever the environment
+// holds, and an unset variable shows no trailing `=`.
+#[test]
+fn help_groups_settings_and_shows_unset_variables_without_a_value() {
+    use clap::CommandFactory as _;
+    let render = |env: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cli::shown_with_the_environment(Cli::command(), |name| {
+            env.iter()
+                .find(|(k, _)| name == k.as_str())
+                .map(|(_, v)| v.clone())
+        })
+        .term_width(100)
+        .render_help()
+        .to_string()
+    };
+    let flat = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let plain = render(&[]);
+    assert!(!plain.contains("=]"), "{plain}");
+    assert!(flat(&plain).contains("[env: PGWS_PORT]"), "{plain}");
+    let headings: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.ends_with(':') && !l.starts_with(' '))
+        .collect();
+    assert_eq!(
+        headings,
+        [
+            "Options:",
+            "Database:",
+            "Tokens:",
+            "HTTP and TLS:",
+            "Channels and messages:",
+            "Limits:",
+            "Operations:",
+            "Resume:",
+            "Reading from the WAL:",
+            "Presence:",
+            "Authorization by the database:",
+        ]
+    );
+    assert!(
+        plain.lines().count() < 300,
+        "{} lines",
+        plain.lines().count()
+    );
+    let set = render(&[
+        ("PGWS_PORT", "3001"),
+        ("PGWS_DB_URI", "postgres://u:pw@h/d"),
+        ("PGWS_META_CHANNEL", ""),
+    ]);
+    // (clap reads a set variable's value from the process's environment, which this test
+    // leaves alone: the binary test `help_shows_set_variables_with_their_value` shows it.)
+    assert!(
+        flat(&set).contains("PGWS_DB_URI=postgres://u:***@h/d"),
+        "{set}"
+    );
+    assert!(!set.contains("pw@"), "{set}");
+    let set_headings: Vec<&str> = set
+        .lines()
+        .filter(|l| l.ends_with(':') && !l.starts_with(' '))
+        .collect();
+    assert_eq!(set_headings, headings, "the environment moves no setting");
+}
+
+#[test]
+fn embedded_dir_implies_the_example_page() {
+    let c = cli(&["--embedded-dir", "/tmp/x"])
+        .resolve(Some("host=/tmp/x"), Some(DEV_SECRET))
+        .unwrap();
+    assert_eq!(c.site, Site::Builtin);
+}

@@ -101,18 +101,21 @@ pub async fn handle(
 /// tokens never reach the logs.
 pub fn redact(path: &str) -> String {
     path.split('/')
-        .map(|seg| {
-            let parts: Vec<&str> = seg.split('.').collect();
-            let jwt_like = parts.len() == 3
-                && parts[..2].iter().all(|p| {
-                    !p.is_empty()
-                        && p.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                });
-            if jwt_like { "<token>" } else { seg }
-        })
+        .map(|seg| if jwt_like(seg) { "<token>" } else { seg })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Whether a path segment looks like a JWT: three dot-separated parts, the first two non-empty
+/// base64url.
+pub(crate) fn jwt_like(seg: &str) -> bool {
+    let parts: Vec<&str> = seg.split('.').collect();
+    parts.len() == 3
+        && parts[..2].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn check_grant<B>(req: &Request<B>, state: &AppState, v2: bool) -> Response<Body> {

@@ -1,5 +1,6 @@
 //! Answers to plain (non-websocket) HTTP requests, with the original's statuses and texts:
-//! `Hello, Web!` when no root is set; otherwise static files with `404 File not found`,
+//! `Hello, Web!` when no root is set; otherwise static files with `404 File not found` (with a
+//! hint when the path holds a token: the request lacks `Accept: text/event-stream`),
 //! `405 Only GET or HEAD is supported`, `403 Forbidden` for dot-segments, `index.html` /
 //! `index.htm` for directories, `Last-Modified` and `304`.
 //!
@@ -61,12 +62,23 @@ pub async fn serve<B>(site: &Site, req: &Request<B>) -> Response<Body> {
             }
         }
     };
+    // `GET /<channel>/<token>` from a browser's address bar or a bare `curl`: the path is a
+    // channel's, only the request lacks what makes it a stream or a websocket. Say what to add.
+    let response =
+        if response.status() == StatusCode::NOT_FOUND && path.split('/').any(super::jwt_like) {
+            text(StatusCode::NOT_FOUND, TOKEN_PATH_HINT)
+        } else {
+            response
+        };
     if head {
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, full(Bytes::new()));
     }
     response
 }
+
+/// The 404 text for a path that holds a token.
+pub const TOKEN_PATH_HINT: &str = "File not found. This path holds a token: to follow the channel, send the header `Accept: text/event-stream` (Server-Sent Events, e.g. curl -N -H 'Accept: text/event-stream' URL) or open a websocket on it";
 
 fn refusal(status: StatusCode) -> Response<Body> {
     match status {

@@ -411,7 +411,13 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
     const open = await see(pageA, metaEvent(pageA, "ConnectionOpen", `sub=${BOB}`), "ConnectionOpen of tab B in tab A's meta panel");
     assert.match(await open.locator("[data-field=claims]").textContent(), /mode=rw/);
     assert.equal(await pageA.isEnabled("#send"), true, "send is enabled on an rw connection");
-    assert.equal(await pageA.textContent("#connect"), "Reconnect", "the button re-opens a live connection");
+    // Issue 25 item 14: while connected the button applies changed settings with a new connection; it is
+    // not the primary action (Send is), and it does not say "Reconnect" (the library does that by itself).
+    assert.equal(await pageA.textContent("#connect"), "Apply changes", "the button applies the settings to a live connection");
+    assert.equal(await pageA.locator("#connect.primary").count(), 0, "Connect is not the primary action while connected");
+    // A wide screen keeps the settings in view.
+    assert.equal(await pageA.isVisible("#connection-settings"), true, "1280 px: the settings stay unfolded");
+    assert.equal(await pageA.textContent("#toggle-settings"), "Hide settings");
     assert.equal(await chip(pageA, "chat").locator("[data-field=state]").textContent(), "following");
     // The page's script is a module importing the library; nothing came from anywhere else.
     assert.deepEqual(foreignRequests, [], "no request leaves the pgws server");
@@ -595,8 +601,22 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
       await pageB.screenshot({ path: path.join(ARTIFACTS, "narrow-refused.png"), fullPage: true });
       await assertLayout(pageB, "390 px, channel not granted");
 
-      // The server's development token (no sub claim: anonymous in presence): it connects, a message goes round.
+      // Issue 25 item 14: connected on a phone, the settings fold away so that the messages come first.
+      await see(pageB, pageB.locator("#toggle-settings", { hasText: "Show settings" }), "the settings folded once connected");
+      assert.equal(await pageB.isVisible("#connection-settings"), false, "390 px: the settings fold once connected");
+      assert.equal(await pageB.isVisible("#connect"), false, "folded: nothing to apply");
+      assert.equal(await pageB.isVisible("#disconnect"), true, "folded: Disconnect stays");
+      assert.equal(await pageB.isVisible("#status-text"), true, "folded: the status stays");
+      assert.equal(await pageB.getAttribute("#toggle-settings", "aria-expanded"), "false");
+      // The settings show again to change the token (a user would do the same).
       await clearProblems(pageB);
+      await pageB.click("#toggle-settings");
+      assert.equal(await pageB.isVisible("#connection-settings"), true, "the toggle unfolds the settings");
+      assert.equal(await pageB.textContent("#toggle-settings"), "Hide settings");
+      assert.equal(await pageB.getAttribute("#toggle-settings", "aria-expanded"), "true");
+      assert.equal(await pageB.textContent("#connect"), "Apply changes");
+
+      // The server's development token (no sub claim: anonymous in presence): it connects, a message goes round.
       await pageB.fill("#channel", "chat");
       await pageB.fill("#token", server.devToken);
       await pageB.click("#connect");
@@ -605,8 +625,12 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
       await see(pageB, status(pageB, "open", "meta-status"), "tab B following the meta channel");
       assert.match(await pageB.textContent("#status-text"), /anonymous/);
       await see(pageA, pageA.locator("#presence > section[data-channel=chat] [data-testid=anonymous][data-count='1']"), "one anonymous connection in tab A's presence");
-      assert.equal(await pageB.textContent("#connect"), "Reconnect");
+      assert.equal(await pageB.textContent("#connect"), "Apply changes");
       assert.equal(await pageB.isEnabled("#disconnect"), true);
+      // The new connection folded the settings again: the messages start within the first screen.
+      await see(pageB, pageB.locator("#toggle-settings", { hasText: "Show settings" }), "folded again after applying");
+      const chatTop = await pageB.locator("#chat-card").evaluate((n) => n.getBoundingClientRect().top + window.scrollY);
+      assert.ok(chatTop < NARROW.height / 2, `390 px, connected: the messages start at ${chatTop} px, within half a screen`);
       const text = `back after the refusals ${RUN}`;
       await send(pageB, text);
       const own = await see(pageB, message(pageB, text), "tab B's message after reconnecting");
@@ -616,6 +640,9 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
       await pageB.evaluate(() => document.activeElement.blur());
       await screenshotDownTo(pageB, "#chat-card", "narrow.png", "screenshot-narrow.png");
       await assertLayout(pageB, "390 px, connected");
+      await pageB.setViewportSize(WIDE);
+      await see(pageB, pageB.locator("#toggle-settings", { hasText: "Hide settings" }), "a wider window unfolds the settings");
+      assert.equal(await pageB.isVisible("#connection-settings"), true);
     } finally {
       await pageB.setViewportSize(WIDE);
     }
@@ -910,7 +937,7 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
     await see(pageA, problem(pageA, "unreachable"), "tab A cannot reach the server");
     await see(pageA, statusWith(pageA, "reconnecting", "cannot reach the server"), "tab A 'Reconnecting (cannot reach the server)'");
     assert.equal(await problem(pageA, "unreachable").count(), 1, "said once, not at every attempt");
-    assert.equal(await pageA.textContent("#connect"), "Reconnect", "the library keeps trying");
+    assert.equal(await pageA.textContent("#connect"), "Apply changes", "the library keeps trying");
     await pageA.screenshot({ path: path.join(ARTIFACTS, "shutdown.png"), fullPage: true });
     await pageA.click("#disconnect");
     await see(pageA, status(pageA, "idle"), "tab A stopped trying");

@@ -284,6 +284,20 @@ async fn sigterm_during_traffic_closes_sockets_with_1001_exits_0_and_logs_no_tok
     assert_eq!(code, Some(0));
     let logs = logs.await.unwrap();
     assert!(logs.contains("SIGTERM"), "{logs}");
+    // The drain says what it waits for, and the shutdown ends with a line of its own.
+    assert!(
+        logs.lines().any(
+            |l| l.contains("waiting up to 10s (PGWS_SHUTDOWN_TIMEOUT) for ")
+                && l.contains("connections to close (websockets get 1001")
+                && l.contains("websockets=2")
+        ),
+        "{logs}"
+    );
+    let last_info = logs.lines().rfind(|l| l.contains(" INFO "));
+    assert!(
+        last_info.is_some_and(|l| l.ends_with("Shutdown complete")),
+        "{last_info:?}\n{logs}"
+    );
     let signature = t.rsplit('.').next().unwrap();
     assert!(!logs.contains(signature), "a token reached the logs");
     assert!(!logs.contains(&t[..20]), "a token reached the logs");
@@ -652,4 +666,235 @@ async fn embedded_mode_stops_quietly_on_sigint() {
         "{rest:#?}"
     );
     assert!(!std::path::Path::new(&dir).exists());
+}
+
+// Issue 25 item 12: `--help` is grouped by topic, fits in one screenful per topic, and shows a
+// variable's value only when it is set (no `[env: PGWS_X=]` for unset ones).
+#[tokio::test]
+async fn help_is_grouped_and_shows_set_variables_with_their_value() {
+    for flag in ["--help", "-h"] {
+        let mut c = pgws();
+        c.arg(flag).env("PGWS_PORT", "3001");
+        let (code, out, err) = output(c).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.lines().count() < 300,
+            "{flag}: {} lines",
+            out.lines().count()
+        );
+        assert!(!out.contains("=]"), "{flag}:\n{out}");
+        let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("[env: PGWS_PORT=3001]"), "{flag}:\n{out}");
+        assert!(flat.contains("[env: PGWS_HOST]"), "{flag}:\n{out}");
+        for heading in ["Database:", "Tokens:", "Reading from the WAL:", "Presence:"] {
+            assert!(out.lines().any(|l| l == heading), "{flag} lacks {heading}");
+        }
+    }
+}
+
+// Issue 25 item 12: dropping a slot needs the database only, not a JWT secret.
+#[tokio::test]
+async fn drop_wal_slot_needs_no_jwt_secret() {
+    let db = fresh_db().await;
+    let client = pg(&db).await;
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('pgws_dropme', 'pgoutput')")
+        .await
+        .unwrap();
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", &db)
+        .args(["--drop-wal-slot", "pgws_dropme"]);
+    let (code, out, err) = output(c).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Dropped the replication slot pgws_dropme."),
+        "{out}"
+    );
+    assert!(!err.contains("PGWS_JWT_SECRET"), "{err}");
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgws_dropme'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // A secret that would not load does not matter either.
+    let mut c = pgws();
+    c.env("PGWS_DB_URI", &db)
+        .env("PGWS_JWT_SECRET", "short")
+        .args(["--drop-wal-slot", "pgws_dropme"]);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!err.contains("PGWS_JWT_SECRET"), "{err}");
+}
+
+/// Reads the next websocket text frame as JSON, skipping nothing.
+async fn next_position(ws: &mut Ws) -> (String, serde_json::Value) {
+    let v = next_json(ws).await;
+    let id = v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {v}"))
+        .to_string();
+    let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+    (id, data)
+}
+
+/// `pgws --embedded-dir DIR --source wal` on a free port; its stdout lines, the database's
+/// connection string, the port and the development token.
+async fn embedded_in(
+    dir: &std::path::Path,
+) -> (
+    Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    String,
+    String,
+    String,
+) {
+    let mut c = pgws();
+    c.arg("--embedded-dir")
+        .arg(dir)
+        .args(["--source", "wal", "--port", "0", "--host", "127.0.0.1"])
+        .env("PGWS_NODE_ID", "kept")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn pgws --embedded-dir");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let conn = line_after(&mut lines, "Embedded PostgreSQL:").await;
+    let port = line_after(&mut lines, "Listening on port").await;
+    let token = line_after(&mut lines, "Development token:").await;
+    (child, lines, conn, port, token)
+}
+
+// Issue 25 item 10: `--embedded-dir` keeps the cluster across restarts (initdb once), so that a
+// table and the WAL positions survive; pgws stops the cluster however it ends, and never
+// removes the directory.
+#[tokio::test]
+async fn embedded_dir_keeps_the_cluster_and_positions_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("pgws-kept-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let emit = |text: &str| {
+        format!(
+            "SELECT pg_logical_emit_message(true, 'postgres-websockets-listener', '{{\"channel\":\"chat\",\"payload\":\"{text}\"}}')"
+        )
+    };
+
+    // First run: initdb; a table, and a message whose position the client keeps.
+    let (child, mut lines, conn, port, token) = embedded_in(&dir).await;
+    assert!(
+        conn.contains(&format!("host={}", dir.canonicalize().unwrap().display())),
+        "{conn}"
+    );
+    let db = pg(&conn).await;
+    db.batch_execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+        .await
+        .unwrap();
+    let mut ws = connect(&format!(
+        "ws://127.0.0.1:{port}/chat/{token}?last-event-id="
+    ))
+    .await;
+    db.batch_execute(&emit("one")).await.unwrap();
+    let (one, data) = next_position(&mut ws).await;
+    assert_eq!(data["payload"], "one");
+    drop((db, ws));
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let stopped = line_after(&mut lines, "Embedded PostgreSQL stopped;").await;
+    let shown = dir.canonicalize().unwrap().display().to_string();
+    assert_eq!(stopped, format!("cluster kept in {shown}."));
+    let mut child = child;
+    let code = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+    assert!(dir.join("data/PG_VERSION").is_file(), "the cluster stays");
+    assert!(
+        !dir.join("data/postmaster.pid").exists(),
+        "PostgreSQL stopped"
+    );
+
+    // Second run: no initdb; the table is there, and the position of "one" resumes exactly.
+    let (child, _lines, conn, port, token) = embedded_in(&dir).await;
+    let db = pg(&conn).await;
+    let x: i32 = db
+        .query_one("SELECT x FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(x, 42);
+    let mut ws = connect(&format!(
+        "ws://127.0.0.1:{port}/chat/{token}?last-event-id={one}"
+    ))
+    .await;
+    db.batch_execute(&emit("two")).await.unwrap();
+    let v = next_json(&mut ws).await;
+    assert!(
+        v.get("event").is_none(),
+        "no Gap (other_epoch) before the message: {v}"
+    );
+    let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["payload"], "two", "{v}");
+    assert_ne!(v["id"].as_str().unwrap(), one);
+
+    // Killed outright: the watchdog still stops PostgreSQL, and leaves the directory.
+    drop(db);
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .await
+        .unwrap();
+    let mut child = child;
+    let _ = tokio::time::timeout(WAIT, child.wait()).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), async {
+        while dir.join("data/postmaster.pid").exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "PostgreSQL still runs after pgws was killed"
+    );
+    assert!(dir.join("data/PG_VERSION").is_file(), "the cluster stays");
+
+    // A directory holding something else is refused, and left as it was.
+    let other = std::env::temp_dir().join(format!("pgws-not-a-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let mut c = pgws();
+    c.arg("--embedded-dir").arg(&other);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("neither empty nor a cluster made by pgws"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_dir_all(&other).ok();
+    std::fs::remove_dir_all(&dir).ok();
+
+    // As root, PostgreSQL runs as `postgres`: a directory it cannot reach is named as such.
+    use std::os::unix::fs::MetadataExt as _;
+    let root_home = std::fs::metadata("/root");
+    let am_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if am_root && root_home.is_ok_and(|m| m.mode() & 0o001 == 0) {
+        let closed = format!("/root/pgws-kept-{}", std::process::id());
+        let mut c = pgws();
+        c.args(["--embedded-dir", &closed]);
+        let (code, _, err) = output(c).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("cannot reach /root/pgws-kept-"), "{err}");
+        std::fs::remove_dir_all(&closed).ok();
+    }
 }

@@ -133,3 +133,18 @@ async fn embedded_mode_serves_the_builtin_page() {
     assert_eq!(get(s.addr, "GET", "/missing", "").await.0, 404);
     s.stop().await.unwrap();
 }
+
+// Issue 25 item 12: `GET /<channel>/<jwt>` without `Accept: text/event-stream` says what to add.
+#[tokio::test]
+async fn a_token_path_without_the_stream_header_says_what_to_add() {
+    let s = start(&["--embedded"]).await;
+    let t = token(serde_json::json!({"mode":"r"}));
+    let (status, _, body) = get(s.addr, "GET", &format!("/chat/{t}"), "").await;
+    assert_eq!(status, 404);
+    assert!(body.starts_with("File not found. "), "{body}");
+    assert!(body.contains("Accept: text/event-stream"), "{body}");
+    assert!(!body.contains(&t), "{body}");
+    // Other missing files keep the original's text.
+    assert_eq!(get(s.addr, "GET", "/missing", "").await.2, "File not found");
+    s.stop().await.unwrap();
+}
