@@ -30,7 +30,6 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::{Authorizer, AuthzRefusal, CLOSE_REVOKED, REVOKED_REASON, Subject};
-use crate::auth::Mode;
 use crate::channel::ChannelName;
 use crate::stream::Outbox;
 
@@ -94,6 +93,8 @@ pub fn parse(payload: &str) -> Option<Result<Selector, String>> {
 struct Watched {
     subject: Arc<Subject>,
     channels: Box<[ChannelName]>,
+    /// The mode admission checked the channels in (`r` for streams and v2 subscriptions, the
+    /// token's mode for original-protocol websockets): re-checks ask the same question.
     mode: &'static str,
     outbox: Weak<Outbox>,
 }
@@ -126,7 +127,7 @@ pub(super) fn attach(
     id: u64,
     subject: Arc<Subject>,
     channels: &[ChannelName],
-    mode: Mode,
+    mode: &'static str,
     outbox: &Arc<Outbox>,
 ) -> Attached {
     authorizer.registry.lock().insert(
@@ -134,7 +135,7 @@ pub(super) fn attach(
         Watched {
             subject: subject.clone(),
             channels: channels.into(),
-            mode: mode.as_str(),
+            mode,
             outbox: Arc::downgrade(outbox),
         },
     );
