@@ -64,6 +64,7 @@ impl Client {
             slot,
             resume,
             subject,
+            authz_mode,
             ..
         } = admitted;
         let claims = ClaimsText::new(&grant.claims);
@@ -100,7 +101,7 @@ impl Client {
             .authz
             .as_ref()
             .zip(subject)
-            .map(|(a, s)| a.attach(id, s, &channels, grant.mode, &outbox));
+            .map(|(a, s)| a.attach(id, s, &channels, authz_mode, &outbox));
         Self {
             authz,
             answers: None,

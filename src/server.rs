@@ -250,6 +250,12 @@ impl Server {
                     .node_id
                     .clone()
                     .unwrap_or_else(|| format!("{}_{port}", wal::host_name()));
+                // A pg_notify on the listen channel is not in the WAL: say so once.
+                tokio::spawn(crate::source::unread_notify::watch(
+                    config.db.clone(),
+                    config.listen_channel.clone(),
+                    stop.clone(),
+                ));
                 let run = wal::run(
                     WalSettings {
                         db: config.db.clone(),

@@ -14,7 +14,8 @@
 //!    [`START_UP_WAIT`]), so that a restart does not refuse the clients that reconnect at once;
 //! 6. the server's capacity (`PGWS_MAX_CONNECTIONS`) → 503;
 //! 7. authorization by the database, when on (`PGWS_AUTHZ_FUNCTION`, [`crate::authz`]): the
-//!    token's role, then a check of every channel in the client's mode → 403 with the reason, or
+//!    token's role, then a check of every channel in the mode of what the client can do with it
+//!    ([`check_mode`]: `r` for streams and v2 sockets, `w` for publishes) → 403 with the reason, or
 //!    503 with `Retry-After` when the check cannot run. After the server's rules, so that a
 //!    server that refuses anyway spends no database round trip; before the subject's slot;
 //! 8. a slot for the token's `sub` (`PGWS_MAX_CONNECTIONS_PER_SUBJECT`) → 429.
@@ -95,6 +96,9 @@ pub struct Admitted {
     /// Who the token is for the database (authorization by the database on), its channels
     /// checked.
     pub subject: Option<std::sync::Arc<crate::authz::Subject>>,
+    /// The mode authorization by the database checked the channels in, and re-checks them in
+    /// ([`check_mode`]).
+    pub authz_mode: &'static str,
 }
 
 /// Why a request may not become a client. `Display` is the reason a client is told.
@@ -207,41 +211,12 @@ pub async fn admit<B>(
     }
     let v2 = purpose == Purpose::Connect && negotiated_v2(req);
     let (grant, carrier) = authorize(req, state, v2).map_err(Refusal::Token)?;
-    let channels = if v2 {
-        Vec::new()
-    } else {
-        grant
-            .channels
-            .iter()
-            .map(|c| ChannelName::new(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Refusal::BadChannel)?
-    };
-    if channels.len() > settings.max_channels {
-        return Err(Refusal::TooManyChannels {
-            count: channels.len(),
-            max: settings.max_channels,
-        });
-    }
+    let channels = granted_channels(state, &grant, v2)?;
     if purpose == Purpose::Connect {
         connect_rules(state).await?;
     }
-    let subject = match &state.authz {
-        Some(authz) => {
-            // What the client will do: a publish writes; a connection does what its token says.
-            let mode = match purpose {
-                Purpose::Connect => grant.mode.as_str(),
-                Purpose::Publish => "w",
-            };
-            Some(
-                authz
-                    .admit(&grant, &channels, mode)
-                    .await
-                    .map_err(Refusal::Authz)?,
-            )
-        }
-        None => None,
-    };
+    let authz_mode = check_mode(purpose, v2, !is_upgrade(req), &grant);
+    let subject = database_checks(state, &grant, &channels, authz_mode).await?;
     let slot = match purpose {
         Purpose::Connect => subject_slot(state, &grant)?,
         Purpose::Publish => None,
@@ -266,7 +241,69 @@ pub async fn admit<B>(
         positions,
         v2,
         subject,
+        authz_mode,
     })
+}
+
+/// The mode authorization by the database checks a client's channels in (at admission and at
+/// every re-check): what the client can do with them. A publish writes (`w`). An event stream
+/// and a protocol v2 socket only read their channels (`r`; a v2 publish is checked in `w` on its
+/// own, per request), whatever the token's mode. An original-protocol websocket reads and writes
+/// the channels of its URL as its token says, so it is checked in the token's mode
+/// (docs/AUTHORIZATION.md, "Mode").
+pub(crate) fn check_mode(purpose: Purpose, v2: bool, stream: bool, grant: &Grant) -> &'static str {
+    match purpose {
+        Purpose::Publish => "w",
+        Purpose::Connect if v2 || stream => "r",
+        Purpose::Connect => grant.mode.as_str(),
+    }
+}
+
+/// Rule 7, authorization by the database (when on): the token's subject, then every channel in
+/// `mode`. `Ok(None)` when it is off. Shared with the `pgws-check` answer, so that it refuses
+/// exactly what a handshake refuses.
+pub(crate) async fn database_checks(
+    state: &AppState,
+    grant: &Grant,
+    channels: &[ChannelName],
+    mode: &str,
+) -> Result<Option<std::sync::Arc<crate::authz::Subject>>, Refusal> {
+    match &state.authz {
+        Some(authz) => Ok(Some(
+            authz
+                .admit(grant, channels, mode)
+                .await
+                .map_err(Refusal::Authz)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The granted channels as checked names, within `PGWS_MAX_CHANNELS` (rule 4). Protocol v2
+/// (`v2`) has none at admission: it subscribes in band.
+pub(crate) fn granted_channels(
+    state: &AppState,
+    grant: &Grant,
+    v2: bool,
+) -> Result<Vec<ChannelName>, Refusal> {
+    let channels = if v2 {
+        Vec::new()
+    } else {
+        grant
+            .channels
+            .iter()
+            .map(|c| ChannelName::new(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Refusal::BadChannel)?
+    };
+    let max = state.config.max_channels;
+    if channels.len() > max {
+        return Err(Refusal::TooManyChannels {
+            count: channels.len(),
+            max,
+        });
+    }
+    Ok(channels)
 }
 
 /// How long a resume from a position not read yet waits for this node to read it.

@@ -34,7 +34,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 
-use crate::auth::{ClaimPath, Grant, Mode};
+use crate::auth::{ClaimPath, Grant};
 use crate::channel::{ChannelName, quote_ident};
 use crate::ops::metrics::ReasonLabel;
 use crate::stream::Outbox;
@@ -450,14 +450,15 @@ impl Authorizer {
         result
     }
 
-    /// Registers an open client (for revocations and the periodic re-check); the returned
-    /// value unregisters it when dropped.
+    /// Registers an open client (for revocations and the periodic re-check, which check its
+    /// channels in `mode`: the mode admission checked them in); the returned value unregisters
+    /// it when dropped.
     pub fn attach(
         self: &Arc<Self>,
         id: u64,
         subject: Arc<Subject>,
         channels: &[ChannelName],
-        mode: Mode,
+        mode: &'static str,
         outbox: &Arc<Outbox>,
     ) -> Attached {
         revoke::attach(self, id, subject, channels, mode, outbox)

@@ -29,7 +29,6 @@ use futures_util::StreamExt as _;
 use tokio::sync::Semaphore;
 
 use super::{Authorizer, AuthzRefusal, CLOSE_REVOKED, REVOKED_REASON, Subject};
-use crate::auth::Mode;
 use crate::channel::ChannelName;
 use crate::stream::Outbox;
 
@@ -74,6 +73,8 @@ impl From<crate::control::Revocation> for Selector {
 struct Watched {
     subject: Arc<Subject>,
     channels: Box<[ChannelName]>,
+    /// The mode admission checked the channels in (`r` for streams and v2 subscriptions, the
+    /// token's mode for original-protocol websockets): re-checks ask the same question.
     mode: &'static str,
     outbox: Weak<Outbox>,
 }
@@ -106,7 +107,7 @@ pub(super) fn attach(
     id: u64,
     subject: Arc<Subject>,
     channels: &[ChannelName],
-    mode: Mode,
+    mode: &'static str,
     outbox: &Arc<Outbox>,
 ) -> Attached {
     authorizer.registry.lock().insert(
@@ -114,7 +115,7 @@ pub(super) fn attach(
         Watched {
             subject: subject.clone(),
             channels: channels.into(),
-            mode: mode.as_str(),
+            mode,
             outbox: Arc::downgrade(outbox),
         },
     );

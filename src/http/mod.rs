@@ -11,8 +11,10 @@
 //! - `POST` with `Content-Type: text/plain`: admission without the connection rules, then an
 //!   HTTP publish ([`crate::transport::publish`]).
 //! - `pgws-check: 1` (pgws addition): the same checks on the path, answered `200` with the grant
-//!   as JSON or `400` with the reason, because browsers cannot read the body of a refused
-//!   websocket handshake; `pgws-check: v2` judges the token as a protocol v2 handshake would.
+//!   as JSON or the handshake's refusal (`400` with the reason; `403`/`503` from authorization by
+//!   the database, asked as the handshake asks it), because browsers cannot read the body of a
+//!   refused websocket handshake; `pgws-check: v2` judges the token as a protocol v2 handshake
+//!   would.
 //! - anything else: the PostgREST upstream ([`proxy`]) when `PGWS_UPSTREAM` is set, else
 //!   [`static_files`].
 //!
@@ -72,7 +74,7 @@ pub async fn handle(
             .address_limiter
             .allow(admission::client_address(&req, &state, peer))
         {
-            check_grant(&req, &state, v2)
+            check_grant(&req, &state, v2).await
         } else {
             text(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -118,29 +120,49 @@ pub(crate) fn jwt_like(seg: &str) -> bool {
         })
 }
 
-fn check_grant<B>(req: &Request<B>, state: &AppState, v2: bool) -> Response<Body> {
+/// Answers a `pgws-check` request: what the handshake on this path (`v2`: a protocol v2
+/// handshake) would answer about the request itself, without the server's state (a connected
+/// source, capacity, the subject's slot).
+async fn check_grant<B>(req: &Request<B>, state: &AppState, v2: bool) -> Response<Body> {
     if let Err(origin) = check_origin(req, state.config.allowed_origins.as_deref()) {
         return text(
             StatusCode::FORBIDDEN,
             format!("Origin not allowed: {origin}"),
         );
     }
-    match authorize(req, state, v2) {
-        Ok((grant, _)) => {
-            let body = serde_json::json!({
-                "mode": grant.mode.as_str(),
-                "channels": grant.channels,
-                "exp": grant.exp,
-            });
-            let mut r = Response::new(full(body.to_string()));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
+    let grant = match authorize(req, state, v2) {
+        Ok((grant, _)) => grant,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    // The rest of what the handshake checks about the request itself: its channels, and the
+    // database's answer for them in the mode the handshake asks (a refusal as the handshake
+    // renders it: 403, or 503 with `Retry-After` when the check cannot run).
+    let checked = match admission::granted_channels(state, &grant, v2) {
+        Ok(channels) => {
+            let mode = admission::check_mode(Purpose::Connect, v2, false, &grant);
+            admission::database_checks(state, &grant, &channels, mode).await
         }
-        Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(refusal) => Err(refusal),
+    };
+    if let Err(refusal) = checked {
+        let mut r = text(refusal.status(), refusal.to_string());
+        if let Some(seconds) = refusal.retry_after() {
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return r;
     }
+    let body = serde_json::json!({
+        "mode": grant.mode.as_str(),
+        "channels": grant.channels,
+        "exp": grant.exp,
+    });
+    let mut r = Response::new(full(body.to_string()));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 #[cfg(test)]

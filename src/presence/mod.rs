@@ -209,7 +209,7 @@ impl Presence {
     }
 
     /// The claim that names a member (`PGWS_PRESENCE_CLAIM`): its string value, else anonymous
-    /// (read once per token, by [`crate::v2::access::Access`]).
+    /// (read once per token, by [`crate::session::v2::access::Access`]).
     pub fn claim(&self) -> &str {
         &self.settings.claim
     }

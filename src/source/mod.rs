@@ -16,6 +16,7 @@
 //! client (the hub never waits: queues overflow and their clients are closed).
 
 pub mod notify;
+pub mod unread_notify;
 pub mod wal;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::stream::{Frame, GapReason, Position, ResumeGap};
 
@@ -81,11 +82,13 @@ pub struct Malformed {
 
 /// The members pgws reads; others are ignored (skipped without building them).
 #[derive(Deserialize)]
-struct Raw {
+struct Raw<'a> {
     #[serde(rename = "type", default)]
     kind: Option<Value>,
-    #[serde(default)]
-    id: Option<Value>,
+    /// Kept as its text: a number is echoed exactly as written (a 30-digit integer, `1.50`,
+    /// `-0`, `1e400`), which a parsed `f64` or `u64` could not do.
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
     #[serde(default)]
     channel: Option<Value>,
     #[serde(default)]
@@ -113,19 +116,34 @@ pub fn parse(text: &str) -> Result<(Id, Request), Malformed> {
         code: "bad_json",
         message: format!("not a JSON object of protocol v2: {e}"),
     })?;
-    let id = match raw.id {
-        None => Id::none(),
-        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Id(Value::String(s).to_string()),
-        Some(Value::Number(n)) => Id(n.to_string()),
-        Some(_) => {
+    let id = match raw.id.map(RawValue::get) {
+        // `null` is read as absent.
+        None => Some(Id::none()),
+        // A number: its text as the client wrote it (serde_json checked its grammar).
+        Some(text) if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            Some(Id(text.to_string()))
+        }
+        Some(text) if text.starts_with('"') => serde_json::from_str::<String>(text)
+            .ok()
+            .filter(|s| s.len() <= MAX_ID_LEN)
+            .map(|s| Id(Value::String(s).to_string())),
+        // An array or object deeper than 128 levels is `bad_json`, as in every member pgws reads
+        // (serde_json's limit; the raw text was skipped without recursion).
+        Some(text) if serde_json::from_str::<Value>(text).is_err() => {
             return Err(Malformed {
                 id: Id::none(),
-                code: "bad_request",
-                message: format!(
-                    "\"id\" must be a string of at most {MAX_ID_LEN} bytes or a number"
-                ),
+                code: "bad_json",
+                message: "\"id\" nests deeper than 128 levels".into(),
             });
         }
+        Some(_) => None,
+    };
+    let Some(id) = id else {
+        return Err(Malformed {
+            id: Id::none(),
+            code: "bad_request",
+            message: format!("\"id\" must be a string of at most {MAX_ID_LEN} bytes or a number"),
+        });
     };
     let bad = |message: String| Malformed {
         id: id.clone(),
@@ -449,6 +467,19 @@ mod tests {
         let (id, _) = parse(r#"{"type":"ping","id":"a\"b"}"#).unwrap();
         assert_eq!(id.as_json(), r#""a\"b""#);
         assert_eq!(parse(r#"{"type":"ping","id":null}"#).unwrap().0, Id::none());
+        // Numbers are echoed exactly as written, whatever f64 would make of them.
+        for number in [
+            "123456789012345678901234567890",
+            "1.50",
+            "-0",
+            "1e400",
+            "-1.5E-7",
+        ] {
+            let text = format!(r#"{{"type":"ping","id":{number}}}"#);
+            assert_eq!(parse(&text).unwrap().0.as_json(), number);
+        }
+        let (id, _) = parse(r#"{"type":"ping", "id" :  "x" ,"x":1}"#).unwrap();
+        assert_eq!(id.as_json(), r#""x""#);
         for (text, code) in [
             ("nope", "bad_json"),
             ("[1]", "bad_json"),

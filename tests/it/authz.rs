@@ -917,3 +917,191 @@ async fn protocol_v2_publishes_go_through_the_write_function() {
     assert_eq!(who, s.web);
     server.stop().await.unwrap();
 }
+
+/// `GET path` with a `pgws-check` header: status, `Retry-After`, body.
+async fn check(addr: std::net::SocketAddr, path: &str, kind: &str) -> (u16, String) {
+    let (status, _, body) = get(addr, "GET", path, &format!("pgws-check: {kind}\r\n")).await;
+    (status, body)
+}
+
+/// A protocol v2 handshake that must be refused: status and body.
+async fn refused_v2(url: &str) -> (u16, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "pgws.v2".parse().unwrap());
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("answer in time")
+    {
+        Ok(_) => panic!("v2 handshake to {url} was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e:?}"),
+    }
+}
+
+/// Every database channel check that ran (allowed, refused, error).
+async fn checks_run(server: &TestServer) -> f64 {
+    let mut n = 0.0;
+    for reason in ["allowed", "refused", "error"] {
+        n += server
+            .metric(&format!("pgws_authz_checks_total{{reason=\"{reason}\"}}"))
+            .await;
+    }
+    n
+}
+
+/// Waits (polling `/metrics`, within [`WAIT`]) until more than `before` checks ran.
+async fn wait_checks(server: &TestServer, before: f64) {
+    tokio::time::timeout(WAIT, async {
+        while checks_run(server).await <= before {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a re-check ran in time");
+}
+
+#[tokio::test]
+async fn pgws_check_refuses_what_the_handshake_refuses() {
+    let s = postgrest_setup().await;
+    s.admit("chat", "alice", false).await;
+    let server = start_on(&s.uri, &["--authz-function", "api.can_use_channel"]).await;
+    // Allowed by the policy: both answer yes.
+    let reader = s.token("alice", "r");
+    let (status, body) = check(server.addr, &format!("/chat/{reader}"), "1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["channels"],
+        json!(["chat"])
+    );
+    drop(connect(&server.url(&format!("/chat/{reader}"))).await);
+    // A channel the policy does not allow, and a mode it does not allow (an original-protocol
+    // socket is checked in its token's mode): the handshake's 403 and reason, not a 200.
+    for path in [
+        format!("/secret/{reader}"),
+        format!("/chat/{}", s.token("alice", "rw")),
+    ] {
+        let handshake = refused(&server.url(&path)).await;
+        assert_eq!(handshake.0, 403, "{handshake:?}");
+        assert_eq!(check(server.addr, &path, "1").await, handshake, "{path}");
+    }
+    // Protocol v2: the handshake checks the token's role (channels are asked for in band); a
+    // token without one, with no anonymous role configured, is refused by both.
+    let roleless = token(json!({"sub":"alice","mode":"r","channels":["chat"]}));
+    let handshake = refused_v2(&server.url(&format!("/{roleless}"))).await;
+    assert_eq!(handshake.0, 403, "{handshake:?}");
+    assert_eq!(
+        check(server.addr, &format!("/{roleless}"), "v2").await,
+        handshake
+    );
+    let (status, body) = check(server.addr, &format!("/{reader}"), "v2").await;
+    assert_eq!(status, 200, "{body}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_stream_is_checked_in_mode_r_at_admission_and_re_checks() {
+    let s = postgrest_setup().await;
+    s.admit("chat", "alice", false).await; // alice may read chat, not write it
+    let server = start_on(
+        &s.uri,
+        &[
+            "--authz-function",
+            "api.can_use_channel",
+            "--authz-recheck-interval",
+            "1",
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let alice = s.token("alice", "rw");
+    // An original-protocol websocket reads and writes: checked in its token's mode (documented).
+    assert_eq!(refused(&server.url(&format!("/chat/{alice}"))).await.0, 403);
+    // A stream only reads, whatever its token's mode.
+    let mut sse = crate::sse::open(server.addr, &format!("/chat/{alice}"), &[])
+        .await
+        .expect("an rw token's stream is checked in mode r");
+    assert_eq!(sse.next().await.unwrap().comment.as_deref(), Some("ok"));
+    // A periodic re-check asks the same question: the stream stays open and receives.
+    let before = checks_run(&server).await;
+    wait_checks(&server, before).await;
+    let db = pg(&s.admin).await;
+    notify(
+        &db,
+        LISTEN,
+        &json!({"channel":"chat","payload":"after the re-check"}).to_string(),
+    )
+    .await;
+    let ev = sse.next_event().await;
+    assert_eq!(ev.event, None, "not a close event: {ev:?}");
+    let v: Value = serde_json::from_str(&ev.data.unwrap()).unwrap();
+    assert_eq!(v["payload"], "after the re-check");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_v2_subscription_is_re_checked_in_mode_r() {
+    let s = postgrest_setup().await;
+    s.admit("chat", "alice", false).await; // alice may read chat, not write it
+    let server = start_on(
+        &s.uri,
+        &[
+            "--authz-function",
+            "api.can_use_channel",
+            "--authz-recheck-interval",
+            "1",
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let (mut ws, _) = open_v2_url(&server.url(&format!("/{}", s.token("alice", "rw")))).await;
+    send(
+        &mut ws,
+        &json!({"type":"subscribe","id":1,"channel":"chat"}).to_string(),
+    )
+    .await;
+    let ok = next_json(&mut ws).await;
+    assert_eq!(ok["type"], "subscribed", "{ok}");
+    let db = pg(&s.admin).await;
+    let still_open = async |ws: &mut Ws, n: u32| {
+        send(ws, &json!({"type":"ping","id":n}).to_string()).await;
+        let pong = next_json(ws).await;
+        assert_eq!(
+            (pong["type"].as_str(), pong["id"].as_u64()),
+            (Some("pong"), Some(n as u64))
+        );
+        notify(
+            &db,
+            LISTEN,
+            &json!({"channel":"chat","payload":n.to_string()}).to_string(),
+        )
+        .await;
+        let m = next_json(ws).await;
+        assert_eq!(m["type"], "message", "{m}");
+    };
+    // A periodic re-check, then a revocation naming alice: nothing changed, so nothing happens.
+    let before = checks_run(&server).await;
+    wait_checks(&server, before).await;
+    still_open(&mut ws, 2).await;
+    let before = checks_run(&server).await;
+    notify(
+        &db,
+        LISTEN,
+        &json!({"pgws_control":"revoke","sub":"alice"}).to_string(),
+    )
+    .await;
+    wait_checks(&server, before).await;
+    still_open(&mut ws, 3).await;
+    assert_eq!(server.metric("pgws_authz_revoked_clients_total").await, 0.0);
+    server.stop().await.unwrap();
+}

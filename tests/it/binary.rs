@@ -24,7 +24,7 @@ fn pgws() -> Command {
 }
 
 /// `pgws` on database `db` with the test secret, on 127.0.0.1 and a free port, stdout piped.
-fn pgws_on(db: &str) -> Command {
+pub(crate) fn pgws_on(db: &str) -> Command {
     let mut c = pgws();
     c.env("PGWS_DB_URI", db)
         .env("PGWS_JWT_SECRET", SECRET)
@@ -116,7 +116,7 @@ async fn missing_and_invalid_settings_exit_1_with_a_clear_message() {
 }
 
 /// Reads stdout lines until one starts with `prefix`; returns the rest of that line.
-async fn line_after(
+pub(crate) async fn line_after(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     prefix: &str,
 ) -> String {
@@ -132,7 +132,7 @@ async fn line_after(
     .expect("line in time")
 }
 
-async fn terminate(mut child: Child) -> i32 {
+pub(crate) async fn terminate(mut child: Child) -> i32 {
     let pid = child.id().expect("running").to_string();
     let status = Command::new("kill")
         .args(["-TERM", &pid])
@@ -386,7 +386,7 @@ async fn sighup_reloads_the_jwks_file_without_dropping_sockets() {
 }
 
 /// Waits for a stderr line containing `text`.
-async fn wait_log(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &str) {
+pub(crate) async fn wait_log(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &str) {
     tokio::time::timeout(WAIT, async {
         while let Some(l) = rx.recv().await {
             if l.contains(text) {

@@ -820,3 +820,30 @@ async fn compat_and_positioned_sockets_are_unchanged_beside_v2() {
     assert_eq!(m["position"], p["id"], "one numbering for both");
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn numeric_ids_are_echoed_as_written() {
+    let s = start(&[]).await;
+    let mut ws = v2(&s, json!({"mode":"rw"})).await;
+    // The answer's bytes carry the client's number text (docs/PROTOCOL.md §2.1), which parsing
+    // it as a float would change: precision, trailing zeros, the sign of zero, the range.
+    for number in ["123456789012345678901234567890", "1.50", "-0", "1e400", "7"] {
+        send(&mut ws, &format!(r#"{{"type":"ping","id":{number}}}"#)).await;
+        assert_eq!(
+            next_text(&mut ws).await,
+            format!(r#"{{"type":"pong","id":{number}}}"#)
+        );
+        // And in an answer with more members.
+        send(
+            &mut ws,
+            &format!(r#"{{"type":"unsubscribe","id":{number},"channel":"nope"}}"#),
+        )
+        .await;
+        let answer = next_text(&mut ws).await;
+        assert!(
+            answer.contains(&format!(r#""id":{number},"#)),
+            "{number}: {answer}"
+        );
+    }
+    s.stop().await.unwrap();
+}

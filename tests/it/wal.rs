@@ -602,3 +602,80 @@ async fn notify_mode_announces_what_a_network_cut_lost() {
     assert_eq!(number(&next_text(&mut ws).await), 2, "then live; 1 is gone");
     s.stop().await.unwrap();
 }
+
+/// How many sessions of the current database run a LISTEN (pgws's watch of the listen channel).
+async fn listening_sessions(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'pgws' AND query ILIKE 'LISTEN%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn a_pg_notify_on_the_listen_channel_is_warned_about_once() {
+    use crate::binary::{line_after, pgws_on, terminate, wait_log};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    let mut c = pgws_on(&db_uri);
+    c.env("PGWS_SOURCE", "wal")
+        .env("PGWS_LISTEN_CHANNEL", LISTEN)
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("spawn pgws");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    line_after(&mut lines, "Listening on port").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (all_tx, all_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
+    tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = err_lines.next_line().await {
+            all.push(l.clone());
+            let _ = tx.send(l);
+        }
+        let _ = all_tx.send(all);
+    });
+    // pgws LISTENs on the listen channel (polled: there is no event to await).
+    tokio::time::timeout(WAIT, async {
+        while listening_sessions(&db).await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the listen channel is watched in time");
+    for _ in 0..3 {
+        notify(&db, LISTEN, &message("chat", 0)).await;
+    }
+    wait_log(
+        &mut rx,
+        &format!("call pg_logical_emit_message(true, '{LISTEN}', payload) instead"),
+    )
+    .await;
+    // Once: the watch ends with its warning.
+    tokio::time::timeout(WAIT, async {
+        while listening_sessions(&db).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the watch ends after warning");
+    notify(&db, LISTEN, &message("chat", 1)).await;
+    assert_eq!(terminate(child).await, 0);
+    let all = tokio::time::timeout(WAIT, all_rx)
+        .await
+        .expect("stderr ends in time")
+        .unwrap();
+    let warnings = all
+        .iter()
+        .filter(|l| l.contains("pg_logical_emit_message(true,"))
+        .count();
+    assert_eq!(warnings, 1, "{all:#?}");
+    assert!(
+        all.iter().any(|l| l.contains(&format!("\"{LISTEN}\""))),
+        "the channel is named"
+    );
+}
