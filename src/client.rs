@@ -147,7 +147,6 @@ impl Client {
     }
 
     /// Authorization by the database (the subject for run-time checks: protocol v2).
-    #[allow(dead_code)] // The protocol-v2 run-time subscribe's API.
     pub fn authz(&self) -> Option<&crate::authz::Attached> {
         self.authz.as_ref()
     }

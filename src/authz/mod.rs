@@ -352,12 +352,6 @@ impl Authorizer {
         authorizer
     }
 
-    /// The settings.
-    #[allow(dead_code)] // The protocol-v2 run-time subscribe's API.
-    pub fn settings(&self) -> &AuthzSettings {
-        &self.settings
-    }
-
     /// Whether client messages go to the write function instead of NOTIFY.
     pub fn writes(&self) -> bool {
         self.settings.write_function.is_some()

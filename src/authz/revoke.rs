@@ -139,7 +139,6 @@ impl Attached {
     }
 
     /// Replaces the channels re-checks look at (run-time subscribes and unsubscribes).
-    #[allow(dead_code)] // The protocol-v2 run-time subscribe's API.
     pub fn set_channels(&self, channels: &[ChannelName]) {
         if let Some(w) = self.authorizer.registry.lock().get_mut(&self.id) {
             w.channels = channels.into();

@@ -12,6 +12,8 @@ use crate::auth::{Grant, Mode};
 use crate::channel::ChannelName;
 use crate::state::AppState;
 
+use super::{Code, Refused};
+
 /// What the socket's current token allows.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -73,15 +75,6 @@ pub enum Action {
     Publish,
 }
 
-/// Why a channel was refused: the code and message of the answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
-    /// `write_only`, `read_only`, `not_granted`, or the authorization hook's code.
-    pub code: &'static str,
-    /// In words.
-    pub message: String,
-}
-
 /// May the socket do `action` with `channel`? The token's mode and channels first, then (when
 /// it is wired) the database's answer for this token and channel.
 pub async fn check(
@@ -90,30 +83,30 @@ pub async fn check(
     access: &Access,
     channel: &ChannelName,
     action: Action,
-) -> Result<(), Denied> {
+) -> Result<(), Refused> {
     match action {
         Action::Subscribe if !access.mode.read => {
-            return Err(Denied {
-                code: "write_only",
-                message: "this token does not allow reading (mode is not 'r' or 'rw')".into(),
-            });
+            return Err(Refused::new(
+                Code::WriteOnly,
+                "this token does not allow reading (mode is not 'r' or 'rw')",
+            ));
         }
         Action::Publish if !access.mode.write => {
-            return Err(Denied {
-                code: "read_only",
-                message: "this token does not allow writing (mode is not 'w' or 'rw')".into(),
-            });
+            return Err(Refused::new(
+                Code::ReadOnly,
+                "this token does not allow writing (mode is not 'w' or 'rw')",
+            ));
         }
         _ => {}
     }
     if !access.names(channel) {
-        return Err(Denied {
-            code: "not_granted",
-            message: format!(
+        return Err(Refused::new(
+            Code::NotGranted,
+            format!(
                 "this token does not grant the channel {}",
                 Value::String(channel.to_string())
             ),
-        });
+        ));
     }
     // Database authorization (src/authz/), when it is on: the subject is the one admitted at
     // connection time (a refresh does not change it: `sub` must stay the same).
@@ -126,14 +119,10 @@ pub async fn check(
             .check(a.subject(), channel, mode)
             .await
             .map_err(|e| match e {
-                crate::authz::AuthzRefusal::Forbidden(reason) => Denied {
-                    code: "not_authorized",
-                    message: reason,
-                },
-                other => Denied {
-                    code: "database_unavailable",
-                    message: other.to_string(),
-                },
+                crate::authz::AuthzRefusal::Forbidden(reason) => {
+                    Refused::new(Code::NotAuthorized, reason)
+                }
+                other => Refused::new(Code::DatabaseUnavailable, other.to_string()),
             })?;
     }
     Ok(())
