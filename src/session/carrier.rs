@@ -30,6 +30,12 @@ pub trait Carrier: Send {
     /// The name in log lines ("websocket").
     const NAME: &'static str;
 
+    /// Whether a write blocked on a slow peer is abandoned (the connection dropped) as soon as
+    /// the client's queue overflows meanwhile. `false`: the write finishes (within the write
+    /// time-out) and the carrier says goodbye with 4000 (an event stream, whose `close` event
+    /// tells the browser why).
+    const DROP_ON_OVERFLOW: bool = true;
+
     /// Waits for the next thing the peer sends. Kept small and cancel-safe: the loop re-makes
     /// it on every turn; the handling goes into [`Carrier::inbound`].
     fn next(&mut self) -> impl Future<Output = Self::Raw> + Send;
@@ -50,6 +56,12 @@ pub trait Carrier: Send {
     /// Whether the peer answers keep-alives (then silence for two intervals ends the session).
     fn answers_keepalive(&self) -> bool {
         true
+    }
+
+    /// When the carrier ends the session by itself, and how (an event stream's
+    /// `PGWS_SSE_MAX_AGE`); `None`: never.
+    fn lifetime(&self) -> Option<(tokio::time::Instant, End)> {
+        None
     }
 
     /// Says goodbye with a close code and reason, waiting a bounded time for the peer.

@@ -132,6 +132,14 @@ pub async fn serve<C: Carrier, H: Handler>(
             .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
     };
+    // A carrier's own end (an event stream's lifetime) is the timer's third deadline.
+    let lifetime = carrier.lifetime();
+    let deadline = |expiry: Option<Instant>, next: Option<Instant>| {
+        deadline(expiry, next).min(lifetime.map_or(
+            Instant::now() + Duration::from_secs(86_400 * 365),
+            |(at, _)| at,
+        ))
+    };
     let timer = tokio::time::sleep_until(deadline(expiry, next_keepalive));
     tokio::pin!(timer);
     let mut last_inbound = Instant::now();
@@ -147,6 +155,11 @@ pub async fn serve<C: Carrier, H: Handler>(
                 let now = Instant::now();
                 if expiry.is_some_and(|at| now >= at) {
                     return End::EXPIRED;
+                }
+                if let Some((at, end)) = lifetime
+                    && now >= at
+                {
+                    return end;
                 }
                 if let (Some(at), Some(interval)) = (next_keepalive, keepalive)
                     && now >= at
@@ -209,18 +222,23 @@ async fn write_outbox<C: Carrier>(
         let encoding = client.outbox().encoding();
         // Boxed, like the other rare paths: every idle socket would otherwise carry the write
         // state.
-        let write = Box::pin(carrier.write(batch, encoding));
-        tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(conn = id, error = %e, "write failed");
-                    return Err(End::Peer);
-                }
-                Err(_) => return Err(End::Drop("write_timeout")),
-            },
-            // The peer stopped reading and its queue overflowed meanwhile.
-            _ = client.outbox().overflowed() => return Err(End::Drop("slow_consumer")),
+        let write = tokio::time::timeout(WRITE_TIMEOUT, Box::pin(carrier.write(batch, encoding)));
+        let written = if C::DROP_ON_OVERFLOW {
+            tokio::select! {
+                r = write => r,
+                // The peer stopped reading and its queue overflowed meanwhile.
+                _ = client.outbox().overflowed() => return Err(End::Drop("slow_consumer")),
+            }
+        } else {
+            write.await
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(conn = id, error = %e, "write failed");
+                return Err(End::Peer);
+            }
+            Err(_) => return Err(End::Drop("write_timeout")),
         }
         if let Some(oldest) = drained.oldest {
             client
@@ -242,7 +260,7 @@ async fn write_outbox<C: Carrier>(
 
 /// Counts and logs how a session ended, lets the carrier say goodbye when it is ours to say,
 /// and lets the client go (unsubscribed, `ConnectionClose` published).
-pub async fn conclude<C: Carrier>(mut carrier: C, client: Client, end: End) {
+pub async fn conclude<C: Carrier>(carrier: &mut C, client: Client, end: End) {
     let id = client.id();
     if let Some(reason) = end.label() {
         client
@@ -268,5 +286,5 @@ pub async fn run<C: Carrier, H: Handler>(mut carrier: C, mut client: Client, mut
     Box::pin(client.start()).await;
     let end = serve(&mut carrier, &mut client, &mut handler).await;
     drop(handler);
-    Box::pin(conclude(carrier, client, end)).await;
+    Box::pin(conclude(&mut carrier, client, end)).await;
 }

@@ -15,20 +15,21 @@
 //! too far behind (4000).
 //!
 //! A message's event (`id:`, `data:` lines, blank line) is the same for every stream, so it is
-//! encoded once, by the first stream that sends it, and shared by all ([`Frame::sse`]): a stream
-//! only hands shared bytes to the socket.
+//! encoded once, by the first stream that sends it, and shared by all (`crate::wire::SSE`, cached
+//! in the frame): a stream only hands shared bytes to the socket.
 //!
-//! Two ways to carry a stream, one loop ([`Events`]):
-//! - [`serve_raw`]: the first request of a connection (and every request after a stream or a
-//!   refusal served this way) is read by the accept loop itself ([`crate::http::head`]); an
-//!   event-stream request (HTTP/1.1, no body) is answered on the raw connection: admission, the
-//!   response head, then chunks written with vectored writes straight from the shared events.
-//!   Nothing is buffered per stream besides its outbox, so a reader too slow for its queue limits
-//!   is closed as a slow consumer (4000) rather than piling bytes up, and an idle stream costs a
-//!   small state struct, a timer and its outbox (no HTTP connection state: see `http::head`).
-//! - [`accept`]: an event-stream request that arrives on a connection hyper already serves (a
-//!   keep-alive connection that carried other requests first) is a hyper response whose body is
-//!   the same loop; the same bytes, with hyper's per-connection buffers.
+//! A stream is a session ([`crate::session::serve`]) over one of two [`Carrier`]s, so shutdown,
+//! the timer (expiry, heartbeats, `PGWS_SSE_MAX_AGE`), draining and close reasons are the
+//! websocket's:
+//! - [`Raw`] ([`serve_raw`]): the first request of a connection (and every request after a
+//!   stream or a refusal served this way) is read by the accept loop itself
+//!   ([`crate::http::head`]); an event-stream request (HTTP/1.1, no body) is answered on the raw
+//!   connection: admission, the response head, then chunks written with vectored writes straight
+//!   from the shared events. Nothing is buffered per stream besides its outbox, so a reader too
+//!   slow for its queue limits is closed as a slow consumer (4000) rather than piling bytes up.
+//! - [`Channel`] ([`accept`]): an event-stream request that arrives on a connection hyper already
+//!   serves (a keep-alive connection that carried other requests first) is a hyper response whose
+//!   body is fed by the session's task through a small bounded channel; the same bytes.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
@@ -48,16 +49,15 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio::time::Instant;
 
 use crate::admission::{self, Admitted, Purpose};
 use crate::client::Client;
-use crate::ops::metrics::ReasonLabel;
 use crate::respond::Body;
-use crate::session::{CLOSE_JWT_EXPIRED, CLOSE_SLOW_CONSUMER};
+use crate::session::compat::Compat;
+use crate::session::{self, Carrier, End, Inbound};
 use crate::state::AppState;
-use crate::stream::Frame;
+use crate::stream::{Encoding, Frame};
 use crate::wire::{self, compat::close_event};
 
 /// How long a browser should wait before reconnecting after the server shut down.
@@ -104,15 +104,24 @@ pub fn is_raw_request(req: &Request<()>) -> bool {
             .all(|v| v.as_bytes() == b"0")
 }
 
-/// Accepts an admitted request as an event stream carried by hyper (see the module header).
+/// Accepts an admitted request as an event stream carried by hyper (see the module header): the
+/// session runs in a task of its own and hands its bytes to the response body through a small
+/// bounded channel (so a body nobody reads stops the session's writes, and its outbox overflows
+/// as any slow consumer's does).
 pub async fn accept(state: Arc<AppState>, admitted: Admitted) -> Response<Body> {
-    let client = open(&state, admitted).await;
-    let body = Stream {
-        events: Some(Events::new(client, &state)),
-        opened: false,
-        batch: Vec::new(),
+    let mut client = open(&state, admitted).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(BODY_CHUNKS);
+    // The first chunk (a comment) makes hyper send the head and a first byte at once.
+    let _ = tx.try_send(Bytes::from_static(b": ok\n\n"));
+    let mut carrier = Channel {
+        tx,
+        lifetime: lifetime(&state),
     };
-    let mut r = Response::new(body.boxed());
+    state.sessions.spawn(async move {
+        let end = session::serve(&mut carrier, &mut client, &mut Compat).await;
+        session::conclude(&mut carrier, client, end).await;
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
     *r.status_mut() = StatusCode::OK;
     stream_headers(r.headers_mut());
     r
@@ -143,155 +152,166 @@ fn stream_headers(h: &mut HeaderMap) {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// What a stream sends next.
-enum Next {
-    /// Bytes of its own (a heartbeat comment).
-    Data(Bytes),
-    /// The messages now in the caller's batch (at least one).
-    Frames,
-    /// The goodbye event; the stream ends after it. The code is the websocket close code.
-    End(Bytes, u16),
-}
+/// Chunks a hyper-carried stream's channel holds before the session waits for the body.
+const BODY_CHUNKS: usize = 8;
 
-/// One stream's loop, whoever carries it: the client, its timers and the server's shutdown.
-struct Events {
-    client: Client,
-    /// Expiry, rotation and pings, as in the websocket transport: one timer.
-    timer: Pin<Box<Sleep>>,
-    expiry: Option<Instant>,
-    /// When the stream ends by itself (`PGWS_SSE_MAX_AGE`).
-    rotate: Option<Instant>,
-    ping: Option<Duration>,
-    next_ping: Option<Instant>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl Events {
-    fn new(client: Client, state: &AppState) -> Self {
-        let expiry = client.expiry();
-        let rotate = state.config.sse_max_age.map(|age| Instant::now() + age);
-        let ping = state.config.ping_interval;
-        let next_ping = ping.map(|p| Instant::now() + p);
-        let mut events = Self {
-            client,
-            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
-            expiry,
-            rotate,
-            ping,
-            next_ping,
-            shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
-        };
-        events.rearm();
-        events
-    }
-
-    fn rearm(&mut self) {
-        let at = [self.expiry, self.rotate, self.next_ping]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
-        self.timer.as_mut().reset(at);
-    }
-
-    /// The goodbye event, counted like a websocket close.
-    fn close(&self, code: u16, reason: &'static str, label: &'static str) -> Next {
-        tracing::info!(
-            conn = self.client.id(),
-            code,
-            reason,
-            "closing event stream"
-        );
-        count_close(&self.client, label);
-        let retry = match code {
-            1001 => Some(RETRY_AFTER_SHUTDOWN_MS),
-            CLOSE_ROTATED => Some(RETRY_AFTER_ROTATION_MS),
-            _ => None,
-        };
-        Next::End(
-            wire::sse::close(retry, &close_event(code, reason)).into(),
-            code,
+/// When a stream ends by itself (`PGWS_SSE_MAX_AGE`): rotated with `close` 4002, which the
+/// browser answers by reconnecting with its `Last-Event-ID`.
+fn lifetime(state: &AppState) -> Option<(Instant, End)> {
+    state.config.sse_max_age.map(|age| {
+        (
+            Instant::now() + age,
+            End::Close(
+                CLOSE_ROTATED,
+                "stream lifetime reached; reconnect",
+                "rotated",
+            ),
         )
+    })
+}
+
+/// The goodbye event of a stream the server ends (Server-Sent Events have no close frame): the
+/// `close` event with the websocket close code it stands for, after `retry:` advice when the
+/// browser should come back (after a shutdown, a moment later; after a rotation, at once).
+fn goodbye(code: u16, reason: &str) -> Vec<u8> {
+    let retry = match code {
+        1001 => Some(RETRY_AFTER_SHUTDOWN_MS),
+        CLOSE_ROTATED => Some(RETRY_AFTER_ROTATION_MS),
+        _ => None,
+    };
+    wire::sse::close(retry, &close_event(code, reason))
+}
+
+/// The heartbeat: a comment line, so that proxies do not close an idle stream.
+const HEARTBEAT: &[u8] = b": ping\n\n";
+
+/// An event stream on a raw connection as a session's [`Carrier`]: chunks written with
+/// vectored writes straight from the shared events; the peer, which sends nothing, is read only
+/// to learn when it went away.
+struct Raw<'a, S> {
+    io: &'a mut S,
+    lifetime: Option<(Instant, End)>,
+    /// The connection cannot carry another request (the peer left, a write failed, or the
+    /// server shut down).
+    spent: bool,
+}
+
+impl<S> Carrier for Raw<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    type Raw = ();
+    const NAME: &'static str = "event stream";
+    const DROP_ON_OVERFLOW: bool = false;
+
+    fn next(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        poll_fn(|cx| poll_peer(self.io, cx))
     }
 
-    /// Polls shutdown, the timer and the outbox, in that order; drains the outbox into `batch`.
-    fn poll_next(&mut self, cx: &mut Context<'_>, batch: &mut Vec<Frame>) -> Poll<Next> {
-        if self.shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(self.close(1001, "server shutting down", "shutdown"));
+    async fn inbound(&mut self, _: (), _conn: u64) -> Inbound {
+        self.spent = true;
+        Inbound::End(End::Peer)
+    }
+
+    async fn write(&mut self, frames: &[Frame], encoding: Encoding) -> io::Result<()> {
+        for part in frames.chunks(IOV_BATCH - 2) {
+            let slices: Vec<&[u8]> = part
+                .iter()
+                .map(|f| f.encoded(encoding, wire::encode))
+                .collect();
+            if let Err(e) = write_chunks(self.io, &slices, false).await {
+                self.spent = true;
+                return Err(e);
+            }
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if self.expiry.is_some_and(|at| now >= at) {
-                return Poll::Ready(self.close(CLOSE_JWT_EXPIRED, "JWT expired", "expired"));
-            }
-            if self.rotate.is_some_and(|at| now >= at) {
-                return Poll::Ready(self.close(
-                    CLOSE_ROTATED,
-                    "stream lifetime reached; reconnect",
-                    "rotated",
-                ));
-            }
-            if let (Some(at), Some(interval)) = (self.next_ping, self.ping)
-                && now >= at
-            {
-                self.next_ping = Some(now + interval);
-                self.rearm();
-                return Poll::Ready(Next::Data(Bytes::from_static(b": ping\n\n")));
-            }
-            self.rearm();
-        }
-        loop {
-            if self.client.outbox().poll_wait(cx).is_pending() {
-                return Poll::Pending;
-            }
-            let drained = self.client.outbox().drain_into(batch);
-            if let Some((code, reason)) = drained.end {
-                // Access revoked (authorization by the database): nothing more is sent.
-                batch.clear();
-                return Poll::Ready(self.close(code, reason, "revoked"));
-            }
-            if !drained.healthy {
-                batch.clear();
-                return Poll::Ready(self.close(
-                    CLOSE_SLOW_CONSUMER,
-                    "slow consumer: outbound queue limit reached",
-                    "slow_consumer",
-                ));
-            }
-            if let Some(oldest) = drained.oldest {
-                self.client
-                    .state()
-                    .metrics
-                    .delivery_latency
-                    .observe(oldest.elapsed().as_secs_f64());
-            }
-            if !batch.is_empty() {
-                return Poll::Ready(Next::Frames);
-            }
-            // Woken without messages (a spurious signal): look again, which registers the waker.
+        Ok(())
+    }
+
+    async fn keepalive(&mut self) -> Result<(), ()> {
+        write_chunks(self.io, &[HEARTBEAT], false)
+            .await
+            .map_err(|_| self.spent = true)
+    }
+
+    fn answers_keepalive(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> Option<(Instant, End)> {
+        self.lifetime
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let bye = goodbye(code, reason);
+        if write_chunks(self.io, &[&bye], true).await.is_err() || code == 1001 {
+            self.spent = true;
         }
     }
 }
 
-fn count_close(client: &Client, label: &'static str) {
-    client
-        .state()
-        .metrics
-        .server_closes
-        .get_or_create(&ReasonLabel { reason: label })
-        .inc();
+/// A hyper-carried event stream as a session's [`Carrier`]: bytes go to the response body
+/// through a bounded channel; the body's drop (the peer left) closes it.
+struct Channel {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    lifetime: Option<(Instant, End)>,
 }
 
-/// The stream as a hyper response body.
-struct Stream {
-    /// `None` once finished (the body ended).
-    events: Option<Events>,
-    /// First frame not sent yet (a comment, so that headers and a first byte go out at once).
-    opened: bool,
-    batch: Vec<Frame>,
+impl Carrier for Channel {
+    type Raw = ();
+    const NAME: &'static str = "event stream";
+    const DROP_ON_OVERFLOW: bool = false;
+
+    fn next(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.tx.closed()
+    }
+
+    async fn inbound(&mut self, _: (), _conn: u64) -> Inbound {
+        Inbound::End(End::Peer)
+    }
+
+    async fn write(&mut self, frames: &[Frame], encoding: Encoding) -> io::Result<()> {
+        let size = frames
+            .iter()
+            .map(|f| f.encoded(encoding, wire::encode).len())
+            .sum();
+        let mut out = BytesMut::with_capacity(size);
+        for frame in frames {
+            out.put_slice(frame.encoded(encoding, wire::encode));
+        }
+        self.tx
+            .send(out.freeze())
+            .await
+            .map_err(|_| io::ErrorKind::BrokenPipe.into())
+    }
+
+    async fn keepalive(&mut self) -> Result<(), ()> {
+        self.tx
+            .send(Bytes::from_static(HEARTBEAT))
+            .await
+            .map_err(|_| ())
+    }
+
+    fn answers_keepalive(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> Option<(Instant, End)> {
+        self.lifetime
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.tx.send(Bytes::from(goodbye(code, reason))),
+        )
+        .await;
+    }
 }
 
-impl hyper::body::Body for Stream {
+/// The response body of a hyper-carried stream: what the session sent, until it ends.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -299,59 +319,9 @@ impl hyper::body::Body for Stream {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<BodyFrame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let Some(events) = &mut this.events else {
-            return Poll::Ready(None);
-        };
-        if !this.opened {
-            this.opened = true;
-            return Poll::Ready(Some(Ok(BodyFrame::data(Bytes::from_static(b": ok\n\n")))));
-        }
-        let data = match std::task::ready!(events.poll_next(cx, &mut this.batch)) {
-            Next::Data(bytes) => bytes,
-            Next::Frames => {
-                let size = this
-                    .batch
-                    .iter()
-                    .map(|f| f.encoded(wire::SSE, wire::encode).len())
-                    .sum();
-                let mut out = BytesMut::with_capacity(size);
-                for frame in this.batch.drain(..) {
-                    out.put_slice(frame.encoded(wire::SSE, wire::encode));
-                }
-                if this.batch.capacity() > 256 {
-                    this.batch.shrink_to_fit();
-                }
-                out.freeze()
-            }
-            Next::End(bye, _) => {
-                // The client finishes when the body is dropped (below).
-                finish_later(this.events.take());
-                bye
-            }
-        };
-        Poll::Ready(Some(Ok(BodyFrame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.events.is_none() && self.opened
-    }
-}
-
-/// Finishes a stream's client (unsubscribe, `ConnectionClose`) in a task of its own: a body is
-/// dropped, not awaited.
-fn finish_later(events: Option<Events>) {
-    if let Some(events) = events {
-        let client = events.client;
-        tracing::info!(conn = client.id(), "event stream closed");
-        let tracker = client.state().sessions.clone();
-        tracker.spawn(async move { client.finish().await });
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        finish_later(self.events.take());
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(BodyFrame::data(bytes))))
     }
 }
 
@@ -373,7 +343,7 @@ pub async fn serve_raw<S>(
     state: &Arc<AppState>,
 ) -> After
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // What the client said about the connection (hyper honours `Connection: close` the same way).
     let close = req
@@ -391,8 +361,7 @@ where
         }
     };
     drop(req);
-    let client = Box::pin(open(state, admitted)).await;
-    let mut events = Events::new(client, state);
+    let mut client = Box::pin(open(state, admitted)).await;
     let mut head = Vec::with_capacity(256);
     let mut headers = HeaderMap::new();
     stream_headers(&mut headers);
@@ -406,80 +375,23 @@ where
     }))
     .await;
     drop(head);
-    let after = match wrote {
-        Ok(Ok(())) => stream(io, &mut events).await,
-        _ => After::Close,
+    let mut carrier = Raw {
+        io,
+        lifetime: lifetime(state),
+        spent: false,
     };
-    let client = events.client;
-    tracing::info!(conn = client.id(), "event stream closed");
-    Box::pin(client.finish()).await;
-    if close { After::Close } else { after }
-}
-
-/// The stream's loop on the raw connection, until it ends (goodbye event written, or the peer is
-/// gone).
-async fn stream<S>(io: &mut S, events: &mut Events) -> After
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut batch: Vec<Frame> = Vec::new();
-    loop {
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(next) = events.poll_next(cx, &mut batch) {
-                return Poll::Ready(Some(next));
-            }
-            // The peer sends nothing on an event stream; reading tells when it went away.
-            match poll_peer(io, cx) {
-                Poll::Ready(()) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        let written = match &next {
-            None => return After::Close,
-            Some(Next::Data(bytes)) => write_chunks(io, &[bytes], false).await,
-            Some(Next::End(bye, _)) => write_chunks(io, &[bye], true).await,
-            Some(Next::Frames) => {
-                let mut result = Ok(());
-                for part in batch.chunks(IOV_BATCH - 2) {
-                    let slices: Vec<&[u8]> = part
-                        .iter()
-                        .map(|f| f.encoded(wire::SSE, wire::encode))
-                        .collect();
-                    result = write_chunks(io, &slices, false).await;
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                batch.clear();
-                if batch.capacity() > 256 {
-                    batch.shrink_to_fit();
-                }
-                result
-            }
-        };
-        match written {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                tracing::warn!(
-                    conn = events.client.id(),
-                    "dropping event stream: write timed out"
-                );
-                count_close(&events.client, "write_timeout");
-                return After::Close;
-            }
-            Err(e) => {
-                tracing::debug!(conn = events.client.id(), error = %e, "write failed");
-                return After::Close;
-            }
-        }
-        if let Some(Next::End(_, code)) = next {
-            return if code == 1001 {
-                After::Close
-            } else {
-                After::NextRequest
-            };
-        }
+    let end = match wrote {
+        Ok(Ok(())) => session::serve(&mut carrier, &mut client, &mut Compat).await,
+        _ => End::Peer,
+    };
+    Box::pin(session::conclude(&mut carrier, client, end)).await;
+    // The connection serves its next request only after a goodbye that ended the response (a
+    // rotation, an expiry, a revocation), never after the peer left or a failed write.
+    let reusable = matches!(end, End::Close(..)) && !carrier.spent;
+    if close || !reusable {
+        After::Close
+    } else {
+        After::NextRequest
     }
 }
 
