@@ -30,7 +30,7 @@ use crate::publish::{Pending, Publish, PublishError};
 use crate::routing::Outgoing;
 use crate::state::AppState;
 use crate::stream::{Encoding, Frame, Outbox, Position, ResumeGap, Resumed};
-use crate::wire::compat::{ClaimsText, error_event, meta_event, resume_gap_event};
+use crate::wire::compat::{ClaimsText, error_event, meta_event, resume_gap_frame};
 
 /// One connected client.
 pub struct Client {
@@ -83,7 +83,7 @@ impl Client {
                 &channels,
                 &outbox,
                 resume,
-                |gap| Frame::from(resume_gap_event(gap)),
+                resume_gap_frame,
                 |_, _| None,
                 || {},
             );

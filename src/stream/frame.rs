@@ -57,6 +57,9 @@ struct Inner {
     text: Box<str>,
     /// Where the hub routed it (stream messages only).
     route: Option<Route>,
+    /// The event's name, for carriers with named events (an event stream's `event:` line);
+    /// direct frames only (a `Gap`: `gap`). Carriers without names ignore it.
+    name: Option<&'static str>,
     /// The encodings made so far, one slot per [`Encoding`].
     encoded: [OnceLock<Box<[u8]>>; Encoding::SLOTS],
 }
@@ -73,15 +76,30 @@ impl Frame {
         Self::make(text.into(), None, Seq::ZERO)
     }
 
+    /// A direct frame that is an event named `name` where carriers name events.
+    pub fn named(name: &'static str, text: String) -> Self {
+        let mut frame = Self::from(text);
+        if let Some(inner) = Arc::get_mut(&mut frame.inner) {
+            inner.name = Some(name);
+        }
+        frame
+    }
+
     fn make(text: Box<str>, route: Option<Route>, seq: Seq) -> Self {
         Self {
             inner: Arc::new(Inner {
                 text,
                 route,
+                name: None,
                 encoded: Default::default(),
             }),
             seq,
         }
+    }
+
+    /// The event's name, if it has one ([`Frame::named`]).
+    pub fn name(&self) -> Option<&'static str> {
+        self.inner.name
     }
 
     /// The message's position in the stream (zero: none).
@@ -121,7 +139,13 @@ impl Frame {
                 inner.route = Some(route);
                 inner.encoded = Default::default();
             }
-            None => *self = Self::make(self.inner.text.clone(), Some(route), self.seq),
+            None => {
+                let name = self.inner.name;
+                *self = Self::make(self.inner.text.clone(), Some(route), self.seq);
+                if let Some(inner) = Arc::get_mut(&mut self.inner) {
+                    inner.name = name;
+                }
+            }
         }
     }
 
@@ -134,7 +158,11 @@ impl Frame {
                     channel: r.channel.clone(),
                     epoch: r.epoch,
                 });
+                let name = self.inner.name;
                 *self = Self::make(self.inner.text.clone(), route, self.seq);
+                if let Some(inner) = Arc::get_mut(&mut self.inner) {
+                    inner.name = name;
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::stream::{Position, ResumeGap};
+use crate::stream::{Frame, Position, ResumeGap};
 
 /// The claims of one socket, serialised once: every message of the socket reuses the text.
 #[derive(Debug, Clone)]
@@ -165,6 +165,16 @@ pub fn resume_gap_event(gap: &ResumeGap<'_>) -> String {
         "resumes_at": gap.resumes_at.map(|p| p.to_string()),
     })
     .to_string()
+}
+
+/// [`resume_gap_event`] as a frame named `gap` (an event stream sends it as `event: gap`).
+pub fn resume_gap_frame(gap: &ResumeGap<'_>) -> Frame {
+    Frame::named("gap", resume_gap_event(gap))
+}
+
+/// [`gap_event`] as a frame named `gap`.
+pub fn gap_frame(down_for: Duration) -> Frame {
+    Frame::named("gap", gap_event(down_for))
 }
 
 /// A message for a client that asked for positions (websocket `?last-event-id`): its position

@@ -61,7 +61,7 @@ pub fn encode(encoding: Encoding, frame: &Frame) -> Vec<u8> {
 /// `PGWS_GAP_EVENTS` is on (`gap_events`), others nothing (they are told per channel).
 pub fn outage_per_socket(encoding: Encoding, down: Duration, gap_events: bool) -> Option<Frame> {
     (gap_events && (encoding == COMPAT || encoding == COMPAT_POSITIONED || encoding == SSE))
-        .then(|| Frame::from(compat::gap_event(down)))
+        .then(|| compat::gap_frame(down))
 }
 
 /// What a socket of `encoding` is told, per channel it follows, after the same outage: v2

@@ -1,7 +1,9 @@
 //! Server-Sent Events encoding: a frame as one event, `id:` (its stream position, when it has
-//! one) then one `data:` line per line of its text, then a blank line; the browser's
-//! `EventSource` joins the lines with `\n` and hands the text to `onmessage`. The text is exactly
-//! what a compat websocket client receives, so one application code reads both.
+//! one), `event:` (its name, when it has one: `gap`), then one `data:` line per line of its
+//! text, then a blank line; the browser's `EventSource` joins the lines with `\n` and hands the
+//! text to `onmessage` (unnamed events) or to the listener of that name
+//! (`addEventListener("gap", …)`). The text is exactly what a compat websocket client receives,
+//! so one application code reads both.
 
 use std::io::Write as _;
 
@@ -27,6 +29,9 @@ pub fn event(frame: &Frame) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.len() + 64);
     if let Some(position) = frame.position() {
         let _ = writeln!(out, "id: {position}");
+    }
+    if let Some(name) = frame.name() {
+        let _ = writeln!(out, "event: {name}");
     }
     push_data(&mut out, frame.as_str());
     out
@@ -57,5 +62,9 @@ mod tests {
         push_data(&mut out, "");
         assert_eq!(out, b"data: \n\n");
         assert_eq!(event(&Frame::text("x")), b"data: x\n\n");
+        assert_eq!(
+            event(&Frame::named("gap", "{}".into())),
+            b"event: gap\ndata: {}\n\n"
+        );
     }
 }

@@ -224,6 +224,11 @@ pub(crate) fn percent_encode(s: &str) -> String {
 pub(crate) async fn gap(sse: &mut Sse) -> Value {
     let ev = sse.next_event().await;
     assert!(ev.id.is_none(), "a gap is not a stream message");
+    assert_eq!(
+        ev.event.as_deref(),
+        Some("gap"),
+        "a gap is a named event, apart from onmessage"
+    );
     let v: Value = serde_json::from_str(&ev.data.unwrap()).unwrap();
     assert_eq!(v["event"], "Gap", "{v}");
     v
@@ -361,6 +366,7 @@ async fn a_listen_outage_under_traffic_announces_the_gap_before_any_later_messag
         if ev.id.is_none() {
             let v: Value = serde_json::from_str(&data).unwrap();
             assert_eq!(v["event"], "Gap", "{v}");
+            assert_eq!(ev.event.as_deref(), Some("gap"), "a named event");
             pending_gap = true;
             continue;
         }
