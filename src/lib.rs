@@ -2,13 +2,16 @@
 //! JWTs. It is a drop-in replacement for postgres-websockets: same URLs, same `PGWS_*` settings,
 //! same messages.
 //!
-//! How the pieces fit (data flows left to right, client messages back the other way):
+//! How the pieces fit: three planes (docs/ARCHITECTURE.md draws them).
 //!
 //! ```text
-//!  PostgreSQL ──LISTEN──▶ source ──▶ stream (hub ─▶ outbox) ──▶ client ──▶ transport ──ws──▶ browser
-//!      ▲                                                          │
-//!      └──────────── pg::publisher ◀── pg_notify($1,$2) ──────────┘   (http::admission before)
+//!  data     PostgreSQL ─LISTEN/WAL─▶ source ─▶ Sink ─▶ stream (hub ─▶ outbox) ─▶ session ─▶ carrier ─▶ client
+//!  control  Sink ─▶ control::Plane ─▶ presence / authz handlers (never delivered)
+//!  publish  session / HTTP publish / presence ─▶ pg::publisher::publish ─▶ Result<Ack, PublishError>
 //! ```
+//!
+//! A request becomes a client through `http` (dispatch) and `admission` (the same rules for every
+//! carrier); every byte a client receives is made by `wire`.
 //!
 //! The public API is small on purpose: [`Cli`] and [`Config`] (settings), [`Server`] (bind, run),
 //! [`SourceStatus`] (readiness), [`auth`] (token rules, for tools and tests) and [`embedded`] (the

@@ -10,7 +10,7 @@
 //!
 //! What this module owns: the request and outcome types, and nothing that writes to a client.
 //! Each front end *renders* the outcome in its own wire format (compat `Error` events in
-//! `client.rs`, v2 `ack`/`nack` in `v2/session.rs`, HTTP statuses in `transport/publish.rs`);
+//! `client.rs`, v2 `ack`/`nack` in `session/v2/publish.rs`, HTTP statuses in `transport/publish.rs`);
 //! the pool never writes a client frame. Fire-and-forget callers (meta events, presence) drop
 //! the [`Pending`]: the pool still logs and counts the failure.
 //!
