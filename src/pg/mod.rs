@@ -71,6 +71,31 @@ impl Database {
         })
     }
 
+    /// Where connections go, for log lines: each host with its port (`db.example:5432`,
+    /// `/var/run/postgresql:5432` for a Unix socket directory), comma-separated as libpq names
+    /// several hosts. Never the user or the password.
+    pub fn target(&self) -> String {
+        let ports = self.config.get_ports();
+        let port = |i: usize| match ports.len() {
+            0 => 5432,
+            1 => ports[0],
+            _ => ports.get(i).copied().unwrap_or(5432),
+        };
+        let hosts = self.config.get_hosts();
+        if hosts.is_empty() {
+            return format!("localhost:{}", port(0));
+        }
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| match host {
+                Host::Tcp(name) => format!("{name}:{}", port(i)),
+                Host::Unix(dir) => format!("{}:{}", dir.display(), port(i)),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Connects once.
     pub async fn connect(
         &self,
@@ -145,6 +170,23 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
         .unwrap_or(0);
     let jitter = base.mul_f64(f64::from(nanos % 1000) / 4000.0);
     base + jitter
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::Database;
+
+    #[test]
+    fn targets_name_hosts_and_ports_never_credentials() {
+        let t = |uri: &str| Database::parse(uri).unwrap().target();
+        assert_eq!(
+            t("postgres://u:secret@db.example:6543/app"),
+            "db.example:6543"
+        );
+        assert_eq!(t("postgres://u@a,b:5433/app"), "a:5432,b:5433");
+        assert_eq!(t("host=/tmp port=5544 dbname=x"), "/tmp:5544");
+        assert!(!t("postgres://u:secret@h/app").contains("secret"));
+    }
 }
 
 #[cfg(test)]

@@ -155,8 +155,8 @@ pub async fn run(
             Err(e) => {
                 attempts += 1;
                 let e = describe(&e);
-                tracing::error!(attempt = attempts, error = %e,
-                    "Error connecting notification listener to database");
+                tracing::error!(attempt = attempts, target = %db.target(), error = %e,
+                    "Error connecting notification listener to database at {}", db.target());
                 // Known down from now on (at start-up too): handshakes are refused until it is up.
                 status.send_if_modified(|s| {
                     let changed = *s != SourceStatus::Down;

@@ -24,7 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::io::IoSlice;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -41,6 +41,9 @@ use crate::wire;
 
 /// How long to wait for the peer's answer to our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long, after our close, what a peer still sends is read and dropped (so that it reads
+/// our close frame rather than a reset).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Websocket settings: small buffers (tungstenite's defaults allocate 128 KiB per socket up
 /// front; the read buffer is allocated eagerly, so it dominates an idle socket's memory) and an
@@ -255,6 +258,21 @@ where
             }
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
+        // Linger: a peer still writing (a frame over the size limit, cut short) would get a TCP
+        // reset if we closed with its bytes unread, and could lose our close frame with it.
+        // Our side is done (FIN after the close frame); what the peer still sends is read and
+        // dropped until it closes too, for a bounded time.
+        let raw = self.ws.get_mut();
+        let _ = raw.shutdown().await;
+        let drain = async {
+            let mut scratch = [0u8; 4096];
+            while let Ok(n) = raw.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
 

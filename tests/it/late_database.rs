@@ -114,7 +114,22 @@ async fn a_database_that_starts_a_minute_late_is_waited_for_by_default() {
         .parse()
         .unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    line_with(&mut stderr, "Error connecting notification listener", WAIT).await;
+    let refused = line_with(&mut stderr, "Error connecting notification listener", WAIT).await;
+    // The line names where it tried (the cluster's socket directory and port), never a secret.
+    let (host, port) = (
+        db.split("host=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap(),
+        db.split("port=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap(),
+    );
+    assert!(
+        refused.contains(&format!("at {host}:{port}")),
+        "names the host and port tried: {refused}"
+    );
 
     // Down: alive, not ready, handshakes refused with a reason and Retry-After.
     let t = token(json!({"mode":"rw"}));

@@ -319,3 +319,86 @@ async fn failed_publishes_are_answered_in_the_order_sent() {
         .unwrap();
     s.stop().await.unwrap();
 }
+
+/// A client still writing an oversized frame reads the 1009 close, not a TCP reset: the server
+/// lingers, reading and dropping what the peer still sends, after its close frame.
+#[tokio::test]
+async fn a_client_still_writing_an_oversized_frame_reads_the_1009_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(&["--max-message-size", "10000"]).await;
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let t = ts();
+    wr.write_all(
+        format!(
+            "GET /chat/{t} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // A masked text frame announcing 4 MB (far over the limit), whose payload keeps coming for
+    // a while after the server has refused it.
+    let writer = tokio::spawn(async move {
+        let mut header = vec![0x81u8, 0x80 | 127];
+        header.extend_from_slice(&(4_000_000u64).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        if wr.write_all(&header).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..40 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = match rd.read(&mut chunk).await {
+                Ok(n) => n,
+                Err(e) => panic!("the connection was reset before the close frame: {e}"),
+            };
+            assert!(n > 0, "connection ended without a close frame");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                && buf.starts_with(b"HTTP/1.1 101")
+            {
+                buf.drain(..end + 4);
+            }
+            while buf.len() >= 2 && !buf.starts_with(b"HTTP") && buf.len() >= 2 + buf[1] as usize {
+                let (op, len) = (buf[0] & 0x0f, buf[1] as usize);
+                if op == 8 {
+                    return u16::from_be_bytes([buf[2], buf[3]]);
+                }
+                buf.drain(..2 + len);
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time");
+    assert_eq!(code, 1009);
+    writer.abort();
+    s.stop().await.unwrap();
+}
+
+/// The same with a websocket library as the client: its send of the oversized message fails
+/// or not, and it still reads the 1009 close (a reset made it report 1006).
+#[tokio::test]
+async fn a_library_client_sending_an_oversized_message_reads_1009() {
+    let s = start(&["--max-message-size", "10000"]).await;
+    for _ in 0..5 {
+        let mut ws = connect(&s.url(&format!("/chat/{}", ts()))).await;
+        let _ = ws.send(Message::text("x".repeat(8_000_000))).await;
+        let (frame, _) = closed(&mut ws).await;
+        assert_eq!(
+            u16::from(frame.expect("a close frame, not a reset").code),
+            1009
+        );
+    }
+    s.stop().await.unwrap();
+}
