@@ -28,6 +28,7 @@ pub(crate) mod pg;
 pub(crate) mod presence;
 pub(crate) mod protocol;
 pub(crate) mod routing;
+pub(crate) mod rows;
 pub(crate) mod server;
 pub(crate) mod source;
 pub(crate) mod state;
@@ -53,4 +54,6 @@ pub mod internals {
     pub use crate::http::redact;
     pub use crate::protocol::{ClaimsText, envelope, error_event, postgrest_envelope};
     pub use crate::routing::route;
+    pub use crate::rows::filter::{Filter, Limits, Verdict};
+    pub use crate::rows::value::ColumnType;
 }

@@ -1,0 +1,1 @@
+//! pgoutput decoder (placeholder, filled in the next step).
