@@ -18,3 +18,6 @@ pub mod index;
 pub mod pgoutput;
 mod temporal;
 pub mod value;
+
+#[cfg(test)]
+mod pg_tests;
