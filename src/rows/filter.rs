@@ -1368,6 +1368,26 @@ impl Filter {
         }
     }
 
+    /// Every column the filter reads (once each): if they are all key columns, the old row of
+    /// an `UPDATE` or `DELETE` decides it even without `REPLICA IDENTITY FULL`, which the caller
+    /// can tell the subscriber at subscribe time.
+    pub fn columns(&self) -> Vec<&str> {
+        fn walk<'a>(e: &'a BExpr, out: &mut Vec<&'a str>) {
+            match e {
+                BExpr::Cond(b) => {
+                    if !out.contains(&b.column.as_str()) {
+                        out.push(&b.column);
+                    }
+                }
+                BExpr::And(items) | BExpr::Or(items) => items.iter().for_each(|i| walk(i, out)),
+                BExpr::Not(inner) => walk(inner, out),
+            }
+        }
+        let mut out = Vec::new();
+        self.conjuncts.iter().for_each(|c| walk(c, &mut out));
+        out
+    }
+
     /// The columns to send (`select=`), `None` for all.
     pub fn select(&self) -> Option<&[String]> {
         self.select.as_deref()
@@ -1385,6 +1405,41 @@ impl Filter {
             }) => lit.index_key().map(|k| (column.as_str(), *ty, k)),
             _ => None,
         })
+    }
+}
+
+/// What an `UPDATE` is to one subscription, from its filter's verdicts on the old and the new
+/// row (docs/ROWS.md, "Updates that move rows"). A client keeps a list by key: `Enter` and
+/// `Update` upsert, `Leave` deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateDelivery {
+    /// In before and after.
+    Update,
+    /// Out before, in after.
+    Enter,
+    /// In before, out after: sent so that the client drops the row.
+    Leave,
+    /// Out before and after, or undecidable (not sent).
+    Skip,
+}
+
+/// The rule for an `UPDATE`. The old row is only undecidable (`Unknown`) when it carries just
+/// the key (no `REPLICA IDENTITY FULL`) and the filter reads other columns: then a new row that
+/// matches is sent as `Update` (the client upserts it: it may or may not have had it), and one
+/// that does not match is skipped, because sending a `Leave` for every such update would send
+/// every change of the table to every such subscription. A new row is undecidable only when the
+/// filter reads an unchanged TOASTed column that could not be filled from the old row; it is
+/// treated as "no change in membership" (the column did not change): `Update` if the old row
+/// matched, else skipped.
+pub fn classify_update(old: Verdict, new: Verdict) -> UpdateDelivery {
+    use Verdict::*;
+    match (old, new) {
+        (Match, Match) | (Unknown, Match) | (Match, Unknown) => UpdateDelivery::Update,
+        (NoMatch, Match) => UpdateDelivery::Enter,
+        (Match, NoMatch) => UpdateDelivery::Leave,
+        (NoMatch, NoMatch) | (Unknown, NoMatch) | (NoMatch, Unknown) | (Unknown, Unknown) => {
+            UpdateDelivery::Skip
+        }
     }
 }
 
@@ -1587,6 +1642,26 @@ mod tests {
         // Values in refusals are shortened.
         let long = format!("title=ilike.x&id=eq.{}", "9".repeat(500));
         assert!(err(&long).to_string().len() < 200);
+    }
+
+    #[test]
+    fn updates_enter_and_leave() {
+        use UpdateDelivery::*;
+        use Verdict::{Match as M, NoMatch as N, Unknown as U};
+        assert_eq!(classify_update(M, M), Update);
+        assert_eq!(classify_update(N, M), Enter);
+        assert_eq!(classify_update(M, N), Leave);
+        assert_eq!(classify_update(N, N), Skip);
+        assert_eq!(classify_update(U, M), Update);
+        assert_eq!(classify_update(U, N), Skip);
+        let c = cols();
+        let f = Filter::new(
+            "id=eq.1&or=(status.eq.x,not.and(done.is.true))",
+            &Limits::default(),
+            c.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(f.columns(), vec!["id", "status", "done"]);
     }
 
     #[test]
