@@ -358,7 +358,8 @@ async fn filters_agree_with_sql() {
     let db = connect(&cluster).await;
     db.batch_execute(
         "CREATE TABLE t (id int PRIMARY KEY, a int, b text, c boolean, d numeric, \
-         f double precision, ts timestamptz, tags text[], j jsonb)",
+         f double precision, ts timestamptz, tags text[], j jsonb, u uuid, by bytea, \
+         dt date)",
     )
     .await
     .unwrap();
@@ -441,11 +442,31 @@ async fn filters_agree_with_sql() {
             Some(r#""k""#),
             // Not JSON `null`: in a row it reads as SQL NULL (docs/ROWS.md), unlike in SQL.
         ]);
+        let u = pick(&[
+            None,
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            Some("00000000-0000-0000-0000-000000000000"),
+            Some("ffffffff-0000-0000-0000-000000000000"),
+        ]);
+        let by = pick(&[
+            None,
+            Some("\\x"),
+            Some("\\x41"),
+            Some("\\x4142"),
+            Some("\\xff00"),
+        ]);
+        let dt = pick(&[
+            None,
+            Some("2024-01-01"),
+            Some("2023-12-31"),
+            Some("0044-03-15 BC"),
+            Some("infinity"),
+        ]);
         db.execute(
             "INSERT INTO t VALUES ($1, $2::text::int, $3::text, $4::text::boolean, \
              $5::text::numeric, $6::text::float8, $7::text::timestamptz, $8::text::text[], \
-             $9::text::jsonb)",
-            &[&id, &a, &b, &c, &d, &f, &ts, &tags, &j],
+             $9::text::jsonb, $10::text::uuid, $11::text::bytea, $12::text::date)",
+            &[&id, &a, &b, &c, &d, &f, &ts, &tags, &j, &u, &by, &dt],
         )
         .await
         .unwrap();
@@ -525,6 +546,24 @@ async fn filters_agree_with_sql() {
             "j <@ '{\"k\":1,\"m\":[1,2,3]}'",
         ),
         ("j=is.null", "j IS NULL"),
+        (
+            "u=eq.A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "u = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        ),
+        (
+            "u=gt.{00000000000000000000000000000000}",
+            "u > '00000000-0000-0000-0000-000000000000'",
+        ),
+        ("by=eq.\\x4142", "by = '\\x4142'"),
+        ("by=eq.AB", "by = 'AB'::bytea"),
+        ("by=lt.\\x42", "by < '\\x42'"),
+        ("by=gte.\\x", "by >= '\\x'"),
+        ("dt=gt.2023-12-31", "dt > '2023-12-31'"),
+        ("dt=lt.0001-01-01", "dt < '0001-01-01'"),
+        (
+            "dt=in.(2024-01-01,infinity)",
+            "dt IN ('2024-01-01', 'infinity')",
+        ),
         ("or=(a.eq.1,b.eq.aa)", "(a = 1 OR b = 'aa')"),
         ("not.or=(a.eq.1,c.is.true)", "NOT (a = 1 OR c IS TRUE)"),
         (
