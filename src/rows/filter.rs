@@ -35,6 +35,9 @@ pub struct Limits {
     pub max_conditions: usize,
     /// Columns in `select=`.
     pub max_select: usize,
+    /// Characters in a `like`/`ilike` pattern: matching costs up to pattern length × value
+    /// length, evaluated on every change, so a long pattern is refused.
+    pub max_pattern: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             max_depth: 16,
             max_conditions: 100,
             max_select: 256,
+            max_pattern: 256,
         }
     }
 }
@@ -64,6 +68,12 @@ pub enum FilterError {
     TooManyConditions { max: usize },
     #[error("at byte {pos}: the `in` list for column {column:?} has more than {max} values")]
     InTooLong {
+        pos: usize,
+        column: String,
+        max: usize,
+    },
+    #[error("at byte {pos}: the pattern for column {column:?} is longer than {max} characters")]
+    PatternTooLong {
         pos: usize,
         column: String,
         max: usize,
@@ -237,6 +247,7 @@ impl Parser {
         let op = Op::parse(op_text)
             .ok_or_else(|| syntax(pos, format!("unknown operator {:?}", short(op_text))))?;
         self.count()?;
+        self.check_pattern(op, column, operand, pos)?;
         let list = if op == Op::In {
             self.in_list(column, operand, pos)?
         } else {
@@ -251,6 +262,23 @@ impl Parser {
             pos,
         };
         Ok(Expr::Cond(cond))
+    }
+
+    fn check_pattern(
+        &self,
+        op: Op,
+        column: &str,
+        pattern: &str,
+        pos: usize,
+    ) -> Result<(), FilterError> {
+        if matches!(op, Op::Like | Op::Ilike) && pattern.chars().count() > self.limits.max_pattern {
+            return Err(FilterError::PatternTooLong {
+                pos,
+                column: short(column),
+                max: self.limits.max_pattern,
+            });
+        }
+        Ok(())
     }
 
     /// `(a,"b,c",d)` to its values.
@@ -388,6 +416,7 @@ impl Parser {
         let (value, used) = tree_value(vb, op == Op::In)
             .ok_or_else(|| syntax(base + start + vstart, "malformed value"))?;
         *i = start + vstart + used;
+        self.check_pattern(op, column, &value, base + start)?;
         let list = if op == Op::In {
             self.in_list(column, &value, base + start + vstart)?
         } else {
@@ -605,7 +634,7 @@ impl Num {
         let (mantissa, e) = match t.find(['e', 'E']) {
             Some(i) => {
                 let e: i64 = t[i + 1..].parse().ok()?;
-                if e.abs() > 1_000_000 {
+                if e.unsigned_abs() > 1_000_000 {
                     return None;
                 }
                 (&t[..i], e)
@@ -1287,9 +1316,16 @@ fn contains(a: &Lit, b: &Lit) -> Truth {
             let (mut xs, mut ys) = (Vec::new(), Vec::new());
             flat(x, &mut xs);
             flat(y, &mut ys);
+            // Scalar elements have index keys (equal exactly when the elements are): one set
+            // makes this linear; jsonb elements fall back to pairwise comparison.
+            let keys: Option<std::collections::HashSet<String>> =
+                xs.iter().flatten().map(|x| x.index_key()).collect();
             let all = ys.iter().all(|e| match e {
                 None => false,
-                Some(e) => xs.iter().any(|x| x.is_some_and(|x| x.equals(e))),
+                Some(e) => match (&keys, e.index_key()) {
+                    (Some(keys), Some(k)) => keys.contains(&k),
+                    _ => xs.iter().any(|x| x.is_some_and(|x| x.equals(e))),
+                },
             });
             if all { T } else { F }
         }

@@ -86,6 +86,9 @@ fn split_offset(s: &str) -> Option<(&str, Option<i64>)> {
         return Some((s, None));
     };
     let (t, off) = (&s[..pos], &s[pos + 1..]);
+    if !off.is_ascii() {
+        return None;
+    }
     let sign = if s.as_bytes()[pos] == b'-' { -1 } else { 1 };
     let parts: Vec<&str> = if off.contains(':') {
         off.split(':').collect()
@@ -189,5 +192,7 @@ mod tests {
         assert_eq!(parse_time("00:00:01.5"), Some(1_500_000));
         assert_eq!(parse_time("00:00:00.0000005"), Some(1));
         assert!(parse_timetz("12:00:00+05:30").unwrap() < parse_timetz("12:00:00+00").unwrap());
+        assert!(parse_timetz("12:00+aé1").is_none());
+        assert!(parse_timestamp("2024-01-01T00:00-é12", true).is_none());
     }
 }
