@@ -288,4 +288,58 @@ mod tests {
         let key_only = json!({"b": "x"}).as_object().cloned().unwrap();
         assert_eq!(index.candidates(&key_only).count(), 10_000);
     }
+
+    /// Cost per change with 100, 1,000 and 10,000 equality subscriptions, index versus
+    /// evaluating every filter (`cargo test --lib rows::index -- --ignored --nocapture`);
+    /// figures in docs/ROWS.md.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_change_stays_flat() {
+        let cols = cols();
+        for n in [100u32, 1_000, 10_000] {
+            let mut index = TableIndex::new();
+            let mut filters = Vec::new();
+            for id in 0..n {
+                let f = Filter::new(
+                    &format!("a=eq.{id}&b=eq.x"),
+                    &Limits::default(),
+                    cols.as_slice(),
+                )
+                .unwrap();
+                index.add(id, &f);
+                filters.push(f);
+            }
+            let rows: Vec<_> = (0..2_000u32)
+                .map(|i| {
+                    json!({"a": i % n, "b": "x", "c": true})
+                        .as_object()
+                        .cloned()
+                        .unwrap()
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let mut hits = 0;
+            for row in &rows {
+                hits += index
+                    .candidates(row)
+                    .filter(|id| filters[*id as usize].eval(row) == Verdict::Match)
+                    .count();
+            }
+            let indexed = t.elapsed() / rows.len() as u32;
+            let t = std::time::Instant::now();
+            let mut brute = 0;
+            for row in rows.iter().take(200) {
+                brute += filters
+                    .iter()
+                    .filter(|f| f.eval(row) == Verdict::Match)
+                    .count();
+            }
+            let scanned = t.elapsed() / 200;
+            assert_eq!(hits, rows.len());
+            assert_eq!(brute, 200);
+            println!(
+                "{n} subscriptions: indexed {indexed:?}/change, all filters {scanned:?}/change"
+            );
+        }
+    }
 }
