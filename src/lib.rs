@@ -55,5 +55,8 @@ pub mod internals {
     pub use crate::protocol::{ClaimsText, envelope, error_event, postgrest_envelope};
     pub use crate::routing::route;
     pub use crate::rows::filter::{Filter, Limits, Verdict};
+    pub use crate::rows::pgoutput::{
+        Message as PgoutputMessage, TupleValue, decode as decode_pgoutput,
+    };
     pub use crate::rows::value::ColumnType;
 }

@@ -206,6 +206,8 @@ pub struct Parsed {
     pub conjuncts: Vec<Expr>,
     /// `None`: every column (no `select=`, or `select=*`).
     pub select: Option<Vec<String>>,
+    /// Where the `select=` value starts, for refusals.
+    pub select_pos: usize,
 }
 
 struct Parser {
@@ -557,6 +559,7 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Parsed, FilterError> {
                     ));
                 }
                 out.select = Some(cols);
+                out.select_pos = vpos;
             }
             "or" | "and" | "not.or" | "not.and" => {
                 let b = value.as_bytes();
