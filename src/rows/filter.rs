@@ -55,7 +55,7 @@ impl Default for Limits {
 
 /// Why a filter is refused. Positions are byte offsets in the filter text (inside a percent-
 /// encoded pair: the pair's start plus the offset in its decoded value). Values are shortened to
-/// 64 characters so a refusal never echoes a megabyte back.
+/// 64 characters (control characters as `?`) so a refusal never echoes a megabyte back.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FilterError {
     #[error("filter is {len} bytes long; the limit is {max}")]
@@ -100,8 +100,13 @@ pub enum FilterError {
     },
 }
 
+/// A name or value as quoted in a refusal: at most 64 characters, control characters as `?`,
+/// so a refusal stays short and one line whatever the input.
 fn short(s: &str) -> String {
-    s.chars().take(64).collect()
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn syntax(pos: usize, what: impl Into<String>) -> FilterError {
@@ -1681,6 +1686,8 @@ mod tests {
         // Values in refusals are shortened.
         let long = format!("title=ilike.x&id=eq.{}", "9".repeat(500));
         assert!(err(&long).to_string().len() < 200);
+        let control = format!("nums={}cd.x", "\u{18}".repeat(100));
+        assert!(err(&control).to_string().len() < 200, "{}", err(&control));
     }
 
     #[test]
