@@ -62,7 +62,9 @@ fuzz_target!(|data: &[u8]| {
     let nulls: Map<String, Value> = full.keys().map(|k| (k.clone(), Value::Null)).collect();
     assert_ne!(filter.eval(&nulls), Verdict::Unknown);
     // Drop columns in a pattern chosen by the input.
-    let seed = data.iter().fold(0u32, |a, b| a.rotate_left(5) ^ u32::from(*b));
+    let seed = data
+        .iter()
+        .fold(0u32, |a, b| a.rotate_left(5) ^ u32::from(*b));
     for round in 0..4u32 {
         let partial: Map<String, Value> = full
             .iter()
@@ -71,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
             .map(|(_, (k, v))| (k.clone(), v.clone()))
             .collect();
         let v = filter.eval(&partial);
-        assert!(v == whole || v == Verdict::Unknown, "{v:?} vs {whole:?} for {text:?}");
+        assert!(
+            v == whole || v == Verdict::Unknown,
+            "{v:?} vs {whole:?} for {text:?}"
+        );
     }
     let _ = filter.select();
 });

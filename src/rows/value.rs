@@ -513,16 +513,6 @@ fn parse_list(b: &[u8], pos: &mut usize, depth: usize) -> Result<ArrayItem, Valu
     }
 }
 
-/// A column of a decoded row: a value, or "unchanged TOASTed value" (pgoutput's `u`), which an
-/// `UPDATE` leaves out of the new row when the column was stored out of line and not modified.
-/// The caller fills it from the old row (with `REPLICA IDENTITY FULL`) or leaves the column out
-/// and marks it, so a client keeps its copy.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Value(Value),
-    UnchangedToast,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
