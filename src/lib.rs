@@ -34,6 +34,7 @@ pub(crate) mod presence;
 pub(crate) mod publish;
 pub(crate) mod respond;
 pub(crate) mod routing;
+pub(crate) mod rows;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod source;
@@ -59,5 +60,10 @@ pub mod internals {
     pub use crate::channel::quote_ident;
     pub use crate::http::redact;
     pub use crate::routing::route;
+    pub use crate::rows::filter::{Filter, Limits, Verdict};
+    pub use crate::rows::pgoutput::{
+        Message as PgoutputMessage, TupleValue, decode as decode_pgoutput,
+    };
+    pub use crate::rows::value::ColumnType;
     pub use crate::wire::compat::{ClaimsText, envelope, error_event, postgrest_envelope};
 }

@@ -1,0 +1,23 @@
+//! Live rows (issue 22): the leaf pieces that turn pgoutput's table changes into typed JSON rows
+//! and match them against PostgREST-style subscription filters, independent of the WAL source
+//! and of the protocol that will carry them.
+//!
+//! - [`pgoutput`]: decoder of pgoutput (protocol 1) messages, and the relation cache;
+//! - [`value`]: column text to the JSON `to_jsonb` gives;
+//! - [`filter`]: PostgREST filter syntax: parser, limits, binding to columns, evaluator;
+//! - [`index`]: per-table subscription index on equality conjuncts;
+//! - `temporal`: dates and times as comparable numbers, for filters.
+//!
+//! docs/ROWS.md is the specification.
+
+// Nothing outside uses these yet: the WAL source and protocol v2 will.
+#![allow(dead_code)]
+
+pub mod filter;
+pub mod index;
+pub mod pgoutput;
+mod temporal;
+pub mod value;
+
+#[cfg(test)]
+mod pg_tests;
