@@ -53,4 +53,5 @@ pub mod internals {
     pub use crate::http::redact;
     pub use crate::protocol::{ClaimsText, envelope, error_event, postgrest_envelope};
     pub use crate::routing::route;
+    pub use crate::{stream::position, v2::wire as v2_wire};
 }
