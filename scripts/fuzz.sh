@@ -39,7 +39,7 @@ fi
 
 # FUZZ_DEV=1: an unoptimised build with debug assertions (overflow checks included), much quicker
 # to compile than -O (one codegen unit: 27 min against 5 min for all targets from scratch on a busy
-# 2-core machine) and about 10 times slower to run; what CI's short runs use.
+# 2-core machine) and 12 to 14 times slower to run; what CI's short runs use.
 profile=(-O)
 if [ "${FUZZ_DEV:-0}" = 1 ]; then
     profile=(--dev)
