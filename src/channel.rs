@@ -104,6 +104,16 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// How the channel of a table's changes begins (`table:<schema>.<table>`, `PGWS_SOURCE=wal`).
+/// Such a channel is granted only to a token that names it: the "any channel" of a token
+/// without channel claims never opens a table.
+pub const TABLE_PREFIX: &str = "table:";
+
+/// Whether `name` is a table's channel ([`TABLE_PREFIX`]).
+pub fn is_table(name: &str) -> bool {
+    name.starts_with(TABLE_PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,7 +161,9 @@ pub fn resolve(
     let mut grant = verify(keys, rules, token, now)?;
     let allowed = std::mem::take(&mut grant.channels);
     grant.channels = match requested {
-        Some(r) if allowed.is_empty() => vec![r.to_string()],
+        // A table's channel must be named by the token, never opened by "any channel".
+        Some(r) if allowed.is_empty() && !crate::channel::is_table(r) => vec![r.to_string()],
+        Some(_) if allowed.is_empty() => Vec::new(),
         Some(r) => allowed.into_iter().filter(|c| c == r).collect(),
         None => allowed,
     };
@@ -391,6 +393,23 @@ mod tests {
     fn old_style_channel_claim() {
         let g = grant(Some("test"), json!({"mode":"r","channel":"test"})).unwrap();
         assert_eq!(g.channels, ["test"]);
+    }
+
+    /// A table's channel is granted only when the token names it.
+    #[test]
+    fn table_channels_must_be_named() {
+        let e = grant(Some("table:public.todos"), json!({"mode":"r"}));
+        assert_eq!(e.unwrap_err().to_string(), "No allowed channels");
+        let g = grant(
+            Some("table:public.todos"),
+            json!({"mode":"r","channels":["table:public.todos"]}),
+        )
+        .unwrap();
+        assert_eq!(g.channels, ["table:public.todos"]);
+        assert_eq!(
+            grant(Some("chat"), json!({"mode":"r"})).unwrap().channels,
+            ["chat"]
+        );
     }
 
     #[test]

@@ -186,6 +186,34 @@ impl Sink {
         delivered
     }
 
+    /// Delivers positioned messages to the channels named with them (table changes: the table's
+    /// channel), past the control plane and the routing rules, which are about the bus's messages.
+    pub fn deliver_to_channels<'a>(
+        &self,
+        batch: impl IntoIterator<Item = (Seq, &'a str, &'a str)>,
+    ) -> usize {
+        let mut delivered = 0;
+        let mut run: Vec<Frame> = Vec::new();
+        let mut run_channel: Option<&'a str> = None;
+        for (seq, channel, text) in batch {
+            self.received.inc();
+            if run_channel != Some(channel) {
+                if let Some(c) = run_channel.take() {
+                    delivered += self.hub.publish_run(c, &mut run);
+                    run.clear();
+                }
+                run_channel = Some(channel);
+            }
+            let mut frame = Frame::text(text);
+            frame.set_seq(seq);
+            run.push(frame);
+        }
+        if let Some(c) = run_channel {
+            delivered += self.hub.publish_run(c, &mut run);
+        }
+        delivered
+    }
+
     /// The routing rules (sources ask which PostgreSQL channels to receive).
     pub fn router(&self) -> &Router {
         &self.router

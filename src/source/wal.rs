@@ -43,6 +43,8 @@ use super::{Sink, SourceStatus};
 use crate::channel::{ChannelName, quote_ident};
 use crate::pg::tls::{RootCert, SslMode};
 use crate::pg::{Database, backoff, describe, with_defaults};
+use crate::rows::change;
+use crate::rows::pgoutput::{self, RelationCache};
 use crate::stream::Seq;
 use crate::stream::position::wal_epoch;
 
@@ -113,6 +115,10 @@ pub struct WalMetrics {
     pub foreign: Counter,
     /// Messages received again after a reconnection and skipped (already delivered).
     pub resent: Counter,
+    /// Table changes delivered (tables in the publication).
+    pub changes: Counter,
+    /// pgoutput messages or changes that could not be decoded (skipped, logged).
+    pub undecodable: Counter,
 }
 
 impl WalMetrics {
@@ -158,6 +164,16 @@ impl WalMetrics {
             "resent_messages",
             "Messages read again after a reconnection and skipped",
             self.resent.clone(),
+        );
+        r.register(
+            "table_changes",
+            "Table changes delivered (tables in the publication)",
+            self.changes.clone(),
+        );
+        r.register(
+            "undecodable",
+            "pgoutput messages or table changes that could not be decoded (skipped)",
+            self.undecodable.clone(),
         );
     }
 }
@@ -331,6 +347,7 @@ async fn session(
         prefix: settings.prefix.as_str(),
         txn: None,
         pending: Vec::with_capacity(BATCH),
+        relations: RelationCache::new(),
         delivered: progress.delivered,
         received_end: slot.confirmed,
         metrics: &settings.metrics,
@@ -422,7 +439,8 @@ async fn prepare(
         .map_err(query)?
         .is_some();
     if !has_publication {
-        // An empty publication: pgws reads only logical messages, never table changes.
+        // An empty publication: only logical messages until an operator adds tables
+        // (`ALTER PUBLICATION … ADD TABLE`), whose changes go to `table:<schema>.<table>`.
         let create = format!("CREATE PUBLICATION {}", quote_ident(&settings.publication));
         if let Err(e) = client.batch_execute(&create).await {
             let again = client
@@ -579,13 +597,25 @@ fn tls_config(tls: &crate::pg::tls::TlsSettings) -> TlsConfig {
     config
 }
 
+/// Something read from the slot and not yet handed to the sink.
+enum Item {
+    /// A logical message of ours (its content; routed by the sink).
+    Message(Bytes),
+    /// A table change: the channel it goes to (`table:<schema>.<table>`) and its text.
+    Change(String, String),
+}
+
 /// Turns replication events into positioned messages for the sink.
 struct Reader<'a> {
     prefix: &'a str,
-    /// The open transaction: its commit LSN and the index of its next message of ours.
-    txn: Option<(u64, u64)>,
-    /// Messages read and not yet handed to the sink.
-    pending: Vec<(Seq, Bytes)>,
+    /// The open transaction: its commit LSN, the index of its next item, and its commit time
+    /// (microseconds since 2000-01-01).
+    txn: Option<(u64, u64, i64)>,
+    /// What was read and not yet handed to the sink, in stream order.
+    pending: Vec<(Seq, Item)>,
+    /// The tables seen on this session (pgoutput sends a table's Relation before its first
+    /// change and again after every schema change).
+    relations: RelationCache,
     /// The last position handed to the sink (what a new session skips up to).
     delivered: Seq,
     /// The end of the last whole transaction (or keepalive) received.
@@ -662,8 +692,12 @@ impl Reader<'_> {
     /// Reads one event.
     fn take(&mut self, event: ReplicationEvent) {
         match event {
-            ReplicationEvent::Begin { final_lsn, .. } => {
-                self.txn = Some((final_lsn.as_u64(), 0));
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.txn = Some((final_lsn.as_u64(), 0, commit_time_micros));
             }
             ReplicationEvent::Message {
                 transactional,
@@ -676,7 +710,7 @@ impl Reader<'_> {
                     return;
                 }
                 let seq = match (transactional, &mut self.txn) {
-                    (true, Some((commit, next))) => {
+                    (true, Some((commit, next, _))) => {
                         *next += 1;
                         Seq::wal(*commit, *next - 1)
                     }
@@ -688,7 +722,7 @@ impl Reader<'_> {
                     self.metrics.resent.inc();
                     return;
                 }
-                self.pending.push((seq, content));
+                self.pending.push((seq, Item::Message(content)));
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 self.txn = None;
@@ -699,7 +733,48 @@ impl Reader<'_> {
                     self.received(wal_end.as_u64());
                 }
             }
-            ReplicationEvent::XLogData { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            ReplicationEvent::XLogData { data, .. } => self.table_change(&data),
+            ReplicationEvent::StoppedAt { .. } => {}
+        }
+    }
+
+    /// Reads a pgoutput message other than Begin, Commit and logical messages: Relation
+    /// messages update the table cache, changes become items positioned like messages (the
+    /// commit's LSN and the next index of the transaction). What cannot be decoded is logged
+    /// and counted, never delivered half-read.
+    fn table_change(&mut self, data: &[u8]) {
+        let message = match pgoutput::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.undecodable.inc();
+                tracing::warn!(error = %e, "a pgoutput message could not be read; skipped");
+                return;
+            }
+        };
+        if let pgoutput::Message::Relation(relation) = message {
+            self.relations.insert(relation);
+            return;
+        }
+        let Some((commit, next, commit_time)) = &mut self.txn else {
+            return;
+        };
+        let changes = match change::changes(&message, &self.relations, *commit_time) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.undecodable.inc();
+                tracing::warn!(error = %e, "a table change could not be read; skipped");
+                return;
+            }
+        };
+        for (channel, text) in changes {
+            *next += 1;
+            let seq = Seq::wal(*commit, *next - 1);
+            if seq <= self.delivered {
+                self.metrics.resent.inc();
+                continue;
+            }
+            self.metrics.changes.inc();
+            self.pending.push((seq, Item::Change(channel, text)));
         }
     }
 
@@ -710,24 +785,42 @@ impl Reader<'_> {
         }
     }
 
-    /// Hands what was read to the sink, in order.
+    /// Hands what was read to the sink, in order: logical messages through the routing rules,
+    /// table changes to their table's channel.
     fn flush(&mut self, sink: &Sink) {
         if self.pending.is_empty() {
             return;
         }
         let prefix = self.prefix;
         let mut skipped = 0;
-        let batch =
-            self.pending
+        let mut at = 0;
+        while at < self.pending.len() {
+            let messages = matches!(self.pending[at].1, Item::Message(_));
+            let end = self.pending[at..]
                 .iter()
-                .filter_map(|(seq, content)| match std::str::from_utf8(content) {
-                    Ok(text) => Some((*seq, prefix, text)),
-                    Err(_) => {
-                        skipped += 1;
-                        None
-                    }
+                .position(|(_, item)| matches!(item, Item::Message(_)) != messages)
+                .map_or(self.pending.len(), |n| at + n);
+            let run = &self.pending[at..end];
+            if messages {
+                let batch = run.iter().filter_map(|(seq, item)| match item {
+                    Item::Message(content) => match std::str::from_utf8(content) {
+                        Ok(text) => Some((*seq, prefix, text)),
+                        Err(_) => {
+                            skipped += 1;
+                            None
+                        }
+                    },
+                    Item::Change(..) => None,
                 });
-        sink.deliver_positioned(batch);
+                sink.deliver_positioned(batch);
+            } else {
+                sink.deliver_to_channels(run.iter().filter_map(|(seq, item)| match item {
+                    Item::Change(channel, text) => Some((*seq, channel.as_str(), text.as_str())),
+                    Item::Message(_) => None,
+                }));
+            }
+            at = end;
+        }
         if skipped > 0 {
             tracing::warn!(
                 count = skipped,
@@ -876,6 +969,7 @@ mod tests {
             prefix: "p",
             txn: None,
             pending: Vec::new(),
+            relations: RelationCache::new(),
             delivered: Seq::wal(500, 0),
             received_end: 0,
             metrics: &metrics,

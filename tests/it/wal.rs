@@ -679,3 +679,100 @@ async fn a_pg_notify_on_the_listen_channel_is_warned_about_once() {
         "the channel is named"
     );
 }
+
+/// Table changes (a table added to pgws's publication) arrive on `table:<schema>.<table>` as
+/// JSON with the values `to_jsonb` gives, for every common type, an unchanged TOASTed value
+/// named, and `DELETE`/`TRUNCATE`; only a token that names the table's channel may follow it.
+#[tokio::test]
+async fn table_changes_arrive_on_their_channel_with_to_jsonb_values() {
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    db.batch_execute(
+        "CREATE TABLE todos (id int PRIMARY KEY, big8 bigint, n numeric, title text, done bool, \
+           j jsonb, js json, at timestamptz, u uuid, raw bytea, tags text[], nums int[], \
+           big text); \
+         CREATE PUBLICATION pgws FOR TABLE todos;",
+    )
+    .await
+    .unwrap();
+    let s = wal_server(&db_uri, &["--admin-address", "127.0.0.1:0"]).await;
+    let channel = "table:public.todos";
+    // "Any channel" never opens a table.
+    let (status, body) =
+        refused(&s.url(&format!("/{channel}/{}", token(json!({"mode":"r"}))))).await;
+    assert_eq!((status, body.as_str()), (400, "No allowed channels"));
+    let t = token(json!({"mode":"r","channels":[channel]}));
+    let mut ws = connect(&s.url(&format!("/{channel}/{t}"))).await;
+    let row_json = |id: i32| {
+        let db = &db;
+        async move {
+            let text: String = db
+                .query_one(
+                    "SELECT to_jsonb(t)::text FROM todos t WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        }
+    };
+    db.batch_execute(
+        "INSERT INTO todos VALUES (1, 9007199254740993, 1.50, 'é \"quoted\"\nline', true, \
+           '{\"a\":[1,2,{\"b\":null}]}', '{\"x\": 1}', '2024-02-29 12:34:56.789+02', \
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff', '{\"a b\",NULL,\"c,d\"}', \
+           '{1,2,3}', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) i)); \
+         INSERT INTO todos (id) VALUES (2);",
+    )
+    .await
+    .unwrap();
+    for id in [1, 2] {
+        let v = next_json(&mut ws).await;
+        assert_eq!(
+            (v["op"].as_str(), v["schema"].as_str(), v["table"].as_str()),
+            (Some("INSERT"), Some("public"), Some("todos"))
+        );
+        assert_eq!(
+            v["new"],
+            row_json(id).await,
+            "values as to_jsonb gives them"
+        );
+        assert!(v["commit_time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["old"], serde_json::Value::Null);
+    }
+    db.execute("UPDATE todos SET done = false WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["op"], "UPDATE");
+    assert_eq!(v["new"]["done"], false);
+    assert_eq!(
+        v["unchanged_toast"],
+        json!(["big"]),
+        "the TOASTed value was not sent"
+    );
+    let mut expected = row_json(1).await;
+    expected.as_object_mut().unwrap().remove("big");
+    assert_eq!(v["new"], expected);
+    db.execute("DELETE FROM todos WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["op"].as_str(), &v["old"]),
+        (Some("DELETE"), &json!({"id": 2}))
+    );
+    db.batch_execute("ALTER TABLE todos ADD COLUMN extra int DEFAULT 7; INSERT INTO todos (id) VALUES (3); TRUNCATE todos;")
+        .await
+        .unwrap();
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["op"].as_str(), &v["new"]["extra"]),
+        (Some("INSERT"), &json!(7)),
+        "the new schema"
+    );
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["op"], "TRUNCATE");
+    assert!(s.metric("pgws_wal_table_changes_total").await >= 6.0);
+    s.stop().await.unwrap();
+}

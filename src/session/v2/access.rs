@@ -50,9 +50,11 @@ impl Access {
 
     /// Whether the token names `channel` (or names none).
     pub fn names(&self, channel: &str) -> bool {
-        self.channels
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|c| c == channel))
+        match &self.channels {
+            Some(list) => list.iter().any(|c| c == channel),
+            // "Any channel" never includes a table's channel: the token must name it.
+            None => !crate::channel::is_table(channel),
+        }
     }
 
     /// The token's subject (refreshes must keep it: the per-subject slot is held for it).
