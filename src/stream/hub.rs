@@ -117,8 +117,9 @@ pub struct ResumeGap<'a> {
 
 /// The notice made for `encoding` so far in one round of [`Hub::notify_subscribers`], made by
 /// `make` the first time.
-// A `Vec` rather than a map: there are only a handful of encodings (compat, v2, SSE), and
-// a linear scan over them beats hashing on this path.
+///
+/// A `Vec` rather than a map: there are only a handful of encodings (compat, v2, SSE), and
+/// a linear scan over them beats hashing on this path.
 fn memo(
     made: &mut Vec<(Encoding, Option<Frame>)>,
     encoding: Encoding,
@@ -133,8 +134,9 @@ fn memo(
 }
 
 /// What a resume replays, and why it is not exact (if so).
-// Built under the map's write lock by [`Hub::plan`], consumed by `subscribe_with` before
-// the lock is released, so nothing it names can move in between.
+///
+/// Built under the map's write lock by [`Hub::plan`], consumed by `subscribe_with` before
+/// the lock is released, so nothing it names can move in between.
 struct Plan {
     /// The position the client has seen through (`Seq::ZERO` when unknown or refused).
     after: Seq,

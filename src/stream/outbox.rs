@@ -32,9 +32,10 @@ use super::frame::Encoding;
 use futures_util::task::AtomicWaker;
 
 /// Limits of one outbox.
+///
+/// Both limits, because either alone is gameable: a count alone lets a few huge payloads
+/// eat memory, bytes alone lets floods of tiny ones grow the `VecDeque` and the write batch.
 #[derive(Debug, Clone, Copy)]
-// Both limits, because either alone is gameable: a count alone lets a few huge payloads
-// eat memory, bytes alone lets floods of tiny ones grow the `VecDeque` and the write batch.
 pub struct Limits {
     /// Most queued messages.
     pub messages: usize,
@@ -43,9 +44,10 @@ pub struct Limits {
 }
 
 /// What happened to a pushed message.
+///
+/// The hub counts `Overflow` as dropped deliveries; `Closed` is not counted (the socket is
+/// gone and its session already unsubscribes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// The hub counts `Overflow` as dropped deliveries; `Closed` is not counted (the socket is
-// gone and its session already unsubscribes it).
 pub enum Push {
     /// Queued for the socket.
     Queued,
@@ -85,8 +87,9 @@ pub struct Drained {
 }
 
 /// One socket's queue of text frames to send.
-// Shared as `Arc<Outbox>` between the hub (its channel entries), presence and authz (which
-// push notices or end the client), and the one session that drains it.
+///
+/// Shared as `Arc<Outbox>` between the hub (its channel entries), presence and authz (which
+/// push notices or end the client), and the one session that drains it.
 pub struct Outbox {
     state: Mutex<State>,
     /// The session task, while it waits in [`Outbox::wait`] or [`Outbox::overflowed`].
@@ -222,8 +225,9 @@ impl Outbox {
 
     /// Gives the queue's storage back when it is empty (a session after its greeting: an idle
     /// socket then holds no queue storage, as one that never received anything).
-    // Why not in `new`: the greeting is pushed before the session drains once, so the first
-    // drain may leave storage behind that an idle socket would otherwise keep for its life.
+    ///
+    /// Why not in `new`: the greeting is pushed before the session drains once, so the first
+    /// drain may leave storage behind that an idle socket would otherwise keep for its life.
     pub fn release(&self) {
         let mut s = self.lock();
         if s.queue.is_empty() {
@@ -286,7 +290,8 @@ impl Outbox {
     }
 
     /// Refuses further pushes and frees the queue; called when the socket ends.
-    // No wake: only the session calls this, as it ends, and nobody else waits.
+    ///
+    /// No wake: only the session calls this, as it ends, and nobody else waits.
     pub fn close(&self) {
         let mut s = self.lock();
         s.closed = true;

@@ -25,16 +25,18 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
 /// Longest text accepted as a position (anything longer is malformed without being read).
-// 64: the longest valid form is 16 + 1 + 8 + 1 + 8 + 1 + 20 = 55 characters (epoch, LSN
-// halves, index); a little slack, and a header of any length costs one comparison.
+///
+/// 64: the longest valid form is 16 + 1 + 8 + 1 + 8 + 1 + 20 = 55 characters (epoch, LSN
+/// halves, index); a little slack, and a header of any length costs one comparison.
 const MAX_TEXT: usize = 64;
 
 /// A message's place in the stream, ordered: `major` first, then `minor`. NOTIFY numbering uses
 /// `major = 0` and counts in `minor` (from 1; zero means "before every message"); WAL numbering
 /// has the commit LSN in `major` (never 0) and the index within the transaction in `minor`.
+///
+/// Field order matters: the derived `Ord` compares `major` first, which is exactly the
+/// stream order for both numberings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-// Field order matters: the derived `Ord` compares `major` first, which is exactly the
-// stream order for both numberings.
 pub struct Seq {
     /// 0 (NOTIFY), or the commit LSN (WAL).
     pub major: u64,
@@ -195,9 +197,10 @@ pub fn new_epoch() -> u64 {
 }
 
 /// What a client asked to resume from.
+///
+/// A malformed position is not an error for the client: it still joins, with a gap first,
+/// so a client can always recover by resuming with whatever it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// A malformed position is not an error for the client: it still joins, with a gap first,
-// so a client can always recover by resuming with whatever it has.
 pub enum ResumeFrom {
     /// A position this server may know.
     At(Position),

@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 use super::{Frame, Seq};
 
 /// Limits of the replay windows (`PGWS_REPLAY_*`).
+///
+/// The defaults (1000 messages, 1 MiB, five minutes per channel; 256 MiB in all) cover a
+/// phone that lost its network or a page reload on all but the busiest channels, while a
+/// server with thousands of active channels stays within a fixed budget (`memory` caps the
+/// sum, whatever the number of channels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// The defaults below keep about five minutes of a busy channel: enough for a phone that
-// lost its network or a page reload, small enough that a server with thousands of active
-// channels stays within a fixed memory budget (`memory` caps the sum, whatever the count).
 pub struct WindowLimits {
     /// Most messages per channel (0: no windows, every resume is a gap).
     pub messages: usize,
@@ -51,9 +53,10 @@ impl Default for WindowLimits {
 }
 
 /// What every window holds, counted together (for the memory cap and the metrics).
+///
+/// Atomics, not a mutex: every window updates them from under its own channel lock, and a
+/// lock shared by all channels would serialise routing across channels.
 #[derive(Debug, Default)]
-// Atomics, not a mutex: every window updates them from under its own channel lock, and a
-// lock shared by all channels would serialise routing across channels.
 pub struct Held {
     /// Messages.
     pub messages: AtomicUsize,
@@ -161,8 +164,9 @@ impl Window {
     }
 
     /// Gives back everything it holds (the channel is dropped).
-    // `lost_through` is left as it is: a caller that keeps using the window (a new epoch)
-    // replaces it with `Window::new` instead.
+    ///
+    /// `lost_through` is left as it is: a caller that keeps using the window (a new epoch)
+    /// replaces it with `Window::new` instead.
     pub fn clear(&mut self, held: &Held) {
         held.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
         held.messages

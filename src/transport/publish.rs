@@ -39,9 +39,10 @@ use crate::state::AppState;
 use crate::wire::compat::ClaimsText;
 
 /// How long a publish waits for PostgreSQL before answering `503`.
-// 10 s: above what a healthy pool takes under load (milliseconds), below the time-outs of
-// common proxies (nginx's 60 s) and of `fetch` users' patience, so the client hears a
-// clear `503` it can retry rather than a proxy's error.
+///
+/// 10 s: above what a healthy pool takes under load (milliseconds), below the time-outs of
+/// common proxies (nginx's 60 s) and of `fetch` users' patience, so the client hears a
+/// clear `503` it can retry rather than a proxy's error.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a request is an HTTP publish: `POST` with a `text/plain` body.
@@ -243,8 +244,9 @@ async fn write_through_function(
 
 /// `503` for a message PostgreSQL did not take (or did not answer for in time), with the
 /// outcome's text: the client may retry.
-// `Retry-After: 1`: the pool reconnects within about a second when PostgreSQL is back,
-// and a client library honouring it will not retry in a tight loop.
+///
+/// `Retry-After: 1`: the pool fails jobs at once for a second after a failed connection
+/// attempt, then tries again; a client that honours it retries when a retry can succeed.
 fn unavailable(e: &PublishError) -> Response<Body> {
     let mut r = text(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -72,21 +72,25 @@ use crate::stream::{Encoding, Frame};
 use crate::wire::{self, compat::close_event};
 
 /// How long a browser should wait before reconnecting after the server shut down.
-// 3 s after a shutdown: long enough for a restarting server (or a load balancer's next
-// node) to be ready, so a crowd of browsers does not hammer a port that is not open yet.
+///
+/// 3 s after a shutdown: long enough for a restarting server (or a load balancer's next
+/// node) to be ready, so a crowd of browsers does not hammer a port that is not open yet.
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 3000;
 /// How long a browser should wait before reconnecting after its stream reached its lifetime.
-// 250 ms after a rotation: the server is up and waiting; the small delay only spreads
-// the reconnects of streams that were opened together.
+///
+/// 250 ms after a rotation: the server is up and waiting; the small delay only spreads
+/// the reconnects of streams that were opened together.
 const RETRY_AFTER_ROTATION_MS: u64 = 250;
 /// The `close` event's code when a stream reached `PGWS_SSE_MAX_AGE` (the client should simply
 /// reconnect, with its `Last-Event-ID`).
-// In the 4000–4999 range RFC 6455 leaves to applications, beside 4000 (slow consumer).
+///
+/// In the 4000–4999 range RFC 6455 leaves to applications, beside 4000 (slow consumer).
 pub const CLOSE_ROTATED: u16 = 4002;
 /// How long a blocked write may take before the peer is considered gone (as for websockets).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most slices handed to one `writev` (Linux's `IOV_MAX` is 1024).
-// Each chunk needs two more slices (its size line and its trailer); see `Raw::write`.
+///
+/// Each chunk needs two more slices (its size line and its trailer); see `Raw::write`.
 const IOV_BATCH: usize = 1024;
 
 /// Whether a request asks for an event stream: `GET`, `Accept: text/event-stream`, no `Upgrade`.
@@ -181,8 +185,9 @@ fn stream_headers(h: &mut HeaderMap) {
 }
 
 /// Chunks a hyper-carried stream's channel holds before the session waits for the body.
-// 8: each chunk is a whole drained batch, so a few are enough to keep the body busy;
-// more would only hide a reader that stopped, whose outbox should overflow instead.
+///
+/// 8: each chunk is a whole drained batch, so a few are enough to keep the body busy;
+/// more would only hide a reader that stopped, whose outbox should overflow instead.
 const BODY_CHUNKS: usize = 8;
 
 /// When a stream ends by itself (`PGWS_SSE_MAX_AGE`): rotated with `close` 4002, which the
@@ -216,7 +221,8 @@ fn goodbye(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// The heartbeat: a comment line, so that proxies do not close an idle stream.
-// A comment: `EventSource` ignores it, so no event reaches the page.
+///
+/// A comment: `EventSource` ignores it, so no event reaches the page.
 const HEARTBEAT: &[u8] = b": ping\n\n";
 
 /// An event stream on a raw connection as a session's [`Carrier`]: chunks written with
@@ -380,9 +386,10 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// What the connection does after [`serve_raw`].
+///
+/// The accept loop acts on this: an event stream may end cleanly and leave the
+/// connection ready for another request (keep-alive), like any other response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// The accept loop acts on this: an event stream may end cleanly and leave the
-// connection ready for another request (keep-alive), like any other response.
 pub enum After {
     /// Read the next request (the response was complete and the connection stays open).
     NextRequest,

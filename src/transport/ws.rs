@@ -51,8 +51,9 @@ use crate::stream::{Encoding, Frame};
 use crate::wire;
 
 /// How long to wait for the peer's answer to our close frame.
-// Long enough for a peer on a slow mobile link to answer; short enough that a peer that
-// never answers does not hold a session task (and a shutdown) for long.
+///
+/// Long enough for a peer on a slow mobile link to answer; short enough that a peer that
+/// never answers does not hold a session task (and a shutdown) for long.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long, after our close, what a peer still sends is read and dropped (so that it reads
 /// our close frame rather than a reset).
