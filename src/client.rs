@@ -15,7 +15,6 @@
 //! publishes `ConnectionOpen`, and [`Client::finish`] unsubscribes and publishes
 //! `ConnectionClose`. Dropping a client also unsubscribes (idempotent), so a transport that fails
 //! half-way cannot leave a subscription behind.
-
 //!
 //! Who calls what: the session loop (`session/`) owns the `Client` and calls it from its one
 //! task; the hub, presence and authorization only ever reach the client through its shared
@@ -25,6 +24,7 @@
 //! What it does not decide: whether a v2 request is allowed (the v2 handlers check the token
 //! and the database first, then call [`Client::join`], [`Client::part`] or
 //! [`Client::publish_request`]), nor how a refusal is worded beyond the compat `Error` event.
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -13,7 +13,6 @@
 //! too long) is answered as a [`PublishError`], classified by SQLSTATE or the kind of failure,
 //! and logged and counted here; nothing is dropped silently. The pool never writes to a client:
 //! whoever waits renders the outcome.
-
 //!
 //! What it owns: the pool's connections and prepared statements, the order of each key's
 //! jobs, and the classification of failures. What it must never do: write a client frame or
@@ -24,6 +23,7 @@
 //! Why workers with a connection each, not a shared pool: the order of one socket's
 //! messages must be kept end to end, which one connection per key gives for free; and a
 //! worker that owns its connection can pipeline every queued job without any lock.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

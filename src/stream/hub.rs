@@ -16,7 +16,7 @@
 //! [`Window`] under the map's read lock, while a resuming client takes the write lock to read
 //! what it missed *and* join the channel's subscribers. So each message is either in what the
 //! client replays or in what it receives live, never both and never neither.
-
+//!
 //! Lock order, everywhere in this file: the channel map (read or write), then a channel's
 //! window, then `last`; `outages` and an outbox's own lock are taken last and alone. Nothing
 //! here awaits while holding a lock, and nothing calls out of the hub while holding one except
@@ -25,6 +25,7 @@
 //!
 //! What a caller may rely on: positions of one channel only grow; a message is in a window
 //! before any subscriber sees it; a socket's frames arrive in stream order per channel.
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -8,7 +8,6 @@
 //! When a push would exceed a limit the message is dropped, the outbox is marked overflowed and
 //! the session closes the socket (a slow consumer never grows memory without bound and never
 //! delays other sockets).
-
 //!
 //! What it owns: the frames queued for one socket, their count and bytes, and the flags that
 //! tell its session to close (overflowed, ended, closed). What it must never do: block a
@@ -21,6 +20,7 @@
 //! lost (the `signalled` flag remembers it). Lock order: the outbox's own mutex is always the
 //! last lock taken (the hub calls in holding its own), and the waker is woken after it is
 //! released so the woken task does not contend for it.
+
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Mutex;

@@ -14,13 +14,13 @@
 //!
 //! On the wire a position is opaque text: `<epoch as 16 hex digits>-<counter in decimal>` (NOTIFY)
 //! or `<epoch>-<commit LSN as PostgreSQL writes it>.<index>` (WAL), e.g. `…-0/16B3748.2`.
-
 //!
 //! What it owns: the type of a position, its wire text both ways, and how epochs are made.
 //! What it must never do: trust a client's text (every parse is bounded and total: anything
 //! odd is `None`, never a panic or an allocation proportional to the input), or depend on
 //! anything that changes between builds (a WAL epoch must be the same on every node and
 //! version, so it is a fixed hash, not std's randomised one).
+
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 

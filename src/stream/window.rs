@@ -6,7 +6,6 @@
 //! connection costs nothing here. Each window also remembers the highest position it can no
 //! longer replay (`lost_through`: evicted, or before the window began), which is what lets a
 //! resuming client be told about a gap instead of silently missing it.
-
 //!
 //! What it owns: one channel's kept frames and their byte count, and its share of the
 //! server-wide [`Held`] totals. What it must never do: lock anything (its caller, the hub,
@@ -17,6 +16,7 @@
 //!
 //! Invariant: the frames are in strictly increasing position order (the hub pushes them in
 //! stream order under its lock), which is what lets [`Window::after`] binary-search.
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

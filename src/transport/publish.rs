@@ -10,7 +10,6 @@
 //! The answer waits until PostgreSQL accepted the NOTIFY of every channel: `202` then means the
 //! message is in the database's hands. NOTIFY gives no position back (the position is given when
 //! the message comes back through LISTEN), so the answer has none.
-
 //!
 //! What it owns: reading and checking the body, and rendering the one publish call's outcome
 //! ([`crate::publish::Publish`] through the publisher) as an HTTP status and body. What it
@@ -23,6 +22,7 @@
 //! (every envelope is checked before the first is sent); a `503` after several channels may
 //! leave the earlier ones published (each NOTIFY commits on its own), so a retry can repeat
 //! them there. A `202` is never given before PostgreSQL took every channel's NOTIFY.
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -30,7 +30,6 @@
 //! - [`Channel`] ([`accept`]): an event-stream request that arrives on a connection hyper already
 //!   serves (a keep-alive connection that carried other requests first) is a hyper response whose
 //!   body is fed by the session's task through a small bounded channel; the same bytes.
-
 //!
 //! What it owns: recognising an event-stream request, the response head and chunked framing
 //! of a raw stream, the hyper body of a carried one, heartbeats and the `close` goodbye.
@@ -42,6 +41,7 @@
 //! Why serve raw at all: a hyper response body costs a task hand-off, a channel and a copy
 //! per chunk; on the raw connection a stream is one session writing shared bytes, which is
 //! what keeps an idle stream's memory and a fan-out's CPU close to a websocket's.
+
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;

@@ -10,7 +10,6 @@
 //! (unsubscribe, `ConnectionClose`). Every mode reads the socket, so pings are answered and close
 //! frames honoured on read-only sockets too. When the server closes a socket (expiry, shutdown,
 //! slow consumer) it sends a close frame, waits briefly for the answer and then closes TCP itself.
-
 //!
 //! What it owns: the handshake's headers (version, key, accept, subprotocol), the socket's
 //! tungstenite settings, and the bytes on the wire. What it must never do: decide who may
@@ -22,6 +21,7 @@
 //! its write buffer for every socket. The frames are framed once ([`wire::encode`]) and written
 //! with `writev` straight to the socket, so fan-out costs a reference per socket, not a copy;
 //! tungstenite keeps the read side and the control frames it must answer itself.
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
