@@ -357,8 +357,8 @@ impl Client {
     }
 }
 
-/// Protocol v2 ([`crate::session::v2`]): subscriptions at run time, publishing to one channel with an
-/// answer, and a token replaced in band. The v2 session decides what is allowed; these only do.
+/// Protocol v2 ([`crate::session::v2`]): subscriptions at run time, publishing to one channel with
+/// an answer, and a token replaced in band. The v2 session decides what is allowed; these only do.
 impl Client {
     /// The channels the client follows now.
     pub fn channels(&self) -> &[ChannelName] {

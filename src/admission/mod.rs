@@ -113,8 +113,8 @@ pub struct Admitted {
     /// The client asked for positions (`last-event-id` in the query, even empty). Event streams
     /// always carry them.
     pub positions: bool,
-    /// The websocket negotiated protocol v2 ([`crate::session::v2`]): `channels` is empty (it subscribes
-    /// in band) and the grant's channels are the token's alone (empty: any channel).
+    /// The websocket negotiated protocol v2 ([`crate::session::v2`]): `channels` is empty (it
+    /// subscribes in band) and the grant's channels are the token's alone (empty: any channel).
     pub v2: bool,
     /// Who the token is for the database (authorization by the database on), its channels
     /// checked.

@@ -2,8 +2,8 @@
 //!
 //! What it owns: the map channel name → subscribed outboxes, and the counters of what it
 //! delivered, could not route, or dropped. What it must never do: wait. A source calls
-//! [`Hub::publish`] from its receive loop, so a slow client must cost it nothing: each push is a
-//! short lock on that client's outbox, and a client over its limits is marked overflowed (its
+//! [`Hub::publish_run`] from its receive loop, so a slow client must cost it nothing: each push is
+//! a short lock on that client's outbox, and a client over its limits is marked overflowed (its
 //! transport closes it) instead of slowing the others. It knows nothing of PostgreSQL or of wire
 //! formats.
 //!
