@@ -297,7 +297,7 @@ where
         };
         let ws = &mut self.ws;
         // Send our close frame, then read (and drop) whatever the peer still sends until
-        // its close frame ends the stream, as RFC 6455 §7.1.1 asks of the closing side.
+        // its answering close frame ends the stream (the closing handshake, RFC 6455 §5.5.1).
         let closed = async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
