@@ -185,8 +185,9 @@ impl Refusal {
 
     /// Seconds after which the same request may succeed (`Retry-After`), when that is known.
     ///
-    /// Only where a retry is expected to succeed soon; rate limits give none, since a
-    /// client that honours a `Retry-After` there could be told the wrong second.
+    /// Only where the server knows when a retry can succeed (the source reconnects, a check
+    /// that can run again); a rate limit or a full server gives none, since when room frees
+    /// up there depends on other clients.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Self::SourceDown(seconds) => Some(*seconds),
