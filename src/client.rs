@@ -15,6 +15,15 @@
 //! publishes `ConnectionOpen`, and [`Client::finish`] unsubscribes and publishes
 //! `ConnectionClose`. Dropping a client also unsubscribes (idempotent), so a transport that fails
 //! half-way cannot leave a subscription behind.
+//!
+//! Who calls what: the session loop (`session/`) owns the `Client` and calls it from its one
+//! task; the hub, presence and authorization only ever reach the client through its shared
+//! outbox ([`Client::outbox_handle`]), never through the `Client` itself. So nothing here needs
+//! a lock: every field but the outbox is touched by the session task alone.
+//!
+//! What it does not decide: whether a v2 request is allowed (the v2 handlers check the token
+//! and the database first, then call [`Client::join`], [`Client::part`] or
+//! [`Client::publish_request`]), nor how a refusal is worded beyond the compat `Error` event.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,15 +43,22 @@ use crate::wire::compat::{ClaimsText, error_event, meta_event, resume_gap_frame}
 
 /// One connected client.
 pub struct Client {
+    /// The server's shared parts (hub, source, publisher, metrics, settings).
     state: Arc<AppState>,
+    /// A number unique in this process, for log lines and the publisher's ordering per socket.
     id: u64,
+    /// Read and/or write, from the token; replaced by [`Client::regrant`].
     mode: Mode,
+    /// The channels followed, in the order joined. A `Vec`: a client follows a handful, and
+    /// [`Client::part`] is a linear search over them.
     channels: Vec<ChannelName>,
     /// The token's `exp` (Unix seconds).
     exp: Option<f64>,
     /// The claims, serialised once; the parsed claims are not kept (memory per idle client).
     claims: ClaimsText,
+    /// The one queue every frame for this client goes through, whoever makes it.
     outbox: Arc<Outbox>,
+    /// What the client may still publish this second.
     rates: Rates,
     /// Held while the client is connected (per-subject limit).
     _slot: Option<SubjectSlot>,
@@ -67,7 +83,10 @@ impl Client {
             authz_mode,
             ..
         } = admitted;
+        // The claims go into every envelope this client publishes; serialising them once here
+        // keeps each publish to a copy of this text.
         let claims = ClaimsText::new(&grant.claims);
+        // Counted before anything can fail: `Drop` uncounts, so every early return stays even.
         state.active.fetch_add(1, Ordering::Relaxed);
         state.metrics.accepted.inc();
         state
@@ -78,6 +97,9 @@ impl Client {
             })
             .inc();
         let outbox = Arc::new(Outbox::new(state.outbox_limits, encoding));
+        // Subscribed here, before the transport answers the handshake: a message routed after
+        // the client sees the handshake complete is then certain to reach its outbox. A compat
+        // resume answers nothing (`|_, _| None`): the replay itself is the answer.
         if grant.mode.read {
             let resumed = state.hub.subscribe_with(
                 &channels,
@@ -97,6 +119,8 @@ impl Client {
             }
         }
         let rates = Rates::new(&state);
+        // Attached after the subscription so that a revocation found by the first re-check
+        // already has the outbox to end.
         let authz = state
             .authz
             .as_ref()
@@ -123,6 +147,8 @@ impl Client {
         if !self.mode.read {
             return;
         }
+        // Only direct mode has anything to wait for (LISTEN per channel); opening anyway
+        // is the lesser harm: the client may miss a message, but it is not refused.
         if !self.state.source.follow(&self.channels).await {
             tracing::warn!(
                 conn = self.id,
@@ -159,6 +185,8 @@ impl Client {
     /// When the token expires, as a timer deadline.
     pub fn expiry(&self) -> Option<tokio::time::Instant> {
         self.exp.map(|exp| {
+            // Clamped: an `exp` in the past expires now, a huge one (~31 years) must not overflow
+            // the timer's `Instant` arithmetic.
             let left = (exp - now_seconds()).max(0.0);
             tokio::time::Instant::now() + Duration::from_secs_f64(left.min(1e9))
         })
@@ -171,6 +199,8 @@ impl Client {
 
     /// The transport is done: leaves the channels, frees the queue, publishes `ConnectionClose`.
     pub async fn finish(&self) {
+        // Leave before `ConnectionClose` is published, so the client does not get its own
+        // goodbye; close the outbox so nothing queued meanwhile holds memory.
         self.leave();
         self.outbox.close();
         self.meta("ConnectionClose").await;
@@ -184,6 +214,7 @@ impl Client {
 
     /// Publishes one client message to every channel of the client (spec §5.1), or says why not.
     pub async fn publish(&mut self, text: &str) {
+        // Rates first, before any work or metric: a flooding client costs as little as possible.
         if !self.rates.allow(text.len(), &self.outbox, &self.state) {
             return;
         }
@@ -208,6 +239,8 @@ impl Client {
             }
             return;
         }
+        // Every channel's publish is handed to the pool first, then the answers are awaited in
+        // order: one message to many channels costs one round trip's wait, not one per channel.
         let mut sent = Vec::new();
         for prepared in prepare(state, &self.channels, &self.claims, text) {
             match prepared {
@@ -220,6 +253,8 @@ impl Client {
                     );
                 }
                 Ok((channel, out)) => {
+                    // `publish` only queues on the pool (it waits for room, not for PostgreSQL):
+                    // the outcome comes back on `pending`.
                     let pending = state
                         .publisher
                         .publish(
@@ -262,10 +297,15 @@ impl Client {
     /// that they reach the client in the order its messages were sent; the socket does not wait.
     fn answer(&mut self, pending: Pending, channel: ChannelName) {
         let answers = self.answers.get_or_insert_with(|| {
+            // Unbounded on purpose: a send must never make the socket loop wait. Its length is
+            // what this client published and the pool has not answered yet, which the pool's own
+            // queue and the client's rates bound.
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Pending, ChannelName)>();
             let outbox = self.outbox.clone();
             tokio::spawn(async move {
                 while let Some((pending, channel)) = rx.recv().await {
+                    // Published: nothing to say (compat has no acknowledgement). Failed: an
+                    // `Error` event, in the order the client sent its messages.
                     if let Err(e) = pending.await {
                         outbox.push(Frame::from(compat_error(&e, channel.as_str())));
                     }
@@ -297,6 +337,7 @@ impl Client {
                 },
             )
             .await;
+        // Nobody waits for the outcome: the pool logs and counts a failed meta event itself.
         drop(pending);
     }
 
@@ -307,6 +348,8 @@ impl Client {
             return;
         }
         for channel in &self.channels {
+            // Only the last subscriber tells the source: in direct mode that is an UNLISTEN;
+            // otherwise `unfollow` does nothing.
             if self.state.hub.unsubscribe(channel, &self.outbox) {
                 self.state.source.unfollow(channel);
             }
@@ -314,8 +357,8 @@ impl Client {
     }
 }
 
-/// Protocol v2 ([`crate::session::v2`]): subscriptions at run time, publishing to one channel with an
-/// answer, and a token replaced in band. The v2 session decides what is allowed; these only do.
+/// Protocol v2 ([`crate::session::v2`]): subscriptions at run time, publishing to one channel with
+/// an answer, and a token replaced in band. The v2 session decides what is allowed; these only do.
 impl Client {
     /// The channels the client follows now.
     pub fn channels(&self) -> &[ChannelName] {
@@ -351,6 +394,8 @@ impl Client {
             |position, resumed| Some(answer(position, resumed)),
             then,
         );
+        // Kept in step with the hub and with authorization's re-checks, which must know every
+        // channel the client follows now to revoke the right ones.
         self.channels.push(channel);
         if let Some(a) = self.authz() {
             a.set_channels(&self.channels);
@@ -380,6 +425,8 @@ impl Client {
         exp: Option<f64>,
         claims: &serde_json::Map<String, serde_json::Value>,
     ) {
+        // Subscriptions are left as they are: the v2 refresh handler checked (or ended) them
+        // against the new token before calling this.
         self.mode = mode;
         self.exp = exp;
         self.claims = ClaimsText::new(claims);
@@ -400,6 +447,7 @@ impl Client {
             text,
         )
         .next()
+        // `prepare` yields exactly one item per channel given, and one was given.
         .expect("one channel, one envelope");
         let (channel, out) = prepared?;
         Ok(Publish::Notify {
@@ -415,6 +463,8 @@ impl Client {
 /// the notification too long, `notify_failed` otherwise), with the outcome's text.
 fn compat_error(e: &PublishError, channel: &str) -> String {
     match e {
+        // The write function's own code and text reach the client: the database said no,
+        // and its reason is meant for the client (see authz).
         PublishError::Refused(write) => write.event(channel),
         PublishError::TooLarge(_) => {
             error_event("payload_too_large", &e.to_string(), Some(channel))
@@ -424,6 +474,8 @@ fn compat_error(e: &PublishError, channel: &str) -> String {
 }
 
 impl Drop for Client {
+    // The safety net for a transport that failed half-way: `finish` may not have run.
+    // Everything here is idempotent, so running after `finish` is harmless.
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Ordering::Relaxed);
         self.state
@@ -466,7 +518,11 @@ pub fn prepare<'a>(
     claims: &'a ClaimsText,
     text: &'a str,
 ) -> impl Iterator<Item = Result<(&'a ChannelName, Outgoing), TooLarge>> + 'a {
+    // Lazy: nothing is built for channels after the caller stops pulling (a v2 publish
+    // takes one item), and each envelope is checked against the limit as it is made.
     let at = now_seconds();
+    // The limit depends on the source: NOTIFY's payload limit (7999 bytes), or none when the WAL
+    // carries messages. One timestamp for all channels: they are one message.
     let limit = state.config.source.payload_limit();
     channels.iter().map(move |channel| {
         let out = state.router.client_message(channel, text, claims, at);
@@ -483,12 +539,16 @@ pub fn prepare<'a>(
 
 /// Per-client message and byte rates (`PGWS_RATE_MESSAGES`, `PGWS_RATE_BYTES`).
 struct Rates {
+    /// Messages per second; `None` when `PGWS_RATE_MESSAGES` is 0 (no limit).
     messages: Option<Bucket>,
+    /// Bytes per second; `None` when `PGWS_RATE_BYTES` is 0 (no limit).
     bytes: Option<Bucket>,
 }
 
 impl Rates {
     fn new(state: &AppState) -> Self {
+        // A bucket holds two seconds' worth (see `Bucket`): a client may burst up to twice its
+        // rate, then is held to it on average.
         let bucket = |rate: u32| (rate > 0).then(|| Bucket::new(rate));
         Self {
             messages: bucket(state.config.rates.messages),
@@ -510,6 +570,8 @@ impl Rates {
     fn check(&mut self, len: usize, state: &AppState) -> Result<(), String> {
         let now = std::time::Instant::now();
         let messages_ok = self.messages.as_mut().is_none_or(|b| b.take(1.0, now));
+        // Bytes are taken only when the message is allowed, so a refused message does not
+        // spend the byte budget too.
         let bytes_ok = messages_ok && self.bytes.as_mut().is_none_or(|b| b.take(len as f64, now));
         if messages_ok && bytes_ok {
             return Ok(());

@@ -30,6 +30,14 @@
 //! refusal itself: the caller does, once, with the refusal's [`Refusal::label`], so that the
 //! metrics label and the log line agree. What it does note is a peer that sends forwarding
 //! headers without being in `PGWS_TRUSTED_PROXIES` (see [`client_address`]).
+//!
+//! What it owns: the rules above and their order, reading the token, the channels, the
+//! resume position and the client's address out of the request, and the HTTP rendering of a
+//! refusal ([`refuse`]). What it must never do: accept a connection or answer a handshake
+//! (the transports do, after it said yes), import a transport or the HTTP dispatcher (they
+//! import it: admission sits below them), or keep anything of a refused request. A caller
+//! may rely on an [`Admitted`] having passed every rule of its [`Purpose`], with its
+//! subject's slot already held (dropping it gives the slot back).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -50,15 +58,28 @@ use crate::state::AppState;
 use crate::stream::ResumeFrom;
 
 /// The subprotocol a browser offers next to `bearer.<token>`, and that pgws answers with.
+///
+/// A browser cannot set `Authorization` on a websocket, so the token rides in the
+/// subprotocol list; the server must then answer with one subprotocol the client offered,
+/// and `bearer.<token>` must never be echoed (it would land in logs and proxies).
 pub const SUBPROTOCOL: &str = "pgws";
 
 /// How long a request that arrives during the first connection attempt waits for its outcome.
+///
+/// 5 s: a local database answers in milliseconds, a remote one in well under this; past
+/// it a client is better told 503 with `Retry-After` than left hanging.
 pub const START_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// The `Retry-After` of a refusal while no source is connected, in seconds.
+///
+/// 5 s: long enough that a crowd of refused clients does not hammer a server whose
+/// database is away, short enough that they are back soon after it returns.
 pub const SOURCE_DOWN_RETRY_AFTER: u32 = 5;
 
 /// The `Retry-After` of a refusal because the authorization check could not run, in seconds.
+///
+/// 1 s: the check failed for want of a connection or a time-out, which usually clears
+/// at once; the database is there (the source is up).
 pub const AUTHZ_RETRY_AFTER: u32 = 1;
 
 /// Where the token came from.
@@ -83,6 +104,8 @@ pub struct Admitted {
     /// The client's address (behind trusted proxies: from `X-Forwarded-For`).
     pub ip: IpAddr,
     /// Held while the client is connected (per-subject limit).
+    // Moved into the client: the slot is given back when the client is dropped, however it
+    // ends.
     pub slot: Option<SubjectSlot>,
     /// Where the client asks to resume from: the `Last-Event-ID` header (sent by browsers'
     /// `EventSource` when it reconnects) or the `last-event-id` query parameter (websockets).
@@ -90,14 +113,16 @@ pub struct Admitted {
     /// The client asked for positions (`last-event-id` in the query, even empty). Event streams
     /// always carry them.
     pub positions: bool,
-    /// The websocket negotiated protocol v2 ([`crate::session::v2`]): `channels` is empty (it subscribes
-    /// in band) and the grant's channels are the token's alone (empty: any channel).
+    /// The websocket negotiated protocol v2 ([`crate::session::v2`]): `channels` is empty (it
+    /// subscribes in band) and the grant's channels are the token's alone (empty: any channel).
     pub v2: bool,
     /// Who the token is for the database (authorization by the database on), its channels
     /// checked.
     pub subject: Option<std::sync::Arc<crate::authz::Subject>>,
     /// The mode authorization by the database checked the channels in, and re-checks them in
     /// ([`check_mode`]).
+    // A `&'static str` (`"r"`, `"w"`, `"rw"`): it is passed as a bound parameter to the
+    // authorization function on every re-check.
     pub authz_mode: &'static str,
 }
 
@@ -142,6 +167,9 @@ pub enum Refusal {
 
 impl Refusal {
     /// The HTTP status that says it.
+    ///
+    /// 400 for what the request itself got wrong (retrying will not help), 429 and 503 for
+    /// what may pass later, 403 for what a policy forbids.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Origin(_) => StatusCode::FORBIDDEN,
@@ -156,6 +184,10 @@ impl Refusal {
     }
 
     /// Seconds after which the same request may succeed (`Retry-After`), when that is known.
+    ///
+    /// Only where the server knows when a retry can succeed (the source reconnects, a check
+    /// that can run again); a rate limit or a full server gives none, since when room frees
+    /// up there depends on other clients.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Self::SourceDown(seconds) => Some(*seconds),
@@ -165,6 +197,8 @@ impl Refusal {
     }
 
     /// The `reason` label of the refusal metric.
+    ///
+    /// Stable strings: they are Prometheus label values that dashboards and alerts use.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Origin(_) => "origin",
@@ -204,24 +238,32 @@ pub async fn admit<B>(
     purpose: Purpose,
 ) -> Result<Admitted, Refusal> {
     let settings = &state.config;
+    // The rules in the order of the module header; each returns at the first refusal, so a
+    // request costs only the checks up to its refusal.
     check_origin(req, settings.allowed_origins.as_deref()).map_err(Refusal::Origin)?;
     let ip = client_address(req, state, peer);
     if !state.address_limiter.allow(ip) {
         return Err(Refusal::RateLimited(settings.rates.connections));
     }
+    // Read before the token: protocol v2 reads its grant differently (no channel in the
+    // path, channels subscribed in band).
     let v2 = purpose == Purpose::Connect && negotiated_v2(req);
     let (grant, carrier) = authorize(req, state, v2).map_err(Refusal::Token)?;
     let channels = granted_channels(state, &grant, v2)?;
     if purpose == Purpose::Connect {
         connect_rules(state).await?;
     }
+    // `!is_upgrade`: a connecting request that is not a websocket is an event stream.
     let authz_mode = check_mode(purpose, v2, !is_upgrade(req), &grant);
     let subject = database_checks(state, &grant, &channels, authz_mode).await?;
+    // Last: it is the only rule that takes something, so a request refused by any other
+    // rule never holds (or has to give back) a slot.
     let slot = match purpose {
         Purpose::Connect => subject_slot(state, &grant)?,
         Purpose::Publish => None,
     };
     let (resume, positions) = match purpose {
+        // A v2 socket resumes per subscription, in band, not at the handshake.
         Purpose::Connect if !v2 => resume_request(req),
         _ => (None, false),
     };
@@ -286,6 +328,7 @@ pub(crate) fn granted_channels(
     grant: &Grant,
     v2: bool,
 ) -> Result<Vec<ChannelName>, Refusal> {
+    // Checked here once (rule 4), so that every later step works with valid names.
     let channels = if v2 {
         Vec::new()
     } else {
@@ -316,6 +359,9 @@ async fn connect_rules(state: &AppState) -> Result<(), Refusal> {
         return Err(Refusal::SourceDown(SOURCE_DOWN_RETRY_AFTER));
     }
     let max = state.config.max_connections;
+    // A relaxed read: two handshakes at once may both pass at the limit; capacity is a
+    // guard against overload, not an exact quota, and a lock here would serialise every
+    // handshake.
     if state.active.load(Ordering::Relaxed) >= max {
         return Err(Refusal::ServerFull(max));
     }
@@ -327,6 +373,7 @@ fn subject_slot(state: &AppState, grant: &Grant) -> Result<Option<SubjectSlot>, 
     match grant.claims.get("sub").and_then(|s| s.as_str()) {
         Some(sub) => state
             .subjects
+            // `Ok(None)` when the limit is off; `Err` when the subject holds all its slots.
             .acquire(sub)
             .ok_or(Refusal::SubjectFull(state.config.rates.per_subject)),
         None => Ok(None),
@@ -334,6 +381,9 @@ fn subject_slot(state: &AppState, grant: &Grant) -> Result<Option<SubjectSlot>, 
 }
 
 /// Longest `Last-Event-ID` read (anything longer is not a position and is answered as one).
+///
+/// Larger than any valid position (64 characters), so an over-long value is named
+/// `Unknown` (answered with a gap) without being parsed, whatever its length.
 const MAX_RESUME_TEXT: usize = 256;
 
 /// Reads where the client resumes from: the `last-event-id` query parameter, else the
@@ -349,10 +399,14 @@ fn resume_request<B>(req: &Request<B>) -> (Option<ResumeFrom>, bool) {
             })
         })
     });
+    // The query wins over the header: a websocket cannot send `Last-Event-ID`, and a
+    // browser's `EventSource` sends the header only when it reconnects by itself.
     let positions = query.is_some();
     let text = query.or_else(|| {
         req.headers()
             .get("last-event-id")
+            // A header that is not visible ASCII is not a position: a replacement character
+            // makes it parse as `Unknown` (a gap), not as "no resume".
             .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string())
     });
     let resume = text.filter(|t| !t.trim().is_empty()).map(|t| {
@@ -376,6 +430,8 @@ fn token_and_channel<B>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
+                // The scheme is case-insensitive (RFC 9110 §11.1); these are the two spellings
+                // clients actually send.
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|t| (t.trim().to_string(), Carrier::Header));
@@ -399,6 +455,8 @@ fn token_and_channel<B>(
             },
         )
     };
+    // Precedence: the header, then the subprotocol, then the path. A token outside the
+    // path leaves the path's first segment as the channel.
     let outside = match header_token {
         Some(t) => Some(t),
         None => protocol_token().transpose()?,
@@ -488,6 +546,8 @@ pub(crate) fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &Address
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<IpAddr>().ok())
         .map(|ip| ip.to_canonical())
+        // From the right: each trusted proxy appends the address it saw, so the first
+        // untrusted one from the right is the client; anything left of it may be forged.
         .rev()
         .find(|ip| !trusted.contains(*ip))
         .unwrap_or(peer)
@@ -501,6 +561,8 @@ pub(crate) fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> R
     let origin = origin.to_str().unwrap_or("");
     if allowed
         .iter()
+        // Origins are compared whole (scheme, host and port), case-insensitively. A request
+        // without `Origin` (not a browser) passes: the rule only stops other sites' pages.
         .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
     {
         Ok(())

@@ -13,6 +13,16 @@
 //! too long) is answered as a [`PublishError`], classified by SQLSTATE or the kind of failure,
 //! and logged and counted here; nothing is dropped silently. The pool never writes to a client:
 //! whoever waits renders the outcome.
+//!
+//! What it owns: the pool's connections and prepared statements, the order of each key's
+//! jobs, and the classification of failures. What it must never do: write a client frame or
+//! know a protocol (it answers [`Outcome`]s; compat, v2 and HTTP render them), paste a
+//! channel name or payload into SQL text (both are always bound parameters), or drop a job
+//! without answering it (every path ends in `accepted` or `fail`, shutdown included).
+//!
+//! Why workers with a connection each, not a shared pool: the order of one socket's
+//! messages must be kept end to end, which one connection per key gives for free; and a
+//! worker that owns its connection can pipeline every queued job without any lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +40,20 @@ use crate::ops::metrics::ReasonLabel;
 use crate::publish::{Ack, Outcome, Pending, Publish, PublishError};
 
 /// Jobs a worker queues before a sender waits (backpressure on the sending socket).
+///
+/// 1024 jobs: several full batches, so a burst from many sockets is absorbed without
+/// anyone waiting; past it the sending socket waits, which is the backpressure we want
+/// (a client cannot queue unbounded work in the server).
 const QUEUE: usize = 1024;
 /// Jobs pipelined in one round.
+///
+/// 256: large enough that one round trip carries a burst, small enough that one statement's
+/// arrays stay bounded (about 2 MiB at NOTIFY's largest payloads).
 const BATCH: usize = 256;
 /// After a failed connection attempt, jobs fail at once for this long instead of each waiting.
+///
+/// One second: while the database is down, a flood of publishes fails fast instead of
+/// each paying a connection time-out, yet a database that comes back is noticed quickly.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One NOTIFY to send, and where its outcome goes.
@@ -50,6 +70,8 @@ struct Job {
 }
 
 /// Counters of the pool (shared with the metrics registry), and its health for readiness.
+///
+/// Shared: the registry reads the counters, readiness reads `last_failure_ms`.
 #[derive(Debug, Default, Clone)]
 pub struct PublisherStats {
     /// NOTIFYs that PostgreSQL accepted.
@@ -66,6 +88,8 @@ enum Cmd {
     /// Send a NOTIFY.
     Notify(Job),
     /// Answer once every earlier job was sent.
+    // Commands share the jobs' queue so that a flush or a close is ordered after every
+    // job queued before it, with no extra bookkeeping.
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Send the earlier jobs, close the connection, answer, and stop.
     Close(tokio::sync::oneshot::Sender<()>),
@@ -74,6 +98,7 @@ enum Cmd {
 /// Handle to the pool's workers. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
+    /// One bounded queue per worker; index = key modulo the pool size.
     workers: Arc<[mpsc::Sender<Cmd>]>,
     /// What the pool did so far.
     pub stats: Arc<PublisherStats>,
@@ -91,6 +116,7 @@ impl Publisher {
         let db = with_defaults(db);
         let stats = Arc::new(stats);
         let listen: Arc<str> = listen_channel.into();
+        // At least one worker even if configured to 0: publishing must always have a path.
         let workers = (0..size.max(1))
             .map(|i| {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -127,7 +153,10 @@ impl Publisher {
                     channel,
                     answer: Some(answer),
                 };
+                // Same key, same worker, same connection: this is what keeps one socket's order.
                 let worker = &self.workers[(key % self.workers.len() as u64) as usize];
+                // The worker is gone only after `close`: answer with "shutting down" rather than
+                // leave the caller's `Pending` to see a dropped sender.
                 if let Err(mpsc::error::SendError(Cmd::Notify(mut job))) =
                     worker.send(Cmd::Notify(job)).await
                 {
@@ -137,6 +166,8 @@ impl Publisher {
             }
             Publish::Write { slots, call } => {
                 let permit = match slots {
+                    // The socket's write slots bound how many of its calls run at once; a closed
+                    // semaphore means the socket is going away.
                     Some(slots) => match slots.acquire_owned().await {
                         Ok(p) => Some(p),
                         Err(_) => return Pending::ready(Err(PublishError::socket_closing())),
@@ -144,6 +175,9 @@ impl Publisher {
                     None => None,
                 };
                 let (answer, pending) = Pending::channel();
+                // The function's call runs on the write function's own pool
+                // (`PGWS_AUTHZ_WRITE_POOL_SIZE`), in a task of its own, not on a NOTIFY
+                // worker: a slow function must not hold up other sockets' NOTIFYs.
                 tokio::spawn(async move {
                     let outcome = call.await.map(|result| Ack { result });
                     drop(permit);
@@ -190,6 +224,8 @@ impl Publisher {
 
 /// Answers a job's failure, and logs and counts it (whether or not anyone waits).
 fn fail(job: &mut Job, error: PublishError, stats: &PublisherStats) {
+    // Two codes only in the metrics: what a client could fix (size) and what it could
+    // not; the full text goes to the log line and to whoever waits.
     let code = match error {
         PublishError::TooLarge(_) => "payload_too_large",
         _ => "notify_failed",
@@ -211,6 +247,8 @@ struct Conn {
     /// Many NOTIFYs in one statement, hence one transaction, in array order.
     batch: tokio_postgres::Statement,
     /// The task driving the connection; it ends (without a warning) once `client` is dropped.
+    // Joined on close so that the Terminate message really goes out before shutdown
+    // proceeds (see `Conn::close`).
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -219,6 +257,7 @@ impl Conn {
     async fn close(self) {
         let Self { client, driver, .. } = self;
         drop(client);
+        // Bounded: a server that does not answer must not hold the shutdown.
         let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
     }
 }
@@ -251,6 +290,8 @@ async fn open(db: &super::Database, bus: SourceKind) -> Result<Conn, tokio_postg
             )
         }
     };
+    // Prepared once per connection with explicit types: each NOTIFY is then one
+    // bind/execute, with no parse or planning, and no text ever reaches the SQL.
     let stmt = client.prepare_typed(one, &[Type::TEXT, Type::TEXT]).await?;
     let batch = client
         .prepare_typed(many, &[Type::TEXT_ARRAY, Type::TEXT_ARRAY])
@@ -271,12 +312,17 @@ async fn worker(
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<PublisherStats>,
 ) {
+    // Opened on the first job and again after a failure; never shared with another
+    // worker, so nothing here needs a lock.
     let mut conn: Option<Conn> = None;
+    // When and why the last connection attempt failed (see `RETRY_AFTER`).
     let mut failed_at: Option<(Instant, String)> = None;
     let mut cmds = Vec::with_capacity(BATCH);
     let mut jobs = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     let mut closing = None;
+    // Everything waiting, up to a batch, in one wake-up: under load a worker sends many
+    // jobs per round trip; when idle it sends one at once (no waiting to fill a batch).
     while rx.recv_many(&mut cmds, BATCH).await > 0 {
         for cmd in cmds.drain(..) {
             match cmd {
@@ -295,6 +341,8 @@ async fn worker(
             &stats,
         )
         .await;
+        // Answered only after the jobs queued before them were sent: that is all a flush
+        // promises.
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
@@ -328,6 +376,8 @@ async fn send_all(
     if jobs.is_empty() {
         return;
     }
+    // A connection the server ended since the last round is replaced before use, so
+    // these jobs are not lost to a connection already known to be dead.
     if conn.as_ref().is_some_and(|c| c.client.is_closed()) {
         *conn = None;
     }
@@ -345,6 +395,8 @@ async fn send_all(
             }
             _ => {}
         }
+        // Connecting happens inside the worker, in line: the jobs behind this one wait for
+        // it, which keeps their order.
         match open(db, bus).await {
             Ok(c) => {
                 tracing::debug!(worker = id, "NOTIFY connection open");
@@ -378,6 +430,7 @@ async fn send_all(
     // Logical messages are never folded: no need to look for repeats (hashing every payload).
     let ranges = match bus {
         SourceKind::Notify => groups(jobs, listen),
+        // (One group: see above.)
         SourceKind::Wal => std::iter::once(0..jobs.len()).collect(),
     };
     for range in ranges {
@@ -403,6 +456,8 @@ async fn send_all(
                     accepted(job);
                 }
             }
+            // The whole group's transaction rolled back, so none of it was sent: retrying each
+            // alone sends the good ones and pins the error on the bad one, with no duplicates.
             Err(e) if group.len() > 1 && !c.client.is_closed() => {
                 // Something in the group was refused: send one by one to tell each its fate.
                 tracing::debug!(error = %describe(&e), "batched NOTIFY failed; retrying one by one");
@@ -417,6 +472,8 @@ async fn send_all(
                     }
                 }
             }
+            // The connection failed mid-group (or a single job was refused): every job of the
+            // group gets the same error; the next round opens a new connection if needed.
             Err(e) => {
                 for job in group.iter_mut() {
                     report(job, &e, stats);
@@ -424,6 +481,7 @@ async fn send_all(
             }
         }
     }
+    // Every job was answered above; the Vec keeps its capacity for the next round.
     jobs.clear();
     if c.client.is_closed() {
         *conn = None;
@@ -431,10 +489,15 @@ async fn send_all(
 }
 
 /// Consecutive runs of jobs in which no (channel, text) pair repeats.
+///
+/// Why groups at all: if one transaction held two identical notifications, PostgreSQL
+/// would deliver one and the client would see a message vanish. A group ends just
+/// before the first repeat, so each job's notification is delivered exactly once.
 fn groups(jobs: &[Job], listen: &str) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < jobs.len() {
+        // Pairs borrowed from the jobs: nothing is copied to find repeats.
         let mut seen = std::collections::HashSet::new();
         let mut end = start;
         while end < jobs.len()
@@ -470,6 +533,7 @@ fn report(job: &mut Job, e: &tokio_postgres::Error, stats: &PublisherStats) {
 fn classify(e: &tokio_postgres::Error) -> PublishError {
     match e.as_db_error() {
         Some(db) if *db.code() == tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE => {
+            // The only 22023 a valid channel name leaves: the payload was too long.
             PublishError::TooLarge(db.message().to_string())
         }
         Some(db) => PublishError::Failed {

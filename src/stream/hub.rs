@@ -2,8 +2,8 @@
 //!
 //! What it owns: the map channel name → subscribed outboxes, and the counters of what it
 //! delivered, could not route, or dropped. What it must never do: wait. A source calls
-//! [`Hub::publish`] from its receive loop, so a slow client must cost it nothing: each push is a
-//! short lock on that client's outbox, and a client over its limits is marked overflowed (its
+//! [`Hub::publish_run`] from its receive loop, so a slow client must cost it nothing: each push is
+//! a short lock on that client's outbox, and a client over its limits is marked overflowed (its
 //! transport closes it) instead of slowing the others. It knows nothing of PostgreSQL or of wire
 //! formats.
 //!
@@ -16,6 +16,15 @@
 //! [`Window`] under the map's read lock, while a resuming client takes the write lock to read
 //! what it missed *and* join the channel's subscribers. So each message is either in what the
 //! client replays or in what it receives live, never both and never neither.
+//!
+//! Lock order, everywhere in this file: the channel map (read or write), then a channel's
+//! window, then `last`; `outages` and an outbox's own lock are taken last and alone. Nothing
+//! here awaits while holding a lock, and nothing calls out of the hub while holding one except
+//! the caller's closures of [`Hub::subscribe_with`] and [`Hub::notify_subscribers`], which must
+//! only build frames (never lock the hub again: the write lock is not re-entrant).
+//!
+//! What a caller may rely on: positions of one channel only grow; a message is in a window
+//! before any subscriber sees it; a socket's frames arrive in stream order per channel.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,7 +81,11 @@ impl Default for ReplaySettings {
 
 /// One channel: its subscribers and its window.
 struct Entry {
+    /// The sockets following this channel. A `Vec`, not a set: fan-out walks it in order on
+    /// every message, and removal (rare) is a `swap_remove`.
     subs: Vec<Arc<Outbox>>,
+    /// Kept messages for resumes. Its own mutex so that routing (under the map's read lock) can
+    /// append while other channels are routed from the same read lock.
     window: Mutex<Window>,
 }
 
@@ -105,6 +118,9 @@ pub struct ResumeGap<'a> {
 
 /// The notice made for `encoding` so far in one round of [`Hub::notify_subscribers`], made by
 /// `make` the first time.
+///
+/// A `Vec` rather than a map: there are only a handful of encodings (compat, v2, SSE), and
+/// a linear scan over them beats hashing on this path.
 fn memo(
     made: &mut Vec<(Encoding, Option<Frame>)>,
     encoding: Encoding,
@@ -119,16 +135,25 @@ fn memo(
 }
 
 /// What a resume replays, and why it is not exact (if so).
+///
+/// Built under the map's write lock by [`Hub::plan`], consumed by `subscribe_with` before
+/// the lock is released, so nothing it names can move in between.
 struct Plan {
+    /// The position the client has seen through (`Seq::ZERO` when unknown or refused).
     after: Seq,
+    /// The highest position any of the windows dropped: above `after`, the resume is not exact.
     lost_through: Seq,
+    /// Why the resume is not exact; `None` when it is.
     reason: Option<GapReason>,
+    /// What the windows still hold after `after`, in stream order.
     replay: Vec<Frame>,
 }
 
 impl Plan {
     /// The `after` and `through` a `Gap` names for `reason`.
     fn bounds(&self, reason: GapReason) -> (Option<Seq>, Option<Seq>) {
+        // The client's own position is worth naming only when it had one, or when the window
+        // (not the client) is at fault; `through` only means something for a window overrun.
         let known =
             (!self.after.is_zero() || reason == GapReason::WindowExceeded).then_some(self.after);
         let through = (reason == GapReason::WindowExceeded).then_some(self.lost_through);
@@ -138,6 +163,8 @@ impl Plan {
 
 /// Channel name → subscribed outboxes, plus each channel's replay window.
 pub struct Hub {
+    /// The routing table. Keys are `Arc<str>` so each routed frame can point at its channel's
+    /// name without a copy ([`Frame::set_route`]).
     channels: RwLock<HashMap<Arc<str>, Entry>>,
     /// The numbering's epoch: this process's (NOTIFY), or the WAL stream's, set by the source
     /// once it knows the database ([`Hub::set_origin`]).
@@ -145,9 +172,12 @@ pub struct Hub {
     /// The last position given (NOTIFY) or received (WAL). Changed only under the map's read
     /// lock by the one source task, read under the write lock by resuming clients.
     last: Mutex<Seq>,
+    /// Fixed at start-up; never changes while the hub lives.
     replay: ReplaySettings,
+    /// What all windows hold together, for the global limits and the metrics.
     held: Held,
     /// Positions after which the source lost messages (outages), with when.
+    /// Bounded (see [`Hub::mark_outage`]) and aged out by [`Hub::sweep`].
     outages: Mutex<VecDeque<(Instant, Seq)>>,
     /// Woken when a source that numbers its own messages moves `last` (resumes wait on it).
     progress: tokio::sync::Notify,
@@ -155,6 +185,7 @@ pub struct Hub {
     pub stats: HubStats,
 }
 
+/// Locks `m`, ignoring poisoning (see inside why that is safe here).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a few field updates; a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -196,8 +227,11 @@ impl Hub {
     /// A changed epoch (another database behind the same settings) empties every window: its
     /// positions mean nothing in the new numbering.
     pub fn set_origin(&self, epoch: u64, known_after: Seq) {
+        // The write lock first: no message may be routed or replayed while the numbering changes.
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
         let mut last = lock(&self.last);
+        // Idle channels go with their windows; subscribed ones stay, with an empty window that
+        // knows nothing before `known_after` (a resume from earlier gets a gap).
         if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
             for entry in map.values_mut() {
                 let mut window = lock(&entry.window);
@@ -221,6 +255,8 @@ impl Hub {
         }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Register for the wake-up *before* reading `last`: a move between the read and the
+            // wait would otherwise be missed and the resume would wait its full `limit`.
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -254,6 +290,9 @@ impl Hub {
         let Some(tail) = run.last() else { return 0 };
         let numbered = !tail.seq().is_zero();
         let mut map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        // Keep-all (WAL): a window is made for a channel on its first message. Upgrading a read
+        // lock is not possible, so drop it, make the entry under the write lock, and read again;
+        // a resuming client that took the write lock in between sees a fresh, empty window.
         if self.replay.keep_all && !map.contains_key(channel) {
             drop(map);
             {
@@ -266,11 +305,16 @@ impl Hub {
             }
             map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         }
+        // No entry: nobody follows it and no window is kept, so the message is dropped here and
+        // counted; a later resume on this channel learns of nothing it could have replayed.
         let Some((name, entry)) = map.get_key_value(channel) else {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         };
         {
+            // Number before keeping or delivering: the position is what makes replay and live
+            // delivery meet exactly. `last` is written only here (and in `set_origin`), by the one
+            // source task, so the read lock on the map is enough against resumes (write lock).
             let mut last = lock(&self.last);
             if numbered {
                 *last = (*last).max(tail.seq());
@@ -284,15 +328,19 @@ impl Hub {
         }
         let epoch = self.epoch();
         for frame in run.iter_mut() {
+            // Stamped after numbering so each frame carries its full position to every encoder.
             frame.set_route(name, epoch);
         }
         {
+            // Into the window before any outbox: a client that resumes right after this run must
+            // find these messages either in its replay or in its live queue.
             let now = Instant::now();
             let mut window = lock(&entry.window);
             for frame in run.iter() {
                 window.push(frame, now, &self.replay.limits, &self.held);
             }
         }
+        // Kept for replay (retained idle window or keep-all) but nobody to deliver to now.
         if entry.subs.is_empty() {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
@@ -301,6 +349,8 @@ impl Hub {
         // for its wire through the frames' shared cache (once per encoding, not per socket).
         let mut n = 0;
         for sub in &entry.subs {
+            // One lock and at most one wake-up per subscriber per run. An overflowed outbox
+            // never blocks the others: it is marked and its session closes it.
             let (queued, outcome) = sub.push_all(run);
             n += queued;
             if outcome == Push::Overflow {
@@ -329,6 +379,8 @@ impl Hub {
         answer: impl FnOnce(Position, Resumed) -> Option<Frame>,
         then: impl FnOnce(),
     ) -> Resumed {
+        // The write lock covers join, plan, gap, replay and answer: no message can be routed
+        // in between, which is what makes the resume exact.
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
         for channel in channels {
             self.join(&mut map, channel.as_ref(), outbox);
@@ -379,6 +431,9 @@ impl Hub {
         let now = self.last();
         let epoch = self.epoch();
         let zero = Seq::ZERO;
+        // A position of this epoch at or before now is exact unless a window lost messages
+        // since. A position from the future, another epoch or none at all cannot be trusted:
+        // replay everything kept (from zero) and say so with a gap.
         let (after, mut reason) = match from {
             ResumeFrom::At(p) if p.epoch == epoch && p.seq <= now => (p.seq, None),
             ResumeFrom::At(p) if p.epoch == epoch => (zero, Some(GapReason::FuturePosition)),
@@ -395,12 +450,15 @@ impl Hub {
             lost_through = lost_through.max(window.lost_through());
             replay.extend(window.after(after).cloned());
         }
+        // Order of the checks: a wrong position outranks a window overrun, which outranks an
+        // outage; the client is told the most specific reason that applies.
         if reason.is_none() && lost_through > after {
             reason = Some(GapReason::WindowExceeded);
         }
         if reason.is_none() && lock(&self.outages).iter().any(|(_, at)| *at >= after) {
             reason = Some(GapReason::SourceOutage);
         }
+        // Channels were walked one after the other; the client must see one stream order.
         replay.sort_by_key(Frame::seq);
         Plan {
             after,
@@ -417,6 +475,9 @@ impl Hub {
         self.join(&mut map, channel, outbox)
     }
 
+    /// Adds `outbox` to `channel` under the caller's write lock, making the entry (with a
+    /// window that knows nothing before now) if there was none. Returns `true` for the first
+    /// subscriber. Joining the same channel twice adds the outbox twice: callers check first.
     fn join(
         &self,
         map: &mut HashMap<Arc<str>, Entry>,
@@ -436,6 +497,8 @@ impl Hub {
     /// channel's window stays for resuming clients (until it ages out) when idle windows are
     /// kept; otherwise it goes with the last subscriber.
     pub fn unsubscribe(&self, channel: &str, outbox: &Arc<Outbox>) -> bool {
+        // Leaving needs no care for positions: what the socket already queued stays queued,
+        // and a later resume of the channel starts from the position the client kept.
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = map.get_mut(channel) else {
             return false;
@@ -448,6 +511,8 @@ impl Hub {
         if !entry.subs.is_empty() {
             return false;
         }
+        // Without retained idle windows (direct mode: the source stops receiving the channel
+        // once nobody follows it) a kept window would go stale without knowing it: drop it.
         let keep = self.replay.retain_idle && !lock(&entry.window).is_empty();
         if !keep && let Some(entry) = map.remove(channel) {
             lock(&entry.window).clear(&self.held);
@@ -460,6 +525,8 @@ impl Hub {
     pub fn mark_outage(&self) {
         let mut outages = lock(&self.outages);
         outages.push_back((Instant::now(), self.last()));
+        // Bounded so that a flapping source cannot grow this without limit between sweeps;
+        // losing the oldest notes only makes very old resumes look exact a bit sooner.
         if outages.len() > 1024 {
             outages.pop_front();
         }
@@ -479,6 +546,9 @@ impl Hub {
                 outages.pop_front();
             }
         }
+        // Two passes: expire under the read lock (routing goes on), then take the write lock
+        // only if some channel became idle, and check again it still is (someone may have
+        // joined in between).
         let mut idle = Vec::new();
         {
             let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
@@ -538,10 +608,14 @@ impl Hub {
         per_channel: impl Fn(Encoding, &str) -> Option<Frame>,
     ) -> usize {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+        // An outbox that follows several channels appears in several entries; `seen` makes the
+        // per-socket notice go out once. Pointers only compare identities, never dereferenced.
         let mut seen: Vec<*const Outbox> = Vec::new();
         let mut socket_notices: Vec<(Encoding, Option<Frame>)> = Vec::new();
         let mut n = 0;
         for (name, entry) in map.iter() {
+            // Per channel: the notice names the channel, so it is made once per (encoding,
+            // channel) and shared by that channel's sockets of the encoding.
             let mut channel_notices: Vec<(Encoding, Option<Frame>)> = Vec::new();
             for sub in &entry.subs {
                 let encoding = sub.encoding();

@@ -8,6 +8,18 @@
 //! When a push would exceed a limit the message is dropped, the outbox is marked overflowed and
 //! the session closes the socket (a slow consumer never grows memory without bound and never
 //! delays other sockets).
+//!
+//! What it owns: the frames queued for one socket, their count and bytes, and the flags that
+//! tell its session to close (overflowed, ended, closed). What it must never do: block a
+//! pusher (a push is a few field updates, never an await), grow past its limits except for a
+//! replay the windows already bound, or know what a frame means (it only counts bytes and
+//! carries the socket's [`Encoding`]).
+//!
+//! What a caller may rely on: frames come out in the order they went in; after an overflow
+//! or an end nothing more is queued and the next wait returns; a push before a wait is never
+//! lost (the `signalled` flag remembers it). Lock order: the outbox's own mutex is always the
+//! last lock taken (the hub calls in holding its own), and the waker is woken after it is
+//! released so the woken task does not contend for it.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -20,6 +32,9 @@ use super::frame::Encoding;
 use futures_util::task::AtomicWaker;
 
 /// Limits of one outbox.
+///
+/// Both limits, because either alone is gameable: a count alone lets a few huge payloads
+/// eat memory, bytes alone lets floods of tiny ones grow the `VecDeque` and the write batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most queued messages.
@@ -29,6 +44,9 @@ pub struct Limits {
 }
 
 /// What happened to a pushed message.
+///
+/// The hub counts `Overflow` as dropped deliveries; `Closed` is not counted (the socket is
+/// gone and its session already unsubscribes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     /// Queued for the socket.
@@ -41,13 +59,17 @@ pub enum Push {
 
 #[derive(Default)]
 struct State {
+    /// The frames themselves: reference-counted, shared with every other socket and window.
     queue: VecDeque<Frame>,
+    /// The text bytes in `queue` (what the byte limit counts; not the encoded size).
     bytes: usize,
     /// When the oldest queued frame was pushed (for the delivery latency metric).
     oldest: Option<Instant>,
     /// Something was pushed (or the outbox overflowed) since the consumer last looked.
     signalled: bool,
+    /// Set once a push went over a limit; sticky: the socket is closing, it never recovers.
     overflowed: bool,
+    /// Set by [`Outbox::close`] or [`Outbox::end`]: every later push is refused.
     closed: bool,
     /// The server ends the client ([`Outbox::end`]): close code and reason.
     ended: Option<(u16, &'static str)>,
@@ -65,10 +87,14 @@ pub struct Drained {
 }
 
 /// One socket's queue of text frames to send.
+///
+/// Shared as `Arc<Outbox>` between the hub (its channel entries), presence and authz (which
+/// push notices or end the client), and the one session that drains it.
 pub struct Outbox {
     state: Mutex<State>,
     /// The session task, while it waits in [`Outbox::wait`] or [`Outbox::overflowed`].
     waker: AtomicWaker,
+    /// Fixed when the socket is admitted.
     limits: Limits,
     /// What the socket's transport sends for each frame (a slot of [`Frame::encoded`]); the
     /// outbox only carries it, for whoever renders frames per socket kind.
@@ -108,6 +134,8 @@ impl Outbox {
     /// were queued and the outcome: `Queued` when all were, else why the rest were refused.
     pub fn push_all(&self, msgs: &[Frame]) -> (usize, Push) {
         let mut s = self.lock();
+        // A closed or overflowed outbox refuses the whole run at once: the session is about to
+        // close, and queueing more would only hold memory until then.
         if s.closed {
             return (0, Push::Closed);
         }
@@ -118,6 +146,9 @@ impl Outbox {
         let mut queued = 0;
         for msg in msgs {
             let len = msg.len();
+            // Over a limit: drop everything, not just this frame. A socket that cannot keep up is
+            // closed anyway (it would otherwise see a hole in the stream with no gap to tell it),
+            // so its queue is freed now rather than when its session gets round to it.
             if s.queue.len() >= self.limits.messages || s.bytes + len > self.limits.bytes {
                 s.overflowed = true;
                 s.signalled = true;
@@ -129,10 +160,13 @@ impl Outbox {
                 self.waker.wake();
                 return (queued, Push::Overflow);
             }
+            // A clone is a reference-count increment: the text is never copied per socket.
             s.queue.push_back(msg.clone());
             s.bytes += len;
             queued += 1;
         }
+        // Wake only on the empty → non-empty edge: if frames were already waiting, the session
+        // has been woken and will drain these with them (one wake per burst, not per frame).
         if was_empty && queued > 0 {
             s.oldest = Some(Instant::now());
             s.signalled = true;
@@ -154,6 +188,8 @@ impl Outbox {
             return;
         }
         let was_empty = s.queue.is_empty();
+        // No limit check here on purpose (see above); the bytes are still counted so that the
+        // next live push sees how full the queue really is.
         for msg in msgs {
             s.bytes += msg.len();
             s.queue.push_back(msg.clone());
@@ -169,10 +205,14 @@ impl Outbox {
     /// Moves every queued frame into `out`.
     pub fn drain_into(&self, out: &mut Vec<Frame>) -> Drained {
         let mut s = self.lock();
+        // Everything at once: the session writes the whole batch in one go, which is what makes
+        // a burst cheap (one lock, one syscall-sized write, many messages).
         out.extend(s.queue.drain(..));
         s.bytes = 0;
         // A socket back to idle gives its queue storage back (after a burst, thousands of
         // sockets would otherwise each keep what the burst made them grow to).
+        // 16: small enough to be cheap per idle socket, large enough that a steady trickle does
+        // not reallocate on every drain.
         if s.queue.capacity() > 16 {
             s.queue = VecDeque::new();
         }
@@ -185,6 +225,9 @@ impl Outbox {
 
     /// Gives the queue's storage back when it is empty (a session after its greeting: an idle
     /// socket then holds no queue storage, as one that never received anything).
+    ///
+    /// Why not in `new`: the greeting is pushed before the session drains once, so the first
+    /// drain may leave storage behind that an idle socket would otherwise keep for its life.
     pub fn release(&self) {
         let mut s = self.lock();
         if s.queue.is_empty() {
@@ -213,6 +256,8 @@ impl Outbox {
     /// Waits until the outbox overflows (used by the session task while a write is blocked on a
     /// slow peer).
     pub async fn overflowed(&self) {
+        // Unlike `wait`, this does not consume `signalled`: it only watches for the overflow
+        // flag, so a pending "something was pushed" is still seen by the next `wait`.
         poll_fn(|cx| {
             self.waker.register(cx.waker());
             if self.lock().overflowed {
@@ -232,6 +277,8 @@ impl Outbox {
         if s.closed || s.ended.is_some() {
             return false;
         }
+        // `closed` too, so that pushes stop at once; the queue is dropped so that nothing the
+        // client may no longer see is sent after the decision (access revoked means now).
         s.ended = Some((code, reason));
         s.closed = true;
         s.queue = VecDeque::new();
@@ -243,6 +290,8 @@ impl Outbox {
     }
 
     /// Refuses further pushes and frees the queue; called when the socket ends.
+    ///
+    /// No wake: only the session calls this, as it ends, and nobody else waits.
     pub fn close(&self) {
         let mut s = self.lock();
         s.closed = true;

@@ -14,16 +14,28 @@
 //!
 //! On the wire a position is opaque text: `<epoch as 16 hex digits>-<counter in decimal>` (NOTIFY)
 //! or `<epoch>-<commit LSN as PostgreSQL writes it>.<index>` (WAL), e.g. `…-0/16B3748.2`.
+//!
+//! What it owns: the type of a position, its wire text both ways, and how epochs are made.
+//! What it must never do: trust a client's text (every parse is bounded and total: anything
+//! odd is `None`, never a panic or an allocation proportional to the input), or depend on
+//! anything that changes between builds (a WAL epoch must be the same on every node and
+//! version, so it is a fixed hash, not std's randomised one).
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
 /// Longest text accepted as a position (anything longer is malformed without being read).
+///
+/// 64: the longest valid form is 16 + 1 + 8 + 1 + 8 + 1 + 20 = 55 characters (epoch, LSN
+/// halves, index); a little slack, and a header of any length costs one comparison.
 const MAX_TEXT: usize = 64;
 
 /// A message's place in the stream, ordered: `major` first, then `minor`. NOTIFY numbering uses
 /// `major = 0` and counts in `minor` (from 1; zero means "before every message"); WAL numbering
 /// has the commit LSN in `major` (never 0) and the index within the transaction in `minor`.
+///
+/// Field order matters: the derived `Ord` compares `major` first, which is exactly the
+/// stream order for both numberings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Seq {
     /// 0 (NOTIFY), or the commit LSN (WAL).
@@ -59,6 +71,8 @@ impl Seq {
     pub fn before(self) -> Self {
         match (self.major, self.minor) {
             (0, 0) => Self::ZERO,
+            // The previous LSN's last possible index: still strictly before every message of
+            // this commit, after every message of the one before.
             (major, 0) => Self {
                 major: major - 1,
                 minor: u64::MAX,
@@ -75,12 +89,15 @@ impl Seq {
         if self.major == 0 {
             write!(f, "{}", self.minor)
         } else {
+            // PostgreSQL's `%X/%X` form, so an operator can paste it into `pg_` functions.
             let (hi, lo) = (self.major >> 32, self.major & 0xffff_ffff);
             write!(f, "{hi:X}/{lo:X}.{}", self.minor)
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
+        // Length caps before parsing: 8 hex digits fill a `u32` half of an LSN, 20 decimal
+        // digits a `u64`; `parse` still refuses the values that overflow.
         let digits = |t: &str, hex: bool| {
             !t.is_empty()
                 && t.len() <= if hex { 8 } else { 20 }
@@ -92,6 +109,7 @@ impl Seq {
                     }
                 })
         };
+        // A bare number is a counted (NOTIFY) position; anything else must be a full WAL form.
         if digits(text, false) {
             return Some(Self::counter(text.parse().ok()?));
         }
@@ -101,6 +119,7 @@ impl Seq {
             return None;
         }
         let major = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+        // LSN 0 is never a commit: such text is malformed, not "before every message".
         (major != 0).then_some(Self::wal(major, index.parse().ok()?))
     }
 }
@@ -127,6 +146,8 @@ impl Position {
             return None;
         }
         let (epoch, seq) = text.split_once('-')?;
+        // Exactly 16 digits, as `Display` writes them: one spelling per position, so two
+        // clients holding the same position hold the same text.
         if epoch.len() != 16 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -148,6 +169,8 @@ impl fmt::Display for Position {
 /// same database of the same cluster, different for another cluster (system identifier), another
 /// database or another prefix. FNV-1a, so that it never changes between builds or processes.
 pub fn wal_epoch(system_id: &str, database: &str, prefix: &str) -> u64 {
+    // The FNV-1a 64-bit offset basis and prime. Each part ends with a 0 byte so that
+    // ("ab", "c") and ("a", "bc") do not hash alike.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in [system_id, database, prefix] {
         for b in part.bytes().chain([0]) {
@@ -162,6 +185,8 @@ pub fn wal_epoch(system_id: &str, database: &str, prefix: &str) -> u64 {
 /// operating system's randomness).
 pub fn new_epoch() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    // The clock is mixed in as well, so two hubs of one process (tests) still differ even
+    // if the hasher's keys were ever reused.
     h.write_u128(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -172,6 +197,9 @@ pub fn new_epoch() -> u64 {
 }
 
 /// What a client asked to resume from.
+///
+/// A malformed position is not an error for the client: it still joins, with a gap first,
+/// so a client can always recover by resuming with whatever it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeFrom {
     /// A position this server may know.

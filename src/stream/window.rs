@@ -6,6 +6,16 @@
 //! connection costs nothing here. Each window also remembers the highest position it can no
 //! longer replay (`lost_through`: evicted, or before the window began), which is what lets a
 //! resuming client be told about a gap instead of silently missing it.
+//!
+//! What it owns: one channel's kept frames and their byte count, and its share of the
+//! server-wide [`Held`] totals. What it must never do: lock anything (its caller, the hub,
+//! holds the channel's mutex), copy a message's text, or hold a frame past any limit once a
+//! push or a sweep has run. A window never decides whether a resume is exact; it only answers
+//! "what do you hold after this position" and "what can you no longer replay"; the hub turns
+//! those into a replay and a gap.
+//!
+//! Invariant: the frames are in strictly increasing position order (the hub pushes them in
+//! stream order under its lock), which is what lets [`Window::after`] binary-search.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +24,11 @@ use std::time::{Duration, Instant};
 use super::{Frame, Seq};
 
 /// Limits of the replay windows (`PGWS_REPLAY_*`).
+///
+/// The defaults (1000 messages, 1 MiB, five minutes per channel; 256 MiB in all) cover a
+/// phone that lost its network or a page reload on all but the busiest channels, while a
+/// server with thousands of active channels stays within a fixed budget (`memory` caps the
+/// sum, whatever the number of channels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowLimits {
     /// Most messages per channel (0: no windows, every resume is a gap).
@@ -38,6 +53,9 @@ impl Default for WindowLimits {
 }
 
 /// What every window holds, counted together (for the memory cap and the metrics).
+///
+/// Atomics, not a mutex: every window updates them from under its own channel lock, and a
+/// lock shared by all channels would serialise routing across channels.
 #[derive(Debug, Default)]
 pub struct Held {
     /// Messages.
@@ -49,7 +67,9 @@ pub struct Held {
 /// One channel's window.
 #[derive(Debug)]
 pub struct Window {
+    /// Each kept frame with when it was kept (for the age limit), oldest first.
     entries: VecDeque<(Instant, Frame)>,
+    /// The text bytes of `entries` (what the per-channel byte limit counts).
     bytes: usize,
     /// The highest position this window cannot replay.
     lost_through: Seq,
@@ -62,6 +82,8 @@ impl Window {
         Self {
             entries: VecDeque::new(),
             bytes: 0,
+            // Not zero: a client resuming from before the window existed might have missed
+            // messages of this channel that nobody kept, so it must be told (a gap).
             lost_through: now_seq,
         }
     }
@@ -83,6 +105,8 @@ impl Window {
 
     /// Keeps `frame` (already numbered), then evicts what the limits no longer allow.
     pub fn push(&mut self, frame: &Frame, now: Instant, limits: &WindowLimits, held: &Held) {
+        // Replay disabled: keep nothing, but move `lost_through` so every resume is told the
+        // truth (a gap) instead of an empty, "exact" replay.
         if limits.messages == 0 {
             self.lost_through = frame.seq();
             return;
@@ -91,12 +115,17 @@ impl Window {
         held.bytes.fetch_add(frame.len(), Ordering::Relaxed);
         held.messages.fetch_add(1, Ordering::Relaxed);
         self.entries.push_back((now, frame.clone()));
+        // The shared memory cap is enforced by the window that pushes: it evicts its own oldest
+        // until the total fits, so a busy channel pays for its own growth. A window never evicts
+        // another channel's frames (that would need their locks).
         while self.entries.len() > limits.messages
             || self.bytes > limits.bytes
             || (held.bytes.load(Ordering::Relaxed) > limits.memory && !self.entries.is_empty())
         {
             self.evict_oldest(held);
         }
+        // Age too, so a window that receives nothing for a while is still cleaned by `sweep`,
+        // and one that does receive is cleaned on its own path without waiting for it.
         self.expire(now, limits, held);
     }
 
@@ -116,8 +145,12 @@ impl Window {
             self.bytes -= old.len();
             held.bytes.fetch_sub(old.len(), Ordering::Relaxed);
             held.messages.fetch_sub(1, Ordering::Relaxed);
+            // Whatever leaves the window becomes "lost" for resumes from before it: this is what
+            // turns an eviction into a gap rather than a silent hole.
             self.lost_through = self.lost_through.max(old.seq());
         }
+        // Give memory back after a burst, but only when it is worth it: shrinking a small or
+        // still-full deque would reallocate on every eviction.
         if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
             self.entries.shrink_to_fit();
         }
@@ -125,11 +158,15 @@ impl Window {
 
     /// The messages after position `seq`, oldest first.
     pub fn after(&self, seq: Seq) -> impl Iterator<Item = &Frame> {
+        // Binary search: the entries are in position order (see the module header).
         let start = self.entries.partition_point(|(_, f)| f.seq() <= seq);
         self.entries.range(start..).map(|(_, f)| f)
     }
 
     /// Gives back everything it holds (the channel is dropped).
+    ///
+    /// `lost_through` is left as it is: a caller that keeps using the window (a new epoch)
+    /// replaces it with `Window::new` instead.
     pub fn clear(&mut self, held: &Held) {
         held.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
         held.messages

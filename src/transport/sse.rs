@@ -30,6 +30,17 @@
 //! - [`Channel`] ([`accept`]): an event-stream request that arrives on a connection hyper already
 //!   serves (a keep-alive connection that carried other requests first) is a hyper response whose
 //!   body is fed by the session's task through a small bounded channel; the same bytes.
+//!
+//! What it owns: recognising an event-stream request, the response head and chunked framing
+//! of a raw stream, the hyper body of a carried one, heartbeats and the `close` goodbye.
+//! What it must never do: admit a request by its own rules (it calls [`crate::admission`],
+//! exactly as the websocket does), read anything the client sends as a message (SSE is
+//! one-way: the peer is read only to notice it left), buffer events per stream beyond the
+//! outbox, or make the accept loop wait on a slow reader (each stream's writes time out).
+//!
+//! Why serve raw at all: a hyper response body costs a task hand-off, a channel and a copy
+//! per chunk; on the raw connection a stream is one session writing shared bytes, which is
+//! what keeps an idle stream's memory and a fan-out's CPU close to a websocket's.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
@@ -61,21 +72,33 @@ use crate::stream::{Encoding, Frame};
 use crate::wire::{self, compat::close_event};
 
 /// How long a browser should wait before reconnecting after the server shut down.
+///
+/// 3 s after a shutdown: long enough for a restarting server (or a load balancer's next
+/// node) to be ready, so a crowd of browsers does not hammer a port that is not open yet.
 const RETRY_AFTER_SHUTDOWN_MS: u64 = 3000;
 /// How long a browser should wait before reconnecting after its stream reached its lifetime.
+///
+/// 250 ms after a rotation: the server is up and waiting; the small delay only spreads
+/// the reconnects of streams that were opened together.
 const RETRY_AFTER_ROTATION_MS: u64 = 250;
 /// The `close` event's code when a stream reached `PGWS_SSE_MAX_AGE` (the client should simply
 /// reconnect, with its `Last-Event-ID`).
+///
+/// In the 4000–4999 range RFC 6455 leaves to applications, beside 4000 (slow consumer).
 pub const CLOSE_ROTATED: u16 = 4002;
 /// How long a blocked write may take before the peer is considered gone (as for websockets).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most slices handed to one `writev` (Linux's `IOV_MAX` is 1024).
+///
+/// Each chunk needs two more slices (its size line and its trailer); see `Raw::write`.
 const IOV_BATCH: usize = 1024;
 
 /// Whether a request asks for an event stream: `GET`, `Accept: text/event-stream`, no `Upgrade`.
 /// Nothing else is taken from static files or the upstream: browsers never send that `Accept`
 /// for pages, scripts or API calls.
 pub fn is_request<B>(req: &Request<B>) -> bool {
+    // Only the media type counts: parameters (`;q=0.9`) are ignored, and a list with
+    // `text/event-stream` anywhere in it asks for a stream.
     req.method() == Method::GET
         && !req.headers().contains_key(UPGRADE)
         && req
@@ -97,6 +120,9 @@ pub fn is_request<B>(req: &Request<B>) -> bool {
 pub fn is_raw_request(req: &Request<()>) -> bool {
     let h = req.headers();
     is_request(req)
+        // HTTP/1.1 only: chunked framing is written by hand below, and HTTP/1.0 has none.
+        // No body: the raw path reads only the head, and a body left unread would be taken for
+        // the next request.
         && req.version() == Version::HTTP_11
         && !h.contains_key(TRANSFER_ENCODING)
         && h.get_all(CONTENT_LENGTH)
@@ -112,11 +138,14 @@ pub async fn accept(state: Arc<AppState>, admitted: Admitted) -> Response<Body> 
     let mut client = open(&state, admitted).await;
     let (tx, rx) = tokio::sync::mpsc::channel(BODY_CHUNKS);
     // The first chunk (a comment) makes hyper send the head and a first byte at once.
+    // `try_send` on a fresh channel with room for `BODY_CHUNKS`: it cannot fail.
     let _ = tx.try_send(Bytes::from_static(b": ok\n\n"));
     let mut carrier = Channel {
         tx,
         lifetime: lifetime(&state),
     };
+    // Tracked by the server's session tracker, so a shutdown waits for this stream's
+    // goodbye as for a websocket's.
     state.sessions.spawn(async move {
         let end = session::serve(&mut carrier, &mut client, &mut Compat).await;
         session::conclude(&mut carrier, client, end).await;
@@ -140,6 +169,8 @@ async fn open(state: &Arc<AppState>, admitted: Admitted) -> Client {
         "event stream open"
     );
     let client = Client::open(state.clone(), id, admitted, wire::SSE);
+    // Subscribed (with its replay queued) before the head goes out: nothing routed after
+    // the browser sees the response begin can be missed.
     client.following().await;
     client.start().await;
     client
@@ -147,12 +178,16 @@ async fn open(state: &Arc<AppState>, admitted: Admitted) -> Client {
 
 fn stream_headers(h: &mut HeaderMap) {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    // A cached event stream would replay old events to a new reader.
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx buffers proxied responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
 /// Chunks a hyper-carried stream's channel holds before the session waits for the body.
+///
+/// 8: each chunk is a whole drained batch, so a few are enough to keep the body busy;
+/// more would only hide a reader that stopped, whose outbox should overflow instead.
 const BODY_CHUNKS: usize = 8;
 
 /// When a stream ends by itself (`PGWS_SSE_MAX_AGE`): rotated with `close` 4002, which the
@@ -161,6 +196,7 @@ fn lifetime(state: &AppState) -> Option<(Instant, End)> {
     state.config.sse_max_age.map(|age| {
         (
             Instant::now() + age,
+            // The third field is the reason the metrics count.
             End::Close(
                 CLOSE_ROTATED,
                 "stream lifetime reached; reconnect",
@@ -174,6 +210,8 @@ fn lifetime(state: &AppState) -> Option<(Instant, End)> {
 /// `close` event with the websocket close code it stands for, after `retry:` advice when the
 /// browser should come back (after a shutdown, a moment later; after a rotation, at once).
 fn goodbye(code: u16, reason: &str) -> Vec<u8> {
+    // Other codes (expiry, slow consumer, revocation) give no advice: the browser's
+    // default retry applies, and a client whose token expired needs a new one first.
     let retry = match code {
         1001 => Some(RETRY_AFTER_SHUTDOWN_MS),
         CLOSE_ROTATED => Some(RETRY_AFTER_ROTATION_MS),
@@ -183,16 +221,22 @@ fn goodbye(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// The heartbeat: a comment line, so that proxies do not close an idle stream.
+///
+/// A comment: `EventSource` ignores it, so no event reaches the page.
 const HEARTBEAT: &[u8] = b": ping\n\n";
 
 /// An event stream on a raw connection as a session's [`Carrier`]: chunks written with
 /// vectored writes straight from the shared events; the peer, which sends nothing, is read only
 /// to learn when it went away.
 struct Raw<'a, S> {
+    /// The connection, borrowed from the accept loop, which takes it back after the stream.
     io: &'a mut S,
+    /// When and how the stream ends by itself (`PGWS_SSE_MAX_AGE`), if it does.
     lifetime: Option<(Instant, End)>,
     /// The connection cannot carry another request (the peer left, a write failed, or the
     /// server shut down).
+    // Set, never cleared: once the connection cannot be trusted to be at a request
+    // boundary, it must not be reused.
     spent: bool,
 }
 
@@ -202,18 +246,23 @@ where
 {
     type Raw = ();
     const NAME: &'static str = "event stream";
+    // A blocked write is finished (within the write time-out), not abandoned: a chunk cut
+    // in half would corrupt the body, and whole it can be followed by the `close` event
+    // (4000) that tells the browser why it was dropped.
     const DROP_ON_OVERFLOW: bool = false;
 
     fn next(&mut self) -> impl std::future::Future<Output = ()> + Send {
         poll_fn(|cx| poll_peer(self.io, cx))
     }
 
+    // `next` resolves only when the peer closed or failed: that is the only inbound event.
     async fn inbound(&mut self, _: (), _conn: u64) -> Inbound {
         self.spent = true;
         Inbound::End(End::Peer)
     }
 
     async fn write(&mut self, frames: &[Frame], encoding: Encoding) -> io::Result<()> {
+        // One HTTP chunk per batch of events: its size line, the shared events, its trailer.
         for part in frames.chunks(IOV_BATCH - 2) {
             let slices: Vec<&[u8]> = part
                 .iter()
@@ -233,6 +282,7 @@ where
             .map_err(|_| self.spent = true)
     }
 
+    // The browser never answers a heartbeat; a dead peer shows up as a failed write.
     fn answers_keepalive(&self) -> bool {
         false
     }
@@ -243,6 +293,8 @@ where
 
     async fn close(&mut self, code: u16, reason: &'static str) {
         let bye = goodbye(code, reason);
+        // The goodbye ends the chunked body (`last`), so the connection could carry another
+        // request; not after a shutdown (1001), when the server closes it anyway.
         if write_chunks(self.io, &[&bye], true).await.is_err() || code == 1001 {
             self.spent = true;
         }
@@ -252,6 +304,7 @@ where
 /// A hyper-carried event stream as a session's [`Carrier`]: bytes go to the response body
 /// through a bounded channel; the body's drop (the peer left) closes it.
 struct Channel {
+    /// To the response body; closed when hyper drops the body (the peer left).
     tx: tokio::sync::mpsc::Sender<Bytes>,
     lifetime: Option<(Instant, End)>,
 }
@@ -259,6 +312,7 @@ struct Channel {
 impl Carrier for Channel {
     type Raw = ();
     const NAME: &'static str = "event stream";
+    // As for `Raw`: a slow reader still gets its `close` event after what was sent.
     const DROP_ON_OVERFLOW: bool = false;
 
     fn next(&mut self) -> impl std::future::Future<Output = ()> + Send {
@@ -274,6 +328,8 @@ impl Carrier for Channel {
             .iter()
             .map(|f| f.encoded(encoding, wire::encode).len())
             .sum();
+        // One copy per batch into one chunk: the price of going through hyper's body, which
+        // takes owned `Bytes`; this path serves only streams on already-busy connections.
         let mut out = BytesMut::with_capacity(size);
         for frame in frames {
             out.put_slice(frame.encoded(encoding, wire::encode));
@@ -300,6 +356,7 @@ impl Carrier for Channel {
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
+        // Bounded: a body nobody reads must not hold the session (and a shutdown) forever.
         let _ = tokio::time::timeout(
             WRITE_TIMEOUT,
             self.tx.send(Bytes::from(goodbye(code, reason))),
@@ -315,6 +372,9 @@ impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
+    // `None` once the session dropped its sender (the stream ended): hyper then finishes
+    // the chunked body. A dropped body (the peer left) closes the channel, which the
+    // session sees in `Channel::next`.
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -326,6 +386,9 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// What the connection does after [`serve_raw`].
+///
+/// The accept loop acts on this: an event stream may end cleanly and leave the
+/// connection ready for another request (keep-alive), like any other response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
     /// Read the next request (the response was complete and the connection stays open).
@@ -346,6 +409,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // What the client said about the connection (hyper honours `Connection: close` the same way).
+    // A client that asked to close gets its connection closed after the stream, whatever
+    // ended it.
     let close = req
         .headers()
         .get_all(CONNECTION)
@@ -360,12 +425,18 @@ where
             return Box::pin(write_response(io, response, close)).await;
         }
     };
+    // Dropped early, as are the head buffers below: the stream lives for hours, and the
+    // session's future keeps whatever is still alive at its await points.
     drop(req);
+    // Boxed here and below: a future is as large as its largest await, and this one lives
+    // as long as the stream; boxing the one-off steps (open, the head, the conclusion) keeps
+    // an idle stream's memory to what the session itself needs.
     let mut client = Box::pin(open(state, admitted)).await;
     let mut head = Vec::with_capacity(256);
     let mut headers = HeaderMap::new();
     stream_headers(&mut headers);
     write_head(&mut head, StatusCode::OK, &headers, None, close);
+    // The first chunk rides with the head: `: ok\n\n` is 6 bytes; the browser fires `open`.
     chunk_header(&mut head, 6);
     head.extend_from_slice(b": ok\n\n\r\n");
     drop(headers);
@@ -397,7 +468,11 @@ where
 
 /// Reads and discards what the peer sends; ready when it closed (or the connection failed).
 fn poll_peer<S: AsyncRead + Unpin>(io: &mut S, cx: &mut Context<'_>) -> Poll<()> {
+    // The peer should send nothing; whatever it sends is read and dropped into a small
+    // stack buffer so that the connection's receive window never fills.
     let mut scratch = [0u8; 64];
+    // At most 16 reads per poll, then yield (below): a peer sending without end cannot
+    // keep this task, and the session's writes, from running.
     for _ in 0..16 {
         let mut buf = ReadBuf::new(&mut scratch);
         match Pin::new(&mut *io).poll_read(cx, &mut buf) {
@@ -422,6 +497,7 @@ where
     let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
     let mut header = Vec::with_capacity(20);
     chunk_header(&mut header, len);
+    // With `last`, the zero-length chunk follows, which ends the body (RFC 9112 §7.1).
     let trailer: &[u8] = if last { b"\r\n0\r\n\r\n" } else { b"\r\n" };
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 2);
     slices.push(IoSlice::new(&header));
@@ -444,6 +520,7 @@ where
     }
 }
 
+/// A chunk's size line: the length in hexadecimal, then CRLF.
 fn chunk_header(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
@@ -469,6 +546,7 @@ fn write_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The same `server` header hyper's answers carry: a raw and a hyper answer look alike.
     if !headers.contains_key(SERVER) {
         let _ = write!(out, "server: {}\r\n", crate::respond::SERVER_NAME);
     }
@@ -494,6 +572,8 @@ where
     S: AsyncWrite + Unpin,
 {
     let (parts, body) = response.into_parts();
+    // Refusals are small in-memory bodies; collecting cannot really fail, but if it did
+    // the connection is closed rather than left half-answered.
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return After::Close;
     };
@@ -512,6 +592,7 @@ where
     })
     .await;
     match wrote {
+        // A refusal is a complete response: the connection may carry the next request.
         Ok(Ok(())) if !close => After::NextRequest,
         _ => After::Close,
     }

@@ -10,6 +10,17 @@
 //! (unsubscribe, `ConnectionClose`). Every mode reads the socket, so pings are answered and close
 //! frames honoured on read-only sockets too. When the server closes a socket (expiry, shutdown,
 //! slow consumer) it sends a close frame, waits briefly for the answer and then closes TCP itself.
+//!
+//! What it owns: the handshake's headers (version, key, accept, subprotocol), the socket's
+//! tungstenite settings, and the bytes on the wire. What it must never do: decide who may
+//! connect or to what (that is admission's, done before `accept` is called), interpret a
+//! client's text (it hands it to the session as [`Inbound::Text`]), or copy a message per
+//! socket: every socket of one encoding writes the same shared bytes.
+//!
+//! Why raw writes beside tungstenite: tungstenite would re-frame and copy each message into
+//! its write buffer for every socket. The frames are framed once ([`wire::encode`]) and written
+//! with `writev` straight to the socket, so fan-out costs a reference per socket, not a copy;
+//! tungstenite keeps the read side and the control frames it must answer itself.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,6 +51,9 @@ use crate::stream::{Encoding, Frame};
 use crate::wire;
 
 /// How long to wait for the peer's answer to our close frame.
+///
+/// Long enough for a peer on a slow mobile link to answer; short enough that a peer that
+/// never answers does not hold a session task (and a shutdown) for long.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long, after our close, what a peer still sends is read and dropped (so that it reads
 /// our close frame rather than a reset).
@@ -50,6 +64,10 @@ const LINGER: Duration = Duration::from_secs(2);
 /// explicit message size limit. A larger client message grows the buffer as needed.
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        // 256 B read buffer: enough for a typical small client message in one read; a larger
+        // one grows it for that read only. The write buffer serves only tungstenite's own
+        // frames (pongs, pings, close): messages bypass it. The 16 MiB cap bounds what a peer
+        // that stops reading can make tungstenite hold before a write fails.
         .read_buffer_size(256)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(16 * 1024 * 1024)
@@ -68,6 +86,8 @@ pub async fn accept(
     if req
         .headers()
         .get(SEC_WEBSOCKET_VERSION)
+        // RFC 6455 §4.4: answer an unsupported version with 400 and the one we speak, so a
+        // client can retry with it.
         .is_none_or(|v| v.as_bytes() != b"13")
     {
         tracing::info!(peer = %ip, "Rejecting Request: unsupported Sec-WebSocket-Version");
@@ -86,7 +106,11 @@ pub async fn accept(
             "Error: missing Sec-WebSocket-Key header",
         );
     };
+    // The key's content is not checked beyond being present: the accept value proves only
+    // that the server speaks websocket, and any bytes derive one.
     let accept = derive_accept_key(key.as_bytes());
+    // Taken now, awaited in the spawned task: hyper completes the upgrade only after the
+    // 101 below has been written.
     let upgrade = hyper::upgrade::on(req);
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     // No span per socket (it would cost every idle socket ≈270 B): this line names the socket,
@@ -110,6 +134,8 @@ pub async fn accept(
     let config = state.ws_config;
     let v2_answer = v2.is_some();
     let tracker = state.sessions.clone();
+    // Fixed for the socket's life: the outbox carries it, and every message is encoded once
+    // per encoding, shared by every socket of that encoding.
     let encoding = if v2.is_some() {
         wire::V2
     } else if admitted.positions {
@@ -118,6 +144,8 @@ pub async fn accept(
         wire::COMPAT
     };
     let client = Client::open(state, id, admitted, encoding);
+    // Subscribed (in `Client::open`) and, in direct mode, LISTENed before the 101: what is
+    // routed once the client sees the handshake complete reaches its outbox.
     client.following().await;
     // One task type per protocol: a task holds the state of the handler it runs inline, so a
     // shared task would make every socket pay for the larger of the two (or, boxing one, for a
@@ -134,11 +162,14 @@ pub async fn accept(
             }
         }),
     };
+    // The 101: only the headers RFC 6455 requires, and the subprotocol only when the
+    // client offered it (a client that offers none must get none back).
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    // Base64 text, always a valid header value; the check only avoids an unwrap.
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
@@ -167,12 +198,16 @@ where
     S: AsyncWrite + Unpin,
 {
     for chunk in frames.chunks(IOV_BATCH) {
+        // `encoded` makes the frame's bytes for this encoding on first use and returns the
+        // shared copy after: the first socket pays the encoding, the others a lookup.
         let mut slices: Vec<IoSlice<'_>> = chunk
             .iter()
             .map(|f| IoSlice::new(f.encoded(encoding, wire::encode)))
             .collect();
         let mut bufs = &mut slices[..];
         while !bufs.is_empty() {
+            // A short write is normal on a busy socket: skip what was written and go on; the
+            // await is where a slow peer holds this task (the session watches for overflow then).
             let n = io.write_vectored(bufs).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
@@ -180,6 +215,7 @@ where
             IoSlice::advance_slices(&mut bufs, n);
         }
     }
+    // A no-op on a plain TCP stream; needed when something buffers under us (TLS).
     io.flush().await
 }
 
@@ -190,6 +226,8 @@ async fn websocket(
     id: u64,
 ) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
     match upgrade.await {
+        // `from_raw_socket`: the handshake was already done by hand above, so tungstenite
+        // starts straight in the open state.
         Ok(upgraded) => Some(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await,
@@ -206,6 +244,8 @@ async fn websocket(
 struct Ws<S> {
     ws: WebSocketStream<S>,
     /// Pings sent (each ping carries its number).
+    // A counter rather than a timestamp: cheap, and a pong echoing an old number is
+    // recognisable in a packet capture.
     pings: u64,
 }
 
@@ -222,6 +262,8 @@ where
     type Raw = Option<Result<Message, WsError>>;
     const NAME: &'static str = "websocket";
 
+    // Cancel-safe (the session `select!`s on it): `StreamExt::next` on tungstenite loses
+    // no frame when dropped before it completes.
     fn next(&mut self) -> impl std::future::Future<Output = Self::Raw> + Send {
         self.ws.next()
     }
@@ -237,6 +279,8 @@ where
         write_frames(self.ws.get_mut(), frames, encoding).await
     }
 
+    // Called by the session's one timer. A failed send means the peer is gone; the
+    // session ends the socket without a close handshake.
     async fn keepalive(&mut self) -> Result<(), ()> {
         self.pings += 1;
         let payload = self.pings.to_string().into_bytes();
@@ -252,6 +296,8 @@ where
             reason: reason.into(),
         };
         let ws = &mut self.ws;
+        // Send our close frame, then read (and drop) whatever the peer still sends until
+        // its answering close frame ends the stream (the closing handshake, RFC 6455 §5.5.1).
         let closed = async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
@@ -301,7 +347,10 @@ where
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
             Inbound::End(End::Peer)
         }
+        // Pongs (and raw frames tungstenite does not surface): proof of life, no content.
         Some(Ok(_)) => Inbound::Alive,
+        // The close codes below are RFC 6455's (§7.4.1); the third part is the reason
+        // counted in the metrics.
         Some(Err(WsError::Capacity(e))) => {
             tracing::warn!(conn = id, error = %e, "client message too large");
             Inbound::End(End::Close(1009, "message too big", "message_too_big"))
@@ -315,6 +364,8 @@ where
             tracing::info!(conn = id, error = %e, "websocket protocol error");
             Inbound::End(End::Close(1002, "protocol error", "protocol_error"))
         }
+        // Resets, EOF without a close frame: ordinary ends of a connection, not worth more
+        // than a debug line.
         Some(Err(e)) => {
             tracing::debug!(conn = id, error = %e, "websocket read ended");
             Inbound::End(End::Peer)

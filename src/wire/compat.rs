@@ -7,6 +7,17 @@
 //! byte. Which channel a message goes to is [`crate::routing`]'s decision.
 //!
 //! Add a new server event here, next to its siblings, so that its shape is reviewed in one place.
+//!
+//! What it owns: the exact bytes of every compat-protocol text pgws makes. What it must never
+//! do: import anything above the wire formats (it is a leaf: transports, the client core and
+//! the sources call it, never the other way round), decide anything (who may publish, which
+//! channel, when a gap happened: callers decide, this only words it), or change a shape that
+//! clients of the original already parse (the envelope and meta events are compatibility
+//! surface; new fields go into pgws's own events only).
+//!
+//! Why hand-written JSON for the envelope: it is built once per published message, with the
+//! claims serialised once per socket ([`ClaimsText`]); pushing strings avoids building a
+//! `serde_json::Value` tree per message. The rare events use `json!` for readability.
 
 use std::time::Duration;
 
@@ -18,6 +29,8 @@ use crate::stream::{Frame, Position, ResumeGap};
 #[derive(Debug, Clone)]
 pub struct ClaimsText {
     /// `{"a":1,"b":2` — the object without its closing brace (and without `message_delivered_at`).
+    // Kept open so that each message appends its own `message_delivered_at` without parsing
+    // or re-serialising the claims.
     open: String,
 }
 
@@ -25,14 +38,18 @@ impl ClaimsText {
     /// Serialises the claims (minus any `message_delivered_at`, which each message sets).
     pub fn new(claims: &Map<String, Value>) -> Self {
         let mut claims = claims.clone();
+        // The server stamps it per message; a token's own value must not be sent twice (or
+        // spoofed).
         claims.remove("message_delivered_at");
         let mut open = Value::Object(claims).to_string();
+        // `to_string` of an object always ends with `}`: drop it to keep the object open.
         open.pop();
         Self { open }
     }
 
     fn write(&self, out: &mut String, delivered_at: f64) {
         out.push_str(&self.open);
+        // `{` alone: no claims, so no comma before the timestamp.
         if self.open.len() > 1 {
             out.push(',');
         }
@@ -45,9 +62,13 @@ impl ClaimsText {
 /// Seconds with their fraction, as a JSON number.
 fn format_seconds(t: f64) -> String {
     if t.is_finite() {
+        // `Display` for `f64` is the shortest text that reads back as the same number.
         let s = format!("{t}");
+        // Always a fraction, as the original writes it: `1700000000.0`, never `1700000000`, so
+        // clients that check for a float keep working.
         if s.contains('.') { s } else { format!("{s}.0") }
     } else {
+        // A clock that gives NaN or infinity must not produce invalid JSON.
         "0.0".into()
     }
 }
@@ -65,7 +86,10 @@ pub fn envelope(
     claims: &ClaimsText,
     delivered_at: f64,
 ) -> String {
+    // Sized once for the usual case (64 covers the keys, the event name and the timestamp);
+    // escapes in the payload may still grow it.
     let mut out = String::with_capacity(64 + channel.len() + payload.len() + claims.open.len());
+    // Key order is the original's: some clients compare texts, not parsed objects.
     out.push_str("{\"channel\":");
     push_json_str(&mut out, channel);
     out.push_str(",\"event\":");
@@ -101,6 +125,9 @@ pub fn postgrest_envelope(
 
 /// A pgws control event sent to one socket only (never through PostgreSQL): an error about the
 /// socket's own message. Clients of the original can ignore it: its `event` is `Error`.
+///
+/// `code` is a stable identifier a client can branch on; `message` is prose for people
+/// and may change between versions.
 pub fn error_event(code: &str, message: &str, channel: Option<&str>) -> String {
     serde_json::json!({
         "event": "Error",
@@ -135,6 +162,7 @@ pub fn gap_event(down_for: Duration) -> String {
     serde_json::json!({
         "event": "Gap",
         "message": GAP_MESSAGE,
+        // Milliseconds fit a `u64` for any outage a process can live through.
         "down_ms": down_for.as_millis() as u64,
     })
     .to_string()
@@ -169,6 +197,8 @@ pub fn resume_gap_event(gap: &ResumeGap<'_>) -> String {
 
 /// [`resume_gap_event`] as a frame named `gap` (an event stream sends it as `event: gap`).
 pub fn resume_gap_frame(gap: &ResumeGap<'_>) -> Frame {
+    // Named so an event stream can send it apart from `onmessage` (`event: gap`); a
+    // websocket ignores the name and sends the same text.
     Frame::named("gap", resume_gap_event(gap))
 }
 
@@ -181,6 +211,7 @@ pub fn gap_frame(down_for: Duration) -> Frame {
 /// and the exact text a compat client gets, as a JSON string.
 pub fn positioned_message(position: Position, text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 48);
+    // The position text is hex, digits, `-`, `/` and `.`: nothing to escape.
     out.push_str("{\"id\":\"");
     out.push_str(&position.to_string());
     out.push_str("\",\"data\":");
@@ -200,6 +231,8 @@ pub fn close_event(code: u16, reason: &str) -> String {
     .to_string()
 }
 
+/// What a source-outage `Gap` says, on sockets and on the meta channel alike: the server
+/// cannot know what was lost, so it says only that something may have been.
 const GAP_MESSAGE: &str = "the server's database connection was lost and restored; notifications sent meanwhile may have been lost";
 
 /// A meta-channel event (`ConnectionOpen`, `ConnectionClose`): the client-message envelope with
@@ -211,6 +244,7 @@ pub fn meta_event(
     claims: &ClaimsText,
     at: f64,
 ) -> String {
+    // The original's shape: the channels as one comma-separated payload string.
     envelope(event, meta_channel, &channels.join(","), claims, at)
 }
 

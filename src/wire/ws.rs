@@ -2,13 +2,21 @@
 //! §5.2: FIN + text opcode, the length, no mask, the payload), so that a transport writes the
 //! same bytes to every socket without copying or re-encoding them per socket. Control frames
 //! (ping, pong, close) are tungstenite's business, not this module's.
+//!
+//! What it owns: the frame header's bytes. What it must never do: mask (only clients mask,
+//! RFC 6455 §5.1), split a message into fragments (every frame is final, so a frame is a
+//! unit a transport can write in any batch), or compress (no `permessage-deflate`: a
+//! per-socket compression context would defeat the shared bytes, and `rsv1` stays clear).
 
 /// `text` as one complete websocket text frame, header and payload in one allocation.
 pub fn text_frame(text: &str) -> Vec<u8> {
     let len = text.len();
+    // 10: the largest header (1 byte of flags and opcode, 1 of length, 8 of extended length).
     let mut wire = Vec::with_capacity(10 + len);
     wire.push(0x81); // FIN, opcode 1 (text)
     match len {
+        // The three length forms of §5.2: 7 bits, then 16, then 64; the shortest one that fits
+        // must be used.
         0..=125 => wire.push(len as u8),
         126..=65535 => {
             wire.push(126);

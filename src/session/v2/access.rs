@@ -5,6 +5,10 @@
 //! any URL channel). [`check`] is the only function a subscribe or publish goes through: the
 //! token's own rules, then database authorization (`src/authz/`, when it is on) for the subject
 //! admitted at connection time.
+//!
+//! What it must never do: let a request reach the hub or the publisher without passing
+//! [`check`], or ask the database before the token's own rules (a request the token refuses
+//! costs no round trip).
 
 use serde_json::Value;
 
@@ -114,6 +118,8 @@ pub async fn check(
     // connection time (a refresh does not change it: `sub` must stay the same).
     if let Some(a) = authz {
         let mode = match action {
+            // The mode of this one request, not the token's: a `rw` token that subscribes is
+            // checked for reading only.
             Action::Subscribe => "r",
             Action::Publish => "w",
         };

@@ -1,6 +1,17 @@
 //! `subscribe`: join a channel, optionally resuming after a position, optionally watching its
 //! presence. Checked against the token (and the database) first; answered `subscribed` after
 //! the replay, with the snapshot of presence right after it when asked for.
+//!
+//! What it owns: the order of the steps of one subscribe, from the request's fields to the
+//! `subscribed` answer. What it must never do: answer before the replay is queued (the answer's
+//! position is what the client resumes from next), subscribe a channel the token or the
+//! database does not allow (every check runs before the hub is touched), or leave the socket
+//! half-subscribed (a refusal returns before any state changes).
+//!
+//! Why the checks come in this order: the cheap, local refusals first (presence off, a bad
+//! name, already subscribed, too many), then [`access::check`], which may ask the database;
+//! only then the waits (catching up to `since`, the source's LISTEN) that a refused request
+//! should never cost.
 
 use std::time::Duration;
 
@@ -12,8 +23,13 @@ use crate::stream::ResumeFrom;
 use crate::wire::v2::{self as wire, Id};
 
 /// How long a subscribe from a position this node has not read yet waits for it (WAL source).
+///
+/// The same wait as a resume at the handshake (`admission`): after it, a position still
+/// ahead is answered as a `gap`, not waited for.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 /// Longest `since` read (longer is not a position: a `gap` with `unknown_position`).
+///
+/// The same bound as the handshake's `Last-Event-ID`, far above a valid position's length.
 const MAX_SINCE: usize = 256;
 
 impl Session {
@@ -34,12 +50,15 @@ impl Session {
         }
         let name = ChannelName::new(channel)
             .map_err(|e| Refused::new(Code::BadChannel, e.client_text()))?;
+        // Refused rather than ignored: a second join would put the outbox in the channel twice
+        // (every message delivered twice), and the client's state would disagree with ours.
         if client.channels().contains(&name) {
             return Err(Refused::new(
                 Code::AlreadySubscribed,
                 "this socket already follows that channel",
             ));
         }
+        // The same limit as a compat socket's granted channels, counted over the live set.
         let max = client.state().config.max_channels;
         if client.channels().len() >= max {
             return Err(Refused::new(
@@ -55,6 +74,7 @@ impl Session {
             Action::Subscribe,
         )
         .await?;
+        // An empty `since` means "no resume", as an empty `Last-Event-ID` does.
         let from = since.filter(|s| !s.trim().is_empty()).map(|s| {
             if s.len() > MAX_SINCE {
                 ResumeFrom::Unknown
@@ -63,6 +83,8 @@ impl Session {
             }
         });
         if let Some(ResumeFrom::At(p)) = from {
+            // Only a WAL source can be behind a position it will reach (see `Hub::wait_for`); for
+            // NOTIFY this returns at once.
             client.state().hub.wait_for(p, CATCH_UP_WAIT).await;
         }
         // In direct mode the source LISTENs first, so that "subscribed" means everything sent
@@ -80,10 +102,14 @@ impl Session {
         }
         // Presence joins right after the answer is queued, under the hub's lock: the snapshot
         // (if asked for) is the frame after `subscribed`.
+        // Cloned out of the client before `join` borrows it mutably; the closure below runs
+        // under the hub's write lock, so it only records the membership (no await, no I/O).
         let hub_presence = client.state().presence.clone();
         let outbox = client.outbox_handle().clone();
         let conn = client.id();
         let member = self.access.member();
+        // Every socket with presence on joins the channel's member list (it is counted); only
+        // one that asked (`presence: true`) gets the snapshot and the join/leave events.
         let mut membership = None;
         let resumed = client.join(
             name.clone(),
@@ -95,6 +121,8 @@ impl Session {
                     .map(|p| p.join(channel, member, presence.then_some((conn, &outbox))));
             },
         );
+        // Kept by the session so that unsubscribe, a refresh that revokes the channel, or the
+        // end of the socket leaves presence too.
         if let Some(m) = membership {
             self.presence.get_or_insert_default().push(m);
         }

@@ -1,5 +1,9 @@
 //! `unsubscribe`: leave a channel (and its presence). No message of the channel follows the
 //! answer.
+//!
+//! What it owns: leaving one channel on request. What it must never do: queue the answer
+//! before the socket left the hub (so no message of the channel can follow it), or leave a
+//! channel the socket does not follow silently (the client's view would drift from ours).
 
 use serde_json::Value;
 
@@ -16,15 +20,19 @@ impl Session {
         id: &Id,
         channel: &str,
     ) -> Result<Frame, Refused> {
+        // `part` leaves the hub first (under its lock), so once it returns nothing more of the
+        // channel is queued; what was queued before still goes out, before the answer.
         if !client.part(channel) {
             return Err(Refused::new(
                 Code::NotSubscribed,
                 format!(
                     "this socket does not follow the channel {}",
+                    // Quoted as JSON: the name comes from the client and may hold anything.
                     Value::String(channel.to_string())
                 ),
             ));
         }
+        // After the hub: presence's `leave` event for the others may name this socket.
         self.leave_presence(channel);
         Ok(wire::unsubscribed(id, channel))
     }
