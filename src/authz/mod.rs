@@ -461,7 +461,7 @@ impl Authorizer {
     /// A revocation from the control plane (the handler [`crate::control::Plane::on_revoke`]
     /// calls): counted, logged, applied.
     pub fn revoked(self: &Arc<Self>, revocation: crate::control::Revocation) {
-        let selector = Selector::from(revocation);
+        let selector: Selector = revocation;
         self.metrics.revocations.inc();
         tracing::info!(?selector, "revocation received");
         self.revoke(selector);

@@ -32,18 +32,9 @@ use super::{Authorizer, AuthzRefusal, CLOSE_REVOKED, REVOKED_REASON, Subject};
 use crate::channel::ChannelName;
 use crate::stream::Outbox;
 
-/// Which clients a revocation names. Every field that is set must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector {
-    /// The token's `sub`.
-    pub sub: Option<String>,
-    /// The token's `jti`.
-    pub jti: Option<String>,
-    /// One of the client's channels.
-    pub channel: Option<String>,
-    /// The role the client's checks run as.
-    pub role: Option<String>,
-}
+/// Which clients a revocation names (every member given must match): the control plane's
+/// [`crate::control::Revocation`], matched against subjects here.
+pub use crate::control::Revocation as Selector;
 
 impl Selector {
     /// Whether a subject (and, when given, a channel) matches.
@@ -55,17 +46,6 @@ impl Selector {
             && same(&self.jti, s.jti.as_deref())
             && same(&self.role, Some(&s.role))
             && (channel.is_none() || same(&self.channel, channel))
-    }
-}
-
-impl From<crate::control::Revocation> for Selector {
-    fn from(r: crate::control::Revocation) -> Self {
-        Self {
-            sub: r.sub,
-            jti: r.jti,
-            channel: r.channel,
-            role: r.role,
-        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod notify;
 pub mod unread_notify;
 pub mod wal;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,6 +125,53 @@ impl SourceHandle {
     }
 }
 
+/// Consecutive messages of one channel, handed to the hub as one run (one lock and one wake-up
+/// per client for the run).
+struct Runs<'a, 'h> {
+    hub: &'h Hub,
+    channel: Option<Cow<'a, str>>,
+    run: Vec<Frame>,
+    delivered: usize,
+}
+
+impl<'a, 'h> Runs<'a, 'h> {
+    fn new(hub: &'h Hub) -> Self {
+        Self {
+            hub,
+            channel: None,
+            run: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    /// Adds a message for `channel` (positioned at `seq`; zero: the hub numbers it), closing
+    /// the current run when the channel changes.
+    fn push(&mut self, channel: Cow<'a, str>, seq: Seq, text: &str) {
+        if self.channel.as_ref() != Some(&channel) {
+            self.flush();
+            self.channel = Some(channel);
+        }
+        let mut frame = Frame::text(text);
+        if !seq.is_zero() {
+            frame.set_seq(seq);
+        }
+        self.run.push(frame);
+    }
+
+    fn flush(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.delivered += self.hub.publish_run(&channel, &mut self.run);
+            self.run.clear();
+        }
+    }
+
+    /// Hands the last run over; returns how many deliveries were queued.
+    fn finish(mut self) -> usize {
+        self.flush();
+        self.delivered
+    }
+}
+
 /// Where a source puts what it receives: routes messages into the hub, and tells clients (and
 /// the meta channel) about losses. The same for every source.
 pub struct Sink {
@@ -158,32 +206,15 @@ impl Sink {
         &self,
         batch: impl IntoIterator<Item = (Seq, &'a str, &'a str)>,
     ) -> usize {
-        let mut delivered = 0;
-        let mut run: Vec<Frame> = Vec::new();
-        let mut run_channel: Option<std::borrow::Cow<'a, str>> = None;
+        let mut runs = Runs::new(&self.hub);
         for (seq, pg_channel, payload) in batch {
             self.received.inc();
             if self.control.intercept(pg_channel, payload) {
                 continue;
             }
-            let target = self.router.target(pg_channel, payload);
-            if run_channel.as_ref() != Some(&target) {
-                if let Some(channel) = run_channel.take() {
-                    delivered += self.hub.publish_run(&channel, &mut run);
-                    run.clear();
-                }
-                run_channel = Some(target);
-            }
-            let mut frame = Frame::text(payload);
-            if !seq.is_zero() {
-                frame.set_seq(seq);
-            }
-            run.push(frame);
+            runs.push(self.router.target(pg_channel, payload), seq, payload);
         }
-        if let Some(channel) = run_channel {
-            delivered += self.hub.publish_run(&channel, &mut run);
-        }
-        delivered
+        runs.finish()
     }
 
     /// Delivers positioned messages to the channels named with them (table changes: the table's
@@ -192,26 +223,12 @@ impl Sink {
         &self,
         batch: impl IntoIterator<Item = (Seq, &'a str, &'a str)>,
     ) -> usize {
-        let mut delivered = 0;
-        let mut run: Vec<Frame> = Vec::new();
-        let mut run_channel: Option<&'a str> = None;
+        let mut runs = Runs::new(&self.hub);
         for (seq, channel, text) in batch {
             self.received.inc();
-            if run_channel != Some(channel) {
-                if let Some(c) = run_channel.take() {
-                    delivered += self.hub.publish_run(c, &mut run);
-                    run.clear();
-                }
-                run_channel = Some(channel);
-            }
-            let mut frame = Frame::text(text);
-            frame.set_seq(seq);
-            run.push(frame);
+            runs.push(Cow::Borrowed(channel), seq, text);
         }
-        if let Some(c) = run_channel {
-            delivered += self.hub.publish_run(c, &mut run);
-        }
-        delivered
+        runs.finish()
     }
 
     /// The routing rules (sources ask which PostgreSQL channels to receive).

@@ -198,15 +198,9 @@ async fn a_peer_that_never_answers_pings_is_closed_with_4001() {
     // A raw client that completes the handshake and then never answers anything.
     let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let t = token(json!({"mode":"r"}));
-    tcp.write_all(
-        format!(
-            "GET /chat/{t} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    tcp.write_all(raw_upgrade_request(&format!("/chat/{t}")).as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let mut pings = 0;
     let code = tokio::time::timeout(WAIT, async {

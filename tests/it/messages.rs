@@ -329,15 +329,9 @@ async fn a_client_still_writing_an_oversized_frame_reads_the_1009_close() {
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let (mut rd, mut wr) = tcp.into_split();
     let t = ts();
-    wr.write_all(
-        format!(
-            "GET /chat/{t} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    wr.write_all(raw_upgrade_request(&format!("/chat/{t}")).as_bytes())
+        .await
+        .unwrap();
     // A masked text frame announcing 4 MB (far over the limit), whose payload keeps coming for
     // a while after the server has refused it.
     let writer = tokio::spawn(async move {

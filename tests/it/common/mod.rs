@@ -481,3 +481,12 @@ pub async fn open_v2_url(url: &str) -> (Ws, Value) {
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     (ws, welcome)
 }
+
+/// The bytes of a plain websocket upgrade request for `path` (clients that speak the protocol by
+/// hand, to control every byte and read raw frames).
+pub fn raw_upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
