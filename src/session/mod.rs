@@ -281,6 +281,77 @@ pub async fn conclude<C: Carrier>(carrier: &mut C, client: Client, end: End) {
     Box::pin(client.finish()).await;
 }
 
+/// The protocol a websocket speaks, as admission negotiated it: the handler its session runs
+/// and the encoding its outbox carries. The one place outside the handlers and `wire` that
+/// tells v2 from compat, so that carriers stay protocol-free.
+pub enum Protocol {
+    /// The original protocol; `positioned`: the client asked for positions (`?last-event-id`).
+    Compat {
+        /// Messages carry their positions (`{"id","data"}`).
+        positioned: bool,
+    },
+    /// Protocol v2, with what the token grants (boxed: it moves through the accept path's
+    /// states, and every idle v2 socket would hold an inline copy).
+    V2(Box<v2::access::Access>),
+}
+
+impl Protocol {
+    /// The protocol of an admitted websocket (`v2`: it negotiated `pgws.v2`).
+    pub fn of(
+        v2: bool,
+        positioned: bool,
+        grant: &crate::auth::Grant,
+        presence_claim: Option<&str>,
+    ) -> Self {
+        if v2 {
+            Self::V2(Box::new(v2::access::Access::new(grant, presence_claim)))
+        } else {
+            Self::Compat { positioned }
+        }
+    }
+
+    /// The encoding its outbox carries (fixed for the socket's life: every message is encoded
+    /// once per encoding, shared by every socket of that encoding).
+    pub fn encoding(&self) -> crate::stream::Encoding {
+        match self {
+            Self::V2(_) => crate::wire::V2,
+            Self::Compat { positioned: true } => crate::wire::COMPAT_POSITIONED,
+            Self::Compat { positioned: false } => crate::wire::COMPAT,
+        }
+    }
+
+    /// The subprotocol the handshake answers for it, when the protocol has its own.
+    pub fn subprotocol(&self) -> Option<&'static str> {
+        match self {
+            Self::V2(_) => Some(crate::wire::v2::SUBPROTOCOL),
+            Self::Compat { .. } => None,
+        }
+    }
+
+    /// Spawns the session on `tracker`: `carrier` is awaited in the task (a websocket's upgrade
+    /// completes only after the 101 went out; `None`: it failed, logged). One task type per
+    /// protocol: a task holds its handler's state inline, so a shared one would make every
+    /// socket pay for the larger handler.
+    pub fn spawn<C, F>(self, tracker: &tokio_util::task::TaskTracker, client: Client, carrier: F)
+    where
+        C: Carrier + 'static,
+        F: Future<Output = Option<C>> + Send + 'static,
+    {
+        match self {
+            Self::V2(access) => tracker.spawn(async move {
+                if let Some(carrier) = carrier.await {
+                    run(carrier, client, v2::Session::new(access)).await;
+                }
+            }),
+            Self::Compat { .. } => tracker.spawn(async move {
+                if let Some(carrier) = carrier.await {
+                    run(carrier, client, compat::Compat).await;
+                }
+            }),
+        };
+    }
+}
+
 /// A client's whole session: `ConnectionOpen`, the loop, the goodbye, `ConnectionClose`.
 pub async fn run<C: Carrier, H: Handler>(mut carrier: C, mut client: Client, mut handler: H) {
     Box::pin(client.start()).await;

@@ -124,44 +124,22 @@ pub async fn accept(
         "websocket open"
     );
     let carrier = admitted.carrier;
-    let v2 = admitted.v2.then(|| {
-        let claim = state.presence.as_ref().map(|p| p.claim());
-        Box::new(crate::session::v2::access::Access::new(
-            &admitted.grant,
-            claim,
-        ))
-    });
+    let protocol = session::Protocol::of(
+        admitted.v2,
+        admitted.positions,
+        &admitted.grant,
+        state.presence.as_ref().map(|p| p.claim()),
+    );
     let config = state.ws_config;
-    let v2_answer = v2.is_some();
     let tracker = state.sessions.clone();
-    // Fixed for the socket's life: the outbox carries it, and every message is encoded once
-    // per encoding, shared by every socket of that encoding.
-    let encoding = if v2.is_some() {
-        wire::V2
-    } else if admitted.positions {
-        wire::COMPAT_POSITIONED
-    } else {
-        wire::COMPAT
-    };
-    let client = Client::open(state, id, admitted, encoding);
+    let subprotocol = protocol.subprotocol();
+    let client = Client::open(state, id, admitted, protocol.encoding());
     // Subscribed (in `Client::open`) and, in direct mode, LISTENed before the 101: what is
     // routed once the client sees the handshake complete reaches its outbox.
     client.following().await;
-    // One task type per protocol: a task holds the state of the handler it runs inline, so a
-    // shared task would make every socket pay for the larger of the two (or, boxing one, for a
-    // second allocation).
-    match v2 {
-        Some(access) => tracker.spawn(async move {
-            if let Some(ws) = websocket(upgrade, config, id).await {
-                session::run(Ws::new(ws), client, session::v2::Session::new(access)).await;
-            }
-        }),
-        None => tracker.spawn(async move {
-            if let Some(ws) = websocket(upgrade, config, id).await {
-                session::run(Ws::new(ws), client, session::compat::Compat).await;
-            }
-        }),
-    };
+    protocol.spawn(&tracker, client, async move {
+        websocket(upgrade, config, id).await.map(Ws::new)
+    });
     // The 101: only the headers RFC 6455 requires, and the subprotocol only when the
     // client offered it (a client that offers none must get none back).
     let mut r = Response::new(full(bytes::Bytes::new()));
@@ -173,10 +151,10 @@ pub async fn accept(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
-    if v2_answer {
+    if let Some(own) = subprotocol {
         h.insert(
             hyper::header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(wire::v2::SUBPROTOCOL),
+            HeaderValue::from_static(own),
         );
     } else if carrier == admission::Carrier::Subprotocol {
         h.insert(
