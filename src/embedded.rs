@@ -475,6 +475,22 @@ fn current_user_name() -> String {
 /// a registry build from `scripts/pg-install.sh`, to run the tests on another major version).
 pub const PG_BIN_ENV: &str = "PGWS_PG_BIN";
 
+/// How to run `psql` for the quick start's "send from SQL" line: `psql` when it is on PATH,
+/// else the one beside the server binaries pgws found (a registry build puts it there, not on
+/// PATH), else `psql` (the line then names a program to install).
+pub fn psql_command() -> String {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("psql").is_file()));
+    if on_path {
+        return "psql".into();
+    }
+    find_bindir()
+        .ok()
+        .map(|d| d.join("psql"))
+        .filter(|p| p.is_file())
+        .map_or_else(|| "psql".into(), |p| p.display().to_string())
+}
+
 /// `initdb` and `postgres` side by side: in `$PGWS_PG_BIN` when set; else on PATH, in
 /// `pg_config --bindir`, or the newest `/usr/lib/postgresql/*/bin` (the system's PostgreSQL);
 /// else the newest registry build that `scripts/pg-install.sh` left in [`registry_cache`].

@@ -205,7 +205,8 @@ async fn serve(cli: &mut Cli) -> anyhow::Result<()> {
                 pgws::config::SourceKind::Wal => "pg_logical_emit_message(true, ",
             };
             say!(
-                "Send from SQL: psql \"{}\" -c \"SELECT {send}'{}', json_build_object('channel','chat','payload','hello')::text)\"",
+                "Send from SQL: {} \"{}\" -c \"SELECT {send}'{}', json_build_object('channel','chat','payload','hello')::text)\"",
+                pgws::embedded::psql_command(),
                 cluster.connection_string("postgres"),
                 cli.listen_channel
             );
