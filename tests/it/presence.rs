@@ -808,10 +808,11 @@ async fn member_states_on_one_node() {
 
 /// Two nodes: a state set on one is seen on the other (event and snapshot), the newer of two
 /// writers on two nodes wins everywhere, and when the newer writer's node loses her
-/// connections the other node's state is hers again; her last leave takes it away.
+/// connections the other node's state is hers again; her last leave takes it away. With a
+/// 10 s heartbeat, so that seeing a set within 3 s shows the `set` message, not a heartbeat.
 async fn two_node_states(extra: &[&str]) {
     let db = fresh_db().await;
-    let mut flags = vec!["--presence-interval", INTERVAL];
+    let mut flags = vec!["--presence-interval", "10000"];
     flags.extend_from_slice(extra);
     let a = start_on(&db, &flags).await;
     let b = start_on(&db, &flags).await;
@@ -820,11 +821,14 @@ async fn two_node_states(extra: &[&str]) {
     let mut alice_a = v2(&base(&a), json!({"mode":"r","sub":"alice"})).await;
     join(&mut alice_a, "room", false).await;
     until(&mut on_b, &mut view_b, |v| v.named("alice") == 1).await;
+    let quick = Duration::from_secs(3);
+    let set_at = Instant::now();
     assert_eq!(
         set_state(&mut alice_a, "room", json!({"name":"Alice"})).await["type"],
         "presence_set"
     );
     until(&mut on_b, &mut view_b, |v| v.state("alice").is_some()).await;
+    assert!(set_at.elapsed() < quick, "{:?}", set_at.elapsed());
     assert_eq!(view_b.state("alice"), Some(&json!({"name":"Alice"})));
     // A new watcher on B has it in its snapshot.
     let mut on_b2 = v2(&base(&b), json!({"mode":"r","sub":"w2"})).await;
@@ -839,9 +843,11 @@ async fn two_node_states(extra: &[&str]) {
     let mut alice_b = v2(&base(&b), json!({"mode":"r","sub":"alice"})).await;
     join(&mut alice_b, "room", false).await;
     until(&mut on_a, &mut view_a, |v| v.named("alice") == 2).await;
+    let set_at = Instant::now();
     set_state(&mut alice_b, "room", json!({"name":"Alice B"})).await;
     let newer = json!({"name":"Alice B"});
     until(&mut on_a, &mut view_a, |v| v.state("alice") == Some(&newer)).await;
+    assert!(set_at.elapsed() < quick, "{:?}", set_at.elapsed());
     until(&mut on_b, &mut view_b, |v| v.state("alice") == Some(&newer)).await;
     // Her connection on B leaves: A's state is hers again, on both nodes.
     drop(alice_b);
