@@ -96,7 +96,9 @@ impl Session {
         membership.set_state(state).map_err(|_| {
             Refused::new(
                 Code::Anonymous,
-                "an anonymous member has no state: the token names no member (PGWS_PRESENCE_CLAIM)",
+                "this socket's member is anonymous (its token has no usable PGWS_PRESENCE_CLAIM \
+                 claim, or the channel names 1000 members already), and an anonymous member has \
+                 no state",
             )
         })?;
         Ok(wire::presence_set(id, channel))
