@@ -11,8 +11,14 @@
 //! {"pgws_control":"presence","node":"a1","n":7,"ts":1765000000000,"i":5000,"op":"hello"}
 //! {"pgws_control":"presence","node":"a1","n":8,"ts":…,"i":5000,"op":"delta","d":[["chat","alice",1],["chat",null,-1]]}
 //! {"pgws_control":"presence","node":"a1","n":9,"ts":…,"i":5000,"op":"state","seq":3,"part":0,"parts":1,"s":[["chat",[["alice",2],[null,1]]]]}
-//! {"pgws_control":"presence","node":"a1","n":10,"ts":…,"i":5000,"op":"bye"}
+//! {"pgws_control":"presence","node":"a1","n":10,"ts":…,"i":5000,"op":"set","d":[["chat","alice",1765000000123,{"typing":true}]]}
+//! {"pgws_control":"presence","node":"a1","n":11,"ts":…,"i":5000,"op":"state","seq":4,"part":1,"parts":2,"s":[],"st":[["chat","alice",1765000000123,{"typing":true}]]}
+//! {"pgws_control":"presence","node":"a1","n":12,"ts":…,"i":5000,"op":"bye"}
 //! ```
+//!
+//! `set` carries member states set on the node (channel, member, stamp, state as JSON); a
+//! state's `st` carries all of them (in parts of their own, after the counts: a node of an
+//! older version reads such a part as an empty one, and ignores `set` as unknown).
 //!
 //! Each encoded message stays under [`MAX_PAYLOAD`] bytes (below NOTIFY's 8000): deltas and
 //! states are split into as many messages as needed (a state's parts share its `seq`).
@@ -21,7 +27,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::table::{Channels, MAX_NAME, Member};
+use super::table::{Channels, MAX_NAME, MAX_STATE, Member, Stamped, States};
 use crate::channel::ChannelName;
 
 /// How every presence control message starts.
@@ -57,6 +63,8 @@ pub enum Op {
     Bye,
     /// Connections joined (> 0) or left (< 0).
     Delta(Vec<(Box<str>, Member, i64)>),
+    /// Members set their states (channel, member, stamped state).
+    Set(Vec<StateItem>),
     /// One part of a node's full state.
     State {
         /// Which state (parts of one share it).
@@ -67,7 +75,58 @@ pub enum Op {
         parts: u32,
         /// Channel → members.
         channels: Channels,
+        /// The member states in this part.
+        states: Vec<StateItem>,
     },
+}
+
+/// One member's state on the bus: channel, member, stamped state.
+pub type StateItem = (Box<str>, Box<str>, Stamped);
+
+/// `[channel,member,ts,state]`.
+fn state_item(channel: &str, member: &str, s: &Stamped) -> String {
+    let mut item = String::with_capacity(s.json.len() + channel.len() + member.len() + 32);
+    item.push('[');
+    push_str(&mut item, channel);
+    item.push(',');
+    push_str(&mut item, member);
+    let _ = write!(item, ",{},{}]", s.ts, s.json);
+    item
+}
+
+/// Member states set since the last message, in as many `set` messages as needed.
+pub fn encode_sets(sets: &[StateItem], mut next: impl FnMut() -> Header) -> Vec<String> {
+    let items: Vec<String> = sets.iter().map(|(c, m, s)| state_item(c, m, s)).collect();
+    pack(&items)
+        .into_iter()
+        .map(|body| {
+            let mut msg = String::with_capacity(body.len() + 200);
+            head(&mut msg, &next(), "set");
+            let _ = write!(msg, ",\"d\":[{body}]}}");
+            msg
+        })
+        .collect()
+}
+
+/// Joins items with commas into bodies that each fit a message (an item is at most ~3 KiB:
+/// a state ≤ [`MAX_STATE`], names escaped).
+fn pack(items: &[String]) -> Vec<String> {
+    let budget = MAX_PAYLOAD - 300;
+    let mut out = Vec::new();
+    let mut body = String::new();
+    for item in items {
+        if !body.is_empty() && body.len() + item.len() + 1 > budget {
+            out.push(std::mem::take(&mut body));
+        }
+        if !body.is_empty() {
+            body.push(',');
+        }
+        body.push_str(item);
+    }
+    if !body.is_empty() {
+        out.push(body);
+    }
+    out
 }
 
 /// Whether a bus message is a presence control message (never delivered to clients).
@@ -152,7 +211,12 @@ pub fn encode_deltas(
 
 /// A node's full state as numbered parts (at least one, empty when it has no member: a
 /// heartbeat says the node is alive).
-pub fn encode_state(state: &Channels, seq: u64, mut next: impl FnMut() -> Header) -> Vec<String> {
+pub fn encode_state(
+    state: &Channels,
+    states: &States,
+    seq: u64,
+    mut next: impl FnMut() -> Header,
+) -> Vec<String> {
     // Each part: channel → its members' items, each item at most ~800 bytes (names ≤ 128 bytes,
     // escaped at most 6 times longer), so a part never exceeds the budget.
     let budget = MAX_PAYLOAD - 300;
@@ -202,17 +266,36 @@ pub fn encode_state(state: &Channels, seq: u64, mut next: impl FnMut() -> Header
     if !part.is_empty() || parts.is_empty() {
         parts.push(part);
     }
-    let total = parts.len();
-    parts
+    // The states, in parts of their own after the counts.
+    let mut items: Vec<(&Box<str>, &Box<str>, &Stamped)> = states
+        .iter()
+        .flat_map(|(c, m)| m.iter().map(move |(k, s)| (c, k, s)))
+        .collect();
+    items.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let items: Vec<String> = items
+        .into_iter()
+        .map(|(c, m, s)| state_item(c, m, s))
+        .collect();
+    let bodies: Vec<(String, String)> = parts
+        .into_iter()
+        .map(|p| (p, String::new()))
+        .chain(pack(&items).into_iter().map(|st| (String::new(), st)))
+        .collect();
+    let total = bodies.len();
+    bodies
         .into_iter()
         .enumerate()
-        .map(|(i, body)| {
-            let mut msg = String::with_capacity(body.len() + 200);
+        .map(|(i, (body, st))| {
+            let mut msg = String::with_capacity(body.len() + st.len() + 200);
             head(&mut msg, &next(), "state");
             let _ = write!(
                 msg,
-                ",\"seq\":{seq},\"part\":{i},\"parts\":{total},\"s\":[{body}]}}"
+                ",\"seq\":{seq},\"part\":{i},\"parts\":{total},\"s\":[{body}]"
             );
+            if !st.is_empty() {
+                let _ = write!(msg, ",\"st\":[{st}]");
+            }
+            msg.push('}');
             msg
         })
         .collect()
@@ -259,6 +342,7 @@ pub fn decode(payload: &str) -> Result<(Header, Op), String> {
             }
             Op::Delta(deltas)
         }
+        Some("set") => Op::Set(states_of(map.get("d"), "\"d\"")?),
         Some("state") => {
             let seq = number("seq").ok_or("\"seq\" is missing")?;
             let part = number("part").ok_or("\"part\" is missing")?;
@@ -298,16 +382,53 @@ pub fn decode(payload: &str) -> Result<(Header, Op), String> {
                     }
                 }
             }
+            let states = match map.get("st") {
+                None => Vec::new(),
+                st => states_of(st, "\"st\"")?,
+            };
             Op::State {
                 seq,
                 part: part as u32,
                 parts: parts as u32,
                 channels,
+                states,
             }
         }
         _ => return Err("unknown \"op\"".into()),
     };
     Ok((header, op))
+}
+
+/// `[[channel, member, ts, state], …]` (named members only; a state of at most [`MAX_STATE`]
+/// bytes as compact JSON).
+fn states_of(v: Option<&Value>, what: &str) -> Result<Vec<StateItem>, String> {
+    let list = v
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{what} must be an array"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for item in list {
+        let (channel, member, ts, state) = match item.as_array().map(Vec::as_slice) {
+            Some([c, m, t, s]) => (c, m, t, s),
+            _ => return Err("a member state is [channel, member, stamp, state]".into()),
+        };
+        let Some(member) = member_of(member)? else {
+            return Err("an anonymous member has no state".into());
+        };
+        let ts = ts.as_u64().ok_or("a state's stamp is a whole number")?;
+        let json = state.to_string();
+        if json.len() > MAX_STATE {
+            return Err(format!("a member state is longer than {MAX_STATE} bytes"));
+        }
+        out.push((
+            channel_of(channel)?,
+            member,
+            Stamped {
+                ts,
+                json: json.into(),
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn d_int(v: &Value) -> Result<i64, String> {
@@ -384,7 +505,7 @@ mod tests {
             counts.anonymous = 3;
             state.insert(format!("channel-{c}").into(), counts);
         }
-        let msgs = encode_state(&state, 9, header());
+        let msgs = encode_state(&state, &States::new(), 9, header());
         let mut merged = Channels::new();
         for (i, m) in msgs.iter().enumerate() {
             assert!(m.len() <= MAX_PAYLOAD, "{}", m.len());
@@ -393,6 +514,7 @@ mod tests {
                 part,
                 parts,
                 channels,
+                ..
             } = decode(m).unwrap().1
             else {
                 panic!()
@@ -405,7 +527,45 @@ mod tests {
             }
         }
         assert_eq!(merged, state);
-        let empty = encode_state(&Channels::new(), 1, header());
+        // States ride in parts of their own, each within the payload bound.
+        let mut states = States::new();
+        for i in 0..40 {
+            states.entry("chat".into()).or_default().insert(
+                format!("user-{i}").into(),
+                Stamped {
+                    ts: i,
+                    json: format!("\"{}\"", "s".repeat(MAX_STATE - 2)).into(),
+                },
+            );
+        }
+        let msgs = encode_state(&Channels::new(), &states, 2, header());
+        assert!(msgs.len() > 5);
+        let mut back = States::new();
+        for m in &msgs {
+            assert!(m.len() <= MAX_PAYLOAD, "{}", m.len());
+            let Op::State { states, .. } = decode(m).unwrap().1 else {
+                panic!()
+            };
+            for (c, mm, s) in states {
+                back.entry(c).or_default().insert(mm, s);
+            }
+        }
+        assert_eq!(back, states);
+        let sets: Vec<StateItem> = states["chat"]
+            .iter()
+            .map(|(m, s)| ("chat".into(), m.clone(), s.clone()))
+            .collect();
+        let msgs = encode_sets(&sets, header());
+        let mut n = 0;
+        for m in &msgs {
+            assert!(m.len() <= MAX_PAYLOAD, "{}", m.len());
+            let Op::Set(d) = decode(m).unwrap().1 else {
+                panic!()
+            };
+            n += d.len();
+        }
+        assert_eq!(n, 40);
+        let empty = encode_state(&Channels::new(), &States::new(), 1, header());
         assert_eq!(empty.len(), 1);
         assert!(matches!(
             decode(&empty[0]).unwrap().1,
@@ -423,9 +583,18 @@ mod tests {
             r#""op":"delta","d":[["chat",7,1]]}"#,
             r#""op":"state","seq":1,"part":1,"parts":1,"s":[]}"#,
             r#""op":"state","seq":1,"part":0,"parts":1,"s":[["chat",[["a",0]]]]}"#,
+            r#""op":"set","d":[["chat",null,1,{}]]}"#,
+            r#""op":"set","d":[["chat","a",-1,{}]]}"#,
+            r#""op":"set","d":[["chat","a",1]]}"#,
+            r#""op":"state","seq":1,"part":0,"parts":1,"s":[],"st":[["chat","a",1]]}"#,
         ] {
             assert!(decode(&format!("{base}{body}")).is_err(), "{body}");
         }
+        let big = format!(
+            "{base}\"op\":\"set\",\"d\":[[\"chat\",\"a\",1,\"{}\"]]}}",
+            "x".repeat(MAX_STATE)
+        );
+        assert!(decode(&big).is_err(), "a state over the bound");
         let long = format!(
             "{base}\"op\":\"hello\",\"x\":\"{}\"}}",
             "x".repeat(MAX_READ)

@@ -14,6 +14,11 @@
 //! node with members answers with its state at once; when its last member leaves, or it stops
 //! cleanly, it says `bye` (what the others still held of it leaves with `left`).
 //!
+//! Member states (`presence_set`, see [`table`]): a named member's small JSON state, last
+//! writer wins over its connections on every node; sent as `set` messages as they happen and in
+//! every heartbeat, told to watchers as `presence_state` events and in snapshots, gone when the
+//! member's last connection leaves.
+//!
 //! Cost: the work is per join and leave (and per heartbeat), never per message: the source pays
 //! one prefix comparison per message ([`bus::is_control`]), and sockets that do not watch
 //! presence get nothing.
@@ -106,6 +111,7 @@ struct Assembly {
     parts: u32,
     seen: Vec<bool>,
     channels: table::Channels,
+    states: table::States,
 }
 
 #[derive(Default)]
@@ -113,6 +119,8 @@ struct Inner {
     table: Table,
     watchers: HashMap<Box<str>, Vec<Watcher>>,
     pending: Vec<(Box<str>, Member, i64)>,
+    /// Member states set here and not yet sent.
+    pending_sets: Vec<bus::StateItem>,
     /// Deltas were dropped, or another node said hello: send the state now.
     state_now: bool,
     assembling: HashMap<Box<str>, Assembly>,
@@ -157,7 +165,22 @@ impl Membership {
     pub fn channel(&self) -> &str {
         &self.channel
     }
+
+    /// Sets the state of this membership's member on its channel (`json`: compact JSON of at
+    /// most [`table::MAX_STATE`] bytes, checked by the caller); watchers of the channel on every
+    /// node are told. `Err(Anonymous)`: the member has no name, so no state.
+    pub fn set_state(&self, json: &str) -> Result<(), Anonymous> {
+        let member = self.member.as_deref().ok_or(Anonymous)?;
+        self.presence.set_state(&self.channel, member, json);
+        Ok(())
+    }
 }
+
+/// A member without a name (no `PGWS_PRESENCE_CLAIM` claim) cannot have a state: nobody could
+/// tell whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an anonymous member has no state")]
+pub struct Anonymous;
 
 impl Drop for Membership {
     fn drop(&mut self) {
@@ -186,9 +209,12 @@ impl Presence {
         let (inbox, rx) = mpsc::channel(INBOX);
         Arc::new(Self {
             settings,
-            node: node.into(),
+            node: node.as_str().into(),
             drop_stale: wal,
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                table: Table::new(&node),
+                ..Inner::default()
+            }),
             wake: Notify::new(),
             inbox,
             inbox_rx: Mutex::new(Some(rx)),
@@ -268,6 +294,24 @@ impl Presence {
         self.wake.notify_one();
     }
 
+    /// `member` (named, with a connection here) sets its state on `channel`.
+    fn set_state(&self, channel: &str, member: &str, json: &str) {
+        let mut inner = self.lock();
+        let stamped = inner
+            .table
+            .local_set(channel, member, json.into(), now_ms());
+        if inner.pending_sets.len() >= MAX_PENDING {
+            inner.state_now = true;
+        } else {
+            inner
+                .pending_sets
+                .push((channel.into(), member.into(), stamped));
+        }
+        emit(&mut inner, &[]);
+        drop(inner);
+        self.wake.notify_one();
+    }
+
     /// Hands a control message from the bus to the task (the source's loop does not wait: a
     /// full inbox drops it, and the sender's next heartbeat corrects what it said).
     pub fn receive(&self, payload: &str) {
@@ -329,11 +373,20 @@ impl Presence {
                         .remote_add(node, interval, now, channel, member, *delta)
                 })
                 .collect(),
+            Op::Set(sets) => {
+                for (channel, member, stamped) in sets {
+                    inner
+                        .table
+                        .remote_set(node, interval, now, &channel, &member, stamped);
+                }
+                Vec::new()
+            }
             Op::State {
                 seq,
                 part,
                 parts,
                 channels,
+                states,
             } => {
                 if !inner.table.touch(node, interval, now) {
                     return;
@@ -346,6 +399,7 @@ impl Presence {
                         parts,
                         seen: vec![false; parts as usize],
                         channels: table::Channels::new(),
+                        states: table::States::new(),
                     });
                 if a.seq != seq || a.parts != parts {
                     *a = Assembly {
@@ -353,6 +407,7 @@ impl Presence {
                         parts,
                         seen: vec![false; parts as usize],
                         channels: table::Channels::new(),
+                        states: table::States::new(),
                     };
                 }
                 a.seen[part as usize] = true;
@@ -364,13 +419,16 @@ impl Presence {
                         *slot = slot.saturating_add(n);
                     }
                 }
+                for (channel, member, stamped) in states {
+                    a.states.entry(channel).or_default().insert(member, stamped);
+                }
                 if a.seen.iter().all(|s| *s) {
-                    let state = inner
+                    let (state, states) = inner
                         .assembling
                         .remove(node)
-                        .map(|a| a.channels)
+                        .map(|a| (a.channels, a.states))
                         .unwrap_or_default();
-                    inner.table.remote_state(node, interval, now, state)
+                    inner.table.remote_state(node, interval, now, state, states)
                 } else {
                     Vec::new()
                 }
@@ -437,11 +495,21 @@ impl Presence {
             out.push(bus::encode_plain(&self.header(), &Op::Hello));
         }
         out.extend(bus::encode_deltas(&deltas, || self.header()));
+        let mut sets = last_sets(std::mem::take(&mut inner.pending_sets));
+        let held = inner.table.local_states();
+        sets.retain(|(c, m, s)| held.get(c).and_then(|h| h.get(m)) == Some(s));
+        if active {
+            // (A node without members has no states to tell either.)
+            out.extend(bus::encode_sets(&sets, || self.header()));
+        }
         if active && (heartbeat || asked || !talk.announced) {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            out.extend(bus::encode_state(inner.table.local(), seq, || {
-                self.header()
-            }));
+            out.extend(bus::encode_state(
+                inner.table.local(),
+                inner.table.local_states(),
+                seq,
+                || self.header(),
+            ));
         }
         if active {
             talk.announced = true;
@@ -592,26 +660,35 @@ fn coalesce(deltas: Vec<(Box<str>, Member, i64)>) -> Vec<(Box<str>, Member, i64)
     out
 }
 
-/// Tells the watchers of each change's channel.
+/// Keeps the last set of each (channel, member), in the order of those last sets.
+fn last_sets(sets: Vec<bus::StateItem>) -> Vec<bus::StateItem> {
+    let mut last: HashMap<(Box<str>, Box<str>), usize> = HashMap::new();
+    for (i, (c, m, _)) in sets.iter().enumerate() {
+        last.insert((c.clone(), m.clone()), i);
+    }
+    sets.into_iter()
+        .enumerate()
+        .filter(|(i, (c, m, _))| last.get(&(c.clone(), m.clone())) == Some(i))
+        .map(|(_, item)| item)
+        .collect()
+}
+
+/// Tells the watchers of each change's channel, then of the member state changes the table
+/// collected (after the joins they belong to).
 fn emit(inner: &mut Inner, changes: &[Change]) {
-    for change in changes {
-        let Some(list) = inner.watchers.get_mut(&change.channel) else {
+    let states = inner.table.take_state_changes();
+    let frames = changes
+        .iter()
+        .map(|change| (&change.channel, count_frame(change)))
+        .chain(states.iter().map(|s| {
+            (
+                &s.channel,
+                crate::wire::v2::presence_state(&s.channel, &s.member, s.state.as_deref()),
+            )
+        }));
+    for (channel, frame) in frames {
+        let Some(list) = inner.watchers.get_mut(channel) else {
             continue;
-        };
-        let frame = match change.left {
-            None => crate::wire::v2::presence_join(
-                &change.channel,
-                change.member.as_deref(),
-                change.connections,
-                change.count,
-            ),
-            Some(reason) => crate::wire::v2::presence_leave(
-                &change.channel,
-                change.member.as_deref(),
-                change.connections,
-                change.count,
-                reason.as_str(),
-            ),
         };
         list.retain(|w| match w.outbox.upgrade() {
             Some(o) => {
@@ -621,14 +698,34 @@ fn emit(inner: &mut Inner, changes: &[Change]) {
             None => false,
         });
         if list.is_empty() {
-            inner.watchers.remove(&change.channel);
+            inner.watchers.remove(channel);
         }
+    }
+}
+
+/// A join or leave event.
+fn count_frame(change: &Change) -> Frame {
+    match change.left {
+        None => crate::wire::v2::presence_join(
+            &change.channel,
+            change.member.as_deref(),
+            change.connections,
+            change.count,
+        ),
+        Some(reason) => crate::wire::v2::presence_leave(
+            &change.channel,
+            change.member.as_deref(),
+            change.connections,
+            change.count,
+            reason.as_str(),
+        ),
     }
 }
 
 fn snapshot(table: &Table, channel: &str) -> Frame {
     let (members, anonymous, count) = table.snapshot(channel);
-    crate::wire::v2::presence_snapshot(channel, &members, anonymous, count)
+    let states = table.snapshot_states(channel);
+    crate::wire::v2::presence_snapshot(channel, &members, &states, anonymous, count)
 }
 
 #[cfg(test)]
@@ -704,7 +801,7 @@ mod tests {
         assert_eq!(
             snap,
             [
-                serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
+                serde_json::json!({"type":"presence","channel":"chat","members":{"alice":1},"states":{},"anonymous":0,"count":1})
             ]
         );
         let mb = p.join("chat", None, Some((2, &b)));
@@ -732,6 +829,7 @@ mod tests {
                     anonymous: 0,
                 },
             )]),
+            &table::States::new(),
             1,
             || Header {
                 node: "other".into(),
@@ -764,6 +862,7 @@ mod tests {
                 Op::Hello => "hello",
                 Op::Bye => "bye",
                 Op::Delta(_) => "delta",
+                Op::Set(_) => "set",
                 Op::State { .. } => "state",
             })
             .collect();
@@ -773,5 +872,138 @@ mod tests {
         let out = p.outgoing(false, &mut talk);
         assert_eq!(out.len(), 2);
         assert!(out[1].contains("\"op\":\"bye\""));
+    }
+
+    /// States: set, seen by watchers (and in snapshots), last writer wins across nodes, told
+    /// in `set` and heartbeats, gone with the member's last connection on each node.
+    #[test]
+    fn member_states() {
+        let p = Presence::new(
+            PresenceSettings {
+                claim: "sub".into(),
+                interval: Duration::from_millis(100),
+            },
+            Some("n"),
+            false,
+            PresenceMetrics::default(),
+        );
+        let limits = Limits {
+            messages: 64,
+            bytes: 1 << 16,
+        };
+        let w = Arc::new(Outbox::new(limits, crate::wire::V2));
+        let mw = p.join("chat", Some("watcher"), Some((1, &w)));
+        frames(&w);
+        let a1 = p.join("chat", Some("alice"), None);
+        let a2 = p.join("chat", Some("alice"), None);
+        let anon = p.join("chat", None, None);
+        frames(&w);
+        assert_eq!(anon.set_state("{}"), Err(Anonymous));
+        a1.set_state(r#"{"typing":true}"#).unwrap();
+        assert_eq!(
+            frames(&w),
+            [
+                serde_json::json!({"type":"presence_state","channel":"chat","member":"alice","state":{"typing":true}})
+            ]
+        );
+        // The same value again says nothing; another connection of alice replaces it.
+        a2.set_state(r#"{"typing":true}"#).unwrap();
+        assert!(frames(&w).is_empty());
+        a2.set_state(r#"{"typing":false}"#).unwrap();
+        assert_eq!(frames(&w)[0]["state"]["typing"], false);
+        // What goes on the bus: the last set only, then the state with it.
+        let mut talk = Talk::default();
+        let out = p.outgoing(false, &mut talk);
+        let sets: Vec<_> = out
+            .iter()
+            .filter_map(|m| match bus::decode(m).unwrap().1 {
+                Op::Set(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(&*sets[0][0].2.json, r#"{"typing":false}"#);
+        let in_state: Vec<_> = out
+            .iter()
+            .filter_map(|m| match bus::decode(m).unwrap().1 {
+                Op::State { states, .. } => Some(states),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(in_state, sets[0]);
+        let local_ts = sets[0][0].2.ts;
+        // Another node with alice too: its older state loses, a newer one wins.
+        let msg = |n: u64, body: &str| {
+            format!(
+                r#"{{"pgws_control":"presence","node":"x","n":{n},"ts":{},"i":100,{body}}}"#,
+                now_ms()
+            )
+        };
+        let now = Instant::now();
+        p.apply(&msg(1, r#""op":"delta","d":[["chat","alice",1]]"#), now);
+        assert_eq!(frames(&w)[0]["type"], "join");
+        p.apply(
+            &msg(
+                2,
+                &format!(
+                    r#""op":"set","d":[["chat","alice",{},"old"]]"#,
+                    local_ts - 1
+                ),
+            ),
+            now,
+        );
+        assert!(frames(&w).is_empty(), "older: not seen");
+        p.apply(
+            &msg(
+                3,
+                &format!(
+                    r#""op":"set","d":[["chat","alice",{},"new"]]"#,
+                    local_ts + 5
+                ),
+            ),
+            now,
+        );
+        assert_eq!(frames(&w)[0]["state"], "new");
+        // A set here after it is stamped later, so it wins.
+        a1.set_state("[1]").unwrap();
+        assert_eq!(frames(&w)[0]["state"], serde_json::json!([1]));
+        let snap = snapshot(&p.lock().table, "chat");
+        let snap: Value = serde_json::from_str(snap.as_str()).unwrap();
+        assert_eq!(snap["states"], serde_json::json!({"alice":[1]}));
+        // Alice's connections here leave: her state is the other node's again.
+        drop((a1, a2));
+        let seen = frames(&w);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[2]["state"], "new");
+        // A heartbeat without her state clears it (she is still there: an event says null).
+        p.apply(
+            &msg(
+                4,
+                r#""op":"state","seq":1,"part":0,"parts":1,"s":[["chat",[["alice",1]]]]"#,
+            ),
+            now,
+        );
+        assert_eq!(
+            frames(&w),
+            [
+                serde_json::json!({"type":"presence_state","channel":"chat","member":"alice","state":null})
+            ]
+        );
+        // A set for a member the node does not hold is ignored; a bye takes her away without a
+        // state event.
+        p.apply(&msg(5, r#""op":"set","d":[["chat","bob",1,"x"]]"#), now);
+        assert!(frames(&w).is_empty());
+        p.apply(
+            &msg(6, r#""op":"set","d":[["chat","alice",99999999999999,"x"]]"#),
+            now,
+        );
+        assert_eq!(frames(&w)[0]["state"], "x");
+        p.apply(&msg(7, r#""op":"bye""#), now);
+        let seen = frames(&w);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0]["type"], "leave");
+        assert!(p.lock().table.snapshot_states("chat").is_empty());
+        drop((mw, anon));
     }
 }

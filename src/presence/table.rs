@@ -9,8 +9,18 @@
 //! [`MAX_REMOTE_ENTRIES`] (node, channel, member) entries together and at most [`MAX_NODES`]
 //! nodes; what does not fit is not counted (and logged), and the next heartbeat of that node is
 //! again checked against the bounds.
+//!
+//! Member states (`presence_set`): each node holds, per (channel, named member) it has
+//! connections of, the last state set on it with a stamp (the setting node's clock in ms, made
+//! larger than any stamp it has seen for that member, so a new write wins over every write it
+//! knew of). A member's state is the one with the largest (stamp, node id) over all nodes that
+//! hold one: last writer wins, and every node picks the same. A node's entry goes when its last
+//! connection of the member leaves (or the node goes), so a member that left has no state. The
+//! state changes clients are told of are collected beside the count changes
+//! ([`Table::take_state_changes`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest member name, in bytes (longer: anonymous).
@@ -22,6 +32,9 @@ pub const MAX_NAMED: usize = 1000;
 pub const MAX_REMOTE_ENTRIES: usize = 100_000;
 /// Most other nodes.
 pub const MAX_NODES: usize = 256;
+/// Largest member state, in bytes of compact JSON (`presence_set` refuses more, and a bus
+/// message carrying more is not read).
+pub const MAX_STATE: usize = 1024;
 
 /// A member: its name, or `None` (anonymous).
 pub type Member = Option<Box<str>>;
@@ -121,10 +134,35 @@ impl Counts {
 /// Channel → counts.
 pub type Channels = HashMap<Box<str>, Counts>;
 
+/// A member's state as one node holds it: compact JSON text, and when it was set (the setting
+/// node's clock, ms, larger than every stamp that node had seen for the member).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    /// The setting node's stamp.
+    pub ts: u64,
+    /// The state, compact JSON (`null`: cleared by its member).
+    pub json: Arc<str>,
+}
+
+/// Channel → named member → its state on one node.
+pub type States = HashMap<Box<str>, HashMap<Box<str>, Stamped>>;
+
+/// A member's state as clients see it changed (`None`: it has none now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// The channel.
+    pub channel: Box<str>,
+    /// The member.
+    pub member: Box<str>,
+    /// Its state now (`None` when no node holds one, or the last one was `null`).
+    pub state: Option<Arc<str>>,
+}
+
 /// Another node, as last heard.
 #[derive(Debug)]
 struct Node {
     channels: Channels,
+    states: States,
     last_seen: Instant,
     /// Its heartbeat interval (it announces it): silence longer than 3 of them drops it.
     interval: Duration,
@@ -133,13 +171,25 @@ struct Node {
 /// The numbers of this node, of every other node heard from, and their sums.
 #[derive(Debug, Default)]
 pub struct Table {
+    /// This node's id (it breaks ties between equal stamps).
+    me: Box<str>,
     local: Channels,
+    local_states: States,
     remote: HashMap<Box<str>, Node>,
     total: Channels,
     remote_entries: usize,
+    state_changes: Vec<StateChange>,
 }
 
 impl Table {
+    /// The table of node `me` (its id breaks ties between equal state stamps).
+    pub fn new(me: &str) -> Self {
+        Self {
+            me: me.into(),
+            ..Self::default()
+        }
+    }
+
     /// The total of a channel now.
     #[cfg(test)]
     pub fn count(&self, channel: &str) -> u32 {
@@ -176,9 +226,145 @@ impl Table {
 
     /// A connection of this node joined (`+1`) or left (`-1`).
     pub fn local_add(&mut self, channel: &str, member: &Member, delta: i64) -> Option<Change> {
-        let applied = entry(&mut self.local, channel).add(member, delta);
+        let counts = entry(&mut self.local, channel);
+        let applied = counts.add(member, delta);
+        let gone = counts.get(member) == 0;
         prune(&mut self.local, channel);
-        self.apply_total(channel, member, applied, Reason::Left)
+        let change = self.apply_total(channel, member, applied, Reason::Left);
+        if gone && let Some(m) = member {
+            self.watch_state(channel, m, |t| {
+                remove_state(&mut t.local_states, channel, m);
+            });
+        }
+        change
+    }
+
+    /// A local connection of `member` (named, connected here) sets its state: stamped later
+    /// than any state of the member known here. Returns the stamp to tell the other nodes.
+    pub fn local_set(
+        &mut self,
+        channel: &str,
+        member: &str,
+        json: Arc<str>,
+        now_ms: u64,
+    ) -> Stamped {
+        let after = self
+            .state_of(channel, member)
+            .map_or(0, |(s, _)| s.ts.saturating_add(1));
+        let stamped = Stamped {
+            ts: now_ms.max(after),
+            json,
+        };
+        let value = stamped.clone();
+        self.watch_state(channel, member, |t| {
+            t.local_states
+                .entry(channel.into())
+                .or_default()
+                .insert(member.into(), value);
+        });
+        stamped
+    }
+
+    /// Another node says its member set a state. Ignored unless that node holds connections of
+    /// the member (a set read before its join, or after its leave, says nothing) and the stamp
+    /// is newer than what it said before.
+    pub fn remote_set(
+        &mut self,
+        node: &str,
+        interval: Duration,
+        now: Instant,
+        channel: &str,
+        member: &str,
+        stamped: Stamped,
+    ) {
+        if !self.ensure(node, interval, now) {
+            return;
+        }
+        let Some(n) = self.remote.get(node) else {
+            return;
+        };
+        let holds = n
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.members.contains_key(member));
+        let newer = n
+            .states
+            .get(channel)
+            .and_then(|m| m.get(member))
+            .is_none_or(|old| stamped.ts > old.ts);
+        if !(holds && newer) {
+            return;
+        }
+        self.watch_state(channel, member, |t| {
+            if let Some(n) = t.remote.get_mut(node) {
+                n.states
+                    .entry(channel.into())
+                    .or_default()
+                    .insert(member.into(), stamped);
+            }
+        });
+    }
+
+    /// This node's own states (its heartbeat).
+    pub fn local_states(&self) -> &States {
+        &self.local_states
+    }
+
+    /// The state changes since the last call, in the order they happened.
+    pub fn take_state_changes(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.state_changes)
+    }
+
+    /// A member's state over all nodes (the largest (stamp, node id)), and the node holding it.
+    fn state_of(&self, channel: &str, member: &str) -> Option<(&Stamped, &str)> {
+        let mut best: Option<(&Stamped, &str)> = None;
+        let held = std::iter::once((&*self.me, &self.local_states))
+            .chain(self.remote.iter().map(|(k, n)| (&**k, &n.states)));
+        for (node, states) in held {
+            if let Some(s) = states.get(channel).and_then(|m| m.get(member))
+                && best.is_none_or(|(b, bn)| (s.ts, node) > (b.ts, bn))
+            {
+                best = Some((s, node));
+            }
+        }
+        best
+    }
+
+    /// A member's state as clients see it (`null` counts as none).
+    fn visible_state(&self, channel: &str, member: &str) -> Option<Arc<str>> {
+        self.state_of(channel, member)
+            .map(|(s, _)| s.json.clone())
+            .filter(|j| &**j != "null")
+    }
+
+    /// Runs `f`, and records a [`StateChange`] when it changed what clients see of the member's
+    /// state while the member is still present (its leave says that its state went).
+    fn watch_state(&mut self, channel: &str, member: &str, f: impl FnOnce(&mut Self)) {
+        let before = self.visible_state(channel, member);
+        f(self);
+        let after = self.visible_state(channel, member);
+        let present = self
+            .total
+            .get(channel)
+            .is_some_and(|c| c.members.contains_key(member));
+        if before != after && present {
+            self.state_changes.push(StateChange {
+                channel: channel.into(),
+                member: member.into(),
+                state: after,
+            });
+        }
+    }
+
+    /// The visible states of a channel's named members (sorted).
+    pub fn snapshot_states(&self, channel: &str) -> BTreeMap<&str, Arc<str>> {
+        let Some(c) = self.total.get(channel) else {
+            return BTreeMap::new();
+        };
+        c.members
+            .keys()
+            .filter_map(|m| self.visible_state(channel, m).map(|s| (&**m, s)))
+            .collect()
     }
 
     /// Another node says `delta` connections of `member` joined or left `channel`.
@@ -206,10 +392,19 @@ impl Table {
             }
         }
         let applied = counts.add(member, delta);
+        let gone = counts.get(member) == 0;
         let after = counts.entries();
         prune(&mut n.channels, channel);
         self.remote_entries = (self.remote_entries + after).saturating_sub(before);
-        self.apply_total(channel, member, applied, Reason::Left)
+        let change = self.apply_total(channel, member, applied, Reason::Left);
+        if gone && let Some(m) = member {
+            self.watch_state(channel, m, |t| {
+                if let Some(n) = t.remote.get_mut(node) {
+                    remove_state(&mut n.states, channel, m);
+                }
+            });
+        }
+        change
     }
 
     /// Another node's full state (its heartbeat): replaces what was known of it; the
@@ -220,6 +415,7 @@ impl Table {
         interval: Duration,
         now: Instant,
         state: Channels,
+        states: States,
     ) -> Vec<Change> {
         if !self.ensure(node, interval, now) {
             return Vec::new();
@@ -227,6 +423,9 @@ impl Table {
         let Some(n) = self.remote.get_mut(node) else {
             return Vec::new();
         };
+        // Its states are replaced after the counts, so that a state change is told after the
+        // join of its member; kept only for members the node holds connections of.
+        let old_states = std::mem::take(&mut n.states);
         let old = std::mem::take(&mut n.channels);
         let old_entries: usize = old.values().map(Counts::entries).sum();
         self.remote_entries = self.remote_entries.saturating_sub(old_entries);
@@ -285,7 +484,45 @@ impl Table {
                 // A smaller number was handled by the removals above.
             }
         }
+        self.replace_states(node, old_states, states);
         changes
+    }
+
+    /// Puts a node's new states in place of `old` (already taken out of it), telling what
+    /// changed.
+    fn replace_states(&mut self, node: &str, old: States, new: States) {
+        let mut keys: Vec<(Box<str>, Box<str>)> = old
+            .iter()
+            .chain(new.iter())
+            .flat_map(|(c, m)| m.keys().map(move |k| (c.clone(), k.clone())))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        // Held as before while each member is looked at, so that only real changes are told.
+        if let Some(n) = self.remote.get_mut(node) {
+            n.states = old;
+        }
+        for (channel, member) in keys {
+            let fresh = new.get(&channel).and_then(|m| m.get(&member)).cloned();
+            self.watch_state(&channel, &member, |t| {
+                let Some(n) = t.remote.get_mut(node) else {
+                    return;
+                };
+                let holds = n
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|c| c.members.contains_key(&member));
+                match fresh.filter(|_| holds) {
+                    Some(s) => {
+                        n.states
+                            .entry(channel.clone())
+                            .or_default()
+                            .insert(member.clone(), s);
+                    }
+                    None => remove_state(&mut n.states, &channel, &member),
+                }
+            });
+        }
     }
 
     /// A node was heard from (any message); `false` when it cannot be held (too many nodes).
@@ -324,7 +561,7 @@ impl Table {
 
     /// Forgets a node (it said goodbye, or was lost): its members leave with `reason`.
     pub fn drop_node(&mut self, node: &str, reason: Reason) -> Vec<Change> {
-        let Some(n) = self.remote.remove(node) else {
+        let Some(mut n) = self.remote.remove(node) else {
             return Vec::new();
         };
         let mut changes = Vec::new();
@@ -333,6 +570,15 @@ impl Table {
             for (member, k) in counts.iter() {
                 changes.extend(self.apply_total(channel, &member, -i64::from(k), reason));
             }
+        }
+        // Its states go with it: held back in for a moment so that what changes is told (for
+        // members still present through other nodes).
+        let states = std::mem::take(&mut n.states);
+        if !states.is_empty() {
+            n.channels.clear();
+            self.remote.insert(node.into(), n);
+            self.replace_states(node, states, States::new());
+            self.remote.remove(node);
         }
         changes
     }
@@ -348,6 +594,7 @@ impl Table {
                 node.into(),
                 Node {
                     channels: Channels::new(),
+                    states: States::new(),
                     last_seen: now,
                     interval,
                 },
@@ -401,6 +648,15 @@ fn entry<'a>(map: &'a mut Channels, channel: &str) -> &'a mut Counts {
     map.get_mut(channel).expect("inserted")
 }
 
+fn remove_state(states: &mut States, channel: &str, member: &str) {
+    if let Some(m) = states.get_mut(channel) {
+        m.remove(member);
+        if m.is_empty() {
+            states.remove(channel);
+        }
+    }
+}
+
 fn prune(map: &mut Channels, channel: &str) {
     if map
         .get(channel)
@@ -449,7 +705,7 @@ mod tests {
         counts.members.insert("alice".into(), 3);
         counts.anonymous = 1;
         state.insert("chat".into(), counts);
-        let changes = t.remote_state("b", I, now, state);
+        let changes = t.remote_state("b", I, now, state, States::new());
         assert_eq!(changes.len(), 3, "{changes:?}");
         assert_eq!(t.count("chat"), 4);
         assert_eq!(t.remote_entries, 2);

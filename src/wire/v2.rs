@@ -67,6 +67,13 @@ pub enum Request {
     },
     /// Ask for a `pong`.
     Ping,
+    /// Set this socket's member's state on a channel it follows.
+    PresenceSet {
+        /// The channel's name.
+        channel: String,
+        /// `state` as compact JSON (`null` when absent: clears it).
+        state: String,
+    },
 }
 
 /// A frame that is not a request: the answer's code and message, and the id when it was read.
@@ -99,6 +106,8 @@ struct Raw<'a> {
     token: Option<Value>,
     #[serde(default)]
     presence: Option<Value>,
+    #[serde(default)]
+    state: Option<Value>,
 }
 
 /// Reads one text frame as a request.
@@ -185,6 +194,10 @@ pub fn parse(text: &str) -> Result<(Id, Request), Malformed> {
             token: string("token", raw.token)?,
         },
         "ping" => Request::Ping,
+        "presence_set" => Request::PresenceSet {
+            channel: string("channel", raw.channel)?,
+            state: raw.state.unwrap_or(Value::Null).to_string(),
+        },
         _ => {
             let mut shown: String = kind.chars().take(64).collect();
             if shown.len() < kind.len() {
@@ -194,7 +207,7 @@ pub fn parse(text: &str) -> Result<(Id, Request), Malformed> {
                 id,
                 code: "unknown_type",
                 message: format!(
-                    "unknown request type {}; expected subscribe, unsubscribe, publish, refresh or ping",
+                    "unknown request type {}; expected subscribe, unsubscribe, publish, refresh, ping or presence_set",
                     Value::String(shown)
                 ),
             });
@@ -385,6 +398,7 @@ pub fn refreshed(id: &Id, mode: &str, channels: Option<&[String]>, exp: Option<f
 pub fn presence_snapshot(
     channel: &str,
     members: &std::collections::BTreeMap<&str, u32>,
+    states: &std::collections::BTreeMap<&str, std::sync::Arc<str>>,
     anonymous: u32,
     count: u32,
 ) -> Frame {
@@ -398,8 +412,37 @@ pub fn presence_snapshot(
         push_str(&mut body, name);
         let _ = write!(body, ":{n}");
     }
+    body.push_str("},\"states\":{");
+    for (i, (name, state)) in states.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        push_str(&mut body, name);
+        body.push(':');
+        // Compact JSON already (checked when set or read from the bus).
+        body.push_str(state);
+    }
     let _ = write!(body, "}},\"anonymous\":{anonymous},\"count\":{count}");
     frame("presence", &body)
+}
+
+/// `member`'s state on `channel` changed (`None`: it has none now; `null` on the wire).
+pub fn presence_state(channel: &str, member: &str, state: Option<&str>) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"member\":");
+    push_str(&mut body, member);
+    body.push_str(",\"state\":");
+    body.push_str(state.unwrap_or("null"));
+    frame("presence_state", &body)
+}
+
+/// The answer to `presence_set`: the state is in place (and its `presence_state` event, if
+/// the socket watches the channel's presence, came before it).
+pub fn presence_set(id: &Id, channel: &str) -> Frame {
+    let mut body = format!(",\"id\":{},\"channel\":", id.as_json());
+    push_str(&mut body, channel);
+    frame("presence_set", &body)
 }
 
 fn presence_change(channel: &str, member: Option<&str>, connections: u32, count: u32) -> String {
@@ -464,6 +507,17 @@ mod tests {
         );
         let (_, r) = parse(r#"{"type":"subscribe","channel":"c","presence":true}"#).unwrap();
         assert!(matches!(r, Request::Subscribe { presence: true, .. }));
+        let (_, r) =
+            parse(r#"{"type":"presence_set","channel":"c","state":{"a": [1, 2]}}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::PresenceSet {
+                channel: "c".into(),
+                state: r#"{"a":[1,2]}"#.into(),
+            }
+        );
+        let (_, r) = parse(r#"{"type":"presence_set","channel":"c"}"#).unwrap();
+        assert!(matches!(r, Request::PresenceSet { state, .. } if state == "null"));
         let (id, _) = parse(r#"{"type":"ping","id":"a\"b"}"#).unwrap();
         assert_eq!(id.as_json(), r#""a\"b""#);
         assert_eq!(parse(r#"{"type":"ping","id":null}"#).unwrap().0, Id::none());
@@ -505,6 +559,7 @@ mod tests {
             ),
             (r#"{"type":"publish","channel":"c"}"#, "bad_request"),
             (r#"{"type":"refresh"}"#, "bad_request"),
+            (r#"{"type":"presence_set","state":1}"#, "bad_request"),
             (r#"{"type":"dance"}"#, "unknown_type"),
         ] {
             assert_eq!(parse(text).unwrap_err().code, code, "{text}");
@@ -567,6 +622,11 @@ mod tests {
             2.5
         );
         assert_eq!(json(&left("c", "not_granted", "m"))["type"], "left");
+        assert_eq!(
+            json(&presence_state("c", "m", None)),
+            serde_json::json!({"type":"presence_state","channel":"c","member":"m","state":null})
+        );
+        assert_eq!(json(&presence_set(&id, "c"))["type"], "presence_set");
         assert_eq!(json(&outage_gap("c", 12))["down_ms"], 12);
         let g = json(&resume_gap(&ResumeGap {
             reason: GapReason::OtherEpoch,

@@ -375,13 +375,13 @@ describe("pgws-client in Chromium", () => {
       await open(a.page, "alice");
       await a.page.evaluate(() => window.T.watch("r", "b-room"));
       await until(a.page, "r", (i) => i.subs["b-room"].now !== null, "alice's first snapshot");
-      assert.deepEqual((await info(a.page, "r")).subs["b-room"].now, { members: { alice: 1 }, anonymous: 0, count: 1 });
+      assert.deepEqual((await info(a.page, "r")).subs["b-room"].now, { members: { alice: 1 }, states: {}, anonymous: 0, count: 1 });
 
       await open(b.page, "bob");
       await b.page.evaluate(() => window.T.watch("r", "b-room"));
       await until(a.page, "r", (i) => i.subs["b-room"].now.members.bob === 1, "bob to join in alice's tab");
       await until(b.page, "r", (i) => i.subs["b-room"].now?.count === 2, "bob's snapshot with both");
-      assert.deepEqual((await info(b.page, "r")).subs["b-room"].now, { members: { alice: 1, bob: 1 }, anonymous: 0, count: 2 });
+      assert.deepEqual((await info(b.page, "r")).subs["b-room"].now, { members: { alice: 1, bob: 1 }, states: {}, anonymous: 0, count: 2 });
       let room = (await info(a.page, "r")).subs["b-room"];
       assert.deepEqual(room.joins, [{ member: "bob", connections: 1, count: 2 }]);
 
@@ -390,7 +390,7 @@ describe("pgws-client in Chromium", () => {
       await until(a.page, "r", (i) => i.subs["b-room"].leaves.length === 1, "bob to leave in alice's tab");
       room = (await info(a.page, "r")).subs["b-room"];
       assert.deepEqual(room.leaves, [{ member: "bob", connections: 1, count: 1, reason: "left" }]);
-      assert.deepEqual(room.now, { members: { alice: 1 }, anonymous: 0, count: 1 });
+      assert.deepEqual(room.now, { members: { alice: 1 }, states: {}, anonymous: 0, count: 1 });
 
       // Alice goes offline; carol joins meanwhile; back online, the new snapshot has her.
       await a.context.setOffline(true);
@@ -403,7 +403,7 @@ describe("pgws-client in Chromium", () => {
         await a.context.setOffline(false);
         await until(a.page, "r", (i) => i.subs["b-room"].subscribed === 2 && i.subs["b-room"].now.members.carol === 1, "alice's new snapshot");
         room = (await info(a.page, "r")).subs["b-room"];
-        assert.deepEqual(room.now, { members: { alice: 1, carol: 1 }, anonymous: 0, count: 2 });
+        assert.deepEqual(room.now, { members: { alice: 1, carol: 1 }, states: {}, anonymous: 0, count: 2 });
         assert.equal(room.joins.length, 1, "carol came in a snapshot, not a join alice missed");
       } finally {
         await c.context.close();
@@ -448,7 +448,7 @@ describe("pgws-client in Chromium", () => {
         "r",
         (i) => {
           const room = i.subs["b-restart-room"];
-          return room.subscribed === 2 && JSON.stringify(room.now) === JSON.stringify({ members: { reader: 1 }, anonymous: 0, count: 1 });
+          return room.subscribed === 2 && JSON.stringify(room.now) === JSON.stringify({ members: { reader: 1 }, states: {}, anonymous: 0, count: 1 });
         },
         "the new server's snapshot to replace the presence state (no ghost)",
       );

@@ -2,7 +2,8 @@
 //! node (named, anonymous, two connections of one member, watchers and non-watchers), the
 //! settings' refusals, and presence across nodes of one database through PostgreSQL: in NOTIFY
 //! and WAL mode, a clean stop (`bye`), a node killed with SIGKILL (its members leave with
-//! `node_lost` within the stated bound), and the re-sync after this node's own outage.
+//! `node_lost` within the stated bound), and the re-sync after this node's own outage. Member
+//! states (`presence_set`) on one node and across two (NOTIFY and WAL), with their refusals.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -55,7 +56,7 @@ async fn join(ws: &mut Ws, channel: &str, presence: bool) -> Option<Value> {
 async fn event(ws: &mut Ws) -> Value {
     let v = next_json(ws).await;
     assert!(
-        ["join", "leave", "presence"].contains(&v["type"].as_str().unwrap_or("")),
+        ["join", "leave", "presence", "presence_state"].contains(&v["type"].as_str().unwrap_or("")),
         "{v}"
     );
     v
@@ -72,6 +73,7 @@ async fn quiet(ws: &mut Ws) {
 #[derive(Debug, Default, Clone, PartialEq)]
 struct View {
     members: BTreeMap<String, u64>,
+    states: BTreeMap<String, Value>,
     anonymous: u64,
     count: u64,
 }
@@ -86,6 +88,10 @@ impl View {
         for (k, n) in snapshot["members"].as_object().unwrap() {
             v.members.insert(k.clone(), n.as_u64().unwrap());
         }
+        for (k, state) in snapshot["states"].as_object().unwrap() {
+            assert!(v.members.contains_key(k), "a state of a member: {snapshot}");
+            v.states.insert(k.clone(), state.clone());
+        }
         v.check();
         v
     }
@@ -94,6 +100,15 @@ impl View {
     fn apply(&mut self, e: &Value) {
         if e["type"] == "presence" {
             *self = Self::of(e);
+            return;
+        }
+        if e["type"] == "presence_state" {
+            let m = e["member"].as_str().unwrap();
+            assert!(self.named(m) > 0, "a state of a present member: {e}");
+            match &e["state"] {
+                Value::Null => self.states.remove(m),
+                state => self.states.insert(m.to_string(), state.clone()),
+            };
             return;
         }
         let n = e["connections"].as_u64().unwrap();
@@ -109,6 +124,9 @@ impl View {
             *slot -= n;
         }
         self.members.retain(|_, n| *n > 0);
+        // A member gone has no state.
+        let members = &self.members;
+        self.states.retain(|m, _| members.contains_key(m));
         self.count = e["count"].as_u64().unwrap();
         self.check();
     }
@@ -123,6 +141,27 @@ impl View {
 
     fn named(&self, m: &str) -> u64 {
         self.members.get(m).copied().unwrap_or(0)
+    }
+
+    fn state(&self, m: &str) -> Option<&Value> {
+        self.states.get(m)
+    }
+}
+
+/// Sends `presence_set` of `state` on `channel` and returns the answer (skipping the presence
+/// events a watching socket gets meanwhile: its own `presence_state` comes first).
+async fn set_state(ws: &mut Ws, channel: &str, state: Value) -> Value {
+    send(
+        ws,
+        &json!({"type":"presence_set","id":"s","channel":channel,"state":state}).to_string(),
+    )
+    .await;
+    loop {
+        let v = next_json(ws).await;
+        if !["presence_state", "join", "leave"].contains(&v["type"].as_str().unwrap_or("")) {
+            assert_eq!(v["id"], "s", "{v}");
+            return v;
+        }
     }
 }
 
@@ -145,7 +184,7 @@ async fn snapshot_join_and_leave_on_one_node() {
     let snap = join(&mut w1, "chat", true).await.unwrap();
     assert_eq!(
         snap,
-        json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
+        json!({"type":"presence","channel":"chat","members":{"alice":1},"states":{},"anonymous":0,"count":1})
     );
     // A second connection of alice that does not watch: counted, told nothing.
     let mut w2 = v2(&url, json!({"mode":"r","sub":"alice"})).await;
@@ -159,7 +198,7 @@ async fn snapshot_join_and_leave_on_one_node() {
     let snap = join(&mut w3, "chat", true).await.unwrap();
     assert_eq!(
         snap,
-        json!({"type":"presence","channel":"chat","members":{"alice":2},"anonymous":1,"count":3})
+        json!({"type":"presence","channel":"chat","members":{"alice":2},"states":{},"anonymous":1,"count":3})
     );
     assert_eq!(
         event(&mut w1).await,
@@ -196,7 +235,7 @@ async fn snapshot_join_and_leave_on_one_node() {
     let snap = join(&mut w2, "chat", true).await.unwrap();
     assert_eq!(
         snap,
-        json!({"type":"presence","channel":"chat","members":{"alice":2},"anonymous":1,"count":3})
+        json!({"type":"presence","channel":"chat","members":{"alice":2},"states":{},"anonymous":1,"count":3})
     );
     assert_eq!(event(&mut w1).await["count"], 3);
     assert_eq!(event(&mut w3).await["count"], 3);
@@ -460,7 +499,7 @@ async fn presence_is_sent_again_after_an_outage() {
     let snap = next_json(&mut ws).await;
     assert_eq!(
         snap,
-        json!({"type":"presence","channel":"chat","members":{"alice":1},"anonymous":0,"count":1})
+        json!({"type":"presence","channel":"chat","members":{"alice":1},"states":{},"anonymous":0,"count":1})
     );
     s.stop().await.unwrap();
 }
@@ -613,4 +652,237 @@ async fn the_claim_long_names_and_refresh() {
     );
     quiet(&mut watcher).await;
     s.stop().await.unwrap();
+}
+
+/// Member states on one node: set, seen by every watcher (the setter's own first, then its
+/// answer), replaced, in the snapshot of a new watcher, cleared by `null` and by the member's
+/// last leave; the refusals.
+#[tokio::test]
+async fn member_states_on_one_node() {
+    let s = start(&["--presence-interval", INTERVAL]).await;
+    let url = base(&s);
+    let mut bob = v2(&url, json!({"mode":"r","sub":"bob"})).await;
+    let mut view = View::of(&join(&mut bob, "chat", true).await.unwrap());
+    let mut a1 = v2(&url, json!({"mode":"r","sub":"alice"})).await;
+    join(&mut a1, "chat", true).await;
+    let mut a2 = v2(&url, json!({"mode":"r","sub":"alice"})).await;
+    join(&mut a2, "chat", false).await;
+    until(&mut bob, &mut view, |v| v.named("alice") == 2).await;
+    assert_eq!(event(&mut a1).await["type"], "join");
+    // The watching setter: its event, then its answer.
+    send(
+        &mut a1,
+        &json!({"type":"presence_set","id":1,"channel":"chat","state":{"typing":true}}).to_string(),
+    )
+    .await;
+    let mine =
+        json!({"type":"presence_state","channel":"chat","member":"alice","state":{"typing":true}});
+    assert_eq!(next_json(&mut a1).await, mine);
+    assert_eq!(
+        next_json(&mut a1).await,
+        json!({"type":"presence_set","id":1,"channel":"chat"})
+    );
+    assert_eq!(event(&mut bob).await, mine);
+    // Another connection of alice (not watching) replaces it.
+    let ok = set_state(&mut a2, "chat", json!({"cursor":[3, 4]})).await;
+    assert_eq!(ok["type"], "presence_set", "{ok}");
+    let e = event(&mut bob).await;
+    view.apply(&e);
+    assert_eq!(view.state("alice"), Some(&json!({"cursor":[3,4]})));
+    assert_eq!(event(&mut a1).await, e);
+    // A new watcher sees it in its snapshot.
+    let mut carol = v2(&url, json!({"mode":"r","sub":"carol"})).await;
+    let snap = join(&mut carol, "chat", true).await.unwrap();
+    assert_eq!(snap["states"], json!({"alice":{"cursor":[3,4]}}));
+    for w in [&mut bob, &mut a1] {
+        assert_eq!(event(w).await["member"], "carol");
+    }
+    // `null` clears it: told, and gone from snapshots.
+    assert_eq!(
+        set_state(&mut a2, "chat", Value::Null).await["type"],
+        "presence_set"
+    );
+    for w in [&mut bob, &mut a1, &mut carol] {
+        assert_eq!(
+            event(w).await,
+            json!({"type":"presence_state","channel":"chat","member":"alice","state":null})
+        );
+    }
+    set_state(&mut a2, "chat", json!("away")).await;
+    for w in [&mut bob, &mut a1, &mut carol] {
+        assert_eq!(event(w).await["state"], "away");
+    }
+    // One connection leaves: the state stays. The last leaves: only its leave is told.
+    drop(a2);
+    for w in [&mut bob, &mut carol] {
+        let e = event(w).await;
+        assert_eq!(
+            (e["type"].as_str(), e["connections"].as_u64()),
+            (Some("leave"), Some(1))
+        );
+    }
+    assert_eq!(event(&mut a1).await["type"], "leave");
+    let snap = join(
+        &mut v2(&url, json!({"mode":"r","sub":"dave"})).await,
+        "chat",
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(snap["states"], json!({"alice":"away"}));
+    for w in [&mut bob, &mut carol, &mut a1] {
+        // dave joined and left (his socket was dropped).
+        assert_eq!(event(w).await["type"], "join");
+        assert_eq!(event(w).await["type"], "leave");
+    }
+    drop(a1);
+    for w in [&mut bob, &mut carol] {
+        assert_eq!(event(w).await["type"], "leave");
+        quiet(w).await;
+    }
+    let mut a3 = v2(&url, json!({"mode":"r","sub":"alice"})).await;
+    let snap = join(&mut a3, "chat", true).await.unwrap();
+    assert_eq!(
+        snap["states"],
+        json!({}),
+        "cleared with her last connection"
+    );
+
+    // Refusals: each an error with its code, and nothing told.
+    let refused = |v: &Value, code: &str| {
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{v}"
+        );
+        assert_eq!(v["id"], "s");
+    };
+    refused(
+        &set_state(&mut a3, "other", json!(1)).await,
+        "not_subscribed",
+    );
+    let big = "x".repeat(1024 - 1);
+    refused(&set_state(&mut a3, "chat", json!(big)).await, "too_large");
+    let just = "x".repeat(1024 - 2);
+    assert_eq!(
+        set_state(&mut a3, "chat", json!(just)).await["type"],
+        "presence_set"
+    );
+    let mut anon = v2(&url, json!({"mode":"r"})).await;
+    join(&mut anon, "chat", false).await;
+    refused(&set_state(&mut anon, "chat", json!(1)).await, "anonymous");
+    // The rate: a burst of 10, then 10 a second.
+    let started = Instant::now();
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..30 {
+        let v = set_state(&mut a3, "chat", json!(i)).await;
+        match v["type"].as_str() {
+            Some("presence_set") => ok += 1,
+            _ => {
+                refused(&v, "rate_limited");
+                limited += 1;
+            }
+        }
+    }
+    let allowed = 9 + (started.elapsed().as_secs_f64() * 10.0).ceil() as u32 + 1;
+    assert!(
+        limited > 0 && ok <= allowed,
+        "ok {ok}, limited {limited}, allowed {allowed}"
+    );
+    let bad = json!({"type":"presence_set","id":"b","channel":7}).to_string();
+    send(&mut a3, &bad).await;
+    assert_eq!(next_json(&mut a3).await["code"], "bad_request");
+    drop((bob, carol, anon, a3));
+    s.stop().await.unwrap();
+
+    let s = start(&["--presence", "false"]).await;
+    let mut ws = v2(&base(&s), json!({"mode":"r","sub":"alice"})).await;
+    join(&mut ws, "chat", false).await;
+    refused(
+        &set_state(&mut ws, "chat", json!(1)).await,
+        "presence_disabled",
+    );
+    s.stop().await.unwrap();
+}
+
+/// Two nodes: a state set on one is seen on the other (event and snapshot), the newer of two
+/// writers on two nodes wins everywhere, and when the newer writer's node loses her
+/// connections the other node's state is hers again; her last leave takes it away. With a
+/// 10 s heartbeat, so that seeing a set within 3 s shows the `set` message, not a heartbeat.
+async fn two_node_states(extra: &[&str]) {
+    let db = fresh_db().await;
+    let mut flags = vec!["--presence-interval", "10000"];
+    flags.extend_from_slice(extra);
+    let a = start_on(&db, &flags).await;
+    let b = start_on(&db, &flags).await;
+    let mut on_b = v2(&base(&b), json!({"mode":"r","sub":"watcher"})).await;
+    let mut view_b = View::of(&join(&mut on_b, "room", true).await.unwrap());
+    let mut alice_a = v2(&base(&a), json!({"mode":"r","sub":"alice"})).await;
+    join(&mut alice_a, "room", false).await;
+    until(&mut on_b, &mut view_b, |v| v.named("alice") == 1).await;
+    let quick = Duration::from_secs(3);
+    let set_at = Instant::now();
+    assert_eq!(
+        set_state(&mut alice_a, "room", json!({"name":"Alice"})).await["type"],
+        "presence_set"
+    );
+    until(&mut on_b, &mut view_b, |v| v.state("alice").is_some()).await;
+    assert!(set_at.elapsed() < quick, "{:?}", set_at.elapsed());
+    assert_eq!(view_b.state("alice"), Some(&json!({"name":"Alice"})));
+    // A new watcher on B has it in its snapshot.
+    let mut on_b2 = v2(&base(&b), json!({"mode":"r","sub":"w2"})).await;
+    let snap = join(&mut on_b2, "room", true).await.unwrap();
+    assert_eq!(snap["states"], json!({"alice":{"name":"Alice"}}));
+    drop(on_b2);
+    // Alice on B too, writing later: hers wins on both nodes.
+    let mut on_a = v2(&base(&a), json!({"mode":"r","sub":"carol"})).await;
+    let mut view_a = View::of(&join(&mut on_a, "room", true).await.unwrap());
+    until(&mut on_a, &mut view_a, |v| v.named("watcher") == 1).await;
+    assert_eq!(view_a.state("alice"), Some(&json!({"name":"Alice"})));
+    let mut alice_b = v2(&base(&b), json!({"mode":"r","sub":"alice"})).await;
+    join(&mut alice_b, "room", false).await;
+    until(&mut on_a, &mut view_a, |v| v.named("alice") == 2).await;
+    let set_at = Instant::now();
+    set_state(&mut alice_b, "room", json!({"name":"Alice B"})).await;
+    let newer = json!({"name":"Alice B"});
+    until(&mut on_a, &mut view_a, |v| v.state("alice") == Some(&newer)).await;
+    assert!(set_at.elapsed() < quick, "{:?}", set_at.elapsed());
+    until(&mut on_b, &mut view_b, |v| v.state("alice") == Some(&newer)).await;
+    // Her connection on B leaves: A's state is hers again, on both nodes.
+    drop(alice_b);
+    let older = json!({"name":"Alice"});
+    until(&mut on_a, &mut view_a, |v| {
+        v.named("alice") == 1 && v.state("alice") == Some(&older)
+    })
+    .await;
+    until(&mut on_b, &mut view_b, |v| {
+        v.named("alice") == 1 && v.state("alice") == Some(&older)
+    })
+    .await;
+    // Her last connection leaves: no state left anywhere.
+    drop(alice_a);
+    until(&mut on_b, &mut view_b, |v| v.named("alice") == 0).await;
+    assert!(view_b.states.is_empty());
+    let snap = join(
+        &mut v2(&base(&b), json!({"mode":"r","sub":"w3"})).await,
+        "room",
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(snap["states"], json!({}));
+    drop((on_a, on_b));
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn member_states_across_two_nodes() {
+    two_node_states(&[]).await;
+}
+
+#[tokio::test]
+async fn member_states_across_two_wal_nodes() {
+    two_node_states(&["--source", "wal"]).await;
 }

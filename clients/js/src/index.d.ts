@@ -8,7 +8,7 @@ export type ErrorCode =
   | "bad_json" | "bad_request" | "unknown_type" | "rate_limited" | "bad_channel" | "not_granted"
   | "write_only" | "already_subscribed" | "too_many_subscriptions" | "not_subscribed"
   | "bad_token" | "token_expired" | "subject_changed" | "read_only" | "too_large"
-  | "database_unavailable" | "shutting_down" | "not_authorized" | "presence_disabled"
+  | "database_unavailable" | "shutting_down" | "not_authorized" | "presence_disabled" | "anonymous"
   | "connection_lost" | "timeout" | "closed" | "protocol" | "heartbeat" | "token_unavailable"
   | "connect_failed" | "refresh_failed" | "bad_frame"
   | "refused" | "expired" | "forbidden" | "unavailable" | "unreachable"
@@ -79,6 +79,8 @@ export interface Left {
 export interface PresenceState {
   /** Member name (the token's `sub`, or the claim the server is configured with) → its connections. */
   members: Record<string, number>;
+  /** Member name → its state (`Subscription.setState`), for the members that have one. */
+  states: Record<string, JsonValue>;
   /** Connections without a member name. */
   anonymous: number;
   /** All connections: the sum of `members` and `anonymous`. */
@@ -90,6 +92,7 @@ export interface PresenceSnapshot {
   type: "presence";
   channel: string;
   members: Record<string, number>;
+  states: Record<string, JsonValue>;
   anonymous: number;
   count: number;
 }
@@ -116,6 +119,21 @@ export interface Leave {
   count: number;
   /** `left`: they unsubscribed or disconnected; `node_lost`: their pgws node stopped answering. */
   reason: "left" | "node_lost" | (string & {});
+}
+
+/** A member's state changed (`state` null: it has none now). */
+export interface PresenceStateChange {
+  type: "presence_state";
+  channel: string;
+  member: string;
+  state: JsonValue | null;
+}
+
+/** The server's answer to `Subscription.setState`. */
+export interface PresenceSet {
+  type: "presence_set";
+  id: number;
+  channel: string;
 }
 
 export interface Welcome {
@@ -151,10 +169,11 @@ interface SubscriptionEvents {
   gap: (g: Gap) => void;
   subscribed: (s: Subscribed) => void;
   left: (l: Left) => void;
-  /** The whole presence state, after every snapshot, join and leave (with `presence: true`). */
+  /** The whole presence state, after every snapshot, join, leave and state change (with `presence: true`). */
   presence: (p: PresenceState) => void;
   join: (j: Join) => void;
   leave: (l: Leave) => void;
+  presence_state: (s: PresenceStateChange) => void;
   error: (e: PgwsError) => void;
 }
 
@@ -187,6 +206,12 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
   readonly wantsPresence: boolean;
   /** The channel's presence; `null` before the first snapshot (or without `presence: true`). */
   presence(): PresenceState | null;
+  /**
+   * Sets this member's state on the channel (any JSON value up to 1 KiB; `null` clears it),
+   * seen by the channel's presence watchers; remembered and set again after reconnections.
+   * Rejects with a PgwsError ("too_large", "rate_limited", "anonymous", "presence_disabled", …).
+   */
+  setState(state: JsonValue | null): Promise<PresenceSet>;
   /** Resolves once the server confirmed the subscription on the current connection. */
   ready(): Promise<Subscription>;
   unsubscribe(): void;

@@ -87,6 +87,12 @@ export class Subscription extends Emitter {
 
   #presence = null;
 
+  /** The last member state the server accepted (set again after each re-subscription); `null`: none. */
+  #mine = null;
+
+  /** `setState` calls made while not subscribed: settled once the state is sent after it. */
+  #waiting = [];
+
   constructor(client, channel, since, presence) {
     super();
     this.#client = client;
@@ -101,24 +107,95 @@ export class Subscription extends Emitter {
   }
 
   /**
-   * Who is on the channel: `{members: {name: connections}, anonymous, count}`, from the last
-   * snapshot and the joins and leaves since; `null` before the first snapshot (or without
-   * `presence: true`). Each change makes a new object: the returned one is never modified.
+   * Who is on the channel: `{members: {name: connections}, states: {name: state}, anonymous,
+   * count}`, from the last snapshot and the joins, leaves and state changes since; `null` before
+   * the first snapshot (or without `presence: true`). Each change makes a new object: the
+   * returned one is never modified.
    */
   presence() {
     return this.#presence;
   }
 
-  /** Applies a `presence`, `join` or `leave` frame of this channel (called by the client). */
+  /**
+   * Sets this member's state on the channel (any JSON value, at most 1 KiB as JSON; `null`
+   * clears it): others watching the channel's presence see it in `presence().states` and as a
+   * `presence_state` event. The state belongs to the member (the token's `sub`): the last one
+   * set by any of its connections wins. It is remembered and set again after a reconnection
+   * (the server forgets it when the member's last connection leaves). Resolves once the server
+   * set it (called before the subscription is confirmed: once it is, and the state sent);
+   * rejects with a PgwsError: "too_large", "rate_limited" (10 a second), "anonymous" (the token
+   * names no member), "presence_disabled", "not_subscribed", "connection_lost", "timeout",
+   * "closed".
+   */
+  setState(state) {
+    if (state === undefined) state = null;
+    let json;
+    try {
+      json = JSON.stringify(state);
+    } catch {
+      json = undefined;
+    }
+    if (typeof json !== "string") return Promise.reject(new TypeError("setState: state must be a JSON value"));
+    if (this.state === "closed" || this.state === "left") {
+      return Promise.reject(new PgwsError("closed", "subscription closed"));
+    }
+    const value = JSON.parse(json);
+    if (this.state === "subscribed") return this.#send(value);
+    return new Promise((resolve, reject) => this.#waiting.push({ value, resolve, reject }));
+  }
+
+  /** Sends `value`; remembers it once accepted (answers come in order: the last accepted stays). */
+  #send(value) {
+    return this.#client._setState(this, value).then((answer) => {
+      this.#mine = value;
+      return answer;
+    });
+  }
+
+  /** After each confirmed subscription: sends the remembered state (called by the client). */
+  _resendState() {
+    const waiting = this.#waiting.splice(0);
+    if (this.#mine === null && waiting.length === 0) return;
+    const value = waiting.length > 0 ? waiting[waiting.length - 1].value : this.#mine;
+    this.#send(value).then(
+      (a) => waiting.forEach((w) => w.resolve(a)),
+      (e) => {
+        if (waiting.length === 0) this.#client.emit("error", e);
+        waiting.forEach((w) => w.reject(e));
+      },
+    );
+  }
+
+  /** Fails the `setState` calls waiting for a subscription (called by the client). */
+  _failStates(err) {
+    for (const w of this.#waiting.splice(0)) w.reject(err);
+  }
+
+  /** Applies a `presence`, `join`, `leave` or `presence_state` frame of this channel (called by the client). */
   _presenceFrame(f) {
     if (f.type === "presence") {
       const members = {};
       for (const [name, n] of Object.entries(f.members ?? {})) if (n > 0) setOwn(members, name, n);
-      this.#presence = { members, anonymous: f.anonymous ?? 0, count: f.count ?? 0 };
+      const states = {};
+      for (const [name, v] of Object.entries(f.states ?? {})) if (Object.hasOwn(members, name)) setOwn(states, name, v);
+      this.#presence = { members, states, anonymous: f.anonymous ?? 0, count: f.count ?? 0 };
       this.emit("presence", this.#presence);
       return;
     }
     const prev = this.#presence;
+    if (f.type === "presence_state") {
+      if (!prev) {
+        this.emit(f.type, f);
+        return;
+      }
+      const states = { ...prev.states };
+      if (f.state === null || f.state === undefined) delete states[f.member];
+      else setOwn(states, f.member, f.state);
+      this.#presence = { ...prev, states };
+      this.emit(f.type, f);
+      this.emit("presence", this.#presence);
+      return;
+    }
     if (!prev) {
       this.emit(f.type, f); // no snapshot yet: the next snapshot holds this change
       return;
@@ -133,7 +210,13 @@ export class Subscription extends Emitter {
       if (left > 0) setOwn(members, f.member, left);
       else delete members[f.member];
     }
-    this.#presence = { members, anonymous, count: typeof f.count === "number" ? f.count : prev.count + sign * n };
+    // A member gone has no state.
+    let states = prev.states;
+    if (f.member != null && !Object.hasOwn(members, f.member) && Object.hasOwn(states, f.member)) {
+      states = { ...states };
+      delete states[f.member];
+    }
+    this.#presence = { members, states, anonymous, count: typeof f.count === "number" ? f.count : prev.count + sign * n };
     this.emit(f.type, f);
     this.emit("presence", this.#presence);
   }
@@ -151,7 +234,7 @@ export class Subscription extends Emitter {
     });
   }
 
-  /** Stops following the channel. */
+  /** Stops following the channel (`setState` calls waiting for it are rejected with "closed"). */
   unsubscribe() {
     this.#client._unsubscribe(this);
   }
@@ -289,6 +372,7 @@ export class PgwsClient extends Emitter {
     this.#failPending(err.code, err.message);
     for (const sub of this.#subs.values()) {
       sub.state = "closed";
+      sub._failStates(err);
       if (err.fatal) sub.emit("error", err);
     }
     this.#subs.clear();
@@ -316,9 +400,17 @@ export class PgwsClient extends Emitter {
     this.#subs.delete(sub.channel);
     const wasConfirmed = sub.state === "subscribed" || sub.state === "pending";
     sub.state = "closed";
+    sub._failStates(new PgwsError("closed", "subscription closed"));
     if (wasConfirmed && this.#isOpen()) {
       this.#request({ type: "unsubscribe", channel: sub.channel }, "unsubscribe").catch(() => {});
     }
+  }
+
+  /** Sends `presence_set` for `sub` (its state when answered). */
+  _setState(sub, state) {
+    if (this.#closed) return Promise.reject(new PgwsError("closed", "client closed"));
+    if (!this.#isOpen()) return Promise.reject(new PgwsError("connection_lost", "not connected"));
+    return this.#request({ type: "presence_set", channel: sub.channel, state }, "presence_set");
   }
 
   #isOpen() {
@@ -554,12 +646,14 @@ export class PgwsClient extends Emitter {
         if (!sub) return;
         this.#subs.delete(f.channel);
         sub.state = "left";
+        sub._failStates(new PgwsError(f.reason, f.message));
         sub.emit("left", f);
         return;
       }
       case "presence":
       case "join":
-      case "leave": {
+      case "leave":
+      case "presence_state": {
         const sub = this.#subs.get(f.channel);
         if (sub?.wantsPresence) sub._presenceFrame(f);
         return;
@@ -625,11 +719,13 @@ export class PgwsClient extends Emitter {
         sub.position = answer.position;
         sub.state = "subscribed";
         sub.emit("subscribed", answer);
+        sub._resendState();
       },
       (err) => {
         if (err.code === "connection_lost" || err.code === "closed") return; // resubscribed later
         if (this.#subs.get(sub.channel) === sub) this.#subs.delete(sub.channel);
         sub.state = "closed";
+        sub._failStates(err);
         sub.emit("error", err);
       },
     );

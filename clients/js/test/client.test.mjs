@@ -275,14 +275,14 @@ describe("pgws-client", () => {
       const alice1 = named("alice");
       let j = await join(alice1, "alice");
       assert.deepEqual([j.type, j.channel, j.connections, j.count], ["join", "room", 1, 2]);
-      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 1 }, states: {}, anonymous: 0, count: 2 });
       const alice2 = named("alice");
       await join(alice2, "alice");
       assert.deepEqual(room.presence().members, { watcher: 1, alice: 2 });
       const anon = client(server.url, token({ mode: "r", exp: hour() }));
       j = await join(anon, null);
       assert.equal(j.member, null);
-      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 2 }, anonymous: 1, count: 4 });
+      assert.deepEqual(room.presence(), { members: { watcher: 1, alice: 2 }, states: {}, anonymous: 1, count: 4 });
 
       // A leave by unsubscribing, and one by closing the socket.
       let seen = next(room, "leave", "alice's first connection to leave", (l) => l.member === "alice");
@@ -295,10 +295,10 @@ describe("pgws-client", () => {
       l = await seen;
       assert.equal(l.reason, "left");
       const before = room.presence();
-      assert.deepEqual(before, { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      assert.deepEqual(before, { members: { watcher: 1, alice: 1 }, states: {}, anonymous: 0, count: 2 });
       // Every change gave a new object; older ones were never modified.
       assert.equal(new Set(states).size, states.length);
-      assert.deepEqual(states[0], { members: { watcher: 1, alice: 1 }, anonymous: 0, count: 2 });
+      assert.deepEqual(states[0], { members: { watcher: 1, alice: 1 }, states: {}, anonymous: 0, count: 2 });
       assert.deepEqual(joins.map((x) => x.member), ["alice", "alice", null]);
       assert.deepEqual(leaves.map((x) => x.member), ["alice", null]);
 
@@ -314,11 +314,62 @@ describe("pgws-client", () => {
       const snapshot = next(room, "presence", "the snapshot after the reconnection", (s) => s.members.bob === 1);
       p.up = true;
       const after = await snapshot;
-      assert.deepEqual(after, { members: { watcher: 1, alice: 1, bob: 1 }, anonymous: 0, count: 3 });
+      assert.deepEqual(after, { members: { watcher: 1, alice: 1, bob: 1 }, states: {}, anonymous: 0, count: 3 });
       assert.equal(room.presence(), after);
       assert.ok(watcher.connections >= 2);
     } finally {
       for (const c of others) c.close();
+      watcher.close();
+      await p.close();
+    }
+  });
+  it("member states: set and seen, replaced, cleared, refused, set again after a reconnection", async () => {
+    const p = await proxy(server.port);
+    const watcher = client(server.url, token({ mode: "r", sub: "watcher", exp: hour() }));
+    const alice = client(p.url, token({ mode: "r", sub: "alice", exp: hour() }));
+    const anon = client(server.url, token({ mode: "r", exp: hour() }));
+    try {
+      const room = watcher.subscribe("state-room", { presence: true });
+      await next(room, "presence", "the first snapshot");
+      const mine = alice.subscribe("state-room");
+      // Called before the subscription is confirmed: sent once it is.
+      const early = mine.setState({ typing: true });
+      const seen = next(room, "presence_state", "alice's state", (e) => e.member === "alice");
+      const answer = await early;
+      assert.equal(answer.type, "presence_set");
+      assert.deepEqual((await seen).state, { typing: true });
+      assert.deepEqual(room.presence().states, { alice: { typing: true } });
+      assert.deepEqual(room.presence().members, { watcher: 1, alice: 1 });
+
+      let changed = next(room, "presence_state", "the new state", (e) => e.member === "alice");
+      await mine.setState({ cursor: [3, 4] });
+      assert.deepEqual((await changed).state, { cursor: [3, 4] });
+      assert.deepEqual(room.presence().states, { alice: { cursor: [3, 4] } });
+
+      await assert.rejects(mine.setState("x".repeat(2000)), (e) => e instanceof PgwsError && e.code === "too_large");
+      await assert.rejects(mine.setState(10n), TypeError);
+      const anonRoom = anon.subscribe("state-room");
+      await ready(anonRoom);
+      await assert.rejects(anonRoom.setState(1), (e) => e instanceof PgwsError && e.code === "anonymous");
+
+      // Alice's connection is cut: her state goes with her, and comes back with her.
+      const gone = next(room, "leave", "alice to leave", (l) => l.member === "alice");
+      p.up = false;
+      p.cut();
+      await gone;
+      assert.deepEqual(room.presence().states, {}, "a member gone has no state");
+      const back = next(room, "presence_state", "alice's state again", (e) => e.member === "alice");
+      p.up = true;
+      assert.deepEqual((await back).state, { cursor: [3, 4] });
+      assert.ok(alice.connections >= 2);
+
+      changed = next(room, "presence_state", "the state cleared", (e) => e.member === "alice");
+      await mine.setState(null);
+      assert.equal((await changed).state, null);
+      assert.deepEqual(room.presence().states, {});
+    } finally {
+      alice.close();
+      anon.close();
       watcher.close();
       await p.close();
     }

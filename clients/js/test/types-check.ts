@@ -28,4 +28,10 @@ room.on("join", (j) => (j.member ?? "anonymous") + j.connections + j.count);
 room.on("leave", (l) => l.reason === "node_lost");
 const state = room.presence();
 if (state !== null) Object.entries(state.members).map(([name, n]) => name.length + n);
+if (state !== null) Object.keys(state.states).length;
+room.on("presence_state", (s) => s.member + JSON.stringify(s.state));
+room.setState({ typing: true }).then((a) => a.channel, (e: PgwsError) => e.code === "anonymous");
+room.setState(null);
+// @ts-expect-error: undefined is not JSON
+room.setState(undefined);
 client.close();

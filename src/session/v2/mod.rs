@@ -18,6 +18,7 @@ use futures_util::stream::FuturesOrdered;
 
 pub mod access;
 mod ping;
+mod presence;
 mod publish;
 mod refresh;
 mod refused;
@@ -52,6 +53,8 @@ pub struct Session {
     /// holds one pointer for it.
     #[allow(clippy::box_collection)]
     presence: Option<Box<Vec<Membership>>>,
+    /// The allowance of `presence_set` (made at the first one: boxed, one pointer when idle).
+    state_rate: Option<Box<presence::Bucket>>,
 }
 
 impl Session {
@@ -61,6 +64,7 @@ impl Session {
             access,
             pending: None,
             presence: None,
+            state_rate: None,
         }
     }
 }
@@ -162,6 +166,13 @@ impl Session {
             }
             Request::Ping => {
                 client.outbox().push(ping::answer(&id));
+            }
+            Request::PresenceSet { channel, state } => {
+                let frame = match self.presence_set(client, &id, &channel, &state) {
+                    Ok(frame) => frame,
+                    Err(refused) => refused.error(&id),
+                };
+                client.outbox().push(frame);
             }
         }
     }

@@ -30,8 +30,10 @@ pub enum Code {
     DatabaseUnavailable,
     /// Too many requests, bytes or publishes in flight.
     RateLimited,
-    /// The message would not fit PostgreSQL's limit.
+    /// The message would not fit PostgreSQL's limit (or a presence state its bound).
     TooLarge,
+    /// A presence state asked for by a member without a name.
+    Anonymous,
 }
 
 impl Code {
@@ -50,6 +52,7 @@ impl Code {
             Self::DatabaseUnavailable => "database_unavailable",
             Self::RateLimited => "rate_limited",
             Self::TooLarge => "too_large",
+            Self::Anonymous => "anonymous",
         }
     }
 }
