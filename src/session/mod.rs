@@ -222,7 +222,10 @@ async fn write_outbox<C: Carrier>(
         let encoding = client.outbox().encoding();
         // Boxed, like the other rare paths: every idle socket would otherwise carry the write
         // state.
-        let write = tokio::time::timeout(WRITE_TIMEOUT, Box::pin(carrier.write(batch, encoding)));
+        let write = Box::pin(tokio::time::timeout(
+            WRITE_TIMEOUT,
+            carrier.write(batch, encoding),
+        ));
         let written = if C::DROP_ON_OVERFLOW {
             tokio::select! {
                 r = write => r,

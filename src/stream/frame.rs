@@ -194,7 +194,17 @@ impl Frame {
     /// The frame's bytes in `encoding`, made by `encode` the first time any client asks and
     /// shared by every later one. `encode` must depend on the frame and the encoding only
     /// (never on the client asking).
+    #[inline]
     pub fn encoded(&self, encoding: Encoding, encode: fn(Encoding, &Frame) -> Vec<u8>) -> &[u8] {
+        match self.inner.encoded[encoding.index()].get() {
+            Some(bytes) => bytes,
+            None => self.encode_slow(encoding, encode),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn encode_slow(&self, encoding: Encoding, encode: fn(Encoding, &Frame) -> Vec<u8>) -> &[u8] {
         self.inner.encoded[encoding.index()].get_or_init(|| encode(encoding, self).into())
     }
 
