@@ -239,9 +239,18 @@ impl SubState {
 
     /// A Server-Sent Event.
     fn sse_event(&mut self, id: Option<&[u8]>, event: Option<&[u8]>, data: &[u8]) {
-        if event.is_some() {
+        match event {
+            // A `Gap` is a named event (`event: gap`), apart from messages.
+            Some(b"gap") => {
+                match serde_json::from_slice::<Value>(data) {
+                    Ok(v) => self.event(&v),
+                    Err(_) => bump(&mut self.result.strange, "not_json"),
+                }
+                return;
+            }
             // `close`: the stream ends after it.
-            return;
+            Some(_) => return,
+            None => {}
         }
         match id {
             Some(id) => {

@@ -901,9 +901,11 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
         if (opens === 1) publish();
       };
       es.addEventListener("close", (e) => closes.push(JSON.parse(e.data).code));
+      // Gaps are named events (`event: gap`); one in onmessage would be mixed with data.
+      es.addEventListener("gap", (e) => gaps.push(JSON.parse(e.data)));
       es.onmessage = (e) => {
         const v = JSON.parse(e.data);
-        if (v.event === "Gap") { gaps.push(v); return; }
+        if (v.event === "Gap") { gaps.push({ misplaced: v }); return; }
         got.push(Number(v.payload));
         if (got.length >= total) {
           es.close();
