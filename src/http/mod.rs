@@ -37,7 +37,6 @@ use crate::respond::{Body, SERVER_NAME, full, text};
 use crate::state::AppState;
 use crate::transport::{publish, sse, ws};
 
-/// The `Server` header value.
 /// Handles one HTTP request.
 pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
@@ -54,7 +53,9 @@ pub async fn handle(
             b"v2" => Some(true),
             _ => None,
         });
-    let mut response = if admission::is_upgrade(&req) {
+    let mut response = if check_preflight(&req) {
+        preflight(&req, &state)
+    } else if admission::is_upgrade(&req) {
         match admission::admit(&req, &state, peer, Purpose::Connect).await {
             Ok(admitted) => ws::accept(&mut req, state, admitted).await,
             Err(refusal) => refuse(&state, peer, refusal),
@@ -74,7 +75,9 @@ pub async fn handle(
             .address_limiter
             .allow(admission::client_address(&req, &state, peer))
         {
-            check_grant(&req, &state, v2).await
+            let mut r = check_grant(&req, &state, v2).await;
+            allow_origin(&req, &state, &mut r);
+            r
         } else {
             text(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -97,6 +100,53 @@ pub async fn handle(
         .headers_mut()
         .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
     response
+}
+
+/// Whether a request is a browser's CORS preflight for a `pgws-check` request (a page on
+/// another origin asking why its handshake was refused: the JavaScript client does).
+fn check_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == hyper::Method::OPTIONS
+        && req
+            .headers()
+            .get("access-control-request-headers")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|h| h.trim().eq_ignore_ascii_case("pgws-check"))
+            })
+}
+
+/// Answers a `pgws-check` preflight: the check may be sent, with its token in `Authorization`,
+/// from an origin the server accepts (`PGWS_ALLOWED_ORIGINS`); from another origin the answer
+/// names none, and the browser refuses the check (as the handshake would be refused).
+fn preflight<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
+    let mut r = text(StatusCode::NO_CONTENT, "");
+    let h = r.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("pgws-check, authorization"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    allow_origin(req, state, &mut r);
+    r
+}
+
+/// Lets the requesting page read a `pgws-check` answer when its origin is one the server
+/// accepts: the answer explains a refusal the page's own handshake got, nothing more.
+fn allow_origin<B>(req: &Request<B>, state: &AppState, r: &mut Response<Body>) {
+    r.headers_mut()
+        .insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return;
+    };
+    if check_origin(req, state.config.allowed_origins.as_deref()).is_ok() {
+        r.headers_mut()
+            .insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
 }
 
 /// The path with every segment that looks like a JWT (three base64url parts) replaced, so that

@@ -135,3 +135,61 @@ async fn a_channel_without_a_token_says_the_token_is_missing() {
     );
     s.stop().await.unwrap();
 }
+
+/// A page on another origin may ask `pgws-check` why its handshake was refused (the JavaScript
+/// client does), when its origin is one the server accepts: the preflight and the answer name
+/// it; for an origin the server refuses they name none, and the browser keeps the answer away.
+#[tokio::test]
+async fn pgws_check_answers_pages_of_accepted_origins_across_origins() {
+    let s = start(&["--allowed-origins", "https://app.example.com"]).await;
+    let path = format!("/a/{}", token(json!({"mode":"r","channels":["a"]})));
+    let preflight = |origin: &str| {
+        format!(
+            "Origin: {origin}\r\nAccess-Control-Request-Method: GET\r\n\
+             Access-Control-Request-Headers: pgws-check, authorization\r\n"
+        )
+    };
+    let (status, headers, _) = get(
+        s.addr,
+        "OPTIONS",
+        &path,
+        &preflight("https://app.example.com"),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        header(&headers, "access-control-allow-headers")
+            .is_some_and(|h| h.contains("pgws-check") && h.contains("authorization"))
+    );
+    let (status, headers, body) = get(
+        s.addr,
+        "GET",
+        &path,
+        "Origin: https://app.example.com\r\npgws-check: 1\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    // An origin the server refuses: no permission to read, and the check says why.
+    let (status, headers, _) =
+        get(s.addr, "OPTIONS", &path, &preflight("https://evil.example")).await;
+    assert_eq!(status, 204);
+    assert_eq!(header(&headers, "access-control-allow-origin"), None);
+    let (status, headers, _) = get(
+        s.addr,
+        "GET",
+        &path,
+        "Origin: https://evil.example\r\npgws-check: 1\r\n",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(header(&headers, "access-control-allow-origin"), None);
+    s.stop().await.unwrap();
+}
