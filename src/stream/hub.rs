@@ -26,7 +26,7 @@
 //! What a caller may rely on: positions of one channel only grow; a message is in a window
 //! before any subscriber sees it; a socket's frames arrive in stream order per channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -610,7 +610,8 @@ impl Hub {
         let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         // An outbox that follows several channels appears in several entries; `seen` makes the
         // per-socket notice go out once. Pointers only compare identities, never dereferenced.
-        let mut seen: Vec<*const Outbox> = Vec::new();
+        // A set, not a list: a list made an outage notice quadratic in the number of sockets.
+        let mut seen: HashSet<*const Outbox> = HashSet::new();
         let mut socket_notices: Vec<(Encoding, Option<Frame>)> = Vec::new();
         let mut n = 0;
         for (name, entry) in map.iter() {
@@ -627,11 +628,9 @@ impl Hub {
                 {
                     n += 1;
                 }
-                let p = Arc::as_ptr(sub);
-                if seen.contains(&p) {
+                if !seen.insert(Arc::as_ptr(sub)) {
                     continue;
                 }
-                seen.push(p);
                 if let Some(frame) = memo(&mut socket_notices, encoding, || per_socket(encoding))
                     && sub.push(frame) == Push::Queued
                 {

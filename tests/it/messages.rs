@@ -277,25 +277,7 @@ async fn failed_publishes_are_answered_in_the_order_sent() {
     let s = start(&[]).await;
     let t = token(json!({"mode":"w","channels":["first","second"]}));
     let mut ws = connect(&s.url(&format!("/{t}"))).await;
-    let name: String = pg(&s.db)
-        .await
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let admin = pg(&cluster().connection_string("postgres")).await;
-    admin
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .await
-        .unwrap();
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
-             AND application_name = 'pgws' AND query NOT ILIKE 'LISTEN%'",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    let refusal = DatabaseRefusal::start(&s.db).await;
     for text in ["one", "two", "three"] {
         send(&mut ws, text).await;
     }
@@ -313,10 +295,7 @@ async fn failed_publishes_are_answered_in_the_order_sent() {
         channels,
         ["first", "second", "first", "second", "first", "second"]
     );
-    admin
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .await
-        .unwrap();
+    refusal.end().await;
     s.stop().await.unwrap();
 }
 

@@ -479,35 +479,14 @@ async fn publish_is_acked_or_nacked_with_a_reason() {
     .await;
     nack(&v, "read_only");
     // The database refuses connections: the pool cannot send it.
-    let name: String = pg(&s.db)
-        .await
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let admin = pg(&cluster().connection_string("postgres")).await;
-    admin
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .await
-        .unwrap();
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
-             AND application_name = 'pgws' AND query NOT ILIKE 'LISTEN%'",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    let refusal = DatabaseRefusal::start(&s.db).await;
     let v = ask(
         &mut ws,
         json!({"type":"publish","id":5,"channel":"chat","data":"x"}),
     )
     .await;
     nack(&v, "database_unavailable");
-    admin
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .await
-        .unwrap();
+    refusal.end().await;
     s.stop().await.unwrap();
 }
 

@@ -490,3 +490,47 @@ pub fn raw_upgrade_request(path: &str) -> String {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
 }
+
+/// The test database of `s` refuses new connections and pgws's pool connections are cut (its
+/// LISTEN session is left alone): publishes fail until [`DatabaseRefusal::end`].
+pub struct DatabaseRefusal {
+    admin: tokio_postgres::Client,
+    name: String,
+}
+
+impl DatabaseRefusal {
+    /// Starts refusing.
+    pub async fn start(db: &str) -> Self {
+        let name: String = pg(db)
+            .await
+            .query_one("SELECT current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let admin = pg(&cluster().connection_string("postgres")).await;
+        admin
+            .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
+                 AND application_name = 'pgws' AND query NOT ILIKE 'LISTEN%'",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        Self { admin, name }
+    }
+
+    /// Accepts connections again.
+    pub async fn end(self) {
+        self.admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+}
