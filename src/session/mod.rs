@@ -125,20 +125,14 @@ pub async fn serve<C: Carrier, H: Handler>(
     let mut exp = client.exp();
     // One timer for the token's expiry and the next keep-alive (one timer per idle socket).
     let mut next_keepalive = keepalive.map(|p| Instant::now() + p);
+    // A carrier's own end (an event stream's lifetime) is the timer's third deadline.
+    let lifetime = carrier.lifetime();
     let deadline = |expiry: Option<Instant>, next: Option<Instant>| {
-        [expiry, next]
+        [expiry, next, lifetime.map(|(at, _)| at)]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
-    };
-    // A carrier's own end (an event stream's lifetime) is the timer's third deadline.
-    let lifetime = carrier.lifetime();
-    let deadline = |expiry: Option<Instant>, next: Option<Instant>| {
-        deadline(expiry, next).min(lifetime.map_or(
-            Instant::now() + Duration::from_secs(86_400 * 365),
-            |(at, _)| at,
-        ))
     };
     let timer = tokio::time::sleep_until(deadline(expiry, next_keepalive));
     tokio::pin!(timer);
