@@ -3,6 +3,7 @@
 //! and of the protocol that will carry them.
 //!
 //! - [`change`]: a decoded change as the JSON clients receive on `table:<schema>.<table>`;
+//! - [`decode_metrics`]: changes per table (bounded labels) and decode lag, for /metrics;
 //! - [`pgoutput`]: decoder of pgoutput (protocol 1) messages, and the relation cache;
 //! - [`value`]: column text to the JSON `to_jsonb` gives;
 //! - [`filter`]: PostgREST filter syntax: parser, limits, binding to columns, evaluator;
@@ -16,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod change;
+pub mod decode_metrics;
 pub mod filter;
 pub mod index;
 pub mod pgoutput;
