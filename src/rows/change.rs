@@ -67,6 +67,17 @@ impl Change {
     }
 }
 
+/// How many changes a pgoutput message carries (what [`changes`] returns for it when it can be
+/// read): one per row change, one per table of a `TRUNCATE`, none otherwise. The WAL source
+/// gives an unreadable change its positions anyway, so later positions never shift.
+pub fn count(msg: &Message) -> u64 {
+    match msg {
+        Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } => 1,
+        Message::Truncate { relations, .. } => relations.len() as u64,
+        _ => 0,
+    }
+}
+
 /// The changes one pgoutput message carries (none for Relation and the others), in the order
 /// PostgreSQL sent them (a `TRUNCATE` of several tables gives one change per table).
 pub fn changes(

@@ -787,6 +787,13 @@ impl Reader<'_> {
             Err(e) => {
                 self.metrics.undecodable.inc();
                 tracing::warn!(error = %e, "a pgoutput message could not be read; skipped");
+                // A row change that cannot be read still takes its place, so that the
+                // positions of the transaction's later items do not depend on it.
+                if let (Some((_, next, _)), Some(b'I' | b'U' | b'D')) =
+                    (&mut self.txn, data.first())
+                {
+                    *next += 1;
+                }
                 return;
             }
         };
@@ -803,6 +810,8 @@ impl Reader<'_> {
             Err(e) => {
                 self.metrics.undecodable.inc();
                 tracing::warn!(error = %e, "a table change could not be read; skipped");
+                // Its positions stay taken (see above).
+                *next += change::count(&message);
                 return;
             }
         };
@@ -1083,5 +1092,44 @@ mod tests {
         assert_eq!(metrics.resent.get(), 1);
         assert_eq!(metrics.foreign.get(), 2);
         assert_eq!(r.received_end, 940);
+    }
+
+    #[test]
+    fn unreadable_changes_keep_their_positions() {
+        let metrics = WalMetrics::default();
+        let mut r = Reader {
+            prefix: "p",
+            txn: None,
+            pending: Vec::new(),
+            relations: RelationCache::new(),
+            delivered: Seq::ZERO,
+            received_end: 0,
+            metrics: &metrics,
+        };
+        r.take(ReplicationEvent::Begin {
+            final_lsn: Lsn(700),
+            xid: 1,
+            commit_time_micros: 0,
+        });
+        // An insert into a table whose Relation never came, then one cut short.
+        let mut insert = vec![b'I'];
+        insert.extend(42u32.to_be_bytes());
+        insert.extend([b'N', 0, 1, b't', 0, 0, 0, 1, b'5']);
+        for data in [&insert[..], &insert[..7]] {
+            r.take(ReplicationEvent::XLogData {
+                wal_start: Lsn(600),
+                wal_end: Lsn(600),
+                server_time_micros: 0,
+                data: Bytes::copy_from_slice(data),
+            });
+        }
+        r.take(message(650, "p", "after"));
+        let seqs: Vec<Seq> = r.pending.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            [Seq::wal(700, 2)],
+            "the two unreadable changes keep 0 and 1"
+        );
+        assert_eq!(metrics.undecodable.get(), 2);
     }
 }
