@@ -672,6 +672,8 @@ impl Reader<'_> {
         shutdown: &CancellationToken,
         confirmed: &mut u64,
     ) -> Ended {
+        // A new session starts with an empty relation cache.
+        self.metrics.relations.set(self.relations.len() as i64);
         let mut status = tokio::time::interval(STATUS_INTERVAL);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(settings.check_interval.max(Duration::from_secs(1)));
