@@ -80,6 +80,17 @@ export function psql(conninfo, sql, vars = {}) {
   return withTimeout(run, WAIT_MS, "psql");
 }
 
+/** Waits (bounded) until pgws's publication exists: the WAL source creates it when it starts. */
+export async function publicationReady(conninfo, name = "pgws") {
+  const start = Date.now();
+  for (;;) {
+    const out = await psql(conninfo, "SELECT count(*) FROM pg_publication WHERE pubname = :'name';", { name });
+    if (out.trim() === "1") return;
+    if (Date.now() - start > WAIT_MS) throw new Error(`timed out: the publication ${name}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /**
  * Starts pgws --embedded on `port` (0: any); resolves with {port, url, conninfo, stop()}
  * (`conninfo`: the embedded PostgreSQL's, for psql). `extraEnv`: more

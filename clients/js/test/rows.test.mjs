@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 
 import { PgwsClient, RowMap, toChange } from "../src/index.js";
-import { WAIT_MS, next, psql, startServer, token, withTimeout } from "./harness.mjs";
+import { WAIT_MS, next, psql, publicationReady, startServer, token, withTimeout } from "./harness.mjs";
 
 const hour = () => Math.floor(Date.now() / 1000) + 3600;
 const LISTEN_CHANNEL = "postgres-websockets-listener";
@@ -44,14 +44,7 @@ describe("row subscriptions (WAL source)", () => {
   before(async () => {
     server = await startServer(0, "rows-test", { PGWS_SOURCE: "wal" });
     assert.ok(server.conninfo, "the embedded PostgreSQL's conninfo line");
-    // pgws creates its publication when the WAL source starts: wait for it (bounded).
-    const start = Date.now();
-    for (;;) {
-      const out = await psql(server.conninfo, "SELECT count(*) FROM pg_publication WHERE pubname = 'pgws';");
-      if (out.trim() === "1") break;
-      if (Date.now() - start > WAIT_MS) throw new Error("timed out: pgws's publication");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await publicationReady(server.conninfo);
     await psql(server.conninfo, `
       CREATE TABLE todos (id int PRIMARY KEY, title text NOT NULL, done bool NOT NULL DEFAULT false,
                           tags text[], meta jsonb, body text);
