@@ -70,7 +70,7 @@ export function mountLiveTable({ baseUrl, token }) {
     if (td.dataset.json === json && td.dataset.present === String(has)) return;
     td.dataset.json = json;
     td.dataset.present = String(has);
-    td.className = value === null ? "null" : typeof value === "number" ? "num" : "";
+    td.className = value === null ? "null" : "";
     td.textContent = !has ? "" : value === null ? "null" : typeof value === "object" ? json : String(value);
   }
 

@@ -100,6 +100,8 @@ describe("example page: live table", () => {
     await publicationReady(server.conninfo);
     await psql(server.conninfo, `
       CREATE TABLE todos (id int PRIMARY KEY, title text NOT NULL, done bool NOT NULL DEFAULT false, tags text[], meta jsonb);
+      -- Whole old rows: the server tells a row leaving a filter only when it sees the old values.
+      ALTER TABLE todos REPLICA IDENTITY FULL;
       ALTER PUBLICATION pgws ADD TABLE todos;`);
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     context.setDefaultTimeout(WAIT_MS);
@@ -145,6 +147,36 @@ describe("example page: live table", () => {
     await psql(server.conninfo, "TRUNCATE todos;");
     await tableEqualsSql("*", "true", "a truncate");
     assert.equal(await page.getAttribute("#rows-table", "data-rows"), "0");
+  });
+
+  it("follows a filtered table: rows moving out of the filter leave the list, rows moving in join it", async () => {
+    await psql(server.conninfo, "TRUNCATE todos;");
+    await follow("table:public.todos", "done=eq.false&select=id,title");
+    await page.waitForSelector('#rows-status[data-state="open"]', { timeout: WAIT_MS });
+    assert.match(await page.textContent("#rows-status-text"), /where done=eq\.false&select=id,title: 0 rows/);
+    const open = ["id, title", "NOT done"];
+
+    await psql(server.conninfo, `
+      INSERT INTO todos (id, title, done) VALUES (1, 'one', false), (2, 'two', true), (3, 'three', false), (4, 'four', false);`);
+    await tableEqualsSql(...open, "inserts, one of them done");
+    await psql(server.conninfo, `
+      UPDATE todos SET done = true WHERE id = 1;
+      UPDATE todos SET done = false, title = 'two, reopened' WHERE id = 2;
+      UPDATE todos SET title = 'three, renamed' WHERE id = 3;
+      DELETE FROM todos WHERE id = 4;`);
+    const rows = await tableEqualsSql(...open, "a row moved out, one moved in, an update, a delete");
+    assert.deepEqual(rows.map((r) => r.id), [2, 3]);
+    assert.deepEqual(await page.$$eval("#rows-head > th", (ths) => ths.map((t) => t.textContent)), ["id", "title"], "select= columns only");
+    await page.locator("#rows-card").screenshot({ path: path.join(ARTIFACTS, "live-table-filtered.png"), timeout: WAIT_MS });
+  });
+
+  it("shows the server's refusal of a bad filter and of a table outside the publication", async () => {
+    await follow("table:public.todos", "titel=eq.x");
+    const bad = await page.waitForSelector('#rows-status[data-state="refused"][data-code="bad_filter"]', { timeout: WAIT_MS });
+    assert.match(await bad.textContent(), /titel/, "the server's message names the column");
+    await psql(server.conninfo, "CREATE TABLE IF NOT EXISTS unpublished (id int PRIMARY KEY);");
+    await follow("table:public.unpublished", "");
+    await page.waitForSelector('#rows-status[data-state="refused"][data-code="unknown_table"]', { timeout: WAIT_MS });
   });
 
   it("says what a table channel is when given another", async () => {
