@@ -59,7 +59,8 @@ export function mountLiveTable({ baseUrl, token }) {
 
   function following(v) {
     return "Following " + v.channel + (v.filter ? " where " + v.filter : "") + ": " +
-      plural(v.rows.size, "row") + ", " + plural(v.changes, "change");
+      plural(v.rows.size, "row") + ", " + plural(v.changes, "change") +
+      (v.gap ? "; changes may be missing (" + v.gap + "): Follow again to start over" : "");
   }
 
   /** A cell: the value as text (JSON for objects and arrays), its JSON in data-json. */
@@ -170,7 +171,7 @@ export function mountLiveTable({ baseUrl, token }) {
       setStatus("refused", "The Server URL (above) must start with ws:// or wss://", "local");
       return;
     }
-    const v = { channel, filter, rows: new RowMap(keys), trs: new Map(), columns: [], changes: 0, done: false };
+    const v = { channel, filter, rows: new RowMap(keys), trs: new Map(), columns: [], changes: 0, done: false, gap: null };
     try {
       v.client = new PgwsClient({ url: base + "/", token: () => token(channel) });
       v.sub = v.client.subscribe(channel, { filter: filter || undefined });
@@ -185,7 +186,8 @@ export function mountLiveTable({ baseUrl, token }) {
     v.sub.on("subscribed", () => v === view && setStatus("open", following(v)));
     v.sub.on("gap", (g) => {
       if (v !== view) return;
-      setStatus("reconnecting", "Changes may be missing (" + g.reason + "): the table may be out of date; Follow again to start over");
+      v.gap = g.reason; // kept in the status: the rows may be out of date from now on
+      setStatus("reconnecting", following(v));
     });
     v.sub.on("error", (e) => {
       if (v !== view || e.fatal) return;
@@ -199,6 +201,7 @@ export function mountLiveTable({ baseUrl, token }) {
     });
     v.client.on("state", (s) => {
       if (v !== view || v.done) return;
+      el.status.dataset.connections = String(v.client.connections);
       if (s === "reconnecting" || s === "offline") setStatus("reconnecting", "Reconnecting; the changes missed meanwhile are replayed…");
       else if (s === "open" && v.sub.state !== "subscribed") setStatus("connecting", "Joining " + channel + "…");
     });

@@ -37,6 +37,7 @@ describe("example page: live table", () => {
   let root;
   let server;
   let browser;
+  let context;
   let page;
   const pageErrors = [];
 
@@ -103,7 +104,7 @@ describe("example page: live table", () => {
       -- Whole old rows: the server tells a row leaving a filter only when it sees the old values.
       ALTER TABLE todos REPLICA IDENTITY FULL;
       ALTER PUBLICATION pgws ADD TABLE todos;`);
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     context.setDefaultTimeout(WAIT_MS);
     page = await context.newPage();
     page.on("pageerror", (err) => pageErrors.push(err.message));
@@ -168,6 +169,24 @@ describe("example page: live table", () => {
     assert.deepEqual(rows.map((r) => r.id), [2, 3]);
     assert.deepEqual(await page.$$eval("#rows-head > th", (ths) => ths.map((t) => t.textContent)), ["id", "title"], "select= columns only");
     await page.locator("#rows-card").screenshot({ path: path.join(ARTIFACTS, "live-table-filtered.png"), timeout: WAIT_MS });
+  });
+
+  it("catches up exactly after the browser was offline while the table changed", async () => {
+    // Still following the filtered table of the test before.
+    await page.waitForSelector('#rows-status[data-state="open"]', { timeout: WAIT_MS });
+    await context.setOffline(true);
+    await page.waitForSelector('#rows-status[data-state="reconnecting"]', { timeout: WAIT_MS });
+    const before = Number(await page.getAttribute("#rows-status", "data-connections"));
+    await psql(server.conninfo, `
+      INSERT INTO todos (id, title, done) VALUES (5, 'five', false), (6, 'six', true);
+      UPDATE todos SET done = true WHERE id = 3;
+      UPDATE todos SET done = false WHERE id = 6;`);
+    await context.setOffline(false);
+    const rows = await tableEqualsSql("id, title", "NOT done", "the changes made while offline, replayed through the filter");
+    assert.deepEqual(rows.map((r) => r.id), [2, 5, 6]);
+    await page.waitForSelector('#rows-status[data-state="open"]', { timeout: WAIT_MS });
+    assert.doesNotMatch(await page.textContent("#rows-status-text"), /missing/, "no gap: the resume was exact");
+    assert.ok(Number(await page.getAttribute("#rows-status", "data-connections")) > before, "a new connection resumed it");
   });
 
   it("shows the server's refusal of a bad filter and of a table outside the publication", async () => {
