@@ -15,6 +15,7 @@
 // filters come next); the WAL source uses `pgoutput` and `change` today.
 #![allow(dead_code)]
 
+pub mod authorize;
 pub mod change;
 pub mod filter;
 pub mod index;
