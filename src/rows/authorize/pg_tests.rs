@@ -376,6 +376,10 @@ async fn rls_decisions_match_an_oracle_over_10000_changes() {
     for (n, w) in withheld.iter().enumerate().take(4) {
         assert!(*w > 0, "cohort {n} was shown everything");
     }
+    assert!(
+        team_before_change > 0,
+        "team rows shown before the policy change"
+    );
     assert_eq!(
         team_after_change, 0,
         "team rows shown after the policy change"
