@@ -38,14 +38,7 @@ use crate::authz::Subject;
 use crate::authz::check::{DbError, End, Session, TxError, transaction};
 use crate::authz::pool::Pool;
 
-/// What a change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
+pub use crate::rows::change::Op;
 
 /// One change as the decision reads it: its operation and the row version it carries (the new
 /// row of an `INSERT`/`UPDATE` as `rows::change` builds it, unchanged TOASTed values it could

@@ -98,8 +98,8 @@ impl Slot {
             };
             let Some(oid) = oid else { continue };
             let rel = self.relations.get(oid).unwrap().clone();
-            for (_, text) in change::changes(&msg, &self.relations, 0).expect("build") {
-                let Value::Object(obj) = serde_json::from_str(&text).unwrap() else {
+            for c in change::changes(&msg, &self.relations, 0).expect("build") {
+                let Value::Object(obj) = serde_json::from_str(&c.text).unwrap() else {
                     panic!("a change is an object");
                 };
                 out.push((rel.clone(), obj));
