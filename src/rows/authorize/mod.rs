@@ -174,6 +174,27 @@ pub async fn decide(
     changes: &[RowChange<'_>],
     timeout: Duration,
 ) -> Result<Vec<bool>, AuthorizeError> {
+    decide_param(
+        pool,
+        cohort,
+        table,
+        &table.batch_param(changes),
+        changes.len(),
+        timeout,
+    )
+    .await
+}
+
+/// [`decide`] with the batch already written as the statement's parameter (once per table and
+/// batch, whatever the number of cohorts).
+async fn decide_param(
+    pool: &Pool,
+    cohort: &CohortKey,
+    table: &TableShape,
+    batch: &String,
+    len: usize,
+    timeout: Duration,
+) -> Result<Vec<bool>, AuthorizeError> {
     let subject = Subject {
         claims: cohort.claims().into(),
         role: cohort.role().into(),
@@ -188,9 +209,8 @@ pub async fn decide(
         mode: "rows",
         timeout,
     };
-    let batch = table.batch_param(changes);
     let oid = table.oid;
-    let params: [(&(dyn ToSql + Sync), Type); 2] = [(&batch, Type::TEXT), (&oid, Type::OID)];
+    let params: [(&(dyn ToSql + Sync), Type); 2] = [(batch, Type::TEXT), (&oid, Type::OID)];
     let what = || format!("{}.{}", table.schema, table.name);
     let refused = |db: DbError| AuthorizeError::Refused {
         table: what(),
@@ -214,7 +234,7 @@ pub async fn decide(
                 reason,
             },
         })?;
-    let mut seen = vec![false; changes.len()];
+    let mut seen = vec![false; len];
     for row in rows {
         let i: i32 = row.try_get(0).map_err(|e| AuthorizeError::Unavailable {
             table: what(),
@@ -248,9 +268,10 @@ pub async fn decide_table(
     timeout: Duration,
     metrics: &AuthorizeMetrics,
 ) -> TableDecision {
+    let batch = &table.batch_param(changes);
     let answers = join_all(cohorts.iter().map(|(id, key)| async move {
         let started = Instant::now();
-        let answer = decide(pool, key, table, changes, timeout).await;
+        let answer = decide_param(pool, key, table, batch, changes.len(), timeout).await;
         metrics.queries.inc();
         metrics
             .query_seconds

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use super::{AuthorizeError, Op, RowChange};
 use crate::rows::pgoutput::{Relation, ReplicaIdentity};
+use crate::rows::value::{ColumnType, Scalar};
 
 /// `name` as a quoted SQL identifier (`"` doubled). Names with NUL cannot be quoted (nor
 /// exist in PostgreSQL): refused.
@@ -44,6 +45,8 @@ pub struct TableShape {
     pub name: String,
     /// Column names, in the Relation's order (a column's ordinal is its index here).
     pub columns: Vec<String>,
+    /// Their types (from the type OIDs): they choose how a value is compared.
+    pub types: Vec<ColumnType>,
     /// Ordinals of the columns matched with `=` to find the row (the replica identity's key).
     pub key: Vec<usize>,
     sql: String,
@@ -56,6 +59,11 @@ impl TableShape {
     /// key: the decision stays exact, only slower on large tables.
     pub fn of(rel: &Relation) -> Result<Self, AuthorizeError> {
         let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+        let types = rel
+            .columns
+            .iter()
+            .map(|c| ColumnType::of(c.type_oid))
+            .collect();
         let key = if rel.replica_identity == ReplicaIdentity::Full {
             Vec::new()
         } else {
@@ -63,7 +71,7 @@ impl TableShape {
                 .filter(|i| rel.columns[*i].key)
                 .collect()
         };
-        Self::build(rel.oid, &rel.namespace, &rel.name, columns, key)
+        Self::build(rel.oid, &rel.namespace, &rel.name, columns, types, key)
     }
 
     /// The same shape with these columns matched with `=` (they must be NOT NULL and unique
@@ -78,7 +86,14 @@ impl TableShape {
                     .ok_or_else(|| AuthorizeError::Name(n.escape_debug().to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Self::build(self.oid, &self.schema, &self.name, self.columns, key)
+        Self::build(
+            self.oid,
+            &self.schema,
+            &self.name,
+            self.columns,
+            self.types,
+            key,
+        )
     }
 
     fn build(
@@ -86,6 +101,7 @@ impl TableShape {
         schema: &str,
         name: &str,
         columns: Vec<String>,
+        types: Vec<ColumnType>,
         key: Vec<usize>,
     ) -> Result<Self, AuthorizeError> {
         let table = format!("{}.{}", quote_ident(schema)?, quote_ident(name)?);
@@ -94,12 +110,9 @@ impl TableShape {
             let c = quote_ident(&columns[*k])?;
             conditions.push(format!("t.{c} = p.{c}"));
         }
-        for (i, column) in columns.iter().enumerate() {
+        for (i, (column, ty)) in columns.iter().zip(&types).enumerate() {
             let c = quote_ident(column)?;
-            conditions.push(format!(
-                "({i} = ANY (x.u) OR coalesce(to_jsonb(t.{c}), 'null'::jsonb) \
-                 = coalesce(to_jsonb(p.{c}), 'null'::jsonb))"
-            ));
+            conditions.push(format!("({i} = ANY (x.u) OR {})", same(&c, *ty)));
         }
         if conditions.is_empty() {
             conditions.push("true".into());
@@ -117,6 +130,7 @@ impl TableShape {
             schema: schema.to_owned(),
             name: name.to_owned(),
             columns,
+            types,
             key,
             sql,
         })
@@ -158,6 +172,27 @@ impl TableShape {
             })
             .collect();
         Value::Array(items).to_string()
+    }
+}
+
+/// SQL saying that column `c` (quoted) holds the same value in the table's row `t` and in the
+/// change's row `p`. Equal means identical as a value of the type, never merely alike: types
+/// whose `=` is exact (numbers by value, so `1.50` is `1.5` as in `to_jsonb`; times as instants)
+/// use it; text compares byte-wise (`COLLATE "C"`: a nondeterministic collation's `=` would make
+/// `'A'` equal `'a'`); every other type (json, arrays, enums, intervals, geometry, ...) compares
+/// `to_jsonb` of both sides, which needs no `=` and tells `'1 day'` from `'24 hours'`.
+fn same(c: &str, ty: ColumnType) -> String {
+    use Scalar::*;
+    match ty {
+        ColumnType::Scalar(
+            Bool | Int | Float | Numeric | Uuid | Bytea | Date | Time | Timestamp | TimestampTz,
+        ) => format!("t.{c} IS NOT DISTINCT FROM p.{c}"),
+        ColumnType::Scalar(Text) => {
+            format!("t.{c}::text COLLATE \"C\" IS NOT DISTINCT FROM p.{c}::text COLLATE \"C\"")
+        }
+        _ => format!(
+            "coalesce(to_jsonb(t.{c}), 'null'::jsonb) = coalesce(to_jsonb(p.{c}), 'null'::jsonb)"
+        ),
     }
 }
 
