@@ -310,3 +310,36 @@ pub async fn decide_table(
         failed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn changes_read_their_row_and_updates_lose_old_for_rls() {
+        let update = obj(
+            json!({"op": "UPDATE", "new": {"id": 1, "t": "x"}, "old": {"id": 0, "t": "secret"}}),
+        );
+        let ch = RowChange::of_change(&update).unwrap();
+        assert_eq!(ch.op, Op::Update);
+        assert_eq!(ch.row.unwrap()["t"], json!("x"));
+        let shown = rls_form(&update);
+        assert_eq!(shown["old"], Value::Null);
+        assert_eq!(shown["new"], update["new"]);
+        let delete = obj(json!({"op": "DELETE", "new": null, "old": {"id": 2}}));
+        assert_eq!(
+            RowChange::of_change(&delete).unwrap().row.unwrap()["id"],
+            json!(2)
+        );
+        assert_eq!(rls_form(&delete), delete);
+        let truncate = obj(json!({"op": "TRUNCATE", "new": null, "old": null}));
+        assert!(RowChange::of_change(&truncate).unwrap().row.is_none());
+        assert!(RowChange::of_change(&obj(json!({"op": "MERGE"}))).is_none());
+        assert!(RowChange::of_change(&obj(json!({"op": "INSERT", "new": 1}))).is_none());
+    }
+}

@@ -10,8 +10,9 @@
 //!   WHEN 'D' THEN NOT row_security_active($2::oid::regclass)
 //!   ELSE EXISTS (SELECT 1 FROM "s"."t" AS t
 //!                WHERE t."id" = p."id"                    -- the key: an index lookup
-//!                  AND (0 = ANY (x.u) OR coalesce(to_jsonb(t."id"), 'null') = coalesce(to_jsonb(p."id"), 'null'))
-//!                  AND ...)                               -- every column the change carries
+//!                  AND (0 = ANY (x.u) OR t."id" IS NOT DISTINCT FROM p."id")
+//!                  AND (1 = ANY (x.u) OR t."title"::text COLLATE "C" IS NOT DISTINCT FROM p."title"::text COLLATE "C")
+//!                  AND ...)                  -- every column the change carries (`same`)
 //! END
 //! ```
 //!
