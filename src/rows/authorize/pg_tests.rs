@@ -449,6 +449,7 @@ async fn every_column_type_compares_exactly() {
          GRANT SELECT ON every_type TO authenticated;
          ALTER TABLE every_type ENABLE ROW LEVEL SECURITY;
          CREATE POLICY odd ON every_type FOR SELECT USING (n % 2 = 1);
+         ALTER TABLE every_type REPLICA IDENTITY FULL;
          CREATE PUBLICATION types_pub FOR TABLE every_type;",
     )
     .await
@@ -465,6 +466,12 @@ async fn every_column_type_compares_exactly() {
     let batch = slot.changes(&db).await;
     assert_eq!(batch.len(), 5);
     let shape = TableShape::of(&batch[0].0).unwrap();
+    // REPLICA IDENTITY FULL flags every column (NULLs included): none is matched with `=`
+    // unless the primary key is given.
+    assert!(shape.key.is_empty());
+    let keyed = shape.clone().with_key(&["n"]).unwrap();
+    assert_eq!(keyed.key, vec![0]);
+    assert!(shape.clone().with_key(&["nope"]).is_err());
     let key = cohort("authenticated", json!({}));
     let rows: Vec<RowChange<'_>> = batch
         .iter()
@@ -476,6 +483,10 @@ async fn every_column_type_compares_exactly() {
         .await
         .unwrap();
     assert_eq!(seen, want, "every current version of a visible row");
+    let by_key = decide(&pool, &key, &keyed, &rows, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(by_key, want, "the same with the key matched by '='");
     assert!(seen.iter().any(|s| *s) && seen.iter().any(|s| !*s));
     db.batch_execute("UPDATE every_type SET t = coalesce(t, '') || '!' WHERE n > 1000")
         .await
