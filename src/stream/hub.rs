@@ -53,6 +53,10 @@ pub struct HubStats {
     pub replayed: Counter,
     /// Resumes that could not be exact (a `Gap` was sent first).
     pub resume_gaps: Counter,
+    /// Filtered subscribers asked about a message ([`Selector::route`]'s candidates).
+    pub row_evaluations: Counter,
+    /// Frames queued for filtered subscribers.
+    pub row_deliveries: Counter,
 }
 
 /// How the hub keeps messages for replay.
@@ -394,8 +398,9 @@ impl Hub {
         // A list, not a map: the sockets a run reaches are usually few, and their order of
         // first appearance keeps the pushes deterministic.
         let mut per: Vec<(Arc<Outbox>, Vec<Frame>)> = Vec::new();
+        let mut evaluated = 0;
         for frame in run {
-            selector.route(frame, &mut |outbox, frame| match per
+            evaluated += selector.route(frame, &mut |outbox, frame| match per
                 .iter_mut()
                 .find(|(o, _)| Arc::ptr_eq(o, outbox))
             {
@@ -411,6 +416,8 @@ impl Hub {
                 self.stats.overflowed.inc_by((frames.len() - queued) as u64);
             }
         }
+        self.stats.row_evaluations.inc_by(evaluated as u64);
+        self.stats.row_deliveries.inc_by(n as u64);
         n
     }
 

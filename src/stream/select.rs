@@ -31,8 +31,9 @@ pub trait Selector: Send + Sync {
     /// Calls `each` once per subscriber (for server-wide notices such as an outage).
     fn for_each(&self, each: &mut dyn FnMut(&Arc<Outbox>));
     /// Calls `deliver` with each subscriber that receives `frame` and what it receives (the
-    /// frame itself or a frame derived from it, [`Frame::derived`]).
-    fn route(&self, frame: &Frame, deliver: &mut dyn FnMut(&Arc<Outbox>, Frame));
+    /// frame itself or a frame derived from it, [`Frame::derived`]). Returns how many
+    /// subscribers were asked (for the metrics: asked but not delivered = filtered out).
+    fn route(&self, frame: &Frame, deliver: &mut dyn FnMut(&Arc<Outbox>, Frame)) -> usize;
     /// What `outbox` receives of `frame` (replay after a resume): the same answer as
     /// [`Selector::route`] gives it live.
     fn view(&self, outbox: &Arc<Outbox>, frame: &Frame) -> Option<Frame>;
