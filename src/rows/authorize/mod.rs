@@ -311,6 +311,31 @@ pub async fn decide_table(
     }
 }
 
+/// One table's part of a batch: its shape, the cohorts with row subscribers on it, and its
+/// changes in the batch's order.
+pub struct TablePart<'a> {
+    pub table: &'a TableShape,
+    pub cohorts: &'a [(CohortId, std::sync::Arc<CohortKey>)],
+    pub changes: &'a [RowChange<'a>],
+}
+
+/// [`decide_table`] for every table of a batch at once: every (table, cohort) statement runs
+/// concurrently (as the pool allows), so the batch waits for its slowest statement only once.
+/// The answers are in the order of `parts`.
+pub async fn decide_batch(
+    pool: &Pool,
+    parts: &[TablePart<'_>],
+    timeout: Duration,
+    metrics: &AuthorizeMetrics,
+) -> Vec<TableDecision> {
+    join_all(
+        parts
+            .iter()
+            .map(|p| decide_table(pool, p.cohorts, p.table, p.changes, timeout, metrics)),
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -548,6 +548,7 @@ async fn a_failing_or_sleeping_cohort_affects_only_itself() {
     .unwrap();
     let batch = slot.changes(&db).await;
     assert_eq!(batch.len(), 50);
+    let batch_notes = batch.clone();
     let shape = TableShape::of(&batch[0].0).unwrap();
     let rows: Vec<RowChange<'_>> = batch
         .iter()
@@ -659,6 +660,42 @@ async fn a_failing_or_sleeping_cohort_affects_only_itself() {
         .await
         .unwrap();
     assert_eq!(seen, vec![true, false, true]);
+
+    // Both tables of a batch at once: each table's cohorts, each its own answer.
+    let notes_batch = &batch_notes;
+    let notes_shape = TableShape::of(&notes_batch[0].0).unwrap();
+    let notes_rows: Vec<RowChange<'_>> = notes_batch
+        .iter()
+        .map(|(_, c)| RowChange::of_change(c).unwrap())
+        .collect();
+    let weird_cohorts = vec![(CohortId(0), Arc::new(key.clone()))];
+    let decisions = decide_batch(
+        &pool,
+        &[
+            TablePart {
+                table: &notes_shape,
+                cohorts: &cohorts,
+                changes: &notes_rows,
+            },
+            TablePart {
+                table: &shape,
+                cohorts: &weird_cohorts,
+                changes: &rows,
+            },
+        ],
+        timeout,
+        &metrics,
+    )
+    .await;
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0].failed.len(), 3);
+    assert!(decisions[1].failed.is_empty());
+    let allowed: Vec<bool> = decisions[1]
+        .allowed
+        .iter()
+        .map(|s| s.contains(CohortId(0)))
+        .collect();
+    assert_eq!(allowed, vec![true, false, true]);
     let notes: i64 = db
         .query_one("SELECT count(*) FROM notes", &[])
         .await
