@@ -20,6 +20,7 @@
 // filters come next); the WAL source uses `pgoutput` and `change` today.
 #![allow(dead_code)]
 
+pub mod authorize;
 pub mod catalog;
 pub mod change;
 pub mod decode_metrics;
