@@ -199,13 +199,12 @@ async fn read_inner(
         )
         .await
         .map_err(db_err)?;
-    let seam = Seam::parse(row.get(0), row.get(1)).ok_or_else(|| {
-        SnapshotError::Database("unreadable pg_current_snapshot() or LSN".into())
-    })?;
+    let seam = Seam::parse(row.get(0), row.get(1))
+        .ok_or_else(|| SnapshotError::Database("unreadable pg_current_snapshot() or LSN".into()))?;
     let columns: Vec<String> = info
         .columns
         .iter()
-        .map(|(name, _)| format!("{}::text", quote_ident(name)))
+        .map(|(name, _)| quote_ident(name))
         .collect();
     client
         .batch_execute(&format!(
@@ -220,7 +219,19 @@ async fn read_inner(
     let mut sent = 0;
     loop {
         wait_for_room(outbox).await?;
-        let rows = client.query(&fetch, &[]).await.map_err(db_err)?;
+        // The simple protocol answers in text, through each type's output function: exactly
+        // the text pgoutput sends for the same value (a `::text` cast would differ: `true`
+        // for a boolean's `t`).
+        let rows: Vec<_> = client
+            .simple_query(&fetch)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect();
         if rows.is_empty() {
             break;
         }
@@ -294,7 +305,10 @@ mod tests {
         // 64-bit ids: pgoutput's xids are their low 32 bits, compared circularly.
         let wrapped = Seam::parse("4294967290:4294967300:", "1/0").unwrap();
         assert!(seam_contains(&wrapped, 4_294_967_295));
-        assert!(!seam_contains(&wrapped, 5), "xid 2^32+5 is at or after xmax");
+        assert!(
+            !seam_contains(&wrapped, 5),
+            "xid 2^32+5 is at or after xmax"
+        );
         assert!(Seam::parse("x:1:", "0/0").is_none());
     }
 

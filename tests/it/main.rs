@@ -19,6 +19,7 @@ mod presence;
 mod publish;
 mod resume;
 mod security;
+mod snapshot;
 mod sse;
 mod sse_raw;
 mod static_http;
