@@ -11,6 +11,7 @@
 //! - [`index`]: per-table subscription index on equality conjuncts;
 //! - [`subscribe`]: a client's table and filter made into a row subscription, or refused;
 //! - [`snapshot`]: the rows a subscription starts from, and the seam with the change stream;
+//! - [`rls`]: per-row authorization wired in: cohorts, decisions attached to frames;
 //! - [`selector`]: row subscriptions on a table channel, the hub's selector for it;
 //! - `temporal`: dates and times as comparable numbers, for filters.
 //!
@@ -27,6 +28,7 @@ pub mod decode_metrics;
 pub mod filter;
 pub mod index;
 pub mod pgoutput;
+pub mod rls;
 pub mod selector;
 pub mod snapshot;
 pub mod subscribe;
