@@ -104,6 +104,7 @@ impl Client {
             let resumed = state.hub.subscribe_with(
                 &channels,
                 &outbox,
+                None,
                 resume,
                 resume_gap_frame,
                 |_, _| None,
@@ -377,10 +378,13 @@ impl Client {
 
     /// Follows `channel` (resuming after `from`), queuing the replay and then `answer` (see
     /// [`crate::stream::Hub::subscribe_with`]; `then` runs right after the answer is queued).
-    /// The caller checked that it may, and that the source follows the channel.
+    /// The caller checked that it may, and that the source follows the channel. With a `view`
+    /// (a row subscription's filter) the client receives what the view makes of each message.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         channel: ChannelName,
+        view: Option<crate::stream::View>,
         from: Option<crate::stream::ResumeFrom>,
         gap: impl FnOnce(&ResumeGap<'_>) -> Frame,
         answer: impl FnOnce(Position, Resumed) -> Frame,
@@ -389,6 +393,7 @@ impl Client {
         let resumed = self.state.hub.subscribe_with(
             std::slice::from_ref(&channel),
             &self.outbox,
+            view,
             from,
             gap,
             |position, resumed| Some(answer(position, resumed)),

@@ -301,6 +301,12 @@ impl Server {
             active: AtomicUsize::new(0),
             authz,
             presence,
+            catalog: (config.source == SourceKind::Wal).then(|| {
+                Arc::new(crate::rows::catalog::Catalog::new(
+                    &config.db,
+                    &config.wal_publication,
+                ))
+            }),
             config,
         });
         if let Some(admin) = self.admin {
