@@ -1163,6 +1163,9 @@ fn hostile(channel: &str, filter: Option<Value>, code: &'static str, says: &[&st
     }
 }
 
+/// A table name that tries SQL (the catalog query binds it).
+const SQL_TABLE: &str = "table:public.x'; drop table target; --";
+
 /// The table the hostile test subscribes to, one outside the publication, one of 1,600 columns.
 fn hostile_cases() -> Vec<Hostile> {
     let target = table("target");
@@ -1227,6 +1230,7 @@ fn hostile_cases() -> Vec<Hostile> {
         hostile(t, Some(json!({"a":"eq.1"})), "bad_request", &["filter"]),
         hostile("chat", f("a=eq.1"), "bad_request", &["filter"]),
         hostile(&table("nope"), None, "unknown_table", &["nope"]),
+        hostile(SQL_TABLE, None, "unknown_table", &[]),
         hostile(&table("secret"), None, "unknown_table", &["publication"]),
         hostile(
             &table("secret"),
@@ -1299,7 +1303,7 @@ async fn hostile_subscriptions_are_refused_by_name_and_others_keep_flowing() {
     let channels: Vec<String> = ["target", "secret", "nope", "wide"]
         .iter()
         .map(|t| table(t))
-        .chain(["chat".to_string()])
+        .chain(["chat".to_string(), SQL_TABLE.to_string()])
         .collect();
 
     // Values that try SQL are values: compared literally, the table still there.
@@ -1383,39 +1387,53 @@ async fn hostile_subscriptions_are_refused_by_name_and_others_keep_flowing() {
             slowest
         }));
     }
+    // The writer keeps committing until every hostile socket is done (at least ROWS rows), so
+    // the witness's changes overlap the whole storm; a last matching row marks the end.
+    let storm_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let db_uri = db_uri.clone();
+        let storm_done = storm_done.clone();
         tokio::spawn(async move {
             let db = pg(&db_uri).await;
-            for batch in 0..ROWS / 20 {
+            let mut id = 0;
+            while id < ROWS || !storm_done.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut sql = String::from("BEGIN;");
-                for id in batch * 20..(batch + 1) * 20 {
+                for _ in 0..20 {
                     sql += &format!("INSERT INTO target (id, a, t) VALUES ({id}, {id}, 'r');");
+                    id += 1;
                 }
                 sql += "COMMIT;";
                 db.batch_execute(&sql).await.unwrap();
             }
+            db.batch_execute("INSERT INTO target (id, a) VALUES (1000000, 1000000)")
+                .await
+                .unwrap();
+            id
         })
     };
     let started = Instant::now();
-    let mut seen = Vec::new();
-    while seen.len() < (ROWS - 300) as usize {
-        let c = change(&frame_within(&mut witness, WAIT).await);
-        assert_eq!(c["op"], "INSERT");
-        assert_eq!(c["new"].as_object().unwrap().len(), 2, "id and a: {c}");
-        seen.push(c["new"]["id"].as_i64().unwrap());
-    }
-    let witnessed = started.elapsed();
-    writer.await.unwrap();
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.last() != Some(&1_000_000) {
+            let c = change(&frame_within(&mut witness, WAIT).await);
+            assert_eq!(c["op"], "INSERT");
+            assert_eq!(c["new"].as_object().unwrap().len(), 2, "id and a: {c}");
+            seen.push(c["new"]["id"].as_i64().unwrap());
+        }
+        (seen, witness)
+    });
     let mut storm_slowest = Duration::ZERO;
     for h in storm {
         storm_slowest = storm_slowest.max(h.await.unwrap());
     }
-    assert_eq!(
-        seen,
-        (300..ROWS as i64).collect::<Vec<_>>(),
-        "every match, once, in order"
-    );
+    let storm_took = started.elapsed();
+    storm_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let (seen, mut witness) = reading.await.unwrap();
+    let witnessed = started.elapsed();
+    let mut want: Vec<i64> = (300..written as i64).collect();
+    want.push(1_000_000);
+    assert_eq!(seen, want, "every match, once, in order");
     send(&mut witness, r#"{"type":"ping","id":"probe"}"#).await;
     assert_eq!(
         frame_within(&mut witness, WAIT).await,
@@ -1432,27 +1450,86 @@ async fn hostile_subscriptions_are_refused_by_name_and_others_keep_flowing() {
         .unwrap()
         .get(0);
     assert_eq!(tables, 3);
-    // Over SSE the same refusals are HTTP answers.
-    let tok = token(json!({"mode":"r","channels":channels}));
-    let path = format!("/{}/{tok}?titel=eq.x", table("target"));
-    let (status, body) = crate::sse::open(s.addr, &path, &[])
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("titel"), "{body}");
-    let path = format!("/{}/{tok}", table("nope"));
-    let (status, body) = crate::sse::open(s.addr, &path, &[])
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(status, 404, "{body}");
     println!(
         "hostile: {} cases, slowest refusal alone {slowest:?}, under the storm {storm_slowest:?}; \
-         witness got {} changes in {witnessed:?} during {} refusals",
+         {} refusals in {storm_took:?}; the witness got all {} matching changes of {written} \
+         rows in {witnessed:?}",
         cases.len(),
-        seen.len(),
-        3 * ROUNDS * cases.len()
+        3 * ROUNDS * cases.len(),
+        seen.len()
+    );
+    s.stop().await.unwrap();
+}
+
+/// Over SSE the URL's query string is the filter: a refused filter is an HTTP 400 naming the
+/// problem, an unknown or unpublished table a 404, and a filtered stream carries only the rows
+/// the filter lets through, projected by `select=`.
+#[tokio::test]
+async fn sse_row_filters_refuse_by_http_status_and_filter_the_stream() {
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    db.batch_execute(
+        "CREATE TABLE target (id int PRIMARY KEY, a int, t text); \
+         ALTER TABLE target REPLICA IDENTITY FULL; \
+         CREATE TABLE secret (id int PRIMARY KEY); \
+         CREATE PUBLICATION pgws FOR TABLE target;",
+    )
+    .await
+    .unwrap();
+    let s = wal_server(&db_uri, &[]).await;
+    let channels: Vec<String> = ["target", "secret", "nope"]
+        .iter()
+        .map(|t| table(t))
+        .collect();
+    let tok = token(json!({"mode":"r","channels":channels}));
+    for (query, status, says) in [
+        ("titel=eq.x", 400, "titel"),
+        ("a=eq.abc", 400, "abc"),
+        ("or=(a.eq.1", 400, "byte"),
+    ] {
+        let path = format!("/{}/{tok}?{query}", table("target"));
+        match crate::sse::open(s.addr, &path, &[]).await {
+            Ok(_) => panic!("{query}: the stream opened"),
+            Err((got, body)) => {
+                assert_eq!(got, status, "{query}: {body}");
+                assert!(body.contains(says), "{query}: {body}");
+            }
+        }
+    }
+    for name in ["nope", "secret"] {
+        let path = format!("/{}/{tok}", table(name));
+        match crate::sse::open(s.addr, &path, &[]).await {
+            Ok(_) => panic!("{name}: the stream opened"),
+            Err((got, body)) => assert_eq!(got, 404, "{name}: {body}"),
+        }
+    }
+    let path = format!("/{}/{tok}?a=gte.5&select=a", table("target"));
+    let mut sse = crate::sse::open(s.addr, &path, &[])
+        .await
+        .expect("a filtered stream opens");
+    db.batch_execute(
+        "INSERT INTO target VALUES (1, 1, 'x'), (2, 7, 'y'); UPDATE target SET a = 9 WHERE id = 1; \
+         UPDATE target SET a = 0 WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let ev = sse.next_event().await;
+        let c: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+        got.push(json!([
+            c["op"],
+            c.get("move").cloned().unwrap_or(Value::Null),
+            c["new"]
+        ]));
+    }
+    assert_eq!(
+        got,
+        vec![
+            json!(["INSERT", null, {"id":2,"a":7}]),
+            json!(["UPDATE", "in", {"id":1,"a":9}]),
+            json!(["UPDATE", "out", {"id":2,"a":0}]),
+        ]
     );
     s.stop().await.unwrap();
 }
