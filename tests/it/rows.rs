@@ -263,6 +263,13 @@ fn operands(column: &str) -> Vec<(&'static str, &'static str)> {
             ("7", "7"),
             ("9", "9"),
         ],
+        "id" => vec![
+            ("20", "20"),
+            ("100", "100"),
+            ("300", "300"),
+            ("1000", "1000"),
+            ("3000", "3000"),
+        ],
         "big" => vec![
             ("0", "0::bigint"),
             ("1000000000000", "1000000000000::bigint"),
@@ -339,11 +346,13 @@ fn group_safe(value: &str) -> bool {
 /// A random condition of `kind` (a scalar kind).
 fn atom(rng: &mut Rng, kind: Kind) -> Atom {
     let choices: &[&'static str] = match kind {
-        Kind::Eq => &["a", "big", "n", "t", "flag", "at", "j", "tags", "note"],
+        Kind::Eq => &[
+            "a", "big", "n", "t", "flag", "at", "j", "tags", "note", "id",
+        ],
         Kind::Neq => &["a", "big", "n", "t"],
-        Kind::Lt | Kind::Lte | Kind::Gt | Kind::Gte => &["a", "big", "n", "t", "at"],
+        Kind::Lt | Kind::Lte | Kind::Gt | Kind::Gte => &["a", "big", "n", "t", "at", "id"],
         Kind::Like | Kind::Ilike => &["t", "t", "note"],
-        Kind::In => &["a", "n", "t"],
+        Kind::In => &["a", "n", "t", "id"],
         Kind::IsNull => &COLUMNS,
         Kind::IsTrue => &["flag"],
         Kind::Cs | Kind::Cd => &["j", "tags"],
@@ -650,6 +659,14 @@ fn random_transactions(rng: &mut Rng, total: usize) -> Vec<String> {
                 ids.push(next_id);
                 next_id += 1;
                 done += 1;
+            } else if (78..80).contains(&roll) {
+                // The key itself changes (the old row names the old key).
+                let at = rng.below(ids.len());
+                let id = ids[at];
+                sql += &format!("UPDATE {tbl} SET id = {next_id} WHERE id = {id};\n");
+                ids[at] = next_id;
+                next_id += 1;
+                done += 1;
             } else if roll < 80 {
                 let id = ids[rng.below(ids.len())];
                 let mut cols: Vec<&str> = Vec::new();
@@ -826,6 +843,19 @@ async fn filtered_subscriptions_receive_exactly_what_sql_says() {
     let subs: Vec<Sub> = (0..SOCKETS * TABLES.len())
         .map(|i| random_sub(&mut rng, i))
         .collect();
+    for op in [
+        "eq", "neq", "lt", "lte", "gt", "gte", "like", "ilike", "in", "is", "cs", "cd",
+    ] {
+        assert!(
+            subs.iter()
+                .any(|s| s.filter.contains(&format!("={op}."))
+                    || s.filter.contains(&format!(".{op}."))),
+            "seed {seed}: operator {op} used"
+        );
+    }
+    for word in ["or=(", "and=(", "not.", "select="] {
+        assert!(subs.iter().any(|s| s.filter.contains(word)), "{word} used");
+    }
     let mut channels: Vec<String> = TABLES.iter().map(|t| table(t)).collect();
     channels.push(table("fence"));
     let mut readers = Vec::new();
@@ -1530,6 +1560,93 @@ async fn sse_row_filters_refuse_by_http_status_and_filter_the_stream() {
             json!(["UPDATE", "in", {"id":1,"a":9}]),
             json!(["UPDATE", "out", {"id":2,"a":0}]),
         ]
+    );
+    s.stop().await.unwrap();
+}
+
+/// Without `REPLICA IDENTITY FULL` (docs/ROWS.md §4): an `UPDATE` carries no old row, so a filter
+/// on a non-key column sees a row entering as an update (no `move`), cannot see one leaving (not
+/// sent), and a `DELETE` is sent with the key only; a filter on the key alone stays exact, a key
+/// change that leaves it is a `move` out; `TRUNCATE` reaches every subscription of the table.
+#[tokio::test]
+async fn without_replica_identity_full_filters_follow_the_documented_rules() {
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    db.batch_execute(
+        "CREATE TABLE plain (id int PRIMARY KEY, qty int, label text); \
+         CREATE PUBLICATION pgws FOR TABLE plain;",
+    )
+    .await
+    .unwrap();
+    let s = wal_server(&db_uri, &[]).await;
+    let channel = table("plain");
+    let mut by_qty = open(&s, std::slice::from_ref(&channel)).await;
+    follow(&mut by_qty, "q", &channel, "qty=gt.5").await;
+    let mut by_key = open(&s, std::slice::from_ref(&channel)).await;
+    follow(&mut by_key, "k", &channel, "id=eq.3").await;
+    db.batch_execute(
+        "INSERT INTO plain VALUES (1, 10, 'a'); INSERT INTO plain VALUES (2, 1, 'b'); \
+         UPDATE plain SET qty = 7 WHERE id = 2; \
+         UPDATE plain SET qty = 2 WHERE id = 1; \
+         UPDATE plain SET label = 'z' WHERE id = 2; \
+         DELETE FROM plain WHERE id = 1; \
+         INSERT INTO plain VALUES (3, 0, 'c'); INSERT INTO plain VALUES (4, 9, 'd'); \
+         UPDATE plain SET label = 'cc' WHERE id = 3; UPDATE plain SET label = 'dd' WHERE id = 4; \
+         UPDATE plain SET id = 30 WHERE id = 3; DELETE FROM plain WHERE id = 4; \
+         TRUNCATE plain;",
+    )
+    .await
+    .unwrap();
+    let brief = |frame: &Value| {
+        let c = change(frame);
+        let id = |row: &Value| row.get("id").cloned().unwrap_or(Value::Null);
+        json!([
+            c["op"],
+            c.get("move").cloned().unwrap_or(Value::Null),
+            id(&c["new"]),
+            c["old"]
+        ])
+    };
+    let mut qty = Vec::new();
+    for _ in 0..7 {
+        qty.push(brief(&frame_within(&mut by_qty, WAIT).await));
+    }
+    assert_eq!(
+        qty,
+        vec![
+            json!(["INSERT", null, 1, null]),
+            // Entering, seen as an update (upserts); no old row to compare with.
+            json!(["UPDATE", null, 2, null]),
+            // id 1 leaving (qty 2) cannot be seen: not sent.
+            json!(["UPDATE", null, 2, null]),
+            // A delete with a key-only old row is sent, whatever the filter says.
+            json!(["DELETE", null, null, {"id":1}]),
+            json!(["INSERT", null, 4, null]),
+            json!(["UPDATE", null, 4, null]),
+            json!(["DELETE", null, null, {"id":4}]),
+        ],
+        "{qty:#?}"
+    );
+    assert_eq!(
+        change(&frame_within(&mut by_qty, WAIT).await)["op"],
+        "TRUNCATE"
+    );
+    let mut key = Vec::new();
+    for _ in 0..3 {
+        key.push(brief(&frame_within(&mut by_key, WAIT).await));
+    }
+    assert_eq!(
+        key,
+        vec![
+            json!(["INSERT", null, 3, null]),
+            json!(["UPDATE", null, 3, null]),
+            json!(["UPDATE", "out", 30, {"id":3}]),
+        ],
+        "{key:#?}"
+    );
+    assert_eq!(
+        change(&frame_within(&mut by_key, WAIT).await)["op"],
+        "TRUNCATE"
     );
     s.stop().await.unwrap();
 }
