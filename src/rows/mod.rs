@@ -4,6 +4,7 @@
 //!
 //! - [`catalog`]: a published table's columns, types and key, for subscribing;
 //! - [`change`]: a decoded change as the JSON clients receive on `table:<schema>.<table>`;
+//! - [`decode_metrics`]: changes per table (bounded labels) and decode lag, for /metrics;
 //! - [`pgoutput`]: decoder of pgoutput (protocol 1) messages, and the relation cache;
 //! - [`value`]: column text to the JSON `to_jsonb` gives;
 //! - [`filter`]: PostgREST filter syntax: parser, limits, binding to columns, evaluator;
@@ -20,6 +21,7 @@
 
 pub mod catalog;
 pub mod change;
+pub mod decode_metrics;
 pub mod filter;
 pub mod index;
 pub mod pgoutput;

@@ -344,3 +344,117 @@ impl Selector for TableSelector {
         Made::new(frame).frame_for(&sub.columns, mv)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::filter::Limits;
+    use crate::rows::value::ColumnType;
+    use crate::stream::{Encoding, Hub, Limits as QueueLimits};
+
+    fn sub(filter: &str) -> View {
+        let cols = [
+            (
+                "id".to_string(),
+                ColumnType::of(crate::rows::value::oid::INT4),
+            ),
+            (
+                "s".to_string(),
+                ColumnType::of(crate::rows::value::oid::TEXT),
+            ),
+        ];
+        let f = Filter::new(filter, &Limits::default(), cols.as_slice()).unwrap();
+        RowSubscription::new(f, vec!["id".into()]).into_view()
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(
+            QueueLimits {
+                messages: 64,
+                bytes: 1 << 16,
+            },
+            Encoding::slot(0),
+        ))
+    }
+
+    fn drained(o: &Outbox) -> Vec<String> {
+        let mut v = Vec::new();
+        o.drain_into(&mut v);
+        v.into_iter().map(|f| f.as_str().to_string()).collect()
+    }
+
+    fn change(op: &str, new: &str, old: &str) -> Frame {
+        Frame::text(&format!(
+            r#"{{"schema":"public","table":"t","op":"{op}","commit_time":"x","new":{new},"old":{old},"unchanged_toast":[]}}"#
+        ))
+    }
+
+    // The hub's fan-out through the selector: each subscription receives what its filter lets
+    // through (indexed equality and scanned filters alike), moves marked, `select` projected
+    // with the key, and nothing after it leaves.
+    #[test]
+    fn each_view_gets_what_its_filter_lets_through() {
+        let hub = Hub::new();
+        let (eq, scan, all, proj) = (outbox(), outbox(), outbox(), outbox());
+        let join = |o: &Arc<Outbox>, f: &'static str| {
+            let mut v = Some(sub(f));
+            hub.subscribe_with(
+                &["table:public.t"],
+                o,
+                |_| v.take(),
+                None,
+                |_| unreachable!(),
+                |_, _| None,
+                || {},
+            );
+        };
+        join(&eq, "s=eq.a");
+        join(&scan, "id=gt.1");
+        join(&all, "");
+        join(&proj, "s=eq.a&select=s");
+        let mut run = [
+            change("INSERT", r#"{"id":1,"s":"a"}"#, "null"),
+            change("UPDATE", r#"{"id":1,"s":"b"}"#, r#"{"id":1,"s":"a"}"#),
+            change("INSERT", r#"{"id":2,"s":"b"}"#, "null"),
+            change("DELETE", "null", r#"{"id":2,"s":"b"}"#),
+            change("TRUNCATE", "null", "null"),
+        ];
+        hub.publish_run("table:public.t", &mut run);
+        let shape = |texts: Vec<String>| -> Vec<(String, String)> {
+            texts
+                .iter()
+                .map(|t| {
+                    let v: Value = serde_json::from_str(t).unwrap();
+                    (
+                        v["op"].as_str().unwrap().into(),
+                        v["move"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect()
+        };
+        let s = |op: &str, mv: &str| (op.to_string(), mv.to_string());
+        assert_eq!(
+            shape(drained(&eq)),
+            [s("INSERT", ""), s("UPDATE", "out"), s("TRUNCATE", "")]
+        );
+        assert_eq!(
+            shape(drained(&scan)),
+            [s("INSERT", ""), s("DELETE", ""), s("TRUNCATE", "")]
+        );
+        assert_eq!(drained(&all).len(), 5);
+        let p = drained(&proj);
+        assert!(p[0].contains(r#""new":{"id":1,"s":"a"}"#), "{}", p[0]);
+        hub.unsubscribe("table:public.t", &eq);
+        hub.publish(
+            "table:public.t",
+            change("INSERT", r#"{"id":3,"s":"a"}"#, "null"),
+        );
+        assert!(drained(&eq).is_empty());
+        assert_eq!(drained(&proj).len(), 1);
+        assert_eq!(hub.channel_count(), 1);
+        for o in [&scan, &all, &proj] {
+            hub.unsubscribe("table:public.t", o);
+        }
+        assert_eq!(hub.channel_count(), 0);
+    }
+}

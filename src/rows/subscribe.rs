@@ -11,7 +11,7 @@ use super::selector::RowSubscription;
 use crate::channel::TABLE_PREFIX;
 
 /// Why a row subscription cannot be made.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RowsRefusal {
     /// The table is unknown, unpublished, or the source does not read tables.
     #[error("{0}")]
@@ -46,4 +46,30 @@ pub async fn prepare(
     })?;
     let bound = Filter::bind(&parsed, info.columns.as_slice())?;
     Ok(RowSubscription::new(bound, info.key.clone()))
+}
+
+/// The filter an event stream's or a compat websocket's URL carries: its query string without
+/// the `last-event-id` parameter (which says where to resume, not which rows).
+pub fn filter_of_query(query: Option<&str>) -> String {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("last-event-id"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_of_query;
+
+    #[test]
+    fn a_url_filter_is_its_query_without_the_resume_parameter() {
+        assert_eq!(filter_of_query(None), "");
+        assert_eq!(
+            filter_of_query(Some("done=eq.false&last-event-id=abc&select=id")),
+            "done=eq.false&select=id"
+        );
+        assert_eq!(filter_of_query(Some("last-event-id=")), "");
+    }
 }

@@ -424,15 +424,16 @@ impl Hub {
     /// under the lock (presence queues its snapshot there: nothing of the channel comes
     /// between the two). The caller words the gap and the answer: the hub has no protocol.
     ///
-    /// With a `view` (one channel only: a row subscription with its filter), the socket joins
-    /// the channel's [`Selector`] instead, and the replay is what the view makes of each kept
-    /// message, exactly as it would have been delivered live.
+    /// A channel for which `view_of` gives a [`View`] (a row subscription with its filter) is
+    /// joined through the channel's [`Selector`] instead, and its replay is what the view makes
+    /// of each kept message, exactly as it would have been delivered live; the replay of all
+    /// channels stays one stream order.
     #[allow(clippy::too_many_arguments)]
     pub fn subscribe_with<C: AsRef<str>>(
         &self,
         channels: &[C],
         outbox: &Arc<Outbox>,
-        view: Option<View>,
+        mut view_of: impl FnMut(&str) -> Option<View>,
         from: Option<ResumeFrom>,
         gap: impl FnOnce(&ResumeGap<'_>) -> Frame,
         answer: impl FnOnce(Position, Resumed) -> Option<Frame>,
@@ -441,17 +442,16 @@ impl Hub {
         // The write lock covers join, plan, gap, replay and answer: no message can be routed
         // in between, which is what makes the resume exact.
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        let viewed = view.is_some();
-        match view {
-            Some(view) => {
-                debug_assert_eq!(channels.len(), 1, "a view follows one channel");
-                if let Some(channel) = channels.first() {
-                    self.join_view(&mut map, channel.as_ref(), outbox, view);
+        let mut viewed: Vec<&str> = Vec::new();
+        for channel in channels {
+            let channel = channel.as_ref();
+            match view_of(channel) {
+                Some(view) => {
+                    self.join_view(&mut map, channel, outbox, view);
+                    viewed.push(channel);
                 }
-            }
-            None => {
-                for channel in channels {
-                    self.join(&mut map, channel.as_ref(), outbox);
+                None => {
+                    self.join(&mut map, channel, outbox);
                 }
             }
         }
@@ -463,19 +463,19 @@ impl Hub {
         let mut resumed = Resumed::default();
         if let Some(from) = from {
             let mut plan = self.plan(&map, channels, from);
-            if viewed {
-                // What the view lets through, as it would have been delivered live.
-                let selector = channels
-                    .first()
-                    .and_then(|c| map.get(c.as_ref()))
-                    .and_then(|e| e.selector.as_ref());
-                if let Some(selector) = selector {
-                    plan.replay = plan
-                        .replay
-                        .iter()
-                        .filter_map(|f| selector.view(outbox, f))
-                        .collect();
-                }
+            if !viewed.is_empty() {
+                // What the views let through, as it would have been delivered live.
+                plan.replay = plan
+                    .replay
+                    .iter()
+                    .filter_map(|f| match f.channel() {
+                        Some(c) if viewed.contains(&c) => map
+                            .get(c)
+                            .and_then(|e| e.selector.as_ref())
+                            .and_then(|s| s.view(outbox, f)),
+                        _ => Some(f.clone()),
+                    })
+                    .collect();
             }
             let position = |seq| Position { epoch, seq };
             if let Some(reason) = plan.reason {

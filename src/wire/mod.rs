@@ -97,7 +97,7 @@ mod tests {
             hub.subscribe_with(
                 &["c"],
                 o,
-                None,
+                |_| None,
                 None,
                 |_| unreachable!(),
                 |_, _| None,

@@ -912,6 +912,22 @@ async fn row_subscriptions_filter_project_move_and_replay() {
         }
     };
     let (mut a, a_at) = open(Some("status=eq.open&select=title")).await;
+    // The same subscription as an event stream: the URL's query string is the filter.
+    let mut sse = crate::sse::open(
+        s.addr,
+        &format!("/{channel}/{t}?status=eq.open&select=title"),
+        &[],
+    )
+    .await
+    .expect("event stream opened");
+    for (query, status) in [("?titel=eq.x", 400), ("?status=zz.1", 400)] {
+        let refused = crate::sse::open(s.addr, &format!("/{channel}/{t}{query}"), &[]).await;
+        assert_eq!(refused.err().map(|(s, _)| s), Some(status), "{query}");
+    }
+    let refused = crate::sse::open(s.addr, &format!("/table:public.hidden/{t}"), &[]).await;
+    let (code, body) = refused.err().expect("refused");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("not in pgws's publication"), "{body}");
     let (mut b, _) = open(Some("n=gt.5")).await;
     let (mut c, _) = open(None).await;
 
@@ -945,6 +961,25 @@ async fn row_subscriptions_filter_project_move_and_replay() {
         assert!(v["message"].as_str().unwrap().contains(says), "{v}");
     }
 
+    // A table's channel cannot be published to, even with a token that may write it: a message
+    // there could pass for a row change.
+    let rw = token(json!({"mode":"rw","channels":[channel]}));
+    let (mut w, _) = open_v2_url(&s.url(&format!("/{rw}"))).await;
+    let v = v2_answer(
+        &mut w,
+        json!({"type":"publish","id":"p","channel":channel,"data":"{\"op\":\"INSERT\"}"}),
+    )
+    .await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("nack"), Some("not_granted")),
+        "{v}"
+    );
+    let (status, _, body) =
+        crate::publish::post(s.addr, &format!("/{channel}/{rw}"), "text/plain", "", "{}").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("cannot be published to"), "{body}");
+
     db.batch_execute(
         "INSERT INTO items VALUES (1, 'open', 1, 'a'), (2, 'closed', 10, 'b'); \
          UPDATE items SET status = 'open' WHERE id = 2; \
@@ -971,6 +1006,17 @@ async fn row_subscriptions_filter_project_move_and_replay() {
     // `select=title`: the title and the key, nothing else, in new and old.
     assert_eq!(got_a[0]["new"], json!({"id": 1, "title": "a"}));
     assert_eq!(got_a[2]["old"], json!({"id": 1, "title": "a"}));
+    let mut got_sse = Vec::new();
+    while got_sse.len() < got_a.len() {
+        let e = sse.next_event().await;
+        if let Some(data) = e.data.filter(|_| e.comment.is_none()) {
+            got_sse.push(serde_json::from_str::<serde_json::Value>(&data).unwrap());
+        }
+    }
+    assert_eq!(
+        got_sse, got_a,
+        "an event stream receives what a v2 subscription does"
+    );
     let got_b = v2_changes(&mut b, 4).await;
     assert_eq!(
         shapes(&got_b),
