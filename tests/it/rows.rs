@@ -1491,11 +1491,11 @@ async fn hostile_subscriptions_are_refused_by_name_and_others_keep_flowing() {
     s.stop().await.unwrap();
 }
 
-/// Over SSE the URL's query string is the filter: a refused filter is an HTTP 400 naming the
-/// problem, an unknown or unpublished table a 404, and a filtered stream carries only the rows
-/// the filter lets through, projected by `select=`.
+/// Over SSE and compat websockets the URL's query string is the filter: a refused filter is an
+/// HTTP 400 naming the problem, an unknown or unpublished table a 404, and a filtered stream
+/// carries only the rows the filter lets through, moves marked, projected by `select=`.
 #[tokio::test]
-async fn sse_row_filters_refuse_by_http_status_and_filter_the_stream() {
+async fn url_row_filters_refuse_by_http_status_and_filter_sse_and_compat() {
     let db_uri = fresh_db().await;
     let db = pg(&db_uri).await;
     db.batch_execute(
@@ -1532,7 +1532,14 @@ async fn sse_row_filters_refuse_by_http_status_and_filter_the_stream() {
             Ok(_) => panic!("{name}: the stream opened"),
             Err((got, body)) => assert_eq!(got, 404, "{name}: {body}"),
         }
+        // A compat websocket too: a refusal, not an empty stream.
+        let (got, body) = refused(&s.url(&path)).await;
+        assert_eq!(got, 404, "{name}: {body}");
     }
+    let (got, body) = refused(&s.url(&format!("/{}/{tok}?titel=eq.x", table("target")))).await;
+    assert_eq!(got, 400, "{body}");
+    assert!(body.contains("titel"), "{body}");
+    let mut compat = connect(&s.url(&format!("/{}/{tok}?a=gte.5&select=a", table("target")))).await;
     let path = format!("/{}/{tok}?a=gte.5&select=a", table("target"));
     let mut sse = crate::sse::open(s.addr, &path, &[])
         .await
@@ -1553,14 +1560,22 @@ async fn sse_row_filters_refuse_by_http_status_and_filter_the_stream() {
             c["new"]
         ]));
     }
-    assert_eq!(
-        got,
-        vec![
-            json!(["INSERT", null, {"id":2,"a":7}]),
-            json!(["UPDATE", "in", {"id":1,"a":9}]),
-            json!(["UPDATE", "out", {"id":2,"a":0}]),
-        ]
-    );
+    let want = vec![
+        json!(["INSERT", null, {"id":2,"a":7}]),
+        json!(["UPDATE", "in", {"id":1,"a":9}]),
+        json!(["UPDATE", "out", {"id":2,"a":0}]),
+    ];
+    assert_eq!(got, want, "event stream");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let c = next_json(&mut compat).await;
+        got.push(json!([
+            c["op"],
+            c.get("move").cloned().unwrap_or(Value::Null),
+            c["new"]
+        ]));
+    }
+    assert_eq!(got, want, "compat websocket");
     s.stop().await.unwrap();
 }
 
