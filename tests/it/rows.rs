@@ -165,9 +165,12 @@ fn domain(column: &str) -> &'static [&'static str] {
             "3000000000000",
             "9007199254740993",
         ],
-        "n" => &["NULL", "0", "0.5", "1.25", "2.50", "3", "-1", "100"],
+        "n" => &[
+            "NULL", "0", "0.5", "1.25", "2.50", "3", "-1", "100", "'NaN'",
+        ],
         "t" => &[
-            "NULL", "'a'", "'ab'", "'b'", "'Ab'", "'ba'", "'x y'", "''", "'a_b'", "'50%'",
+            "NULL", "'a'", "'ab'", "'b'", "'Ab'", "'ba'", "'x y'", "''", "'a_b'", "'50%'", "'é'",
+            "'Z'",
         ],
         "flag" => &["NULL", "true", "false"],
         "at" => &[
@@ -284,6 +287,7 @@ fn operands(column: &str) -> Vec<(&'static str, &'static str)> {
             ("2.5", "2.5::numeric"),
             ("3", "3::numeric"),
             ("-1", "-1::numeric"),
+            ("NaN", "'NaN'::numeric"),
         ],
         "t" => vec![
             ("a", "'a'"),
@@ -293,6 +297,8 @@ fn operands(column: &str) -> Vec<(&'static str, &'static str)> {
             ("x%20y", "'x y'"),
             ("ba", "'ba'"),
             ("a_b", "'a_b'"),
+            ("%C3%A9", "'é'"),
+            ("Z", "'Z'"),
         ],
         "note" => vec![("n1", "'n1'"), ("n2", "'n2'")],
         "flag" => vec![("true", "true"), ("false", "false")],
