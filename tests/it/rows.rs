@@ -1,8 +1,10 @@
 //! Row subscriptions (issue 22) end to end, over protocol v2 with the WAL source: filtered
 //! subscriptions checked against an oracle computed in SQL from a log of every change (random
 //! filters of every operator, random changes, rows moving in and out, `select=` projections),
-//! exact resume of a filtered subscription across a restart and on another node, and hostile
-//! subscriptions that each get a refusal naming what is wrong while other sockets keep flowing.
+//! exact resume of a filtered subscription across a restart and on another node (half the
+//! oracle run's sockets move to a second node mid-run), the rules without `REPLICA IDENTITY
+//! FULL`, filters in SSE and compat URLs, and hostile subscriptions that each get a refusal
+//! naming what is wrong while other sockets keep flowing.
 //!
 //! The oracle never uses pgws's evaluator: each random filter is generated together with the SQL
 //! predicate PostgREST would run for it, and PostgreSQL evaluates that predicate on the old and
@@ -791,12 +793,23 @@ CREATE TABLE fence (id int PRIMARY KEY);
 "#;
 
 /// Each socket's frames until the fence's INSERT arrives (cross-channel order on a socket is
-/// the stream's order, so everything committed before the fence came before it).
-fn read_until_fence(mut ws: Ws, fence: String) -> tokio::task::JoinHandle<Vec<Value>> {
+/// the stream's order, so everything committed before the fence came before it), or until
+/// `stop` fires (the client goes away: what it read so far is returned, the socket dropped).
+fn read_until_fence(
+    mut ws: Ws,
+    fence: String,
+    mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> tokio::task::JoinHandle<Vec<Value>> {
     tokio::spawn(async move {
         let mut got = Vec::new();
         loop {
-            let v = frame_within(&mut ws, Duration::from_secs(120)).await;
+            let v = match stop.as_mut() {
+                Some(stop) => tokio::select! {
+                    _ = stop => return got,
+                    v = frame_within(&mut ws, Duration::from_secs(120)) => v,
+                },
+                None => frame_within(&mut ws, Duration::from_secs(120)).await,
+            };
             if v["type"] == "message" && v["channel"] == fence.as_str() {
                 return got;
             }
@@ -844,7 +857,30 @@ async fn filtered_subscriptions_receive_exactly_what_sql_says() {
         TABLES.join(", ")
     );
     db.batch_execute(&schema).await.unwrap();
-    let s = wal_server(&db_uri, &[]).await;
+    // Room in the replay window for every change of a table: the movers' resume is exact.
+    let window = ["--replay-messages", "20000", "--replay-bytes", "50000000"];
+    let s = wal_server(&db_uri, &window).await;
+    let other = wal_server(&db_uri, &window).await;
+    // A first change of every table that both nodes deliver (fence last): positions handed
+    // out from here on lie within both nodes' streams (a position older than a node's start
+    // gets a gap there, rightly), and each node has met every channel (see
+    // `resuming_on_a_node_that_met_the_channel_after_the_position_is_exact` for why).
+    let mut warm = Vec::new();
+    for node in [&s, &other] {
+        let mut ws = open(node, &[table("fence")]).await;
+        follow(&mut ws, "warm", &table("fence"), "").await;
+        warm.push(ws);
+    }
+    let mut first = String::from("BEGIN;");
+    for t in TABLES {
+        first += &format!("INSERT INTO {t} (id) VALUES (-1);");
+    }
+    first += "INSERT INTO fence VALUES (0); COMMIT; DELETE FROM change_log;";
+    db.batch_execute(&first).await.unwrap();
+    for ws in &mut warm {
+        assert_eq!(change(&frame_within(ws, WAIT).await)["new"]["id"], 0);
+    }
+    drop(warm);
 
     let subs: Vec<Sub> = (0..SOCKETS * TABLES.len())
         .map(|i| random_sub(&mut rng, i))
@@ -864,7 +900,12 @@ async fn filtered_subscriptions_receive_exactly_what_sql_says() {
     }
     let mut channels: Vec<String> = TABLES.iter().map(|t| table(t)).collect();
     channels.push(table("fence"));
+    // Sockets 0..MOVERS go away halfway through the writes and resume every subscription on
+    // the other node a quarter later, while the writes go on.
+    const MOVERS: usize = 5;
     let mut readers = Vec::new();
+    let mut stops = Vec::new();
+    let mut joined_at = Vec::new();
     for sock in 0..SOCKETS {
         let mut ws = open(&s, &channels).await;
         for k in 0..TABLES.len() {
@@ -883,14 +924,55 @@ async fn filtered_subscriptions_receive_exactly_what_sql_says() {
                 sub.filter
             );
             assert!(before.is_empty());
+            joined_at.push(answer["position"].as_str().unwrap().to_string());
         }
         follow(&mut ws, "fence", &table("fence"), "").await;
-        readers.push(read_until_fence(ws, table("fence")));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let stopped = (sock < MOVERS).then_some(stopped);
+        stops.push(Some(stop));
+        readers.push(Some(read_until_fence(ws, table("fence"), stopped)));
     }
 
     let started = Instant::now();
     let transactions = random_transactions(&mut rng, CHANGES);
-    for tx in &transactions {
+    let mut received: Vec<Vec<Value>> = vec![Vec::new(); SOCKETS];
+    let mut replayed = 0;
+    for (n, tx) in transactions.iter().enumerate() {
+        if n == transactions.len() / 2 {
+            for sock in 0..MOVERS {
+                let _ = stops[sock].take().unwrap().send(());
+                received[sock] = readers[sock].take().unwrap().await.unwrap();
+            }
+        }
+        if n == transactions.len() * 3 / 4 {
+            for sock in 0..MOVERS {
+                let mut ws = open(&other, &channels).await;
+                for k in 0..TABLES.len() {
+                    let i = sock * TABLES.len() + k;
+                    let channel = table(subs[i].table);
+                    let since = received[sock]
+                        .iter()
+                        .rev()
+                        .find(|v| v["channel"] == channel.as_str())
+                        .map_or(joined_at[i].clone(), |v| {
+                            v["position"].as_str().unwrap().to_string()
+                        });
+                    let (answer, before) = subscribe(
+                        &mut ws,
+                        &format!("r{sock}-{k}"),
+                        &channel,
+                        Some(json!(subs[i].filter)),
+                        Some(&since),
+                    )
+                    .await;
+                    assert_eq!(answer["type"], "subscribed", "seed {seed}: {answer}");
+                    replayed += answer["replayed"].as_u64().unwrap_or(0);
+                    received[sock].extend(before);
+                }
+                follow(&mut ws, "fence", &table("fence"), "").await;
+                readers[sock] = Some(read_until_fence(ws, table("fence"), None));
+            }
+        }
         db.batch_execute(tx)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: {e:?}\n{tx}"));
@@ -906,10 +988,9 @@ async fn filtered_subscriptions_receive_exactly_what_sql_says() {
         .get(0);
     assert_eq!(logged as usize, CHANGES, "seed {seed}: every change logged");
 
-    let mut received = Vec::new();
-    for r in readers {
-        received.push(
-            tokio::time::timeout(Duration::from_secs(180), r)
+    for (sock, r) in readers.into_iter().enumerate() {
+        received[sock].extend(
+            tokio::time::timeout(Duration::from_secs(180), r.unwrap())
                 .await
                 .expect("every socket reaches the fence")
                 .unwrap(),
@@ -993,12 +1074,15 @@ async fn filtered_subscriptions_receive_exactly_what_sql_says() {
     println!(
         "oracle: {CHANGES} changes in {} transactions, {} subscriptions ({} with select), \
          {deliveries} deliveries ({moves_in} move in, {moves_out} move out, {projected} \
-         projected); written in {written:?}, all delivered {delivered_in:?} after the first",
+         projected, {replayed} replayed on the other node to {} resumed subscriptions); written \
+         in {written:?}, all delivered {delivered_in:?} after the first",
         transactions.len(),
         subs.len(),
-        subs.iter().filter(|s| s.select.is_some()).count()
+        subs.iter().filter(|s| s.select.is_some()).count(),
+        MOVERS * TABLES.len()
     );
     s.stop().await.unwrap();
+    other.stop().await.unwrap();
 }
 
 /// The table and filter of the resume tests, and what they do.
@@ -1670,4 +1754,102 @@ async fn without_replica_identity_full_filters_follow_the_documented_rules() {
         "TRUNCATE"
     );
     s.stop().await.unwrap();
+}
+
+/// A client moves to another node with a position from before the first change of its table
+/// that node saw, where that change followed other changes in its transaction: the node has
+/// streamed everything since it started, so the resume is exact (no `gap`), and the change
+/// is replayed.
+#[tokio::test]
+#[ignore = "server bug: a keep-all window made on a channel's first message starts at the hub's last position, not at the stream's start, so this resume gets a spurious window_exceeded gap"]
+async fn resuming_on_a_node_that_met_the_channel_after_the_position_is_exact() {
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    db.batch_execute(
+        "CREATE TABLE one (id int PRIMARY KEY); CREATE TABLE two (id int PRIMARY KEY); \
+         CREATE PUBLICATION pgws FOR TABLE one, two;",
+    )
+    .await
+    .unwrap();
+    let a = wal_server(&db_uri, &[]).await;
+    let b = wal_server(&db_uri, &[]).await;
+    // Both nodes past a first change: positions from here on are within both streams.
+    let mut warm = Vec::new();
+    for node in [&a, &b] {
+        let mut ws = open(node, &[table("one")]).await;
+        follow(&mut ws, "warm", &table("one"), "").await;
+        warm.push(ws);
+    }
+    db.batch_execute("INSERT INTO one VALUES (0)")
+        .await
+        .unwrap();
+    for ws in &mut warm {
+        frame_within(ws, WAIT).await;
+    }
+    let channel = table("two");
+    let mut ws = open(&a, std::slice::from_ref(&channel)).await;
+    let (answer, _) = subscribe(&mut ws, "1", &channel, None, None).await;
+    let since = answer["position"].as_str().unwrap().to_string();
+    drop(ws);
+    db.batch_execute("BEGIN; INSERT INTO one VALUES (1); INSERT INTO two VALUES (1); COMMIT;")
+        .await
+        .unwrap();
+    // B has delivered the transaction (its witness of `one` got it).
+    let c = change(&frame_within(&mut warm[1], WAIT).await);
+    assert_eq!(c["new"]["id"], 1);
+    let mut moved = open(&b, std::slice::from_ref(&channel)).await;
+    let (answer, replay) = subscribe(&mut moved, "2", &channel, None, Some(&since)).await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    assert_eq!(
+        replay.len(),
+        1,
+        "the missed change alone, no gap: {replay:?}"
+    );
+    assert_eq!(change(&replay[0])["new"]["id"], 1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// The same across a restart: the restarted node rebuilds its windows from its slot, meets the
+/// channel at a change that follows another table's change in its transaction, and must still
+/// replay it exactly after the client's position.
+#[tokio::test]
+#[ignore = "server bug: a keep-all window made on a channel's first message starts at the hub's last position, not at the stream's start, so this resume gets a spurious window_exceeded gap"]
+async fn resuming_after_a_restart_on_a_channel_met_after_the_position_is_exact() {
+    let db_uri = fresh_db().await;
+    let db = pg(&db_uri).await;
+    db.batch_execute(
+        "CREATE TABLE one (id int PRIMARY KEY); CREATE TABLE two (id int PRIMARY KEY); \
+         CREATE PUBLICATION pgws FOR TABLE one, two;",
+    )
+    .await
+    .unwrap();
+    let node = ["--node-id", "rows-met-late"];
+    let a = wal_server(&db_uri, &node).await;
+    let mut warm = open(&a, &[table("one")]).await;
+    follow(&mut warm, "warm", &table("one"), "").await;
+    db.batch_execute("INSERT INTO one VALUES (0)")
+        .await
+        .unwrap();
+    frame_within(&mut warm, WAIT).await;
+    let channel = table("two");
+    let mut ws = open(&a, std::slice::from_ref(&channel)).await;
+    let (answer, _) = subscribe(&mut ws, "1", &channel, None, None).await;
+    let since = answer["position"].as_str().unwrap().to_string();
+    drop((ws, warm));
+    a.stop().await.unwrap();
+    db.batch_execute("BEGIN; INSERT INTO one VALUES (1); INSERT INTO two VALUES (1); COMMIT;")
+        .await
+        .unwrap();
+    let a = wal_server(&db_uri, &node).await;
+    let mut back = open(&a, std::slice::from_ref(&channel)).await;
+    let (answer, replay) = subscribe(&mut back, "2", &channel, None, Some(&since)).await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    assert_eq!(
+        replay.len(),
+        1,
+        "the missed change alone, no gap: {replay:?}"
+    );
+    assert_eq!(change(&replay[0])["new"]["id"], 1);
+    a.stop().await.unwrap();
 }
