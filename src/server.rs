@@ -155,6 +155,8 @@ impl Server {
                     .clone(),
                 replayed: metrics.replayed.clone(),
                 resume_gaps: metrics.resume_gaps.clone(),
+                row_evaluations: metrics.row_evaluations.clone(),
+                row_deliveries: metrics.row_deliveries.clone(),
             },
             ReplaySettings {
                 limits: config.replay,
