@@ -408,7 +408,11 @@ impl Selector for TableSelector {
     fn release(&mut self, outbox: &Arc<Outbox>) -> Option<Kept> {
         let slot = *self.by_outbox.get(&Self::key(outbox))?;
         let (_, sub) = self.subs[slot].as_mut()?;
-        let h = sub.holding.take()?.into_inner().unwrap_or_else(|p| p.into_inner());
+        let h = sub
+            .holding
+            .take()?
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         Some(if h.overflowed {
             Kept::Overflowed
         } else {

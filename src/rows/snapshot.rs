@@ -199,9 +199,8 @@ async fn read_inner(
         )
         .await
         .map_err(db_err)?;
-    let seam = Seam::parse(row.get(0), row.get(1)).ok_or_else(|| {
-        SnapshotError::Database("unreadable pg_current_snapshot() or LSN".into())
-    })?;
+    let seam = Seam::parse(row.get(0), row.get(1))
+        .ok_or_else(|| SnapshotError::Database("unreadable pg_current_snapshot() or LSN".into()))?;
     let columns: Vec<String> = info
         .columns
         .iter()
@@ -294,7 +293,10 @@ mod tests {
         // 64-bit ids: pgoutput's xids are their low 32 bits, compared circularly.
         let wrapped = Seam::parse("4294967290:4294967300:", "1/0").unwrap();
         assert!(seam_contains(&wrapped, 4_294_967_295));
-        assert!(!seam_contains(&wrapped, 5), "xid 2^32+5 is at or after xmax");
+        assert!(
+            !seam_contains(&wrapped, 5),
+            "xid 2^32+5 is at or after xmax"
+        );
         assert!(Seam::parse("x:1:", "0/0").is_none());
     }
 

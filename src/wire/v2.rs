@@ -680,7 +680,10 @@ mod tests {
             "read_only"
         );
         assert_eq!(json(&subscribed(&id, "c", p, 2, None))["replayed"], 2);
-        assert_eq!(json(&subscribed(&id, "c", p, 2, Some(true)))["snapshot"], true);
+        assert_eq!(
+            json(&subscribed(&id, "c", p, 2, Some(true)))["snapshot"],
+            true
+        );
         assert_eq!(
             json(&error(&Id::none(), "bad_json", "x"))["id"],
             Value::Null

@@ -1331,6 +1331,16 @@ fn hostile_cases() -> Vec<Hostile> {
         hostile(t, f("a=eq.abc"), "bad_filter", &["abc", "\"a\""]),
         hostile(t, f("a=eq.%ZZ"), "bad_filter", &["\"a\""]),
         hostile(t, f("done=is.maybe"), "bad_filter", &["maybe"]),
+        hostile(t, f("t=eq.%FF%FE"), "bad_filter", &["UTF-8"]),
+        hostile(t, f("=eq.1"), "bad_filter", &["empty column name"]),
+        hostile(t, f("or=(a.zz.1,t.eq.x)"), "bad_filter", &["zz"]),
+        hostile(t, f("select=a&select=t"), "bad_filter", &["twice"]),
+        hostile(
+            t,
+            f("and=(a.eq.1,titel.eq.2)"),
+            "bad_filter",
+            &["\"titel\""],
+        ),
         hostile(t, f("tags=cs.{unclosed"), "bad_filter", &["tags"]),
         hostile(t, f("j=cs.{not json}"), "bad_filter", &["\"j\""]),
         hostile(

@@ -86,13 +86,9 @@ impl Session {
             })
         } else {
             let pending = client.state().publisher.publish(client.id(), request).await;
-            Box::pin(async move {
-                Some(render(
-                    &id,
-                    &channel,
-                    pending.within(ANSWER_TIMEOUT).await,
-                ))
-            })
+            Box::pin(
+                async move { Some(render(&id, &channel, pending.within(ANSWER_TIMEOUT).await)) },
+            )
         };
         self.pending.get_or_insert_default().push_back(answer);
         Ok(())
