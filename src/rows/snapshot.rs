@@ -204,7 +204,7 @@ async fn read_inner(
     let columns: Vec<String> = info
         .columns
         .iter()
-        .map(|(name, _)| format!("{}::text", quote_ident(name)))
+        .map(|(name, _)| quote_ident(name))
         .collect();
     client
         .batch_execute(&format!(
@@ -219,7 +219,19 @@ async fn read_inner(
     let mut sent = 0;
     loop {
         wait_for_room(outbox).await?;
-        let rows = client.query(&fetch, &[]).await.map_err(db_err)?;
+        // The simple protocol answers in text, through each type's output function: exactly
+        // the text pgoutput sends for the same value (a `::text` cast would differ: `true`
+        // for a boolean's `t`).
+        let rows: Vec<_> = client
+            .simple_query(&fetch)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect();
         if rows.is_empty() {
             break;
         }

@@ -20,6 +20,7 @@ mod publish;
 mod resume;
 mod rows;
 mod security;
+mod snapshot;
 mod sse;
 mod sse_raw;
 mod static_http;

@@ -98,7 +98,7 @@ impl Slot {
             };
             let Some(oid) = oid else { continue };
             let rel = self.relations.get(oid).unwrap().clone();
-            for c in change::changes(&msg, &self.relations, 0).expect("build") {
+            for c in change::changes(&msg, &self.relations, 0, 0).expect("build") {
                 let Value::Object(obj) = serde_json::from_str(&c.text).unwrap() else {
                     panic!("a change is an object");
                 };
