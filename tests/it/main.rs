@@ -18,6 +18,7 @@ mod pg_tls;
 mod presence;
 mod publish;
 mod resume;
+mod rows;
 mod security;
 mod snapshot;
 mod sse;
