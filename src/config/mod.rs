@@ -115,6 +115,12 @@ pub struct Config {
     pub wal_slot: Option<String>,
     /// The WAL source's publication.
     pub wal_publication: String,
+    /// Bounds on row subscriptions' snapshots.
+    pub snapshot: crate::rows::snapshot::Limits,
+    /// Snapshots read at once.
+    pub snapshot_concurrency: usize,
+    /// The claims row-level security policies read (`None`: all but the time claims).
+    pub rows_cohort_claims: Option<String>,
     /// Authorization by the database (`None`: off, the default).
     pub authz: Option<crate::authz::AuthzSettings>,
     /// Presence (`PGWS_PRESENCE*`); `None` when off.
@@ -406,6 +412,15 @@ impl Cli {
             node_id: self.node_id.clone(),
             wal_slot: self.wal_slot.clone(),
             wal_publication: self.wal_publication.clone(),
+            snapshot: crate::rows::snapshot::Limits {
+                max_rows: self.snapshot_max_rows,
+                timeout: Duration::from_secs(self.snapshot_timeout.max(1)),
+            },
+            snapshot_concurrency: self.snapshot_concurrency.max(1),
+            rows_cohort_claims: self
+                .rows_cohort_claims
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
             presence: self.presence.then(|| crate::presence::PresenceSettings {
                 claim: self.presence_claim.clone(),
                 interval: Duration::from_millis(self.presence_interval),
