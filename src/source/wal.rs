@@ -39,10 +39,12 @@ use tokio_util::sync::CancellationToken;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
+use super::failover;
 use super::{Sink, SourceStatus};
 use crate::channel::{ChannelName, quote_ident};
+use crate::pg::hosts::{self, Endpoint};
 use crate::pg::tls::{RootCert, SslMode};
-use crate::pg::{Database, backoff, describe, with_defaults};
+use crate::pg::{Database, SessionAttrs, backoff, describe, with_defaults};
 use crate::rows::change;
 use crate::rows::pgoutput::{self, RelationCache};
 use crate::stream::Seq;
@@ -206,6 +208,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WalError> {
     let db = with_defaults(&settings.db);
+    if let Some(
+        attrs @ (SessionAttrs::Standby | SessionAttrs::PreferStandby | SessionAttrs::ReadOnly),
+    ) = db.target_session_attrs
+    {
+        tracing::warn!(target_session_attrs = %attrs,
+            "the WAL source reads its slot on the primary: it connects to the first server of \
+             PGWS_DB_URI that is one, whatever target_session_attrs says");
+    }
     let mut progress = Progress {
         delivered: Seq::ZERO,
         confirmed: 0,
@@ -280,14 +290,16 @@ async fn session(
     attempts: &mut u32,
     lost_at: &mut Option<tokio::time::Instant>,
 ) -> Ended {
-    let control = match step(db.connect()).await {
-        Ok(Ok((client, connection))) => {
+    // The slot lives on the primary: both connections go to the first server of the
+    // connection string that is one (after a failover, the promoted standby).
+    let (control, server) = match step(hosts::connect(db, SessionAttrs::Primary)).await {
+        Ok(Ok((client, connection, server))) => {
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
-            Control { client, driver }
+            (Control { client, driver }, server)
         }
-        Ok(Err(e)) => return Ended::Retry(describe(&e)),
+        Ok(Err(e)) => return Ended::Retry(e.to_string()),
         Err(why) => return Ended::Retry(why),
     };
     let slot = match prepare(&control.client, settings).await {
@@ -295,22 +307,47 @@ async fn session(
         Err(ended) => return ended,
     };
     if slot.created && progress.generation > 0 {
-        // Our slot vanished while we were away (dropped, or invalidated by
-        // max_slot_wal_keep_size): what was written meanwhile cannot be read any more.
-        tracing::error!(slot = %settings.slot,
-            "the replication slot was gone and has been created again; messages written meanwhile are lost");
+        // Our slot vanished while we were away (dropped, invalidated by
+        // max_slot_wal_keep_size, or not synchronised to the standby that was promoted): what
+        // was written meanwhile cannot be read any more.
+        tracing::error!(slot = %settings.slot, server = %server,
+            "the replication slot was gone and has been created again; messages written meanwhile \
+             are lost (after a failover: the slot had not been synchronised to the promoted standby, \
+             see docs/SCALING.md)");
         let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
         sink.gap(down).await;
     }
-    let config = match replication_config(db, settings) {
+    if slot.version >= FAILOVER_SLOTS {
+        tokio::spawn(failover::check(
+            db.clone(),
+            server.clone(),
+            settings.slot.clone(),
+        ));
+    }
+    let config = match replication_config(db, &server, settings) {
         Ok(c) => c,
         Err(why) => return Ended::Unusable(why),
     };
     let mut stream = match step(ReplicationClient::connect_gated(config)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Ended::Retry(format!("replication connection: {e}")),
+        Ok(Err(e)) => return Ended::Retry(format!("replication connection to {server}: {e}")),
         Err(why) => return Ended::Retry(why),
     };
+    if slot.version >= FAILOVER_SLOTS && !slot.failover {
+        // A slot made before pgws made failover slots, or by hand: make it one (a replication
+        // command, so on this connection, before the stream starts).
+        let alter = format!(
+            "ALTER_REPLICATION_SLOT {} ( FAILOVER true )",
+            quote_ident(&settings.slot)
+        );
+        match step(stream.simple_query(&alter)).await {
+            Ok(Ok(_)) => tracing::info!(slot = %settings.slot,
+                "made the replication slot a failover slot (synchronised to standbys that sync slots)"),
+            Ok(Err(e)) => tracing::warn!(slot = %settings.slot, error = %e,
+                "cannot make the replication slot a failover slot: a failover will lose it"),
+            Err(why) => return Ended::Retry(why),
+        }
+    }
     let system = match step(stream.identify_system()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Ended::Retry(format!("IDENTIFY_SYSTEM: {e}")),
@@ -392,7 +429,14 @@ struct SlotState {
     confirmed: u64,
     /// Whether it had to be created now.
     created: bool,
+    /// Whether it is a failover slot (PostgreSQL 17 and later).
+    failover: bool,
+    /// The server's `server_version_num`.
+    version: i32,
 }
+
+/// The first version with failover slots (`server_version_num`).
+const FAILOVER_SLOTS: i32 = 170_000;
 
 /// Checks what a WAL source needs, creates the publication and the slot where missing.
 async fn prepare(
@@ -404,13 +448,15 @@ async fn prepare(
         .query_one(
             "SELECT current_setting('wal_level'), current_user::text, \
              (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
-             current_setting('max_slot_wal_keep_size')",
+             current_setting('max_slot_wal_keep_size'), \
+             current_setting('server_version_num')::int",
             &[],
         )
         .await
         .map_err(query)?;
     let (wal_level, user, replication, keep): (String, String, Option<bool>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
+    let version: i32 = row.get(4);
     if wal_level != "logical" {
         return Err(Ended::Unusable(format!(
             "PostgreSQL's wal_level is '{wal_level}'; PGWS_SOURCE=wal needs 'logical': run \
@@ -461,11 +507,19 @@ async fn prepare(
         }
         tracing::info!(publication = %settings.publication, "created the (empty) publication");
     }
+    // `failover` exists from PostgreSQL 17 on.
+    let failover_column = if version >= FAILOVER_SLOTS {
+        "failover"
+    } else {
+        "false"
+    };
     let slot = client
         .query_opt(
-            "SELECT plugin::text, database::text, active, active_pid, \
-             confirmed_flush_lsn::text, wal_status \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT plugin::text, database::text, active, active_pid, \
+                 confirmed_flush_lsn::text, wal_status, {failover_column} \
+                 FROM pg_replication_slots WHERE slot_name = $1"
+            ),
             &[&settings.slot],
         )
         .await
@@ -482,6 +536,7 @@ async fn prepare(
         let pid: Option<i32> = row.get(3);
         let confirmed: Option<String> = row.get(4);
         let wal_status: Option<String> = row.get(5);
+        let failover: bool = row.get(6);
         if plugin.as_deref() != Some("pgoutput") || slot_db.as_deref() != Some(database.as_str()) {
             return Err(Ended::Unusable(format!(
                 "the replication slot {} exists but is not a pgoutput slot of database {database} \
@@ -505,6 +560,8 @@ async fn prepare(
             return Ok(SlotState {
                 confirmed,
                 created: false,
+                failover,
+                version,
             });
         }
         tracing::error!(slot = %settings.slot,
@@ -514,11 +571,16 @@ async fn prepare(
             .await
             .map_err(query)?;
     }
+    // From PostgreSQL 17 on, a failover slot: standbys that sync slots keep a copy, and the
+    // node continues from it on the standby promoted after a failover (docs/SCALING.md).
+    let failover = version >= FAILOVER_SLOTS;
+    let create = if failover {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     let row = client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&settings.slot],
-        )
+        .query_one(create, &[&settings.slot])
         .await
         .map_err(|e| {
             Ended::Retry(format!(
@@ -528,17 +590,24 @@ async fn prepare(
             ))
         })?;
     let lsn: String = row.get(0);
-    tracing::info!(slot = %settings.slot, at = %lsn, "created the replication slot");
+    tracing::info!(slot = %settings.slot, at = %lsn, failover, "created the replication slot");
     Ok(SlotState {
         confirmed: Lsn::parse(&lsn).map_or(0, Lsn::as_u64),
         created: true,
+        failover,
+        version,
     })
 }
 
 /// The replication connection's settings, from the same connection string as every other
 /// connection (libpq's `sslmode` rules mapped onto the crate's; `allow` tries TLS first, as
-/// `prefer` does, and `sslrootcert=system` uses the Mozilla roots the crate ships).
-fn replication_config(db: &Database, settings: &WalSettings) -> Result<ReplicationConfig, String> {
+/// `prefer` does, and `sslrootcert=system` uses the Mozilla roots the crate ships), to `server`:
+/// the one the control connection found to be the primary (the crate takes one host).
+fn replication_config(
+    db: &Database,
+    server: &Endpoint,
+    settings: &WalSettings,
+) -> Result<ReplicationConfig, String> {
     let c = &db.config;
     let user = c.get_user().unwrap_or("postgres").to_string();
     let password = c
@@ -546,9 +615,9 @@ fn replication_config(db: &Database, settings: &WalSettings) -> Result<Replicati
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let database = c.get_dbname().map_or_else(|| user.clone(), str::to_string);
-    let port = c.get_ports().first().copied().unwrap_or(5432);
-    let mut config = match c.get_hosts().first() {
-        Some(Host::Unix(dir)) => ReplicationConfig::unix(
+    let port = server.port;
+    let mut config = match &server.host {
+        Host::Unix(dir) => ReplicationConfig::unix(
             dir.to_string_lossy(),
             port,
             user,
@@ -557,8 +626,10 @@ fn replication_config(db: &Database, settings: &WalSettings) -> Result<Replicati
             settings.slot.clone(),
             settings.publication.clone(),
         ),
-        Some(Host::Tcp(host)) => ReplicationConfig::new(
-            host.clone(),
+        Host::Tcp(host) => ReplicationConfig::new(
+            server
+                .hostaddr
+                .map_or_else(|| host.clone(), |addr| addr.to_string()),
             user,
             password,
             database,
@@ -567,7 +638,6 @@ fn replication_config(db: &Database, settings: &WalSettings) -> Result<Replicati
         )
         .with_port(port)
         .with_tls(tls_config(&db.tls_settings)),
-        None => return Err("PGWS_DB_URI names no host".into()),
     };
     config = config
         .with_status_interval(STATUS_INTERVAL)
