@@ -455,19 +455,38 @@ fn compare(got: &[usize], expected: &[usize]) -> (usize, usize, usize) {
     (lost, dup, reordered)
 }
 
+/// How many failovers [`wal_clients_lose_nothing_across_a_failover_to_a_synced_standby`] runs
+/// (`PGWS_FAILOVER_SEEDS`, default 1), each killing the primary at another point of the stream.
+fn seeds() -> u64 {
+    std::env::var("PGWS_FAILOVER_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wal_clients_lose_nothing_across_a_failover_to_a_synced_standby() {
     let bin = match pg18_bin() {
         Ok(b) => b,
         Err(why) => return eprintln!("SKIPPED: {why}"),
     };
-    let (primary, standby) = pair(bin, true).await;
+    for seed in 0..seeds() {
+        // The kill lands after 150, 247, 344, 141, … messages of 400.
+        let kill_after = 50 + ((100 + seed * 97) % 300) as usize;
+        failover_once(&bin, kill_after).await;
+    }
+}
+
+/// One failover under steady publishing, the primary killed after `kill_after` messages.
+async fn failover_once(bin: &Path, kill_after: usize) {
+    let (primary, standby) = pair(bin.to_path_buf(), true).await;
     pg(&primary.uri())
         .await
         .batch_execute("CREATE TABLE sent (n int PRIMARY KEY)")
         .await
         .unwrap();
     let uri = both(&primary, &standby);
+    let started = Instant::now();
     let s = start_on(&uri, &["--source", "wal"]).await;
     // pgws's slot is a failover slot, and its copy on the standby becomes persistent.
     until(
@@ -482,6 +501,7 @@ async fn wal_clients_lose_nothing_across_a_failover_to_a_synced_standby() {
         "the standby holds a persistent copy of pgws's slot",
     )
     .await;
+    let safe = started.elapsed();
     let mut ws = connect(&s.url(&format!("/chat/{}", token(json!({"mode":"r"}))))).await;
     let go_on = Arc::new(AtomicBool::new(true));
     let publisher = tokio::spawn(publish(
@@ -492,7 +512,13 @@ async fn wal_clients_lose_nothing_across_a_failover_to_a_synced_standby() {
         go_on.clone(),
     ));
     let mut got = Received::default();
-    follow(&mut ws, &mut got, |g| g.numbers.len() >= 150, FAILOVER_WAIT).await;
+    follow(
+        &mut ws,
+        &mut got,
+        |g| g.numbers.len() >= kill_after,
+        FAILOVER_WAIT,
+    )
+    .await;
     let killed = Instant::now();
     blocking({
         let primary = primary.clone();
@@ -524,7 +550,8 @@ async fn wal_clients_lose_nothing_across_a_failover_to_a_synced_standby() {
         .filter(|n| !unacknowledged.contains(n) && !expected.contains(n))
         .count();
     eprintln!(
-        "failover: promoted {promoted:?} after the kill, client caught up {caught_up:?} after it; \
+        "failover after {kill_after} messages: slot failover-safe {safe:?} after start, promoted \
+         {promoted:?} after the kill, client caught up {caught_up:?} after it; \
          {} committed, {} received, {} unacknowledged commits ({} of them kept), \
          lost {lost}, duplicated {dup}, reordered {reordered}, gaps {}",
         expected.len(),
