@@ -111,6 +111,9 @@ pub struct WalMetrics {
     pub confirmed_lsn: Gauge,
     /// Bytes of WAL between PostgreSQL's current position and this node's confirmed one.
     pub slot_lag_bytes: Gauge,
+    /// 1 while the primary holds this node's stream back until a standby confirms it has the
+    /// WAL (`synchronized_standby_slots`; a standby that lags or is down).
+    pub waiting_for_standby: Gauge,
     /// WAL retained by each `pgws*` slot of the database (restart LSN to current), by slot.
     pub retained_bytes: Family<SlotLabel, Gauge>,
     /// Messages with another prefix (not pgws's), skipped.
@@ -151,6 +154,11 @@ impl WalMetrics {
             "slot_lag_bytes",
             "WAL bytes between the current position and this node's confirmed position",
             self.slot_lag_bytes.clone(),
+        );
+        r.register(
+            "waiting_for_standby",
+            "1 while the primary holds the stream back until a standby in synchronized_standby_slots has the WAL",
+            self.waiting_for_standby.clone(),
         );
         r.register(
             "slot_retained_bytes",
@@ -921,6 +929,30 @@ async fn lag(
         )
         .await
         .map_err(|e| describe(&e))?;
+    // A walsender of a failover slot sends nothing a standby of synchronized_standby_slots has
+    // not confirmed: a standby that lags or is down holds every client back, which must not be
+    // a silent stall.
+    let waiting = client
+        .query_opt(
+            "SELECT a.wait_event = 'WaitForStandbyConfirmation' \
+             FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&settings.slot],
+        )
+        .await
+        .map_err(|e| describe(&e))?
+        .and_then(|row| row.get::<_, Option<bool>>(0))
+        .unwrap_or(false);
+    match (metrics.waiting_for_standby.get() == 1, waiting) {
+        (false, true) => tracing::warn!(slot = %settings.slot,
+            "the primary holds messages back until a standby has them (synchronized_standby_slots): \
+             a standby lags or is down; clients wait (nothing is lost). Fix the standby, or remove \
+             it from synchronized_standby_slots"),
+        (true, false) => tracing::info!(slot = %settings.slot,
+            "the primary no longer waits for a standby: messages flow again"),
+        _ => {}
+    }
+    metrics.waiting_for_standby.set(i64::from(waiting));
     metrics.retained_bytes.clear();
     for row in rows {
         let (name, retained, behind): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));

@@ -740,3 +740,74 @@ async fn a_connection_string_whose_servers_are_all_down_fails_naming_each() {
     }
     let _ = std::fs::remove_dir(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_that_is_down_holds_messages_back_and_pgws_says_so() {
+    let bin = match pg18_bin() {
+        Ok(b) => b,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    let (primary, standby) = pair(bin, true).await;
+    let s = start_on(
+        &both(&primary, &standby),
+        &[
+            "--source",
+            "wal",
+            "--check-listener-interval",
+            "200",
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let mut ws = connect(&s.url(&format!("/chat/{}", token(json!({"mode":"r"}))))).await;
+    let db = pg(&primary.uri()).await;
+    // Commits do not wait for the standby; logical decoding does (synchronized_standby_slots).
+    db.batch_execute("SET synchronous_commit = local")
+        .await
+        .unwrap();
+    let emit = |n: usize| {
+        let text = message("chat", n);
+        let db = &db;
+        async move {
+            db.execute(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+                &[&LISTEN, &text],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    emit(0).await;
+    let mut got = Received::default();
+    follow(&mut ws, &mut got, |g| g.numbers == [0], FAILOVER_WAIT).await;
+    blocking({
+        let standby = standby.clone();
+        move || standby.kill()
+    })
+    .await;
+    emit(1).await;
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    while s.metric("pgws_wal_waiting_for_standby ").await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "pgws reports the wait for the standby"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.numbers, [0], "held back, not lost");
+    blocking({
+        let standby = standby.clone();
+        move || standby.start(&[])
+    })
+    .await;
+    follow(&mut ws, &mut got, |g| g.numbers.contains(&1), FAILOVER_WAIT).await;
+    assert_eq!(got.numbers, [0, 1]);
+    assert!(got.gaps.is_empty(), "{:?}", got.gaps);
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    while s.metric("pgws_wal_waiting_for_standby ").await != 0.0 {
+        assert!(Instant::now() < deadline, "the wait is over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.stop().await.unwrap();
+}
