@@ -206,6 +206,11 @@ struct Progress {
     confirmed: u64,
     /// Sessions started.
     generation: u64,
+    /// The timeline of the last session (a new one: a standby was promoted).
+    timeline: Option<u32>,
+    /// Where the stream forked, when this node delivered messages that a promoted standby never
+    /// had: positions from then on belong to another epoch.
+    fork: Option<u64>,
 }
 
 /// Runs until `shutdown` is cancelled, or until start-up fails for good.
@@ -228,6 +233,8 @@ pub async fn run(
         delivered: Seq::ZERO,
         confirmed: 0,
         generation: 0,
+        timeline: None,
+        fork: None,
     };
     let mut attempts: u32 = 0;
     let mut lost_at: Option<tokio::time::Instant> = None;
@@ -361,8 +368,40 @@ async fn session(
         Ok(Err(e)) => return Ended::Retry(format!("IDENTIFY_SYSTEM: {e}")),
         Err(why) => return Ended::Retry(why),
     };
+    if let Some(before) = progress.timeline
+        && system.timeline != before
+        && !slot.created
+    {
+        // A standby was promoted. Positions are WAL positions, the same on both servers up to
+        // the point where the new timeline left the old one; what this node delivered past that
+        // point (possible without synchronized_standby_slots) the new primary never had, and it
+        // writes other messages there.
+        let fork = match step(stream.timeline_history(system.timeline)).await {
+            Ok(Ok(history)) => switch_point(&history.content, before),
+            _ => None,
+        }
+        // Unknown lineage: nothing past the slot's position can be trusted.
+        .unwrap_or(slot.confirmed);
+        if progress.delivered.major >= fork {
+            tracing::error!(slot = %settings.slot, server = %server, timeline = system.timeline,
+                fork = %Lsn(fork), delivered = %Lsn(progress.delivered.major),
+                "after the failover the new primary lacks messages this node already delivered \
+                 (the standby had not received them: set synchronized_standby_slots on the primary, \
+                 see docs/SCALING.md); clients get a Gap and positions start a new epoch");
+            let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
+            sink.gap(down).await;
+            progress.delivered = Seq::wal(fork.max(1), 0).before();
+            progress.fork = Some(fork);
+        }
+    }
+    progress.timeline = Some(system.timeline);
     let database = system.dbname.clone().unwrap_or_default();
-    let epoch = wal_epoch(&system.system_id, &database, settings.prefix.as_str());
+    // After a fork, the same positions name other messages: another epoch.
+    let system_id = match progress.fork {
+        Some(fork) => format!("{}/{fork:X}", system.system_id),
+        None => system.system_id.clone(),
+    };
+    let epoch = wal_epoch(&system_id, &database, settings.prefix.as_str());
     sink.hub()
         .set_origin(epoch, Seq::wal(slot.confirmed.max(1), 0).before());
     if let Err(e) = stream.start().await {
@@ -416,6 +455,17 @@ async fn session(
     }
     control.driver.abort();
     ended
+}
+
+/// Where the timeline `before` ended, from a timeline history file (lines of
+/// `timeline<TAB>switch LSN<TAB>reason`).
+fn switch_point(history: &[u8], before: u32) -> Option<u64> {
+    String::from_utf8_lossy(history).lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let tli: u32 = fields.next()?.parse().ok()?;
+        let lsn = Lsn::parse(fields.next()?).ok()?;
+        (tli == before).then_some(lsn.as_u64())
+    })
 }
 
 /// A step that must not hang: the time-out becomes the error text.
@@ -1053,6 +1103,15 @@ mod tests {
         let long = slot_name(&"x".repeat(100));
         assert_eq!(long.len(), 63);
         assert_ne!(long, slot_name(&"x".repeat(101)));
+    }
+
+    #[test]
+    fn switch_points_come_from_the_history_file() {
+        let history = b"1\t0/3000198\tno recovery target specified\n\n2\t0/5000060\tno recovery target specified\n";
+        assert_eq!(switch_point(history, 1), Some(0x3000198));
+        assert_eq!(switch_point(history, 2), Some(0x5000060));
+        assert_eq!(switch_point(history, 3), None);
+        assert_eq!(switch_point(b"garbage", 1), None);
     }
 
     fn message(lsn: u64, prefix: &str, text: &str) -> ReplicationEvent {

@@ -281,15 +281,29 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// A primary and a streaming standby (physical slot `standby1`), replicating synchronously so that
 /// what a publisher saw committed is on the standby; `sync` sets slot synchronisation up.
 async fn pair(bin: PathBuf, sync: bool) -> (Arc<Node>, Arc<Node>) {
+    pair_with(
+        bin,
+        sync,
+        &[
+            ("synchronized_standby_slots", "standby1"),
+            ("synchronous_standby_names", "standby1"),
+        ],
+    )
+    .await
+}
+
+/// [`pair`] with other settings on the primary.
+async fn pair_with(
+    bin: PathBuf,
+    sync: bool,
+    primary_settings: &'static [(&'static str, &'static str)],
+) -> (Arc<Node>, Arc<Node>) {
     static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(5500);
     let p = PORT.fetch_add(2, Ordering::Relaxed);
     blocking(move || {
         let primary = Node::new(&bin, "primary", p);
         primary.initdb();
-        primary.start(&[
-            ("synchronized_standby_slots", "standby1"),
-            ("synchronous_standby_names", "standby1"),
-        ]);
+        primary.start(primary_settings);
         let standby = Node::new(&bin, "standby", p + 1);
         standby.standby_of(&primary, "standby1", sync);
         standby.start(&[]);
@@ -809,5 +823,64 @@ async fn a_standby_that_is_down_holds_messages_back_and_pgws_says_so() {
         assert!(Instant::now() < deadline, "the wait is over");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_the_promoted_standby_never_had_are_announced_and_new_ones_not_skipped() {
+    let bin = match pg18_bin() {
+        Ok(b) => b,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    // No synchronized_standby_slots, asynchronous replication: the misconfiguration pgws warns
+    // about, under which it can deliver what the standby never receives.
+    let (primary, standby) = pair_with(bin, true, &[]).await;
+    let s = start_on(&both(&primary, &standby), &["--source", "wal"]).await;
+    until(
+        &standby.uri(),
+        "SELECT bool_and(synced AND NOT temporary) FROM pg_replication_slots WHERE slot_name LIKE 'pgws%'",
+        "the standby holds a persistent copy of pgws's slot",
+    )
+    .await;
+    let mut ws = connect(&s.url(&format!("/chat/{}", token(json!({"mode":"r"}))))).await;
+    let emit = |uri: String, n: usize| async move {
+        pg(&uri)
+            .await
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+                &[&LISTEN, &message("chat", n)],
+            )
+            .await
+            .unwrap();
+    };
+    emit(primary.uri(), 0).await;
+    let mut got = Received::default();
+    follow(&mut ws, &mut got, |g| g.numbers == [0], FAILOVER_WAIT).await;
+    // The standby stops receiving; the primary goes on, pgws delivers 1 and 2.
+    blocking({
+        let standby = standby.clone();
+        move || standby.kill()
+    })
+    .await;
+    emit(primary.uri(), 1).await;
+    emit(primary.uri(), 2).await;
+    follow(&mut ws, &mut got, |g| g.numbers.len() == 3, FAILOVER_WAIT).await;
+    // The primary dies; the standby, without 1 and 2, is promoted.
+    blocking({
+        let (primary, standby) = (primary.clone(), standby.clone());
+        move || {
+            primary.kill();
+            standby.start(&[]);
+            standby.promote();
+        }
+    })
+    .await;
+    follow(&mut ws, &mut got, |g| !g.gaps.is_empty(), FAILOVER_WAIT).await;
+    // A message of the new timeline, at positions pgws had already delivered on the old one,
+    // still arrives.
+    emit(standby.uri(), 3).await;
+    follow(&mut ws, &mut got, |g| g.numbers.contains(&3), FAILOVER_WAIT).await;
+    assert_eq!(got.numbers, [0, 1, 2, 3]);
+    assert_eq!(got.gaps.len(), 1, "{:?}", got.gaps);
     s.stop().await.unwrap();
 }
