@@ -83,6 +83,9 @@ pub struct WalSettings {
     pub slot: String,
     /// The publication the slot is read with (`PGWS_WAL_PUBLICATION`; created empty if missing).
     pub publication: String,
+    /// Where the slot is read (`PGWS_WAL_READ_URI`: a standby, PostgreSQL 16 and later); `None`:
+    /// the primary of `db`.
+    pub read_db: Option<Database>,
     /// How often the slot's lag is read.
     pub check_interval: Duration,
     /// Start-up attempts (`None`: for ever, the default).
@@ -306,8 +309,19 @@ async fn session(
     lost_at: &mut Option<tokio::time::Instant>,
 ) -> Ended {
     // The slot lives on the primary: both connections go to the first server of the
-    // connection string that is one (after a failover, the promoted standby).
-    let (control, server) = match step(hosts::connect(db, SessionAttrs::Primary)).await {
+    // connection string that is one (after a failover, the promoted standby). With
+    // PGWS_WAL_READ_URI, on the server that names (a standby unless its target_session_attrs
+    // says otherwise), and the primary only creates the publication and writes snapshots.
+    let read = settings.read_db.as_ref().map(with_defaults);
+    let (source_db, attrs) = match &read {
+        Some(read) => (
+            read,
+            read.target_session_attrs
+                .unwrap_or(SessionAttrs::PreferStandby),
+        ),
+        None => (db, SessionAttrs::Primary),
+    };
+    let (control, server) = match step(hosts::connect(source_db, attrs)).await {
         Ok(Ok((client, connection, server))) => {
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
@@ -317,7 +331,7 @@ async fn session(
         Ok(Err(e)) => return Ended::Retry(e.to_string()),
         Err(why) => return Ended::Retry(why),
     };
-    let slot = match prepare(&control.client, settings).await {
+    let slot = match prepare(&control.client, settings, db).await {
         Ok(slot) => slot,
         Err(ended) => return ended,
     };
@@ -332,14 +346,14 @@ async fn session(
         let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
         sink.gap(down).await;
     }
-    if slot.version >= FAILOVER_SLOTS {
+    if slot.version >= FAILOVER_SLOTS && !slot.on_standby {
         tokio::spawn(failover::check(
             db.clone(),
             server.clone(),
             settings.slot.clone(),
         ));
     }
-    let config = match replication_config(db, &server, settings) {
+    let config = match replication_config(source_db, &server, settings) {
         Ok(c) => c,
         Err(why) => return Ended::Unusable(why),
     };
@@ -348,7 +362,7 @@ async fn session(
         Ok(Err(e)) => return Ended::Retry(format!("replication connection to {server}: {e}")),
         Err(why) => return Ended::Retry(why),
     };
-    if slot.version >= FAILOVER_SLOTS && !slot.failover {
+    if slot.version >= FAILOVER_SLOTS && !slot.failover && !slot.on_standby {
         // A slot made before pgws made failover slots, or by hand: make it one (a replication
         // command, so on this connection, before the stream starts).
         let alter = format!(
@@ -491,7 +505,12 @@ struct SlotState {
     failover: bool,
     /// The server's `server_version_num`.
     version: i32,
+    /// Whether it is read on a standby (`PGWS_WAL_READ_URI`).
+    on_standby: bool,
 }
+
+/// The first version that decodes on a standby (`server_version_num`).
+const STANDBY_DECODING: i32 = 160_000;
 
 /// The first version with failover slots (`server_version_num`).
 const FAILOVER_SLOTS: i32 = 170_000;
@@ -500,6 +519,7 @@ const FAILOVER_SLOTS: i32 = 170_000;
 async fn prepare(
     client: &tokio_postgres::Client,
     settings: &WalSettings,
+    primary: &Database,
 ) -> Result<SlotState, Ended> {
     let query = |e: tokio_postgres::Error| Ended::Retry(describe(&e));
     let row = client
@@ -507,7 +527,7 @@ async fn prepare(
             "SELECT current_setting('wal_level'), current_user::text, \
              (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
              current_setting('max_slot_wal_keep_size'), \
-             current_setting('server_version_num')::int",
+             current_setting('server_version_num')::int, pg_is_in_recovery()",
             &[],
         )
         .await
@@ -515,6 +535,14 @@ async fn prepare(
     let (wal_level, user, replication, keep): (String, String, Option<bool>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     let version: i32 = row.get(4);
+    let on_standby: bool = row.get(5);
+    if on_standby && version < STANDBY_DECODING {
+        return Err(Ended::Unusable(
+            "PGWS_WAL_READ_URI names a standby, which decodes the WAL from PostgreSQL 16 on only: \
+             upgrade, or read on the primary (unset PGWS_WAL_READ_URI)"
+                .into(),
+        ));
+    }
     if wal_level != "logical" {
         return Err(Ended::Unusable(format!(
             "PostgreSQL's wal_level is '{wal_level}'; PGWS_SOURCE=wal needs 'logical': run \
@@ -542,6 +570,14 @@ async fn prepare(
         .await
         .map_err(query)?
         .is_some();
+    if !has_publication && on_standby {
+        // A standby cannot create it: the primary does, and the standby replays it.
+        create_on_primary(primary, settings).await?;
+        return Err(Ended::Retry(format!(
+            "the publication {} was created on the primary; waiting for the standby to replay it",
+            settings.publication
+        )));
+    }
     if !has_publication {
         // An empty publication: only logical messages until an operator adds tables
         // (`ALTER PUBLICATION … ADD TABLE`), whose changes go to `table:<schema>.<table>`.
@@ -620,6 +656,7 @@ async fn prepare(
                 created: false,
                 failover,
                 version,
+                on_standby,
             });
         }
         tracing::error!(slot = %settings.slot,
@@ -631,7 +668,13 @@ async fn prepare(
     }
     // From PostgreSQL 17 on, a failover slot: standbys that sync slots keep a copy, and the
     // node continues from it on the standby promoted after a failover (docs/SCALING.md).
-    let failover = version >= FAILOVER_SLOTS;
+    // (A slot made on a standby cannot be a failover slot.)
+    let failover = version >= FAILOVER_SLOTS && !on_standby;
+    // On a standby, creating a slot waits for a snapshot record from the primary: ask for one
+    // rather than wait for the next (up to 15 s).
+    let _nudge = on_standby.then(|| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(standby_snapshot(primary.clone())))
+    });
     let create = if failover {
         "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
     } else {
@@ -648,13 +691,62 @@ async fn prepare(
             ))
         })?;
     let lsn: String = row.get(0);
-    tracing::info!(slot = %settings.slot, at = %lsn, failover, "created the replication slot");
+    tracing::info!(slot = %settings.slot, at = %lsn, failover, on_standby, "created the replication slot");
     Ok(SlotState {
         confirmed: Lsn::parse(&lsn).map_or(0, Lsn::as_u64),
         created: true,
         failover,
         version,
+        on_standby,
     })
+}
+
+/// Creates the (empty) publication on the primary, for a WAL source that reads a standby.
+async fn create_on_primary(primary: &Database, settings: &WalSettings) -> Result<(), Ended> {
+    let (client, connection) = match step(hosts::connect(primary, SessionAttrs::Primary)).await {
+        Ok(Ok((client, connection, _))) => (client, connection),
+        Ok(Err(e)) => return Err(Ended::Retry(format!("primary: {e}"))),
+        Err(why) => return Err(Ended::Retry(why)),
+    };
+    let driver = tokio::spawn(connection);
+    let create = format!("CREATE PUBLICATION {}", quote_ident(&settings.publication));
+    let result = client.batch_execute(&create).await;
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    match result {
+        Ok(()) => {
+            tracing::info!(publication = %settings.publication, "created the (empty) publication on the primary");
+            Ok(())
+        }
+        // Made meanwhile by another node: the standby will have it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+        Err(e) => Err(Ended::Unusable(format!(
+            "cannot create the publication {0} on the primary ({1}); create it once as a user who may: \
+             CREATE PUBLICATION {0};",
+            quote_ident(&settings.publication),
+            describe(&e)
+        ))),
+    }
+}
+
+/// Asks the primary for a standby snapshot record (`pg_log_standby_snapshot()`), which a slot
+/// being created on a standby waits for; best effort, repeated until aborted (when the
+/// creation ends, however it ends).
+async fn standby_snapshot(primary: Database) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(Ok((client, connection, _))) =
+            step(hosts::connect(&primary, SessionAttrs::Primary)).await
+        {
+            let driver = tokio::spawn(connection);
+            let _ = client
+                .batch_execute("SELECT pg_log_standby_snapshot()")
+                .await;
+            drop(client);
+            let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The replication connection's settings, from the same connection string as every other
@@ -970,10 +1062,12 @@ async fn lag(
 ) -> Result<(), String> {
     let rows = client
         .query(
-            "SELECT slot_name::text, \
-             COALESCE((pg_current_wal_lsn() - restart_lsn)::int8, 0), \
-             COALESCE((pg_current_wal_lsn() - confirmed_flush_lsn)::int8, 0) \
-             FROM pg_replication_slots \
+            "WITH here AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+             ELSE pg_current_wal_lsn() END AS lsn) \
+             SELECT slot_name::text, \
+             COALESCE((here.lsn - restart_lsn)::int8, 0), \
+             COALESCE((here.lsn - confirmed_flush_lsn)::int8, 0) \
+             FROM pg_replication_slots, here \
              WHERE database = current_database() AND (slot_name = $1 OR slot_name LIKE 'pgws%')",
             &[&settings.slot],
         )

@@ -884,3 +884,77 @@ async fn messages_the_promoted_standby_never_had_are_announced_and_new_ones_not_
     assert_eq!(got.gaps.len(), 1, "{:?}", got.gaps);
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_reading_a_standby_delivers_and_resumes_exactly() {
+    let bin = match pg18_bin() {
+        Ok(b) => b,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    // Asynchronous replication; the slot lives on the standby, publishes go to the primary.
+    let (primary, standby) = pair_with(bin, false, &[]).await;
+    let read = format!("{} target_session_attrs=standby", standby.uri());
+    let args = [
+        "--source",
+        "wal",
+        "--wal-read-uri",
+        read.as_str(),
+        "--node-id",
+        "reader",
+    ];
+    let s = start_on(&primary.uri(), &args).await;
+    until(
+        &standby.uri(),
+        "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'pgws_reader' AND active",
+        "pgws reads its slot on the standby",
+    )
+    .await;
+    until(
+        &primary.uri(),
+        "SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_type = 'logical'",
+        "no logical slot on the primary",
+    )
+    .await;
+    let mut ws = connect(&s.url(&format!("/chat/{}", token(json!({"mode":"r"}))))).await;
+    let mut sse = crate::resume::stream(&s, "chat", None).await;
+    // From SQL on the primary, and from a websocket writer through pgws (to the primary).
+    let db = pg(&primary.uri()).await;
+    for n in 0..50 {
+        db.execute(
+            "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+            &[&LISTEN, &message("chat", n)],
+        )
+        .await
+        .unwrap();
+    }
+    let mut got = Received::default();
+    follow(&mut ws, &mut got, |g| g.numbers.len() == 50, FAILOVER_WAIT).await;
+    assert_eq!(got.numbers, (0..50).collect::<Vec<_>>());
+    let mut last = None;
+    for n in 0..50 {
+        let ev = sse.next_event().await;
+        assert_eq!(crate::resume::number(ev.data.as_deref().unwrap()), n);
+        last = ev.id;
+    }
+    // The node restarts; what was written meanwhile is read from the standby's slot, and a
+    // client resumes from its last position with nothing lost or doubled.
+    s.stop().await.unwrap();
+    drop(ws);
+    drop(sse);
+    for n in 50..80 {
+        db.execute(
+            "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+            &[&LISTEN, &message("chat", n)],
+        )
+        .await
+        .unwrap();
+    }
+    let s = start_on(&primary.uri(), &args).await;
+    let mut resumed = crate::resume::stream(&s, "chat", last.as_deref()).await;
+    for n in 50..80 {
+        let ev = resumed.next_event().await;
+        assert_eq!(ev.event, None, "no gap: {:?}", ev.data);
+        assert_eq!(crate::resume::number(ev.data.as_deref().unwrap()), n);
+    }
+    s.stop().await.unwrap();
+}
