@@ -81,6 +81,7 @@ impl Client {
             resume,
             subject,
             authz_mode,
+            views,
             ..
         } = admitted;
         // The claims go into every envelope this client publishes; serialising them once here
@@ -101,9 +102,16 @@ impl Client {
         // the client sees the handshake complete is then certain to reach its outbox. A compat
         // resume answers nothing (`|_, _| None`): the replay itself is the answer.
         if grant.mode.read {
+            let mut views = views;
             let resumed = state.hub.subscribe_with(
                 &channels,
                 &outbox,
+                |c| {
+                    views
+                        .iter()
+                        .position(|(v, _)| v.as_str() == c)
+                        .map(|i| views.swap_remove(i).1)
+                },
                 resume,
                 resume_gap_frame,
                 |_, _| None,
@@ -228,10 +236,22 @@ impl Client {
             );
             return;
         }
+        // A table's channel carries its table's changes only: a message published there could
+        // pass for a row change. Said once per such channel; the others still get the message.
+        for channel in self.channels.iter().filter(|c| crate::channel::is_table(c)) {
+            self.outbox.push(Frame::from(error_event(
+                "table_channel",
+                "a table's channel carries its table's changes only: the message was not published to it",
+                Some(channel),
+            )));
+        }
         if self.writes() {
             // The database answers instead of a NOTIFY (`PGWS_AUTHZ_WRITE_FUNCTION`).
             for i in 0..self.channels.len() {
                 let channel = self.channels[i].clone();
+                if crate::channel::is_table(&channel) {
+                    continue;
+                }
                 if let Some(request) = self.write_request(&channel, text) {
                     let pending = self.state.publisher.publish(self.id, request).await;
                     self.answer(pending, channel);
@@ -242,7 +262,13 @@ impl Client {
         // Every channel's publish is handed to the pool first, then the answers are awaited in
         // order: one message to many channels costs one round trip's wait, not one per channel.
         let mut sent = Vec::new();
-        for prepared in prepare(state, &self.channels, &self.claims, text) {
+        let writable: Vec<ChannelName> = self
+            .channels
+            .iter()
+            .filter(|c| !crate::channel::is_table(c))
+            .cloned()
+            .collect();
+        for prepared in prepare(state, &writable, &self.claims, text) {
             match prepared {
                 Err(refusal) => {
                     tracing::warn!(conn = self.id, channel = %refusal.channel, bytes = refusal.size, "message too large for NOTIFY");
@@ -377,18 +403,23 @@ impl Client {
 
     /// Follows `channel` (resuming after `from`), queuing the replay and then `answer` (see
     /// [`crate::stream::Hub::subscribe_with`]; `then` runs right after the answer is queued).
-    /// The caller checked that it may, and that the source follows the channel.
+    /// The caller checked that it may, and that the source follows the channel. With a `view`
+    /// (a row subscription's filter) the client receives what the view makes of each message.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         channel: ChannelName,
+        view: Option<crate::stream::View>,
         from: Option<crate::stream::ResumeFrom>,
         gap: impl FnOnce(&ResumeGap<'_>) -> Frame,
         answer: impl FnOnce(Position, Resumed) -> Frame,
         then: impl FnOnce(),
     ) -> Resumed {
+        let mut view = view;
         let resumed = self.state.hub.subscribe_with(
             std::slice::from_ref(&channel),
             &self.outbox,
+            |_| view.take(),
             from,
             gap,
             |position, resumed| Some(answer(position, resumed)),

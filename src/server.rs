@@ -155,6 +155,8 @@ impl Server {
                     .clone(),
                 replayed: metrics.replayed.clone(),
                 resume_gaps: metrics.resume_gaps.clone(),
+                row_evaluations: metrics.row_evaluations.clone(),
+                row_deliveries: metrics.row_deliveries.clone(),
             },
             ReplaySettings {
                 limits: config.replay,
@@ -302,6 +304,12 @@ impl Server {
             active: AtomicUsize::new(0),
             authz,
             presence,
+            catalog: (config.source == SourceKind::Wal).then(|| {
+                Arc::new(crate::rows::catalog::Catalog::new(
+                    &config.db,
+                    &config.wal_publication,
+                ))
+            }),
             config,
         });
         if let Some(admin) = self.admin {

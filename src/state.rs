@@ -57,6 +57,8 @@ pub struct AppState {
     pub authz: Option<Arc<crate::authz::Authorizer>>,
     /// Presence of protocol v2 subscriptions (`PGWS_PRESENCE`); `None` when off.
     pub presence: Option<Arc<crate::presence::Presence>>,
+    /// Tables' descriptions for row subscriptions (WAL source only).
+    pub catalog: Option<Arc<crate::rows::catalog::Catalog>>,
 }
 
 impl AppState {

@@ -6,6 +6,7 @@
 // channel names, payloads, names and claims cannot inject markup.
 
 import { PgwsClient } from "./pgws-client.js";
+import { mountLiveTable } from "./live-table.js";
 
 const DEV_SECRET = "auwhfdnskjhewfi34uwehdlaehsfkuaeiskjnfduierhfsiweskjcnzeiluwhskdewishdnpwe";
 const MAX_ITEMS = 200; // per list; older entries are dropped
@@ -1724,6 +1725,21 @@ el.clearMessages.addEventListener("click", () => {
 });
 el.clearMeta.addEventListener("click", () => clearList(el.meta, el.metaEmpty));
 el.clearPresence.addEventListener("click", () => clearList(el.presenceEvents, null));
+
+// The live table's own client: a token naming the table's channel (a token without channel
+// claims never opens a table), signed like the chat's, or the pasted one.
+mountLiveTable({
+  baseUrl: () => trimSlashes(el.baseUrl.value),
+  token: (channel) => {
+    if (tokenSource() !== "secret") return el.token.value.trim();
+    const claims = { mode: "r", channels: [channel] };
+    const name = el.name.value.trim();
+    if (name) claims.sub = name;
+    const secs = expiresInSeconds();
+    if (secs) claims.exp = Math.floor(Date.now() / 1000) + secs;
+    return signJwt(claims, el.secret.value);
+  },
+});
 
 applyTokenSource();
 updateSnippet();

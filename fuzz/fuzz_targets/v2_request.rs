@@ -41,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
                         channel,
                         since,
                         presence,
+                        filter,
                     } => {
+                        assert_eq!(member("filter"), filter.as_deref());
                         assert_eq!(member("type"), Some("subscribe"));
                         assert_eq!(member("channel"), Some(channel.as_str()));
                         assert_eq!(member("since"), since.as_deref());
@@ -80,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
                     channel,
                     since,
                     presence,
+                    filter,
                 } => {
+                    if let Some(f) = filter {
+                        obj.insert("filter".into(), json!(f));
+                    }
                     obj.insert("type".into(), json!("subscribe"));
                     obj.insert("channel".into(), json!(channel));
                     if let Some(s) = since {

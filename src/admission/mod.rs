@@ -54,6 +54,7 @@ use crate::channel::{ChannelName, ChannelNameError};
 use crate::ops::limits::SubjectSlot;
 use crate::ops::metrics::ReasonLabel;
 use crate::respond::{Body, text};
+use crate::rows::subscribe::{RowsRefusal, filter_of_query, prepare};
 use crate::state::AppState;
 use crate::stream::ResumeFrom;
 
@@ -110,6 +111,9 @@ pub struct Admitted {
     /// Where the client asks to resume from: the `Last-Event-ID` header (sent by browsers'
     /// `EventSource` when it reconnects) or the `last-event-id` query parameter (websockets).
     pub resume: Option<ResumeFrom>,
+    /// Row subscriptions of table channels (an event stream's filter), by channel; the other
+    /// channels are followed whole.
+    pub views: Vec<(ChannelName, crate::stream::View)>,
     /// The client asked for positions (`last-event-id` in the query, even empty). Event streams
     /// always carry them.
     pub positions: bool,
@@ -163,6 +167,9 @@ pub enum Refusal {
     /// Authorization by the database refused a channel (403) or could not run (503).
     #[error("{0}")]
     Authz(AuthzRefusal),
+    /// A table channel's row subscription (the URL's filter) cannot be made.
+    #[error("Error: {0}")]
+    Rows(RowsRefusal),
 }
 
 impl Refusal {
@@ -180,6 +187,9 @@ impl Refusal {
             Self::SourceDown(_) | Self::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Authz(AuthzRefusal::Forbidden(_)) => StatusCode::FORBIDDEN,
             Self::Authz(AuthzRefusal::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Rows(RowsRefusal::UnknownTable(_)) => StatusCode::NOT_FOUND,
+            Self::Rows(RowsRefusal::BadFilter(_)) => StatusCode::BAD_REQUEST,
+            Self::Rows(RowsRefusal::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -214,6 +224,7 @@ impl Refusal {
             Self::SubjectFull(_) => "too_many_for_subject",
             Self::Authz(AuthzRefusal::Forbidden(_)) => "authz_refused",
             Self::Authz(AuthzRefusal::Unavailable(_)) => "authz_unavailable",
+            Self::Rows(_) => "row_subscription",
         }
     }
 }
@@ -256,6 +267,10 @@ pub async fn admit<B>(
     // `!is_upgrade`: a connecting request that is not a websocket is an event stream.
     let authz_mode = check_mode(purpose, v2, !is_upgrade(req), &grant);
     let subject = database_checks(state, &grant, &channels, authz_mode).await?;
+    let views = match purpose {
+        Purpose::Connect if !v2 => row_views(req, state, &channels).await?,
+        _ => Vec::new(),
+    };
     // Last: it is the only rule that takes something, so a request refused by any other
     // rule never holds (or has to give back) a slot.
     let slot = match purpose {
@@ -284,7 +299,27 @@ pub async fn admit<B>(
         v2,
         subject,
         authz_mode,
+        views,
     })
+}
+
+/// The row subscriptions of the URL's table channels, filtered by its query string (see
+/// [`filter_of_query`]): the same filter for each table channel the URL names.
+async fn row_views<B>(
+    req: &Request<B>,
+    state: &AppState,
+    channels: &[ChannelName],
+) -> Result<Vec<(ChannelName, crate::stream::View)>, Refusal> {
+    let mut views = Vec::new();
+    let tables = channels.iter().filter(|c| crate::channel::is_table(c));
+    for channel in tables {
+        let filter = filter_of_query(req.uri().query());
+        let sub = prepare(state.catalog.as_deref(), channel, &filter)
+            .await
+            .map_err(Refusal::Rows)?;
+        views.push((channel.clone(), sub.into_view()));
+    }
+    Ok(views)
 }
 
 /// The mode authorization by the database checks a client's channels in (at admission and at

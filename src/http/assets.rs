@@ -28,6 +28,10 @@ pub fn get(path: &str) -> Option<Asset> {
             "text/javascript; charset=utf-8",
             include_bytes!("../../web/app.js"),
         ),
+        "/live-table.js" => (
+            "text/javascript; charset=utf-8",
+            include_bytes!("../../web/live-table.js"),
+        ),
         "/style.css" => (
             "text/css; charset=utf-8",
             include_bytes!("../../web/style.css"),

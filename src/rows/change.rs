@@ -23,27 +23,84 @@ pub fn channel_of(schema: &str, table: &str) -> String {
     format!("{CHANNEL_PREFIX}{schema}.{table}")
 }
 
-/// The changes one pgoutput message carries (none for Relation and the others), each with its
-/// channel and its text.
+/// What a change did to its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    /// The name clients receive (`"op"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        }
+    }
+}
+
+/// One table change, ready to deliver: where it goes, what clients receive, and what the
+/// source needs to count it. A struct rather than a tuple so that later stages (row
+/// subscriptions, per-row authorization) can carry more of the change without touching every
+/// caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The channel it is delivered on (`table:<schema>.<table>`).
+    pub channel: String,
+    /// The JSON text clients receive.
+    pub text: String,
+    /// What it did.
+    pub op: Op,
+    /// Its transaction's commit time (microseconds since 2000-01-01 UTC).
+    pub commit_micros: i64,
+}
+
+impl Change {
+    /// The table as `schema.name` (the channel without its prefix).
+    pub fn table(&self) -> &str {
+        &self.channel[CHANNEL_PREFIX.len()..]
+    }
+}
+
+/// How many changes a pgoutput message carries (what [`changes`] returns for it when it can be
+/// read): one per row change, one per table of a `TRUNCATE`, none otherwise. The WAL source
+/// gives an unreadable change its positions anyway, so later positions never shift.
+pub fn count(msg: &Message) -> u64 {
+    match msg {
+        Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } => 1,
+        Message::Truncate { relations, .. } => relations.len() as u64,
+        _ => 0,
+    }
+}
+
+/// The changes one pgoutput message carries (none for Relation and the others), in the order
+/// PostgreSQL sent them (a `TRUNCATE` of several tables gives one change per table).
 pub fn changes(
     msg: &Message,
     relations: &RelationCache,
     commit_micros: i64,
-) -> Result<Vec<(String, String)>, DecodeError> {
+) -> Result<Vec<Change>, DecodeError> {
     let commit_time = format_pg_micros(commit_micros);
-    let one = |rel: &Relation, op: &str, new: Option<Map<String, Value>>, old, unchanged| {
+    let one = |rel: &Relation, op: Op, new: Option<Map<String, Value>>, old, unchanged| {
         let mut obj = Map::new();
         obj.insert("schema".into(), Value::String(rel.namespace.clone()));
         obj.insert("table".into(), Value::String(rel.name.clone()));
-        obj.insert("op".into(), Value::String(op.into()));
+        obj.insert("op".into(), Value::String(op.as_str().into()));
         obj.insert("commit_time".into(), Value::String(commit_time.clone()));
         obj.insert("new".into(), new.map_or(Value::Null, Value::Object));
         obj.insert("old".into(), old);
         obj.insert("unchanged_toast".into(), unchanged);
-        (
-            channel_of(&rel.namespace, &rel.name),
-            Value::Object(obj).to_string(),
-        )
+        Change {
+            channel: channel_of(&rel.namespace, &rel.name),
+            text: Value::Object(obj).to_string(),
+            op,
+            commit_micros,
+        }
     };
     let old_of = |rel: &Relation, old: &OldTuple| -> Result<Map<String, Value>, DecodeError> {
         Ok(rel.row(old.values(), old.is_key_only())?.values)
@@ -54,7 +111,7 @@ pub fn changes(
             let row = rel.row(new, false)?;
             vec![one(
                 rel,
-                "INSERT",
+                Op::Insert,
                 Some(row.values),
                 Value::Null,
                 Value::Array(vec![]),
@@ -76,7 +133,7 @@ pub fn changes(
             }
             vec![one(
                 rel,
-                "UPDATE",
+                Op::Update,
                 Some(row.values),
                 old.map_or(Value::Null, Value::Object),
                 Value::Array(missing),
@@ -87,7 +144,7 @@ pub fn changes(
             let old = old_of(rel, old)?;
             vec![one(
                 rel,
-                "DELETE",
+                Op::Delete,
                 None,
                 Value::Object(old),
                 Value::Array(vec![]),
@@ -100,7 +157,7 @@ pub fn changes(
             .map(|oid| {
                 relations
                     .get(*oid)
-                    .map(|rel| one(rel, "TRUNCATE", None, Value::Null, Value::Array(vec![])))
+                    .map(|rel| one(rel, Op::Truncate, None, Value::Null, Value::Array(vec![])))
             })
             .collect::<Result<_, _>>()?,
         _ => Vec::new(),

@@ -1432,6 +1432,11 @@ impl Filter {
         out
     }
 
+    /// Whether the filter lets every row through (no condition; a `select=` may still apply).
+    pub fn is_empty(&self) -> bool {
+        self.conjuncts.is_empty()
+    }
+
     /// The columns to send (`select=`), `None` for all.
     pub fn select(&self) -> Option<&[String]> {
         self.select.as_deref()

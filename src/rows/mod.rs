@@ -2,11 +2,15 @@
 //! and match them against PostgREST-style subscription filters, independent of the WAL source
 //! and of the protocol that will carry them.
 //!
+//! - [`catalog`]: a published table's columns, types and key, for subscribing;
 //! - [`change`]: a decoded change as the JSON clients receive on `table:<schema>.<table>`;
+//! - [`decode_metrics`]: changes per table (bounded labels) and decode lag, for /metrics;
 //! - [`pgoutput`]: decoder of pgoutput (protocol 1) messages, and the relation cache;
 //! - [`value`]: column text to the JSON `to_jsonb` gives;
 //! - [`filter`]: PostgREST filter syntax: parser, limits, binding to columns, evaluator;
 //! - [`index`]: per-table subscription index on equality conjuncts;
+//! - [`subscribe`]: a client's table and filter made into a row subscription, or refused;
+//! - [`selector`]: row subscriptions on a table channel, the hub's selector for it;
 //! - `temporal`: dates and times as comparable numbers, for filters.
 //!
 //! docs/ROWS.md is the specification.
@@ -15,10 +19,14 @@
 // filters come next); the WAL source uses `pgoutput` and `change` today.
 #![allow(dead_code)]
 
+pub mod catalog;
 pub mod change;
+pub mod decode_metrics;
 pub mod filter;
 pub mod index;
 pub mod pgoutput;
+pub mod selector;
+pub mod subscribe;
 mod temporal;
 pub mod value;
 

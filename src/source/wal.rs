@@ -45,7 +45,8 @@ use crate::channel::{ChannelName, quote_ident};
 use crate::pg::hosts::{self, Endpoint};
 use crate::pg::tls::{RootCert, SslMode};
 use crate::pg::{Database, SessionAttrs, backoff, describe, with_defaults};
-use crate::rows::change;
+use crate::rows::change::{self, Change};
+use crate::rows::decode_metrics::{DecodeLag, TableChanges};
 use crate::rows::pgoutput::{self, RelationCache};
 use crate::stream::Seq;
 use crate::stream::position::wal_epoch;
@@ -127,6 +128,12 @@ pub struct WalMetrics {
     pub changes: Counter,
     /// pgoutput messages or changes that could not be decoded (skipped, logged).
     pub undecodable: Counter,
+    /// Table changes delivered, by table (at most 1,000 tables labelled, then `other`).
+    pub changes_by_table: TableChanges,
+    /// Seconds from a table change's commit to its delivery to the hub.
+    pub decode_lag: DecodeLag,
+    /// Tables in the relation cache of the current replication session.
+    pub relations: Gauge,
 }
 
 impl WalMetrics {
@@ -187,6 +194,21 @@ impl WalMetrics {
             "undecodable",
             "pgoutput messages or table changes that could not be decoded (skipped)",
             self.undecodable.clone(),
+        );
+        r.register(
+            "table_changes_by_table",
+            "Table changes delivered, by table (schema.name; beyond 1,000 tables: other)",
+            self.changes_by_table.family.clone(),
+        );
+        r.register(
+            "decode_lag_seconds",
+            "Seconds from a table change's commit to its delivery to subscribers",
+            self.decode_lag.0.clone(),
+        );
+        r.register(
+            "relations",
+            "Tables known to the current replication session (pgoutput relation cache)",
+            self.relations.clone(),
         );
     }
 }
@@ -792,8 +814,25 @@ fn replication_config(
     config = config
         .with_status_interval(STATUS_INTERVAL)
         .with_wakeup_interval(Duration::from_secs(10))
-        .with_application_name("pgws-wal");
+        .with_application_name("pgws-wal")
+        .with_options(session_options(c.get_options()));
     Ok(config)
+}
+
+/// Settings of the replication session that pgoutput's text values depend on (it prints them
+/// with the output functions, in the walsender's session): pinned so that the JSON clients get
+/// does not depend on the server's, the database's or the role's defaults (docs/ROWS.md §2).
+const SESSION_SETTINGS: &str = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres \
+     -c bytea_output=hex -c extra_float_digits=3";
+
+/// The startup `options` of the replication connection: the connection string's own (for
+/// instance `-c search_path=…`) followed by [`SESSION_SETTINGS`], which win (the last `-c` of a
+/// setting counts; startup options also override `ALTER DATABASE/ROLE … SET`).
+fn session_options(own: Option<&str>) -> String {
+    match own.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(own) => format!("{own} {SESSION_SETTINGS}"),
+        None => SESSION_SETTINGS.to_string(),
+    }
 }
 
 fn tls_config(tls: &crate::pg::tls::TlsSettings) -> TlsConfig {
@@ -821,8 +860,8 @@ fn tls_config(tls: &crate::pg::tls::TlsSettings) -> TlsConfig {
 enum Item {
     /// A logical message of ours (its content; routed by the sink).
     Message(Bytes),
-    /// A table change: the channel it goes to (`table:<schema>.<table>`) and its text.
-    Change(String, String),
+    /// A table change (delivered on `table:<schema>.<table>`).
+    Change(Change),
 }
 
 /// Turns replication events into positioned messages for the sink.
@@ -853,6 +892,8 @@ impl Reader<'_> {
         shutdown: &CancellationToken,
         confirmed: &mut u64,
     ) -> Ended {
+        // A new session starts with an empty relation cache.
+        self.metrics.relations.set(self.relations.len() as i64);
         let mut status = tokio::time::interval(STATUS_INTERVAL);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(settings.check_interval.max(Duration::from_secs(1)));
@@ -968,11 +1009,19 @@ impl Reader<'_> {
             Err(e) => {
                 self.metrics.undecodable.inc();
                 tracing::warn!(error = %e, "a pgoutput message could not be read; skipped");
+                // A row change that cannot be read still takes its place, so that the
+                // positions of the transaction's later items do not depend on it.
+                if let (Some((_, next, _)), Some(b'I' | b'U' | b'D')) =
+                    (&mut self.txn, data.first())
+                {
+                    *next += 1;
+                }
                 return;
             }
         };
         if let pgoutput::Message::Relation(relation) = message {
             self.relations.insert(relation);
+            self.metrics.relations.set(self.relations.len() as i64);
             return;
         }
         let Some((commit, next, commit_time)) = &mut self.txn else {
@@ -983,19 +1032,51 @@ impl Reader<'_> {
             Err(e) => {
                 self.metrics.undecodable.inc();
                 tracing::warn!(error = %e, "a table change could not be read; skipped");
+                // Its positions stay taken (see above).
+                *next += change::count(&message);
                 return;
             }
         };
-        for (channel, text) in changes {
+        for change in changes {
             *next += 1;
             let seq = Seq::wal(*commit, *next - 1);
             if seq <= self.delivered {
                 self.metrics.resent.inc();
                 continue;
             }
-            self.metrics.changes.inc();
-            self.pending.push((seq, Item::Change(channel, text)));
+            self.pending.push((seq, Item::Change(change)));
         }
+    }
+
+    /// Counts delivered changes: in all, by table, and their lag since commit (one metric
+    /// update per run of changes of the same table and commit, not one per change).
+    fn count<'c>(&self, changes: impl Iterator<Item = &'c Change>) {
+        let mut run: Option<(&Change, u64)> = None;
+        for change in changes {
+            match &mut run {
+                Some((first, n))
+                    if first.channel == change.channel
+                        && first.commit_micros == change.commit_micros =>
+                {
+                    *n += 1;
+                }
+                _ => {
+                    if let Some((first, n)) = run.take() {
+                        self.count_run(first, n);
+                    }
+                    run = Some((change, 1));
+                }
+            }
+        }
+        if let Some((first, n)) = run {
+            self.count_run(first, n);
+        }
+    }
+
+    fn count_run(&self, change: &Change, n: u64) {
+        self.metrics.changes.inc_by(n);
+        self.metrics.changes_by_table.add(change.table(), n);
+        self.metrics.decode_lag.observe(change.commit_micros, n);
     }
 
     fn received(&mut self, end: u64) {
@@ -1034,10 +1115,16 @@ impl Reader<'_> {
                 });
                 sink.deliver_positioned(batch);
             } else {
-                sink.deliver_to_channels(run.iter().filter_map(|(seq, item)| match item {
-                    Item::Change(channel, text) => Some((*seq, channel.as_str(), text.as_str())),
-                    Item::Message(_) => None,
-                }));
+                let changes = || {
+                    run.iter().filter_map(|(seq, item)| match item {
+                        Item::Change(change) => Some((*seq, change)),
+                        Item::Message(_) => None,
+                    })
+                };
+                sink.deliver_to_channels(
+                    changes().map(|(seq, c)| (seq, c.channel.as_str(), c.text.as_str())),
+                );
+                self.count(changes().map(|(_, c)| c));
             }
             at = end;
         }
@@ -1191,6 +1278,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pinned_session_settings_come_last() {
+        assert_eq!(session_options(None), SESSION_SETTINGS);
+        assert_eq!(session_options(Some("  ")), SESSION_SETTINGS);
+        let both = session_options(Some("-c TimeZone=Europe/Paris"));
+        assert!(
+            both.starts_with("-c TimeZone=Europe/Paris -c TimeZone=UTC "),
+            "{both}"
+        );
+    }
+
+    #[test]
     fn slot_names_follow_postgres_rules() {
         assert_eq!(slot_name("web-1.example_3000"), "pgws_web_1_example_3000");
         assert_eq!(slot_name("Ünï"), "pgws__n_");
@@ -1251,5 +1349,44 @@ mod tests {
         assert_eq!(metrics.resent.get(), 1);
         assert_eq!(metrics.foreign.get(), 2);
         assert_eq!(r.received_end, 940);
+    }
+
+    #[test]
+    fn unreadable_changes_keep_their_positions() {
+        let metrics = WalMetrics::default();
+        let mut r = Reader {
+            prefix: "p",
+            txn: None,
+            pending: Vec::new(),
+            relations: RelationCache::new(),
+            delivered: Seq::ZERO,
+            received_end: 0,
+            metrics: &metrics,
+        };
+        r.take(ReplicationEvent::Begin {
+            final_lsn: Lsn(700),
+            xid: 1,
+            commit_time_micros: 0,
+        });
+        // An insert into a table whose Relation never came, then one cut short.
+        let mut insert = vec![b'I'];
+        insert.extend(42u32.to_be_bytes());
+        insert.extend([b'N', 0, 1, b't', 0, 0, 0, 1, b'5']);
+        for data in [&insert[..], &insert[..7]] {
+            r.take(ReplicationEvent::XLogData {
+                wal_start: Lsn(600),
+                wal_end: Lsn(600),
+                server_time_micros: 0,
+                data: Bytes::copy_from_slice(data),
+            });
+        }
+        r.take(message(650, "p", "after"));
+        let seqs: Vec<Seq> = r.pending.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            [Seq::wal(700, 2)],
+            "the two unreadable changes keep 0 and 1"
+        );
+        assert_eq!(metrics.undecodable.get(), 2);
     }
 }

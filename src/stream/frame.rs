@@ -97,6 +97,17 @@ impl Frame {
         }
     }
 
+    /// A frame with another text at the same place in the stream (channel, epoch, position):
+    /// what one subscriber of a filtered channel receives instead of the message itself (a
+    /// row change projected to its columns). Its encodings are its own.
+    pub fn derived(&self, text: String) -> Self {
+        let route = self.inner.route.as_ref().map(|r| Route {
+            channel: r.channel.clone(),
+            epoch: r.epoch,
+        });
+        Self::make(text.into_boxed_str(), route, self.seq)
+    }
+
     /// The event's name, if it has one ([`Frame::named`]).
     pub fn name(&self) -> Option<&'static str> {
         self.inner.name

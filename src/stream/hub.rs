@@ -37,6 +37,7 @@ use super::frame::{Encoding, Frame};
 use super::gap::GapReason;
 use super::outbox::{Outbox, Push};
 use super::position::{Position, ResumeFrom, Seq};
+use super::select::{Selector, View};
 use super::window::{Held, Window, WindowLimits};
 
 /// Counters of what the hub did (shared with the metrics registry).
@@ -52,6 +53,10 @@ pub struct HubStats {
     pub replayed: Counter,
     /// Resumes that could not be exact (a `Gap` was sent first).
     pub resume_gaps: Counter,
+    /// Filtered subscribers asked about a message ([`Selector::route`]'s candidates).
+    pub row_evaluations: Counter,
+    /// Frames queued for filtered subscribers.
+    pub row_deliveries: Counter,
 }
 
 /// How the hub keeps messages for replay.
@@ -84,9 +89,35 @@ struct Entry {
     /// The sockets following this channel. A `Vec`, not a set: fan-out walks it in order on
     /// every message, and removal (rare) is a `swap_remove`.
     subs: Vec<Arc<Outbox>>,
+    /// The sockets following this channel through a view (row subscriptions with a filter),
+    /// made by the first such subscriber ([`View::selector`]).
+    selector: Option<Box<dyn Selector>>,
     /// Kept messages for resumes. Its own mutex so that routing (under the map's read lock) can
     /// append while other channels are routed from the same read lock.
     window: Mutex<Window>,
+}
+
+impl Entry {
+    fn new(known: Seq) -> Self {
+        Self {
+            subs: Vec::new(),
+            selector: None,
+            window: Mutex::new(Window::new(known)),
+        }
+    }
+
+    /// Whether nobody follows the channel, directly or through a view.
+    fn is_idle(&self) -> bool {
+        self.subs.is_empty() && self.selector.as_ref().is_none_or(|s| s.is_empty())
+    }
+
+    /// Every socket following the channel, directly or through a view.
+    fn each_sub(&self, mut each: impl FnMut(&Arc<Outbox>)) {
+        self.subs.iter().for_each(&mut each);
+        if let Some(selector) = &self.selector {
+            selector.for_each(&mut each);
+        }
+    }
 }
 
 /// What a resuming subscription did.
@@ -238,7 +269,7 @@ impl Hub {
                 window.clear(&self.held);
                 *window = Window::new(known_after);
             }
-            map.retain(|_, e| !e.subs.is_empty());
+            map.retain(|_, e| !e.is_idle());
             *last = known_after;
         } else if known_after > *last {
             *last = known_after;
@@ -298,10 +329,7 @@ impl Hub {
             {
                 let mut w = self.channels.write().unwrap_or_else(|p| p.into_inner());
                 let known = self.last();
-                w.entry(channel.into()).or_insert_with(|| Entry {
-                    subs: Vec::new(),
-                    window: Mutex::new(Window::new(known)),
-                });
+                w.entry(channel.into()).or_insert_with(|| Entry::new(known));
             }
             map = self.channels.read().unwrap_or_else(|p| p.into_inner());
         }
@@ -341,7 +369,7 @@ impl Hub {
             }
         }
         // Kept for replay (retained idle window or keep-all) but nobody to deliver to now.
-        if entry.subs.is_empty() {
+        if entry.is_idle() {
             self.stats.unrouted.inc_by(run.len() as u64);
             return 0;
         }
@@ -357,7 +385,39 @@ impl Hub {
                 self.stats.overflowed.inc_by((run.len() - queued) as u64);
             }
         }
+        if let Some(selector) = &entry.selector {
+            n += self.route_selected(selector.as_ref(), run);
+        }
         self.stats.delivered.inc_by(n as u64);
+        n
+    }
+
+    /// The filtered subscribers' share of a run: each gets what its view makes of each frame,
+    /// gathered per socket so that it still costs one outbox lock and one wake-up per run.
+    fn route_selected(&self, selector: &dyn Selector, run: &[Frame]) -> usize {
+        // A list, not a map: the sockets a run reaches are usually few, and their order of
+        // first appearance keeps the pushes deterministic.
+        let mut per: Vec<(Arc<Outbox>, Vec<Frame>)> = Vec::new();
+        let mut evaluated = 0;
+        for frame in run {
+            evaluated += selector.route(frame, &mut |outbox, frame| match per
+                .iter_mut()
+                .find(|(o, _)| Arc::ptr_eq(o, outbox))
+            {
+                Some((_, frames)) => frames.push(frame),
+                None => per.push((outbox.clone(), vec![frame])),
+            });
+        }
+        let mut n = 0;
+        for (outbox, frames) in per {
+            let (queued, outcome) = outbox.push_all(&frames);
+            n += queued;
+            if outcome == Push::Overflow {
+                self.stats.overflowed.inc_by((frames.len() - queued) as u64);
+            }
+        }
+        self.stats.row_evaluations.inc_by(evaluated as u64);
+        self.stats.row_deliveries.inc_by(n as u64);
         n
     }
 
@@ -370,10 +430,17 @@ impl Hub {
     /// (and then each message's) resumes exactly. `then` runs after the answer is queued, still
     /// under the lock (presence queues its snapshot there: nothing of the channel comes
     /// between the two). The caller words the gap and the answer: the hub has no protocol.
+    ///
+    /// A channel for which `view_of` gives a [`View`] (a row subscription with its filter) is
+    /// joined through the channel's [`Selector`] instead, and its replay is what the view makes
+    /// of each kept message, exactly as it would have been delivered live; the replay of all
+    /// channels stays one stream order.
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe_with<C: AsRef<str>>(
         &self,
         channels: &[C],
         outbox: &Arc<Outbox>,
+        mut view_of: impl FnMut(&str) -> Option<View>,
         from: Option<ResumeFrom>,
         gap: impl FnOnce(&ResumeGap<'_>) -> Frame,
         answer: impl FnOnce(Position, Resumed) -> Option<Frame>,
@@ -382,8 +449,18 @@ impl Hub {
         // The write lock covers join, plan, gap, replay and answer: no message can be routed
         // in between, which is what makes the resume exact.
         let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let mut viewed: Vec<&str> = Vec::new();
         for channel in channels {
-            self.join(&mut map, channel.as_ref(), outbox);
+            let channel = channel.as_ref();
+            match view_of(channel) {
+                Some(view) => {
+                    self.join_view(&mut map, channel, outbox, view);
+                    viewed.push(channel);
+                }
+                None => {
+                    self.join(&mut map, channel, outbox);
+                }
+            }
         }
         let epoch = self.epoch();
         let now = Position {
@@ -392,7 +469,21 @@ impl Hub {
         };
         let mut resumed = Resumed::default();
         if let Some(from) = from {
-            let plan = self.plan(&map, channels, from);
+            let mut plan = self.plan(&map, channels, from);
+            if !viewed.is_empty() {
+                // What the views let through, as it would have been delivered live.
+                plan.replay = plan
+                    .replay
+                    .iter()
+                    .filter_map(|f| match f.channel() {
+                        Some(c) if viewed.contains(&c) => map
+                            .get(c)
+                            .and_then(|e| e.selector.as_ref())
+                            .and_then(|s| s.view(outbox, f)),
+                        _ => Some(f.clone()),
+                    })
+                    .collect();
+            }
             let position = |seq| Position { epoch, seq };
             if let Some(reason) = plan.reason {
                 self.stats.resume_gaps.inc();
@@ -485,12 +576,37 @@ impl Hub {
         outbox: &Arc<Outbox>,
     ) -> bool {
         let now_seq = self.last();
-        let entry = map.entry(channel.into()).or_insert_with(|| Entry {
-            subs: Vec::new(),
-            window: Mutex::new(Window::new(now_seq)),
-        });
+        let entry = map
+            .entry(channel.into())
+            .or_insert_with(|| Entry::new(now_seq));
+        let first = entry.is_idle();
         entry.subs.push(outbox.clone());
-        entry.subs.len() == 1
+        first
+    }
+
+    /// Adds `outbox` to `channel`'s selector with its view (see [`Hub::join`]).
+    fn join_view(
+        &self,
+        map: &mut HashMap<Arc<str>, Entry>,
+        channel: &str,
+        outbox: &Arc<Outbox>,
+        view: View,
+    ) -> bool {
+        let now_seq = self.last();
+        let entry = map
+            .entry(channel.into())
+            .or_insert_with(|| Entry::new(now_seq));
+        let first = entry.is_idle();
+        let selector = entry.selector.get_or_insert_with(view.selector);
+        if !selector.add(outbox, view.subscription) {
+            // Two kinds of view on one channel: a caller's bug, not a client's. Logged; the
+            // socket then receives nothing of the channel rather than unfiltered changes.
+            tracing::error!(
+                channel,
+                "a view of another kind than the channel's selector"
+            );
+        }
+        first
     }
 
     /// Removes a socket from a channel. Returns `true` when that was the last subscriber. The
@@ -505,12 +621,13 @@ impl Hub {
         };
         if let Some(i) = entry.subs.iter().position(|s| Arc::ptr_eq(s, outbox)) {
             entry.subs.swap_remove(i);
-        } else {
+        } else if !entry.selector.as_mut().is_some_and(|s| s.remove(outbox)) {
             return false;
         }
-        if !entry.subs.is_empty() {
+        if !entry.is_idle() {
             return false;
         }
+        entry.selector = None;
         // Without retained idle windows (direct mode: the source stops receiving the channel
         // once nobody follows it) a kept window would go stale without knowing it: drop it.
         let keep = self.replay.retain_idle && !lock(&entry.window).is_empty();
@@ -555,7 +672,7 @@ impl Hub {
             for (name, entry) in map.iter() {
                 let mut window = lock(&entry.window);
                 window.expire(now, limits, &self.held);
-                if entry.subs.is_empty() && window.is_empty() {
+                if entry.is_idle() && window.is_empty() {
                     idle.push(name.clone());
                 }
             }
@@ -563,7 +680,7 @@ impl Hub {
         if !idle.is_empty() {
             let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
             for name in idle {
-                if map.get(&name).is_some_and(|e| e.subs.is_empty()) {
+                if map.get(&name).is_some_and(Entry::is_idle) {
                     map.remove(&name);
                 }
             }
@@ -584,7 +701,7 @@ impl Hub {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(channel)
-            .is_some_and(|e| !e.subs.is_empty())
+            .is_some_and(|e| !e.is_idle())
     }
 
     /// Every channel with subscribers.
@@ -593,7 +710,7 @@ impl Hub {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, e)| !e.subs.is_empty())
+            .filter(|(_, e)| !e.is_idle())
             .map(|(k, _)| k.to_string())
             .collect()
     }
@@ -618,7 +735,7 @@ impl Hub {
             // Per channel: the notice names the channel, so it is made once per (encoding,
             // channel) and shared by that channel's sockets of the encoding.
             let mut channel_notices: Vec<(Encoding, Option<Frame>)> = Vec::new();
-            for sub in &entry.subs {
+            entry.each_sub(|sub| {
                 let encoding = sub.encoding();
                 let notice = memo(&mut channel_notices, encoding, || {
                     per_channel(encoding, name)
@@ -629,14 +746,14 @@ impl Hub {
                     n += 1;
                 }
                 if !seen.insert(Arc::as_ptr(sub)) {
-                    continue;
+                    return;
                 }
                 if let Some(frame) = memo(&mut socket_notices, encoding, || per_socket(encoding))
                     && sub.push(frame) == Push::Queued
                 {
                     n += 1;
                 }
-            }
+            });
         }
         n
     }
@@ -647,7 +764,7 @@ impl Hub {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|e| !e.subs.is_empty())
+            .filter(|e| !e.is_idle())
             .count()
     }
 }

@@ -17,6 +17,7 @@ pub mod gap;
 pub mod hub;
 pub mod outbox;
 pub mod position;
+pub mod select;
 pub mod window;
 
 pub use frame::{Encoding, Frame};
@@ -24,3 +25,4 @@ pub use gap::GapReason;
 pub use hub::{Hub, HubStats, ReplaySettings, ResumeGap, Resumed};
 pub use outbox::{Limits, Outbox};
 pub use position::{Position, ResumeFrom, Seq};
+pub use select::{Selector, View};

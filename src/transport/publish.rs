@@ -93,6 +93,22 @@ pub async fn handle(
             "Error: this token does not allow writing (mode is not 'w' or 'rw')".into(),
         );
     }
+    // A table's channel carries its table's changes only: a message published there could
+    // pass for a row change.
+    if let Some(table) = admitted
+        .channels
+        .iter()
+        .find(|c| crate::channel::is_table(c))
+    {
+        return refused(
+            &state,
+            StatusCode::FORBIDDEN,
+            "table_channel",
+            format!(
+                "Error: {table} is a table's channel, which carries its table's changes only: it cannot be published to"
+            ),
+        );
+    }
     let max = state.config.max_message_size;
     // Bounded while it is read, not after: a client cannot make the server buffer more than
     // `PGWS_MAX_MESSAGE_SIZE` (the same limit as a websocket message).

@@ -94,7 +94,15 @@ mod tests {
             .map(|e| Arc::new(Outbox::new(limits(), e)))
             .collect();
         for o in &outboxes {
-            hub.subscribe_with(&["c"], o, None, |_| unreachable!(), |_, _| None, || {});
+            hub.subscribe_with(
+                &["c"],
+                o,
+                |_| None,
+                None,
+                |_| unreachable!(),
+                |_, _| None,
+                || {},
+            );
         }
         let mut run = [Frame::text("{\"x\":1}")];
         hub.publish_run("c", &mut run);

@@ -47,6 +47,9 @@ pub enum Request {
         since: Option<String>,
         /// `presence`: send this socket the channel's presence and its changes.
         presence: bool,
+        /// `filter`: a row subscription's filter in PostgREST's syntax (table channels only;
+        /// checked by the session).
+        filter: Option<String>,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -108,6 +111,8 @@ struct Raw<'a> {
     presence: Option<Value>,
     #[serde(default)]
     state: Option<Value>,
+    #[serde(default)]
+    filter: Option<Value>,
 }
 
 /// Reads one text frame as a request.
@@ -181,6 +186,16 @@ pub fn parse(text: &str) -> Result<(Id, Request), Malformed> {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => b,
                 Some(_) => return Err(bad("\"presence\" must be true or false".into())),
+            },
+            filter: match raw.filter {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s),
+                Some(_) => {
+                    return Err(bad(
+                        "\"filter\" must be a string (PostgREST syntax, e.g. \"done=eq.false\")"
+                            .into(),
+                    ));
+                }
             },
         },
         "unsubscribe" => Request::Unsubscribe {
@@ -503,8 +518,14 @@ mod tests {
                 channel: "c".into(),
                 since: Some("x".into()),
                 presence: false,
+                filter: None,
             }
         );
+        let (_, r) =
+            parse(r#"{"type":"subscribe","channel":"table:public.t","filter":"a=eq.1"}"#).unwrap();
+        assert!(matches!(r, Request::Subscribe { filter: Some(f), .. } if f == "a=eq.1"));
+        let bad = parse(r#"{"type":"subscribe","channel":"c","filter":1}"#).unwrap_err();
+        assert_eq!(bad.code, "bad_request");
         let (_, r) = parse(r#"{"type":"subscribe","channel":"c","presence":true}"#).unwrap();
         assert!(matches!(r, Request::Subscribe { presence: true, .. }));
         let (_, r) =

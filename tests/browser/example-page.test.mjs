@@ -388,7 +388,7 @@ describe("example page in a real browser", { timeout: 300_000 }, () => {
     const libText = await lib.text();
     assert.match(libText, /export class PgwsClient/);
     // The binary embeds web/ and the library at build time; say so if the files differ (stale binary).
-    for (const [file, source] of [["index.html", "web/index.html"], ["app.js", "web/app.js"], ["style.css", "web/style.css"],
+    for (const [file, source] of [["index.html", "web/index.html"], ["app.js", "web/app.js"], ["live-table.js", "web/live-table.js"], ["style.css", "web/style.css"],
       ["pgws-client.js", "clients/js/src/index.js"]]) {
       const served = file === "pgws-client.js" ? libText : await (await fetch(url + file, { signal: AbortSignal.timeout(UI_MS) })).text();
       if (served !== fs.readFileSync(path.join(REPO, source), "utf8")) {

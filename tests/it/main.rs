@@ -26,3 +26,4 @@ mod static_http;
 mod tls;
 mod v2;
 mod wal;
+mod wal_rows;

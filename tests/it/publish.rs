@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 /// `POST path` with `body` and extra header lines; returns status, headers, body.
-async fn post(
+pub(crate) async fn post(
     addr: std::net::SocketAddr,
     path: &str,
     content_type: &str,

@@ -119,6 +119,7 @@ async fn embedded_mode_serves_the_builtin_page() {
     assert!(body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"));
     assert_eq!(get(s.addr, "GET", "/app.js", "").await.0, 200);
     assert_eq!(get(s.addr, "GET", "/style.css", "").await.0, 200);
+    assert_eq!(get(s.addr, "GET", "/live-table.js", "").await.0, 200);
     let (status, headers, body) = get(s.addr, "GET", "/pgws-client.js", "").await;
     assert_eq!(status, 200);
     assert!(

@@ -10,7 +10,8 @@ export type ErrorCode =
   | "bad_token" | "token_expired" | "subject_changed" | "read_only" | "too_large"
   | "database_unavailable" | "shutting_down" | "not_authorized" | "presence_disabled" | "anonymous"
   | "connection_lost" | "timeout" | "closed" | "protocol" | "heartbeat" | "token_unavailable"
-  | "connect_failed" | "refresh_failed" | "bad_frame"
+  | "connect_failed" | "refresh_failed" | "bad_frame" | "bad_change"
+  | "unknown_table" | "bad_filter"
   | "refused" | "expired" | "forbidden" | "unavailable" | "unreachable"
   | (string & {});
 
@@ -20,8 +21,10 @@ export type JsonValue = string | number | boolean | null | readonly JsonValue[] 
 /** A failed request or a problem the application may want to show. */
 export declare class PgwsError extends Error {
   readonly code: ErrorCode;
-  /** The channel of a nack. */
+  /** The channel of a nack, or of a `bad_change`. */
   readonly channel?: string;
+  /** The position of a `bad_change` (a message on a table channel that is no change). */
+  readonly position?: string;
   /**
    * The client stopped because of this error (state "closed"): a refused handshake that retrying
    * cannot fix (`refused` or `expired` without a token function, `forbidden`).
@@ -162,10 +165,55 @@ export interface Ack {
   position: string | null;
 }
 
+/** A row as `to_jsonb` gives it (column name → JSON value). */
+export type Row = Record<string, JsonValue>;
+
+/**
+ * A change of a table (a `table:<schema>.<table>` channel's message, parsed): the `change` event.
+ * With a filter, `move` says that an UPDATE moved the row into it ("in": upsert `new`) or out of
+ * it ("out": remove the row; `new` is still given).
+ */
+export interface Change<R extends object = Row> {
+  channel: string;
+  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE";
+  schema: string;
+  table: string;
+  /** The new row (projected by the filter's `select=`, key columns always there); `null` for DELETE and TRUNCATE. */
+  new: R | null;
+  /** The replica identity of the old row (its key, or every column with REPLICA IDENTITY FULL); `null` when not sent. */
+  old: Partial<R> | null;
+  move: "in" | "out" | null;
+  /** Columns left out of `new`: unchanged TOASTed values (keep your copy). */
+  unchangedToast: string[];
+  /** ISO 8601, UTC. */
+  commitTime: string;
+  /** The message's position (resume point). */
+  position: string;
+}
+
+/** A message of a table channel as a change; `null` when its data is not a change. */
+export declare function toChange<R extends object = Row>(m: { channel: string; position: string; data: string }): Change<R> | null;
+
+/**
+ * A table's rows by key (JSON text of the key columns' values), kept from its changes with
+ * `apply`: INSERT/UPDATE upsert, `move: "out"` and DELETE remove, TRUNCATE clears. Holds only
+ * rows seen changing (no snapshot).
+ */
+export declare class RowMap<R extends object = Row> extends Map<string, R> {
+  /** `keys`: the key columns; default: the names in the first `old` seen, `["id"]` until then. */
+  constructor(keys?: readonly string[]);
+  /** The key columns; `null` until known. */
+  keyColumns: string[] | null;
+  keyOf(row: Partial<R> | null): string;
+  apply(change: Change<R>): this;
+}
+
 export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "offline" | "closed";
 
-interface SubscriptionEvents {
+interface SubscriptionEvents<R extends object = Row> {
   message: (m: Message) => void;
+  /** Table channels only: each message as a typed change. */
+  change: (c: Change<R>) => void;
   gap: (g: Gap) => void;
   subscribed: (s: Subscribed) => void;
   left: (l: Left) => void;
@@ -197,8 +245,10 @@ declare class Emitter<E extends { [K in keyof E]: (...args: any[]) => void }> {
 }
 
 /** One channel the client follows, across reconnections. */
-export declare class Subscription extends Emitter<SubscriptionEvents> {
+export declare class Subscription<R extends object = Row> extends Emitter<SubscriptionEvents<R>> {
   readonly channel: string;
+  /** The row filter sent with each subscribe; `null`: none. */
+  readonly filter: string | null;
   /** The last position received; `null` before the first. */
   readonly position: string | null;
   readonly state: "pending" | "subscribed" | "left" | "closed";
@@ -213,7 +263,7 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
    */
   setState(state: JsonValue | null): Promise<PresenceSet>;
   /** Resolves once the server confirmed the subscription on the current connection. */
-  ready(): Promise<Subscription>;
+  ready(): Promise<Subscription<R>>;
   unsubscribe(): void;
 }
 
@@ -265,9 +315,11 @@ export declare class PgwsClient extends Emitter<ClientEvents> {
   connect(): this;
   /**
    * Follows `channel` (the subscription of a channel already followed is returned as it is).
-   * `since`: a position to resume after; `presence`: also follow who is on the channel.
+   * `since`: a position to resume after; `presence`: also follow who is on the channel;
+   * `filter`: on a table channel, which rows and columns (PostgREST syntax, e.g.
+   * "done=eq.false&select=id,title"; refused with `bad_filter`).
    */
-  subscribe(channel: string, opts?: { since?: string; presence?: boolean }): Subscription;
+  subscribe<R extends object = Row>(channel: string, opts?: { since?: string; presence?: boolean; filter?: string }): Subscription<R>;
   /**
    * Publishes `data`: a string as it is, any other JSON value as its JSON text. Rejects with a
    * PgwsError (`too_large` over the frame limit, not sent; a nack's code; `connection_lost`, …).

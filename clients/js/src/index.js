@@ -4,6 +4,8 @@
 // exponential back-off and jitter, resumes every subscription from its last position, refreshes
 // the token in band before it expires (when given a token callback), turns every possible loss
 // into a `gap` event, and keeps each presence subscription's state (who is on the channel).
+// Table channels (`table:<schema>.<table>`, a filter per subscription) also give typed `change`
+// events, and `RowMap` keeps a table's rows by key from them.
 // Zero dependencies: the global WebSocket (browsers, Node >= 22) or the constructor given as the
 // `WebSocket` option (Node 20: the `ws` package).
 
@@ -93,7 +95,7 @@ export class Subscription extends Emitter {
   /** `setState` calls made while not subscribed: settled once the state is sent after it. */
   #waiting = [];
 
-  constructor(client, channel, since, presence) {
+  constructor(client, channel, since, presence, filter) {
     super();
     this.#client = client;
     /** The channel's name. */
@@ -104,6 +106,8 @@ export class Subscription extends Emitter {
     this.state = "pending";
     /** Whether the subscription asks the server for the channel's presence. */
     this.wantsPresence = presence === true;
+    /** The row filter sent with each subscribe (PostgREST syntax, table channels); `null`: none. */
+    this.filter = filter || null;
   }
 
   /**
@@ -316,13 +320,15 @@ export class PgwsClient extends Emitter {
   /**
    * Follows `channel`; the returned subscription emits `message` ({channel, position, data,
    * json(), payload()}), `gap`, `subscribed`, `left` and `error`; with `presence: true` also `presence`
-   * (the whole state, see `Subscription.presence()`), `join` and `leave`. `since`: a position to
-   * resume after.
+   * (the whole state, see `Subscription.presence()`), `join` and `leave`; on a table channel
+   * (`table:<schema>.<table>`) also `change` (see `toChange`). `since`: a position to resume
+   * after; `filter`: a table channel's row filter (PostgREST syntax: "done=eq.false&select=id,title").
    */
-  subscribe(channel, { since, presence } = {}) {
+  subscribe(channel, { since, presence, filter } = {}) {
     if (this.#closed) throw new PgwsError("closed", "client closed");
+    if (filter != null && typeof filter !== "string") throw new TypeError("subscribe: filter must be a string");
     if (this.#subs.has(channel)) return this.#subs.get(channel);
-    const sub = new Subscription(this, channel, since, presence);
+    const sub = new Subscription(this, channel, since, presence, filter);
     this.#subs.set(channel, sub);
     if (this.#isOpen()) this.#sendSubscribe(sub);
     return sub;
@@ -634,6 +640,13 @@ export class PgwsClient extends Emitter {
             return typeof p === "string" ? parsed(p) : p;
           },
         });
+        if (f.channel.startsWith("table:")) {
+          // A message that is no change (someone published to the table's channel) is reported,
+          // never thrown: the subscription goes on.
+          const c = toChange(f);
+          if (c) sub.emit("change", c);
+          else this.emit("error", new PgwsError("bad_change", `a message on ${f.channel} is not a table change`, { channel: f.channel, position: f.position }));
+        }
         return;
       }
       case "gap": {
@@ -712,6 +725,7 @@ export class PgwsClient extends Emitter {
     const body = { type: "subscribe", channel: sub.channel };
     if (sub.position) body.since = sub.position;
     if (sub.wantsPresence) body.presence = true;
+    if (sub.filter) body.filter = sub.filter;
     const ws = this.#ws;
     this.#request(body, "subscribe").then(
       (answer) => {
@@ -805,5 +819,79 @@ export class PgwsClient extends Emitter {
       w.removeEventListener("online", this.#online);
       w.removeEventListener("offline", this.#offlineFn);
     }
+  }
+}
+
+/**
+ * A table channel's message as a change: {channel, op, schema, table, new, old, move,
+ * unchangedToast, commitTime, position}; `null` when its data is not a change object.
+ */
+export function toChange(m) {
+  const c = typeof m.data === "string" ? parsed(m.data) : null;
+  if (c === null || typeof c !== "object" || typeof c.op !== "string") return null;
+  return {
+    channel: m.channel,
+    op: c.op,
+    schema: c.schema ?? null,
+    table: c.table ?? null,
+    new: c.new ?? null,
+    old: c.old ?? null,
+    move: c.move ?? null,
+    unchangedToast: Array.isArray(c.unchanged_toast) ? c.unchanged_toast : [],
+    commitTime: c.commit_time ?? null,
+    position: m.position,
+  };
+}
+
+/**
+ * A table's rows by key, kept from its changes (`rows.apply(change)`): INSERT and UPDATE upsert
+ * `new` (keeping the values of `unchangedToast` columns), an UPDATE with `move: "out"` removes
+ * the row, DELETE removes `old`'s key, TRUNCATE clears. Keys are the JSON text of the key
+ * columns' values: `keys` given, else the names in the first `old` seen (the replica identity),
+ * `["id"]` until then. Rows arrive as they change: the map holds no snapshot of older rows.
+ */
+export class RowMap extends Map {
+  constructor(keys) {
+    super();
+    /** The key columns; `null`: not known yet. */
+    this.keyColumns = keys?.length ? [...keys] : null;
+  }
+
+  /** The map key of a row (or of a change's `old`). */
+  keyOf(row) {
+    return JSON.stringify((this.keyColumns ?? ["id"]).map((k) => (row && Object.hasOwn(row, k) ? row[k] : null)));
+  }
+
+  /** Applies one change; returns the map. */
+  apply(c) {
+    if (c.op === "TRUNCATE") {
+      this.clear();
+      return this;
+    }
+    if (!this.keyColumns && c.old && typeof c.old === "object") {
+      this.keyColumns = Object.keys(c.old);
+      const rows = [...this.values()];
+      this.clear();
+      for (const r of rows) this.set(this.keyOf(r), r);
+    }
+    const oldKey = c.old ? this.keyOf(c.old) : null;
+    if (c.op === "DELETE" || !c.new) {
+      if (oldKey !== null) this.delete(oldKey);
+      return this;
+    }
+    const key = this.keyOf(c.new);
+    const prev = this.get(oldKey ?? key);
+    if (oldKey !== null && oldKey !== key) this.delete(oldKey);
+    if (c.move === "out") {
+      this.delete(key);
+      return this;
+    }
+    let row = c.new;
+    if (prev && c.unchangedToast?.length) {
+      row = { ...row };
+      for (const col of c.unchangedToast) if (Object.hasOwn(prev, col)) setOwn(row, col, prev[col]);
+    }
+    this.set(key, row);
+    return this;
   }
 }

@@ -59,7 +59,41 @@ export function token(claims, secret = SECRET) {
 }
 
 /**
- * Starts pgws --embedded on `port` (0: any); resolves with {port, url, stop()}. `extraEnv`: more
+ * Runs SQL through psql (a real PostgreSQL connection, `conninfo`: the embedded cluster's);
+ * `vars` become psql variables (`:'name'` quotes them, nothing is pasted into the SQL text).
+ * Resolves with psql's output (`-At`: unaligned, tuples only).
+ */
+export function psql(conninfo, sql, vars = {}) {
+  const args = [conninfo, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"];
+  for (const [k, v] of Object.entries(vars)) args.push("-v", `${k}=${v}`);
+  args.push("-f", "-");
+  const run = new Promise((resolve, reject) => {
+    const child = spawn(process.env.PSQL || "psql", args, { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    child.once("error", reject);
+    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`psql exited with ${code}: ${err}${out}`))));
+    child.stdin.end(sql + "\n");
+  });
+  return withTimeout(run, WAIT_MS, "psql");
+}
+
+/** Waits (bounded) until pgws's publication exists: the WAL source creates it when it starts. */
+export async function publicationReady(conninfo, name = "pgws") {
+  const start = Date.now();
+  for (;;) {
+    const out = await psql(conninfo, "SELECT count(*) FROM pg_publication WHERE pubname = :'name';", { name });
+    if (out.trim() === "1") return;
+    if (Date.now() - start > WAIT_MS) throw new Error(`timed out: the publication ${name}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Starts pgws --embedded on `port` (0: any); resolves with {port, url, conninfo, stop()}
+ * (`conninfo`: the embedded PostgreSQL's, for psql). `extraEnv`: more
  * settings (e.g. PGWS_ROOT_PATH, for the browser tests that load the client from pgws itself).
  */
 export async function startServer(port = 0, logName = "server", extraEnv = {}) {
@@ -78,11 +112,14 @@ export async function startServer(port = 0, logName = "server", extraEnv = {}) {
   process.once("exit", () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
+  let conninfo = null;
   const ready = new Promise((resolve, reject) => {
     child.once("error", reject);
     exited.then(({ code, signal }) => reject(new Error(`pgws exited early (${code}, ${signal})`)));
     readline.createInterface({ input: child.stdout }).on("line", (line) => {
       log.write(line + "\n");
+      const pg = /Embedded PostgreSQL: (.*\S)/.exec(line); // printed before the port
+      if (pg) conninfo = pg[1];
       const m = /Listening on port (\d+)/.exec(line);
       if (m) resolve(Number(m[1]));
     });
@@ -91,6 +128,7 @@ export async function startServer(port = 0, logName = "server", extraEnv = {}) {
   return {
     port: actual,
     url: `ws://127.0.0.1:${actual}/`,
+    conninfo,
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");

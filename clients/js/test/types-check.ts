@@ -1,5 +1,5 @@
 // Compile-only check of the hand-written types (npm run typecheck).
-import { PgwsClient, PgwsError, type Message, type Gap } from "../src/index.js";
+import { PgwsClient, PgwsError, RowMap, toChange, type Change, type Message, type Gap } from "../src/index.js";
 
 const client = new PgwsClient({ url: "ws://localhost/", token: async () => "t" }).connect();
 const sub = client.subscribe("chat", { since: "x" });
@@ -34,4 +34,22 @@ room.setState({ typing: true }).then((a) => a.channel, (e: PgwsError) => e.code 
 room.setState(null);
 // @ts-expect-error: undefined is not JSON
 room.setState(undefined);
+
+interface Todo { id: number; title: string; done: boolean }
+const todos = client.subscribe<Todo>("table:public.todos", { filter: "done=eq.false&select=id,title" });
+const rows = new RowMap<Todo>(["id"]);
+todos.on("change", (c: Change<Todo>) => {
+  rows.apply(c);
+  if (c.op === "UPDATE" && c.move === "out") c.old?.id;
+  return (c.new?.title.length ?? 0) + c.unchangedToast.length + c.commitTime.length + c.position.length;
+});
+// @ts-expect-error: not an operation
+todos.on("change", (c) => c.op === "MERGE");
+[...rows.values()].map((t) => t.title.toUpperCase());
+const loose = new RowMap();
+client.subscribe("table:public.notes").on("change", (c) => loose.apply(c).size);
+toChange({ channel: "table:public.notes", position: "p", data: "{}" })?.op;
+client.on("error", (e) => e.code === "bad_change" && e.position);
+// @ts-expect-error: a filter is a string
+client.subscribe("table:public.todos", { filter: { done: false } });
 client.close();

@@ -105,6 +105,14 @@ pub async fn check(
         }
         _ => {}
     }
+    // A table's channel carries its table's changes, decoded from the WAL, and nothing else:
+    // a published message there could pass for a row change.
+    if action == Action::Publish && crate::channel::is_table(channel) {
+        return Err(Refused::new(
+            Code::NotGranted,
+            "a table's channel carries its table's changes only: it cannot be published to",
+        ));
+    }
     if !access.names(channel) {
         return Err(Refused::new(
             Code::NotGranted,

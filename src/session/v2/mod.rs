@@ -22,6 +22,7 @@ mod presence;
 mod publish;
 mod refresh;
 mod refused;
+mod rows;
 mod subscribe;
 mod unsubscribe;
 
@@ -143,8 +144,12 @@ impl Session {
                 channel,
                 since,
                 presence,
+                filter,
             } => {
-                if let Err(refused) = self.subscribe(client, &id, &channel, since, presence).await {
+                if let Err(refused) = self
+                    .subscribe(client, &id, &channel, since, presence, filter)
+                    .await
+                {
                     client.outbox().push(refused.error(&id));
                 }
             }

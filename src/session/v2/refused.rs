@@ -34,6 +34,13 @@ pub enum Code {
     TooLarge,
     /// A presence state asked for by a member without a name.
     Anonymous,
+    /// A request malformed in a way only the session can see (a `filter` on a channel that is
+    /// not a table's).
+    BadRequest,
+    /// A row subscription to a table that is not in pgws's publication (or no WAL source).
+    UnknownTable,
+    /// A row subscription whose filter does not parse or does not fit the table's columns.
+    BadFilter,
 }
 
 impl Code {
@@ -53,6 +60,9 @@ impl Code {
             Self::RateLimited => "rate_limited",
             Self::TooLarge => "too_large",
             Self::Anonymous => "anonymous",
+            Self::BadRequest => "bad_request",
+            Self::UnknownTable => "unknown_table",
+            Self::BadFilter => "bad_filter",
         }
     }
 }

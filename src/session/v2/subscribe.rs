@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use super::access::{self, Action};
-use super::{Code, Refused, Session};
+use super::{Code, Refused, Session, rows};
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::stream::ResumeFrom;
@@ -41,6 +41,7 @@ impl Session {
         channel: &str,
         since: Option<String>,
         presence: bool,
+        filter: Option<String>,
     ) -> Result<(), Refused> {
         if presence && client.state().presence.is_none() {
             return Err(Refused::new(
@@ -74,6 +75,21 @@ impl Session {
             Action::Subscribe,
         )
         .await?;
+        // A table's channel is followed through a row subscription (filter, columns, key);
+        // bound before anything is joined, so a bad filter changes nothing.
+        let view = if crate::channel::is_table(channel) {
+            Some(
+                rows::subscription(client.state(), channel, filter.as_deref().unwrap_or(""))
+                    .await?,
+            )
+        } else if filter.is_some() {
+            return Err(Refused::new(
+                Code::BadRequest,
+                "\"filter\" applies to table channels only (table:<schema>.<table>)",
+            ));
+        } else {
+            None
+        };
         // An empty `since` means "no resume", as an empty `Last-Event-ID` does.
         let from = since.filter(|s| !s.trim().is_empty()).map(|s| {
             if s.len() > MAX_SINCE {
@@ -113,6 +129,7 @@ impl Session {
         let mut membership = None;
         let resumed = client.join(
             name.clone(),
+            view,
             from,
             wire::resume_gap,
             |position, resumed| wire::subscribed(id, channel, position, resumed.replayed),

@@ -1,0 +1,192 @@
+//! What a row subscription needs to know about its table before the first change arrives:
+//! whether the table is in pgws's publication, its columns with their types (to bind the
+//! filter), and its key columns (always sent, so clients can keep rows by key).
+//!
+//! What it owns: one database connection, opened on demand and re-opened after an error, and a
+//! short-lived cache of answers (a reconnect storm of a thousand clients asks once per table,
+//! not a thousand times). What it must never do: put a name into SQL text: the schema, the
+//! table and the publication are bound parameters of one catalog query.
+//!
+//! Why a catalog query rather than the WAL stream's Relation messages: PostgreSQL sends a
+//! table's Relation only before its first change, so a subscription made before any change
+//! (the usual case) would have nothing to bind its filter to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::value::ColumnType;
+use crate::pg::{Database, describe, with_defaults};
+
+/// How long an answer is reused. Short: an `ALTER TABLE` or `ALTER PUBLICATION` is seen by
+/// the subscriptions made this long after it.
+const TTL: Duration = Duration::from_secs(2);
+/// How long one catalog query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The columns, types and key of a table in the publication.
+const DESCRIBE: &str = "\
+SELECT a.attname::text, a.atttypid::oid, \
+       COALESCE((SELECT a.attnum = ANY (i.indkey::int2[]) FROM pg_index i \
+                 WHERE i.indrelid = c.oid AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident)) \
+                 ORDER BY i.indisprimary DESC LIMIT 1), false) \
+FROM pg_class c \
+JOIN pg_namespace n ON n.oid = c.relnamespace \
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+WHERE n.nspname = $1 AND c.relname = $2 \
+  AND EXISTS (SELECT 1 FROM pg_publication_tables p \
+              WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+ORDER BY a.attnum";
+
+/// A table as row subscriptions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Every column with its type, in the table's order.
+    pub columns: Vec<(String, ColumnType)>,
+    /// The primary key's columns (else the replica identity index's; empty without either).
+    pub key: Vec<String>,
+}
+
+/// Why a table cannot be subscribed to.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogError {
+    /// Not a `table:<schema>.<table>` name.
+    #[error("a table's channel is table:<schema>.<table> (got {0:?})")]
+    BadName(String),
+    /// No such table, or not in the publication.
+    #[error(
+        "table {schema}.{table} is not in pgws's publication {publication:?} (or does not exist): ALTER PUBLICATION {publication} ADD TABLE ..."
+    )]
+    NotPublished {
+        /// The schema asked for.
+        schema: String,
+        /// The table asked for.
+        table: String,
+        /// The publication pgws reads.
+        publication: String,
+    },
+    /// The catalog could not be read.
+    #[error("the table's description could not be read: {0}")]
+    Unavailable(String),
+}
+
+/// The schema and table a table channel's name (without its prefix) names: `schema.table`,
+/// split at the first dot.
+pub fn split_name(name: &str) -> Result<(&str, &str), CatalogError> {
+    match name.split_once('.') {
+        Some((schema, table)) if !schema.is_empty() && !table.is_empty() => Ok((schema, table)),
+        _ => Err(CatalogError::BadName(name.to_owned())),
+    }
+}
+
+/// (schema, table).
+type TableName = (String, String);
+
+/// Reads tables' descriptions for row subscriptions.
+pub struct Catalog {
+    db: Database,
+    publication: String,
+    conn: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    cache: Mutex<HashMap<TableName, (Instant, Arc<TableInfo>)>>,
+}
+
+impl Catalog {
+    /// A catalog of `publication` in `db` (nothing is opened yet).
+    pub fn new(db: &Database, publication: &str) -> Self {
+        Self {
+            db: with_defaults(db),
+            publication: publication.to_owned(),
+            conn: tokio::sync::Mutex::default(),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The table `schema.table`, if it is in the publication.
+    pub async fn describe(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Arc<TableInfo>, CatalogError> {
+        let key = (schema.to_owned(), table.to_owned());
+        if let Some((at, info)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < TTL
+        {
+            return Ok(info.clone());
+        }
+        let rows = tokio::time::timeout(QUERY_TIMEOUT, self.query(schema, table))
+            .await
+            .map_err(|_| {
+                CatalogError::Unavailable(format!("no answer within {QUERY_TIMEOUT:?}"))
+            })??;
+        if rows.is_empty() {
+            return Err(CatalogError::NotPublished {
+                schema: schema.to_owned(),
+                table: table.to_owned(),
+                publication: self.publication.clone(),
+            });
+        }
+        let mut info = TableInfo {
+            columns: Vec::with_capacity(rows.len()),
+            key: Vec::new(),
+        };
+        for (name, type_oid, is_key) in rows {
+            if is_key {
+                info.key.push(name.clone());
+            }
+            info.columns.push((name, ColumnType::of(type_oid)));
+        }
+        let info = Arc::new(info);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the tables clients ask for that exist; expired answers go on each insert.
+        cache.retain(|_, (at, _)| at.elapsed() < TTL);
+        cache.insert(key, (Instant::now(), info.clone()));
+        Ok(info)
+    }
+
+    /// Runs the query on the catalog's connection, opening it first if needed; a failed
+    /// connection is dropped so the next call opens a fresh one.
+    async fn query(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Vec<(String, u32, bool)>, CatalogError> {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self
+                .db
+                .connect()
+                .await
+                .map_err(|e| CatalogError::Unavailable(describe(&e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "row catalog connection ended");
+                }
+            });
+            *conn = Some(client);
+        }
+        let client = conn.as_ref().expect("opened above");
+        match client
+            .query(DESCRIBE, &[&schema, &table, &self.publication])
+            .await
+        {
+            Ok(rows) => Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, u32>(1),
+                        r.get::<_, bool>(2),
+                    )
+                })
+                .collect()),
+            Err(e) => {
+                *conn = None;
+                Err(CatalogError::Unavailable(describe(&e)))
+            }
+        }
+    }
+}
