@@ -958,3 +958,32 @@ async fn a_node_reading_a_standby_delivers_and_resumes_exactly() {
     }
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_made_before_becomes_a_failover_slot() {
+    let bin = match pg18_bin() {
+        Ok(b) => b,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(5590);
+    let port = PORT.fetch_add(1, Ordering::Relaxed);
+    let node = blocking(move || {
+        let node = Node::new(&bin, "alone", port);
+        node.initdb();
+        node.start(&[]);
+        node
+    })
+    .await;
+    let db = pg(&node.uri()).await;
+    db.batch_execute("SELECT pg_create_logical_replication_slot('pgws_old', 'pgoutput')")
+        .await
+        .unwrap();
+    let s = start_on(&node.uri(), &["--source", "wal", "--wal-slot", "pgws_old"]).await;
+    until(
+        &node.uri(),
+        "SELECT failover FROM pg_replication_slots WHERE slot_name = 'pgws_old'",
+        "pgws made its existing slot a failover slot",
+    )
+    .await;
+    s.stop().await.unwrap();
+}
