@@ -314,10 +314,10 @@ async fn row_views<B>(
     let tables = channels.iter().filter(|c| crate::channel::is_table(c));
     for channel in tables {
         let filter = filter_of_query(req.uri().query());
-        let sub = prepare(state.catalog.as_deref(), channel, &filter)
+        let prepared = prepare(state.catalog.as_deref(), channel, &filter)
             .await
             .map_err(Refusal::Rows)?;
-        views.push((channel.clone(), sub.into_view()));
+        views.push((channel.clone(), prepared.sub.into_view()));
     }
     Ok(views)
 }

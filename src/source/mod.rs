@@ -148,11 +148,25 @@ impl<'a, 'h> Runs<'a, 'h> {
     /// Adds a message for `channel` (positioned at `seq`; zero: the hub numbers it), closing
     /// the current run when the channel changes.
     fn push(&mut self, channel: Cow<'a, str>, seq: Seq, text: &str) {
+        self.push_detailed(channel, seq, text, None);
+    }
+
+    /// [`Runs::push`] with a detail for the hub's selectors.
+    fn push_detailed(
+        &mut self,
+        channel: Cow<'a, str>,
+        seq: Seq,
+        text: &str,
+        detail: Option<crate::stream::frame::Detail>,
+    ) {
         if self.channel.as_ref() != Some(&channel) {
             self.flush();
             self.channel = Some(channel);
         }
-        let mut frame = Frame::text(text);
+        let mut frame = match detail {
+            Some(d) => Frame::with_detail(text, d),
+            None => Frame::text(text),
+        };
         if !seq.is_zero() {
             frame.set_seq(seq);
         }
@@ -228,6 +242,19 @@ impl Sink {
         for (seq, channel, text) in batch {
             self.received.inc();
             runs.push(Cow::Borrowed(channel), seq, text);
+        }
+        runs.finish()
+    }
+
+    /// Table changes, each with what its channel's selectors need (authorization decisions).
+    pub fn deliver_changes<'a>(
+        &self,
+        batch: impl IntoIterator<Item = (Seq, &'a str, &'a str, Option<crate::stream::frame::Detail>)>,
+    ) -> usize {
+        let mut runs = Runs::new(&self.hub);
+        for (seq, channel, text, detail) in batch {
+            self.received.inc();
+            runs.push_detailed(Cow::Borrowed(channel), seq, text, detail);
         }
         runs.finish()
     }

@@ -869,7 +869,7 @@ struct Reader<'a> {
     prefix: &'a str,
     /// The open transaction: its commit LSN, the index of its next item, and its commit time
     /// (microseconds since 2000-01-01).
-    txn: Option<(u64, u64, i64)>,
+    txn: Option<(u64, u64, i64, u32)>,
     /// What was read and not yet handed to the sink, in stream order.
     pending: Vec<(Seq, Item)>,
     /// The tables seen on this session (pgoutput sends a table's Relation before its first
@@ -956,9 +956,9 @@ impl Reader<'_> {
             ReplicationEvent::Begin {
                 final_lsn,
                 commit_time_micros,
-                ..
+                xid,
             } => {
-                self.txn = Some((final_lsn.as_u64(), 0, commit_time_micros));
+                self.txn = Some((final_lsn.as_u64(), 0, commit_time_micros, xid));
             }
             ReplicationEvent::Message {
                 transactional,
@@ -971,7 +971,7 @@ impl Reader<'_> {
                     return;
                 }
                 let seq = match (transactional, &mut self.txn) {
-                    (true, Some((commit, next, _))) => {
+                    (true, Some((commit, next, _, _))) => {
                         *next += 1;
                         Seq::wal(*commit, *next - 1)
                     }
@@ -1011,7 +1011,7 @@ impl Reader<'_> {
                 tracing::warn!(error = %e, "a pgoutput message could not be read; skipped");
                 // A row change that cannot be read still takes its place, so that the
                 // positions of the transaction's later items do not depend on it.
-                if let (Some((_, next, _)), Some(b'I' | b'U' | b'D')) =
+                if let (Some((_, next, _, _)), Some(b'I' | b'U' | b'D')) =
                     (&mut self.txn, data.first())
                 {
                     *next += 1;
@@ -1024,10 +1024,10 @@ impl Reader<'_> {
             self.metrics.relations.set(self.relations.len() as i64);
             return;
         }
-        let Some((commit, next, commit_time)) = &mut self.txn else {
+        let Some((commit, next, commit_time, xid)) = &mut self.txn else {
             return;
         };
-        let changes = match change::changes(&message, &self.relations, *commit_time) {
+        let changes = match change::changes(&message, &self.relations, *commit_time, *xid) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.undecodable.inc();

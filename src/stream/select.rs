@@ -37,6 +37,19 @@ pub trait Selector: Send + Sync {
     /// What `outbox` receives of `frame` (replay after a resume): the same answer as
     /// [`Selector::route`] gives it live.
     fn view(&self, outbox: &Arc<Outbox>, frame: &Frame) -> Option<Frame>;
+    /// Ends the holding of `outbox`'s subscription (one that keeps what it receives aside while
+    /// its snapshot is read) and gives what it held; from now on it receives live. `None`: no
+    /// such subscription, or it was not holding.
+    fn release(&mut self, outbox: &Arc<Outbox>) -> Option<Kept>;
+}
+
+/// What a holding subscription kept aside ([`Selector::release`]).
+#[derive(Debug)]
+pub enum Kept {
+    /// What it received, in stream order.
+    Frames(Vec<Frame>),
+    /// It received more than it may hold: what it held was dropped.
+    Overflowed,
 }
 
 /// A subscription that sees its channel through a view: the subscription itself (opaque to the
