@@ -202,7 +202,11 @@ impl Rls {
 
 /// The statement's shape for `table` (`schema.name`): its columns from the stream's Relation,
 /// its key from the catalog (the primary key, which `REPLICA IDENTITY FULL` does not mark).
-async fn shape(catalog: &Catalog, relations: &RelationCache, table: &str) -> Result<TableShape, String> {
+async fn shape(
+    catalog: &Catalog,
+    relations: &RelationCache,
+    table: &str,
+) -> Result<TableShape, String> {
     let (schema, name) = split_name(table).map_err(|e| e.to_string())?;
     let rel = relations
         .find(schema, name)

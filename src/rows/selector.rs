@@ -363,7 +363,8 @@ impl<'f> Made<'f> {
             .get_or_insert_with(|| serde_json::from_str::<RawChange<'f>>(frame.as_str()).ok())
             .as_ref()?;
         let derived = frame.derived(raw.write(columns.as_deref(), mv, no_old));
-        self.made.push((columns.clone(), mv, no_old, derived.clone()));
+        self.made
+            .push((columns.clone(), mv, no_old, derived.clone()));
         Some(derived)
     }
 }
