@@ -42,8 +42,11 @@ pub struct Decision {
     /// The cohorts that may see it.
     pub allowed: CohortSet,
     /// The cohorts whose statement failed for this change's table in its batch, with why.
-    pub failed: Arc<[(CohortId, Arc<str>)]>,
+    pub failed: Failed,
 }
+
+/// Cohorts whose statement failed, with the database's reason.
+pub type Failed = Arc<[(CohortId, Arc<str>)]>;
 
 impl Decision {
     /// What `cohort` may do with the change: `Ok(true)` see it, `Ok(false)` not, `Err(why)`
@@ -72,13 +75,19 @@ pub struct Rls {
 impl Rls {
     /// Row authorization against `db`: cohorts keyed by `which` claims, each statement bounded
     /// by `timeout`.
-    pub fn new(db: &Database, which: CohortClaims, timeout: Duration, discarded: Counter) -> Self {
+    pub fn new(
+        db: &Database,
+        which: CohortClaims,
+        timeout: Duration,
+        metrics: AuthorizeMetrics,
+        discarded: Counter,
+    ) -> Self {
         Self {
             cohorts: Mutex::new(Cohorts::new()),
             pool: Pool::new(db, POOL_SIZE, discarded),
             which,
             timeout,
-            metrics: AuthorizeMetrics::default(),
+            metrics,
         }
     }
 
@@ -168,7 +177,7 @@ impl Rls {
                 .into_iter();
         for (p, was_asked) in parts.iter().zip(asked) {
             let ids: Vec<CohortId> = p.cohorts.iter().map(|(id, _)| *id).collect();
-            let (allowed, failed): (Vec<CohortSet>, Arc<[(CohortId, Arc<str>)]>) = if was_asked
+            let (allowed, failed): (Vec<CohortSet>, Failed) = if was_asked
                 && let Some(d) = decisions.next()
             {
                 let failed = d

@@ -24,6 +24,11 @@ pub enum RowsRefusal {
     /// The table's description could not be read.
     #[error("{0}")]
     Unavailable(String),
+    /// Per-row authorization is on, and this carrier cannot take part in it yet.
+    #[error(
+        "with authorization by the database, table channels are followed over protocol v2 (per-row authorization)"
+    )]
+    NeedsV2,
 }
 
 /// A row subscription with the table it reads (what a snapshot needs).

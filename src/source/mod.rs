@@ -232,21 +232,9 @@ impl Sink {
         runs.finish()
     }
 
-    /// Delivers positioned messages to the channels named with them (table changes: the table's
-    /// channel), past the control plane and the routing rules, which are about the bus's messages.
-    pub fn deliver_to_channels<'a>(
-        &self,
-        batch: impl IntoIterator<Item = (Seq, &'a str, &'a str)>,
-    ) -> usize {
-        let mut runs = Runs::new(&self.hub);
-        for (seq, channel, text) in batch {
-            self.received.inc();
-            runs.push(Cow::Borrowed(channel), seq, text);
-        }
-        runs.finish()
-    }
-
-    /// Table changes, each with what its channel's selectors need (authorization decisions).
+    /// Delivers table changes to their table's channel, past the control plane and the routing
+    /// rules (which are about the bus's messages), each with what its channel's selectors need
+    /// (per-row authorization decisions).
     pub fn deliver_changes<'a>(
         &self,
         batch: impl IntoIterator<Item = (Seq, &'a str, &'a str, Option<crate::stream::frame::Detail>)>,

@@ -93,6 +93,12 @@ pub struct WalSettings {
     pub startup_retries: Option<u32>,
     /// Where to count.
     pub metrics: WalMetrics,
+    /// Per-row authorization and the tables' catalog: each batch of table changes is decided
+    /// for the cohorts with row subscribers before it reaches the hub (`None`: off).
+    pub rows: Option<(
+        Arc<crate::rows::rls::Rls>,
+        Arc<crate::rows::catalog::Catalog>,
+    )>,
 }
 
 /// A `slot` label.
@@ -923,7 +929,7 @@ impl Reader<'_> {
                             None => break,
                         }
                     }
-                    self.flush(sink);
+                    self.flush(sink, settings.rows.as_ref()).await;
                     if let Some(why) = failed {
                         return Ended::Retry(why);
                     }
@@ -1088,7 +1094,14 @@ impl Reader<'_> {
 
     /// Hands what was read to the sink, in order: logical messages through the routing rules,
     /// table changes to their table's channel.
-    fn flush(&mut self, sink: &Sink) {
+    async fn flush(
+        &mut self,
+        sink: &Sink,
+        rows: Option<&(
+            Arc<crate::rows::rls::Rls>,
+            Arc<crate::rows::catalog::Catalog>,
+        )>,
+    ) {
         if self.pending.is_empty() {
             return;
         }
@@ -1121,9 +1134,24 @@ impl Reader<'_> {
                         Item::Message(_) => None,
                     })
                 };
-                sink.deliver_to_channels(
-                    changes().map(|(seq, c)| (seq, c.channel.as_str(), c.text.as_str())),
-                );
+                // Per-row authorization first (one statement per table and cohort of the run),
+                // so that every frame reaches the hub with its decision.
+                let details = match rows {
+                    Some((rls, catalog)) => {
+                        let list: Vec<&Change> = changes().map(|(_, c)| c).collect();
+                        rls.decide(catalog, &self.relations, &list).await
+                    }
+                    None => Vec::new(),
+                };
+                let mut details = details.into_iter();
+                sink.deliver_changes(changes().map(|(seq, c)| {
+                    (
+                        seq,
+                        c.channel.as_str(),
+                        c.text.as_str(),
+                        details.next().flatten(),
+                    )
+                }));
                 self.count(changes().map(|(_, c)| c));
             }
             at = end;

@@ -342,6 +342,17 @@ pub fn subscribed(
     frame("subscribed", &body)
 }
 
+/// Changes of a row subscription were withheld because nobody could decide whether the
+/// subscriber may see them (a policy failed or timed out): a `gap` with reason
+/// `authorization_failed`.
+pub fn authorization_gap(channel: &str, message: &str) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"reason\":\"authorization_failed\",\"message\":");
+    push_str(&mut body, message);
+    frame("gap", &body)
+}
+
 /// One page of a row subscription's snapshot: `rows` are JSON objects' texts.
 pub fn snapshot(channel: &str, rows: &[String]) -> Frame {
     let mut body = String::from(",\"channel\":");

@@ -20,6 +20,7 @@ mod presence;
 mod publish;
 mod resume;
 mod rows;
+mod rows_rls;
 mod security;
 mod snapshot;
 mod sse;

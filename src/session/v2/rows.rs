@@ -27,6 +27,7 @@ pub(super) async fn subscription(
                 RowsRefusal::UnknownTable(_) => Code::UnknownTable,
                 RowsRefusal::BadFilter(_) => Code::BadFilter,
                 RowsRefusal::Unavailable(_) => Code::DatabaseUnavailable,
+                RowsRefusal::NeedsV2 => Code::BadRequest,
             };
             Refused::new(code, e.to_string())
         })
@@ -41,15 +42,26 @@ pub(super) struct Pending {
     table: String,
 }
 
-/// Splits `prepared` into the view the hub joins (holding when `snapshot`) and what the
-/// snapshot reads with.
-pub(super) fn split(prepared: Prepared, snapshot: bool) -> (crate::stream::View, Option<Pending>) {
+/// Splits `prepared` into the view the hub joins (holding when `snapshot`; under per-row
+/// authorization when the client has a database subject) and what the snapshot reads with.
+pub(super) fn split(
+    client: &Client,
+    prepared: Prepared,
+    snapshot: bool,
+) -> (crate::stream::View, Option<Pending>) {
     let Prepared {
         sub,
         info,
         schema,
         table,
     } = prepared;
+    let sub = match (&client.state().rls, client.authz()) {
+        (Some(rls), Some(authz)) => {
+            let membership = rls.join(&format!("{schema}.{table}"), authz.subject());
+            sub.with_rls(membership, withheld)
+        }
+        _ => sub,
+    };
     if !snapshot {
         return (sub.into_view(), None);
     }
@@ -60,6 +72,12 @@ pub(super) fn split(prepared: Prepared, snapshot: bool) -> (crate::stream::View,
         table,
     };
     (sub.holding(HOLD_CAP).into_view(), Some(pending))
+}
+
+/// A v2 subscriber's notice of changes withheld because their authorization failed: a `gap`
+/// (reason `authorization_failed`), so a client knows its view may miss rows and can re-snapshot.
+fn withheld(channel: &str, message: &str) -> Frame {
+    wire::authorization_gap(channel, message)
 }
 
 /// Ends the holding at once (an exact resume needs no snapshot): what was held follows.
