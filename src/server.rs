@@ -294,6 +294,7 @@ impl Server {
                             .clone()
                             .unwrap_or_else(|| wal::slot_name(&node)),
                         publication: config.wal_publication.clone(),
+                        read_db: config.wal_read_db.clone(),
                         check_interval: config.check_listener_interval,
                         startup_retries: config.startup_retries,
                         metrics: metrics.wal.clone(),

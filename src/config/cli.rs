@@ -522,6 +522,18 @@ pub struct Cli {
     )]
     pub wal_slot: Option<String>,
 
+    /// Where the WAL source reads its slot: a connection string naming a standby (PostgreSQL 16
+    /// and later; `target_session_attrs` defaults to `prefer-standby`), while publishes and
+    /// checks go to PGWS_DB_URI. Default: PGWS_DB_URI's primary. `@file` reads it from a file.
+    #[arg(
+        long,
+        env = "PGWS_WAL_READ_URI",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_WAL_READ_URI",
+        hide_env_values = true
+    )]
+    pub wal_read_uri: Option<String>,
+
     /// The publication the WAL source reads its slot with; created (empty: no table changes) when
     /// missing.
     #[arg(
