@@ -32,39 +32,50 @@ def server_us(r):
     return r.get("server_us_per_change")
 
 
-subs = sorted({r["params"]["subscriptions"] for r in runs("scale-")})
-kinds = ["eq", "range", "message"]
 out = []
-out.append("| Subscriptions | Kind | Changes/s end to end (median) | Server CPU per change (median) | "
-           "runs: CPU per change | Deliveries lost / extra (all runs) | Subscribe all (s) |")
-out.append("|---|---|---|---|---|---|---|")
-table = {}
-for n in subs:
-    for k in kinds:
-        rs = runs(f"scale-{k}-{n}#")
-        if not rs:
-            continue
-        rate = med([r.get("changes_per_s") for r in rs])
-        cpu = med([server_us(r) for r in rs])
-        table[(k, n)] = (rate, cpu)
-        lost = sum(r.get("lost", 0) for r in rs)
-        extra = sum(r.get("extra", 0) for r in rs)
-        sub = med([r.get("subscribe_s") for r in rs])
-        out.append(f"| {n:,} | {k} | {f(rate)} | {f(cpu, '{:.1f} µs')} | "
-                   f"{each([server_us(r) for r in rs], '{:.1f}')} | {lost} / {extra} | {f(sub, '{:.2f}')} |")
-out.append("")
-out.append("| Subscriptions | eq CPU per change | range CPU per change | range / eq | "
-           "eq changes/s | range changes/s | eq / message CPU per change |")
-out.append("|---|---|---|---|---|---|---|")
-for n in subs:
-    e = table.get(("eq", n), (None, None))
-    g = table.get(("range", n), (None, None))
-    m = table.get(("message", n), (None, None))
-    ratio = g[1] / e[1] if e[1] and g[1] else None
-    em = e[1] / m[1] if e[1] and m[1] else None
-    out.append(f"| {n:,} | {f(e[1], '{:.1f} µs')} | {f(g[1], '{:.1f} µs')} | {f(ratio, '{:.1f}x')} | "
-               f"{f(e[0])} | {f(g[0])} | {f(em, '{:.2f}x')} |")
-out.append("")
+
+
+def scale_tables(prefix, title):
+    subs = sorted({r["params"]["subscriptions"] for r in runs(f"{prefix}-")})
+    if not subs:
+        return
+    out.append(f"### {title}")
+    out.append("")
+    out.append("| Subscriptions | Kind | Changes/s end to end (median) | Server CPU per change (median) | "
+               "runs: CPU per change (µs) | Deliveries lost / extra (all runs) | Subscribe all (s) |")
+    out.append("|---|---|---|---|---|---|---|")
+    table = {}
+    for n in subs:
+        for k in kinds:
+            rs = runs(f"{prefix}-{k}-{n}#")
+            if not rs:
+                continue
+            rate = med([r.get("changes_per_s") for r in rs])
+            cpu = med([server_us(r) for r in rs])
+            table[(k, n)] = (rate, cpu)
+            lost = sum(r.get("lost", 0) for r in rs)
+            extra = sum(r.get("extra", 0) for r in rs)
+            sub = med([r.get("subscribe_s") for r in rs])
+            out.append(f"| {n:,} | {k} | {f(rate)} | {f(cpu, '{:.1f} µs')} | "
+                       f"{each([server_us(r) for r in rs], '{:.1f}')} | {lost} / {extra} | {f(sub, '{:.2f}')} |")
+    out.append("")
+    out.append("| Subscriptions | eq CPU per change | range CPU per change | range / eq | "
+               "message CPU per change | eq / message | eq changes/s | range changes/s |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for n in subs:
+        e = table.get(("eq", n), (None, None))
+        g = table.get(("range", n), (None, None))
+        m = table.get(("message", n), (None, None))
+        ratio = g[1] / e[1] if e[1] and g[1] else None
+        em = e[1] / m[1] if e[1] and m[1] else None
+        out.append(f"| {n:,} | {f(e[1], '{:.1f} µs')} | {f(g[1], '{:.1f} µs')} | {f(ratio, '{:.1f}x')} | "
+                   f"{f(m[1], '{:.1f} µs')} | {f(em, '{:.2f}x')} | {f(e[0])} | {f(g[0])} |")
+    out.append("")
+
+
+kinds = ["eq", "range", "message"]
+scale_tables("scale", "Every subscription receives (change j to user j mod S)")
+scale_tables("fixed", "100 receiving users, the other subscriptions passed over (--active-users 100)")
 out.append("| Latency, 1,000 changes/s, 1,000 subscriptions | p50 | p90 | p99 | p99.9 | max | "
            "server CPU per change | runs p50 / p99 | lost / extra |")
 out.append("|---|---|---|---|---|---|---|---|---|")

@@ -10,6 +10,10 @@
 #               range    user_id=gte.U&user_id=lte.U (the same rows; every filter evaluated)
 #               message  plain channels fed by pg_logical_emit_message (the reference)
 #             figures: changes/s end to end, server CPU per change, lost/extra deliveries
+#   fixed     the same with the changes going to 100 users only (--active-users 100): as many
+#             sockets receive at every S, the other S - 100 subscriptions are passed over; this
+#             isolates what the number of subscriptions costs from how well the server can
+#             batch its writes to a socket (which depends on how many changes each socket gets)
 #   latency   1,000 changes/s (one row per transaction) to 1,000 eq subscriptions, beside
 #             1,000 logical messages/s to 1,000 plain-channel subscriptions: issue -> receipt
 #
@@ -19,7 +23,7 @@
 # synchronous_commit=on, as in production (the embedded cluster's default is off, which delays
 # WAL-mode delivery by up to wal_writer_delay; see docs/BENCHMARKS-wal.md).
 #
-# Environment knobs: BENCH_REPS=3, BENCH_ONLY=scale,latency, BENCH_SUBS="100 1000 10000",
+# Environment knobs: BENCH_REPS=3, BENCH_ONLY=scale,fixed,latency, BENCH_SUBS="100 1000 10000",
 # BENCH_KINDS="eq range message", BENCH_WORK=target/bench-rows, BENCH_SKIP_BUILD=1,
 # BENCH_QUIET_WAIT=300 (seconds to wait for the machine to calm down before each run),
 # BENCH_PROFILE=release (debug: a quick check of the script with unoptimised binaries).
@@ -28,7 +32,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 REPS=${BENCH_REPS:-3}
-ONLY=${BENCH_ONLY:-scale,latency}
+ONLY=${BENCH_ONLY:-scale,fixed,latency}
 SUBS=${BENCH_SUBS:-100 1000 10000}
 KINDS=${BENCH_KINDS:-eq range message}
 WORK=${BENCH_WORK:-target/bench-rows}
@@ -158,6 +162,22 @@ if wants scale; then
                 start_server "scale_${kind}_${n}_$r"
                 run_bench "scale-$kind-$n#$r" rows --kind "$kind" --subscriptions "$n" \
                     --changes "$changes" --batch 500 --window 4 --max-seconds 120 --drain-timeout 120
+                stop_server
+            done
+        done
+    done
+fi
+
+if wants fixed; then
+    for n in $SUBS; do
+        for r in $(seq 1 "$REPS"); do
+            for kind in $KINDS; do
+                changes=100000
+                if [ "$kind" = range ] && [ "$n" -gt 1000 ]; then changes=20000; fi
+                start_server "fixed_${kind}_${n}_$r"
+                run_bench "fixed-$kind-$n#$r" rows --kind "$kind" --subscriptions "$n" \
+                    --active-users 100 --changes "$changes" --batch 500 --window 4 \
+                    --max-seconds 120 --drain-timeout 120
                 stop_server
             done
         done

@@ -156,6 +156,11 @@ pub struct RowsArgs {
     /// Subscriptions each change matches (socket i follows user i / K).
     #[arg(long, default_value_t = 1)]
     pub per_change: usize,
+    /// Users that changes go to (0: every user): change j belongs to user j mod A, so only the
+    /// sockets of the first A users receive anything and the others are subscriptions the
+    /// server must pass over (the cost of a change with a fixed number of receivers).
+    #[arg(long, default_value_t = 0)]
+    pub active_users: usize,
     /// Table in schema `public`, in pgws's publication, with columns
     /// `user_id int, seq bigint, t_ns bigint, body text` (scripts/bench-rows.sh creates it).
     #[arg(long, default_value = "bench_rows")]

@@ -7,8 +7,9 @@
 //! equality filter, found through the server's index), `user_id=gte.U&user_id=lte.U` (the same
 //! rows, but a filter the index cannot use, so every subscription's filter is evaluated), or the
 //! plain channel `rowmsg-U` fed by `pg_logical_emit_message`. Change j (its `seq`) belongs to user
-//! `j mod (S / K)`, so every change is expected at exactly K sockets, and the run checks that each
-//! socket received exactly its share. Changes are inserted from SQL in transactions of `--batch`
+//! `j mod (S / K)` (or `j mod A` with `--active-users A`: only the first A users' sockets receive,
+//! the rest are subscriptions the server must pass over), so every change is expected at exactly
+//! K sockets, and the run checks that each socket received exactly its share. Changes are inserted from SQL in transactions of `--batch`
 //! rows, as fast as possible (throughput, server CPU per change) or at `--rate` (latency: from the
 //! moment the generator issues the statement, whose time is in the row, to the moment it parses
 //! the frame).
@@ -312,7 +313,16 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     }
     let conninfo = g.pg.as_deref().context("--pg is required")?;
     let client = pg::connect(conninfo, Duration::from_secs(10)).await?;
-    let users = (a.subscriptions / a.per_change) as u64;
+    let all_users = (a.subscriptions / a.per_change) as u64;
+    if a.active_users as u64 > all_users {
+        bail!("--active-users must be at most --subscriptions / --per-change");
+    }
+    // Changes go to the first `users` users; the other subscriptions receive nothing.
+    let users = if a.active_users == 0 {
+        all_users
+    } else {
+        a.active_users as u64
+    };
     let claims = match a.kind {
         RowsKind::Message => json!({"mode":"r"}),
         _ => json!({"mode":"r","channels":[table_channel(a)]}),
@@ -419,7 +429,13 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
 
     // Each socket's share: the changes j with j mod users == its user.
     let ok_changes = sent.changes - sent.failed;
-    let share = |u: u64| ok_changes / users + u64::from(u < ok_changes % users);
+    let share = |u: u64| {
+        if u < users {
+            ok_changes / users + u64::from(u < ok_changes % users)
+        } else {
+            0
+        }
+    };
     let (mut lost, mut extra, mut ooo, mut unreadable, mut errors, mut closed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for (i, s) in per_socket.iter().enumerate() {
@@ -454,7 +470,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         RowsKind::Message => "message",
     };
     let params = json!({"subscriptions": a.subscriptions, "kind": kind,
-        "per_change": a.per_change, "changes": count, "batch": a.batch, "window": a.window,
+        "per_change": a.per_change, "active_users": users, "changes": count, "batch": a.batch, "window": a.window,
         "rate": a.rate, "payload": a.payload, "table": a.table});
     let mut r = Report::new("rows", &g.label, params);
     r.set("changes_sent", sent.changes);
@@ -523,6 +539,7 @@ mod tests {
             subscriptions: 10,
             kind: RowsKind::Range,
             per_change: 2,
+            active_users: 0,
             table: "bench_rows".into(),
             changes: 1,
             batch: 1,
