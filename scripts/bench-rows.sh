@@ -158,7 +158,7 @@ if wants scale; then
             for kind in $KINDS; do
                 changes=100000
                 # Every range filter is evaluated for every change: fewer changes keep the run short.
-                if [ "$kind" = range ] && [ "$n" -gt 1000 ]; then changes=20000; fi
+                if [ "$kind" = range ] && [ "$n" -gt 1000 ]; then changes=2000; fi
                 start_server "scale_${kind}_${n}_$r"
                 run_bench "scale-$kind-$n#$r" rows --kind "$kind" --subscriptions "$n" \
                     --changes "$changes" --batch 500 --window 4 --max-seconds 120 --drain-timeout 120
@@ -173,7 +173,7 @@ if wants fixed; then
         for r in $(seq 1 "$REPS"); do
             for kind in $KINDS; do
                 changes=100000
-                if [ "$kind" = range ] && [ "$n" -gt 1000 ]; then changes=20000; fi
+                if [ "$kind" = range ] && [ "$n" -gt 1000 ]; then changes=2000; fi
                 start_server "fixed_${kind}_${n}_$r"
                 run_bench "fixed-$kind-$n#$r" rows --kind "$kind" --subscriptions "$n" \
                     --active-users 100 --changes "$changes" --batch 500 --window 4 \

@@ -161,6 +161,10 @@ pub struct RowsArgs {
     /// server must pass over (the cost of a change with a fixed number of receivers).
     #[arg(long, default_value_t = 0)]
     pub active_users: usize,
+    /// Subscriptions awaiting their answer at a time (0: all at once). pgws reads a table's
+    /// description from the database for each row subscription; thousands at once queue there.
+    #[arg(long, default_value_t = 200)]
+    pub subscribe_window: usize,
     /// Table in schema `public`, in pgws's publication, with columns
     /// `user_id int, seq bigint, t_ns bigint, body text` (scripts/bench-rows.sh creates it).
     #[arg(long, default_value = "bench_rows")]

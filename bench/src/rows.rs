@@ -31,7 +31,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// What the socket tasks share with the run.
 #[derive(Default)]
@@ -101,10 +101,13 @@ async fn socket_loop(
     request: String,
     time_key: &'static [u8],
     shared: Arc<Shared>,
+    subscribing: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> SockStats {
     let mut st = SockStats::default();
     let mut answered = false;
+    // Held until the subscription is answered: bounds the subscribes in flight.
+    let mut permit: Option<OwnedSemaphorePermit> = subscribing.acquire_owned().await.ok();
     let mut last_seq: Option<u64> = None;
     let mut samples = Vec::new();
     wr.push_text(request.as_bytes());
@@ -156,6 +159,7 @@ async fn socket_loop(
                         }
                         v2::Kind::Subscribed if !answered => {
                             answered = true;
+                            permit = None;
                             shared.ready.fetch_add(1, Ordering::Relaxed);
                             shared.answered.notify_one();
                         }
@@ -163,6 +167,7 @@ async fn socket_loop(
                             st.error_frames += 1;
                             if !answered {
                                 answered = true;
+                                permit = None;
                                 let mut first = shared
                                     .first_refusal
                                     .lock()
@@ -192,6 +197,7 @@ async fn socket_loop(
             st.closed = true;
         }
     }
+    drop(permit);
     if !answered {
         shared.refused.fetch_add(1, Ordering::Relaxed);
         shared.answered.notify_one();
@@ -355,6 +361,11 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     } else {
         b"\"t_ns\":"
     };
+    let subscribing = Arc::new(Semaphore::new(if a.subscribe_window == 0 {
+        Semaphore::MAX_PERMITS
+    } else {
+        a.subscribe_window
+    }));
     let subscribe_started = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
@@ -366,6 +377,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
                 req,
                 time_key,
                 shared.clone(),
+                subscribing.clone(),
                 stop_rx.clone(),
             ))
         })
@@ -470,7 +482,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         RowsKind::Message => "message",
     };
     let params = json!({"subscriptions": a.subscriptions, "kind": kind,
-        "per_change": a.per_change, "active_users": users, "changes": count, "batch": a.batch, "window": a.window,
+        "per_change": a.per_change, "active_users": users, "subscribe_window": a.subscribe_window, "changes": count, "batch": a.batch, "window": a.window,
         "rate": a.rate, "payload": a.payload, "table": a.table});
     let mut r = Report::new("rows", &g.label, params);
     r.set("changes_sent", sent.changes);
@@ -540,6 +552,7 @@ mod tests {
             kind: RowsKind::Range,
             per_change: 2,
             active_users: 0,
+            subscribe_window: 0,
             table: "bench_rows".into(),
             changes: 1,
             batch: 1,
