@@ -367,19 +367,23 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         a.subscribe_window
     }));
     let subscribe_started = Instant::now();
+    // Sockets connect in any order: each task keeps its socket's number `i`.
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|(i, c)| {
             let req = subscribe_request(a, i);
-            tokio::spawn(socket_loop(
-                c,
+            (
                 i,
-                req,
-                time_key,
-                shared.clone(),
-                subscribing.clone(),
-                stop_rx.clone(),
-            ))
+                tokio::spawn(socket_loop(
+                    c,
+                    i,
+                    req,
+                    time_key,
+                    shared.clone(),
+                    subscribing.clone(),
+                    stop_rx.clone(),
+                )),
+            )
         })
         .collect();
     let answered_by = Instant::now() + Duration::from_secs(120);
@@ -435,8 +439,8 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     let usage = window.finish(threads);
     let _ = stop_tx.send(true);
     let mut per_socket = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        per_socket.push(t.await.unwrap_or_default());
+    for (i, t) in tasks {
+        per_socket.push((i, t.await.unwrap_or_default()));
     }
 
     // Each socket's share: the changes j with j mod users == its user.
@@ -450,7 +454,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     };
     let (mut lost, mut extra, mut ooo, mut unreadable, mut errors, mut closed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    for (i, s) in per_socket.iter().enumerate() {
+    for (i, s) in per_socket.iter().map(|(i, s)| (*i, s)) {
         let want = if sent.failed == 0 {
             share(user_of(i, a.per_change) as u64)
         } else {
@@ -463,7 +467,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         errors += s.error_frames;
         closed += u64::from(s.closed);
     }
-    let received: u64 = per_socket.iter().map(|s| s.received).sum();
+    let received: u64 = per_socket.iter().map(|(_, s)| s.received).sum();
     let last_rx = shared.last_rx_ns.load(Ordering::Relaxed);
     let span_s = last_rx.saturating_sub(sent.first_ns) as f64 / 1e9;
     let changes_per_s = if span_s > 0.0 {
