@@ -2,7 +2,7 @@
 //! sub-command per scenario (`fanout`, `ingest`, `idle`, and the event-stream
 //! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`), `chaos`, and the
 //! protocol v2 request scenarios `v2-subscribe` and `v2-publish` (`fanout` and `idle` take
-//! `--v2`).
+//! `--v2`), and `rows` (row changes to filtered row subscriptions).
 
 use clap::{Args, Parser, Subcommand};
 
