@@ -185,6 +185,11 @@ impl Client {
         self.authz.as_ref()
     }
 
+    /// The server state, shared (for work that outlives a request: a snapshot's read).
+    pub fn state_arc(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// The server state (settings the transport needs: pings, shutdown, metrics).
     pub fn state(&self) -> &AppState {
         &self.state

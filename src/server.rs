@@ -142,7 +142,12 @@ impl Server {
         let stop = shutdown.child_token();
         let authz_metrics = crate::authz::AuthzMetrics::new();
         let presence_metrics = crate::presence::PresenceMetrics::default();
-        let metrics = Arc::new(Metrics::new(&[&authz_metrics, &presence_metrics]));
+        let rows_authz_metrics = crate::rows::authorize::AuthorizeMetrics::default();
+        let metrics = Arc::new(Metrics::new(&[
+            &authz_metrics,
+            &presence_metrics,
+            &rows_authz_metrics,
+        ]));
         let hub = Arc::new(Hub::with_stats(
             HubStats {
                 delivered: metrics.deliveries.clone(),
@@ -155,6 +160,8 @@ impl Server {
                     .clone(),
                 replayed: metrics.replayed.clone(),
                 resume_gaps: metrics.resume_gaps.clone(),
+                row_evaluations: metrics.row_evaluations.clone(),
+                row_deliveries: metrics.row_deliveries.clone(),
             },
             ReplaySettings {
                 limits: config.replay,
@@ -186,9 +193,29 @@ impl Server {
         } else {
             (None, None)
         };
+        let rls_timeout = config.authz.as_ref().map(|s| s.check_timeout);
+        let rls_discarded = authz_metrics.discarded.clone();
         let authz = config.authz.clone().map(|settings| {
             crate::authz::Authorizer::start(&config.db, settings, authz_metrics, stop.clone())
         });
+        // Row subscriptions (WAL source): the tables' catalog, and per-row authorization when
+        // authorization by the database is on.
+        let catalog = (config.source == SourceKind::Wal).then(|| {
+            Arc::new(crate::rows::catalog::Catalog::new(
+                &config.db,
+                &config.wal_publication,
+            ))
+        });
+        let rls = match (rls_timeout, &catalog) {
+            (Some(timeout), Some(_)) => Some(Arc::new(crate::rows::rls::Rls::new(
+                &config.db,
+                crate::rows::authorize::CohortClaims::from_setting(None),
+                timeout,
+                rows_authz_metrics,
+                rls_discarded,
+            ))),
+            _ => None,
+        };
         let presence = config.presence.clone().map(|settings| {
             crate::presence::Presence::new(
                 settings,
@@ -268,6 +295,7 @@ impl Server {
                         check_interval: config.check_listener_interval,
                         startup_retries: config.startup_retries,
                         metrics: metrics.wal.clone(),
+                        rows: rls.clone().zip(catalog.clone()),
                     },
                     sink,
                     status_tx,
@@ -301,12 +329,8 @@ impl Server {
             active: AtomicUsize::new(0),
             authz,
             presence,
-            catalog: (config.source == SourceKind::Wal).then(|| {
-                Arc::new(crate::rows::catalog::Catalog::new(
-                    &config.db,
-                    &config.wal_publication,
-                ))
-            }),
+            catalog,
+            rls,
             config,
         });
         if let Some(admin) = self.admin {

@@ -59,6 +59,9 @@ pub struct AppState {
     pub presence: Option<Arc<crate::presence::Presence>>,
     /// Tables' descriptions for row subscriptions (WAL source only).
     pub catalog: Option<Arc<crate::rows::catalog::Catalog>>,
+    /// Per-row authorization of row subscriptions (WAL source with authorization by the
+    /// database).
+    pub rls: Option<Arc<crate::rows::rls::Rls>>,
 }
 
 impl AppState {

@@ -42,7 +42,12 @@ fuzz_target!(|data: &[u8]| {
                         since,
                         presence,
                         filter,
+                        snapshot,
                     } => {
+                        assert_eq!(
+                            obj.get("snapshot").and_then(Value::as_bool) == Some(true),
+                            *snapshot
+                        );
                         assert_eq!(member("filter"), filter.as_deref());
                         assert_eq!(member("type"), Some("subscribe"));
                         assert_eq!(member("channel"), Some(channel.as_str()));
@@ -83,7 +88,9 @@ fuzz_target!(|data: &[u8]| {
                     since,
                     presence,
                     filter,
+                    snapshot,
                 } => {
+                    obj.insert("snapshot".into(), json!(snapshot));
                     if let Some(f) = filter {
                         obj.insert("filter".into(), json!(f));
                     }

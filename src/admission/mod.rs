@@ -190,6 +190,7 @@ impl Refusal {
             Self::Rows(RowsRefusal::UnknownTable(_)) => StatusCode::NOT_FOUND,
             Self::Rows(RowsRefusal::BadFilter(_)) => StatusCode::BAD_REQUEST,
             Self::Rows(RowsRefusal::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Rows(RowsRefusal::NeedsV2) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -313,11 +314,16 @@ async fn row_views<B>(
     let mut views = Vec::new();
     let tables = channels.iter().filter(|c| crate::channel::is_table(c));
     for channel in tables {
+        // Per-row authorization reaches v2 subscriptions only: an event stream or a compat
+        // socket would otherwise see every row of the table.
+        if state.rls.is_some() {
+            return Err(Refusal::Rows(RowsRefusal::NeedsV2));
+        }
         let filter = filter_of_query(req.uri().query());
-        let sub = prepare(state.catalog.as_deref(), channel, &filter)
+        let prepared = prepare(state.catalog.as_deref(), channel, &filter)
             .await
             .map_err(Refusal::Rows)?;
-        views.push((channel.clone(), sub.into_view()));
+        views.push((channel.clone(), prepared.sub.into_view()));
     }
     Ok(views)
 }

@@ -101,7 +101,7 @@ impl DbError {
 }
 
 /// The settings of one transaction.
-pub(super) struct Session<'a> {
+pub(crate) struct Session<'a> {
     pub subject: &'a Subject,
     pub channel: &'a str,
     pub mode: &'a str,
@@ -110,7 +110,7 @@ pub(super) struct Session<'a> {
 
 /// Runs `call` (one statement with `params`) in a transaction as the session's role, ending it
 /// with `end`. Returns the call's rows.
-pub(super) async fn transaction(
+pub(crate) async fn transaction(
     pool: &Pool,
     session: &Session<'_>,
     call: &str,

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub replayed: Counter,
     /// Resumes answered with a `Gap` first (position too old, unknown, other epoch, outage).
     pub resume_gaps: Counter,
+    /// Row subscriptions' filters evaluated on table changes (candidates of the index).
+    pub row_evaluations: Counter,
+    /// Table changes queued for row subscriptions (after their filters).
+    pub row_deliveries: Counter,
     /// Messages held by the replay windows (set at scrape).
     pub window_messages: Gauge,
     /// Text bytes held by the replay windows (set at scrape).
@@ -119,6 +123,8 @@ impl Metrics {
             listened: Gauge::default(),
             replayed: Counter::default(),
             resume_gaps: Counter::default(),
+            row_evaluations: Counter::default(),
+            row_deliveries: Counter::default(),
             window_messages: Gauge::default(),
             window_bytes: Gauge::default(),
             forwarded_ignored: Counter::default(),
@@ -212,6 +218,16 @@ impl Metrics {
             "resume_gaps",
             "Resumes that began with a Gap event (position too old, unknown, other epoch, outage)",
             m.resume_gaps.clone(),
+        );
+        registry.register(
+            "rows_filter_evaluations",
+            "Row subscriptions' filters evaluated on table changes (the equality index's candidates); minus rows_deliveries: changes filtered out",
+            m.row_evaluations.clone(),
+        );
+        registry.register(
+            "rows_deliveries",
+            "Table changes queued for row subscriptions, after their filters",
+            m.row_deliveries.clone(),
         );
         registry.register(
             "window_messages",

@@ -84,6 +84,7 @@ pub fn changes(
     msg: &Message,
     relations: &RelationCache,
     commit_micros: i64,
+    xid: u32,
 ) -> Result<Vec<Change>, DecodeError> {
     let commit_time = format_pg_micros(commit_micros);
     let one = |rel: &Relation, op: Op, new: Option<Map<String, Value>>, old, unchanged| {
@@ -95,6 +96,9 @@ pub fn changes(
         obj.insert("new".into(), new.map_or(Value::Null, Value::Object));
         obj.insert("old".into(), old);
         obj.insert("unchanged_toast".into(), unchanged);
+        // The transaction's id: what tells a change already in a snapshot from one after it
+        // (docs/ROWS.md, "Snapshots"), and groups the changes of one transaction.
+        obj.insert("xid".into(), Value::from(xid));
         Change {
             channel: channel_of(&rel.namespace, &rel.name),
             text: Value::Object(obj).to_string(),

@@ -10,6 +10,8 @@
 //! - [`filter`]: PostgREST filter syntax: parser, limits, binding to columns, evaluator;
 //! - [`index`]: per-table subscription index on equality conjuncts;
 //! - [`subscribe`]: a client's table and filter made into a row subscription, or refused;
+//! - [`snapshot`]: the rows a subscription starts from, and the seam with the change stream;
+//! - [`rls`]: per-row authorization wired in: cohorts, decisions attached to frames;
 //! - [`selector`]: row subscriptions on a table channel, the hub's selector for it;
 //! - `temporal`: dates and times as comparable numbers, for filters.
 //!
@@ -19,13 +21,16 @@
 // filters come next); the WAL source uses `pgoutput` and `change` today.
 #![allow(dead_code)]
 
+pub mod authorize;
 pub mod catalog;
 pub mod change;
 pub mod decode_metrics;
 pub mod filter;
 pub mod index;
 pub mod pgoutput;
+pub mod rls;
 pub mod selector;
+pub mod snapshot;
 pub mod subscribe;
 mod temporal;
 pub mod value;

@@ -26,7 +26,7 @@ async fn connect(cluster: &Cluster) -> tokio_postgres::Client {
 }
 
 /// Columns of every common type; each row a case (NULLs, extremes, escapes).
-const TABLE: &str = r#"
+pub(super) const TABLE: &str = r#"
 CREATE TYPE mood AS ENUM ('sad', 'happy');
 CREATE TABLE every_type (
   n int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, num numeric, f4 real, f8 double precision,

@@ -528,6 +528,13 @@ impl RelationCache {
         self.by_oid.len()
     }
 
+    /// The relation named `namespace.name` (a linear scan: a session sees few tables).
+    pub fn find(&self, namespace: &str, name: &str) -> Option<&Arc<Relation>> {
+        self.by_oid
+            .values()
+            .find(|r| r.namespace == namespace && r.name == name)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_oid.is_empty()
     }

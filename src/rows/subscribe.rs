@@ -5,7 +5,9 @@
 //! parse within the limits and bind to the table's columns ([`Filter`]). What it must never do:
 //! touch the hub: the caller joins with the [`RowSubscription`] it gets, or refuses.
 
-use super::catalog::{Catalog, CatalogError, split_name};
+use std::sync::Arc;
+
+use super::catalog::{Catalog, CatalogError, TableInfo, split_name};
 use super::filter::{Filter, FilterError, Limits};
 use super::selector::RowSubscription;
 use crate::channel::TABLE_PREFIX;
@@ -22,6 +24,23 @@ pub enum RowsRefusal {
     /// The table's description could not be read.
     #[error("{0}")]
     Unavailable(String),
+    /// Per-row authorization is on, and this carrier cannot take part in it yet.
+    #[error(
+        "with authorization by the database, table channels are followed over protocol v2 (per-row authorization)"
+    )]
+    NeedsV2,
+}
+
+/// A row subscription with the table it reads (what a snapshot needs).
+pub struct Prepared {
+    /// The subscription (filter bound to the table).
+    pub sub: RowSubscription,
+    /// The table's columns and key.
+    pub info: Arc<TableInfo>,
+    /// The table's schema.
+    pub schema: String,
+    /// The table's name.
+    pub table: String,
 }
 
 /// A row subscription to `channel` (`table:<schema>.<table>`) with `filter` (PostgREST syntax;
@@ -30,7 +49,7 @@ pub async fn prepare(
     catalog: Option<&Catalog>,
     channel: &str,
     filter: &str,
-) -> Result<RowSubscription, RowsRefusal> {
+) -> Result<Prepared, RowsRefusal> {
     let Some(catalog) = catalog else {
         return Err(RowsRefusal::UnknownTable(
             "table changes come only from the WAL source (PGWS_SOURCE=wal)".into(),
@@ -45,7 +64,12 @@ pub async fn prepare(
         _ => RowsRefusal::UnknownTable(e.to_string()),
     })?;
     let bound = Filter::bind(&parsed, info.columns.as_slice())?;
-    Ok(RowSubscription::new(bound, info.key.clone()))
+    Ok(Prepared {
+        sub: RowSubscription::new(bound, info.key.clone()),
+        schema: schema.to_owned(),
+        table: table.to_owned(),
+        info,
+    })
 }
 
 /// The filter an event stream's or a compat websocket's URL carries: its query string without

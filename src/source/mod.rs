@@ -147,11 +147,25 @@ impl<'a, 'h> Runs<'a, 'h> {
     /// Adds a message for `channel` (positioned at `seq`; zero: the hub numbers it), closing
     /// the current run when the channel changes.
     fn push(&mut self, channel: Cow<'a, str>, seq: Seq, text: &str) {
+        self.push_detailed(channel, seq, text, None);
+    }
+
+    /// [`Runs::push`] with a detail for the hub's selectors.
+    fn push_detailed(
+        &mut self,
+        channel: Cow<'a, str>,
+        seq: Seq,
+        text: &str,
+        detail: Option<crate::stream::frame::Detail>,
+    ) {
         if self.channel.as_ref() != Some(&channel) {
             self.flush();
             self.channel = Some(channel);
         }
-        let mut frame = Frame::text(text);
+        let mut frame = match detail {
+            Some(d) => Frame::with_detail(text, d),
+            None => Frame::text(text),
+        };
         if !seq.is_zero() {
             frame.set_seq(seq);
         }
@@ -217,16 +231,17 @@ impl Sink {
         runs.finish()
     }
 
-    /// Delivers positioned messages to the channels named with them (table changes: the table's
-    /// channel), past the control plane and the routing rules, which are about the bus's messages.
-    pub fn deliver_to_channels<'a>(
+    /// Delivers table changes to their table's channel, past the control plane and the routing
+    /// rules (which are about the bus's messages), each with what its channel's selectors need
+    /// (per-row authorization decisions).
+    pub fn deliver_changes<'a>(
         &self,
-        batch: impl IntoIterator<Item = (Seq, &'a str, &'a str)>,
+        batch: impl IntoIterator<Item = (Seq, &'a str, &'a str, Option<crate::stream::frame::Detail>)>,
     ) -> usize {
         let mut runs = Runs::new(&self.hub);
-        for (seq, channel, text) in batch {
+        for (seq, channel, text, detail) in batch {
             self.received.inc();
-            runs.push(Cow::Borrowed(channel), seq, text);
+            runs.push_detailed(Cow::Borrowed(channel), seq, text, detail);
         }
         runs.finish()
     }

@@ -88,6 +88,12 @@ pub struct WalSettings {
     pub startup_retries: Option<u32>,
     /// Where to count.
     pub metrics: WalMetrics,
+    /// Per-row authorization and the tables' catalog: each batch of table changes is decided
+    /// for the cohorts with row subscribers before it reaches the hub (`None`: off).
+    pub rows: Option<(
+        Arc<crate::rows::rls::Rls>,
+        Arc<crate::rows::catalog::Catalog>,
+    )>,
 }
 
 /// A `slot` label.
@@ -649,7 +655,7 @@ struct Reader<'a> {
     prefix: &'a str,
     /// The open transaction: its commit LSN, the index of its next item, and its commit time
     /// (microseconds since 2000-01-01).
-    txn: Option<(u64, u64, i64)>,
+    txn: Option<(u64, u64, i64, u32)>,
     /// What was read and not yet handed to the sink, in stream order.
     pending: Vec<(Seq, Item)>,
     /// The tables seen on this session (pgoutput sends a table's Relation before its first
@@ -703,7 +709,7 @@ impl Reader<'_> {
                             None => break,
                         }
                     }
-                    self.flush(sink);
+                    self.flush(sink, settings.rows.as_ref()).await;
                     if let Some(why) = failed {
                         return Ended::Retry(why);
                     }
@@ -736,9 +742,9 @@ impl Reader<'_> {
             ReplicationEvent::Begin {
                 final_lsn,
                 commit_time_micros,
-                ..
+                xid,
             } => {
-                self.txn = Some((final_lsn.as_u64(), 0, commit_time_micros));
+                self.txn = Some((final_lsn.as_u64(), 0, commit_time_micros, xid));
             }
             ReplicationEvent::Message {
                 transactional,
@@ -751,7 +757,7 @@ impl Reader<'_> {
                     return;
                 }
                 let seq = match (transactional, &mut self.txn) {
-                    (true, Some((commit, next, _))) => {
+                    (true, Some((commit, next, _, _))) => {
                         *next += 1;
                         Seq::wal(*commit, *next - 1)
                     }
@@ -791,7 +797,7 @@ impl Reader<'_> {
                 tracing::warn!(error = %e, "a pgoutput message could not be read; skipped");
                 // A row change that cannot be read still takes its place, so that the
                 // positions of the transaction's later items do not depend on it.
-                if let (Some((_, next, _)), Some(b'I' | b'U' | b'D')) =
+                if let (Some((_, next, _, _)), Some(b'I' | b'U' | b'D')) =
                     (&mut self.txn, data.first())
                 {
                     *next += 1;
@@ -804,10 +810,10 @@ impl Reader<'_> {
             self.metrics.relations.set(self.relations.len() as i64);
             return;
         }
-        let Some((commit, next, commit_time)) = &mut self.txn else {
+        let Some((commit, next, commit_time, xid)) = &mut self.txn else {
             return;
         };
-        let changes = match change::changes(&message, &self.relations, *commit_time) {
+        let changes = match change::changes(&message, &self.relations, *commit_time, *xid) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.undecodable.inc();
@@ -868,7 +874,14 @@ impl Reader<'_> {
 
     /// Hands what was read to the sink, in order: logical messages through the routing rules,
     /// table changes to their table's channel.
-    fn flush(&mut self, sink: &Sink) {
+    async fn flush(
+        &mut self,
+        sink: &Sink,
+        rows: Option<&(
+            Arc<crate::rows::rls::Rls>,
+            Arc<crate::rows::catalog::Catalog>,
+        )>,
+    ) {
         if self.pending.is_empty() {
             return;
         }
@@ -901,9 +914,24 @@ impl Reader<'_> {
                         Item::Message(_) => None,
                     })
                 };
-                sink.deliver_to_channels(
-                    changes().map(|(seq, c)| (seq, c.channel.as_str(), c.text.as_str())),
-                );
+                // Per-row authorization first (one statement per table and cohort of the run),
+                // so that every frame reaches the hub with its decision.
+                let details = match rows {
+                    Some((rls, catalog)) => {
+                        let list: Vec<&Change> = changes().map(|(_, c)| c).collect();
+                        rls.decide(catalog, &self.relations, &list).await
+                    }
+                    None => Vec::new(),
+                };
+                let mut details = details.into_iter();
+                sink.deliver_changes(changes().map(|(seq, c)| {
+                    (
+                        seq,
+                        c.channel.as_str(),
+                        c.text.as_str(),
+                        details.next().flatten(),
+                    )
+                }));
                 self.count(changes().map(|(_, c)| c));
             }
             at = end;

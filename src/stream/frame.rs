@@ -62,7 +62,14 @@ struct Inner {
     name: Option<&'static str>,
     /// The encodings made so far, one slot per [`Encoding`].
     encoded: [OnceLock<Box<[u8]>>; Encoding::SLOTS],
+    /// What the source attached for the hub's selectors (a table change's authorization
+    /// decisions); opaque here, kept with the frame in the replay window so that a replay
+    /// decides as live delivery did.
+    detail: Option<Detail>,
 }
+
+/// An opaque attachment of a frame ([`Frame::with_detail`]).
+pub type Detail = Arc<dyn std::any::Any + Send + Sync>;
 
 /// A stream message's channel and the epoch of its numbering.
 struct Route {
@@ -92,9 +99,24 @@ impl Frame {
                 route,
                 name: None,
                 encoded: Default::default(),
+                detail: None,
             }),
             seq,
         }
+    }
+
+    /// A frame of `text` carrying `detail` for the hub's selectors.
+    pub fn with_detail(text: &str, detail: Detail) -> Self {
+        let mut frame = Self::text(text);
+        if let Some(inner) = Arc::get_mut(&mut frame.inner) {
+            inner.detail = Some(detail);
+        }
+        frame
+    }
+
+    /// What the source attached ([`Frame::with_detail`]).
+    pub fn detail(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.inner.detail.as_deref()
     }
 
     /// A frame with another text at the same place in the stream (channel, epoch, position):
@@ -151,10 +173,11 @@ impl Frame {
                 inner.encoded = Default::default();
             }
             None => {
-                let name = self.inner.name;
+                let (name, detail) = (self.inner.name, self.inner.detail.clone());
                 *self = Self::make(self.inner.text.clone(), Some(route), self.seq);
                 if let Some(inner) = Arc::get_mut(&mut self.inner) {
                     inner.name = name;
+                    inner.detail = detail;
                 }
             }
         }
@@ -169,10 +192,11 @@ impl Frame {
                     channel: r.channel.clone(),
                     epoch: r.epoch,
                 });
-                let name = self.inner.name;
+                let (name, detail) = (self.inner.name, self.inner.detail.clone());
                 *self = Self::make(self.inner.text.clone(), route, self.seq);
                 if let Some(inner) = Arc::get_mut(&mut self.inner) {
                     inner.name = name;
+                    inner.detail = detail;
                 }
             }
         }

@@ -37,7 +37,7 @@ use super::frame::{Encoding, Frame};
 use super::gap::GapReason;
 use super::outbox::{Outbox, Push};
 use super::position::{Position, ResumeFrom, Seq};
-use super::select::{Selector, View};
+use super::select::{Kept, Selector, View};
 use super::window::{Held, Window, WindowLimits};
 
 /// Counters of what the hub did (shared with the metrics registry).
@@ -53,6 +53,10 @@ pub struct HubStats {
     pub replayed: Counter,
     /// Resumes that could not be exact (a `Gap` was sent first).
     pub resume_gaps: Counter,
+    /// Filtered subscribers asked about a message ([`Selector::route`]'s candidates).
+    pub row_evaluations: Counter,
+    /// Frames queued for filtered subscribers.
+    pub row_deliveries: Counter,
 }
 
 /// How the hub keeps messages for replay.
@@ -394,8 +398,9 @@ impl Hub {
         // A list, not a map: the sockets a run reaches are usually few, and their order of
         // first appearance keeps the pushes deterministic.
         let mut per: Vec<(Arc<Outbox>, Vec<Frame>)> = Vec::new();
+        let mut evaluated = 0;
         for frame in run {
-            selector.route(frame, &mut |outbox, frame| match per
+            evaluated += selector.route(frame, &mut |outbox, frame| match per
                 .iter_mut()
                 .find(|(o, _)| Arc::ptr_eq(o, outbox))
             {
@@ -411,6 +416,8 @@ impl Hub {
                 self.stats.overflowed.inc_by((frames.len() - queued) as u64);
             }
         }
+        self.stats.row_evaluations.inc_by(evaluated as u64);
+        self.stats.row_deliveries.inc_by(n as u64);
         n
     }
 
@@ -600,6 +607,34 @@ impl Hub {
             );
         }
         first
+    }
+
+    /// Ends the holding of `outbox`'s view of `channel` (its snapshot has been sent) and queues,
+    /// under the write lock (no message of the channel can come in between), what `finish`
+    /// makes of what it held and of the stream's position now: the held changes that the
+    /// snapshot did not contain, then the snapshot's end with this position. `false` (nothing
+    /// queued) when the socket no longer follows the channel, or was not holding.
+    pub fn release_view(
+        &self,
+        channel: &str,
+        outbox: &Arc<Outbox>,
+        finish: impl FnOnce(Kept, Position) -> Vec<Frame>,
+    ) -> bool {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let Some(held) = map
+            .get_mut(channel)
+            .and_then(|e| e.selector.as_mut())
+            .and_then(|s| s.release(outbox))
+        else {
+            return false;
+        };
+        let now = Position {
+            epoch: self.epoch(),
+            seq: self.last(),
+        };
+        // Past the queue's limits like a replay: what was held is bounded by the holding cap.
+        outbox.push_replay(&finish(held, now));
+        true
     }
 
     /// Removes a socket from a channel. Returns `true` when that was the last subscriber. The

@@ -25,4 +25,4 @@ pub use gap::GapReason;
 pub use hub::{Hub, HubStats, ReplaySettings, ResumeGap, Resumed};
 pub use outbox::{Limits, Outbox};
 pub use position::{Position, ResumeFrom, Seq};
-pub use select::{Selector, View};
+pub use select::{Kept, Selector, View};

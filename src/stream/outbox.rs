@@ -202,6 +202,18 @@ impl Outbox {
         }
     }
 
+    /// Bytes queued now, and whether the outbox still takes frames (not closed, not
+    /// overflowed): a producer that may wait (a snapshot's pages) paces itself on it.
+    pub fn backlog(&self) -> (usize, bool) {
+        let s = self.lock();
+        (s.bytes, !s.closed && !s.overflowed)
+    }
+
+    /// The byte limit of the queue.
+    pub fn byte_limit(&self) -> usize {
+        self.limits.bytes
+    }
+
     /// Moves every queued frame into `out`.
     pub fn drain_into(&self, out: &mut Vec<Frame>) -> Drained {
         let mut s = self.lock();

@@ -31,11 +31,25 @@ pub trait Selector: Send + Sync {
     /// Calls `each` once per subscriber (for server-wide notices such as an outage).
     fn for_each(&self, each: &mut dyn FnMut(&Arc<Outbox>));
     /// Calls `deliver` with each subscriber that receives `frame` and what it receives (the
-    /// frame itself or a frame derived from it, [`Frame::derived`]).
-    fn route(&self, frame: &Frame, deliver: &mut dyn FnMut(&Arc<Outbox>, Frame));
+    /// frame itself or a frame derived from it, [`Frame::derived`]). Returns how many
+    /// subscribers were asked (for the metrics: asked but not delivered = filtered out).
+    fn route(&self, frame: &Frame, deliver: &mut dyn FnMut(&Arc<Outbox>, Frame)) -> usize;
     /// What `outbox` receives of `frame` (replay after a resume): the same answer as
     /// [`Selector::route`] gives it live.
     fn view(&self, outbox: &Arc<Outbox>, frame: &Frame) -> Option<Frame>;
+    /// Ends the holding of `outbox`'s subscription (one that keeps what it receives aside while
+    /// its snapshot is read) and gives what it held; from now on it receives live. `None`: no
+    /// such subscription, or it was not holding.
+    fn release(&mut self, outbox: &Arc<Outbox>) -> Option<Kept>;
+}
+
+/// What a holding subscription kept aside ([`Selector::release`]).
+#[derive(Debug)]
+pub enum Kept {
+    /// What it received, in stream order.
+    Frames(Vec<Frame>),
+    /// It received more than it may hold: what it held was dropped.
+    Overflowed,
 }
 
 /// A subscription that sees its channel through a view: the subscription itself (opaque to the

@@ -50,6 +50,9 @@ pub enum Request {
         /// `filter`: a row subscription's filter in PostgREST's syntax (table channels only;
         /// checked by the session).
         filter: Option<String>,
+        /// `snapshot`: start a row subscription with the table's current rows (when `since`
+        /// cannot be resumed exactly, or without `since`).
+        snapshot: bool,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -113,6 +116,8 @@ struct Raw<'a> {
     state: Option<Value>,
     #[serde(default)]
     filter: Option<Value>,
+    #[serde(default)]
+    snapshot: Option<Value>,
 }
 
 /// Reads one text frame as a request.
@@ -196,6 +201,11 @@ pub fn parse(text: &str) -> Result<(Id, Request), Malformed> {
                             .into(),
                     ));
                 }
+            },
+            snapshot: match raw.snapshot {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(_) => return Err(bad("\"snapshot\" must be true or false".into())),
             },
         },
         "unsubscribe" => Request::Unsubscribe {
@@ -316,11 +326,62 @@ pub fn outage_gap(channel: &str, down_ms: u64) -> Frame {
 
 /// The answer to `subscribe`: sent after the replay (if any), so everything up to `position`
 /// of the channel was delivered before it, and everything after follows it.
-pub fn subscribed(id: &Id, channel: &str, position: Position, replayed: usize) -> Frame {
+pub fn subscribed(
+    id: &Id,
+    channel: &str,
+    position: Position,
+    replayed: usize,
+    snapshot: Option<bool>,
+) -> Frame {
     let mut body = format!(",\"id\":{},\"channel\":", id.as_json());
     push_str(&mut body, channel);
     let _ = write!(body, ",\"position\":\"{position}\",\"replayed\":{replayed}");
+    if let Some(s) = snapshot {
+        let _ = write!(body, ",\"snapshot\":{s}");
+    }
     frame("subscribed", &body)
+}
+
+/// Changes of a row subscription were withheld because nobody could decide whether the
+/// subscriber may see them (a policy failed or timed out): a `gap` with reason
+/// `authorization_failed`.
+pub fn authorization_gap(channel: &str, message: &str) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"reason\":\"authorization_failed\",\"message\":");
+    push_str(&mut body, message);
+    frame("gap", &body)
+}
+
+/// One page of a row subscription's snapshot: `rows` are JSON objects' texts.
+pub fn snapshot(channel: &str, rows: &[String]) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"rows\":[");
+    body.push_str(&rows.join(","));
+    body.push(']');
+    frame("snapshot", &body)
+}
+
+/// The snapshot is complete: `rows` were sent, the changes it did not contain came before this
+/// frame, and `position` is where the subscription stands (resume from it).
+pub fn snapshot_end(channel: &str, rows: usize, position: Position) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    let _ = write!(body, ",\"rows\":{rows},\"position\":\"{position}\"");
+    frame("snapshot_end", &body)
+}
+
+/// The snapshot could not be completed (`code`: `too_large`, `timeout`, `too_many_changes`,
+/// `database_unavailable`); the subscription stays, live, without it.
+pub fn snapshot_failed(channel: &str, code: &str, message: &str) -> Frame {
+    let mut body = String::from(",\"channel\":");
+    push_str(&mut body, channel);
+    body.push_str(",\"code\":");
+    push_str(&mut body, code);
+    body.push_str(",\"message\":");
+    push_str(&mut body, message);
+    frame("snapshot_failed", &body)
 }
 
 /// The answer to `unsubscribe`: no message of the channel follows it.
@@ -519,6 +580,7 @@ mod tests {
                 since: Some("x".into()),
                 presence: false,
                 filter: None,
+                snapshot: false,
             }
         );
         let (_, r) =
@@ -628,7 +690,11 @@ mod tests {
             json(&nack(&id, "c", "read_only", "no"))["code"],
             "read_only"
         );
-        assert_eq!(json(&subscribed(&id, "c", p, 2))["replayed"], 2);
+        assert_eq!(json(&subscribed(&id, "c", p, 2, None))["replayed"], 2);
+        assert_eq!(
+            json(&subscribed(&id, "c", p, 2, Some(true)))["snapshot"],
+            true
+        );
         assert_eq!(
             json(&error(&Id::none(), "bad_json", "x"))["id"],
             Value::Null

@@ -36,7 +36,7 @@ use crate::wire::v2::{self as wire, Id, Request};
 use access::Access;
 
 /// A publish's answer, owed until PostgreSQL (or the write function) answered.
-type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
+type Answer = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 
 /// What one v2 socket holds beyond its [`Client`].
 pub struct Session {
@@ -100,7 +100,7 @@ impl Handler for Session {
 
     async fn next_answer(&mut self) -> Option<Frame> {
         let answer = match &mut self.pending {
-            Some(p) => p.next().await,
+            Some(p) => p.next().await.flatten(),
             None => None,
         };
         if self.pending.as_ref().is_some_and(|p| p.is_empty()) {
@@ -145,9 +145,10 @@ impl Session {
                 since,
                 presence,
                 filter,
+                snapshot,
             } => {
                 if let Err(refused) = self
-                    .subscribe(client, &id, &channel, since, presence, filter)
+                    .subscribe(client, &id, &channel, since, presence, filter, snapshot)
                     .await
                 {
                     client.outbox().push(refused.error(&id));

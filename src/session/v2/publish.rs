@@ -82,11 +82,13 @@ impl Session {
             let key = client.id();
             Box::pin(async move {
                 let outcome = publisher.publish(key, request).await.await;
-                render(&id, &channel, outcome)
+                Some(render(&id, &channel, outcome))
             })
         } else {
             let pending = client.state().publisher.publish(client.id(), request).await;
-            Box::pin(async move { render(&id, &channel, pending.within(ANSWER_TIMEOUT).await) })
+            Box::pin(
+                async move { Some(render(&id, &channel, pending.within(ANSWER_TIMEOUT).await)) },
+            )
         };
         self.pending.get_or_insert_default().push_back(answer);
         Ok(())

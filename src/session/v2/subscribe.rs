@@ -34,6 +34,8 @@ const MAX_SINCE: usize = 256;
 
 impl Session {
     /// Joins `channel` for the client (see the module header); `Err`: the `error` to answer.
+    // The request's members one by one: each is read at its own step below.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn subscribe(
         &mut self,
         client: &mut Client,
@@ -42,6 +44,7 @@ impl Session {
         since: Option<String>,
         presence: bool,
         filter: Option<String>,
+        snapshot: bool,
     ) -> Result<(), Refused> {
         if presence && client.state().presence.is_none() {
             return Err(Refused::new(
@@ -77,18 +80,19 @@ impl Session {
         .await?;
         // A table's channel is followed through a row subscription (filter, columns, key);
         // bound before anything is joined, so a bad filter changes nothing.
-        let view = if crate::channel::is_table(channel) {
-            Some(
+        let (view, pending) = if crate::channel::is_table(channel) {
+            let prepared =
                 rows::subscription(client.state(), channel, filter.as_deref().unwrap_or(""))
-                    .await?,
-            )
-        } else if filter.is_some() {
+                    .await?;
+            let (view, pending) = rows::split(client, prepared, snapshot);
+            (Some(view), pending)
+        } else if filter.is_some() || snapshot {
             return Err(Refused::new(
                 Code::BadRequest,
-                "\"filter\" applies to table channels only (table:<schema>.<table>)",
+                "\"filter\" and \"snapshot\" apply to table channels only (table:<schema>.<table>)",
             ));
         } else {
-            None
+            (None, None)
         };
         // An empty `since` means "no resume", as an empty `Last-Event-ID` does.
         let from = since.filter(|s| !s.trim().is_empty()).map(|s| {
@@ -98,6 +102,19 @@ impl Session {
                 ResumeFrom::parse(&s)
             }
         });
+        // Under per-row authorization a resume is not exact: the kept changes were decided for
+        // the cohorts of their time, which may not include this subscriber's. Said with a gap
+        // (before anything else of the channel); a snapshot heals it.
+        let rls = view.is_some() && client.state().rls.is_some() && client.authz().is_some();
+        let from = if rls && from.is_some() {
+            client.outbox().push(wire::authorization_gap(
+                channel,
+                "a resume under per-row authorization is not exact: changes since the position are not replayed (subscribe with \"snapshot\": true)",
+            ));
+            None
+        } else {
+            from
+        };
         if let Some(ResumeFrom::At(p)) = from {
             // Only a WAL source can be behind a position it will reach (see `Hub::wait_for`); for
             // NOTIFY this returns at once.
@@ -132,7 +149,11 @@ impl Session {
             view,
             from,
             wire::resume_gap,
-            |position, resumed| wire::subscribed(id, channel, position, resumed.replayed),
+            |position, resumed| {
+                // A snapshot comes unless the resume was exact.
+                let snapshot = snapshot.then_some(from.is_none() || resumed.gap);
+                wire::subscribed(id, channel, position, resumed.replayed, snapshot)
+            },
             || {
                 membership = hub_presence
                     .map(|p| p.join(channel, member, presence.then_some((conn, &outbox))));
@@ -142,6 +163,15 @@ impl Session {
         // end of the socket leaves presence too.
         if let Some(m) = membership {
             self.presence.get_or_insert_default().push(m);
+        }
+        if let Some(pending) = pending {
+            if from.is_some() && !resumed.gap {
+                rows::release_now(client, channel);
+            } else {
+                self.pending
+                    .get_or_insert_default()
+                    .push_back(rows::read(client, channel, pending));
+            }
         }
         if from.is_some() {
             tracing::info!(
