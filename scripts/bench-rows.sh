@@ -26,7 +26,8 @@
 # Environment knobs: BENCH_REPS=3, BENCH_ONLY=scale,fixed,latency, BENCH_SUBS="100 1000 10000",
 # BENCH_KINDS="eq range message", BENCH_WORK=target/bench-rows, BENCH_SKIP_BUILD=1,
 # BENCH_QUIET_WAIT=300 (seconds to wait for the machine to calm down before each run),
-# BENCH_PROFILE=release (debug: a quick check of the script with unoptimised binaries).
+# BENCH_PROFILE=release (debug: a quick check of the script with unoptimised binaries),
+# BENCH_ROWS_ARGS (more options for every `pgws-bench rows` run, e.g. `--subscribe-window 0`).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -125,9 +126,10 @@ run_bench() {
     local label=$1
     shift
     wait_quiet
-    echo "pgws-bench --port \$PORT --pg \"\$PGCONN\" --server-pid \$PID --source wal --source-addrs 16 --connect-concurrency 128 --label $label $*" >>"$COMMANDS"
+    echo "pgws-bench --port \$PORT --pg \"\$PGCONN\" --server-pid \$PID --source wal --source-addrs 16 --connect-concurrency 128 --label $label $* ${BENCH_ROWS_ARGS:-}" >>"$COMMANDS"
+    # shellcheck disable=SC2086 # BENCH_ROWS_ARGS is split into options on purpose
     "$GEN" --port "$PORT" --pg "$PGCONN" --server-pid "$SERVER_PID" --source wal \
-        --source-addrs 16 --connect-concurrency 128 --label "$label" "$@" \
+        --source-addrs 16 --connect-concurrency 128 --label "$label" "$@" ${BENCH_ROWS_ARGS:-} \
         >"$WORK/$label.out" 2>"$WORK/$label.err" || {
         echo "generator failed for $label:" >&2
         tail -n 5 "$WORK/$label.err" >&2
