@@ -1,0 +1,238 @@
+// Live collections (`client.rows`) against a real pgws with the WAL source and a real
+// PostgreSQL, with writers running in SQL (≥ 100 committed writes a second) during and after
+// each snapshot: the collection ends equal to the table as filtered, row by row, (a) over
+// several fresh snapshots, (b) across a restart of pgws onto a new replication slot (the
+// client's position is another stream's: a gap, healed by a fresh snapshot), and (c) after a
+// snapshot that failed (its reading connection killed while it waited for a lock), taken again.
+//
+//   PGWS_BIN=/path/to/pgws npm test
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import WebSocket from "ws";
+
+import { PgwsClient } from "../src/index.js";
+import { WAIT_MS, next, psql, publicationReady, startServer, token, withTimeout } from "./harness.mjs";
+
+const hour = () => Math.floor(Date.now() / 1000) + 3600;
+const CHANNEL = "table:public.todos";
+const FILTER = "done=eq.false";
+const SELECT = ["id", "title"];
+/** What the collection must equal: the filtered, projected table. */
+const EXPECTED = "SELECT id, title FROM todos WHERE NOT done";
+
+function client(url) {
+  const tok = token({ mode: "r", channels: [CHANNEL], exp: hour() });
+  return new PgwsClient({ url, token: tok, WebSocket, minDelay: 100, maxDelay: 1000 }).connect();
+}
+
+/** Waits until `cond()` holds, within `ms`. */
+async function waitFor(cond, what, ms = WAIT_MS) {
+  const start = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - start > ms) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function sqlRows(conninfo) {
+  return JSON.parse(await psql(conninfo, `SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]') FROM (${EXPECTED}) t;`));
+}
+
+const writes = async (conninfo) => Number(await psql(conninfo, "SELECT writes FROM ctl;"));
+
+/**
+ * Writes from SQL until stopped: random inserts, deletes and updates (`done` flips, so rows move
+ * in and out of the filter) on ids 1..3000, each committed on its own, a few hundred a second.
+ * The count is in `ctl.writes`. A bound of 120 s keeps a forgotten writer from running on.
+ */
+function writer(conninfo) {
+  const sql = `
+    UPDATE ctl SET stop = false, writes = 0;
+    DO $$
+    DECLARE k int; n int := 0; t0 timestamptz := clock_timestamp();
+    BEGIN
+      LOOP
+        k := 1 + floor(random() * 3000)::int;
+        CASE floor(random() * 4)::int
+          WHEN 0 THEN INSERT INTO todos VALUES (k, 'new', random() < 0.5) ON CONFLICT (id) DO NOTHING;
+          WHEN 1 THEN DELETE FROM todos WHERE id = k;
+          ELSE UPDATE todos SET done = NOT done, title = md5(random()::text) WHERE id = k;
+        END CASE;
+        n := n + 1;
+        IF n % 20 = 0 THEN UPDATE ctl SET writes = n; END IF;
+        COMMIT;
+        EXIT WHEN (SELECT stop FROM ctl) OR clock_timestamp() - t0 > interval '120 s';
+        PERFORM pg_sleep(0.001);
+      END LOOP;
+      UPDATE ctl SET writes = n;
+      COMMIT;
+    END $$;`;
+  const child = spawn(process.env.PSQL || "psql", [conninfo, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], { stdio: ["pipe", "ignore", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (d) => (err += d));
+  const exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+  child.stdin.end(sql);
+  return {
+    started: Date.now(),
+    async stop() {
+      await psql(conninfo, "UPDATE ctl SET stop = true;");
+      const code = await withTimeout(exited, WAIT_MS, "the writer to stop");
+      assert.equal(code, 0, `the writer failed: ${err}`);
+      return { writes: await writes(conninfo), seconds: (Date.now() - this.started) / 1000 };
+    },
+    kill: () => child.kill(),
+  };
+}
+
+/** Resets the table to 2,000 rows (a third done) and a sentinel row 0. */
+async function seed(conninfo) {
+  await psql(conninfo, `
+    TRUNCATE todos;
+    INSERT INTO todos SELECT i, 'seed', i % 3 = 0 FROM generate_series(1, 2000) i;
+    INSERT INTO todos VALUES (0, 'sentinel', false);`);
+}
+
+/**
+ * Stops the writer, marks the end of the stream with an update of the sentinel row, waits for
+ * it in the collection, and checks the collection against the table row by row.
+ */
+async function settle(conninfo, w, coll, label) {
+  const { writes: n, seconds } = await w.stop();
+  const mark = `end-${label}-${Date.now()}`;
+  await psql(conninfo, "UPDATE todos SET title = :'mark' WHERE id = 0;", { mark });
+  await waitFor(() => coll.rows.get("[0]")?.title === mark, `${label}: the sentinel in the collection`);
+  const want = await sqlRows(conninfo);
+  const have = coll.toArray().sort((a, b) => a.id - b.id);
+  assert.equal(have.length, want.length, `${label}: as many rows as the table`);
+  const differ = want.filter((r, i) => JSON.stringify(r) !== JSON.stringify(have[i])).slice(0, 3);
+  assert.deepEqual(differ, [], `${label}: rows differ from the table`);
+  return { writes: n, rate: n / seconds };
+}
+
+describe("live collections (client.rows) under concurrent writers", () => {
+  let db; // the embedded PostgreSQL's pgws
+  before(async () => {
+    db = await startServer(0, "collection-db", { PGWS_SOURCE: "wal" });
+    await publicationReady(db.conninfo);
+    await psql(db.conninfo, `
+      CREATE TABLE todos (id int PRIMARY KEY, title text NOT NULL, done bool NOT NULL DEFAULT false);
+      -- Whole old rows: a row leaving the filter (done flipped) is seen leaving.
+      ALTER TABLE todos REPLICA IDENTITY FULL;
+      ALTER PUBLICATION pgws ADD TABLE todos;
+      CREATE TABLE ctl (stop bool NOT NULL, writes int NOT NULL);
+      INSERT INTO ctl VALUES (true, 0);`);
+  });
+  after(async () => {
+    await db?.stop();
+  });
+
+  it("(a) a snapshot taken while writers run meets the stream: the collection equals the table, 5 times", async () => {
+    const rates = [];
+    for (let round = 0; round < 5; round++) {
+      await seed(db.conninfo);
+      const w = writer(db.conninfo);
+      const c = client(db.url);
+      try {
+        await waitFor(async () => (await writes(db.conninfo)) >= 20, "the writer's first writes");
+        const coll = c.rows("public.todos", { filter: FILTER, select: SELECT });
+        let changes = 0;
+        let resets = 0;
+        for (const e of ["insert", "update", "delete"]) coll.on(e, () => changes++);
+        coll.on("reset", () => resets++);
+        const rows = await withTimeout(coll.ready(), WAIT_MS, "the first snapshot");
+        assert.equal(rows, coll.rows);
+        assert.deepEqual(coll.rows.keyColumns, ["id"]);
+        assert.ok(coll.rows.size > 1000, `a snapshot of the open rows (${coll.rows.size})`);
+        // Writers go on for at least 100 changes the collection applies after the snapshot.
+        await waitFor(() => changes >= 100, `100 live changes (have ${changes})`);
+        const r = await settle(db.conninfo, w, coll, `round ${round}`);
+        assert.ok(r.rate >= 100, `≥ 100 writes a second (${r.rate.toFixed(0)})`);
+        rates.push(Math.round(r.rate));
+        assert.equal(resets, 1, "one snapshot, no re-snapshot");
+        assert.equal(coll.snapshots, 1);
+        coll.close();
+        assert.equal(coll.state, "closed");
+      } finally {
+        w.kill();
+        c.close();
+      }
+    }
+    console.log(`writes a second per round: ${rates.join(", ")}`);
+  });
+
+  it("(b) heals a gap: pgws restarted onto a new slot while writers run, the collection is replaced and equals the table", async () => {
+    await seed(db.conninfo);
+    const env = (n) => ({ PGWS_SOURCE: "wal", PGWS_DB_URI: db.conninfo, PGWS_WAL_SLOT: `coll_slot_${n}`, PGWS_NODE_ID: `coll-node-${n}` });
+    let server = await startServer(0, "collection-b1", env(1));
+    const port = server.port;
+    const w = writer(db.conninfo);
+    const c = client(server.url);
+    try {
+      const coll = c.rows("todos", { filter: FILTER, select: "id,title" });
+      const gaps = [];
+      c.subscribe(CHANNEL).on("gap", (g) => gaps.push(g.reason));
+      let changes = 0;
+      for (const e of ["insert", "update", "delete"]) coll.on(e, () => changes++);
+      await withTimeout(coll.ready(), WAIT_MS, "the first snapshot");
+      await waitFor(() => changes >= 100, `100 live changes (have ${changes})`);
+      const sub = c.subscribe(CHANNEL);
+      assert.equal(sub.resumable, true, "a position to resume from");
+
+      await server.stop();
+      const down = await writes(db.conninfo);
+      await waitFor(async () => (await writes(db.conninfo)) >= down + 100, "100 writes while pgws is down");
+      const reset = next(coll, "reset", "the collection replaced by a fresh snapshot", () => true, 30_000);
+      server = await startServer(port, "collection-b2", env(2));
+      await reset;
+      assert.ok(gaps.length >= 1, "the resume was refused with a gap");
+      assert.equal(coll.snapshots, 2);
+      const after = changes;
+      await waitFor(() => changes >= after + 100, "100 live changes after the fresh snapshot");
+      const r = await settle(db.conninfo, w, coll, "after the restart");
+      console.log(`gap reasons: ${gaps.join(", ")}; ${r.writes} writes, ${r.rate.toFixed(0)} a second`);
+    } finally {
+      w.kill();
+      c.close();
+      await server.stop();
+      await psql(db.conninfo, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'coll_slot_%' AND NOT active;");
+    }
+  });
+
+  it("(c) a failed snapshot (its connection killed) is taken again: the collection equals the table", async () => {
+    await seed(db.conninfo);
+    // Hold the table locked, so the snapshot's read waits; then kill the waiting reader.
+    const holder = spawn(process.env.PSQL || "psql", [db.conninfo, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"], { stdio: ["pipe", "pipe", "pipe"] });
+    const holderExit = new Promise((resolve) => holder.once("exit", resolve));
+    const locked = new Promise((resolve) => holder.stdout.on("data", (d) => String(d).includes("locked") && resolve()));
+    holder.stdin.write("BEGIN; LOCK TABLE todos IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n");
+    const c = client(db.url);
+    try {
+      await withTimeout(locked, WAIT_MS, "the lock");
+      const coll = c.rows("public.todos", { filter: FILTER, select: SELECT });
+      const failed = next(coll, "snapshot_failed", "snapshot_failed");
+      const waiting = "FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%todos%' AND pid <> pg_backend_pid()";
+      await waitFor(async () => Number(await psql(db.conninfo, `SELECT count(*) ${waiting};`)) > 0, "the snapshot waiting for the lock");
+      await psql(db.conninfo, `SELECT pg_terminate_backend(pid) ${waiting};`);
+      const f = await failed;
+      assert.equal(f.code, "database_unavailable", f.message);
+      assert.equal(coll.state, "loading");
+      // Changes while the lock is held wait too; the snapshot is asked again (backing off).
+      holder.stdin.end("UPDATE todos SET done = true WHERE id = 1; INSERT INTO todos VALUES (5000, 'late', false); COMMIT;\n");
+      await withTimeout(holderExit, WAIT_MS, "the lock holder to finish");
+      await withTimeout(coll.ready(), WAIT_MS, "the snapshot taken again");
+      assert.equal(coll.snapshots, 1);
+      const w = writer(db.conninfo);
+      try {
+        await waitFor(async () => (await writes(db.conninfo)) >= 100, "100 writes after the snapshot");
+        await settle(db.conninfo, w, coll, "after the failed snapshot");
+      } finally {
+        w.kill();
+      }
+    } finally {
+      holder.kill();
+      c.close();
+    }
+  });
+});
