@@ -122,6 +122,8 @@ async function settle(conninfo, w, coll, label) {
 
 describe("live collections (client.rows) under concurrent writers", () => {
   let db; // the embedded PostgreSQL's pgws
+  let rlsLeftovers = null; // (d)'s collection, followed on by (e)
+  let rlsServer = null;
   before(async () => {
     db = await startServer(0, "collection-db", { PGWS_SOURCE: "wal" });
     await publicationReady(db.conninfo);
@@ -134,6 +136,8 @@ describe("live collections (client.rows) under concurrent writers", () => {
       INSERT INTO ctl VALUES (true, 0);`);
   });
   after(async () => {
+    rlsServer?.c.close();
+    await rlsServer?.server.stop();
     await db?.stop();
   });
 
@@ -270,7 +274,7 @@ describe("live collections (client.rows) under concurrent writers", () => {
     // What alice may see (no deletes, no row leaving her sight: pgws sends neither under RLS).
     const visible = async () => JSON.parse(await psql(db.conninfo,
       "SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY id), '[]') FROM docs d WHERE owner = 'alice' OR public;"));
-    const equal = async (what) => {
+    const equal = async (what, ms = WAIT_MS) => {
       let want = [];
       let have = [];
       try {
@@ -278,7 +282,7 @@ describe("live collections (client.rows) under concurrent writers", () => {
           want = await visible();
           have = coll.toArray().sort((a, b) => a.id - b.id);
           return have.length === want.length && have.every((r, i) => canon(r) === canon(want[i]));
-        }, `${what}: the collection is what alice may see`);
+        }, `${what}: the collection is what alice may see`, ms);
       } catch (e) {
         const differ = want.filter((r, i) => canon(r) !== canon(have[i])).slice(0, 2);
         throw new Error(`${e.message}: ${have.length} rows, want ${want.length}; first differing: ${JSON.stringify(differ)} vs ${JSON.stringify(differ.map((r) => coll.rows.get(`[${r.id}]`)))}`);
@@ -309,9 +313,32 @@ describe("live collections (client.rows) under concurrent writers", () => {
       await waitFor(() => coll.snapshots >= 2, "a fresh snapshot once the policy is fixed");
       await equal("after the fresh snapshot");
       assert.ok(coll.rows.has("[1004]"), "the row withheld while the policy raised is in the fresh snapshot");
-    } finally {
+      rlsLeftovers = { coll, equal };
+      // Left open for the next test (a known gap of the server, marked todo).
+      rlsServer = { c, server };
+    } catch (e) {
       c.close();
       await server.stop();
+      throw e;
+    }
+  });
+
+  // Under RLS the server sends no DELETE and no UPDATE that takes a row out of the role's sight
+  // (it cannot tell whether the role saw the old row): a live collection keeps such a row, a
+  // silent difference from what the role may see, until its next snapshot. A todo until the
+  // server says something (a DELETE by key, or a gap that makes the client take a snapshot).
+  it("(e) under RLS, a deleted row and a row leaving the role's sight leave the collection", { todo: "server: pgws sends nothing for them under RLS" }, async () => {
+    assert.ok(rlsLeftovers, "test (d) ran");
+    const { coll, equal } = rlsLeftovers;
+    try {
+      await psql(db.conninfo, "DELETE FROM docs WHERE id = 3; UPDATE docs SET owner = 'bob' WHERE id = 6;");
+      // Both changes go through the slot before the sentinel insert; a short wait suffices.
+      await psql(db.conninfo, "INSERT INTO docs VALUES (2000, 'alice', false, 'sentinel');");
+      await waitFor(() => coll.rows.has("[2000]"), "the sentinel");
+      await equal("a delete and a row given away", 1000);
+    } finally {
+      rlsServer.c.close();
+      await rlsServer.server.stop();
       await psql(db.conninfo, "SELECT pg_drop_replication_slot('coll_slot_rls');").catch(() => {});
     }
   });
