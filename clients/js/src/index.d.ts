@@ -55,7 +55,7 @@ export interface Message {
 export interface Gap {
   type: "gap";
   channel: string;
-  reason: "window_exceeded" | "other_epoch" | "unknown_position" | "future_position" | "source_outage" | (string & {});
+  reason: "window_exceeded" | "other_epoch" | "unknown_position" | "future_position" | "source_outage" | "authorization_failed" | (string & {});
   message: string;
   after?: string | null;
   through?: string | null;

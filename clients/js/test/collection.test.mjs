@@ -3,7 +3,8 @@
 // each snapshot: the collection ends equal to the table as filtered, row by row, (a) over
 // several fresh snapshots, (b) across a restart of pgws onto a new replication slot (the
 // client's position is another stream's: a gap, healed by a fresh snapshot), and (c) after a
-// snapshot that failed (its reading connection killed while it waited for a lock), taken again,
+// snapshot that failed (its reading connection killed while it waited for a lock, or over the
+// server's row cap), taken again,
 // and (d) under per-row authorization (RLS), a policy that raises during live delivery: the
 // withheld changes are a gap, the fresh snapshots fail while the policy raises, and once it is
 // fixed the collection is the rows the subscriber's role may see.
@@ -246,6 +247,37 @@ describe("live collections (client.rows) under concurrent writers", () => {
     } finally {
       holder.kill();
       c.close();
+    }
+  });
+
+  it("(c2) a snapshot over PGWS_SNAPSHOT_MAX_ROWS fails (too_large) and is asked again, backing off, until it fits", async () => {
+    await seed(db.conninfo); // 1,334 open rows
+    const server = await startServer(0, "collection-cap", {
+      PGWS_SOURCE: "wal", PGWS_DB_URI: db.conninfo, PGWS_WAL_SLOT: "coll_slot_cap", PGWS_SNAPSHOT_MAX_ROWS: "1000",
+    });
+    const c = client(server.url);
+    try {
+      const coll = c.rows("public.todos", { filter: FILTER, select: SELECT });
+      const failures = [];
+      coll.on("snapshot_failed", (f) => failures.push([f.code, Date.now()]));
+      await waitFor(() => failures.length >= 3, "three refused snapshots");
+      assert.deepEqual([...new Set(failures.map(([code]) => code))], ["too_large"]);
+      assert.equal(coll.state, "loading");
+      assert.equal(coll.rows.size, 0, "no partial rows shown");
+      await psql(db.conninfo, "DELETE FROM todos WHERE id > 1000;");
+      await withTimeout(coll.ready(), WAIT_MS, "a snapshot that fits");
+      const w = writer(db.conninfo);
+      try {
+        await waitFor(async () => (await writes(db.conninfo)) >= 100, "100 writes after the snapshot");
+        await settle(db.conninfo, w, coll, "after the refused snapshots");
+      } finally {
+        w.kill();
+      }
+      console.log(`refused snapshots: ${failures.length}, apart ${failures.slice(1).map(([, t], i) => t - failures[i][1]).join(", ")} ms`);
+    } finally {
+      c.close();
+      await server.stop();
+      await psql(db.conninfo, "SELECT pg_drop_replication_slot('coll_slot_cap');").catch(() => {});
     }
   });
 
