@@ -142,6 +142,15 @@ pub enum RowsKind {
     Range,
     /// Plain channels `rowmsg-U` fed by `pg_logical_emit_message` (no table).
     Message,
+    /// The table's channel without a filter, under per-row authorization: socket i's token
+    /// has the role `--role`, `sub` = its own user name and `team` = i / K, and the table's RLS
+    /// policy shows a row to the team `user_id` names (a server with `PGWS_AUTHZ_FUNCTION` and
+    /// `PGWS_ROWS_COHORT_CLAIMS=team`: S / K cohorts).
+    Rls,
+    /// `rls` with the `eq` filter too (`user_id=eq.TEAM`): the same deliveries, but the
+    /// server's equality index hands each change to its team's sockets only, so the cost of
+    /// authorization is told apart from that of passing every change by every subscription.
+    RlsEq,
 }
 
 /// Options of the `rows` scenario.
@@ -193,6 +202,13 @@ pub struct RowsArgs {
     /// Bytes of the `body` text of each row (messages are padded to this plus 60).
     #[arg(long, default_value_t = 40)]
     pub payload: usize,
+    /// With `--kind rls`: the role claim of the tokens.
+    #[arg(long, default_value = "bench_web")]
+    pub role: String,
+    /// A process whose descendants are the PostgreSQL cluster (the `pgws --embedded` holding
+    /// it): their CPU over the run is reported as PostgreSQL's.
+    #[arg(long)]
+    pub pg_pid: Option<u32>,
 }
 
 /// A fault the `chaos` scenario injects.

@@ -13,13 +13,23 @@
 //! rows, as fast as possible (throughput, server CPU per change) or at `--rate` (latency: from the
 //! moment the generator issues the statement, whose time is in the row, to the moment it parses
 //! the frame).
+//!
+//! `--kind rls` measures per-row authorization: the sockets subscribe to the table without a
+//! filter, each with a token of its own (role `--role`, `sub` its own, `team` = its user), and
+//! the table's RLS policy decides; the server (`PGWS_AUTHZ_FUNCTION`,
+//! `PGWS_ROWS_COHORT_CLAIMS=team`) puts the K sockets of a team in one cohort and asks PostgreSQL
+//! once per cohort per batch. Every delivered row's `user_id` is checked against the socket's
+//! team (a row of another team is a leak), and the server's `rows_authz_*` counters (with
+//! `--admin`) give the statements per change per cohort and the batch sizes.
 
 use crate::cli::{Global, RowsArgs, RowsKind};
 use crate::connect::{self, OpenOpts};
 use crate::latency::Latency;
 use crate::message::{self, now_ns};
 use crate::pg;
+use crate::procstat;
 use crate::report::{Report, Window};
+use crate::scrape;
 use crate::target::Target;
 use crate::token;
 use crate::v2;
@@ -60,6 +70,13 @@ struct SockStats {
     received: u64,
     out_of_order: u64,
     unreadable: u64,
+    /// Rows of another user (team) than the socket's: a leak.
+    leaked: u64,
+    /// `gap` frames (under per-row authorization: a cohort's decision failed).
+    gaps: u64,
+    /// The first few changes (`seq`) missing before one that arrived (a sample, to tell which
+    /// transactions lost deliveries).
+    skipped: Vec<u64>,
     error_frames: u64,
     closed: bool,
 }
@@ -73,11 +90,14 @@ fn user_of(socket: usize, per_change: usize) -> usize {
 fn subscribe_request(a: &RowsArgs, i: usize) -> String {
     let u = user_of(i, a.per_change);
     match a.kind {
-        RowsKind::Eq => json!({"type":"subscribe","id":1,"channel":table_channel(a),
-            "filter": format!("user_id=eq.{u}")}),
+        RowsKind::Eq | RowsKind::RlsEq => {
+            json!({"type":"subscribe","id":1,"channel":table_channel(a),
+            "filter": format!("user_id=eq.{u}")})
+        }
         RowsKind::Range => json!({"type":"subscribe","id":1,"channel":table_channel(a),
             "filter": format!("user_id=gte.{u}&user_id=lte.{u}")}),
         RowsKind::Message => json!({"type":"subscribe","id":1,"channel":format!("rowmsg-{u}")}),
+        RowsKind::Rls => json!({"type":"subscribe","id":1,"channel":table_channel(a)}),
     }
     .to_string()
 }
@@ -100,6 +120,8 @@ async fn socket_loop(
     idx: usize,
     request: String,
     time_key: &'static [u8],
+    user: Option<u64>,
+    stride: u64,
     shared: Arc<Shared>,
     subscribing: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -149,6 +171,18 @@ async fn socket_loop(
                                 st.unreadable += 1;
                                 continue;
                             };
+                            if user.is_some_and(|u| number_after(&data, b"\"user_id\":") != Some(u))
+                            {
+                                st.leaked += 1;
+                            }
+                            if let Some(u) = user {
+                                // This socket's changes are u, u + stride, u + 2 stride, ...
+                                let mut want = last_seq.map_or(u, |l| l + stride);
+                                while want < seq && st.skipped.len() < 8 {
+                                    st.skipped.push(want);
+                                    want += stride;
+                                }
+                            }
                             if last_seq.is_some_and(|l| seq <= l) {
                                 st.out_of_order += 1;
                             }
@@ -163,6 +197,7 @@ async fn socket_loop(
                             shared.ready.fetch_add(1, Ordering::Relaxed);
                             shared.answered.notify_one();
                         }
+                        v2::Kind::Gap => st.gaps += 1,
                         v2::Kind::Error | v2::Kind::Nack => {
                             st.error_frames += 1;
                             if !answered {
@@ -329,11 +364,25 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     } else {
         a.active_users as u64
     };
+    let admin = g.admin.as_deref().map(scrape::check_addr).transpose()?;
     let claims = match a.kind {
         RowsKind::Message => json!({"mode":"r"}),
         _ => json!({"mode":"r","channels":[table_channel(a)]}),
     };
     let path = crate::target::token_path(&token::sign(&g.secret, &claims)?);
+    // Under per-row authorization every socket is a user of its own (`sub`) in a team: the
+    // cohorts are the teams only if the server keys them by `team` alone.
+    let paths: Vec<String> = if matches!(a.kind, RowsKind::Rls | RowsKind::RlsEq) {
+        (0..a.subscriptions)
+            .map(|i| {
+                let c = json!({"mode":"r","channels":[table_channel(a)],"role":a.role,
+                    "sub":format!("user-{i}"),"team":user_of(i, a.per_change)});
+                Ok(crate::target::token_path(&token::sign(&g.secret, &c)?))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let opts = OpenOpts {
         concurrency: g.connect_concurrency,
         timeout: Duration::from_millis(g.connect_timeout_ms),
@@ -346,7 +395,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         &target,
         a.subscriptions,
         opts,
-        |_| path.clone(),
+        |i| paths.get(i).unwrap_or(&path).clone(),
         |i, c| conns.push((i, c)),
     )
     .await;
@@ -372,6 +421,7 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         .into_iter()
         .map(|(i, c)| {
             let req = subscribe_request(a, i);
+            let user = (a.kind != RowsKind::Message).then(|| user_of(i, a.per_change) as u64);
             (
                 i,
                 tokio::spawn(socket_loop(
@@ -379,6 +429,8 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
                     i,
                     req,
                     time_key,
+                    user,
+                    users,
                     shared.clone(),
                     subscribing.clone(),
                     stop_rx.clone(),
@@ -428,6 +480,11 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
             "as fast as possible".into()
         }
     );
+    let authz0 = match admin {
+        Some(addr) => Some(scrape::scrape(addr).await?),
+        None => None,
+    };
+    let pg_cpu0 = a.pg_pid.map(procstat::descendants_cpu_s);
     let window = Window::start(g.server_pid);
     let deadline = Instant::now() + Duration::from_secs_f64(a.max_seconds.max(1.0));
     let sent = write(&client, g, a, users, count, deadline).await?;
@@ -437,6 +494,15 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         let _ = tokio::time::timeout(Duration::from_millis(50), shared.progress.notified()).await;
     }
     let usage = window.finish(threads);
+    let pg_cpu_s = a
+        .pg_pid
+        .map(procstat::descendants_cpu_s)
+        .zip(pg_cpu0)
+        .map(|(b, a)| b - a);
+    let authz = match (admin, authz0) {
+        (Some(addr), Some(m0)) => Some(AuthzCounts::between(&m0, &scrape::scrape(addr).await?)),
+        _ => None,
+    };
     let _ = stop_tx.send(true);
     let mut per_socket = Vec::with_capacity(tasks.len());
     for (i, t) in tasks {
@@ -454,6 +520,8 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     };
     let (mut lost, mut extra, mut ooo, mut unreadable, mut errors, mut closed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut leaked, mut gaps) = (0u64, 0u64);
+    let mut skipped: Vec<u64> = Vec::new();
     for (i, s) in per_socket.iter().map(|(i, s)| (*i, s)) {
         let want = if sent.failed == 0 {
             share(user_of(i, a.per_change) as u64)
@@ -463,6 +531,9 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         lost += want.saturating_sub(s.received);
         extra += s.received.saturating_sub(want);
         ooo += s.out_of_order;
+        leaked += s.leaked;
+        gaps += s.gaps;
+        skipped.extend(&s.skipped);
         unreadable += s.unreadable;
         errors += s.error_frames;
         closed += u64::from(s.closed);
@@ -478,12 +549,21 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     let server_us_per_change = usage
         .server_cpu_s
         .map(|c| c * 1e6 / ok_changes.max(1) as f64);
+    let deliveries_per_s = if span_s > 0.0 {
+        received as f64 / span_s
+    } else {
+        0.0
+    };
+    let server_us_per_delivery = usage.server_cpu_s.map(|c| c * 1e6 / received.max(1) as f64);
+    let pg_us_per_delivery = pg_cpu_s.map(|c| c * 1e6 / received.max(1) as f64);
     let lat = shared.latency.summary();
 
     let kind = match a.kind {
         RowsKind::Eq => "eq",
         RowsKind::Range => "range",
         RowsKind::Message => "message",
+        RowsKind::Rls => "rls",
+        RowsKind::RlsEq => "rls-eq",
     };
     let params = json!({"subscriptions": a.subscriptions, "kind": kind,
         "per_change": a.per_change, "active_users": users, "subscribe_window": a.subscribe_window, "changes": count, "batch": a.batch, "window": a.window,
@@ -495,6 +575,16 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
     r.set("expected_deliveries", expected);
     r.set("deliveries", received);
     r.set("lost", lost);
+    skipped.sort_unstable();
+    skipped.dedup();
+    skipped.truncate(40);
+    r.set("leaked", leaked);
+    r.set("missing_sample", &skipped);
+    r.set("gaps", gaps);
+    r.set("deliveries_per_s", deliveries_per_s);
+    r.set("server_us_per_delivery", server_us_per_delivery);
+    r.set("pg_cpu_s", pg_cpu_s);
+    r.set("pg_us_per_delivery", pg_us_per_delivery);
     r.set("extra", extra);
     r.set("out_of_order", ooo);
     r.set("unreadable", unreadable);
@@ -522,13 +612,77 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         lat.human(),
         sent.max_lag_us / 1000.0
     ));
+    r.line(format!(
+        "deliveries/s end to end: {deliveries_per_s:.0}; per delivery: server CPU {}, \
+         PostgreSQL CPU {}; leaked {leaked}, gaps {gaps}",
+        server_us_per_delivery.map_or("n/a".into(), |v| format!("{v:.2} us")),
+        pg_us_per_delivery.map_or("n/a".into(), |v| format!("{v:.2} us"))
+    ));
+    if let Some(z) = &authz {
+        let cohorts = (a.subscriptions / a.per_change) as f64;
+        let per_change_cohort = z.queries / (ok_changes.max(1) as f64 * cohorts);
+        r.set("authz", z);
+        r.set("authz_queries_per_change_per_cohort", per_change_cohort);
+        r.line(format!(
+            "authorization: {:.0} statements ({:.0} failed, {:.0} timed out) for {} changes x \
+             {cohorts} cohorts = {per_change_cohort:.5} per change per cohort; mean batch {:.1} \
+             changes, mean statement {:.1} ms",
+            z.queries,
+            z.failures,
+            z.timeouts,
+            ok_changes,
+            z.mean_batch(),
+            z.mean_ms()
+        ));
+    }
+    if !skipped.is_empty() {
+        r.line(format!(
+            "missing (a sample of seq, transaction = seq / {}): {skipped:?}",
+            a.batch
+        ));
+    }
     if let Some(e) = &sent.first_error {
         r.line(format!("first write error: {e}"));
     }
-    if lost > 0 || extra > 0 || ooo > 0 || sent.failed > 0 {
+    if lost > 0 || extra > 0 || ooo > 0 || leaked > 0 || sent.failed > 0 {
         r.set("failed", true);
     }
     Ok(r)
+}
+
+/// The server's row-authorization counters over the run (`pgws_rows_authz_*`).
+#[derive(Debug, Default, serde::Serialize)]
+struct AuthzCounts {
+    /// Statements run (one per cohort per table per batch).
+    queries: f64,
+    /// Changes decided, summed over the statements (a change asked of 50 cohorts counts 50).
+    changes_decided: f64,
+    /// Seconds spent in statements (pool wait included), summed.
+    query_seconds: f64,
+    failures: f64,
+    timeouts: f64,
+}
+
+impl AuthzCounts {
+    fn between(m0: &scrape::Metrics, m1: &scrape::Metrics) -> Self {
+        let d = |n: &str| m1.get(n).unwrap_or(0.0) - m0.get(n).unwrap_or(0.0);
+        Self {
+            queries: d("pgws_rows_authz_queries_total"),
+            changes_decided: d("pgws_rows_authz_changes_decided_total"),
+            query_seconds: d("pgws_rows_authz_query_seconds_sum"),
+            failures: d("pgws_rows_authz_failures_total"),
+            timeouts: d("pgws_rows_authz_timeouts_total"),
+        }
+    }
+
+    /// Changes per statement: the batch size the server decided in.
+    fn mean_batch(&self) -> f64 {
+        self.changes_decided / self.queries.max(1.0)
+    }
+
+    fn mean_ms(&self) -> f64 {
+        self.query_seconds * 1e3 / self.queries.max(1.0)
+    }
 }
 
 #[cfg(test)]
@@ -566,9 +720,40 @@ mod tests {
             max_seconds: 1.0,
             drain_timeout: 1,
             payload: 0,
+            role: "r".into(),
+            pg_pid: None,
         };
         let v: serde_json::Value = serde_json::from_str(&subscribe_request(&a, 5)).unwrap();
         assert_eq!(v["filter"], "user_id=gte.2&user_id=lte.2");
         assert_eq!(v["channel"], "table:public.bench_rows");
+        // Under RLS the policy alone decides (no filter); rls-eq adds the team's filter.
+        let rls = RowsArgs {
+            kind: RowsKind::Rls,
+            ..a.clone()
+        };
+        let v: serde_json::Value = serde_json::from_str(&subscribe_request(&rls, 5)).unwrap();
+        assert!(v.get("filter").is_none(), "{v}");
+        let rls_eq = RowsArgs {
+            kind: RowsKind::RlsEq,
+            ..a
+        };
+        let v: serde_json::Value = serde_json::from_str(&subscribe_request(&rls_eq, 5)).unwrap();
+        assert_eq!(v["filter"], "user_id=eq.2");
+    }
+
+    #[test]
+    fn authz_counts_are_differences_of_the_scrapes() {
+        let m0 = scrape::Metrics::parse(
+            "pgws_rows_authz_queries_total 10\npgws_rows_authz_changes_decided_total 1000\n",
+        );
+        let m1 = scrape::Metrics::parse(
+            "pgws_rows_authz_queries_total 60\npgws_rows_authz_changes_decided_total 6000\n\
+             pgws_rows_authz_query_seconds_sum 2.5\n",
+        );
+        let z = AuthzCounts::between(&m0, &m1);
+        assert_eq!(z.queries, 50.0);
+        assert_eq!(z.mean_batch(), 100.0);
+        assert_eq!(z.mean_ms(), 50.0);
+        assert_eq!(z.failures, 0.0);
     }
 }
