@@ -114,14 +114,21 @@ fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
 }
 
+/// What one socket sends and expects.
+struct Plan {
+    /// Its `subscribe` request.
+    request: String,
+    /// The key of the issue time in a delivery.
+    time_key: &'static [u8],
+    /// Row kinds: its user (team) and the step between its changes' `seq` (the number of users).
+    user: Option<(u64, u64)>,
+}
+
 /// Reads one socket until `stop`: answers its subscription, counts deliveries, records latency.
 async fn socket_loop(
     (mut rd, mut wr): Conn,
     idx: usize,
-    request: String,
-    time_key: &'static [u8],
-    user: Option<u64>,
-    stride: u64,
+    plan: Plan,
     shared: Arc<Shared>,
     subscribing: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -132,6 +139,11 @@ async fn socket_loop(
     let mut permit: Option<OwnedSemaphorePermit> = subscribing.acquire_owned().await.ok();
     let mut last_seq: Option<u64> = None;
     let mut samples = Vec::new();
+    let Plan {
+        request,
+        time_key,
+        user,
+    } = plan;
     wr.push_text(request.as_bytes());
     if wr.flush().await.is_err() {
         st.closed = true;
@@ -171,11 +183,12 @@ async fn socket_loop(
                                 st.unreadable += 1;
                                 continue;
                             };
-                            if user.is_some_and(|u| number_after(&data, b"\"user_id\":") != Some(u))
-                            {
+                            if user.is_some_and(|(u, _)| {
+                                number_after(&data, b"\"user_id\":") != Some(u)
+                            }) {
                                 st.leaked += 1;
                             }
-                            if let Some(u) = user {
+                            if let Some((u, stride)) = user {
                                 // This socket's changes are u, u + stride, u + 2 stride, ...
                                 let mut want = last_seq.map_or(u, |l| l + stride);
                                 while want < seq && st.skipped.len() < 8 {
@@ -421,16 +434,18 @@ pub async fn run(g: &Global, a: &RowsArgs, threads: usize) -> Result<Report> {
         .into_iter()
         .map(|(i, c)| {
             let req = subscribe_request(a, i);
-            let user = (a.kind != RowsKind::Message).then(|| user_of(i, a.per_change) as u64);
+            let user =
+                (a.kind != RowsKind::Message).then(|| (user_of(i, a.per_change) as u64, users));
             (
                 i,
                 tokio::spawn(socket_loop(
                     c,
                     i,
-                    req,
-                    time_key,
-                    user,
-                    users,
+                    Plan {
+                        request: req,
+                        time_key,
+                        user,
+                    },
                     shared.clone(),
                     subscribing.clone(),
                     stop_rx.clone(),
