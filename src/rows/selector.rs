@@ -47,6 +47,11 @@ pub struct RowSubscription {
     /// change it may not see removes the row by key when, and only when, the key is here: the
     /// subscriber's view stays right without learning anything it had not seen.
     known: Option<Arc<Mutex<HashSet<String>>>>,
+    /// A subscription that started from a snapshot: the snapshot's seam (shared with the
+    /// snapshot's reader, which sets it), so that a change the snapshot contains is never sent,
+    /// including one the source routes only after the snapshot ended (a lagging source). Cleared
+    /// by the first change past the seam's LSN: every later one is past it too.
+    seam: Option<Arc<Mutex<Option<super::snapshot::Seam>>>>,
 }
 
 /// A subscription's part in per-row authorization.
@@ -87,6 +92,7 @@ impl RowSubscription {
             holding: None,
             rls: None,
             known: None,
+            seam: None,
         }
     }
 
@@ -113,6 +119,8 @@ impl RowSubscription {
             cap,
             overflowed: false,
         }));
+        self.seam = Some(Arc::default());
+        self.passthrough = false;
         self
     }
 
@@ -127,7 +135,32 @@ impl RowSubscription {
             holding: None,
             rls: None,
             known: self.known.clone(),
+            seam: self.seam.clone(),
         }
+    }
+
+    /// Sets the seam of the snapshot this subscription starts from (see `seam`).
+    pub fn set_seam(&self, seam: super::snapshot::Seam) {
+        if let Some(s) = &self.seam {
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = Some(seam);
+        }
+    }
+
+    /// Whether `frame`'s change is already in the snapshot this subscription started from.
+    fn in_snapshot(&self, change: &Change, frame: &Frame) -> bool {
+        let Some(shared) = &self.seam else {
+            return false;
+        };
+        let mut seam = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = seam.as_ref() else {
+            return false;
+        };
+        let lsn = frame.seq().major;
+        if s.is_before(lsn) {
+            *seam = None;
+            return false;
+        }
+        change.xid.is_some_and(|xid| s.contains(lsn, xid))
     }
 
     /// Notes that the subscriber was sent `row` (a snapshot's row), under per-row authorization.
@@ -172,6 +205,9 @@ impl RowSubscription {
     /// What this subscriber receives of `frame` (whose change is `change`): the frame, a
     /// frame derived from it, a notice, or nothing.
     fn outcome(&self, change: &Change, frame: &Frame, made: &mut Made<'_>) -> Option<Frame> {
+        if self.in_snapshot(change, frame) {
+            return None;
+        }
         let Some(rls) = &self.rls else {
             let mv = self.decide(change, false)?;
             return made.frame_for(&self.columns, mv, false);
@@ -308,6 +344,8 @@ struct Change {
     op: String,
     new: Option<Map<String, Value>>,
     old: Option<Map<String, Value>>,
+    #[serde(default)]
+    xid: Option<u32>,
 }
 
 /// A change with its values as raw JSON text, to write derived frames without re-encoding
