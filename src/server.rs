@@ -209,7 +209,9 @@ impl Server {
         let rls = match (rls_timeout, &catalog) {
             (Some(timeout), Some(_)) => Some(Arc::new(crate::rows::rls::Rls::new(
                 &config.db,
-                crate::rows::authorize::CohortClaims::from_setting(None),
+                crate::rows::authorize::CohortClaims::from_setting(
+                    config.rows_cohort_claims.as_deref(),
+                ),
                 timeout,
                 rows_authz_metrics,
                 rls_discarded,
@@ -292,6 +294,7 @@ impl Server {
                             .clone()
                             .unwrap_or_else(|| wal::slot_name(&node)),
                         publication: config.wal_publication.clone(),
+                        read_db: config.wal_read_db.clone(),
                         check_interval: config.check_listener_interval,
                         startup_retries: config.startup_retries,
                         metrics: metrics.wal.clone(),
@@ -331,6 +334,7 @@ impl Server {
             presence,
             catalog,
             rls,
+            snapshots: tokio::sync::Semaphore::new(config.snapshot_concurrency),
             config,
         });
         if let Some(admin) = self.admin {

@@ -62,6 +62,8 @@ pub struct AppState {
     /// Per-row authorization of row subscriptions (WAL source with authorization by the
     /// database).
     pub rls: Option<Arc<crate::rows::rls::Rls>>,
+    /// Turns of snapshots (`PGWS_SNAPSHOT_CONCURRENCY`): each holds a connection while it reads.
+    pub snapshots: tokio::sync::Semaphore,
 }
 
 impl AppState {

@@ -2,7 +2,7 @@
 //! sub-command per scenario (`fanout`, `ingest`, `idle`, and the event-stream
 //! scenarios `sse-fanout`, `sse-idle`, `sse-catchup`, `sse-storm`, `windows`), `chaos`, and the
 //! protocol v2 request scenarios `v2-subscribe` and `v2-publish` (`fanout` and `idle` take
-//! `--v2`).
+//! `--v2`), and `rows` (row changes to filtered row subscriptions).
 
 use clap::{Args, Parser, Subcommand};
 
@@ -126,6 +126,73 @@ pub enum Scenario {
     /// then a per-channel continuity check of what every subscriber received; exits non-zero
     /// on a violation (WAL: any loss, duplicate or reordering; NOTIFY: a loss without a Gap).
     Chaos(ChaosArgs),
+    /// Row changes of one table (`PGWS_SOURCE=wal`) to S filtered row subscriptions over protocol
+    /// v2 (equality or range filters), or logical messages to S plain-channel subscriptions;
+    /// changes inserted from SQL in batches: changes/s end to end, server CPU per change, issue
+    /// → receipt latency, every socket's share checked.
+    Rows(RowsArgs),
+}
+
+/// What the subscriptions of the `rows` scenario are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RowsKind {
+    /// `user_id=eq.U` on the table's channel (the server's equality index applies).
+    Eq,
+    /// `user_id=gte.U&user_id=lte.U`: the same rows, a filter the index cannot use.
+    Range,
+    /// Plain channels `rowmsg-U` fed by `pg_logical_emit_message` (no table).
+    Message,
+}
+
+/// Options of the `rows` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct RowsArgs {
+    /// Subscriptions, one per socket.
+    #[arg(long, default_value_t = 1000)]
+    pub subscriptions: usize,
+    /// Kind of subscription.
+    #[arg(long, value_enum, default_value = "eq")]
+    pub kind: RowsKind,
+    /// Subscriptions each change matches (socket i follows user i / K).
+    #[arg(long, default_value_t = 1)]
+    pub per_change: usize,
+    /// Users that changes go to (0: every user): change j belongs to user j mod A, so only the
+    /// sockets of the first A users receive anything and the others are subscriptions the
+    /// server must pass over (the cost of a change with a fixed number of receivers).
+    #[arg(long, default_value_t = 0)]
+    pub active_users: usize,
+    /// Subscriptions awaiting their answer at a time (0: all at once). pgws reads a table's
+    /// description from the database for each row subscription; thousands at once queue there.
+    #[arg(long, default_value_t = 200)]
+    pub subscribe_window: usize,
+    /// Table in schema `public`, in pgws's publication, with columns
+    /// `user_id int, seq bigint, t_ns bigint, body text` (scripts/bench-rows.sh creates it).
+    #[arg(long, default_value = "bench_rows")]
+    pub table: String,
+    /// Changes to write (at most; see --duration and --max-seconds).
+    #[arg(long, default_value_t = 100_000)]
+    pub changes: u64,
+    /// Rows (or messages) per transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Transactions in flight on the writer's connection.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Changes per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// With --rate: seconds of changes (caps --changes).
+    #[arg(long, default_value_t = 0.0)]
+    pub duration: f64,
+    /// Stop writing after this many seconds whatever the count.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_seconds: f64,
+    /// Seconds to wait for the expected deliveries after the last write.
+    #[arg(long, default_value_t = 60)]
+    pub drain_timeout: u64,
+    /// Bytes of the `body` text of each row (messages are padded to this plus 60).
+    #[arg(long, default_value_t = 40)]
+    pub payload: usize,
 }
 
 /// A fault the `chaos` scenario injects.

@@ -1,7 +1,8 @@
 //! `pgws-bench`: load generator for servers that speak the
 //! postgres-websockets protocol (fanout, ingest and idle scenarios), and for
 //! pgws's Server-Sent Events streams, resume and replay windows, a chaos run that checks
-//! delivery guarantees under injected faults, and protocol v2 (`pgws.v2`) requests.
+//! delivery guarantees under injected faults, protocol v2 (`pgws.v2`) requests, and row changes
+//! to filtered row subscriptions.
 
 mod catchup;
 mod chaos;
@@ -22,6 +23,7 @@ mod phases;
 mod procstat;
 mod publisher;
 mod report;
+mod rows;
 mod rss;
 mod rxstamp;
 mod scrape;
@@ -73,6 +75,7 @@ fn main() -> Result<()> {
                 Scenario::V2Subscribe(a) => v2ops::subscribe(&g, a, threads).await,
                 Scenario::V2Publish(a) => v2ops::publish(&g, a, threads).await,
                 Scenario::Chaos(a) => chaos::run(&g, a, threads).await,
+                Scenario::Rows(a) => rows::run(&g, a, threads).await,
             }
         };
         tokio::time::timeout(cap, run)

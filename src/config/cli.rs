@@ -522,6 +522,18 @@ pub struct Cli {
     )]
     pub wal_slot: Option<String>,
 
+    /// Where the WAL source reads its slot: a connection string naming a standby (PostgreSQL 16
+    /// and later; `target_session_attrs` defaults to `prefer-standby`), while publishes and
+    /// checks go to PGWS_DB_URI. Default: PGWS_DB_URI's primary. `@file` reads it from a file.
+    #[arg(
+        long,
+        env = "PGWS_WAL_READ_URI",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_WAL_READ_URI",
+        hide_env_values = true
+    )]
+    pub wal_read_uri: Option<String>,
+
     /// The publication the WAL source reads its slot with; created (empty: no table changes) when
     /// missing.
     #[arg(
@@ -532,6 +544,51 @@ pub struct Cli {
         default_value = "pgws"
     )]
     pub wal_publication: String,
+
+    /// Rows a row subscription's snapshot may send at most (after its filter); a larger one is
+    /// refused with `snapshot_failed` `too_large`, never cut short.
+    #[arg(
+        long,
+        env = "PGWS_SNAPSHOT_MAX_ROWS",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_SNAPSHOT_MAX_ROWS",
+        default_value = "1000000"
+    )]
+    pub snapshot_max_rows: usize,
+
+    /// Seconds a snapshot may take, from its query to its last page queued
+    /// (`snapshot_failed` `timeout` after).
+    #[arg(
+        long,
+        env = "PGWS_SNAPSHOT_TIMEOUT",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_SNAPSHOT_TIMEOUT",
+        default_value = "120"
+    )]
+    pub snapshot_timeout: u64,
+
+    /// Snapshots read at once (each holds a database connection and a transaction); more wait
+    /// their turn.
+    #[arg(
+        long,
+        env = "PGWS_SNAPSHOT_CONCURRENCY",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_SNAPSHOT_CONCURRENCY",
+        default_value = "8"
+    )]
+    pub snapshot_concurrency: usize,
+
+    /// With authorization by the database: the token claims that row-level security policies
+    /// read, comma-separated. Subscribers with the same role and these claims share one cohort
+    /// (one authorization query per batch of changes). Empty: every claim but `exp`, `iat`, `nbf`
+    /// and `jti`.
+    #[arg(
+        long,
+        env = "PGWS_ROWS_COHORT_CLAIMS",
+        help_heading = "Reading from the WAL",
+        value_name = "PGWS_ROWS_COHORT_CLAIMS"
+    )]
+    pub rows_cohort_claims: Option<String>,
 
     /// Presence in protocol v2 (who follows each channel, shared by the nodes of one database
     /// through control messages on the bus). False: no presence traffic at all, and a

@@ -115,6 +115,14 @@ pub struct Config {
     pub wal_slot: Option<String>,
     /// The WAL source's publication.
     pub wal_publication: String,
+    /// Bounds on row subscriptions' snapshots.
+    pub snapshot: crate::rows::snapshot::Limits,
+    /// Snapshots read at once.
+    pub snapshot_concurrency: usize,
+    /// The claims row-level security policies read (`None`: all but the time claims).
+    pub rows_cohort_claims: Option<String>,
+    /// Where the WAL source reads its slot (`PGWS_WAL_READ_URI`; `None`: the primary of `db`).
+    pub wal_read_db: Option<crate::pg::Database>,
     /// Authorization by the database (`None`: off, the default).
     pub authz: Option<crate::authz::AuthzSettings>,
     /// Presence (`PGWS_PRESENCE*`); `None` when off.
@@ -151,6 +159,14 @@ pub enum ConfigError {
     /// text, not a `source`).
     #[error("PGWS_JWT_SECRET: {0}")]
     Key(crate::auth::KeyError),
+    /// `PGWS_WAL_READ_URI` does not parse.
+    #[error("PGWS_WAL_READ_URI: cannot use the connection string '{shown}': {detail}")]
+    WalReadUri {
+        /// The connection string, passwords replaced by `***`.
+        shown: String,
+        /// What is wrong with it (passwords replaced too).
+        detail: String,
+    },
     /// The database URI does not parse.
     #[error("PGWS_DB_URI: cannot use the connection string '{shown}': {detail}")]
     DbUri {
@@ -254,6 +270,29 @@ impl Cli {
             shown: redact_conninfo(&db_uri),
             detail: scrub(&e.detail(), &db_uri),
         })?;
+
+        let wal_read_db = match self.wal_read_uri.as_deref().filter(|u| !u.is_empty()) {
+            None => None,
+            Some(uri) => {
+                let uri = match uri.strip_prefix('@') {
+                    Some(path) => std::fs::read_to_string(path)
+                        .map_err(|error| ConfigError::File {
+                            var: "PGWS_WAL_READ_URI",
+                            path: path.to_string(),
+                            error,
+                        })?
+                        .trim()
+                        .to_string(),
+                    None => uri.to_string(),
+                };
+                Some(
+                    crate::pg::Database::parse(&uri).map_err(|e| ConfigError::WalReadUri {
+                        shown: redact_conninfo(&uri),
+                        detail: scrub(&e.detail(), &uri),
+                    })?,
+                )
+            }
+        };
 
         let listen_channel = channel_setting("PGWS_LISTEN_CHANNEL", &self.listen_channel)?;
         let meta_channel = self
@@ -406,6 +445,16 @@ impl Cli {
             node_id: self.node_id.clone(),
             wal_slot: self.wal_slot.clone(),
             wal_publication: self.wal_publication.clone(),
+            snapshot: crate::rows::snapshot::Limits {
+                max_rows: self.snapshot_max_rows,
+                timeout: Duration::from_secs(self.snapshot_timeout.max(1)),
+            },
+            snapshot_concurrency: self.snapshot_concurrency.max(1),
+            rows_cohort_claims: self
+                .rows_cohort_claims
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
+            wal_read_db,
             presence: self.presence.then(|| crate::presence::PresenceSettings {
                 claim: self.presence_claim.clone(),
                 interval: Duration::from_millis(self.presence_interval),

@@ -3,6 +3,7 @@
 //! and the helpers for errors, timeouts and back-off. The LISTEN connection is a source
 //! ([`crate::source::notify`]).
 
+pub mod hosts;
 pub mod publisher;
 pub mod redact;
 pub mod tls;
@@ -36,6 +37,8 @@ use std::time::Duration;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Connection, Socket};
 
+pub use hosts::{ConnectError, SessionAttrs};
+
 /// Where and how to connect: tokio-postgres's settings plus the TLS connector that applies
 /// libpq's `sslmode` checks ([`tls`]).
 #[derive(Debug, Clone)]
@@ -46,12 +49,15 @@ pub struct Database {
     pub tls: tls::Connector,
     /// The TLS parameters as written (the replication connection applies them itself).
     pub tls_settings: tls::TlsSettings,
+    /// `target_session_attrs` as written (`None`: not given; see [`Database::session_attrs`]).
+    pub target_session_attrs: Option<SessionAttrs>,
 }
 
 impl Database {
     /// Parses a libpq connection string (URL or key=value), `sslmode`/`sslrootcert` included.
     pub fn parse(uri: &str) -> Result<Self, DatabaseError> {
-        let (rest, settings) = tls::split(uri)?;
+        let (rest, target_session_attrs) = hosts::split(uri)?;
+        let (rest, settings) = tls::split(&rest)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(DatabaseError::Uri)?;
         // libpq ignores sslmode for Unix sockets; tokio-postgres would ask them for TLS.
         let unix_only = !config.get_hosts().is_empty()
@@ -68,6 +74,20 @@ impl Database {
             config,
             tls: tls::Connector::new(&settings)?,
             tls_settings: settings,
+            target_session_attrs,
+        })
+    }
+
+    /// What connections ask of a server: `target_session_attrs` as written, else `read-write`
+    /// when several hosts are named (pgws writes and LISTENs, which standbys refuse) and `any`
+    /// for one (see [`hosts`]).
+    pub fn session_attrs(&self) -> SessionAttrs {
+        self.target_session_attrs.unwrap_or_else(|| {
+            if hosts::endpoints(&self.config).len() > 1 {
+                SessionAttrs::ReadWrite
+            } else {
+                SessionAttrs::Any
+            }
         })
     }
 
@@ -75,32 +95,19 @@ impl Database {
     /// `/var/run/postgresql:5432` for a Unix socket directory), comma-separated as libpq names
     /// several hosts. Never the user or the password.
     pub fn target(&self) -> String {
-        let ports = self.config.get_ports();
-        let port = |i: usize| match ports.len() {
-            0 => 5432,
-            1 => ports[0],
-            _ => ports.get(i).copied().unwrap_or(5432),
-        };
-        let hosts = self.config.get_hosts();
-        if hosts.is_empty() {
-            return format!("localhost:{}", port(0));
-        }
-        hosts
+        hosts::endpoints(&self.config)
             .iter()
-            .enumerate()
-            .map(|(i, host)| match host {
-                Host::Tcp(name) => format!("{name}:{}", port(i)),
-                Host::Unix(dir) => format!("{}:{}", dir.display(), port(i)),
-            })
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// Connects once.
+    /// Connects once, to the first server that fits [`Database::session_attrs`].
     pub async fn connect(
         &self,
-    ) -> Result<(Client, Connection<Socket, tls::PgTlsStream>), tokio_postgres::Error> {
-        self.config.connect(self.tls.clone()).await
+    ) -> Result<(Client, Connection<Socket, tls::PgTlsStream>), ConnectError> {
+        let (client, connection, _) = hosts::connect(self, self.session_attrs()).await?;
+        Ok((client, connection))
     }
 }
 
@@ -114,6 +121,9 @@ pub enum DatabaseError {
     /// Its TLS settings are unusable.
     #[error("{0}")]
     Tls(#[from] tls::TlsConfigError),
+    /// Its `target_session_attrs` is not one of libpq's.
+    #[error("{0}")]
+    Attrs(#[from] hosts::AttrsError),
 }
 
 impl DatabaseError {
@@ -123,18 +133,22 @@ impl DatabaseError {
         match self {
             Self::Uri(e) => describe(e),
             Self::Tls(e) => e.to_string(),
+            Self::Attrs(e) => e.to_string(),
         }
     }
 }
 
 /// An error with its causes (tokio-postgres keeps the useful part, such as "connection refused"
 /// or "database does not exist", in the source chain, not in its own message).
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(db) = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::as_db_error)
+    {
         return format!("{}: {}", db.severity(), db.message());
     }
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());

@@ -262,7 +262,7 @@ impl Conn {
     }
 }
 
-async fn open(db: &super::Database, bus: SourceKind) -> Result<Conn, tokio_postgres::Error> {
+async fn open(db: &super::Database, bus: SourceKind) -> Result<Conn, super::ConnectError> {
     let (client, connection) = db.connect().await?;
     let driver = tokio::spawn(async move {
         // Only a connection that the server or the network ended: one that pgws closes by

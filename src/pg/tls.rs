@@ -151,7 +151,7 @@ pub enum TlsConfigError {
 /// returned as it is, so that tokio-postgres reports the error.
 pub fn split(uri: &str) -> Result<(String, TlsSettings), TlsConfigError> {
     let mut settings = TlsSettings::default();
-    let mut take = |key: &str, value: &str| -> Result<bool, TlsConfigError> {
+    let rest = take_params(uri, |key, value| -> Result<bool, TlsConfigError> {
         match key {
             "sslmode" => settings.mode = SslMode::parse(value)?,
             "sslrootcert" => {
@@ -166,7 +166,18 @@ pub fn split(uri: &str) -> Result<(String, TlsSettings), TlsConfigError> {
             _ => return Ok(false),
         }
         Ok(true)
-    };
+    })?;
+    Ok((rest, settings))
+}
+
+/// Takes the parameters `take` accepts (it returns `true`) out of a connection string, URL or
+/// key=value, and returns the rest for tokio-postgres: how pgws handles the libpq parameters
+/// tokio-postgres does not know (the TLS ones here, `target_session_attrs` in
+/// [`super::hosts`]). What it cannot tokenise is returned as it is.
+pub(crate) fn take_params<E>(
+    uri: &str,
+    mut take: impl FnMut(&str, &str) -> Result<bool, E>,
+) -> Result<String, E> {
     let rest = if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
         match uri.split_once('?') {
             None => uri.to_string(),
@@ -201,7 +212,7 @@ pub fn split(uri: &str) -> Result<(String, TlsSettings), TlsConfigError> {
             }
         }
     };
-    Ok((rest, settings))
+    Ok(rest)
 }
 
 /// Tokenises a key=value connection string: `(key, unquoted value, the pair's original text)`.

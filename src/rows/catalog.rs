@@ -12,6 +12,7 @@
 //! (the usual case) would have nothing to bind its filter to.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,8 @@ pub struct Catalog {
     publication: String,
     conn: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     cache: Mutex<HashMap<TableName, (Instant, Arc<TableInfo>)>>,
+    /// Catalog queries sent (a storm of subscriptions to one table should make one).
+    queries: AtomicU64,
 }
 
 impl Catalog {
@@ -98,6 +101,7 @@ impl Catalog {
             publication: publication.to_owned(),
             conn: tokio::sync::Mutex::default(),
             cache: Mutex::default(),
+            queries: AtomicU64::new(0),
         }
     }
 
@@ -108,20 +112,38 @@ impl Catalog {
         table: &str,
     ) -> Result<Arc<TableInfo>, CatalogError> {
         let key = (schema.to_owned(), table.to_owned());
-        if let Some((at, info)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            && at.elapsed() < TTL
-        {
-            return Ok(info.clone());
+        if let Some(info) = self.cached(&key) {
+            return Ok(info);
         }
-        let rows = tokio::time::timeout(QUERY_TIMEOUT, self.query(schema, table))
+        tokio::time::timeout(QUERY_TIMEOUT, self.refresh(key, schema, table))
             .await
-            .map_err(|_| {
-                CatalogError::Unavailable(format!("no answer within {QUERY_TIMEOUT:?}"))
-            })??;
+            .map_err(|_| CatalogError::Unavailable(format!("no answer within {QUERY_TIMEOUT:?}")))?
+    }
+
+    /// The cached answer for `key`, if it is recent.
+    fn cached(&self, key: &TableName) -> Option<Arc<TableInfo>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < TTL)
+            .map(|(_, info)| info.clone())
+    }
+
+    /// Asks the database, one query at a time. Why the cache is read again under the
+    /// connection's lock: a storm of subscriptions to one table all miss the cache at once and
+    /// queue here; without a second look each would run the query in turn, and with thousands
+    /// of them the last ones waited past [`QUERY_TIMEOUT`] and were refused.
+    async fn refresh(
+        &self,
+        key: TableName,
+        schema: &str,
+        table: &str,
+    ) -> Result<Arc<TableInfo>, CatalogError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(info) = self.cached(&key) {
+            return Ok(info);
+        }
+        let rows = self.query(&mut conn, schema, table).await?;
         if rows.is_empty() {
             return Err(CatalogError::NotPublished {
                 schema: schema.to_owned(),
@@ -151,10 +173,11 @@ impl Catalog {
     /// connection is dropped so the next call opens a fresh one.
     async fn query(
         &self,
+        conn: &mut Option<tokio_postgres::Client>,
         schema: &str,
         table: &str,
     ) -> Result<Vec<(String, u32, bool)>, CatalogError> {
-        let mut conn = self.conn.lock().await;
+        self.queries.fetch_add(1, Ordering::Relaxed);
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
             let (client, connection) = self
                 .db
@@ -188,5 +211,49 @@ impl Catalog {
                 Err(CatalogError::Unavailable(describe(&e)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::Cluster;
+
+    /// Two thousand subscriptions to one table at once (a reconnect storm) all get the table's
+    /// description, and the database is asked once, not once per subscription.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_storm_reads_the_catalog_once() {
+        let cluster = tokio::task::spawn_blocking(Cluster::start)
+            .await
+            .unwrap()
+            .expect("start PostgreSQL");
+        let uri = cluster.connection_string("postgres");
+        let (client, conn) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE storm (id int PRIMARY KEY, user_id int); \
+                 CREATE PUBLICATION storm_pub FOR TABLE storm;",
+            )
+            .await
+            .expect("create the table");
+        let db = Database::parse(&uri).expect("connection string");
+        let catalog = Arc::new(Catalog::new(&db, "storm_pub"));
+        let calls: Vec<_> = (0..2000)
+            .map(|_| {
+                let c = catalog.clone();
+                tokio::spawn(async move { c.describe("public", "storm").await })
+            })
+            .collect();
+        for call in calls {
+            let info = call.await.unwrap().expect("described");
+            assert_eq!(info.key, ["id"]);
+            assert_eq!(info.columns.len(), 2);
+        }
+        assert_eq!(catalog.queries.load(Ordering::Relaxed), 1);
+        let missing = catalog.describe("public", "nope").await;
+        assert!(matches!(missing, Err(CatalogError::NotPublished { .. })));
     }
 }

@@ -159,7 +159,10 @@ async fn read_inner(
     page: impl Fn(&[String]) -> Frame,
 ) -> Result<(Seam, usize), SnapshotError> {
     let db_err = |e: tokio_postgres::Error| SnapshotError::Database(describe(&e));
-    let (client, connection) = with_defaults(db).connect().await.map_err(db_err)?;
+    let (client, connection) = with_defaults(db)
+        .connect()
+        .await
+        .map_err(|e| SnapshotError::Database(e.to_string()))?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "snapshot connection ended");

@@ -15,6 +15,7 @@
 //! belongs to (that is [`crate::routing`]'s rule, applied through the sink), or block on a slow
 //! client (the hub never waits: queues overflow and their clients are closed).
 
+pub mod failover;
 pub mod notify;
 pub mod unread_notify;
 pub mod wal;

@@ -220,7 +220,7 @@ async fn connect(
     db: &Database,
     listen_channel: Option<&ChannelName>,
     sink: Arc<Sink>,
-) -> Result<Live, tokio_postgres::Error> {
+) -> Result<Live, crate::pg::ConnectError> {
     let (client, mut connection) = db.connect().await?;
     let (end_tx, ended) = oneshot::channel();
     let (gate_tx, mut gate) = oneshot::channel::<()>();
@@ -279,7 +279,7 @@ async fn connect(
             .await
     {
         driver.abort();
-        return Err(e);
+        return Err(e.into());
     }
     Ok(Live {
         client,

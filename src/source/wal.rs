@@ -39,10 +39,12 @@ use tokio_util::sync::CancellationToken;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
+use super::failover;
 use super::{Sink, SourceStatus};
 use crate::channel::{ChannelName, quote_ident};
+use crate::pg::hosts::{self, Endpoint};
 use crate::pg::tls::{RootCert, SslMode};
-use crate::pg::{Database, backoff, describe, with_defaults};
+use crate::pg::{Database, SessionAttrs, backoff, describe, with_defaults};
 use crate::rows::change::{self, Change};
 use crate::rows::decode_metrics::{DecodeLag, TableChanges};
 use crate::rows::pgoutput::{self, RelationCache};
@@ -82,6 +84,9 @@ pub struct WalSettings {
     pub slot: String,
     /// The publication the slot is read with (`PGWS_WAL_PUBLICATION`; created empty if missing).
     pub publication: String,
+    /// Where the slot is read (`PGWS_WAL_READ_URI`: a standby, PostgreSQL 16 and later); `None`:
+    /// the primary of `db`.
+    pub read_db: Option<Database>,
     /// How often the slot's lag is read.
     pub check_interval: Duration,
     /// Start-up attempts (`None`: for ever, the default).
@@ -116,6 +121,9 @@ pub struct WalMetrics {
     pub confirmed_lsn: Gauge,
     /// Bytes of WAL between PostgreSQL's current position and this node's confirmed one.
     pub slot_lag_bytes: Gauge,
+    /// 1 while the primary holds this node's stream back until a standby confirms it has the
+    /// WAL (`synchronized_standby_slots`; a standby that lags or is down).
+    pub waiting_for_standby: Gauge,
     /// WAL retained by each `pgws*` slot of the database (restart LSN to current), by slot.
     pub retained_bytes: Family<SlotLabel, Gauge>,
     /// Messages with another prefix (not pgws's), skipped.
@@ -162,6 +170,11 @@ impl WalMetrics {
             "slot_lag_bytes",
             "WAL bytes between the current position and this node's confirmed position",
             self.slot_lag_bytes.clone(),
+        );
+        r.register(
+            "waiting_for_standby",
+            "1 while the primary holds the stream back until a standby in synchronized_standby_slots has the WAL",
+            self.waiting_for_standby.clone(),
         );
         r.register(
             "slot_retained_bytes",
@@ -224,6 +237,11 @@ struct Progress {
     confirmed: u64,
     /// Sessions started.
     generation: u64,
+    /// The timeline of the last session (a new one: a standby was promoted).
+    timeline: Option<u32>,
+    /// Where the stream forked, when this node delivered messages that a promoted standby never
+    /// had: positions from then on belong to another epoch.
+    fork: Option<u64>,
 }
 
 /// Runs until `shutdown` is cancelled, or until start-up fails for good.
@@ -234,10 +252,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WalError> {
     let db = with_defaults(&settings.db);
+    if let Some(
+        attrs @ (SessionAttrs::Standby | SessionAttrs::PreferStandby | SessionAttrs::ReadOnly),
+    ) = db.target_session_attrs
+    {
+        tracing::warn!(target_session_attrs = %attrs,
+            "the WAL source reads its slot on the primary: it connects to the first server of \
+             PGWS_DB_URI that is one, whatever target_session_attrs says");
+    }
     let mut progress = Progress {
         delivered: Seq::ZERO,
         confirmed: 0,
         generation: 0,
+        timeline: None,
+        fork: None,
     };
     let mut attempts: u32 = 0;
     let mut lost_at: Option<tokio::time::Instant> = None;
@@ -308,44 +336,114 @@ async fn session(
     attempts: &mut u32,
     lost_at: &mut Option<tokio::time::Instant>,
 ) -> Ended {
-    let control = match step(db.connect()).await {
-        Ok(Ok((client, connection))) => {
+    // The slot lives on the primary: both connections go to the first server of the
+    // connection string that is one (after a failover, the promoted standby). With
+    // PGWS_WAL_READ_URI, on the server that names (a standby unless its target_session_attrs
+    // says otherwise), and the primary only creates the publication and writes snapshots.
+    let read = settings.read_db.as_ref().map(with_defaults);
+    let (source_db, attrs) = match &read {
+        Some(read) => (
+            read,
+            read.target_session_attrs
+                .unwrap_or(SessionAttrs::PreferStandby),
+        ),
+        None => (db, SessionAttrs::Primary),
+    };
+    let (control, server) = match step(hosts::connect(source_db, attrs)).await {
+        Ok(Ok((client, connection, server))) => {
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
-            Control { client, driver }
+            (Control { client, driver }, server)
         }
-        Ok(Err(e)) => return Ended::Retry(describe(&e)),
+        Ok(Err(e)) => return Ended::Retry(e.to_string()),
         Err(why) => return Ended::Retry(why),
     };
-    let slot = match prepare(&control.client, settings).await {
+    let slot = match prepare(&control.client, settings, db).await {
         Ok(slot) => slot,
         Err(ended) => return ended,
     };
     if slot.created && progress.generation > 0 {
-        // Our slot vanished while we were away (dropped, or invalidated by
-        // max_slot_wal_keep_size): what was written meanwhile cannot be read any more.
-        tracing::error!(slot = %settings.slot,
-            "the replication slot was gone and has been created again; messages written meanwhile are lost");
+        // Our slot vanished while we were away (dropped, invalidated by
+        // max_slot_wal_keep_size, or not synchronised to the standby that was promoted): what
+        // was written meanwhile cannot be read any more.
+        tracing::error!(slot = %settings.slot, server = %server,
+            "the replication slot was gone and has been created again; messages written meanwhile \
+             are lost (after a failover: the slot had not been synchronised to the promoted standby, \
+             see docs/SCALING.md)");
         let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
         sink.gap(down).await;
     }
-    let config = match replication_config(db, settings) {
+    if slot.version >= FAILOVER_SLOTS && !slot.on_standby {
+        tokio::spawn(failover::check(
+            db.clone(),
+            server.clone(),
+            settings.slot.clone(),
+        ));
+    }
+    let config = match replication_config(source_db, &server, settings) {
         Ok(c) => c,
         Err(why) => return Ended::Unusable(why),
     };
     let mut stream = match step(ReplicationClient::connect_gated(config)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Ended::Retry(format!("replication connection: {e}")),
+        Ok(Err(e)) => return Ended::Retry(format!("replication connection to {server}: {e}")),
         Err(why) => return Ended::Retry(why),
     };
+    if slot.version >= FAILOVER_SLOTS && !slot.failover && !slot.on_standby {
+        // A slot made before pgws made failover slots, or by hand: make it one (a replication
+        // command, so on this connection, before the stream starts).
+        let alter = format!(
+            "ALTER_REPLICATION_SLOT {} ( FAILOVER true )",
+            quote_ident(&settings.slot)
+        );
+        match step(stream.simple_query(&alter)).await {
+            Ok(Ok(_)) => tracing::info!(slot = %settings.slot,
+                "made the replication slot a failover slot (synchronised to standbys that sync slots)"),
+            Ok(Err(e)) => tracing::warn!(slot = %settings.slot, error = %e,
+                "cannot make the replication slot a failover slot: a failover will lose it"),
+            Err(why) => return Ended::Retry(why),
+        }
+    }
     let system = match step(stream.identify_system()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Ended::Retry(format!("IDENTIFY_SYSTEM: {e}")),
         Err(why) => return Ended::Retry(why),
     };
+    if let Some(before) = progress.timeline
+        && system.timeline != before
+        && !slot.created
+    {
+        // A standby was promoted. Positions are WAL positions, the same on both servers up to
+        // the point where the new timeline left the old one; what this node delivered past that
+        // point (possible without synchronized_standby_slots) the new primary never had, and it
+        // writes other messages there.
+        let fork = match step(stream.timeline_history(system.timeline)).await {
+            Ok(Ok(history)) => switch_point(&history.content, before),
+            _ => None,
+        }
+        // Unknown lineage: nothing past the slot's position can be trusted.
+        .unwrap_or(slot.confirmed);
+        if progress.delivered.major >= fork {
+            tracing::error!(slot = %settings.slot, server = %server, timeline = system.timeline,
+                fork = %Lsn(fork), delivered = %Lsn(progress.delivered.major),
+                "after the failover the new primary lacks messages this node already delivered \
+                 (the standby had not received them: set synchronized_standby_slots on the primary, \
+                 see docs/SCALING.md); clients get a Gap and positions start a new epoch");
+            let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
+            sink.gap(down).await;
+            progress.delivered = Seq::wal(fork.max(1), 0).before();
+            progress.fork = Some(fork);
+        }
+    }
+    progress.timeline = Some(system.timeline);
     let database = system.dbname.clone().unwrap_or_default();
-    let epoch = wal_epoch(&system.system_id, &database, settings.prefix.as_str());
+    // After a fork, the same positions name other messages: another epoch.
+    let system_id = match progress.fork {
+        Some(fork) => format!("{}/{fork:X}", system.system_id),
+        None => system.system_id.clone(),
+    };
+    let epoch = wal_epoch(&system_id, &database, settings.prefix.as_str());
     sink.hub()
         .set_origin(epoch, Seq::wal(slot.confirmed.max(1), 0).before());
     if let Err(e) = stream.start().await {
@@ -401,6 +499,17 @@ async fn session(
     ended
 }
 
+/// Where the timeline `before` ended, from a timeline history file (lines of
+/// `timeline<TAB>switch LSN<TAB>reason`).
+fn switch_point(history: &[u8], before: u32) -> Option<u64> {
+    String::from_utf8_lossy(history).lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let tli: u32 = fields.next()?.parse().ok()?;
+        let lsn = Lsn::parse(fields.next()?).ok()?;
+        (tli == before).then_some(lsn.as_u64())
+    })
+}
+
 /// A step that must not hang: the time-out becomes the error text.
 async fn step<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
     tokio::time::timeout(STEP_TIMEOUT, f)
@@ -420,25 +529,48 @@ struct SlotState {
     confirmed: u64,
     /// Whether it had to be created now.
     created: bool,
+    /// Whether it is a failover slot (PostgreSQL 17 and later).
+    failover: bool,
+    /// The server's `server_version_num`.
+    version: i32,
+    /// Whether it is read on a standby (`PGWS_WAL_READ_URI`).
+    on_standby: bool,
 }
+
+/// The first version that decodes on a standby (`server_version_num`).
+const STANDBY_DECODING: i32 = 160_000;
+
+/// The first version with failover slots (`server_version_num`).
+const FAILOVER_SLOTS: i32 = 170_000;
 
 /// Checks what a WAL source needs, creates the publication and the slot where missing.
 async fn prepare(
     client: &tokio_postgres::Client,
     settings: &WalSettings,
+    primary: &Database,
 ) -> Result<SlotState, Ended> {
     let query = |e: tokio_postgres::Error| Ended::Retry(describe(&e));
     let row = client
         .query_one(
             "SELECT current_setting('wal_level'), current_user::text, \
              (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
-             current_setting('max_slot_wal_keep_size')",
+             current_setting('max_slot_wal_keep_size'), \
+             current_setting('server_version_num')::int, pg_is_in_recovery()",
             &[],
         )
         .await
         .map_err(query)?;
     let (wal_level, user, replication, keep): (String, String, Option<bool>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
+    let version: i32 = row.get(4);
+    let on_standby: bool = row.get(5);
+    if on_standby && version < STANDBY_DECODING {
+        return Err(Ended::Unusable(
+            "PGWS_WAL_READ_URI names a standby, which decodes the WAL from PostgreSQL 16 on only: \
+             upgrade, or read on the primary (unset PGWS_WAL_READ_URI)"
+                .into(),
+        ));
+    }
     if wal_level != "logical" {
         return Err(Ended::Unusable(format!(
             "PostgreSQL's wal_level is '{wal_level}'; PGWS_SOURCE=wal needs 'logical': run \
@@ -466,6 +598,14 @@ async fn prepare(
         .await
         .map_err(query)?
         .is_some();
+    if !has_publication && on_standby {
+        // A standby cannot create it: the primary does, and the standby replays it.
+        create_on_primary(primary, settings).await?;
+        return Err(Ended::Retry(format!(
+            "the publication {} was created on the primary; waiting for the standby to replay it",
+            settings.publication
+        )));
+    }
     if !has_publication {
         // An empty publication: only logical messages until an operator adds tables
         // (`ALTER PUBLICATION … ADD TABLE`), whose changes go to `table:<schema>.<table>`.
@@ -489,11 +629,19 @@ async fn prepare(
         }
         tracing::info!(publication = %settings.publication, "created the (empty) publication");
     }
+    // `failover` exists from PostgreSQL 17 on.
+    let failover_column = if version >= FAILOVER_SLOTS {
+        "failover"
+    } else {
+        "false"
+    };
     let slot = client
         .query_opt(
-            "SELECT plugin::text, database::text, active, active_pid, \
-             confirmed_flush_lsn::text, wal_status \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT plugin::text, database::text, active, active_pid, \
+                 confirmed_flush_lsn::text, wal_status, {failover_column} \
+                 FROM pg_replication_slots WHERE slot_name = $1"
+            ),
             &[&settings.slot],
         )
         .await
@@ -510,6 +658,7 @@ async fn prepare(
         let pid: Option<i32> = row.get(3);
         let confirmed: Option<String> = row.get(4);
         let wal_status: Option<String> = row.get(5);
+        let failover: bool = row.get(6);
         if plugin.as_deref() != Some("pgoutput") || slot_db.as_deref() != Some(database.as_str()) {
             return Err(Ended::Unusable(format!(
                 "the replication slot {} exists but is not a pgoutput slot of database {database} \
@@ -533,6 +682,9 @@ async fn prepare(
             return Ok(SlotState {
                 confirmed,
                 created: false,
+                failover,
+                version,
+                on_standby,
             });
         }
         tracing::error!(slot = %settings.slot,
@@ -542,11 +694,22 @@ async fn prepare(
             .await
             .map_err(query)?;
     }
+    // From PostgreSQL 17 on, a failover slot: standbys that sync slots keep a copy, and the
+    // node continues from it on the standby promoted after a failover (docs/SCALING.md).
+    // (A slot made on a standby cannot be a failover slot.)
+    let failover = version >= FAILOVER_SLOTS && !on_standby;
+    // On a standby, creating a slot waits for a snapshot record from the primary: ask for one
+    // rather than wait for the next (up to 15 s).
+    let _nudge = on_standby.then(|| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(standby_snapshot(primary.clone())))
+    });
+    let create = if failover {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     let row = client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&settings.slot],
-        )
+        .query_one(create, &[&settings.slot])
         .await
         .map_err(|e| {
             Ended::Retry(format!(
@@ -556,17 +719,73 @@ async fn prepare(
             ))
         })?;
     let lsn: String = row.get(0);
-    tracing::info!(slot = %settings.slot, at = %lsn, "created the replication slot");
+    tracing::info!(slot = %settings.slot, at = %lsn, failover, on_standby, "created the replication slot");
     Ok(SlotState {
         confirmed: Lsn::parse(&lsn).map_or(0, Lsn::as_u64),
         created: true,
+        failover,
+        version,
+        on_standby,
     })
+}
+
+/// Creates the (empty) publication on the primary, for a WAL source that reads a standby.
+async fn create_on_primary(primary: &Database, settings: &WalSettings) -> Result<(), Ended> {
+    let (client, connection) = match step(hosts::connect(primary, SessionAttrs::Primary)).await {
+        Ok(Ok((client, connection, _))) => (client, connection),
+        Ok(Err(e)) => return Err(Ended::Retry(format!("primary: {e}"))),
+        Err(why) => return Err(Ended::Retry(why)),
+    };
+    let driver = tokio::spawn(connection);
+    let create = format!("CREATE PUBLICATION {}", quote_ident(&settings.publication));
+    let result = client.batch_execute(&create).await;
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    match result {
+        Ok(()) => {
+            tracing::info!(publication = %settings.publication, "created the (empty) publication on the primary");
+            Ok(())
+        }
+        // Made meanwhile by another node: the standby will have it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+        Err(e) => Err(Ended::Unusable(format!(
+            "cannot create the publication {0} on the primary ({1}); create it once as a user who may: \
+             CREATE PUBLICATION {0};",
+            quote_ident(&settings.publication),
+            describe(&e)
+        ))),
+    }
+}
+
+/// Asks the primary for a standby snapshot record (`pg_log_standby_snapshot()`), which a slot
+/// being created on a standby waits for; best effort, repeated until aborted (when the
+/// creation ends, however it ends).
+async fn standby_snapshot(primary: Database) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(Ok((client, connection, _))) =
+            step(hosts::connect(&primary, SessionAttrs::Primary)).await
+        {
+            let driver = tokio::spawn(connection);
+            let _ = client
+                .batch_execute("SELECT pg_log_standby_snapshot()")
+                .await;
+            drop(client);
+            let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The replication connection's settings, from the same connection string as every other
 /// connection (libpq's `sslmode` rules mapped onto the crate's; `allow` tries TLS first, as
-/// `prefer` does, and `sslrootcert=system` uses the Mozilla roots the crate ships).
-fn replication_config(db: &Database, settings: &WalSettings) -> Result<ReplicationConfig, String> {
+/// `prefer` does, and `sslrootcert=system` uses the Mozilla roots the crate ships), to `server`:
+/// the one the control connection found to be the primary (the crate takes one host).
+fn replication_config(
+    db: &Database,
+    server: &Endpoint,
+    settings: &WalSettings,
+) -> Result<ReplicationConfig, String> {
     let c = &db.config;
     let user = c.get_user().unwrap_or("postgres").to_string();
     let password = c
@@ -574,9 +793,9 @@ fn replication_config(db: &Database, settings: &WalSettings) -> Result<Replicati
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let database = c.get_dbname().map_or_else(|| user.clone(), str::to_string);
-    let port = c.get_ports().first().copied().unwrap_or(5432);
-    let mut config = match c.get_hosts().first() {
-        Some(Host::Unix(dir)) => ReplicationConfig::unix(
+    let port = server.port;
+    let mut config = match &server.host {
+        Host::Unix(dir) => ReplicationConfig::unix(
             dir.to_string_lossy(),
             port,
             user,
@@ -585,8 +804,10 @@ fn replication_config(db: &Database, settings: &WalSettings) -> Result<Replicati
             settings.slot.clone(),
             settings.publication.clone(),
         ),
-        Some(Host::Tcp(host)) => ReplicationConfig::new(
-            host.clone(),
+        Host::Tcp(host) => ReplicationConfig::new(
+            server
+                .hostaddr
+                .map_or_else(|| host.clone(), |addr| addr.to_string()),
             user,
             password,
             database,
@@ -595,7 +816,6 @@ fn replication_config(db: &Database, settings: &WalSettings) -> Result<Replicati
         )
         .with_port(port)
         .with_tls(tls_config(&db.tls_settings)),
-        None => return Err("PGWS_DB_URI names no host".into()),
     };
     config = config
         .with_status_interval(STATUS_INTERVAL)
@@ -957,15 +1177,41 @@ async fn lag(
 ) -> Result<(), String> {
     let rows = client
         .query(
-            "SELECT slot_name::text, \
-             COALESCE((pg_current_wal_lsn() - restart_lsn)::int8, 0), \
-             COALESCE((pg_current_wal_lsn() - confirmed_flush_lsn)::int8, 0) \
-             FROM pg_replication_slots \
+            "WITH here AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+             ELSE pg_current_wal_lsn() END AS lsn) \
+             SELECT slot_name::text, \
+             COALESCE((here.lsn - restart_lsn)::int8, 0), \
+             COALESCE((here.lsn - confirmed_flush_lsn)::int8, 0) \
+             FROM pg_replication_slots, here \
              WHERE database = current_database() AND (slot_name = $1 OR slot_name LIKE 'pgws%')",
             &[&settings.slot],
         )
         .await
         .map_err(|e| describe(&e))?;
+    // A walsender of a failover slot sends nothing a standby of synchronized_standby_slots has
+    // not confirmed: a standby that lags or is down holds every client back, which must not be
+    // a silent stall.
+    let waiting = client
+        .query_opt(
+            "SELECT a.wait_event = 'WaitForStandbyConfirmation' \
+             FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&settings.slot],
+        )
+        .await
+        .map_err(|e| describe(&e))?
+        .and_then(|row| row.get::<_, Option<bool>>(0))
+        .unwrap_or(false);
+    match (metrics.waiting_for_standby.get() == 1, waiting) {
+        (false, true) => tracing::warn!(slot = %settings.slot,
+            "the primary holds messages back until a standby has them (synchronized_standby_slots): \
+             a standby lags or is down; clients wait (nothing is lost). Fix the standby, or remove \
+             it from synchronized_standby_slots"),
+        (true, false) => tracing::info!(slot = %settings.slot,
+            "the primary no longer waits for a standby: messages flow again"),
+        _ => {}
+    }
+    metrics.waiting_for_standby.set(i64::from(waiting));
     metrics.retained_bytes.clear();
     for row in rows {
         let (name, retained, behind): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
@@ -1077,6 +1323,15 @@ mod tests {
         let long = slot_name(&"x".repeat(100));
         assert_eq!(long.len(), 63);
         assert_ne!(long, slot_name(&"x".repeat(101)));
+    }
+
+    #[test]
+    fn switch_points_come_from_the_history_file() {
+        let history = b"1\t0/3000198\tno recovery target specified\n\n2\t0/5000060\tno recovery target specified\n";
+        assert_eq!(switch_point(history, 1), Some(0x3000198));
+        assert_eq!(switch_point(history, 2), Some(0x5000060));
+        assert_eq!(switch_point(history, 3), None);
+        assert_eq!(switch_point(b"garbage", 1), None);
     }
 
     fn message(lsn: u64, prefix: &str, text: &str) -> ReplicationEvent {

@@ -210,6 +210,12 @@ pub struct Hub {
     /// Positions after which the source lost messages (outages), with when.
     /// Bounded (see [`Hub::mark_outage`]) and aged out by [`Hub::sweep`].
     outages: Mutex<VecDeque<(Instant, Seq)>>,
+    /// Keep-all (WAL): the position through which a window made now knows nothing. Every
+    /// message since the stream's origin made or found its channel's window, so a channel met
+    /// for the first time had no message after the origin, or after the newest position a
+    /// removed window knew of; a fresh window starts there, not at `last` (which would make a
+    /// resume from before it a false `window_exceeded`).
+    floor: Mutex<Seq>,
     /// Woken when a source that numbers its own messages moves `last` (resumes wait on it).
     progress: tokio::sync::Notify,
     /// What the hub did so far.
@@ -238,6 +244,7 @@ impl Hub {
             replay,
             held: Held::default(),
             outages: Mutex::default(),
+            floor: Mutex::new(Seq::ZERO),
             progress: tokio::sync::Notify::new(),
             stats,
         }
@@ -271,8 +278,36 @@ impl Hub {
             }
             map.retain(|_, e| !e.is_idle());
             *last = known_after;
-        } else if known_after > *last {
-            *last = known_after;
+            *lock(&self.floor) = known_after;
+        } else {
+            if known_after > *last {
+                *last = known_after;
+            }
+            let mut floor = lock(&self.floor);
+            *floor = (*floor).max(known_after);
+        }
+    }
+
+    /// Where a window made now starts knowing (see `floor`).
+    fn fresh(&self) -> Seq {
+        if self.replay.keep_all {
+            *lock(&self.floor)
+        } else {
+            self.last()
+        }
+    }
+
+    /// A window goes away: what it knew of is forgotten, so a later window for its channel
+    /// must not claim to know from before it.
+    fn forget(&self, window: &Window) {
+        if self.replay.keep_all {
+            let known = if window.is_empty() {
+                window.lost_through()
+            } else {
+                self.last()
+            };
+            let mut floor = lock(&self.floor);
+            *floor = (*floor).max(known);
         }
     }
 
@@ -328,7 +363,7 @@ impl Hub {
             drop(map);
             {
                 let mut w = self.channels.write().unwrap_or_else(|p| p.into_inner());
-                let known = self.last();
+                let known = self.fresh();
                 w.entry(channel.into()).or_insert_with(|| Entry::new(known));
             }
             map = self.channels.read().unwrap_or_else(|p| p.into_inner());
@@ -575,7 +610,7 @@ impl Hub {
         channel: &str,
         outbox: &Arc<Outbox>,
     ) -> bool {
-        let now_seq = self.last();
+        let now_seq = self.fresh();
         let entry = map
             .entry(channel.into())
             .or_insert_with(|| Entry::new(now_seq));
@@ -592,7 +627,7 @@ impl Hub {
         outbox: &Arc<Outbox>,
         view: View,
     ) -> bool {
-        let now_seq = self.last();
+        let now_seq = self.fresh();
         let entry = map
             .entry(channel.into())
             .or_insert_with(|| Entry::new(now_seq));
@@ -660,7 +695,9 @@ impl Hub {
         // once nobody follows it) a kept window would go stale without knowing it: drop it.
         let keep = self.replay.retain_idle && !lock(&entry.window).is_empty();
         if !keep && let Some(entry) = map.remove(channel) {
-            lock(&entry.window).clear(&self.held);
+            let mut window = lock(&entry.window);
+            self.forget(&window);
+            window.clear(&self.held);
         }
         true
     }
@@ -708,8 +745,10 @@ impl Hub {
         if !idle.is_empty() {
             let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
             for name in idle {
-                if map.get(&name).is_some_and(Entry::is_idle) {
-                    map.remove(&name);
+                if map.get(&name).is_some_and(Entry::is_idle)
+                    && let Some(entry) = map.remove(&name)
+                {
+                    self.forget(&lock(&entry.window));
                 }
             }
         }

@@ -8,6 +8,7 @@ mod ops;
 mod authz;
 mod binary;
 mod direct;
+mod failover;
 mod handshake;
 mod keys;
 mod late_database;

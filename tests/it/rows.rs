@@ -1801,7 +1801,6 @@ async fn without_replica_identity_full_filters_follow_the_documented_rules() {
 /// streamed everything since it started, so the resume is exact (no `gap`), and the change
 /// is replayed.
 #[tokio::test]
-#[ignore = "server bug: a keep-all window made on a channel's first message starts at the hub's last position, not at the stream's start, so this resume gets a spurious window_exceeded gap"]
 async fn resuming_on_a_node_that_met_the_channel_after_the_position_is_exact() {
     let db_uri = fresh_db().await;
     let db = pg(&db_uri).await;
@@ -1854,7 +1853,6 @@ async fn resuming_on_a_node_that_met_the_channel_after_the_position_is_exact() {
 /// channel at a change that follows another table's change in its transaction, and must still
 /// replay it exactly after the client's position.
 #[tokio::test]
-#[ignore = "server bug: a keep-all window made on a channel's first message starts at the hub's last position, not at the stream's start, so this resume gets a spurious window_exceeded gap"]
 async fn resuming_after_a_restart_on_a_channel_met_after_the_position_is_exact() {
     let db_uri = fresh_db().await;
     let db = pg(&db_uri).await;

@@ -108,6 +108,11 @@ pub(super) fn read(client: &Client, channel: &str, pending: Pending) -> Answer {
             schema,
             table,
         } = pending;
+        // One turn per snapshot: each holds a connection and a transaction while it reads, so
+        // a storm of re-snapshots waits here instead of exhausting the database's connections.
+        let Ok(_turn) = state.snapshots.acquire().await else {
+            return None;
+        };
         let result = snapshot::read(
             &state.config.db,
             who.as_ref().map(|(r, c)| (r.as_str(), c.as_str())),
@@ -115,7 +120,7 @@ pub(super) fn read(client: &Client, channel: &str, pending: Pending) -> Answer {
             &table,
             &info,
             &sub,
-            snapshot::Limits::default(),
+            state.config.snapshot,
             &outbox,
             |rows| wire::snapshot(&channel, rows),
         )
