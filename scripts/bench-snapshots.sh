@@ -79,14 +79,17 @@ run() {
     local label=$1 table=$2 rows=$3 clients=$4
     shift 4
     local name="snap_${label//[^a-z0-9]/_}" slog="$WORK/server-$label.log"
-    env PGWS_DB_URI="$PGCONN" PGWS_JWT_SECRET="$SECRET" PGWS_PORT=0 PGWS_HOST=127.0.0.1 \
+    local admin
+    admin="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    : >"$slog"
+    env PGWS_DB_URI="$PGCONN" PGWS_ADMIN_ADDRESS="$admin" PGWS_JWT_SECRET="$SECRET" PGWS_PORT=0 PGWS_HOST=127.0.0.1 \
         PGWS_RATE_CONNECTIONS=0 PGWS_RATE_MESSAGES=0 PGWS_RATE_BYTES=0 PGWS_SOURCE=wal \
         PGWS_NODE_ID="$name" RUST_LOG=warn "$SERVER" >"$slog" 2>&1 &
     SERVER_PID=$!
     local port=""
     for _ in $(seq 1 300); do
         port=$(sed -n 's/^Listening on port \([0-9]*\).*/\1/p' "$slog" | tail -n1)
-        [ -n "$port" ] && break
+        [ -n "$port" ] && curl -fs "http://$admin/ready" >/dev/null 2>&1 && break
         sleep 0.1
     done
     echo "snapshots --port \$PORT --pid \$PID --pg \"\$PGCONN\" --table public.$table --rows $rows --clients $clients $*" >>"$COMMANDS"
