@@ -1,12 +1,13 @@
 // The example page's "Live table" panel: follows one table channel (`table:<schema>.<table>`,
 // pgws with PGWS_SOURCE=wal and the table in its publication) with an optional row filter, on a
 // PgwsClient of its own (its token names the table's channel, which the chat's token need not),
-// and shows the rows as a table that each change updates in place (RowMap, keyed by the key
-// columns given). Rows appear as they change: pgws sends changes, not a snapshot of older rows.
+// as a live collection (`client.rows`: the table's rows first, then each change, keyed by the key
+// columns given), shown as a table that each change updates in place. A gap (a restart onto
+// another slot, an outage) is healed by a fresh snapshot that replaces the rows.
 //
 // Everything from the network is rendered with textContent (never innerHTML).
 
-import { PgwsClient, RowMap } from "./pgws-client.js";
+import { PgwsClient } from "./pgws-client.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -47,7 +48,7 @@ export function mountLiveTable({ baseUrl, token }) {
     empty: $("rows-empty"),
     last: $("rows-last"),
   };
-  /** The table followed: {client, sub, rows, trs, columns, changes, channel, filter}; null before Follow. */
+  /** The table followed: {client, coll, sub, rows, trs, columns, changes, channel, filter}; null before Follow. */
   let view = null;
 
   function setStatus(state, text, code) {
@@ -60,7 +61,14 @@ export function mountLiveTable({ baseUrl, token }) {
   function following(v) {
     return "Following " + v.channel + (v.filter ? " where " + v.filter : "") + ": " +
       plural(v.rows.size, "row") + ", " + plural(v.changes, "change") +
-      (v.gap ? "; changes may be missing (" + v.gap + "): Follow again to start over" : "");
+      (v.coll.snapshots > 1 ? "; rows replaced by a fresh snapshot " + plural(v.coll.snapshots - 1, "time") + (v.gap ? " (after " + v.gap + ")" : "") : "");
+  }
+
+  /** The panel's status and counters, as data-* for tests. */
+  function live(v) {
+    if (v !== view || v.done) return;
+    el.status.dataset.snapshots = String(v.coll.snapshots);
+    if (v.coll.state === "live" && v.sub.state === "subscribed") setStatus("open", following(v));
   }
 
   /** A cell: the value as text (JSON for objects and arrays), its JSON in data-json. */
@@ -128,18 +136,22 @@ export function mountLiveTable({ baseUrl, token }) {
     el.body.parentElement.dataset.rows = String(v.rows.size);
   }
 
+  /** A change the collection applied (`op`: the collection's event), or a new snapshot (`reset`). */
+  function onRows(v, op, row) {
+    if (v !== view) return;
+    if (op !== "reset") v.changes += 1;
+    render(v, op === "insert" || op === "update" ? v.rows.keyOf(row) : null, op.toUpperCase());
+    live(v);
+  }
+
+  /** The last change's line (every change the server sent). */
   function onChange(v, c) {
     if (v !== view) return;
-    v.rows.apply(c);
-    v.changes += 1;
-    const touched = c.new && c.move !== "out" ? v.rows.keyOf(c.new) : null;
-    render(v, touched, c.op);
     const key = c.old ? v.rows.keyOf(c.old) : c.new ? v.rows.keyOf(c.new) : "";
     el.last.textContent = "Last change: " + c.op + (c.move ? " (moved " + c.move + " of the filter)" : "") +
       (key ? " of " + key : "") + ", committed " + c.commitTime;
     el.last.dataset.op = c.op;
     el.last.dataset.count = String(v.changes);
-    if (v.sub.state === "subscribed") setStatus("open", following(v));
   }
 
   function stop(text) {
@@ -171,23 +183,34 @@ export function mountLiveTable({ baseUrl, token }) {
       setStatus("refused", "The Server URL (above) must start with ws:// or wss://", "local");
       return;
     }
-    const v = { channel, filter, rows: new RowMap(keys), trs: new Map(), columns: [], changes: 0, done: false, gap: null };
+    const v = { channel, filter, trs: new Map(), columns: [], changes: 0, done: false, gap: null };
     try {
       v.client = new PgwsClient({ url: base + "/", token: () => token(channel) });
-      v.sub = v.client.subscribe(channel, { filter: filter || undefined });
+      v.coll = v.client.rows(channel, { filter: filter || undefined, key: keys });
+      v.rows = v.coll.rows;
+      v.sub = v.client.subscribe(channel); // the collection's subscription: its change, gap and state events
     } catch (err) {
       setStatus("refused", "Cannot follow: " + err.message, "local");
       return;
     }
     view = v;
     el.stop.disabled = false;
-    setStatus("connecting", "Joining " + channel + "…");
+    setStatus("connecting", "Loading the rows of " + channel + "…");
+    for (const op of ["insert", "update", "delete", "reset"]) v.coll.on(op, (row) => onRows(v, op, row));
     v.sub.on("change", (c) => onChange(v, c));
-    v.sub.on("subscribed", () => v === view && setStatus("open", following(v)));
+    v.sub.on("subscribed", (a) => {
+      if (v !== view) return;
+      if (a.snapshot && v.coll.state === "live") setStatus("reconnecting", "Taking a fresh snapshot of " + channel + "…");
+      else live(v);
+    });
     v.sub.on("gap", (g) => {
       if (v !== view) return;
-      v.gap = g.reason; // kept in the status: the rows may be out of date from now on
-      setStatus("reconnecting", following(v));
+      v.gap = g.reason; // healed by a fresh snapshot, which replaces the rows
+      setStatus("reconnecting", "Changes may be missing (" + g.reason + "): taking a fresh snapshot…");
+    });
+    v.coll.on("snapshot_failed", (f) => {
+      if (v !== view) return;
+      setStatus("reconnecting", "The snapshot failed (" + f.code + "): trying again…");
     });
     v.sub.on("error", (e) => {
       if (v !== view || e.fatal) return;
@@ -202,7 +225,7 @@ export function mountLiveTable({ baseUrl, token }) {
     v.client.on("state", (s) => {
       if (v !== view || v.done) return;
       el.status.dataset.connections = String(v.client.connections);
-      if (s === "reconnecting" || s === "offline") setStatus("reconnecting", "Reconnecting; the changes missed meanwhile are replayed…");
+      if (s === "reconnecting" || s === "offline") setStatus("reconnecting", "Reconnecting; the changes missed meanwhile are replayed (or a fresh snapshot taken)…");
       else if (s === "open" && v.sub.state !== "subscribed") setStatus("connecting", "Joining " + channel + "…");
     });
     v.client.on("error", (e) => {

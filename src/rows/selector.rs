@@ -42,6 +42,11 @@ pub struct RowSubscription {
     holding: Option<Mutex<Holding>>,
     /// Per-row authorization: its cohort, and how its protocol words a withheld change.
     rls: Option<RlsSub>,
+    /// Under per-row authorization: the keys of the rows this subscriber has been sent and not
+    /// told to remove (its snapshot's rows included: shared with the snapshot's reader). A
+    /// change it may not see removes the row by key when, and only when, the key is here: the
+    /// subscriber's view stays right without learning anything it had not seen.
+    known: Option<Arc<Mutex<HashSet<String>>>>,
 }
 
 /// A subscription's part in per-row authorization.
@@ -81,6 +86,7 @@ impl RowSubscription {
             passthrough,
             holding: None,
             rls: None,
+            known: None,
         }
     }
 
@@ -95,6 +101,7 @@ impl RowSubscription {
     ) -> Self {
         self.passthrough = false;
         self.rls = Some(RlsSub { membership, notice });
+        self.known = Some(Arc::default());
         self
     }
 
@@ -119,7 +126,24 @@ impl RowSubscription {
             passthrough: self.passthrough && self.rls.is_none(),
             holding: None,
             rls: None,
+            known: self.known.clone(),
         }
+    }
+
+    /// Notes that the subscriber was sent `row` (a snapshot's row), under per-row authorization.
+    pub fn note_sent(&self, row: &Map<String, Value>) {
+        if let (Some(known), Some(key)) = (&self.known, self.key_of(row)) {
+            known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        }
+    }
+
+    /// The key columns' values of `row` as one text (`None`: a key column is missing).
+    fn key_of(&self, row: &Map<String, Value>) -> Option<String> {
+        if self.key.is_empty() {
+            return None;
+        }
+        let values: Option<Vec<&Value>> = self.key.iter().map(|k| row.get(k)).collect();
+        serde_json::to_string(&values?).ok()
     }
 
     /// The filter (what a snapshot applies to the table's rows too).
@@ -156,9 +180,24 @@ impl RowSubscription {
             .detail()
             .and_then(|d| d.downcast_ref::<super::rls::Decision>())
             .map(|d| d.verdict(rls.membership.cohort()));
+        let known = self.known.as_ref()?;
         match verdict {
             Some(Ok(true)) => {}
-            Some(Ok(false)) => return None,
+            Some(Ok(false)) => {
+                // A version it may not see. If it holds the row (it was sent it), the row has
+                // left its view: remove it by key. While a snapshot is read the holding cannot
+                // be known yet: the removal is sent (a no-op for a row it does not get).
+                if !matches!(change.op.as_str(), "UPDATE" | "DELETE") {
+                    return None;
+                }
+                let row = change.old.as_ref().or(change.new.as_ref())?;
+                let key = self.key_of(row)?;
+                let held = known.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                if !held && self.holding.is_none() {
+                    return None;
+                }
+                return made.removal(&self.key, change.op == "UPDATE");
+            }
             Some(Err(why)) => {
                 return rls
                     .membership
@@ -174,8 +213,39 @@ impl RowSubscription {
                 });
             }
         }
-        let mv = self.decide(change, true)?;
-        made.frame_for(&self.columns, mv, change.op == "UPDATE")
+        let Some(mv) = self.decide(change, true) else {
+            // Judged on its new row alone, an UPDATE that no longer matches the filter is
+            // skipped; if the subscriber holds the row, it left its filter: remove it by key.
+            let key = change.new.as_ref().and_then(|r| self.key_of(r))?;
+            let held = change.op == "UPDATE"
+                && known.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            return if held {
+                made.removal(&self.key, true)
+            } else {
+                None
+            };
+        };
+        let frame = made.frame_for(&self.columns, mv, change.op == "UPDATE")?;
+        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        match (change.op.as_str(), mv) {
+            ("TRUNCATE", _) => known.clear(),
+            ("DELETE", _) | (_, Move::Out) => {
+                if let Some(k) = change
+                    .old
+                    .as_ref()
+                    .or(change.new.as_ref())
+                    .and_then(|r| self.key_of(r))
+                {
+                    known.remove(&k);
+                }
+            }
+            _ => {
+                if let Some(k) = change.new.as_ref().and_then(|r| self.key_of(r)) {
+                    known.insert(k);
+                }
+            }
+        }
+        Some(frame)
     }
 
     /// What this subscription receives of `change`: `None` nothing, else the move it is.
@@ -340,6 +410,38 @@ impl<'f> Made<'f> {
     }
 
     /// What a subscriber sent `columns` receives for a change that is `mv` to it.
+    /// The key-only removal of a row that left a subscriber's view under per-row authorization:
+    /// a `DELETE` with the key as `old`, or an `UPDATE` with `"move":"out"` and the key as `new`
+    /// and `old`. Nothing but the key columns is sent.
+    fn removal(&mut self, key: &[String], update: bool) -> Option<Frame> {
+        let frame = self.frame;
+        let raw = self
+            .raw
+            .get_or_insert_with(|| serde_json::from_str::<RawChange<'f>>(frame.as_str()).ok())
+            .as_ref()?;
+        let key_only = |row: &Option<BTreeMap<Cow<'f, str>, &'f RawValue>>| {
+            row.as_ref().map(|r| {
+                r.iter()
+                    .filter(|(n, _)| key.iter().any(|k| k == n.as_ref()))
+                    .map(|(n, v)| (n.clone(), *v))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        let keyed = key_only(&raw.old).or_else(|| key_only(&raw.new));
+        let removal = RawChange {
+            schema: raw.schema,
+            table: raw.table,
+            op: raw.op,
+            commit_time: raw.commit_time,
+            new: if update { keyed.clone() } else { None },
+            old: keyed,
+            unchanged_toast: Vec::new(),
+            xid: raw.xid,
+        };
+        let mv = if update { Move::Out } else { Move::None };
+        Some(frame.derived(removal.write(None, mv, false)))
+    }
+
     /// `no_old`: without the old row (per-row authorization of an `UPDATE`).
     fn frame_for(
         &mut self,

@@ -252,6 +252,9 @@ async fn read_inner(
             if sub.filter().eval(&obj) != Verdict::Match {
                 continue;
             }
+            // Under per-row authorization the subscription remembers which rows it was sent,
+            // so that a row leaving its view later is removed by key (`rows::selector`).
+            sub.note_sent(&obj);
             if let Some(cols) = sub.columns() {
                 obj.retain(|k, _| cols.iter().any(|c| c == k));
             }

@@ -47,7 +47,19 @@ enum Copy {
 
 /// Checks the primary once and the standbys until the slot is safe on all of them (or after
 /// [`CHECKS`] rounds); logs what is missing, and when the slot becomes failover-safe.
-pub async fn check(db: Database, primary: Endpoint, slot: String) {
+///
+/// `hurry` is set while a standby's copy exists but is still temporary: the WAL source then
+/// confirms everything it received at once (rather than what no replay window holds), because a
+/// temporary copy becomes persistent only once the primary's slot is confirmed past a standby
+/// snapshot written after the copy, and the windows would hold confirmation back for minutes.
+/// The price is a shorter replay window across a restart meanwhile (announced as a `Gap`).
+pub async fn check(
+    db: Database,
+    primary: Endpoint,
+    slot: String,
+    hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let _done = Unhurry(hurry.clone());
     let primary_ok = tokio::time::timeout(SERVER_TIMEOUT, check_primary(&db, &primary))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {SERVER_TIMEOUT:?}")));
@@ -81,6 +93,7 @@ pub async fn check(db: Database, primary: Endpoint, slot: String) {
             }
             last[i] = Some(copy);
         }
+        hurry.store(nudge, std::sync::atomic::Ordering::Relaxed);
         if all_ready {
             return;
         }
@@ -93,6 +106,15 @@ pub async fn check(db: Database, primary: Endpoint, slot: String) {
     }
     tracing::warn!(slot = %slot,
         "the replication slot is still not failover-safe on every standby; no further checks (see the lines above)");
+}
+
+/// Clears `hurry` when the checks end, however they end.
+struct Unhurry(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Unhurry {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn report(server: &Endpoint, slot: &str, copy: &Copy) {

@@ -374,11 +374,13 @@ async fn session(
         let down = lost_at.map(|t| t.elapsed()).unwrap_or_default();
         sink.gap(down).await;
     }
+    let hurry = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if slot.version >= FAILOVER_SLOTS && !slot.on_standby {
         tokio::spawn(failover::check(
             db.clone(),
             server.clone(),
             settings.slot.clone(),
+            hurry.clone(),
         ));
     }
     let config = match replication_config(source_db, &server, settings) {
@@ -477,6 +479,7 @@ async fn session(
         delivered: progress.delivered,
         received_end: slot.confirmed,
         metrics: &settings.metrics,
+        hurry,
     };
     let ended = reader
         .run(
@@ -886,6 +889,9 @@ struct Reader<'a> {
     /// The end of the last whole transaction (or keepalive) received.
     received_end: u64,
     metrics: &'a WalMetrics,
+    /// Set while a standby's copy of the slot is still temporary (`failover::check`): confirm
+    /// everything received, so the copy becomes persistent soon.
+    hurry: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Reader<'_> {
@@ -935,9 +941,10 @@ impl Reader<'_> {
                     }
                 }
                 _ = status.tick() => {
+                    let hurry = self.hurry.load(std::sync::atomic::Ordering::Relaxed);
                     let safe = match sink.hub().oldest_held() {
-                        Some(oldest) => oldest.major.min(self.received_end),
-                        None => self.received_end,
+                        Some(oldest) if !hurry => oldest.major.min(self.received_end),
+                        _ => self.received_end,
                     };
                     if safe > *confirmed {
                         *confirmed = safe;
@@ -1354,6 +1361,7 @@ mod tests {
             delivered: Seq::wal(500, 0),
             received_end: 0,
             metrics: &metrics,
+            hurry: Default::default(),
         };
         // A transaction committed at 500 (already delivered), then one at 900 whose messages
         // were written before the first one's commit.
@@ -1390,6 +1398,7 @@ mod tests {
             delivered: Seq::ZERO,
             received_end: 0,
             metrics: &metrics,
+            hurry: Default::default(),
         };
         r.take(ReplicationEvent::Begin {
             final_lsn: Lsn(700),

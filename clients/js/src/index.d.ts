@@ -55,7 +55,7 @@ export interface Message {
 export interface Gap {
   type: "gap";
   channel: string;
-  reason: "window_exceeded" | "other_epoch" | "unknown_position" | "future_position" | "source_outage" | (string & {});
+  reason: "window_exceeded" | "other_epoch" | "unknown_position" | "future_position" | "source_outage" | "authorization_failed" | (string & {});
   message: string;
   after?: string | null;
   through?: string | null;
@@ -69,6 +69,31 @@ export interface Subscribed {
   channel: string;
   position: string;
   replayed: number;
+  /** With `snapshot: true`: whether a snapshot follows (`false`: resumed exactly from `since`). */
+  snapshot?: boolean;
+}
+
+/** One page of a snapshot's rows (filtered and projected like changes, key columns always there). */
+export interface SnapshotPage<R extends object = Row> {
+  type: "snapshot";
+  channel: string;
+  rows: R[];
+}
+
+/** The snapshot is complete; `position` is where it resumes from. */
+export interface SnapshotEnd {
+  type: "snapshot_end";
+  channel: string;
+  rows: number;
+  position: string;
+}
+
+/** The snapshot could not be completed: the subscription is live, its rows incomplete (take another). */
+export interface SnapshotFailed {
+  type: "snapshot_failed";
+  channel: string;
+  code: "too_large" | "timeout" | "too_many_changes" | "database_unavailable" | (string & {});
+  message: string;
 }
 
 export interface Left {
@@ -208,6 +233,39 @@ export declare class RowMap<R extends object = Row> extends Map<string, R> {
   apply(change: Change<R>): this;
 }
 
+interface CollectionEvents<R extends object = Row> {
+  /** A row came in (inserted, or moved into the filter). */
+  insert: (row: R) => void;
+  /** A row changed (its key too, maybe): the new row and the one it replaced. */
+  update: (row: R, previous: R) => void;
+  /** A row went (deleted, or moved out of the filter). */
+  delete: (row: R) => void;
+  /** All rows replaced: a snapshot completed (the first, or a fresh one after a gap), or a TRUNCATE. */
+  reset: (rows: RowMap<R>) => void;
+  /** The first snapshot is in. */
+  ready: (rows: RowMap<R>) => void;
+  /** A snapshot failed; another is taken, backing off. */
+  snapshot_failed: (f: SnapshotFailed) => void;
+  /** The subscription was refused (`bad_filter`, `unknown_table`, `not_granted`, …) or left: the collection stopped. */
+  error: (e: PgwsError) => void;
+}
+
+/** A table's rows kept live (`client.rows`). */
+export declare class Collection<R extends object = Row> extends Emitter<CollectionEvents<R>> {
+  readonly channel: string;
+  /** The rows now (JSON text of the key's values → row); the same object throughout. */
+  readonly rows: RowMap<R>;
+  /** "loading" until the first snapshot is in, then "live"; "closed" after `close()` or a refusal. */
+  readonly state: "loading" | "live" | "closed";
+  /** Snapshots completed so far. */
+  readonly snapshots: number;
+  /** The rows as an array. */
+  toArray(): R[];
+  /** Resolves with the rows once the first snapshot is in. */
+  ready(): Promise<RowMap<R>>;
+  close(): void;
+}
+
 export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "offline" | "closed";
 
 interface SubscriptionEvents<R extends object = Row> {
@@ -222,6 +280,10 @@ interface SubscriptionEvents<R extends object = Row> {
   join: (j: Join) => void;
   leave: (l: Leave) => void;
   presence_state: (s: PresenceStateChange) => void;
+  /** With `snapshot: true`: a page of the table's rows, then `snapshot_end` or `snapshot_failed`. */
+  snapshot: (p: SnapshotPage<R>) => void;
+  snapshot_end: (e: SnapshotEnd) => void;
+  snapshot_failed: (f: SnapshotFailed) => void;
   error: (e: PgwsError) => void;
 }
 
@@ -254,6 +316,10 @@ export declare class Subscription<R extends object = Row> extends Emitter<Subscr
   readonly state: "pending" | "subscribed" | "left" | "closed";
   /** Whether it was created with `presence: true`. */
   readonly wantsPresence: boolean;
+  /** Whether each subscribe asks for a snapshot first (`snapshot: true`). */
+  readonly snapshot: boolean;
+  /** With `snapshot`: `position` may be resumed from (a `snapshot_end` came since the last snapshot began). */
+  readonly resumable: boolean;
   /** The channel's presence; `null` before the first snapshot (or without `presence: true`). */
   presence(): PresenceState | null;
   /**
@@ -319,7 +385,15 @@ export declare class PgwsClient extends Emitter<ClientEvents> {
    * `filter`: on a table channel, which rows and columns (PostgREST syntax, e.g.
    * "done=eq.false&select=id,title"; refused with `bad_filter`).
    */
-  subscribe<R extends object = Row>(channel: string, opts?: { since?: string; presence?: boolean; filter?: string }): Subscription<R>;
+  subscribe<R extends object = Row>(channel: string, opts?: { since?: string; presence?: boolean; filter?: string; snapshot?: boolean }): Subscription<R>;
+  /**
+   * A live collection of `table`'s rows ("public.todos", or "todos" in `public`): snapshot, then
+   * live, replaced by a fresh snapshot after a gap or a failed snapshot. `filter`: PostgREST
+   * syntax ("done=eq.false"); `select`: the columns; `key`: the key columns (default: the row's
+   * columns outside `select`, else `["id"]`). Throws `already_subscribed` when the table's
+   * channel is followed already.
+   */
+  rows<R extends object = Row>(table: string, opts?: { filter?: string; select?: string | readonly string[]; key?: readonly string[] }): Collection<R>;
   /**
    * Publishes `data`: a string as it is, any other JSON value as its JSON text. Rejects with a
    * PgwsError (`too_large` over the frame limit, not sent; a nack's code; `connection_lost`, …).

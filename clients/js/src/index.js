@@ -5,7 +5,9 @@
 // the token in band before it expires (when given a token callback), turns every possible loss
 // into a `gap` event, and keeps each presence subscription's state (who is on the channel).
 // Table channels (`table:<schema>.<table>`, a filter per subscription) also give typed `change`
-// events, and `RowMap` keeps a table's rows by key from them.
+// events, and `RowMap` keeps a table's rows by key from them; `client.rows(table)` is a live
+// collection: the table's rows (snapshot, then live), kept equal to what the server lets the
+// subscriber see through reconnections, resumes and gaps (healed by a fresh snapshot).
 // Zero dependencies: the global WebSocket (browsers, Node >= 22) or the constructor given as the
 // `WebSocket` option (Node 20: the `ws` package).
 
@@ -95,7 +97,7 @@ export class Subscription extends Emitter {
   /** `setState` calls made while not subscribed: settled once the state is sent after it. */
   #waiting = [];
 
-  constructor(client, channel, since, presence, filter) {
+  constructor(client, channel, since, presence, filter, snapshot) {
     super();
     this.#client = client;
     /** The channel's name. */
@@ -108,6 +110,13 @@ export class Subscription extends Emitter {
     this.wantsPresence = presence === true;
     /** The row filter sent with each subscribe (PostgREST syntax, table channels); `null`: none. */
     this.filter = filter || null;
+    /** Whether each subscribe asks for the table's rows first (`snapshot` events, then `snapshot_end`). */
+    this.snapshot = snapshot === true;
+    /**
+     * With `snapshot`: whether `position` may be resumed from (a `snapshot_end` came since the
+     * last snapshot began); otherwise the next subscribe takes a fresh snapshot.
+     */
+    this.resumable = since != null;
   }
 
   /**
@@ -322,13 +331,15 @@ export class PgwsClient extends Emitter {
    * json(), payload()}), `gap`, `subscribed`, `left` and `error`; with `presence: true` also `presence`
    * (the whole state, see `Subscription.presence()`), `join` and `leave`; on a table channel
    * (`table:<schema>.<table>`) also `change` (see `toChange`). `since`: a position to resume
-   * after; `filter`: a table channel's row filter (PostgREST syntax: "done=eq.false&select=id,title").
+   * after; `filter`: a table channel's row filter (PostgREST syntax: "done=eq.false&select=id,title");
+   * `snapshot`: a table channel starts with its current rows (`snapshot` events, then
+   * `snapshot_end` or `snapshot_failed`; `client.rows` does the bookkeeping).
    */
-  subscribe(channel, { since, presence, filter } = {}) {
+  subscribe(channel, { since, presence, filter, snapshot } = {}) {
     if (this.#closed) throw new PgwsError("closed", "client closed");
     if (filter != null && typeof filter !== "string") throw new TypeError("subscribe: filter must be a string");
     if (this.#subs.has(channel)) return this.#subs.get(channel);
-    const sub = new Subscription(this, channel, since, presence, filter);
+    const sub = new Subscription(this, channel, since, presence, filter, snapshot);
     this.#subs.set(channel, sub);
     if (this.#isOpen()) this.#sendSubscribe(sub);
     return sub;
@@ -356,6 +367,21 @@ export class PgwsClient extends Emitter {
       if (this.#isOpen()) this.#sendPublish(job);
       else this.#queue.push(job);
     });
+  }
+
+  /**
+   * A live collection of `table`'s rows ("public.todos"; "todos" is in "public"): snapshot, then
+   * live, healed by a fresh snapshot after any gap. `filter`: PostgREST syntax; `select`: the
+   * columns (array or "a,b"); `key`: the key columns (default: the row's columns outside
+   * `select`, else `["id"]`). Throws `already_subscribed` when the channel is followed.
+   */
+  rows(table, { filter, select, key } = {}) {
+    const channel = `table:${table.startsWith("table:") ? table.slice(6) : table.includes(".") ? table : `public.${table}`}`;
+    if (this.#subs.has(channel)) throw new PgwsError("already_subscribed", `${channel} is already followed`);
+    if (Array.isArray(select)) select = select.join(",");
+    const f = [filter, select && `select=${select}`].filter(Boolean).join("&");
+    const sel = select ? select.split(",").map((c) => decodeURIComponent(c.trim())) : null;
+    return new Collection(this, this.subscribe(channel, { filter: f, snapshot: true }), key, sel, this.#opts);
   }
 
   /** Closes the connection for good; pending publishes are rejected with "closed". */
@@ -410,6 +436,17 @@ export class PgwsClient extends Emitter {
     if (wasConfirmed && this.#isOpen()) {
       this.#request({ type: "unsubscribe", channel: sub.channel }, "unsubscribe").catch(() => {});
     }
+  }
+
+  /**
+   * Takes a fresh snapshot for `sub` (a gap, a failed snapshot): unsubscribe and subscribe again
+   * without `since`; when not subscribed, the next subscribe does it.
+   */
+  _resnapshot(sub) {
+    sub.resumable = false;
+    if (this.#subs.get(sub.channel) !== sub || sub.state !== "subscribed" || !this.#isOpen()) return;
+    this.#request({ type: "unsubscribe", channel: sub.channel }, "unsubscribe").catch(() => {});
+    this.#sendSubscribe(sub);
   }
 
   /** Sends `presence_set` for `sub` (its state when answered). */
@@ -649,9 +686,17 @@ export class PgwsClient extends Emitter {
         }
         return;
       }
-      case "gap": {
+      case "gap":
+      case "snapshot":
+      case "snapshot_end":
+      case "snapshot_failed": {
         const sub = this.#subs.get(f.channel);
-        if (sub) sub.emit("gap", f);
+        if (!sub) return;
+        if (f.type === "snapshot_end") {
+          sub.position = f.position;
+          sub.resumable = true;
+        }
+        sub.emit(f.type, f);
         return;
       }
       case "left": {
@@ -684,11 +729,14 @@ export class PgwsClient extends Emitter {
     if (f.type === "error" || f.type === "nack") {
       waiter.reject(new PgwsError(f.code, f.message, { channel: f.channel }));
     } else {
+      // At once, not in a later microtask: the frames after it (a snapshot's pages) may be
+      // handled in this same task.
+      waiter.onAnswer?.(f);
       waiter.resolve(f);
     }
   }
 
-  #request(body, kind, timeout = this.#opts.publishTimeout) {
+  #request(body, kind, timeout = this.#opts.publishTimeout, onAnswer) {
     const id = this.#nextId++;
     const frame = JSON.stringify({ ...body, id });
     // A frame over the server's limit would close the socket (1009), failing every request on it.
@@ -701,7 +749,7 @@ export class PgwsClient extends Emitter {
       const timer = this.#timer(() => {
         if (this.#pending.delete(id)) reject(new PgwsError("timeout", `no answer to ${kind} within ${timeout} ms`));
       }, timeout);
-      this.#pending.set(id, { resolve, reject, kind, timer });
+      this.#pending.set(id, { resolve, reject, kind, timer, onAnswer });
       try {
         this.#ws.send(frame);
       } catch (err) {
@@ -723,18 +771,22 @@ export class PgwsClient extends Emitter {
   #sendSubscribe(sub) {
     sub.state = "pending";
     const body = { type: "subscribe", channel: sub.channel };
-    if (sub.position) body.since = sub.position;
+    // A snapshot's position is resumable only once the snapshot ended.
+    if (sub.position && (!sub.snapshot || sub.resumable)) body.since = sub.position;
     if (sub.wantsPresence) body.presence = true;
     if (sub.filter) body.filter = sub.filter;
+    if (sub.snapshot) body.snapshot = true;
     const ws = this.#ws;
-    this.#request(body, "subscribe").then(
-      (answer) => {
-        if (this.#subs.get(sub.channel) !== sub || ws !== this.#ws) return;
-        sub.position = answer.position;
-        sub.state = "subscribed";
-        sub.emit("subscribed", answer);
-        sub._resendState();
-      },
+    const answered = (answer) => {
+      if (this.#subs.get(sub.channel) !== sub || ws !== this.#ws) return;
+      sub.position = answer.position;
+      if (answer.snapshot) sub.resumable = false;
+      sub.state = "subscribed";
+      sub.emit("subscribed", answer);
+      sub._resendState();
+    };
+    this.#request(body, "subscribe", undefined, answered).then(
+      () => {},
       (err) => {
         if (err.code === "connection_lost" || err.code === "closed") return; // resubscribed later
         if (this.#subs.get(sub.channel) === sub) this.#subs.delete(sub.channel);
@@ -893,5 +945,158 @@ export class RowMap extends Map {
     }
     this.set(key, row);
     return this;
+  }
+}
+
+/**
+ * A table's rows, kept live (`client.rows`): the server's snapshot, then its changes, equal to
+ * what the server lets the subscriber see. A new snapshot is built aside and replaces `rows` at
+ * its `snapshot_end` (`reset`); a gap or a failed snapshot stops applying changes and takes a
+ * fresh snapshot (unsubscribe and subscribe again, backing off), never leaving a silent hole.
+ * Events: `insert` (row), `update` (row, previous row), `delete` (row), `reset` (rows: a new
+ * snapshot, or TRUNCATE), `ready` (the first snapshot is in), `error` (the subscription was
+ * refused or left: the collection stops).
+ */
+export class Collection extends Emitter {
+  #client;
+  #sub;
+  #select;
+  #building = null; // the snapshot being read, a RowMap
+  #stale = false; // changes are not applied: a fresh snapshot comes
+  #asked = false; // a fresh snapshot was asked for, not yet answered
+  #timer = null;
+  #attempt = 0;
+  #opts;
+
+  constructor(client, sub, key, select, opts) {
+    super();
+    this.#client = client;
+    this.#sub = sub;
+    this.#select = select;
+    this.#opts = opts;
+    this.channel = sub.channel;
+    /** The rows now: a RowMap (JSON text of the key's values → row). The same object throughout. */
+    this.rows = new RowMap(key?.length ? key : select ? null : ["id"]);
+    /** "loading" (before the first snapshot_end), "live", "closed". */
+    this.state = "loading";
+    /** Snapshots completed (the first, and each after a gap, a failure or a reconnection that could not resume). */
+    this.snapshots = 0;
+    sub.on("subscribed", (a) => {
+      this.#asked = false;
+      clearTimeout(this.#timer);
+      this.#timer = null;
+      if (a.snapshot) {
+        this.#stale = false;
+        this.#building = new RowMap(this.rows.keyColumns);
+      } else if (this.#stale) this.#again();
+    });
+    sub.on("snapshot", (f) => {
+      const b = this.#building;
+      if (!b || this.#stale) return;
+      for (const row of f.rows) b.set(this.#keyOf(row), row);
+    });
+    sub.on("change", (c) => {
+      if (this.#stale) return;
+      if (c.new || c.old) this.#keyOf(c.new ?? c.old);
+      if (this.#building) this.#building.apply(c);
+      else this.#apply(c);
+    });
+    sub.on("snapshot_end", () => {
+      const b = this.#building;
+      this.#building = null;
+      if (!b) return;
+      if (this.#stale) return this.#again();
+      this.#attempt = 0;
+      this.snapshots += 1;
+      this.rows.clear();
+      for (const [k, v] of b) this.rows.set(k, v);
+      const first = this.state === "loading";
+      this.state = "live";
+      this.emit("reset", this.rows);
+      if (first) this.emit("ready", this.rows);
+    });
+    sub.on("snapshot_failed", (f) => {
+      this.#building = null;
+      this.emit("snapshot_failed", f);
+      this.#stale = true;
+      this.#again();
+    });
+    sub.on("gap", () => {
+      this.#stale = true;
+      // During a resume the answer's snapshot heals it; during a snapshot, its end does.
+      if (sub.state === "subscribed" && !this.#building) this.#again();
+    });
+    const stop = (e) => {
+      this.#end();
+      this.emit("error", e);
+    };
+    sub.on("error", stop);
+    sub.on("left", (l) => stop(new PgwsError(l.reason, l.message)));
+  }
+
+  /** The rows as an array (in the order they came). */
+  toArray() {
+    return [...this.rows.values()];
+  }
+
+  /** Resolves with the rows once the first snapshot is in; rejects if the collection stops first. */
+  ready() {
+    if (this.state === "live") return Promise.resolve(this.rows);
+    if (this.state === "closed") return Promise.reject(new PgwsError("closed", "collection closed"));
+    return new Promise((resolve, reject) => {
+      const offs = [this.once("ready", (r) => (offs.forEach((f) => f()), resolve(r))), this.once("error", (e) => (offs.forEach((f) => f()), reject(e)))];
+    });
+  }
+
+  /** Stops following the table. */
+  close() {
+    this.#end();
+    this.#sub.unsubscribe();
+  }
+
+  #end() {
+    this.state = "closed";
+    clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  /** A row's key; the key columns are taken from the first row (or old row) when not known. */
+  #keyOf(row) {
+    if (!this.rows.keyColumns) {
+      const cols = Object.keys(row).filter((c) => !this.#select.includes(c));
+      this.rows.keyColumns = cols.length ? cols : ["id"];
+      if (this.#building) this.#building.keyColumns = this.rows.keyColumns;
+    }
+    return this.rows.keyOf(row);
+  }
+
+  /** Asks for a fresh snapshot, backing off (once at a time). */
+  #again() {
+    this.#sub.resumable = false;
+    if (this.#timer || this.#asked || this.state === "closed") return;
+    const { minDelay, maxDelay } = this.#opts;
+    const base = Math.min(maxDelay, (minDelay / 2) * 2 ** this.#attempt++);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#asked = true;
+      this.#client._resnapshot(this.#sub);
+    }, base / 2 + Math.random() * (base / 2));
+  }
+
+  /** Applies a live change to `rows` and tells the application what it did. */
+  #apply(c) {
+    const m = this.rows;
+    if (c.op === "TRUNCATE") {
+      m.clear();
+      this.emit("reset", m);
+      return;
+    }
+    const oldKey = c.old ? m.keyOf(c.old) : null;
+    const key = c.new ? m.keyOf(c.new) : null;
+    const before = m.get(oldKey ?? key);
+    m.apply(c);
+    const after = key === null ? undefined : m.get(key);
+    if (after) this.emit(before ? "update" : "insert", after, before);
+    else if (before) this.emit("delete", before);
   }
 }

@@ -103,7 +103,9 @@ export async function startServer(port = 0, logName = "server", extraEnv = {}) {
   Object.assign(env, extraEnv);
   fs.mkdirSync(path.join(HERE, "artifacts"), { recursive: true });
   const log = fs.createWriteStream(path.join(HERE, "artifacts", `${logName}.log`), { flags: "a" });
-  const child = spawn(PGWS_BIN, ["--embedded", "--port", String(port), "--host", "127.0.0.1"], {
+  // With PGWS_DB_URI given: a pgws on that database (another pgws's embedded one), no cluster of its own.
+  const embedded = extraEnv.PGWS_DB_URI ? [] : ["--embedded"];
+  const child = spawn(PGWS_BIN, [...embedded, "--port", String(port), "--host", "127.0.0.1"], {
     env,
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -53,3 +53,20 @@ client.on("error", (e) => e.code === "bad_change" && e.position);
 // @ts-expect-error: a filter is a string
 client.subscribe("table:public.todos", { filter: { done: false } });
 client.close();
+
+const live = new PgwsClient({ url: "ws://x/", token: "t" }).rows<Todo>("public.todos", { filter: "done=eq.false", select: ["id", "title"], key: ["id"] });
+live.on("insert", (t) => t.title.length);
+live.on("update", (t, prev) => t.id === prev.id);
+live.on("delete", (t) => t.id);
+live.on("reset", (rows) => [...rows.values()].map((t) => t.title));
+live.on("snapshot_failed", (f) => f.code === "too_large");
+live.ready().then((rows) => rows.size + live.toArray().length + live.snapshots);
+if (live.state === "live") live.rows.get("[1]")?.done;
+live.close();
+client.rows("todos", { select: "id,title" });
+const snap = client.subscribe<Todo>("table:public.todos", { snapshot: true });
+snap.on("snapshot", (p) => p.rows.map((t) => t.id));
+snap.on("snapshot_end", (e) => e.position + e.rows);
+snap.on("subscribed", (s) => s.snapshot === true);
+// @ts-expect-error: select is a list or a string
+client.rows("todos", { select: 1 });
