@@ -10,7 +10,8 @@
 # stopped and its slot dropped. Writes one JSON line per run to $WORK/results.jsonl.
 #
 # Environment: BENCH_REPS=3, BENCH_ONLY=one10k,one100k,hundred10k,hundred100k,storm,
-# BENCH_WORK=target/bench-snapshots, BENCH_SKIP_BUILD=1, BENCH_STORM_CLIENTS=1000, and any
+# BENCH_WORK=target/bench-snapshots, BENCH_SKIP_BUILD=1, BENCH_STORM_CLIENTS=1000,
+# BENCH_STORM_ROWS=1000 (or 10000: the storm on the 10,000-row table), and any
 # PGWS_* setting for the measured servers (e.g. PGWS_SNAPSHOT_CONCURRENCY once it exists).
 set -euo pipefail
 
@@ -20,6 +21,7 @@ REPS=${BENCH_REPS:-3}
 ONLY=${BENCH_ONLY:-one10k,one100k,hundred10k,hundred100k,storm}
 WORK=${BENCH_WORK:-target/bench-snapshots}
 STORM=${BENCH_STORM_CLIENTS:-1000}
+STORM_ROWS=${BENCH_STORM_ROWS:-1000}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER="$TARGET/release/pgws"
 GEN="$TARGET/release/examples/snapshots"
@@ -107,6 +109,12 @@ for r in $(seq 1 "$REPS"); do
     wants one100k && run "one100k#$r" snap100k 100000 1
     wants hundred10k && run "hundred10k#$r" snap10k 10000 100
     wants hundred100k && run "hundred100k#$r" snap100k 100000 100
-    wants storm && run "storm#$r" snap1k 1000 "$STORM" --since "$OTHER"
+    if wants storm; then
+        case $STORM_ROWS in
+            1000) run "storm#$r" snap1k 1000 "$STORM" --since "$OTHER" ;;
+            10000) run "storm10k#$r" snap10k 10000 "$STORM" --since "$OTHER" ;;
+            *) echo "BENCH_STORM_ROWS: 1000 or 10000" >&2; exit 2 ;;
+        esac
+    fi
 done
 echo "results: $RESULTS" >&2
