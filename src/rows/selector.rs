@@ -42,6 +42,16 @@ pub struct RowSubscription {
     holding: Option<Mutex<Holding>>,
     /// Per-row authorization: its cohort, and how its protocol words a withheld change.
     rls: Option<RlsSub>,
+    /// Under per-row authorization: the keys of the rows this subscriber has been sent and not
+    /// told to remove (its snapshot's rows included: shared with the snapshot's reader). A
+    /// change it may not see removes the row by key when, and only when, the key is here: the
+    /// subscriber's view stays right without learning anything it had not seen.
+    known: Option<Arc<Mutex<HashSet<String>>>>,
+    /// A subscription that started from a snapshot: the snapshot's seam (shared with the
+    /// snapshot's reader, which sets it), so that a change the snapshot contains is never sent,
+    /// including one the source routes only after the snapshot ended (a lagging source). Cleared
+    /// by the first change past the seam's LSN: every later one is past it too.
+    seam: Option<Arc<Mutex<Option<super::snapshot::Seam>>>>,
 }
 
 /// A subscription's part in per-row authorization.
@@ -81,6 +91,8 @@ impl RowSubscription {
             passthrough,
             holding: None,
             rls: None,
+            known: None,
+            seam: None,
         }
     }
 
@@ -95,6 +107,7 @@ impl RowSubscription {
     ) -> Self {
         self.passthrough = false;
         self.rls = Some(RlsSub { membership, notice });
+        self.known = Some(Arc::default());
         self
     }
 
@@ -106,6 +119,8 @@ impl RowSubscription {
             cap,
             overflowed: false,
         }));
+        self.seam = Some(Arc::default());
+        self.passthrough = false;
         self
     }
 
@@ -119,7 +134,49 @@ impl RowSubscription {
             passthrough: self.passthrough && self.rls.is_none(),
             holding: None,
             rls: None,
+            known: self.known.clone(),
+            seam: self.seam.clone(),
         }
+    }
+
+    /// Sets the seam of the snapshot this subscription starts from (see `seam`).
+    pub fn set_seam(&self, seam: super::snapshot::Seam) {
+        if let Some(s) = &self.seam {
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = Some(seam);
+        }
+    }
+
+    /// Whether `frame`'s change is already in the snapshot this subscription started from.
+    fn in_snapshot(&self, change: &Change, frame: &Frame) -> bool {
+        let Some(shared) = &self.seam else {
+            return false;
+        };
+        let mut seam = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = seam.as_ref() else {
+            return false;
+        };
+        let lsn = frame.seq().major;
+        if s.is_before(lsn) {
+            *seam = None;
+            return false;
+        }
+        change.xid.is_some_and(|xid| s.contains(lsn, xid))
+    }
+
+    /// Notes that the subscriber was sent `row` (a snapshot's row), under per-row authorization.
+    pub fn note_sent(&self, row: &Map<String, Value>) {
+        if let (Some(known), Some(key)) = (&self.known, self.key_of(row)) {
+            known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        }
+    }
+
+    /// The key columns' values of `row` as one text (`None`: a key column is missing).
+    fn key_of(&self, row: &Map<String, Value>) -> Option<String> {
+        if self.key.is_empty() {
+            return None;
+        }
+        let values: Option<Vec<&Value>> = self.key.iter().map(|k| row.get(k)).collect();
+        serde_json::to_string(&values?).ok()
     }
 
     /// The filter (what a snapshot applies to the table's rows too).
@@ -148,6 +205,9 @@ impl RowSubscription {
     /// What this subscriber receives of `frame` (whose change is `change`): the frame, a
     /// frame derived from it, a notice, or nothing.
     fn outcome(&self, change: &Change, frame: &Frame, made: &mut Made<'_>) -> Option<Frame> {
+        if self.in_snapshot(change, frame) {
+            return None;
+        }
         let Some(rls) = &self.rls else {
             let mv = self.decide(change, false)?;
             return made.frame_for(&self.columns, mv, false);
@@ -156,9 +216,24 @@ impl RowSubscription {
             .detail()
             .and_then(|d| d.downcast_ref::<super::rls::Decision>())
             .map(|d| d.verdict(rls.membership.cohort()));
+        let known = self.known.as_ref()?;
         match verdict {
             Some(Ok(true)) => {}
-            Some(Ok(false)) => return None,
+            Some(Ok(false)) => {
+                // A version it may not see. If it holds the row (it was sent it), the row has
+                // left its view: remove it by key. While a snapshot is read the holding cannot
+                // be known yet: the removal is sent (a no-op for a row it does not get).
+                if !matches!(change.op.as_str(), "UPDATE" | "DELETE") {
+                    return None;
+                }
+                let row = change.old.as_ref().or(change.new.as_ref())?;
+                let key = self.key_of(row)?;
+                let held = known.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                if !held && self.holding.is_none() {
+                    return None;
+                }
+                return made.removal(&self.key, change.op == "UPDATE");
+            }
             Some(Err(why)) => {
                 return rls
                     .membership
@@ -174,8 +249,39 @@ impl RowSubscription {
                 });
             }
         }
-        let mv = self.decide(change, true)?;
-        made.frame_for(&self.columns, mv, change.op == "UPDATE")
+        let Some(mv) = self.decide(change, true) else {
+            // Judged on its new row alone, an UPDATE that no longer matches the filter is
+            // skipped; if the subscriber holds the row, it left its filter: remove it by key.
+            let key = change.new.as_ref().and_then(|r| self.key_of(r))?;
+            let held = change.op == "UPDATE"
+                && known.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            return if held {
+                made.removal(&self.key, true)
+            } else {
+                None
+            };
+        };
+        let frame = made.frame_for(&self.columns, mv, change.op == "UPDATE")?;
+        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        match (change.op.as_str(), mv) {
+            ("TRUNCATE", _) => known.clear(),
+            ("DELETE", _) | (_, Move::Out) => {
+                if let Some(k) = change
+                    .old
+                    .as_ref()
+                    .or(change.new.as_ref())
+                    .and_then(|r| self.key_of(r))
+                {
+                    known.remove(&k);
+                }
+            }
+            _ => {
+                if let Some(k) = change.new.as_ref().and_then(|r| self.key_of(r)) {
+                    known.insert(k);
+                }
+            }
+        }
+        Some(frame)
     }
 
     /// What this subscription receives of `change`: `None` nothing, else the move it is.
@@ -238,6 +344,8 @@ struct Change {
     op: String,
     new: Option<Map<String, Value>>,
     old: Option<Map<String, Value>>,
+    #[serde(default)]
+    xid: Option<u32>,
 }
 
 /// A change with its values as raw JSON text, to write derived frames without re-encoding
@@ -340,6 +448,38 @@ impl<'f> Made<'f> {
     }
 
     /// What a subscriber sent `columns` receives for a change that is `mv` to it.
+    /// The key-only removal of a row that left a subscriber's view under per-row authorization:
+    /// a `DELETE` with the key as `old`, or an `UPDATE` with `"move":"out"` and the key as `new`
+    /// and `old`. Nothing but the key columns is sent.
+    fn removal(&mut self, key: &[String], update: bool) -> Option<Frame> {
+        let frame = self.frame;
+        let raw = self
+            .raw
+            .get_or_insert_with(|| serde_json::from_str::<RawChange<'f>>(frame.as_str()).ok())
+            .as_ref()?;
+        let key_only = |row: &Option<BTreeMap<Cow<'f, str>, &'f RawValue>>| {
+            row.as_ref().map(|r| {
+                r.iter()
+                    .filter(|(n, _)| key.iter().any(|k| k == n.as_ref()))
+                    .map(|(n, v)| (n.clone(), *v))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        let keyed = key_only(&raw.old).or_else(|| key_only(&raw.new));
+        let removal = RawChange {
+            schema: raw.schema,
+            table: raw.table,
+            op: raw.op,
+            commit_time: raw.commit_time,
+            new: if update { keyed.clone() } else { None },
+            old: keyed,
+            unchanged_toast: Vec::new(),
+            xid: raw.xid,
+        };
+        let mv = if update { Move::Out } else { Move::None };
+        Some(frame.derived(removal.write(None, mv, false)))
+    }
+
     /// `no_old`: without the old row (per-row authorization of an `UPDATE`).
     fn frame_for(
         &mut self,

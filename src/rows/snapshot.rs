@@ -92,6 +92,11 @@ impl Seam {
         })
     }
 
+    /// Whether a change committed at `commit_lsn` is past the seam (so is every later one).
+    pub fn is_before(&self, commit_lsn: u64) -> bool {
+        commit_lsn > self.lsn
+    }
+
     /// Whether the snapshot already contains the changes of transaction `xid`, committed at
     /// `commit_lsn` (see the module header for why this is exact).
     pub fn contains(&self, commit_lsn: u64, xid: u32) -> bool {
@@ -204,6 +209,9 @@ async fn read_inner(
         .map_err(db_err)?;
     let seam = Seam::parse(row.get(0), row.get(1))
         .ok_or_else(|| SnapshotError::Database("unreadable pg_current_snapshot() or LSN".into()))?;
+    // Known from now on: the live subscription drops what the snapshot contains, also after it
+    // is released (a source behind the snapshot routes such changes late).
+    sub.set_seam(seam.clone());
     let columns: Vec<String> = info
         .columns
         .iter()
@@ -252,6 +260,9 @@ async fn read_inner(
             if sub.filter().eval(&obj) != Verdict::Match {
                 continue;
             }
+            // Under per-row authorization the subscription remembers which rows it was sent,
+            // so that a row leaving its view later is removed by key (`rows::selector`).
+            sub.note_sent(&obj);
             if let Some(cols) = sub.columns() {
                 obj.retain(|k, _| cols.iter().any(|c| c == k));
             }

@@ -1,8 +1,10 @@
 //! Per-row authorization of row subscriptions end to end (issue 22): a PostgREST-style table
 //! with owner, team and public rows under RLS policies reading `request.jwt.claims`, subscribers
 //! in several cohorts over real sockets, and an oracle in SQL: each subscriber receives exactly
-//! the changes whose row version its role may see (0 leaks, 0 misses); deletes under RLS are not
-//! sent; a policy that raises withholds its cohort's changes with a notice while the others flow.
+//! the changes whose row version its role may see (0 leaks, 0 misses), and a row it holds that
+//! leaves its view (deleted, or updated out of its sight) is removed by key, so its collection
+//! equals what the role may see; a policy that raises withholds its cohort's changes with a
+//! notice while the others flow.
 
 use std::collections::BTreeMap;
 
@@ -124,7 +126,9 @@ async fn rls_decides_every_change_for_each_cohort_exactly() {
             );
             let delete = next() % 3 == 0;
             if delete {
-                table.remove(&i64::from(id));
+                if table.remove(&i64::from(id)).is_some() {
+                    issued.push(json!({"deleted": id}));
+                }
             } else {
                 let row = json!({"id": id, "owner": o, "team": t, "public": p, "body": format!("v{batch}")});
                 table.insert(i64::from(id), row.clone());
@@ -190,28 +194,55 @@ async fn rls_decides_every_change_for_each_cohort_exactly() {
                 Some(_) => public || row["owner"] == u["sub"] || row["team"] == u["team"],
             }
         };
-        // Leaks: every received row version must be one the policy admits, and no DELETE and no
-        // old row reach an RLS subscriber.
-        let expected: Vec<&Value> = issued.iter().filter(|r| sees(r)).collect();
-        let got: Vec<&Value> = received[i].iter().map(|c| &c["new"]).collect();
+        // The oracle of what the subscriber must receive, change by change: a version its
+        // policy admits (the whole row), or, for a row it holds that leaves its view (deleted,
+        // or updated out of its sight), the removal of that row by key, and nothing else.
+        let mut held = std::collections::BTreeSet::new();
+        let mut expected: Vec<(&str, Value)> = Vec::new();
+        for op in &issued {
+            if let Some(id) = op.get("deleted") {
+                if held.remove(&id.as_i64().unwrap()) {
+                    expected.push(("remove", json!({"id": id})));
+                }
+            } else if sees(op) {
+                held.insert(op["id"].as_i64().unwrap());
+                expected.push(("row", op.clone()));
+            } else if held.remove(&op["id"].as_i64().unwrap()) {
+                expected.push(("remove", json!({"id": op["id"]})));
+            }
+        }
+        let mut got: Vec<(&str, Value)> = Vec::new();
+        let mut collection: BTreeMap<i64, Value> = BTreeMap::new();
+        for c in &received[i] {
+            if c["new"].get("body").is_some() {
+                // A version: never with its old row (not authorized), always one it may see.
+                assert!(c["old"].is_null(), "an UPDATE's old row is not sent: {c}");
+                assert!(
+                    sees(&c["new"]),
+                    "subscriber {i} received a row it may not see: {c}"
+                );
+                collection.insert(c["new"]["id"].as_i64().unwrap(), c["new"].clone());
+                got.push(("row", c["new"].clone()));
+            } else {
+                // A removal: the key only.
+                assert_eq!(
+                    c["old"].as_object().map(|o| o.len()),
+                    Some(1),
+                    "key only: {c}"
+                );
+                assert!(
+                    c["op"] == "DELETE" || (c["op"] == "UPDATE" && c["move"] == "out"),
+                    "{c}"
+                );
+                collection.remove(&c["old"]["id"].as_i64().unwrap());
+                got.push(("remove", c["old"].clone()));
+            }
+        }
         assert_eq!(
             got, expected,
-            "subscriber {i}: exactly the versions its policy admits"
+            "subscriber {i}: exactly what its policy admits"
         );
-        for c in &received[i] {
-            assert_ne!(c["op"], "DELETE", "{c}");
-            assert!(c["old"].is_null(), "an UPDATE's old row is not sent: {c}");
-            assert!(
-                sees(&c["new"]),
-                "subscriber {i} received a row it may not see: {c}"
-            );
-        }
-        // Misses: the final rows the role may see, as PostgreSQL says, must each be the last
-        // version the subscriber received of that row.
-        let mut last: BTreeMap<i64, Value> = BTreeMap::new();
-        for c in &received[i] {
-            last.insert(c["new"]["id"].as_i64().unwrap(), c["new"].clone());
-        }
+        let removals = got.iter().filter(|(k, _)| *k == "remove").count();
         let role = u.get("role").and_then(Value::as_str).unwrap_or(&anon);
         db.batch_execute("BEGIN").await.unwrap();
         db.execute(
@@ -232,11 +263,13 @@ async fn rls_decides_every_change_for_each_cohort_exactly() {
             .collect();
         db.batch_execute("COMMIT").await.unwrap();
         assert!(!visible.is_empty());
-        for (id, row) in &visible {
-            assert_eq!(last.get(id), Some(row), "subscriber {i} missed row {id}");
-        }
+        let visible: BTreeMap<i64, Value> = visible.into_iter().collect();
+        assert!(
+            collection == visible,
+            "subscriber {i}: its collection is not what its role may see"
+        );
         println!(
-            "subscriber {i}: {} changes, {} rows visible",
+            "subscriber {i}: {} changes ({removals} removals), {} rows visible",
             received[i].len(),
             visible.len()
         );

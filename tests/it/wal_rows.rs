@@ -102,6 +102,15 @@ impl FastSse {
 
 /// `pgws --source wal` as a child process on `db`; returns it and its port once it listens.
 async fn spawn_wal_child(db: &str) -> (tokio::process::Child, u16) {
+    spawn_wal_child_with(db, &[]).await
+}
+
+/// [`spawn_wal_child`] with more environment settings (`("PGWS_…", value)`), for the memory
+/// measurements of other modules (a child's /proc is its own, unlike an in-process server's).
+pub(crate) async fn spawn_wal_child_with(
+    db: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pgws"));
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -112,7 +121,8 @@ async fn spawn_wal_child(db: &str) -> (tokio::process::Child, u16) {
         .env("PGWS_PORT", "0")
         .env("PGWS_LISTEN_CHANNEL", LISTEN)
         .env("PGWS_POOL_SIZE", "2")
-        .env("PGWS_SOURCE", "wal");
+        .env("PGWS_SOURCE", "wal")
+        .envs(env.iter().copied());
     let mut child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -136,7 +146,7 @@ async fn spawn_wal_child(db: &str) -> (tokio::process::Child, u16) {
 }
 
 /// A field of /proc/PID/status in KiB (`VmHWM`: peak resident set; `VmRSS`: current).
-fn proc_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()

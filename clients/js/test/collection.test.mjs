@@ -361,7 +361,7 @@ describe("live collections (client.rows) under concurrent writers", () => {
   // (it cannot tell whether the role saw the old row): a live collection keeps such a row, a
   // silent difference from what the role may see, until its next snapshot. A todo until the
   // server says something (a DELETE by key, or a gap that makes the client take a snapshot).
-  it("(e) under RLS, a deleted row and a row leaving the role's sight leave the collection", { todo: "server: pgws sends nothing for them under RLS" }, async () => {
+  it("(e) under RLS, a deleted row and a row leaving the role's sight leave the collection", async () => {
     assert.ok(rlsLeftovers, "test (d) ran");
     const { coll, equal } = rlsLeftovers;
     try {

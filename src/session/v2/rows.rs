@@ -65,13 +65,15 @@ pub(super) fn split(
     if !snapshot {
         return (sub.into_view(), None);
     }
+    // Holding first: the twin shares its seam (and, under RLS, its known keys).
+    let sub = sub.holding(HOLD_CAP);
     let pending = Pending {
         sub: sub.twin(),
         info,
         schema,
         table,
     };
-    (sub.holding(HOLD_CAP).into_view(), Some(pending))
+    (sub.into_view(), Some(pending))
 }
 
 /// A v2 subscriber's notice of changes withheld because their authorization failed: a `gap`
