@@ -39,6 +39,17 @@ WHERE n.nspname = $1 AND c.relname = $2 \
               WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname) \
 ORDER BY a.attnum";
 
+/// Whether 32-bit transaction ids are visible to a snapshot taken now: each is widened to the
+/// 64-bit id of the current epoch (or the one before, if that would be past `xmax`), then asked
+/// to `pg_visible_in_snapshot`; an id older than epoch 0 allows is long frozen (visible).
+const VISIBLE: &str = "\
+WITH m AS (SELECT s AS snap, pg_snapshot_xmax(s)::text::int8 AS xmax8 FROM pg_current_snapshot() s), \
+w AS (SELECT m.snap, CASE WHEN ((m.xmax8 >> 32) << 32) + x > m.xmax8 \
+                          THEN ((m.xmax8 >> 32) << 32) + x - 4294967296 \
+                          ELSE ((m.xmax8 >> 32) << 32) + x END AS x8 \
+      FROM m, unnest($1::int8[]) AS x) \
+SELECT bool_and(x8 < 0 OR pg_visible_in_snapshot(x8::text::xid8, snap)) FROM w";
+
 /// A table as row subscriptions see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -167,6 +178,35 @@ impl Catalog {
         cache.retain(|_, (at, _)| at.elapsed() < TTL);
         cache.insert(key, (Instant::now(), info.clone()));
         Ok(info)
+    }
+
+    /// Whether every transaction of `xids` (pgoutput's 32-bit ids) is visible to a snapshot
+    /// taken now. Logical decoding can hand over a transaction after its commit record is
+    /// written and before the committing backend makes it visible: a check that reads the table
+    /// in between does not see its rows yet (per-row authorization waits for this first).
+    pub async fn all_visible(&self, xids: &[i64]) -> Result<bool, CatalogError> {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self
+                .db
+                .connect()
+                .await
+                .map_err(|e| CatalogError::Unavailable(describe(&e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "row catalog connection ended");
+                }
+            });
+            *conn = Some(client);
+        }
+        let client = conn.as_ref().expect("opened above");
+        match client.query_one(VISIBLE, &[&xids]).await {
+            Ok(row) => Ok(row.get::<_, Option<bool>>(0).unwrap_or(true)),
+            Err(e) => {
+                *conn = None;
+                Err(CatalogError::Unavailable(describe(&e)))
+            }
+        }
     }
 
     /// Runs the query on the catalog's connection, opening it first if needed; a failed

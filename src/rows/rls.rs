@@ -149,6 +149,24 @@ impl Rls {
                 maps,
             });
         }
+        // The transactions must be visible before their rows are checked (see
+        // `Catalog::all_visible`); if that cannot be confirmed in time, nobody decides: every
+        // cohort of the batch is told (never a silent "not visible").
+        if !parts.is_empty()
+            && !self
+                .visible(
+                    catalog,
+                    &parts.iter().flat_map(|p| p.maps.iter()).collect::<Vec<_>>(),
+                )
+                .await
+        {
+            for p in &mut parts {
+                p.shape = Err(
+                    "the changes' transaction did not become visible in time to be authorized"
+                        .into(),
+                );
+            }
+        }
         let row_changes: Vec<Vec<RowChange<'_>>> = parts
             .iter()
             .map(|p| p.maps.iter().filter_map(RowChange::of_change).collect())
@@ -206,6 +224,37 @@ impl Rls {
             }
         }
         out
+    }
+}
+
+impl Rls {
+    /// Waits (at most the statement timeout) until every transaction of `changes` is visible.
+    async fn visible(&self, catalog: &Catalog, changes: &[&Map<String, Value>]) -> bool {
+        let mut xids: Vec<i64> = changes
+            .iter()
+            .filter_map(|c| c.get("xid").and_then(Value::as_i64))
+            .collect();
+        xids.sort_unstable();
+        xids.dedup();
+        if xids.is_empty() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match catalog.all_visible(&xids).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell whether changes are visible yet");
+                    return false;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // The window is the committing backend's few steps after its commit record.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
 
