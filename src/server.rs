@@ -143,7 +143,10 @@ impl Server {
         let authz_metrics = crate::authz::AuthzMetrics::new();
         let presence_metrics = crate::presence::PresenceMetrics::default();
         let rows_authz_metrics = crate::rows::authorize::AuthorizeMetrics::default();
+        // The WAL source's metrics are registered like a feature's (ops imports no source).
+        let wal_metrics = crate::source::wal::WalMetrics::default();
         let metrics = Arc::new(Metrics::new(&[
+            &wal_metrics,
             &authz_metrics,
             &presence_metrics,
             &rows_authz_metrics,
@@ -297,7 +300,7 @@ impl Server {
                         read_db: config.wal_read_db.clone(),
                         check_interval: config.check_listener_interval,
                         startup_retries: config.startup_retries,
-                        metrics: metrics.wal.clone(),
+                        metrics: wal_metrics.clone(),
                         rows: rls.clone().zip(catalog.clone()),
                     },
                     sink,
@@ -335,6 +338,7 @@ impl Server {
             catalog,
             rls,
             snapshots: tokio::sync::Semaphore::new(config.snapshot_concurrency),
+            wal_metrics,
             config,
         });
         if let Some(admin) = self.admin {

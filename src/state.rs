@@ -64,6 +64,8 @@ pub struct AppState {
     pub rls: Option<Arc<crate::rows::rls::Rls>>,
     /// Turns of snapshots (`PGWS_SNAPSHOT_CONCURRENCY`): each holds a connection while it reads.
     pub snapshots: tokio::sync::Semaphore,
+    /// The WAL source's metrics (the readiness answer quotes the slot's lag).
+    pub wal_metrics: crate::source::wal::WalMetrics,
 }
 
 impl AppState {

@@ -35,7 +35,7 @@ pub fn handle<B>(req: &Request<B>, state: &AppState) -> Response<Body> {
         "/health" => text(StatusCode::OK, "ok"),
         "/ready" => match state.readiness() {
             Ok(()) if state.config.source == crate::pg::SourceKind::Wal => {
-                let wal = &state.metrics.wal;
+                let wal = &state.wal_metrics;
                 text(
                     StatusCode::OK,
                     format!(

@@ -78,8 +78,6 @@ pub struct Metrics {
     pub window_bytes: Gauge,
     /// Handshakes whose peer sent forwarding headers without being a trusted proxy.
     pub forwarded_ignored: Counter,
-    /// The WAL source's (`PGWS_SOURCE=wal`).
-    pub wal: crate::source::wal::WalMetrics,
 }
 
 /// A feature's own metrics, registered under its prefix when the server builds the registry
@@ -128,7 +126,6 @@ impl Metrics {
             window_messages: Gauge::default(),
             window_bytes: Gauge::default(),
             forwarded_ignored: Counter::default(),
-            wal: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -244,7 +241,6 @@ impl Metrics {
             "Handshakes with X-Forwarded-For/Forwarded/X-Real-IP from a peer not in PGWS_TRUSTED_PROXIES",
             m.forwarded_ignored.clone(),
         );
-        m.wal.register(&mut registry);
         for feature in features {
             feature.register(&mut registry);
         }

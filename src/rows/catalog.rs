@@ -186,6 +186,21 @@ impl Catalog {
     /// in between does not see its rows yet (per-row authorization waits for this first).
     pub async fn all_visible(&self, xids: &[i64]) -> Result<bool, CatalogError> {
         let mut conn = self.conn.lock().await;
+        let client = self.open(&mut conn).await?;
+        match client.query_one(VISIBLE, &[&xids]).await {
+            Ok(row) => Ok(row.get::<_, Option<bool>>(0).unwrap_or(true)),
+            Err(e) => {
+                *conn = None;
+                Err(CatalogError::Unavailable(describe(&e)))
+            }
+        }
+    }
+
+    /// The catalog's connection, opened first if there is none (or it broke).
+    async fn open<'c>(
+        &self,
+        conn: &'c mut Option<tokio_postgres::Client>,
+    ) -> Result<&'c tokio_postgres::Client, CatalogError> {
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
             let (client, connection) = self
                 .db
@@ -199,14 +214,7 @@ impl Catalog {
             });
             *conn = Some(client);
         }
-        let client = conn.as_ref().expect("opened above");
-        match client.query_one(VISIBLE, &[&xids]).await {
-            Ok(row) => Ok(row.get::<_, Option<bool>>(0).unwrap_or(true)),
-            Err(e) => {
-                *conn = None;
-                Err(CatalogError::Unavailable(describe(&e)))
-            }
-        }
+        Ok(conn.as_ref().expect("opened above"))
     }
 
     /// Runs the query on the catalog's connection, opening it first if needed; a failed
@@ -218,20 +226,7 @@ impl Catalog {
         table: &str,
     ) -> Result<Vec<(String, u32, bool)>, CatalogError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, connection) = self
-                .db
-                .connect()
-                .await
-                .map_err(|e| CatalogError::Unavailable(describe(&e)))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "row catalog connection ended");
-                }
-            });
-            *conn = Some(client);
-        }
-        let client = conn.as_ref().expect("opened above");
+        let client = self.open(conn).await?;
         match client
             .query(DESCRIBE, &[&schema, &table, &self.publication])
             .await

@@ -51,7 +51,7 @@ pub struct RowSubscription {
     /// snapshot's reader, which sets it), so that a change the snapshot contains is never sent,
     /// including one the source routes only after the snapshot ended (a lagging source). Cleared
     /// by the first change past the seam's LSN: every later one is past it too.
-    seam: Option<Arc<Mutex<Option<super::snapshot::Seam>>>>,
+    seam: Option<Arc<Mutex<Option<super::seam::Seam>>>>,
 }
 
 /// A subscription's part in per-row authorization.
@@ -140,7 +140,7 @@ impl RowSubscription {
     }
 
     /// Sets the seam of the snapshot this subscription starts from (see `seam`).
-    pub fn set_seam(&self, seam: super::snapshot::Seam) {
+    pub fn set_seam(&self, seam: super::seam::Seam) {
         if let Some(s) = &self.seam {
             *s.lock().unwrap_or_else(|p| p.into_inner()) = Some(seam);
         }

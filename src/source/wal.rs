@@ -142,9 +142,9 @@ pub struct WalMetrics {
     pub relations: Gauge,
 }
 
-impl WalMetrics {
+impl crate::ops::metrics::Register for WalMetrics {
     /// Registers every metric (prefix `pgws_wal_`).
-    pub fn register(&self, registry: &mut Registry) {
+    fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("wal");
         r.register(
             "up",
